@@ -1,0 +1,144 @@
+"""Who may make this request: the decision the chat route asks before enqueueing anything.
+
+The order is the issue's decision table:
+
+1. a key was sent but is unknown or revoked   → 401 authentication_required (free model or not)
+2. the client IP is needed but unknown        → 400 missing_client_ip
+3. no key, paid model                         → 401 paid_model_auth_required
+4. the limits that apply, in one Redis call:
+   - anonymous, free model: per-IP day allowance (401 promotion_limit_reached), then per-IP minute (429)
+   - key, free model: per-IP minute (429) — "per client IP, anonymous or not" — and the key's rpm (429)
+   - key, paid model: the key's rpm (429) and monthly budget (402 budget_exceeded)
+
+The day allowance is checked before the minute limit: when both are used up, "sign in" is the useful
+answer, since waiting a minute would not help. Budgets only guard paid models (free ones cost nothing).
+A request with a cached key costs one Redis round trip (the limit script, which also sees revocations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from api.client_ip import rate_limit_subject
+from api.keys import KeyCache, KeyNames, KeyRecord, KeyStore, utc_month
+from api.limits import Counter, Limiter, invalid_key_error
+from common.errors import GatewayError, unavailable
+from common.names import Names
+from common.settings import Limits
+
+PAID_MODEL_MESSAGE = "You need to sign in to use this model."
+
+
+@dataclass
+class AccessContext:
+    """Per-process state for access checks: build once at start-up, share between requests."""
+
+    keys: KeyCache
+    limiter: Limiter
+    key_names: KeyNames
+
+
+@dataclass
+class AccessResult:
+    key: KeyRecord | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # add to the response, success or error
+    error: GatewayError | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.error is None
+
+
+def bearer_token(authorization_header: str | None) -> str | None:
+    """The presented key: None when no Authorization header was sent, "" when it is not a usable bearer."""
+    if authorization_header is None:
+        return None
+    scheme, _, token = authorization_header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return ""
+    return token.strip()
+
+
+async def check_access(
+    ctx: AccessContext,
+    *,
+    authorization_header: str | None,
+    model_is_free: bool,
+    client_ip: str | None,
+    limits: Limits,
+) -> AccessResult:
+    token = bearer_token(authorization_header)
+    record: KeyRecord | None = None
+    if token is not None:
+        try:
+            record = await ctx.keys.lookup(token) if token else None
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return AccessResult(error=unavailable("Key verification is temporarily unavailable.", 2.0))
+        if record is None or record.revoked:
+            return AccessResult(error=invalid_key_error())
+    subject = _subject(client_ip)
+    if subject is None and (record is None or model_is_free):
+        return AccessResult(
+            error=GatewayError(
+                "missing_client_ip",
+                "The client address could not be determined (no peer address, or a request that did not "
+                "come through the trusted proxy).",
+            )
+        )
+    if record is None and not model_is_free:
+        return AccessResult(
+            error=GatewayError("paid_model_auth_required", PAID_MODEL_MESSAGE, code="PAID_MODEL_AUTH_REQUIRED")
+        )
+    counters = _counters(ctx.limiter, record, model_is_free, subject, limits)
+    if record is None:
+        decision = await ctx.limiter.check(counters)
+    else:
+        budget = record.monthly_budget if not model_is_free else None
+        decision = await ctx.limiter.check(
+            counters,
+            key_id=record.id,
+            revoked_key=ctx.key_names.revoked,
+            used_key=ctx.key_names.used,
+            spend_key=ctx.key_names.spend(record.id, utc_month()) if budget is not None else "",
+            budget=budget,
+            touch=ctx.keys.touch_due(record.id),
+        )
+        if decision.revoked and token:
+            ctx.keys.forget(token)
+    return AccessResult(key=record, headers=decision.headers, error=decision.error)
+
+
+def _counters(
+    limiter: Limiter, record: KeyRecord | None, model_is_free: bool, subject: str | None, limits: Limits
+) -> list[Counter]:
+    counters: list[Counter] = []
+    if model_is_free and subject is not None:
+        if record is None:
+            counters.append(limiter.ip_day(subject, limits.anonymous_requests_per_day))
+        counters.append(limiter.ip_minute(subject, limits.free_requests_per_minute))
+    if record is not None and record.rpm is not None:
+        counters.append(limiter.key_minute(record.id, record.rpm))
+    return counters
+
+
+def _subject(client_ip: str | None) -> str | None:
+    """The per-IP limit subject; an address that does not parse counts as unknown."""
+    if not client_ip:
+        return None
+    try:
+        return rate_limit_subject(client_ip)
+    except ValueError:
+        return None
+
+
+def build_access_context(redis: Redis, names: Names, *, cache_ttl: float = 5.0) -> AccessContext:
+    """Wire the pieces on one Redis client (the API process's shared one)."""
+    return AccessContext(
+        keys=KeyCache(KeyStore(redis, names), ttl=cache_ttl),
+        limiter=Limiter(redis, names),
+        key_names=KeyNames(names),
+    )

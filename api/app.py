@@ -1,0 +1,81 @@
+"""The web tier's ASGI app: routes (bare and under ``/v1``, behind an optional mount prefix) and errors.
+
+Handlers take the raw Starlette request and validate with msgspec themselves, so no pydantic model sits
+on the hot path; every refusal, including unknown routes, is the documented error envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api.chat import chat_completions
+from api.gateway import Gateway
+from api.responses import error_response
+from common.errors import GatewayError
+from common.settings import Settings, load_settings
+from common.telemetry import setup_logging
+
+log = logging.getLogger("megabrain.api")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+# (method, path, handler): each is served bare and under /v1
+ROUTES: list[tuple[str, str, Endpoint]] = [
+    ("POST", "/chat/completions", chat_completions),
+    ("GET", "/health", health),
+]
+
+
+def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    setup_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gw = gateway or Gateway(settings)
+        app.state.gateway = gw
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(title="Megabrain Gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    prefix = settings.mount_prefix
+    for method, path, endpoint in ROUTES:
+        for base in (prefix, prefix + "/v1"):
+            app.add_api_route(base + path, endpoint, methods=[method], include_in_schema=False)
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            error = GatewayError("not_found", f"There is no route {request.url.path}.")
+        elif exc.status_code == 405:
+            error = GatewayError("method_not_allowed", f"{request.method} is not allowed on {request.url.path}.")
+        else:
+            error = GatewayError("invalid_request", str(exc.detail), status=exc.status_code)
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(GatewayError("internal_error", "The gateway hit an unexpected error."))
+
+    return app

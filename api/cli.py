@@ -1,0 +1,127 @@
+"""The ``megabrain`` command.
+
+- ``megabrain serve``   the API and every configured pool in one process (embedded Redis without REDIS_URL)
+- ``megabrain web``     the API tier only, on ``$PORT``
+- ``megabrain worker --providers openai,anthropic``   one worker process serving those pools ('*' = all)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from common.settings import ConfigError, Settings, load_settings
+from common.telemetry import setup_logging
+
+
+def _uvicorn_config(settings: Settings, app: object, **extra: object) -> "object":
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=95,  # longer than the Heroku router's 90 s keep-alive
+        timeout_graceful_shutdown=int(settings.shutdown_grace),
+        lifespan="on",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    workers = int(args.workers or os.environ.get("WEB_CONCURRENCY") or 1)
+    if workers > 1:
+        uvicorn.run("api.app:create_app", factory=True, host=settings.host, port=settings.port,
+                    workers=workers, log_level="warning", access_log=False, timeout_keep_alive=95,
+                    timeout_graceful_shutdown=int(settings.shutdown_grace))
+        return
+    server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))  # type: ignore[arg-type]
+    server.run()
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from workers.pool import resolve_pools, run_pools
+
+    pools = resolve_pools(settings, args.providers)
+    _run(run_pools(settings, pools))
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    """API + all configured pools in one process, sharing one (possibly embedded) Redis."""
+    import uvicorn
+
+    from api.app import create_app
+    from workers.pool import PoolProcess, resolve_pools
+
+    pools = resolve_pools(settings, args.providers)
+
+    async def main() -> None:
+        server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))  # type: ignore[arg-type]
+        process = PoolProcess(settings, pools) if pools else None
+        if process:
+            await process.start()
+        where = "embedded in-memory Redis" if settings.embedded_redis else "Redis at REDIS_URL"
+        print(f"megabrain: serving on http://{settings.host}:{settings.port} "
+              f"({where}; pools: {', '.join(pools) or 'none configured'})", file=sys.stderr, flush=True)
+        try:
+            await server.serve()
+        finally:
+            if process:
+                await process.stop()
+
+    _run(main())
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megabrain", description="Megabrain Gateway")
+    parser.add_argument("--config", help="TOML config file (default: $MEGABRAIN_CONFIG or ./megabrain.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="API and all pools in one process")
+    serve.add_argument("--providers", default="*", help="pools to run (default: every configured provider)")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    web = sub.add_parser("web", help="the API tier only (binds $PORT)")
+    web.add_argument("--port", type=int)
+    web.add_argument("--workers", type=int, help="processes (default: $WEB_CONCURRENCY or 1)")
+    web.set_defaults(func=cmd_web)
+
+    worker = sub.add_parser("worker", help="one worker process for some provider pools")
+    worker.add_argument("--providers", default="*", help="comma-separated provider ids, or '*' for all configured")
+    worker.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(config_path=args.config)
+    except ConfigError as exc:
+        parser.exit(2, f"megabrain: {exc}\n")
+    if getattr(args, "port", None):
+        settings.port = args.port
+    setup_logging(settings.log_level)
+    args.func(settings, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The web process's shared state: settings, Redis, the relay, the catalog, and who is alive.
+
+Created once in the app's lifespan. Nothing here calls an upstream provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from arq.connections import ArqRedis
+
+from api.relay import Relay
+from common.names import Names
+from common.redis import connect
+from common.settings import Settings
+from router.catalog import Catalog, build_catalog
+from router.providers import Provider, resolve_providers
+
+log = logging.getLogger("megabrain.gateway")
+
+LIVENESS_TTL = 6.0  # must match workers/pool.py: a worker unseen this long is gone
+
+
+class LiveWorkers:
+    """Which pools have a live worker, refreshed in the background once a second.
+
+    A pool the cache thinks is empty is checked once more directly before a request is refused, so a
+    worker that just started is never missed.
+    """
+
+    def __init__(self, redis: ArqRedis, names: Names, pools: list[str]) -> None:
+        self.redis = redis
+        self.names = names
+        self.pools = pools
+        self.counts: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        since = time.time() - LIVENESS_TTL
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in self.pools:
+                pipe.zcount(self.names.live_workers(pool), since, "+inf")
+            counts = await pipe.execute()
+        self.counts = dict(zip(self.pools, counts))
+
+    async def has_worker(self, pool: str) -> bool:
+        if self.counts.get(pool):
+            return True
+        count = await self.redis.zcount(self.names.live_workers(pool), time.time() - LIVENESS_TTL, "+inf")
+        self.counts[pool] = count
+        return count > 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="live-workers")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:
+                self.counts = {}
+                log.debug("liveness refresh failed (%s)", type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.providers: dict[str, Provider] = resolve_providers(settings)
+        self.catalog: Catalog = build_catalog(settings, self.providers)
+        self.redis = connect(settings.redis_url, max_connections=64)
+        self.relay = Relay(connect(settings.redis_url, pubsub=True, max_connections=2),
+                           self.names.reply_channel(settings.instance_id))
+        configured = [p.id for p in self.providers.values() if p.configured]
+        self.live = LiveWorkers(self.redis, self.names, configured)
+        self.draining = False
+
+    async def start(self) -> None:
+        await self.relay.start()
+        self.live.start()
+
+    async def stop(self) -> None:
+        await self.live.stop()
+        await self.relay.stop()
+        await self.redis.aclose()

@@ -1,0 +1,317 @@
+"""API keys: created once, shown once, stored only as a hash; plus per-key usage accounting.
+
+Redis layout (all under the deployment's namespace):
+
+    apikey:h:<sha256 hex>    msgpack KeyRecord             lookup by presented key: one GET
+    apikey:ids               hash  id -> sha256 hex        list / revoke by id
+    apikey:revoked           set of revoked ids            read by the rate-limit script on every request
+    apikey:used              hash  id -> epoch seconds     last use, written by the rate-limit script
+    usage:<id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n  requests, tokens, cost per UTC day and model
+    spend:<id>:<YYYY-MM>     float                         month-to-date cost, read for budgets
+
+Keys carry 256 bits of randomness, so a plain SHA-256 is enough: nobody can brute-force a preimage, and
+whoever reads Redis learns nothing usable. Neither a key nor its hash is ever logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from common.names import Names
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "mb-"
+USAGE_TTL_SECONDS = 400 * 86400
+USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost")
+
+
+class KeyRecord(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    prefix: str  # first characters of the key, for people to recognise it in a list
+    created: float  # epoch seconds
+    rpm: int | None = None
+    monthly_budget: float | None = None  # USD
+    revoked: bool = False
+    revoked_at: float | None = None
+    last_used: float | None = None  # filled in by KeyStore.list(); not stored in the record
+
+
+class UsageRow(msgspec.Struct, kw_only=True):
+    day: str  # YYYY-MM-DD, UTC
+    model: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: str = "0"
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def new_plaintext_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def looks_like_key(token: str) -> bool:
+    """Only our own format is worth a Redis lookup; anything else is unknown without asking."""
+    return token.startswith(KEY_PREFIX) and 20 <= len(token) <= 200
+
+
+class KeyNames:
+    """Redis key names of the key store, derived from the deployment's Names."""
+
+    def __init__(self, names: Names) -> None:
+        self.names = names
+        self.ids = names.key("apikey:ids")
+        self.revoked = names.key("apikey:revoked")
+        self.used = names.key("apikey:used")
+
+    def record(self, key_hash: str) -> str:
+        return self.names.key(f"apikey:h:{key_hash}")
+
+    def usage(self, key_id: str, day: str) -> str:
+        return self.names.key(f"usage:{key_id}:{day}")
+
+    def spend(self, key_id: str, month: str) -> str:
+        return self.names.key(f"spend:{key_id}:{month}")
+
+
+def utc_day(now: float | None = None) -> str:
+    return _utc(now).strftime("%Y-%m-%d")
+
+
+def utc_month(now: float | None = None) -> str:
+    return _utc(now).strftime("%Y-%m")
+
+
+def _utc(now: float | None) -> dt.datetime:
+    return dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc)
+
+
+_record_decoder = msgspec.msgpack.Decoder(KeyRecord)
+
+
+class KeyStore:
+    """Create, list, revoke and look up keys. Used by the CLI, the admin API and (via KeyCache) requests."""
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.redis = redis
+        self.k = KeyNames(names)
+
+    async def create(
+        self, name: str, rpm: int | None = None, monthly_budget: float | None = None
+    ) -> tuple[KeyRecord, str]:
+        """A new key. The plaintext is returned once and exists nowhere else afterwards."""
+        plaintext = new_plaintext_key()
+        key_hash = hash_key(plaintext)
+        while True:
+            key_id = secrets.token_hex(4)
+            if await self.redis.hsetnx(self.k.ids, key_id, key_hash):
+                break
+        record = KeyRecord(
+            id=key_id,
+            name=name,
+            prefix=plaintext[:8],
+            created=time.time(),
+            rpm=rpm,
+            monthly_budget=monthly_budget,
+        )
+        await self.redis.set(self.k.record(key_hash), msgspec.msgpack.encode(record))
+        log.info("api key created id=%s name=%s", key_id, name)
+        return record, plaintext
+
+    async def lookup(self, plaintext: str) -> KeyRecord | None:
+        """The record of a presented key (revoked ones included), or None. One GET."""
+        if not looks_like_key(plaintext):
+            return None
+        raw = await self.redis.get(self.k.record(hash_key(plaintext)))
+        return _record_decoder.decode(raw) if raw else None
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        key_hash = await self.redis.hget(self.k.ids, key_id)
+        if not key_hash:
+            return None
+        raw = await self.redis.get(self.k.record(_text(key_hash)))
+        if not raw:
+            return None
+        record = _record_decoder.decode(raw)
+        used = await self.redis.hget(self.k.used, key_id)
+        record.last_used = float(used) if used else None
+        return record
+
+    async def list(self) -> list[KeyRecord]:
+        """Every key, oldest first, with last use filled in. Two round trips whatever the count."""
+        ids = {_text(k): _text(v) for k, v in (await self.redis.hgetall(self.k.ids)).items()}
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key_hash in ids.values():
+                pipe.get(self.k.record(key_hash))
+            pipe.hgetall(self.k.used)
+            results = await pipe.execute()
+        used = {_text(k): float(v) for k, v in results[-1].items()}
+        records = []
+        for raw in results[:-1]:
+            if raw:
+                record = _record_decoder.decode(raw)
+                record.last_used = used.get(record.id)
+                records.append(record)
+        return sorted(records, key=lambda r: r.created)
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key everywhere at once: the revoked set is checked by every request's limit script."""
+        key_hash = await self.redis.hget(self.k.ids, key_id)
+        if not key_hash:
+            return False
+        record_key = self.k.record(_text(key_hash))
+        raw = await self.redis.get(record_key)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(self.k.revoked, key_id)
+            if raw:
+                record = _record_decoder.decode(raw)
+                if not record.revoked:
+                    record.revoked, record.revoked_at = True, time.time()
+                    pipe.set(record_key, msgspec.msgpack.encode(record))
+            await pipe.execute()
+        log.info("api key revoked id=%s", key_id)
+        return True
+
+    async def usage(self, key_id: str, days: int = 30, now: float | None = None) -> list[UsageRow]:
+        """Per-day, per-model usage of the last ``days`` UTC days (today included), newest first."""
+        base = time.time() if now is None else now
+        day_names = [utc_day(base - i * 86400) for i in range(max(1, days))]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for day in day_names:
+                pipe.hgetall(self.k.usage(key_id, day))
+            results = await pipe.execute()
+        rows: list[UsageRow] = []
+        for day, fields in zip(day_names, results):
+            rows.extend(_usage_rows(day, fields))
+        return rows
+
+    async def month_spend(self, key_id: str, now: float | None = None) -> float:
+        raw = await self.redis.get(self.k.spend(key_id, utc_month(now)))
+        return float(raw) if raw else 0.0
+
+
+def add_usage(
+    pipe: Any,
+    names: Names,
+    key_id: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost: str,
+    now: float | None = None,
+) -> None:
+    """Queue the usage writes of one finished request on a pipeline the caller already sends.
+
+    ``cost`` is a decimal string in USD (HINCRBYFLOAT/INCRBYFLOAT take it as is).
+    """
+    k = KeyNames(names)
+    usage_key = k.usage(key_id, utc_day(now))
+    spend_key = k.spend(key_id, utc_month(now))
+    pipe.hincrby(usage_key, f"{model}|requests", 1)
+    pipe.hincrby(usage_key, f"{model}|prompt_tokens", int(prompt_tokens))
+    pipe.hincrby(usage_key, f"{model}|completion_tokens", int(completion_tokens))
+    pipe.hincrbyfloat(usage_key, f"{model}|cost", cost)
+    pipe.expire(usage_key, USAGE_TTL_SECONDS)
+    pipe.incrbyfloat(spend_key, cost)
+    pipe.expire(spend_key, USAGE_TTL_SECONDS)
+
+
+async def record_usage(
+    redis: Redis,
+    names: Names,
+    key_id: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost: str,
+    now: float | None = None,
+) -> None:
+    """Count one finished request against a key: one pipelined round trip (call it from the worker)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        add_usage(pipe, names, key_id, model, prompt_tokens, completion_tokens, cost, now)
+        await pipe.execute()
+
+
+def _usage_rows(day: str, fields: dict[Any, Any]) -> list[UsageRow]:
+    by_model: dict[str, dict[str, str]] = {}
+    for raw_field, raw_value in fields.items():
+        model, _, name = _text(raw_field).rpartition("|")
+        if name in USAGE_FIELDS:
+            by_model.setdefault(model, {})[name] = _text(raw_value)
+    return [
+        UsageRow(
+            day=day,
+            model=model,
+            requests=int(values.get("requests", 0)),
+            prompt_tokens=int(values.get("prompt_tokens", 0)),
+            completion_tokens=int(values.get("completion_tokens", 0)),
+            cost=values.get("cost", "0"),
+        )
+        for model, values in sorted(by_model.items())
+    ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class KeyCache:
+    """Per-process cache of key lookups, so a request with a known key costs no extra round trip.
+
+    Why a cache TTL does not delay revocation: the rate-limit script that runs on every keyed request
+    checks ``apikey:revoked`` inside the same call (see api/limits.py), so a revoke is seen by every
+    process on its very next request with no extra round trip and no pub/sub. The TTL only bounds how
+    stale the rpm/budget fields may be. Unknown keys are cached too (a random key cannot become valid
+    later), with a size cap so junk keys cannot grow memory without bound.
+    """
+
+    def __init__(self, store: KeyStore, ttl: float = 5.0, max_entries: int = 10_000) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, KeyRecord | None]] = OrderedDict()
+        self._touched: dict[str, float] = {}
+
+    async def lookup(self, plaintext: str) -> KeyRecord | None:
+        if not looks_like_key(plaintext):
+            return None
+        cache_key = hash_key(plaintext)
+        now = time.monotonic()
+        hit = self._entries.get(cache_key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        record = await self.store.lookup(plaintext)
+        self._entries[cache_key] = (now + self.ttl, record)
+        self._entries.move_to_end(cache_key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return record
+
+    def forget(self, plaintext: str) -> None:
+        self._entries.pop(hash_key(plaintext), None)
+
+    def touch_due(self, key_id: str, every: float = 60.0) -> bool:
+        """True at most once per ``every`` seconds per key: then the limit script records last use."""
+        now = time.monotonic()
+        if now - self._touched.get(key_id, -every) < every:
+            return False
+        if len(self._touched) >= self.max_entries:
+            self._touched.clear()
+        self._touched[key_id] = now
+        return True

@@ -1,0 +1,241 @@
+"""Rate limits and budgets, checked and counted atomically in Redis by one Lua script per request.
+
+Why one script: a separate read and write lets every API process pass the same check before any of them
+counts (the multi-replica leak other gateways shipped). The script reads the clock with Redis ``TIME``
+(no skew between processes), checks every limit that applies to the request, and only if all pass
+increments all of them, so a request refused by one limit consumes none of the others.
+
+Counters are fixed windows aligned to the epoch (a minute; a UTC day, since epoch days start at UTC
+midnight), each one Redis hash ``{w: window index, n: count}`` with a TTL, so its key name does not depend
+on the time and every key the script touches is passed in ``KEYS``.
+
+The same call also answers "is this key revoked?" (``SISMEMBER``) and "is its monthly budget spent?" and
+records the key's last use when the caller asks, so a request with a cached key costs exactly one round
+trip.
+
+When Redis cannot be reached we fail closed for every request (503 ``temporarily_unavailable``), not
+only for paid models: the job queue lives in the same Redis, so a free request let through could not be
+served anyway, and failing closed means an outage can never be used to burn the free quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from common.errors import GatewayError, unavailable
+from common.names import Names
+
+log = logging.getLogger(__name__)
+
+MINUTE = 60
+DAY = 86400
+
+# Kinds of counters; each maps to the error it produces when it is full.
+IP_MINUTE = "ip_minute"
+IP_DAY = "ip_day"
+KEY_MINUTE = "key_minute"
+
+OK, REVOKED, BUDGET, LIMITED = 0, 1, 2, 3
+
+_SCRIPT = """
+-- KEYS: revoked set, last-used hash, spend key, counter hashes...
+-- ARGV: key id ('' = anonymous), touch ('1'/'0'), budget ('' = none), then limit, window seconds per counter
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key_id = ARGV[1]
+if key_id ~= '' then
+  if redis.call('SISMEMBER', KEYS[1], key_id) == 1 then return {1, 0} end
+  if ARGV[3] ~= '' then
+    local spent = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+    if spent >= tonumber(ARGV[3]) then return {2, 0} end
+  end
+end
+local out = {0, 0}
+local state = {}
+for i = 1, #KEYS - 3 do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local window_ms = tonumber(ARGV[3 + 2 * i]) * 1000
+  local w = math.floor(now_ms / window_ms)
+  local reset_ms = math.floor((w + 1) * window_ms - now_ms)
+  local h = redis.call('HMGET', KEYS[3 + i], 'w', 'n')
+  local count = 0
+  if tonumber(h[1]) == w then count = tonumber(h[2]) or 0 end
+  if count >= limit and out[1] == 0 then
+    out[1] = 3
+    out[2] = i
+  end
+  state[i] = {w, count, reset_ms, limit}
+end
+for i = 1, #state do
+  local s = state[i]
+  local count = s[2]
+  if out[1] == 0 then
+    count = count + 1
+    redis.call('HSET', KEYS[3 + i], 'w', s[1], 'n', count)
+    redis.call('PEXPIRE', KEYS[3 + i], s[3] + 1000)
+  end
+  local remaining = s[4] - count
+  if remaining < 0 then remaining = 0 end
+  out[#out + 1] = s[4]
+  out[#out + 1] = remaining
+  out[#out + 1] = s[3]
+end
+if out[1] == 0 and key_id ~= '' and ARGV[2] == '1' then
+  redis.call('HSET', KEYS[2], key_id, now)
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One limit that applies to a request: at most ``limit`` requests per ``window`` seconds."""
+
+    kind: str
+    key: str
+    limit: int
+    window: int
+
+
+@dataclass(frozen=True)
+class CounterState:
+    counter: Counter
+    remaining: int
+    reset_seconds: float
+
+
+@dataclass
+class LimitDecision:
+    allowed: bool
+    error: GatewayError | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    revoked: bool = False
+
+
+class LimitNames:
+    def __init__(self, names: Names) -> None:
+        self.names = names
+
+    def ip_minute(self, subject: str) -> str:
+        return self.names.key(f"rl:ipm:{subject}")
+
+    def ip_day(self, subject: str) -> str:
+        return self.names.key(f"rl:ipd:{subject}")
+
+    def key_minute(self, key_id: str) -> str:
+        return self.names.key(f"rl:key:{key_id}")
+
+
+class Limiter:
+    """Runs the limit script. One instance per process (it holds the registered script)."""
+
+    def __init__(self, redis: Redis, names: Names, *, timeout: float = 2.0) -> None:
+        self.redis = redis
+        self.names = LimitNames(names)
+        self.timeout = timeout
+        self._script = redis.register_script(_SCRIPT)
+
+    def ip_minute(self, subject: str, limit: int) -> Counter:
+        return Counter(IP_MINUTE, self.names.ip_minute(subject), limit, MINUTE)
+
+    def ip_day(self, subject: str, limit: int) -> Counter:
+        return Counter(IP_DAY, self.names.ip_day(subject), limit, DAY)
+
+    def key_minute(self, key_id: str, rpm: int) -> Counter:
+        return Counter(KEY_MINUTE, self.names.key_minute(key_id), rpm, MINUTE)
+
+    async def check(
+        self,
+        counters: list[Counter],
+        *,
+        key_id: str | None = None,
+        revoked_key: str = "",
+        used_key: str = "",
+        spend_key: str = "",
+        budget: float | None = None,
+        touch: bool = False,
+    ) -> LimitDecision:
+        """Check and count every counter at once; also the key's revocation and budget when given.
+
+        ``counters`` are checked in order and the first full one is reported. Redis errors become a 503
+        (fail closed; see the module docstring).
+        """
+        placeholder = self.names.names.key("rl:none")
+        keys = [revoked_key or placeholder, used_key or placeholder, spend_key or placeholder]
+        keys += [c.key for c in counters]
+        args: list[str | int] = [key_id or "", "1" if touch else "0", "" if budget is None else repr(budget)]
+        for c in counters:
+            args += [c.limit, c.window]
+        try:
+            reply = await asyncio.wait_for(self._script(keys=keys, args=args), self.timeout)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("rate limiter unavailable: %s", type(exc).__name__)
+            return LimitDecision(False, unavailable("Rate limiting is temporarily unavailable.", 2.0))
+        return decide(counters, [int(x) for x in reply], budget)
+
+
+def decide(counters: list[Counter], reply: list[int], budget: float | None) -> LimitDecision:
+    """Turn the script's reply into the response: allowed or the documented error, plus headers."""
+    status, refused_index = reply[0], reply[1]
+    if status == REVOKED:
+        return LimitDecision(False, invalid_key_error(), revoked=True)
+    if status == BUDGET:
+        return LimitDecision(False, budget_error(budget or 0.0))
+    states = [
+        CounterState(c, reply[2 + 3 * i + 1], reply[2 + 3 * i + 2] / 1000.0) for i, c in enumerate(counters)
+    ]
+    if status == LIMITED:
+        state = states[refused_index - 1]
+        headers = rate_limit_headers(state)
+        return LimitDecision(False, limit_error(state, headers), headers)
+    binding = min(states, key=lambda s: (s.remaining, s.counter.window), default=None)
+    return LimitDecision(True, None, rate_limit_headers(binding) if binding else {})
+
+
+def rate_limit_headers(state: CounterState) -> dict[str, str]:
+    """``X-RateLimit-Reset`` is seconds until the window resets (like the IETF RateLimit draft)."""
+    return {
+        "x-ratelimit-limit": str(state.counter.limit),
+        "x-ratelimit-remaining": str(state.remaining),
+        "x-ratelimit-reset": str(max(1, math.ceil(state.reset_seconds))),
+    }
+
+
+def limit_error(state: CounterState, headers: dict[str, str]) -> GatewayError:
+    c = state.counter
+    wait = max(1, math.ceil(state.reset_seconds))
+    if c.kind == IP_DAY:
+        return GatewayError(
+            "promotion_limit_reached",
+            f"The free allowance of {c.limit} requests per day without an API key is used up. "
+            "Use an API key to continue, or come back tomorrow (UTC).",
+            headers=headers,
+        )
+    if c.kind == KEY_MINUTE:
+        message = f"Rate limit of this API key reached ({c.limit} requests per minute). Retry in {wait} s."
+    else:
+        message = f"Free-model rate limit reached ({c.limit} requests per minute per client). Retry in {wait} s."
+    return GatewayError("rate_limit_exceeded", message, retry_after=state.reset_seconds, headers=headers)
+
+
+def budget_error(budget: float) -> GatewayError:
+    return GatewayError(
+        "budget_exceeded",
+        f"This API key has used up its monthly budget of ${budget:g}. It resets at the start of the next "
+        "month (UTC).",
+    )
+
+
+def invalid_key_error() -> GatewayError:
+    return GatewayError(
+        "authentication_required",
+        "The API key is invalid or has been revoked. Send a valid key as 'Authorization: Bearer mb-...', "
+        "or no key at all to use the free models.",
+    )

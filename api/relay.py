@@ -1,0 +1,143 @@
+"""The relay: one pub/sub subscription per web process, fanning events out to waiting requests.
+
+Every job carries this process's reply channel and its request id; workers publish there, and the relay
+hands each event to the request's inbox in memory. One subscription for the whole process means no
+SUBSCRIBE round trip per request, no subscribe/publish race, and one Redis connection however many
+requests are waiting.
+
+Pub/sub delivers at most once: if the subscription drops, events published meanwhile are lost, so every
+waiting request is failed at once (its client gets a clear error instead of a hang) and new requests are
+refused until the subscription is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from arq.connections import ArqRedis
+
+from common.wire import Event, event_decoder
+
+log = logging.getLogger("megabrain.relay")
+
+
+class Inbox:
+    """Events of one request, filtered: only the current attempt, each sequence number once, in order."""
+
+    __slots__ = ("queue", "attempt", "last_seq")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.attempt = 0
+        self.last_seq = 0
+
+    def deliver(self, event: Event) -> None:
+        if event.attempt != self.attempt or event.seq <= self.last_seq:
+            return  # a stale attempt (a job the web tier gave up on) or a duplicate
+        self.last_seq = event.seq
+        self.queue.put_nowait(event)
+
+    def new_attempt(self) -> int:
+        """Start over with a fresh job: events of earlier attempts are dropped from now on."""
+        self.attempt += 1
+        self.last_seq = 0
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        return self.attempt
+
+    async def get(self, timeout: float) -> Event | None:
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.queue.get()
+        except TimeoutError:
+            return None
+
+
+RELAY_LOST = Event("", 0, 0, "error", b"", 503, {"relay_lost": True})
+
+
+class Relay:
+    def __init__(self, redis: ArqRedis, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self.inboxes: dict[str, Inbox] = {}
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 5.0) -> None:
+        self._task = asyncio.create_task(self._run(), name="relay")
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            log.warning("relay not subscribed yet (Redis unreachable?); requests get 503 until it is")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def open(self, request_id: str) -> Inbox:
+        inbox = Inbox()
+        self.inboxes[request_id] = inbox
+        return inbox
+
+    def close(self, request_id: str) -> None:
+        self.inboxes.pop(request_id, None)
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                # wait for the confirmation: from here on nothing published to us is missed
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message and message["type"] == "subscribe":
+                        break
+                self.ready.set()
+                delay = 0.1
+                log.info("relay subscribed to %s", self.channel)
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                self.ready.clear()
+                await _close_quietly(pubsub)
+                raise
+            except Exception as exc:
+                if self.ready.is_set():
+                    log.warning("relay lost its subscription (%s); failing waiting requests", type(exc).__name__)
+                self.ready.clear()
+                self._fail_all()
+                await _close_quietly(pubsub)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            event = event_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("relay dropped an undecodable event")
+            return
+        inbox = self.inboxes.get(event.request_id)
+        if inbox is not None:
+            inbox.deliver(event)
+
+    def _fail_all(self) -> None:
+        for inbox in self.inboxes.values():
+            inbox.queue.put_nowait(RELAY_LOST)
+
+
+async def _close_quietly(pubsub: object) -> None:
+    try:
+        await pubsub.aclose()  # type: ignore[attr-defined]
+    except Exception:
+        pass

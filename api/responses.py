@@ -1,0 +1,136 @@
+"""Turning a request's events into HTTP responses: one JSON body, or Server-Sent Events.
+
+A stream holds its status line for up to ``stream_commit_wait`` seconds: an error before the first token
+then still gets its proper HTTP status (the SDKs raise the right exception), and the first frames go out
+with the headers. If nothing comes by then, the headers and a keep-alive comment go out so proxies (the
+Heroku router wants a first byte within 30 s) keep the connection open; comments then repeat every
+``keepalive_interval``. A stream ends in exactly one of two ways: ``data: [DONE]`` after the finish, or an
+in-band ``data: {"error": ...}`` frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+from starlette.responses import Response, StreamingResponse
+
+from api.exchange import Exchange
+from common.errors import GatewayError
+from common.wire import Event
+
+SSE_HEADERS = {
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+    "connection": "keep-alive",
+}
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        error.body(), status_code=error.status, media_type="application/json",
+        headers={**error.response_headers(), **(headers or {})},
+    )
+
+
+def event_error_response(event: Event, headers: dict[str, str]) -> Response:
+    extra = dict(headers)
+    retry_after = event.meta.get("retry_after")
+    if retry_after is not None:
+        extra["retry-after"] = str(max(1, int(retry_after + 0.999)))
+    return Response(event.data, status_code=event.status, media_type="application/json", headers=extra)
+
+
+def served_headers(exchange: Exchange, event: Event | None, base: dict[str, str]) -> dict[str, str]:
+    headers = dict(base)
+    provider = (event.meta.get("provider") if event else None) or exchange.provider
+    if provider:
+        headers["x-megabrain-provider"] = provider
+    return headers
+
+
+async def json_response(exchange: Exchange, headers: dict[str, str], release: Callable[[], None]) -> Response:
+    """Wait for the one result (or error) of a non-streaming request."""
+    settings = exchange.gateway.settings
+    try:
+        while True:
+            event = await exchange.next_event(settings.request_timeout)
+            if event is None:
+                continue
+            if event.kind == "result":
+                return Response(event.data, media_type="application/json",
+                                headers=served_headers(exchange, event, headers))
+            if event.kind == "error":
+                return event_error_response(event, served_headers(exchange, None, headers))
+    except GatewayError as error:
+        return error_response(error, headers)
+    finally:
+        release()
+        if not exchange.finished:  # the client went away (the handler was cancelled)
+            await asyncio.shield(exchange.cancel())
+
+
+async def stream_response(exchange: Exchange, headers: dict[str, str], release: Callable[[], None]) -> Response:
+    settings = exchange.gateway.settings
+    first: list[bytes] = []
+    commit_by = time.monotonic() + settings.stream_commit_wait
+    last_event: Event | None = None
+    try:
+        while time.monotonic() < commit_by:
+            event = await exchange.next_event(commit_by - time.monotonic())
+            if event is None:
+                break
+            last_event = event
+            if event.kind == "error":
+                release()
+                return event_error_response(event, served_headers(exchange, None, headers))
+            first.append(event.data)
+            break  # data (or done): commit now, the rest follows in the body
+    except GatewayError as error:
+        release()
+        await asyncio.shield(exchange.cancel())
+        return error_response(error, headers)
+    except BaseException:
+        release()
+        await asyncio.shield(exchange.cancel())
+        raise
+    if not first:
+        first.append(KEEPALIVE)
+    done = last_event is not None and last_event.kind == "done"
+    return StreamingResponse(
+        _frames(exchange, first, done, release),
+        media_type="text/event-stream",
+        headers={**SSE_HEADERS, **served_headers(exchange, last_event, headers)},
+    )
+
+
+async def _frames(
+    exchange: Exchange, first: list[bytes], done: bool, release: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    settings = exchange.gateway.settings
+    try:
+        for chunk in first:
+            exchange.client_sent = exchange.client_sent or chunk is not KEEPALIVE
+            yield chunk
+        while not done:
+            try:
+                event = await exchange.next_event(settings.keepalive_interval)
+            except GatewayError as error:
+                yield b"data: " + error.body() + b"\n\n"
+                return
+            if event is None:
+                yield KEEPALIVE
+                continue
+            if event.kind == "error":
+                yield b"data: " + event.data + b"\n\n"
+                return
+            exchange.client_sent = True
+            yield event.data
+            done = event.kind == "done"
+    finally:
+        release()
+        if not exchange.finished:
+            # the client went away mid-stream: stop the worker and the upstream
+            await asyncio.shield(exchange.cancel())

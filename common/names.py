@@ -1,0 +1,49 @@
+"""Names of every Redis key, queue and channel the gateway owns, in one place.
+
+Everything lives under the settings' namespace (default ``mb``) so several deployments or test runs can
+share one Redis. arq's own per-job keys (``arq:job:<id>`` …) are global, but our job ids are random.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+
+class Names:
+    def __init__(self, namespace: str = "mb") -> None:
+        self.ns = namespace
+
+    def queue(self, pool: str) -> str:
+        """The arq queue (a sorted set) of one provider pool."""
+        return f"{self.ns}:queue:{pool}"
+
+    def wake_channel(self, pool: str) -> str:
+        """Published to right after an enqueue, so idle workers pick the job up at once."""
+        return f"{self.ns}:wake:{pool}"
+
+    def reply_channel(self, instance_id: str) -> str:
+        """The single pub/sub channel of one web process; workers publish a request's events here."""
+        return f"{self.ns}:reply:{instance_id}"
+
+    def control_channel(self, worker_id: str) -> str:
+        """One worker process's control channel (cancel a request's job)."""
+        return f"{self.ns}:ctl:{worker_id}"
+
+    def live_workers(self, pool: str) -> str:
+        """Sorted set of worker process ids serving a pool, scored by last heartbeat (epoch seconds)."""
+        return f"{self.ns}:live:{pool}"
+
+    def blob(self, request_id: str) -> str:
+        """Short-lived bytes of an upload (an audio file) on its way to a worker."""
+        return f"{self.ns}:blob:{request_id}"
+
+    def health(self, scope: str) -> str:
+        """Failure/latency counters of a provider or a provider+model (circuit breaker state)."""
+        return f"{self.ns}:health:{scope}"
+
+    def key(self, suffix: str) -> str:
+        return f"{self.ns}:{suffix}"
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(12)

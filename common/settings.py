@@ -1,0 +1,195 @@
+"""Settings: environment first (12-factor), plus an optional TOML file for providers, models and limits.
+
+Environment variables win over the file for everything that has one. Provider keys and base URLs are
+read per provider (``<ID>_API_KEY``, ``<ID>_BASE_URL``) by the provider registry in ``router/``; this
+module only carries the environment along so the registry can look.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class Limits(msgspec.Struct, kw_only=True):
+    free_requests_per_minute: int = 20
+    anonymous_requests_per_day: int = 50
+    trusted_proxy_hops: int = 0
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_embedding_inputs: int = 2048
+    queue_depth_limit: int = 1000  # per pool; beyond it the next candidate or a 503
+
+
+class ProviderConfig(msgspec.Struct, kw_only=True):
+    """A provider declared or overridden in the config file."""
+
+    kind: str = "openai"  # openai | anthropic | gemini | azure
+    name: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_key: str | None = None
+    api_version: str | None = None
+    headers: dict[str, str] = {}
+    capabilities: list[str] = msgspec.field(default_factory=lambda: ["chat"])
+    quirks: dict[str, Any] = {}
+    enabled: bool | None = None
+
+
+class ModelConfig(msgspec.Struct, kw_only=True):
+    """A model added or overridden in the config file."""
+
+    id: str
+    provider: str | None = None
+    upstream_id: str | None = None
+    name: str | None = None
+    free: bool | None = None
+    tier: str | None = None
+    context_length: int | None = None
+    max_output_tokens: int | None = None
+    pricing: dict[str, str] = {}
+    modality: str | None = None
+    capabilities: list[str] | None = None
+    aliases: list[str] = []
+    fallbacks: list[str] = []
+    hidden: bool = False
+
+
+class FileConfig(msgspec.Struct, kw_only=True):
+    limits: Limits = msgspec.field(default_factory=Limits)
+    providers: dict[str, ProviderConfig] = {}
+    models: list[ModelConfig] = []
+    gateway: dict[str, Any] = {}
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    redis_url: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 8000
+    mount_prefix: str = ""
+    namespace: str = "mb"  # prefix of every Redis key and channel we own
+    instance_id: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex[:12])
+    sentry_dsn: str | None = None
+    sentry_traces_sample_rate: float = 0.0
+    admin_key: str | None = None
+    log_level: str = "info"
+    # timing
+    pickup_timeout: float = 5.0  # a job not picked up by then: fall back or 503
+    heartbeat_timeout: float = 20.0  # no word from a busy worker for this long: it is presumed dead
+    request_timeout: float = 600.0  # whole-request deadline
+    stream_commit_wait: float = 5.0  # how long a stream may hold its status line to report an early error
+    keepalive_interval: float = 15.0
+    poll_delay: float = 2.0  # arq safety-net poll; workers are woken on enqueue
+    worker_max_jobs: int = 100
+    shutdown_grace: float = 25.0
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 120.0
+    upstream_max_retries: int = 2
+    default_max_tokens: int = 4096
+    limits: Limits = msgspec.field(default_factory=Limits)
+    providers: dict[str, ProviderConfig] = {}
+    models: list[ModelConfig] = []
+    env: dict[str, str] = {}
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+
+_ENV_FIELDS: dict[str, tuple[str, type]] = {
+    "REDIS_URL": ("redis_url", str),
+    "HOST": ("host", str),
+    "PORT": ("port", int),
+    "MEGABRAIN_MOUNT_PREFIX": ("mount_prefix", str),
+    "MEGABRAIN_NAMESPACE": ("namespace", str),
+    "SENTRY_DSN": ("sentry_dsn", str),
+    "SENTRY_TRACES_SAMPLE_RATE": ("sentry_traces_sample_rate", float),
+    "MEGABRAIN_ADMIN_KEY": ("admin_key", str),
+    "MEGABRAIN_LOG_LEVEL": ("log_level", str),
+    "MEGABRAIN_PICKUP_TIMEOUT": ("pickup_timeout", float),
+    "MEGABRAIN_HEARTBEAT_TIMEOUT": ("heartbeat_timeout", float),
+    "MEGABRAIN_REQUEST_TIMEOUT": ("request_timeout", float),
+    "MEGABRAIN_STREAM_COMMIT_WAIT": ("stream_commit_wait", float),
+    "MEGABRAIN_KEEPALIVE_INTERVAL": ("keepalive_interval", float),
+    "MEGABRAIN_POLL_DELAY": ("poll_delay", float),
+    "MEGABRAIN_WORKER_MAX_JOBS": ("worker_max_jobs", int),
+    "MEGABRAIN_SHUTDOWN_GRACE": ("shutdown_grace", float),
+    "MEGABRAIN_UPSTREAM_MAX_RETRIES": ("upstream_max_retries", int),
+    "MEGABRAIN_UPSTREAM_READ_TIMEOUT": ("upstream_read_timeout", float),
+}
+
+_LIMIT_ENV: dict[str, tuple[str, type]] = {
+    "MEGABRAIN_FREE_RPM": ("free_requests_per_minute", int),
+    "MEGABRAIN_ANON_PER_DAY": ("anonymous_requests_per_day", int),
+    "MEGABRAIN_TRUSTED_PROXY_HOPS": ("trusted_proxy_hops", int),
+    "MEGABRAIN_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "MEGABRAIN_QUEUE_DEPTH_LIMIT": ("queue_depth_limit", int),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_settings(env: Mapping[str, str] | None = None, config_path: str | None = None) -> Settings:
+    """Build settings from the environment and the config file (``MEGABRAIN_CONFIG``/``megabrain.toml``)."""
+    env = dict(os.environ if env is None else env)
+    file_config = _read_config_file(config_path or env.get("MEGABRAIN_CONFIG"), explicit=bool(config_path))
+    gateway = dict(file_config.gateway)
+    try:
+        settings = msgspec.convert(gateway, Settings) if gateway else Settings()
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"[gateway] in the config file: {exc}") from None
+    limits = file_config.limits
+    values: dict[str, Any] = {}
+    for var, (field, typ) in _ENV_FIELDS.items():
+        if env.get(var):
+            values[field] = _coerce(var, env[var], typ)
+    limit_values: dict[str, Any] = {}
+    for var, (field, typ) in _LIMIT_ENV.items():
+        if env.get(var):
+            limit_values[field] = _coerce(var, env[var], typ)
+    if limit_values:
+        limits = msgspec.structs.replace(limits, **limit_values)
+    settings = msgspec.structs.replace(
+        settings,
+        **values,
+        limits=limits,
+        providers=file_config.providers,
+        models=file_config.models,
+        env=env,
+    )
+    settings.mount_prefix = settings.mount_prefix.rstrip("/")
+    if settings.mount_prefix and not settings.mount_prefix.startswith("/"):
+        settings.mount_prefix = "/" + settings.mount_prefix
+    return settings
+
+
+def _coerce(var: str, raw: str, typ: type) -> Any:
+    try:
+        return typ(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {typ.__name__}") from None
+
+
+def _read_config_file(path: str | None, explicit: bool) -> FileConfig:
+    if path is None:
+        default = Path("megabrain.toml")
+        if not default.exists():
+            return FileConfig()
+        path = str(default)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    try:
+        data = tomllib.loads(raw.decode())
+        return msgspec.convert(data, FileConfig)
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None

@@ -1,0 +1,118 @@
+"""Wire types shared by the web tier and the worker pools.
+
+Client-facing request bodies are validated with msgspec; job payloads and events travel through Redis as
+msgpack. Nothing read from Redis is ever unpickled: a payload that does not decode into these Structs is
+rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+# ---------------------------------------------------------------------------------------------------------
+# Client request bodies (validation only: the original JSON is kept and forwarded, so unknown fields pass
+# through to OpenAI-compatible upstreams).
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class FunctionDef(msgspec.Struct):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.:-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct):
+    type: str
+    function: FunctionDef | None = None
+
+
+class Message(msgspec.Struct):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
+TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ChatRequest(msgspec.Struct):
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    seed: int | None = None
+    user: str | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    models: list[str] | None = None  # OpenRouter-style client fallback list
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Queue payloads and events (msgpack).
+
+
+class Route(msgspec.Struct, array_like=True, frozen=True):
+    """One candidate of a request's plan: which provider pool serves which model."""
+
+    provider: str  # provider id, also the pool/queue name
+    model: str  # public model id reported to the client, e.g. "openai/gpt-4o-mini"
+    upstream_model: str  # the id the provider's API expects
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """One request, as a worker receives it. ``hop`` indexes ``plan``; fallbacks re-enqueue with hop+1."""
+
+    kind: Literal["chat", "embeddings", "transcription"]
+    request_id: str
+    reply_channel: str
+    attempt: int  # bumped by the web tier when it re-runs a request itself (worker death)
+    hop: int = 0
+    plan: list[Route]
+    deadline: float  # epoch seconds; no retry or fallback starts after it
+    stream: bool = False
+    include_usage: bool = False
+    body: bytes = b""  # the client's validated JSON body, forwarded as-is where the upstream speaks OpenAI
+    blob_key: str | None = None  # for uploads (transcriptions): the Redis key holding the bytes
+    meta: dict[str, Any] = {}
+
+
+EventKind = Literal["start", "data", "result", "error", "done", "heartbeat", "handoff"]
+
+
+class Event(msgspec.Struct, array_like=True):
+    """What a worker tells the web tier about one request.
+
+    ``attempt`` and ``seq`` let the relay drop events of stale attempts and duplicates, so a re-run job can
+    never interleave tokens into a request that moved on.
+    """
+
+    request_id: str
+    attempt: int
+    seq: int
+    kind: EventKind
+    data: bytes = b""  # SSE frames ("data"), a JSON body ("result"), or an error envelope ("error")
+    status: int = 200
+    meta: dict[str, Any] = {}
+
+
+job_encoder = msgspec.msgpack.Encoder()
+job_decoder = msgspec.msgpack.Decoder(Job)
+event_encoder = msgspec.msgpack.Encoder()
+event_decoder = msgspec.msgpack.Decoder(Event)

@@ -1,0 +1,192 @@
+"""Running a whole gateway for a test: the API and (optionally) pools in one background thread and loop.
+
+The gateway talks to the real Redis at ``REDIS_URL`` when the suite has one, else to the embedded
+in-memory server; both run the same code. Each harness gets its own key namespace, so tests sharing a
+Redis never see each other's queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import uvicorn
+
+from api.app import create_app
+from common.settings import Settings, load_settings
+from tests.fakes.server import free_port
+from workers.pool import PoolProcess
+
+FAST_TIMEOUTS = {
+    "MEGABRAIN_PICKUP_TIMEOUT": "1.5",
+    "MEGABRAIN_HEARTBEAT_TIMEOUT": "8",
+    "MEGABRAIN_REQUEST_TIMEOUT": "30",
+    "MEGABRAIN_STREAM_COMMIT_WAIT": "2",
+    "MEGABRAIN_SHUTDOWN_GRACE": "5",
+}
+
+
+def env_for(redis_url: str | None, namespace: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env["MEGABRAIN_NAMESPACE"] = namespace or f"t{uuid.uuid4().hex[:10]}"
+    env["MEGABRAIN_CONFIG"] = extra.pop("MEGABRAIN_CONFIG", os.devnull)
+    env.update(FAST_TIMEOUTS)
+    env.update(extra)
+    return env
+
+
+class GatewayHarness:
+    """``megabrain serve`` in a thread: uvicorn with our app, plus a PoolProcess for ``pools``."""
+
+    def __init__(self, settings: Settings, pools: tuple[str, ...] = ("openai",), api: bool = True) -> None:
+        self.settings = settings
+        self.pools = pools
+        self.api = api
+        settings.port = free_port()
+        settings.host = "127.0.0.1"
+        self.url = f"http://127.0.0.1:{settings.port}"
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: uvicorn.Server | None = None
+        self.process: PoolProcess | None = None
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._error: BaseException | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str], **kwargs: Any) -> "GatewayHarness":
+        return cls(load_settings(env=env, config_path=env.get("MEGABRAIN_CONFIG")), **kwargs)
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+        finally:
+            self._stopped.set()
+
+    async def _main(self) -> None:
+        if self.pools:
+            self.process = PoolProcess(self.settings, self.pools)
+            await self.process.start()
+        if self.api:
+            config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.settings.port,
+                                    log_level="warning", lifespan="on")
+            self.server = uvicorn.Server(config)
+            self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            task = asyncio.create_task(self.server.serve())
+            while not self.server.started:
+                if task.done():
+                    await task
+                    return
+                await asyncio.sleep(0.01)
+            await self._wait_relay()
+        self._ready.set()
+        while not self._stop_requested:
+            await asyncio.sleep(0.02)
+        if self.server:
+            self.server.should_exit = True
+            await task
+        if self.process:
+            await self.process.stop()
+
+    async def _wait_relay(self) -> None:
+        gateway = self.server.config.app.state.gateway  # type: ignore[union-attr]
+        await asyncio.wait_for(gateway.relay.ready.wait(), 10)
+
+    _stop_requested = False
+
+    def start(self) -> "GatewayHarness":
+        self.thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError("gateway did not start")
+        if self._error:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        self._stop_requested = True
+        self._stopped.wait(20)
+
+    def run(self, coro: Any, timeout: float = 10) -> Any:
+        """Run a coroutine on the gateway's loop (to poke at its state from the test thread)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> "GatewayHarness":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class ProcessGateway:
+    """``megabrain web`` and ``megabrain worker`` as real separate processes (production shape)."""
+
+    def __init__(self, env: dict[str, str], worker_providers: str = "openai", workers: int = 1) -> None:
+        self.env = dict(env)
+        self.port = free_port()
+        self.env["PORT"] = str(self.port)
+        self.env["HOST"] = "127.0.0.1"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.worker_providers = worker_providers
+        self.worker_count = workers
+        self.web: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "api.cli", *args], env=self.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        proc = self._spawn("worker", "--providers", self.worker_providers)
+        self.workers.append(proc)
+        return proc
+
+    def start(self) -> "ProcessGateway":
+        for _ in range(self.worker_count):
+            self.start_worker()
+        self.web = self._spawn("web")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.web.poll() is not None:
+                raise RuntimeError("web process exited: " + (self.web.stderr.read() or b"").decode()[-2000:])
+            try:
+                if httpx.get(self.url + "/health", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("web process did not start")
+
+    def stop(self) -> None:
+        for proc in [self.web, *self.workers]:
+            if proc and proc.poll() is None:
+                proc.terminate()
+        for proc in [self.web, *self.workers]:
+            if proc:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                if proc.stderr:
+                    proc.stderr.close()
+
+    def __enter__(self) -> "ProcessGateway":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,192 @@
+"""The model catalog: size and shape, id resolution, config-file overrides, cost. Pure: no Redis, no HTTP."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from common.errors import GatewayError
+from common.settings import Settings, load_settings
+from router.catalog import Catalog, Model, build_catalog, decimal_str, tier_for
+from router.providers import REGISTRY, resolve_providers
+
+PLAIN_DECIMAL = re.compile(r"^(0|[1-9]\d*)(\.\d*[1-9])?$")
+
+
+def _build(env: dict[str, str] | None = None, config: str | None = None, tmp_path: Path | None = None) -> Catalog:
+    path = None
+    if config is not None:
+        assert tmp_path is not None
+        file = tmp_path / "megabrain.toml"
+        file.write_text(config)
+        path = str(file)
+    settings = load_settings(env=env or {}, config_path=path)
+    return build_catalog(settings, resolve_providers(settings))
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return _build()
+
+
+def test_catalog_is_large_and_spans_providers(catalog: Catalog) -> None:
+    per_provider = Counter(m.provider for m in catalog.listed())
+    assert len(catalog.listed()) >= 500
+    assert len(per_provider) >= 60, sorted(set(p.id for p in REGISTRY) - set(per_provider))
+    assert set(per_provider) <= {spec.id for spec in REGISTRY}
+
+
+def test_every_model_is_well_formed(catalog: Catalog) -> None:
+    for model in catalog.listed():
+        assert model.id == f"{model.provider}/{model.id.split('/', 1)[1]}"
+        assert model.upstream_id and model.name
+        for price in (model.prompt_price, model.completion_price, model.audio_hour_price or "0"):
+            assert PLAIN_DECIMAL.match(price), (model.id, price)
+            assert Decimal(price) >= 0
+        assert model.modality in ("chat", "embedding", "transcription")
+        assert model.tier in ("free", "balanced", "frontier")
+        assert model.capabilities <= {"tools", "vision", "json"}
+        assert model.context_length is None or model.context_length > 0
+        assert model.free == (model.tier == "free"), model.id
+        if model.free:
+            assert model.prompt_price == model.completion_price == "0"
+            assert not model.pricing_source.startswith("estimate:")
+
+
+def test_catalog_has_every_modality_and_tier(catalog: Catalog) -> None:
+    assert {m.modality for m in catalog.listed()} == {"chat", "embedding", "transcription"}
+    assert {m.tier for m in catalog.listed()} == {"free", "balanced", "frontier"}
+    assert catalog.get("openai/whisper-1").modality == "transcription"
+    assert catalog.get("openai/text-embedding-3-small").modality == "embedding"
+    assert catalog.listed("embedding") and all(m.modality == "embedding" for m in catalog.listed("embedding"))
+
+
+def test_listings_respect_provider_capabilities(catalog: Catalog) -> None:
+    by_id = {spec.id: spec for spec in REGISTRY}
+    need = {"chat": "chat", "embedding": "embeddings", "transcription": "transcription"}
+    for model in catalog.listed():
+        assert need[model.modality] in by_id[model.provider].capabilities, model.id
+
+
+def test_prices_come_exactly_from_per_million_prices(catalog: Catalog) -> None:
+    mini = catalog.resolve("openai/gpt-4o-mini")
+    assert (mini.prompt_price, mini.completion_price) == ("0.00000015", "0.0000006")
+    assert mini.pricing_source == "genai-prices:openai"
+    assert {"tools", "vision", "json"} <= mini.capabilities
+    assert decimal_str(Decimal("3").scaleb(-6)) == "0.000003"
+    assert decimal_str(Decimal("1.500").scaleb(-6)) == "0.0000015"
+    assert decimal_str(Decimal("10")) == "10"
+    assert decimal_str(Decimal("0E-9")) == "0"
+
+
+def test_tier_rule() -> None:
+    per_m = lambda value: Decimal(value).scaleb(-6)  # noqa: E731
+    assert tier_for(per_m("2.5"), per_m("1"), free=False) == "frontier"
+    assert tier_for(per_m("0.5"), per_m("10"), free=False) == "frontier"
+    assert tier_for(per_m("2.49"), per_m("9.99"), free=False) == "balanced"
+    assert tier_for(Decimal(0), Decimal(0), free=True) == "free"
+
+
+def test_free_models_are_marked(catalog: Catalog) -> None:
+    free_ids = [m.id for m in catalog.listed() if m.free]
+    assert any(i.endswith(":free") for i in free_ids)
+    assert all(m.free for m in catalog.listed() if m.id.endswith(":free"))
+
+
+def test_resolution_of_prefixed_bare_and_case_variants(catalog: Catalog) -> None:
+    assert catalog.resolve("anthropic/claude-3-5-sonnet").provider == "anthropic"
+    # bare ids go to the original vendor even when others list the same id
+    assert catalog.resolve("gpt-4o-mini").id == "openai/gpt-4o-mini"
+    assert catalog.resolve("claude-3-5-sonnet").id == "anthropic/claude-3-5-sonnet"
+    assert catalog.resolve("gemini-2.5-flash").id == "google/gemini-2.5-flash"
+    assert catalog.resolve("Gpt-4O-mini").id == "openai/gpt-4o-mini"
+    # a bare id only aggregators list resolves to a seller with a real price list, deterministically
+    first = catalog.resolve("meta-llama/Llama-3.3-70B-Instruct")
+    assert not first.pricing_source.startswith("estimate:")
+    assert _build().resolve("meta-llama/Llama-3.3-70B-Instruct").id == first.id
+
+
+def test_unknown_provider_model_passes_through(catalog: Catalog) -> None:
+    model = catalog.resolve("openai/gpt-99-experimental")
+    assert (model.provider, model.upstream_id, model.listed) == ("openai", "gpt-99-experimental", False)
+
+
+def test_unknown_ids_are_404_with_a_hint(catalog: Catalog) -> None:
+    with pytest.raises(GatewayError) as info:
+        catalog.resolve("gpt-4o-mni")
+    assert info.value.status == 404 and info.value.error_type == "model_not_found"
+    assert "gpt-4o-mini" in info.value.message and "Did you mean" in info.value.message
+    with pytest.raises(GatewayError) as info:
+        catalog.resolve("nosuchvendor/zzzz")
+    assert info.value.status == 404 and "Did you mean" not in info.value.message
+
+
+def test_serving_finds_the_same_model_at_other_providers(catalog: Catalog) -> None:
+    model = catalog.resolve("together/meta-llama/Llama-3.3-70B-Instruct-Turbo")
+    providers = {m.provider for m in catalog.serving(model)}
+    assert "together" in providers
+    assert all(m.id.split("/", 1)[1] == model.id.split("/", 1)[1] for m in catalog.serving(model))
+
+
+def test_config_file_adds_overrides_and_hides(tmp_path: Path) -> None:
+    config = """
+[providers.local]
+kind = "openai"
+base_url = "http://127.0.0.1:9100/v1"
+
+[[models]]
+id = "local/tiny"
+provider = "local"
+upstream_id = "tiny-v1"
+free = true
+context_length = 8192
+aliases = ["tiny"]
+pricing = { prompt = "0", completion = "0" }
+
+[[models]]
+id = "openai/gpt-4o-mini"
+pricing = { prompt = "0.000001", completion = "0.000002" }
+aliases = ["mini"]
+
+[[models]]
+id = "anthropic/claude-3-5-sonnet"
+hidden = true
+
+[[models]]
+id = "poe/*"
+hidden = true
+"""
+    catalog = _build(config=config, tmp_path=tmp_path)
+    tiny = catalog.resolve("tiny")
+    assert (tiny.id, tiny.upstream_id, tiny.free, tiny.tier, tiny.context_length) == (
+        "local/tiny", "tiny-v1", True, "free", 8192)
+    mini = catalog.resolve("mini")
+    assert mini.id == "openai/gpt-4o-mini"
+    assert (mini.prompt_price, mini.completion_price, mini.pricing_source) == ("0.000001", "0.000002", "config")
+    assert "vision" in mini.capabilities  # untouched fields survive an override
+    assert catalog.get("anthropic/claude-3-5-sonnet") is None
+    assert not catalog.by_provider("poe")
+    assert _build().by_provider("poe")  # without the file they are there
+
+
+def test_cost_is_exact() -> None:
+    catalog = Catalog([], {})
+    model = Model(id="x/y", name="y", provider="x", upstream_id="y",
+                  prompt_price="0.00000015", completion_price="0.0000006")
+    assert catalog.cost(model, 1000, 500) == "0.00045"
+    assert catalog.cost(model, 0, 0) == "0"
+    assert catalog.cost(model, 3, 7) == "0.00000465"
+    whisper = Model(id="x/w", name="w", provider="x", upstream_id="w", modality="transcription",
+                    audio_hour_price="0.36")
+    assert catalog.audio_cost(whisper, 60) == "0.006"
+
+
+def test_build_without_any_provider_is_empty_but_works() -> None:
+    catalog = build_catalog(Settings(), {})
+    assert len(catalog) == 0
+    with pytest.raises(GatewayError):
+        catalog.resolve("gpt-4o")

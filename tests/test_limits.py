@@ -1,0 +1,192 @@
+"""The limit script: atomic check-and-count, nothing consumed on refusal, headers, fail-closed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from api.limits import DAY, MINUTE, Counter, CounterState, Limiter, decide, rate_limit_headers
+from common.names import Names
+from common.redis import connect
+
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
+
+
+@pytest.fixture(autouse=True)
+async def clear_of_window_edge() -> None:
+    """Counting tests must not straddle a minute boundary, where fixed windows reset (Redis is local)."""
+    into_minute = time.time() % 60
+    if into_minute > 54:
+        await asyncio.sleep(60.05 - into_minute)
+
+
+@pytest.fixture(params=["real", "embedded"])
+def url(request: pytest.FixtureRequest) -> str | None:
+    return REDIS_URL if request.param == "real" else None
+
+
+@pytest.fixture
+async def redis(url: str | None) -> AsyncIterator:
+    client = connect(url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def names(redis) -> AsyncIterator[Names]:  # type: ignore[no-untyped-def]
+    names = Names(f"test-{uuid.uuid4().hex[:12]}")
+    yield names
+    keys = [k async for k in redis.scan_iter(match=f"{names.ns}:*")]
+    if keys:
+        await redis.delete(*keys)
+
+
+@pytest.fixture
+def limiter(redis, names: Names) -> Limiter:  # type: ignore[no-untyped-def]
+    return Limiter(redis, names)
+
+
+async def test_minute_limit_counts_down_then_refuses(limiter: Limiter) -> None:
+    counter = limiter.ip_minute("192.0.2.1", 3)
+    remaining = []
+    for _ in range(3):
+        decision = await limiter.check([counter])
+        assert decision.allowed and decision.error is None
+        remaining.append(decision.headers["x-ratelimit-remaining"])
+        assert decision.headers["x-ratelimit-limit"] == "3"
+        assert 1 <= int(decision.headers["x-ratelimit-reset"]) <= MINUTE
+    assert remaining == ["2", "1", "0"]
+    refused = await limiter.check([counter])
+    assert not refused.allowed and refused.error is not None
+    assert (refused.error.status, refused.error.error_type) == (429, "rate_limit_exceeded")
+    headers = refused.error.response_headers()
+    assert 1 <= int(headers["retry-after"]) <= MINUTE
+    assert headers["x-ratelimit-remaining"] == "0" and headers["x-ratelimit-limit"] == "3"
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+
+
+async def test_day_limit_is_promotion_limit_reached(limiter: Limiter) -> None:
+    counter = limiter.ip_day("192.0.2.2", 1)
+    assert (await limiter.check([counter])).allowed
+    refused = await limiter.check([counter])
+    assert refused.error is not None
+    assert (refused.error.status, refused.error.error_type) == (401, "promotion_limit_reached")
+    assert 1 <= int(refused.headers["x-ratelimit-reset"]) <= DAY
+
+
+async def test_key_rpm_limit(limiter: Limiter) -> None:
+    counter = limiter.key_minute("abcd1234", 1)
+    assert (await limiter.check([counter])).allowed
+    refused = await limiter.check([counter])
+    assert refused.error is not None and refused.error.error_type == "rate_limit_exceeded"
+    assert "API key" in refused.error.message
+
+
+async def test_refusal_consumes_no_other_counter(limiter: Limiter) -> None:
+    tight = limiter.ip_minute("192.0.2.3", 1)
+    loose = limiter.key_minute("k-loose", 5)
+    assert (await limiter.check([tight, loose])).allowed
+    for _ in range(4):
+        refused = await limiter.check([tight, loose])
+        assert refused.error is not None and refused.headers["x-ratelimit-limit"] == "1"
+    alone = await limiter.check([loose])
+    assert alone.headers["x-ratelimit-remaining"] == "3"  # 5 - the first request - this one
+
+
+async def test_headers_report_the_tightest_counter(limiter: Limiter) -> None:
+    day = limiter.ip_day("192.0.2.4", 50)
+    minute = limiter.ip_minute("192.0.2.4", 2)
+    decision = await limiter.check([day, minute])
+    assert decision.headers["x-ratelimit-limit"] == "2"
+    assert decision.headers["x-ratelimit-remaining"] == "1"
+
+
+async def test_zero_limit_refuses(limiter: Limiter) -> None:
+    assert not (await limiter.check([limiter.ip_day("192.0.2.5", 0)])).allowed
+
+
+async def test_no_counters_is_allowed_without_headers(limiter: Limiter) -> None:
+    decision = await limiter.check([])
+    assert decision.allowed and decision.headers == {}
+
+
+async def test_revoked_key_is_refused_before_counting(redis, names: Names, limiter: Limiter) -> None:  # type: ignore[no-untyped-def]
+    revoked, counter = names.key("revoked"), limiter.key_minute("kid", 5)
+    assert (await limiter.check([counter], key_id="kid", revoked_key=revoked)).allowed
+    await redis.sadd(revoked, "kid")
+    decision = await limiter.check([counter], key_id="kid", revoked_key=revoked)
+    assert decision.revoked and decision.error is not None
+    assert decision.error.error_type == "authentication_required"
+    await redis.srem(revoked, "kid")
+    after = await limiter.check([counter], key_id="kid", revoked_key=revoked)
+    assert after.headers["x-ratelimit-remaining"] == "3"  # the refused request was not counted
+
+
+async def test_budget(redis, names: Names, limiter: Limiter) -> None:  # type: ignore[no-untyped-def]
+    spend = names.key("spend")
+    assert (await limiter.check([], key_id="k", spend_key=spend, budget=1.0)).allowed
+    await redis.incrbyfloat(spend, "0.999")
+    assert (await limiter.check([], key_id="k", spend_key=spend, budget=1.0)).allowed
+    await redis.incrbyfloat(spend, "0.001")
+    refused = await limiter.check([], key_id="k", spend_key=spend, budget=1.0)
+    assert refused.error is not None
+    assert (refused.error.status, refused.error.error_type) == (402, "budget_exceeded")
+
+
+async def test_touch_records_last_use(redis, names: Names, limiter: Limiter) -> None:  # type: ignore[no-untyped-def]
+    used = names.key("used")
+    await limiter.check([], key_id="k1", used_key=used, touch=False)
+    assert await redis.hget(used, "k1") is None
+    await limiter.check([], key_id="k1", used_key=used, touch=True)
+    assert float(await redis.hget(used, "k1")) > 1.6e9
+
+
+async def test_counter_keys_expire(redis, limiter: Limiter) -> None:  # type: ignore[no-untyped-def]
+    counter = limiter.ip_minute("192.0.2.6", 5)
+    await limiter.check([counter])
+    assert 0 < await redis.pttl(counter.key) <= (MINUTE + 1) * 1000
+
+
+async def test_concurrent_requests_through_two_clients(redis, url: str | None, names: Names) -> None:  # type: ignore[no-untyped-def]
+    other = connect(url)  # a second, independent client: as if a second API process
+    try:
+        limiters = [Limiter(redis, names), Limiter(other, names)]
+        decisions = await asyncio.gather(
+            *(limiters[i % 2].check([limiters[i % 2].ip_minute("198.51.100.1", 20)]) for i in range(50))
+        )
+    finally:
+        await other.aclose()
+    assert sum(d.allowed for d in decisions) == 20
+    assert {d.error.status for d in decisions if d.error} == {429}
+
+
+async def test_redis_down_fails_closed() -> None:
+    dead = connect("redis://127.0.0.1:1")
+    try:
+        limiter = Limiter(dead, Names("test-dead"))
+        decision = await limiter.check([limiter.ip_minute("192.0.2.7", 5)])
+    finally:
+        await dead.aclose()
+    assert not decision.allowed and decision.error is not None
+    assert (decision.error.status, decision.error.error_type) == (503, "temporarily_unavailable")
+    assert "retry-after" in decision.error.response_headers()
+
+
+def test_decide_maps_reply_to_headers() -> None:
+    a = Counter("ip_day", "a", 50, DAY)
+    b = Counter("ip_minute", "b", 20, MINUTE)
+    decision = decide([a, b], [0, 0, 50, 40, 5_000_000, 20, 19, 1_500], None)
+    assert decision.allowed
+    assert decision.headers == {"x-ratelimit-limit": "20", "x-ratelimit-remaining": "19", "x-ratelimit-reset": "2"}
+    refused = decide([a, b], [3, 1, 50, 0, 5_000_000, 20, 19, 1_500], None)
+    assert refused.error is not None and refused.error.error_type == "promotion_limit_reached"
+
+
+def test_reset_header_is_never_zero() -> None:
+    state = CounterState(Counter("ip_minute", "k", 1, MINUTE), 0, 0.0004)
+    assert rate_limit_headers(state)["x-ratelimit-reset"] == "1"

@@ -1,0 +1,142 @@
+"""The arq job every pool runs: serve one request at one provider, retrying, then handing it on.
+
+Flow of a job: announce ``start`` (the web tier now knows a live worker has it), call the provider with
+bounded retries, then either publish the answer, hand the job to the next candidate's pool (only while
+nothing has reached the client), or publish one error. Any failure after stream data was sent ends the
+stream with an error event: a stream is never silently restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from common.errors import GatewayError
+from common.queue import enqueue
+from common.wire import Job, Route, job_decoder, job_encoder
+from workers.publisher import Publisher, ReceiverGone
+from workers.providers.base import UpstreamError
+from workers.retry import next_delay
+from workers.runtime import Runtime
+
+log = logging.getLogger("megabrain.worker")
+
+JOB_FUNCTION = "serve"
+
+# kind -> coroutine doing one attempt at one provider; raises UpstreamError
+Handler = Callable[[Runtime, Job, Route, Publisher], Awaitable[None]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+async def serve(ctx: dict[str, Any], payload: bytes) -> None:
+    """arq entry point. Runs the work in an inner task so a client's cancel stops only this request."""
+    runtime: Runtime = ctx["runtime"]
+    job = job_decoder.decode(payload)
+    inner = asyncio.create_task(_run(runtime, job))
+    runtime.active[job.request_id] = inner
+    try:
+        await inner
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            inner.cancel()
+            raise  # the worker itself is shutting down
+        log.info("request %s cancelled by the web tier", job.request_id)
+    finally:
+        if runtime.active.get(job.request_id) is inner:
+            del runtime.active[job.request_id]
+
+
+async def _run(runtime: Runtime, job: Job) -> None:
+    route = job.plan[job.hop]
+    pub = Publisher(runtime.redis, job.reply_channel, job.request_id, job.attempt, job.meta.get("seq", 0))
+    runtime.publishers[job.request_id] = pub
+    try:
+        await pub.send("start", meta={"worker": runtime.worker_id, "provider": route.provider})
+        try:
+            await _attempts(runtime, job, route, pub)
+        except UpstreamError as error:
+            await _after_failure(runtime, job, pub, error)
+        except GatewayError as error:
+            await pub.send("error", error.body(), status=error.status,
+                           meta={"retry_after": error.retry_after})
+    except ReceiverGone:
+        log.info("request %s: the web process is gone; stopping", job.request_id)
+    finally:
+        runtime.publishers.pop(job.request_id, None)
+        await pub.close()
+
+
+async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> None:
+    serve_once = HANDLERS[job.kind]
+    retry = 0
+    while True:
+        if time.time() >= job.deadline:
+            raise UpstreamError(0, "the request's deadline passed", retryable=False, fallback=False,
+                                error_type="upstream_timeout")
+        try:
+            await serve_once(runtime, job, route, pub)
+            return
+        except UpstreamError as error:
+            if pub.committed:
+                raise
+            delay = next_delay(retry, runtime.settings.upstream_max_retries, error, job.deadline)
+            if delay is None:
+                raise
+            log.info("request %s: %s failed (%s), retry %d in %.2fs", job.request_id, route.provider,
+                     error.status or "transport", retry + 1, delay)
+            retry += 1
+            await asyncio.sleep(delay)
+
+
+async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: UpstreamError) -> None:
+    """Hand the request to the next candidate's pool, or tell the client."""
+    next_hop = job.hop + 1
+    if not pub.committed and error.fallback and next_hop < len(job.plan) and time.time() < job.deadline:
+        nxt = job.plan[next_hop]
+        await pub.send("handoff", meta={"pool": nxt.provider, "hop": next_hop,
+                                        "job_id": f"{job.request_id}-{job.attempt}-{next_hop}"})
+        handed = msgspec.structs.replace(job, hop=next_hop, meta={**job.meta, "seq": pub.seq})
+        ok = await enqueue(runtime.redis, runtime.names, nxt.provider, JOB_FUNCTION,
+                           f"{job.request_id}-{job.attempt}-{next_hop}", job_encoder.encode(handed),
+                           expires_s=max(1.0, job.deadline - time.time()))
+        if ok:
+            log.info("request %s: %s failed, handed to %s", job.request_id, job.plan[job.hop].provider,
+                     nxt.provider)
+            return
+    refusal = client_error(error, job)
+    await pub.send("error", refusal.body(), status=refusal.status,
+                   meta={"retry_after": refusal.retry_after, "upstream_status": error.status})
+
+
+def client_error(error: UpstreamError, job: Job) -> GatewayError:
+    """What the client is told when no provider could answer."""
+    provider = job.plan[job.hop].provider
+    if error.retryable or error.error_type == "upstream_timeout":
+        kind = "upstream_timeout" if error.error_type == "upstream_timeout" else "temporarily_unavailable"
+        return GatewayError(
+            kind,
+            f"The provider {provider} is not answering right now ({error.message}). Try again shortly.",
+            retry_after=error.retry_after if error.retry_after is not None else 2.0,
+            code=error.code.upper() if error.code else None,
+        )
+    return GatewayError(
+        error.error_type,
+        f"{provider}: {error.message}",
+        status=error.client_status,
+        param=error.param,
+        code=error.code.upper() if isinstance(error.code, str) else None,
+    )

@@ -1,0 +1,244 @@
+"""Provider pools: one arq worker per provider queue, woken on enqueue, all in one process.
+
+arq polls its queue; a pool woken only by polling adds up to ``poll_delay`` to every request. Here each
+worker waits on an event that a single pub/sub subscription sets when a job is enqueued on its queue
+(``common/queue.py`` publishes the nudge), so pickup is immediate and an idle worker costs one slow poll
+per ``poll_delay`` (the safety net for a missed nudge). The same subscription carries this process's
+control channel (cancel a request) so a worker process holds one pub/sub connection in all.
+
+The process also keeps a liveness entry per pool in Redis (a sorted set scored by time), which the web
+tier reads to refuse requests for pools with no live worker at once instead of letting them wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+import arq.worker
+from arq.worker import Worker
+
+from common.names import Names
+from common.redis import connect, job_deserializer, job_serializer
+from common.settings import Settings
+from router.catalog import build_catalog
+from router.providers import resolve_providers
+from workers import chat as _chat  # noqa: F401  (registers the chat handler)
+from workers.jobs import JOB_FUNCTION, serve
+from workers.runtime import Runtime
+from workers.upstream import make_http_client
+
+log = logging.getLogger("megabrain.worker")
+
+LIVENESS_INTERVAL = 2.0  # seconds between liveness writes
+LIVENESS_TTL = 6.0  # a worker unseen for this long is presumed dead
+HEARTBEAT_AFTER = 5.0  # a job silent for this long sends a heartbeat event
+
+
+class PoolWorker(Worker):
+    """An arq ``Worker`` whose poll loop sleeps on a wake-up event instead of a fixed delay."""
+
+    def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wake = wake
+
+    async def main(self) -> None:
+        self.ctx["redis"] = self.pool
+        while True:
+            self.wake.clear()
+            await self._poll_iteration()  # when full, a freed slot wakes us again (below)
+            try:
+                async with asyncio.timeout(self.poll_delay_s):
+                    await self.wake.wait()
+            except TimeoutError:
+                pass
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        was_full = self.job_counter >= self.max_jobs
+        super()._release_sem_dec_counter_on_complete()
+        if was_full:
+            self.wake.set()
+
+
+def resolve_pools(settings: Settings, requested: str) -> tuple[str, ...]:
+    """``'*'`` means every configured provider; otherwise a comma-separated list of provider ids."""
+    providers = resolve_providers(settings)
+    if requested.strip() in ("*", "all", ""):
+        return tuple(p.id for p in providers.values() if p.configured)
+    pools = tuple(p.strip() for p in requested.split(",") if p.strip())
+    unknown = [p for p in pools if p not in providers]
+    if unknown:
+        raise SystemExit(f"unknown provider(s): {', '.join(unknown)}")
+    return pools
+
+
+class PoolProcess:
+    """Everything one ``megabrain worker`` process runs: workers, wake/control listener, liveness."""
+
+    def __init__(self, settings: Settings, pools: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.pools = pools
+        providers = resolve_providers(settings)
+        self.redis = connect(settings.redis_url, max_connections=settings.worker_max_jobs * len(pools) + 10)
+        self.pubsub_redis = connect(settings.redis_url, pubsub=True, max_connections=2)
+        self.runtime = Runtime(
+            settings=settings, names=self.names, redis=self.redis,
+            http=make_http_client(settings, max_connections=settings.worker_max_jobs * max(1, len(pools))),
+            providers=providers, catalog=build_catalog(settings, providers), pools=pools,
+        )
+        self.wakes = {pool: asyncio.Event() for pool in pools}
+        self.workers = [self._make_worker(pool) for pool in pools]
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.stopping = False
+
+    def _make_worker(self, pool: str) -> PoolWorker:
+        return PoolWorker(
+            functions=[arq.worker.func(serve, name=JOB_FUNCTION, max_tries=1,
+                                       timeout=self.settings.request_timeout + 30)],
+            queue_name=self.names.queue(pool),
+            redis_pool=self.redis,
+            wake=self.wakes[pool],
+            handle_signals=False,
+            max_jobs=self.settings.worker_max_jobs,
+            poll_delay=self.settings.poll_delay,
+            keep_result=0,
+            max_tries=1,  # arq's own re-run after a crash must not call the upstream again
+            retry_jobs=False,
+            job_serializer=job_serializer,
+            job_deserializer=job_deserializer,
+            ctx={"runtime": self.runtime},
+            health_check_interval=3600,
+            log_results=False,
+        )
+
+    async def start(self) -> None:
+        await self._write_liveness()
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="pool-listen"),
+            asyncio.create_task(self._liveness_loop(), name="pool-liveness"),
+            asyncio.create_task(self._heartbeat_loop(), name="pool-heartbeats"),
+        ]
+        self._tasks += [asyncio.create_task(w.main(), name=f"pool-{p}") for w, p in zip(self.workers, self.pools)]
+        log.info("worker %s serving pools: %s", self.runtime.worker_id, ", ".join(self.pools))
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT, then drain in-flight jobs (bounded) and exit."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await self.start()
+        await stop.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop picking jobs, let running ones finish within the grace period, then cancel the rest."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for worker in self.workers:
+            worker.allow_pick_jobs = False
+        # leave the liveness set first, so web processes stop sending us work
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for pool in self.pools:
+                    pipe.zrem(self.names.live_workers(pool), self.runtime.worker_id)
+                await pipe.execute()
+        except Exception:
+            pass
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        while any(w.tasks for w in self.workers) and time.monotonic() < deadline:
+            for worker in self.workers:
+                for job_id, task in list(worker.tasks.items()):
+                    if task.done():
+                        del worker.tasks[job_id]
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        for worker in self.workers:
+            for task in worker.tasks.values():
+                task.cancel()
+        await asyncio.gather(*self._tasks, *(t for w in self.workers for t in w.tasks.values()),
+                             return_exceptions=True)
+        await self.runtime.http.aclose()
+        await self.redis.aclose()
+        await self.pubsub_redis.aclose()
+
+    async def _listen(self) -> None:
+        """One subscription: wake channels of our pools, and our control channel."""
+        wake_by_channel = {self.names.wake_channel(p).encode(): self.wakes[p] for p in self.pools}
+        control = self.names.control_channel(self.runtime.worker_id).encode()
+        while True:
+            pubsub = self.pubsub_redis.pubsub()
+            try:
+                await pubsub.subscribe(*wake_by_channel, control)
+                for event in self.wakes.values():
+                    event.set()  # poll once after (re)subscribing, in case nudges were missed
+                async for message in pubsub.listen():
+                    if message["type"] != "message":
+                        continue
+                    channel = message["channel"]
+                    wake = wake_by_channel.get(channel)
+                    if wake is not None:
+                        wake.set()
+                    elif channel == control:
+                        self._control(message["data"])
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except Exception as exc:
+                log.warning("worker pub/sub connection lost (%s); reconnecting", type(exc).__name__)
+                await pubsub.aclose()
+                await asyncio.sleep(0.5)
+
+    def _control(self, data: bytes) -> None:
+        command, _, request_id = data.decode().partition(" ")
+        if command == "cancel":
+            self.runtime.cancel(request_id)
+
+    async def _write_liveness(self) -> None:
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in self.pools:
+                key = self.names.live_workers(pool)
+                pipe.zadd(key, {self.runtime.worker_id: now})
+                pipe.zremrangebyscore(key, "-inf", now - LIVENESS_TTL * 10)
+                pipe.expire(key, int(LIVENESS_TTL * 20))
+            await pipe.execute()
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LIVENESS_INTERVAL)
+            try:
+                await self._write_liveness()
+            except Exception as exc:
+                log.warning("could not write worker liveness (%s)", type(exc).__name__)
+
+    async def _heartbeat_loop(self) -> None:
+        """Jobs waiting on a slow upstream say they are alive, so the web tier can tell them from dead ones."""
+        while True:
+            await asyncio.sleep(1.0)
+            for pub in list(self.runtime.publishers.values()):
+                if pub.idle_for() >= HEARTBEAT_AFTER:
+                    asyncio.create_task(_quiet(pub.send("heartbeat")))
+
+
+async def _quiet(coro: Any) -> None:
+    try:
+        await coro
+    except Exception:
+        pass
+
+
+async def run_pools(settings: Settings, pools: tuple[str, ...]) -> None:
+    if not pools:
+        raise SystemExit("no provider pools to run: configure a provider (e.g. OPENAI_API_KEY) or pass --providers")
+    process = PoolProcess(settings, pools)
+    await process.run()

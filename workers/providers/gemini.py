@@ -1,0 +1,694 @@
+"""Google Gemini's native API (``generativelanguage.googleapis.com/v1beta``), translated to and from OpenAI shapes.
+
+Gemini differs from OpenAI in ways that break naive translation, all handled here and nowhere else:
+
+- roles are ``user``/``model``; system text goes to ``systemInstruction``; tool results are
+  ``functionResponse`` parts in a user turn and must carry the function's *name*, not a call id;
+- function calls have no ids: we synthesise them and look names up again from the conversation;
+- tool parameter schemas are an OpenAPI subset: JSON-Schema keys it does not know make the request fail,
+  so schemas are cleaned (refs inlined, unsupported keys dropped);
+- Gemini 3 attaches a ``thoughtSignature`` to function calls that must come back on the next turn: it
+  travels in ``tool_calls[].extra_content.google.thought_signature`` (the shape Google's own OpenAI
+  endpoint uses);
+- a function call ends with ``STOP``; ``tool_calls`` is derived from the parts;
+- streams are ``data:``-only SSE with no terminator, and old models repeat ``finishReason`` on every
+  chunk, so the finishing chunk is emitted at the end of the stream, not when a reason is first seen;
+- a bad key is HTTP 400 ``API_KEY_INVALID``, not 401.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import secrets
+from typing import Any
+
+import msgspec
+
+from workers.providers.base import (
+    RequestSpec,
+    Upstream,
+    UpstreamError,
+    classify_status,
+    retry_after_seconds,
+)
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+
+# Google documents this value for function calls whose real signature is unknown (history written
+# elsewhere); Gemini 3 rejects a function-call turn with no signature at all.
+DUMMY_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
+
+_FINISH_REASONS = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    "IMAGE_RECITATION": "content_filter",
+    "LANGUAGE": "content_filter",
+}
+# Reasons that mean the model's function call is unusable: a visible error, never a silent "stop".
+_BROKEN_CALL_REASONS = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"})
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+# ---------------------------------------------------------------- URLs and headers
+
+
+def api_root(up: Upstream) -> str:
+    """``{base}/v1beta``, whether the configured base URL already ends in ``/v1beta`` or not."""
+    base = (up.base_url or DEFAULT_BASE_URL).rstrip("/")
+    if base.endswith("/v1beta"):
+        base = base[: -len("/v1beta")]
+    return base + "/v1beta"
+
+
+def model_url(up: Upstream, model: str, method: str) -> str:
+    name = model[len("models/"):] if model.startswith("models/") else model
+    return f"{api_root(up)}/models/{name}:{method}"
+
+
+def gemini_headers(up: Upstream) -> dict[str, str]:
+    """The key goes in ``x-goog-api-key`` (what Google's SDK sends), unless another header is configured."""
+    headers = dict(up.headers)
+    headers["content-type"] = "application/json"
+    if up.api_key and up.auth != "none":
+        header = "x-goog-api-key" if up.auth in ("bearer", "x-goog-api-key") else up.auth
+        headers[header] = up.api_key
+    return headers
+
+
+# ---------------------------------------------------------------- JSON schema cleaning
+
+_KEPT_SCHEMA_KEYS = frozenset({
+    "type", "format", "title", "description", "nullable", "enum", "items", "properties", "required",
+    "anyOf", "minItems", "maxItems", "minimum", "maximum", "minLength", "maxLength", "minProperties",
+    "maxProperties", "propertyOrdering",
+})
+_FORMATS = {"string": {"enum", "date-time"}, "integer": {"int32", "int64"}, "number": {"float", "double"}}
+
+
+def clean_schema(schema: Any) -> dict[str, Any]:
+    """A JSON Schema reduced to the OpenAPI subset Gemini accepts, keeping as much meaning as it can.
+
+    ``$ref`` is inlined from ``$defs``/``definitions`` (a recursive ref becomes a plain object), ``const``
+    becomes a one-value enum, ``oneOf`` becomes ``anyOf``, ``allOf`` is merged, ``["x", "null"]`` types and
+    null branches become ``nullable``; every other key (``additionalProperties``, ``$schema``, ``default``,
+    ``pattern``, ``examples``…) is dropped.
+    """
+    if not isinstance(schema, dict):
+        return {}
+    defs: dict[str, Any] = {}
+    for key in ("$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            defs.update(schema[key])
+    return _clean_node(schema, defs, ())
+
+
+def _clean_node(node: Any, defs: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {}
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        name = ref.rsplit("/", 1)[-1]
+        if name in seen or name not in defs:
+            return {"type": "object", **_text(node)}
+        resolved = {**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}
+        return _clean_node(resolved, defs, seen + (name,))
+    node = _merge_all_of(node, defs, seen)
+    out: dict[str, Any] = {}
+    nullable = bool(node.get("nullable"))
+    types = node.get("type")
+    if isinstance(types, list):
+        nullable = nullable or "null" in types
+        types = [t for t in types if t != "null"]
+        if len(types) > 1:
+            out["anyOf"] = [{"type": t} for t in types]
+        types = types[0] if len(types) == 1 else None
+    if isinstance(types, str):
+        out["type"] = types
+    branches = node.get("anyOf") or node.get("oneOf")
+    if isinstance(branches, list):
+        kept = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
+        nullable = nullable or len(kept) < len(branches)
+        cleaned = [_clean_node(b, defs, seen) for b in kept]
+        if len(cleaned) == 1:
+            out = {**cleaned[0], **out}
+        elif cleaned:
+            out["anyOf"] = cleaned
+    if "const" in node:
+        node = {**node, "enum": [node["const"]]}
+    for key, value in node.items():
+        if key not in _KEPT_SCHEMA_KEYS or key in ("type", "anyOf", "nullable"):
+            continue
+        if key == "properties" and isinstance(value, dict):
+            props = {str(k): _clean_node(v, defs, seen) for k, v in value.items()}
+            if props:
+                out["properties"] = props
+        elif key == "items":
+            item = value[0] if isinstance(value, list) and value else value
+            out["items"] = _clean_node(item, defs, seen)
+        elif key == "enum":
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                out["enum"] = value
+                out.setdefault("type", "string")
+        elif key == "format":
+            if value in _FORMATS.get(out.get("type", ""), ()):
+                out["format"] = value
+        elif key == "required":
+            if isinstance(value, list):
+                out["required"] = [str(v) for v in value]
+        else:
+            out[key] = value
+    if "required" in out:
+        names = out.get("properties", {})
+        out["required"] = [r for r in out["required"] if r in names]
+        if not out["required"]:
+            del out["required"]
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
+def _merge_all_of(node: dict[str, Any], defs: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
+    parts = node.get("allOf")
+    if not isinstance(parts, list):
+        return node
+    merged: dict[str, Any] = {k: v for k, v in node.items() if k != "allOf"}
+    for part in parts:
+        sub = _clean_node(part, defs, seen)
+        props = {**sub.get("properties", {}), **merged.get("properties", {})}
+        required = list(dict.fromkeys([*merged.get("required", []), *sub.get("required", [])]))
+        merged = {**sub, **merged}
+        if props:
+            merged["properties"] = props
+        if required:
+            merged["required"] = required
+    return merged
+
+
+def _text(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: node[k] for k in ("description", "title") if isinstance(node.get(k), str)}
+
+
+# ---------------------------------------------------------------- request: messages → contents
+
+
+def _text_of(content: Any) -> str:
+    """Plain text of an OpenAI content (string or array of text parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _data_url_part(url: str) -> dict[str, Any] | None:
+    """``data:<mime>;base64,<data>`` → ``inlineData``."""
+    header, _, data = url.partition(",")
+    if not header.startswith("data:") or ";base64" not in header:
+        return None
+    mime = header[len("data:"):].split(";", 1)[0] or "application/octet-stream"
+    return {"inlineData": {"mimeType": mime, "data": data}}
+
+
+def _url_part(url: str, default_mime: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        part = _data_url_part(url)
+        if part is None:
+            raise _invalid("only base64 data URLs are supported in image_url")
+        return part
+    mime = mimetypes.guess_type(url.split("?", 1)[0])[0] or default_mime
+    return {"fileData": {"mimeType": mime, "fileUri": url}}
+
+
+def _user_parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    parts: list[dict[str, Any]] = []
+    for item in content or ():
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "text":
+            if item.get("text"):
+                parts.append({"text": item["text"]})
+        elif kind == "image_url":
+            image = item.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if isinstance(url, str):
+                parts.append(_url_part(url, "image/jpeg"))
+        elif kind == "input_audio":
+            audio = item.get("input_audio") or {}
+            parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format', 'wav')}",
+                                         "data": audio.get("data", "")}})
+        elif kind == "file":
+            data = (item.get("file") or {}).get("file_data")
+            if isinstance(data, str):
+                parts.append(_url_part(data, "application/pdf"))
+    return parts
+
+
+def _model_parts(message: dict[str, Any], dummy_signature: bool) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    text = _text_of(message.get("content"))
+    if text:
+        parts.append({"text": text})
+    calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
+    for n, call in enumerate(calls):
+        function = call.get("function") or {}
+        part: dict[str, Any] = {"functionCall": {"name": function.get("name", ""),
+                                                 "args": _parse_args(function.get("arguments"))}}
+        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+        if signature:
+            part["thoughtSignature"] = signature
+        elif n == 0 and dummy_signature and not any(_signature_of(c) for c in calls):
+            part["thoughtSignature"] = DUMMY_THOUGHT_SIGNATURE
+        parts.append(part)
+    return parts
+
+
+def _signature_of(call: dict[str, Any]) -> str | None:
+    return ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+
+
+def _parse_args(arguments: Any) -> dict[str, Any]:
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments:
+        return {}
+    try:
+        value = msgspec.json.decode(arguments)
+    except (msgspec.DecodeError, TypeError):
+        raise _invalid("tool_calls[].function.arguments must be a JSON object") from None
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _function_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    call_id = message.get("tool_call_id")
+    name = names.get(call_id) if isinstance(call_id, str) else None
+    name = name or message.get("name")
+    if not name:
+        raise _invalid(f"tool message refers to unknown tool_call_id {call_id!r}", param="messages")
+    text = _text_of(message.get("content"))
+    response: Any = {"result": text}
+    if text.startswith("{"):
+        try:
+            parsed = msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            response = parsed
+    return {"functionResponse": {"name": name, "response": response}}
+
+
+def build_contents(messages: list[dict[str, Any]], dummy_signature: bool = True) -> tuple[list[str], list[dict]]:
+    """OpenAI messages → (system texts, Gemini contents)."""
+    system: list[str] = []
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool_call id → function name, for functionResponse
+    last_was_tool = False
+    for message in messages:
+        role = message.get("role")
+        is_tool = role in ("tool", "function")
+        if role in ("system", "developer"):
+            text = _text_of(message.get("content"))
+            if text:
+                system.append(text)
+        elif role == "user":
+            parts = _user_parts(message.get("content"))
+            if parts:
+                contents.append({"role": "user", "parts": parts})
+        elif role == "assistant":
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict) and call.get("id"):
+                    names[call["id"]] = (call.get("function") or {}).get("name", "")
+            parts = _model_parts(message, dummy_signature)
+            if parts:
+                contents.append({"role": "model", "parts": parts})
+        elif is_tool:
+            part = _function_response(message, names)
+            if last_was_tool:
+                contents[-1]["parts"].append(part)
+            else:
+                contents.append({"role": "user", "parts": [part]})
+        else:
+            raise _invalid(f"unsupported message role {role!r}", param="messages")
+        last_was_tool = is_tool
+    return system, contents
+
+
+# ---------------------------------------------------------------- request: options
+
+
+def generation_config(body: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"), ("seed", "seed"),
+                         ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"),
+                         ("n", "candidateCount")):
+        if body.get(ours) is not None:
+            config[theirs] = body[ours]
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens:
+        config["maxOutputTokens"] = max_tokens
+    stop = body.get("stop")
+    if stop:
+        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if fmt["type"] == "json_schema" and isinstance(schema, dict):
+            config["responseSchema"] = clean_schema(schema)
+    return config
+
+
+def function_declarations(tools: Any) -> list[dict[str, Any]]:
+    declarations = []
+    for tool in tools or ():
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            continue
+        function = tool.get("function") or {}
+        declaration: dict[str, Any] = {"name": function.get("name", "")}
+        if function.get("description"):
+            declaration["description"] = function["description"]
+        parameters = clean_schema(function.get("parameters"))
+        if parameters.get("properties"):  # Gemini rejects an object schema with no properties
+            declaration["parameters"] = parameters
+        declarations.append(declaration)
+    return declarations
+
+
+def tool_config(tool_choice: Any) -> dict[str, Any] | None:
+    if tool_choice in ("auto", "none", "required"):
+        mode = {"auto": "AUTO", "none": "NONE", "required": "ANY"}[tool_choice]
+        return {"functionCallingConfig": {"mode": mode}}
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        if name:
+            return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
+    return None
+
+
+# ---------------------------------------------------------------- responses
+
+
+def new_call_id() -> str:
+    """Unique across responses and rounds (ids restarting at 0 each response collide in long chats)."""
+    return "call_" + secrets.token_hex(12)
+
+
+def _tool_call(part: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+    call = part["functionCall"]
+    given = call.get("id")
+    call_out: dict[str, Any] = {
+        "id": given if isinstance(given, str) and _SAFE_ID.match(given) else new_call_id(),
+        "type": "function",
+        "function": {"name": call.get("name", ""),
+                     "arguments": msgspec.json.encode(call.get("args") or {}).decode()},
+    }
+    if index is not None:
+        call_out = {"index": index, **call_out}
+    if part.get("thoughtSignature"):
+        call_out["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
+    return call_out
+
+
+def _split_parts(parts: list[dict[str, Any]]) -> tuple[str, str, list[dict[str, Any]]]:
+    """(answer text, thought text, functionCall parts)."""
+    text, thoughts, calls = [], [], []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        if "functionCall" in part:
+            calls.append(part)
+        elif isinstance(part.get("text"), str):
+            (thoughts if part.get("thought") else text).append(part["text"])
+    return "".join(text), "".join(thoughts), calls
+
+
+def finish_reason(raw: str | None, has_calls: bool) -> str:
+    if raw in _BROKEN_CALL_REASONS:
+        raise UpstreamError(
+            502, f"Gemini returned an unusable function call (finishReason {raw})",
+            retryable=False, fallback=True, code=raw,
+        )
+    if has_calls and raw in (None, "STOP", "TOO_MANY_TOOL_CALLS"):
+        return "tool_calls"
+    return _FINISH_REASONS.get(raw or "STOP", "stop")
+
+
+def usage(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not isinstance(meta, dict):
+        return None
+    prompt = int(meta.get("promptTokenCount") or 0) + int(meta.get("toolUsePromptTokenCount") or 0)
+    thoughts = int(meta.get("thoughtsTokenCount") or 0)
+    completion = int(meta.get("candidatesTokenCount") or 0) + thoughts
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": int(meta.get("totalTokenCount") or prompt + completion),
+    }
+    if thoughts:
+        out["completion_tokens_details"] = {"reasoning_tokens": thoughts}
+    if meta.get("cachedContentTokenCount"):
+        out["prompt_tokens_details"] = {"cached_tokens": int(meta["cachedContentTokenCount"])}
+    return out
+
+
+def _choice(candidate: dict[str, Any], position: int) -> dict[str, Any]:
+    parts = (candidate.get("content") or {}).get("parts") or []
+    text, thoughts, calls = _split_parts(parts)
+    message: dict[str, Any] = {"role": "assistant", "content": text if (text or not calls) else None}
+    if thoughts:
+        message["reasoning_content"] = thoughts
+    if calls:
+        message["tool_calls"] = [_tool_call(p) for p in calls]
+    return {
+        "index": candidate.get("index", position),
+        "message": message,
+        "finish_reason": finish_reason(candidate.get("finishReason"), bool(calls)),
+        "logprobs": None,
+    }
+
+
+def _blocked_choice() -> dict[str, Any]:
+    return {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "content_filter",
+            "logprobs": None}
+
+
+# ---------------------------------------------------------------- errors
+
+
+def parse_retry_delay(value: Any) -> float | None:
+    """google.protobuf.Duration JSON (``"59s"``, ``"1.5s"``) → seconds."""
+    if isinstance(value, str) and value.endswith("s"):
+        try:
+            return max(0.0, float(value[:-1]))
+        except ValueError:
+            return None
+    return None
+
+
+def _error_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return {"message": body.decode("utf-8", "replace").strip()[:500]}
+    if isinstance(data, list) and data:  # streamGenerateContent without alt=sse wraps errors in an array
+        data = data[0]
+    err = data.get("error") if isinstance(data, dict) else None
+    return err if isinstance(err, dict) else {}
+
+
+def classify_error(status: int, err: dict[str, Any], headers: dict[str, str] | None = None) -> UpstreamError:
+    """A Gemini ``error`` object (from an HTTP error or inside a stream) → ``UpstreamError``."""
+    message = str(err.get("message") or f"Gemini returned HTTP {status}")
+    rpc_status = err.get("status")
+    reasons, retry_delay = set(), None
+    for detail in err.get("details") or ():
+        if isinstance(detail, dict):
+            if detail.get("reason"):
+                reasons.add(str(detail["reason"]))
+            retry_delay = retry_delay if retry_delay is not None else parse_retry_delay(detail.get("retryDelay"))
+    retry_after = retry_delay if retry_delay is not None else retry_after_seconds(headers or {})
+    if "API_KEY_INVALID" in reasons or status in (401, 403):
+        # The gateway's key, not the client's: never a 401 the client would blame on its own key.
+        reason = "API_KEY_INVALID" if "API_KEY_INVALID" in reasons else str(rpc_status or status)
+        return UpstreamError(status, f"Gemini rejected the gateway's credentials ({reason})",
+                             retryable=False, fallback=True, error_type="upstream_error", code=reason)
+    if status == 400 and rpc_status == "FAILED_PRECONDITION":  # e.g. "User location is not supported"
+        return UpstreamError(status, message, retryable=False, fallback=True, code=rpc_status)
+    if status == 400 and "token count" in message and "exceeds" in message:
+        return UpstreamError(status, message, retryable=False, fallback=False, error_type="invalid_request",
+                             code="context_length_exceeded")
+    retryable, fallback, error_type = classify_status(status)
+    return UpstreamError(status, message, retryable=retryable, fallback=fallback, error_type=error_type,
+                         retry_after=retry_after, code=str(rpc_status) if rpc_status else None)
+
+
+def _inband_error(err: Any) -> UpstreamError:
+    err = err if isinstance(err, dict) else {"message": str(err)}
+    code = err.get("code")
+    status = code if isinstance(code, int) and 400 <= code < 600 else 502
+    return classify_error(status, err)
+
+
+def _invalid(message: str, param: str | None = None) -> UpstreamError:
+    """A request this adapter cannot translate: the client's to fix, no other provider would help."""
+    return UpstreamError(400, message, retryable=False, fallback=False, error_type="invalid_request", param=param)
+
+
+# ---------------------------------------------------------------- the adapter
+
+
+class GeminiAdapter:
+    """The ``gemini`` kind. Stateless: one instance serves every request."""
+
+    def chat_request(self, up: Upstream, model: str, body: dict[str, Any], stream: bool) -> RequestSpec:
+        dummy = not up.quirks.get("no_dummy_thought_signature")
+        system, contents = build_contents(list(body.get("messages") or ()), dummy_signature=dummy)
+        payload: dict[str, Any] = {"contents": contents}
+        if system:
+            payload["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+        config = generation_config(body)
+        if config:
+            payload["generationConfig"] = config
+        declarations = function_declarations(body.get("tools"))
+        if declarations:
+            payload["tools"] = [{"functionDeclarations": declarations}]
+            choice = tool_config(body.get("tool_choice"))
+            if choice:
+                payload["toolConfig"] = choice
+        headers = gemini_headers(up)
+        if stream:
+            headers["accept"] = "text/event-stream"
+            url = model_url(up, model, "streamGenerateContent") + "?alt=sse"
+        else:
+            url = model_url(up, model, "generateContent")
+        return RequestSpec("POST", url, headers=headers, content=msgspec.json.encode(payload))
+
+    def chat_response(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("error"):
+            raise _inband_error(data["error"])
+        candidates = data.get("candidates")
+        if not candidates:
+            if (data.get("promptFeedback") or {}).get("blockReason"):
+                choices = [_blocked_choice()]
+            else:
+                raise UpstreamError(502, "Gemini returned no candidates", retryable=True)
+        else:
+            choices = [_choice(c, i) for i, c in enumerate(candidates) if isinstance(c, dict)]
+        result: dict[str, Any] = {"object": "chat.completion", "choices": choices}
+        found = usage(data.get("usageMetadata"))
+        if found:
+            result["usage"] = found
+        return result
+
+    def stream_translator(self) -> "GeminiStreamTranslator":
+        return GeminiStreamTranslator()
+
+    def error(self, status: int, headers: dict[str, str], body: bytes) -> UpstreamError:
+        return classify_error(status, _error_object(body), headers)
+
+
+class GeminiStreamTranslator:
+    """Gemini SSE events (each a whole ``GenerateContentResponse`` with only new parts) → OpenAI chunks."""
+
+    def __init__(self) -> None:
+        self.finish: dict[int, str] = {}  # choice index → latest raw finishReason
+        self.calls: dict[int, int] = {}  # choice index → tool calls seen so far (next 0-based index)
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, event: str | None, data: str) -> list[dict[str, Any]]:
+        if not data.strip():
+            return []
+        try:
+            response = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            raise UpstreamError(502, "Gemini sent a malformed stream chunk", retryable=True) from None
+        if not isinstance(response, dict):
+            return []
+        if response.get("error"):
+            raise _inband_error(response["error"])
+        if isinstance(response.get("usageMetadata"), dict):
+            self.usage = usage(response["usageMetadata"])
+        candidates = response.get("candidates") or []
+        if not candidates and (response.get("promptFeedback") or {}).get("blockReason"):
+            self.finish[0] = "SAFETY"
+        chunks = []
+        for position, candidate in enumerate(candidates):
+            if not isinstance(candidate, dict):
+                continue
+            index = candidate.get("index", position)
+            chunk = self._delta_chunk(index, (candidate.get("content") or {}).get("parts") or [])
+            if chunk:
+                chunks.append(chunk)
+            raw = candidate.get("finishReason")
+            if raw:
+                if raw in _BROKEN_CALL_REASONS:
+                    finish_reason(raw, True)  # raises
+                self.finish[index] = raw
+        return chunks
+
+    def _delta_chunk(self, index: int, parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+        text, thoughts, calls = _split_parts(parts)
+        delta: dict[str, Any] = {}
+        if text:
+            delta["content"] = text
+        if thoughts:
+            delta["reasoning_content"] = thoughts
+        if calls:
+            first = self.calls.get(index, 0)
+            delta["tool_calls"] = [_tool_call(p, first + k) for k, p in enumerate(calls)]
+            self.calls[index] = first + len(calls)
+        if not delta:
+            return None
+        return {"object": "chat.completion.chunk", "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
+
+    def close(self) -> list[dict[str, Any]]:
+        if not self.finish:
+            raise UpstreamError(502, "Gemini stream ended before a finishReason", retryable=True)
+        choices = [
+            {"index": index, "delta": {}, "finish_reason": finish_reason(raw, bool(self.calls.get(index)))}
+            for index, raw in sorted(self.finish.items())
+        ]
+        chunk: dict[str, Any] = {"object": "chat.completion.chunk", "choices": choices}
+        if self.usage:
+            chunk["usage"] = self.usage
+        return [chunk]
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def embeddings_request(up: Upstream, model: str, inputs: list[str], dimensions: int | None) -> RequestSpec:
+    """OpenAI-style embedding inputs → one ``batchEmbedContents`` call."""
+    name = model[len("models/"):] if model.startswith("models/") else model
+    requests = []
+    for text in inputs:
+        item: dict[str, Any] = {"model": f"models/{name}", "content": {"parts": [{"text": text}]}}
+        if dimensions:
+            item["outputDimensionality"] = dimensions
+        requests.append(item)
+    return RequestSpec("POST", model_url(up, name, "batchEmbedContents"), headers=gemini_headers(up),
+                       content=msgspec.json.encode({"requests": requests}))
+
+
+def embeddings_response(data: dict[str, Any]) -> list[list[float]]:
+    embeddings = data.get("embeddings") if isinstance(data, dict) else None
+    if not isinstance(embeddings, list):
+        raise UpstreamError(502, "Gemini returned a body without embeddings", retryable=True)
+    vectors = []
+    for item in embeddings:
+        values = item.get("values") if isinstance(item, dict) else None
+        if not isinstance(values, list):
+            raise UpstreamError(502, "Gemini returned an embedding without values", retryable=True)
+        vectors.append([float(v) for v in values])
+    return vectors

@@ -1,0 +1,150 @@
+"""The OpenAI-compatible family: OpenAI itself and every provider that speaks its Chat Completions API.
+
+The client's body is forwarded nearly as-is (unknown fields pass through). Per-provider differences are
+data in the registry (``Upstream.quirks``), applied here:
+
+- ``max_tokens_field``: ``"max_tokens"`` renames ``max_completion_tokens`` for providers that reject it;
+- ``no_stream_options``: the provider rejects ``stream_options`` (usage is then read where it appears);
+- ``flatten_content``: text-part arrays become plain strings;
+- ``drop_fields``: fields the provider rejects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from workers.providers.base import (
+    RequestSpec,
+    Upstream,
+    UpstreamError,
+    classify_status,
+    error_message_from_json,
+    retry_after_seconds,
+)
+
+_GATEWAY_FIELDS = ("models", "provider", "route", "transforms")  # ours (or OpenRouter's), never forwarded
+
+
+def auth_headers(up: Upstream) -> dict[str, str]:
+    headers = dict(up.headers)
+    if not up.api_key or up.auth == "none":
+        return headers
+    if up.auth == "bearer":
+        headers["authorization"] = f"Bearer {up.api_key}"
+    else:
+        headers[up.auth] = up.api_key
+    return headers
+
+
+def join_url(base: str, path: str) -> str:
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+class OpenAICompatAdapter:
+    def chat_request(self, up: Upstream, model: str, body: dict[str, Any], stream: bool) -> RequestSpec:
+        payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+        payload["model"] = model
+        quirks = up.quirks
+        if stream:
+            payload["stream"] = True
+            if not quirks.get("no_stream_options"):
+                # Always ask for usage, whatever the client asked: we bill and log from it.
+                options = dict(payload.get("stream_options") or {})
+                options["include_usage"] = True
+                payload["stream_options"] = options
+            else:
+                payload.pop("stream_options", None)
+        else:
+            payload.pop("stream", None)
+            payload.pop("stream_options", None)
+        if quirks.get("max_tokens_field") == "max_tokens" and "max_completion_tokens" in payload:
+            payload.setdefault("max_tokens", payload.pop("max_completion_tokens"))
+        for name in quirks.get("drop_fields", ()):
+            payload.pop(name, None)
+        if quirks.get("flatten_content"):
+            payload["messages"] = [_flatten(m) for m in payload.get("messages", [])]
+        headers = auth_headers(up)
+        headers["content-type"] = "application/json"
+        if stream:
+            headers["accept"] = "text/event-stream"
+        return RequestSpec(
+            "POST", self.url(up, "chat/completions", model), headers=headers,
+            content=msgspec.json.encode(payload),
+        )
+
+    def url(self, up: Upstream, path: str, model: str) -> str:
+        return join_url(up.base_url, path)
+
+    def chat_response(self, data: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(data.get("choices"), list):
+            if data.get("error"):
+                raise _inband_error(data["error"])
+            raise UpstreamError(502, "upstream returned a body without choices", retryable=True)
+        return data
+
+    def stream_translator(self) -> "OpenAIStreamTranslator":
+        return OpenAIStreamTranslator()
+
+    def error(self, status: int, headers: dict[str, str], body: bytes) -> UpstreamError:
+        message, code = error_message_from_json(body, f"upstream returned HTTP {status}")
+        retryable, fallback, error_type = classify_status(status)
+        if code and "context_length" in code:
+            retryable, fallback, error_type = False, False, "invalid_request"
+        return UpstreamError(
+            status, message, retryable=retryable, fallback=fallback, error_type=error_type,
+            retry_after=retry_after_seconds(headers), code=code,
+        )
+
+
+class OpenAIStreamTranslator:
+    """OpenAI chunks pass through; the translator only notices the end and in-band errors."""
+
+    def __init__(self) -> None:
+        self.finished = False  # a finish_reason was seen
+        self.done = False  # [DONE] was seen
+
+    def feed(self, event: str | None, data: str) -> list[dict[str, Any]]:
+        if data == "[DONE]":
+            self.done = True
+            return []
+        if not data:
+            return []
+        try:
+            chunk = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            raise UpstreamError(502, "upstream sent a malformed stream chunk", retryable=True) from None
+        if not isinstance(chunk, dict):
+            return []
+        if chunk.get("error"):
+            raise _inband_error(chunk["error"])
+        for choice in chunk.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finished = True
+        return [chunk]
+
+    def close(self) -> list[dict[str, Any]]:
+        if not (self.finished or self.done):
+            raise UpstreamError(502, "upstream stream ended before it finished", retryable=True)
+        return []
+
+
+def _inband_error(err: Any) -> UpstreamError:
+    """An error object sent with HTTP 200 (vLLM, SGLang and gateways put them inside streams)."""
+    if isinstance(err, dict):
+        message = str(err.get("message") or "upstream error")
+        code = err.get("code")
+        status = code if isinstance(code, int) and 400 <= code < 600 else 502
+    else:
+        message, status = str(err), 502
+    retryable, fallback, error_type = classify_status(status)
+    return UpstreamError(status, message, retryable=retryable, fallback=fallback, error_type=error_type)
+
+
+def _flatten(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        message = dict(message)
+        message["content"] = "".join(p.get("text", "") for p in content)
+    return message

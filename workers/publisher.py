@@ -1,0 +1,91 @@
+"""Publishing a request's events to the web process that waits for them.
+
+Each event is one PUBLISH on that process's reply channel. Stream data is coalesced without delay: the
+first frames go out at once, and whatever arrives while a PUBLISH is in flight goes out in the next one,
+so a fast upstream costs a handful of messages instead of one per token.
+
+PUBLISH returns how many subscribers got the message: zero means the web process is gone, and the job
+stops instead of generating tokens nobody will read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from common.wire import Event, EventKind, event_encoder
+
+
+class ReceiverGone(Exception):
+    """The web process that owns the request no longer listens."""
+
+
+class Publisher:
+    def __init__(self, redis: ArqRedis, channel: str, request_id: str, attempt: int, seq: int = 0) -> None:
+        self.redis = redis
+        self.channel = channel
+        self.request_id = request_id
+        self.attempt = attempt
+        self.seq = seq
+        self.last_sent = time.monotonic()
+        self.committed = False  # stream data reached the client side: no retry or fallback any more
+        self._pending: list[bytes] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._lock = asyncio.Lock()  # one PUBLISH at a time, so events arrive in seq order
+
+    async def send(self, kind: EventKind, data: bytes = b"", *, status: int = 200,
+                   meta: dict[str, Any] | None = None) -> None:
+        """Publish one event now (after any stream data still pending, to keep the order)."""
+        await self.flush()
+        await self._publish(kind, data, status, meta or {})
+
+    def data(self, frames: bytes) -> None:
+        """Queue stream frames; they leave at once, or with the next PUBLISH if one is in flight."""
+        if self._failure is not None:
+            raise ReceiverGone() from self._failure
+        self.committed = True
+        self._pending.append(frames)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._drain())
+
+    async def flush(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+            self._flusher = None
+        if self._failure is not None:
+            raise ReceiverGone() from self._failure
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = b"".join(self._pending)
+                self._pending.clear()
+                await self._publish("data", batch, 200, {})
+        except BaseException as exc:  # surfaced to the job at its next data()/flush()
+            self._failure = exc
+
+    async def _publish(self, kind: EventKind, data: bytes, status: int, meta: dict[str, Any]) -> None:
+        async with self._lock:
+            self.seq += 1
+            event = Event(self.request_id, self.attempt, self.seq, kind, data, status, meta)
+            receivers = await self.redis.publish(self.channel, event_encoder.encode(event))
+            self.last_sent = time.monotonic()
+        if receivers == 0:
+            raise ReceiverGone()
+
+    def idle_for(self) -> float:
+        """Seconds since the last event; the pool's ticker sends a heartbeat after a quiet spell."""
+        return 0.0 if self._lock.locked() else time.monotonic() - self.last_sent
+
+    async def close(self) -> None:
+        """Stop the background flusher without sending (the job is being abandoned)."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except BaseException:
+                pass

@@ -1,0 +1,59 @@
+"""What a worker process shares between its jobs: Redis, the HTTP client, providers, the catalog.
+
+One instance per process, created at start-up and handed to every job through arq's ``ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+
+import httpx
+from arq.connections import ArqRedis
+
+from common.names import Names
+from common.settings import Settings
+from router.catalog import Catalog
+from router.providers import Provider
+from workers.providers import adapter_for
+from workers.providers.base import Adapter, Upstream
+from workers.publisher import Publisher
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    names: Names
+    redis: ArqRedis
+    http: httpx.AsyncClient
+    providers: dict[str, Provider]
+    catalog: Catalog
+    pools: tuple[str, ...]
+    worker_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    # request id -> the task running it, so a cancel from the web tier can stop it
+    active: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    publishers: dict[str, Publisher] = field(default_factory=dict)
+    _upstreams: dict[str, Upstream] = field(default_factory=dict)
+
+    def upstream(self, provider_id: str) -> Upstream:
+        up = self._upstreams.get(provider_id)
+        if up is None:
+            p = self.providers[provider_id]
+            up = Upstream(
+                provider=p.id, kind=p.kind, base_url=p.base_url, api_key=p.api_key, auth=p.auth,
+                api_version=p.api_version, headers=dict(p.headers), quirks=dict(p.quirks),
+                default_max_tokens=self.settings.default_max_tokens,
+            )
+            self._upstreams[provider_id] = up
+        return up
+
+    def adapter(self, provider_id: str) -> Adapter:
+        return adapter_for(self.providers[provider_id].kind)
+
+    def cancel(self, request_id: str) -> bool:
+        task = self.active.get(request_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
