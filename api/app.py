@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from api.chat import chat_completions
+from api import admin, chat, embeddings, listings, ops, transcriptions
 from api.gateway import Gateway
 from api.responses import error_response
 from common.errors import GatewayError
@@ -27,14 +27,9 @@ log = logging.getLogger("megabrain.api")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
-# (method, path, handler): each is served bare and under /v1
+# (method, path, handler) from each route module: each is served bare and under /v1
 ROUTES: list[tuple[str, str, Endpoint]] = [
-    ("POST", "/chat/completions", chat_completions),
-    ("GET", "/health", health),
+    *chat.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES, *listings.ROUTES, *admin.ROUTES, *ops.ROUTES,
 ]
 
 

@@ -49,6 +49,12 @@ class Exchange:
         self.finished = False
         self.restarts = 0
         self.provider: str | None = None
+        # for the request log and metrics (api/observe.py)
+        self.started = time.monotonic()
+        self.first_byte_at: float | None = None
+        self.route_name = "chat"
+        self.client_request_id: str | None = None
+        self.observed = False
 
     # -- enqueue ------------------------------------------------------------------------------------------
 

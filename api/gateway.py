@@ -11,11 +11,13 @@ import time
 
 from arq.connections import ArqRedis
 
+from api.provider_health import load_snapshot
 from api.relay import Relay
 from common.names import Names
 from common.redis import connect
 from common.settings import Settings
 from router.catalog import Catalog, build_catalog
+from router.health import HealthSnapshot
 from router.providers import Provider, resolve_providers
 
 log = logging.getLogger("megabrain.gateway")
@@ -80,13 +82,28 @@ class Gateway:
                            self.names.reply_channel(settings.instance_id))
         configured = [p.id for p in self.providers.values() if p.configured]
         self.live = LiveWorkers(self.redis, self.names, configured)
+        self.health = HealthSnapshot()
         self.draining = False
+        self._health_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.relay.start()
         self.live.start()
+        self._health_task = asyncio.create_task(self._refresh_health(), name="provider-health")
+
+    async def _refresh_health(self) -> None:
+        """Provider health for the router, reloaded every couple of seconds (never on the request path)."""
+        pools = list(self.live.pools)
+        while True:
+            try:
+                self.health = await load_snapshot(self.redis, self.names, pools)
+            except Exception as exc:
+                log.debug("health refresh failed (%s)", type(exc).__name__)
+            await asyncio.sleep(2.0)
 
     async def stop(self) -> None:
+        if self._health_task:
+            self._health_task.cancel()
         await self.live.stop()
         await self.relay.stop()
         await self.redis.aclose()

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import Response, StreamingResponse
 
+from api import observe
 from api.exchange import Exchange
 from common.errors import GatewayError
 from common.wire import Event
@@ -26,6 +27,12 @@ SSE_HEADERS = {
     "connection": "keep-alive",
 }
 KEEPALIVE = b": keep-alive\n\n"
+
+
+def _observe(exchange: Exchange, status: int, event: Event | None = None) -> None:
+    if not exchange.observed:
+        exchange.observed = True
+        observe.finished(exchange, status, event.meta.get("usage") if event else None)
 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
@@ -60,13 +67,18 @@ async def json_response(exchange: Exchange, headers: dict[str, str], release: Ca
             if event is None:
                 continue
             if event.kind == "result":
+                exchange.first_byte_at = time.monotonic()
+                _observe(exchange, 200, event)
                 return Response(event.data, media_type="application/json",
                                 headers=served_headers(exchange, event, headers))
             if event.kind == "error":
+                _observe(exchange, event.status)
                 return event_error_response(event, served_headers(exchange, None, headers))
     except GatewayError as error:
+        _observe(exchange, error.status)
         return error_response(error, headers)
     finally:
+        _observe(exchange, 499)  # no-op unless the client left before the answer
         release()
         if not exchange.finished:  # the client went away (the handler was cancelled)
             await asyncio.shield(exchange.cancel())
@@ -85,15 +97,18 @@ async def stream_response(exchange: Exchange, headers: dict[str, str], release: 
             last_event = event
             if event.kind == "error":
                 release()
+                _observe(exchange, event.status)
                 return event_error_response(event, served_headers(exchange, None, headers))
             first.append(event.data)
             break  # data (or done): commit now, the rest follows in the body
     except GatewayError as error:
         release()
         await asyncio.shield(exchange.cancel())
+        _observe(exchange, error.status)
         return error_response(error, headers)
     except BaseException:
         release()
+        _observe(exchange, 499)
         await asyncio.shield(exchange.cancel())
         raise
     if not first:
@@ -110,26 +125,36 @@ async def _frames(
     exchange: Exchange, first: list[bytes], done: bool, release: Callable[[], None]
 ) -> AsyncIterator[bytes]:
     settings = exchange.gateway.settings
+    status = 200
+    last: Event | None = None
     try:
         for chunk in first:
-            exchange.client_sent = exchange.client_sent or chunk is not KEEPALIVE
+            if chunk is not KEEPALIVE and not exchange.client_sent:
+                exchange.client_sent = True
+                exchange.first_byte_at = time.monotonic()
             yield chunk
         while not done:
             try:
                 event = await exchange.next_event(settings.keepalive_interval)
             except GatewayError as error:
+                status = error.status
                 yield b"data: " + error.body() + b"\n\n"
                 return
             if event is None:
                 yield KEEPALIVE
                 continue
             if event.kind == "error":
+                status = event.status
                 yield b"data: " + event.data + b"\n\n"
                 return
-            exchange.client_sent = True
+            if not exchange.client_sent:
+                exchange.client_sent = True
+                exchange.first_byte_at = time.monotonic()
+            last = event
             yield event.data
             done = event.kind == "done"
     finally:
+        _observe(exchange, status if exchange.finished else 499, last)
         release()
         if not exchange.finished:
             # the client went away mid-stream: stop the worker and the upstream

@@ -181,17 +181,13 @@ def price_feeds() -> dict[str, tuple[PriceEntry, ...]]:
     return feeds
 
 
+@functools.lru_cache(maxsize=1)
 def hf_merged() -> dict[str, PriceEntry]:
     """Hugging Face Inference Providers: every repo id once, at its cheapest routed seller.
 
     genai-prices lists HF-routed prices per sub-provider (``huggingface_<seller>``); HF bills the
     seller's own rate. The chosen seller is remembered in ``feed`` so the router can pin it.
     """
-    return _hf_merged_cached()
-
-
-@functools.lru_cache(maxsize=1)
-def _hf_merged_cached() -> dict[str, PriceEntry]:
     best: dict[str, PriceEntry] = {}
     for feed in sorted(f for f in price_feeds() if f.startswith("huggingface_")):
         for entry in price_feeds()[feed]:

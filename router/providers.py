@@ -198,6 +198,11 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     _compat("nscale", "Nscale", "https://inference.api.nscale.com/v1", "NSCALE_API_KEY"),
     # Morph rejects content-part arrays with a 500 (neurolink's catalog notes).
     _compat("morph", "Morph", "https://api.morphllm.com/v1", "MORPH_API_KEY", flatten_content=True),
+    # Priced directly by genai-prices (router/catalog.py SOURCES).
+    _compat("minimax", "MiniMax", "https://api.minimax.io/v1", "MINIMAX_API_KEY"),
+    _compat("avian", "Avian", "https://api.avian.io/v1", "AVIAN_API_KEY"),
+    _compat("voyage", "Voyage AI", "https://api.voyageai.com/v1", "VOYAGE_API_KEY",
+            caps=frozenset({"embeddings"})),
     # Servers on the operator's machine.
     _local("ollama", "Ollama", "http://localhost:11434/v1", "OLLAMA_API_KEY", caps=CHAT_EMBED),
     _local("vllm", "vLLM", "http://localhost:8000/v1", "VLLM_API_KEY", caps=ALL),

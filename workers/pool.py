@@ -26,7 +26,7 @@ from common.redis import connect, job_deserializer, job_serializer
 from common.settings import Settings
 from router.catalog import build_catalog
 from router.providers import resolve_providers
-from workers import chat as _chat  # noqa: F401  (registers the chat handler)
+from workers import chat, embeddings, transcriptions  # noqa: F401  (register their job handlers)
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime
 from workers.upstream import make_http_client

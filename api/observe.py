@@ -1,0 +1,45 @@
+"""What the web tier records when a request ends: one structured log line and the request metrics.
+
+Never a key or message content: ids, model, provider, status, timings and token counts only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from common import metrics
+
+if TYPE_CHECKING:
+    from api.exchange import Exchange
+
+log = logging.getLogger("megabrain.request")
+
+
+def finished(exchange: "Exchange", status: int, usage: dict[str, Any] | None = None) -> None:
+    """Call exactly once per request, when its response is complete (or the client left)."""
+    now = time.monotonic()
+    seconds = now - exchange.started
+    ttft = exchange.first_byte_at - exchange.started if exchange.first_byte_at else None
+    route = exchange.job.plan[exchange.job.hop] if exchange.job.plan else None
+    model = route.model if route else ""
+    metrics.request_done(exchange.route_name, model, exchange.provider, status, seconds, ttft)
+    fields: dict[str, Any] = {
+        "request_id": exchange.job.request_id,
+        "client_request_id": exchange.client_request_id,
+        "route": exchange.route_name,
+        "model": model,
+        "provider": exchange.provider,
+        "status": status,
+        "stream": exchange.job.stream,
+        "duration_ms": round(seconds * 1000, 2),
+        "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
+        "attempts": exchange.job.attempt + 1,
+        "hop": exchange.job.hop,
+    }
+    if usage:
+        fields["prompt_tokens"] = usage.get("prompt_tokens")
+        fields["completion_tokens"] = usage.get("completion_tokens")
+        fields["cost"] = usage.get("cost")
+    log.info("request finished", extra={"fields": fields})

@@ -1,0 +1,1 @@
+"""(placeholder: the embeddings handler is being built)"""

@@ -1,0 +1,1 @@
+"""(placeholder: the transcriptions handler is being built)"""
