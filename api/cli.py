@@ -12,6 +12,7 @@ import asyncio
 import os
 import sys
 
+from api import cli_catalog, cli_keys, cli_status
 from common.settings import ConfigError, Settings, load_settings
 from common.telemetry import setup_logging
 
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="one worker process for some provider pools")
     worker.add_argument("--providers", default="*", help="comma-separated provider ids, or '*' for all configured")
     worker.set_defaults(func=cmd_worker)
+
+    for module in (cli_keys, cli_catalog, cli_status):
+        module.register(sub)
     return parser
 
 

@@ -69,7 +69,7 @@ async def json_response(exchange: Exchange, headers: dict[str, str], release: Ca
             if event.kind == "result":
                 exchange.first_byte_at = time.monotonic()
                 _observe(exchange, 200, event)
-                return Response(event.data, media_type="application/json",
+                return Response(event.data, media_type=event.meta.get("content_type", "application/json"),
                                 headers=served_headers(exchange, event, headers))
             if event.kind == "error":
                 _observe(exchange, event.status)

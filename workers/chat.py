@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+import dataclasses
 from typing import Any
 
 import msgspec
 
 from common.wire import Job, Route
+from router.auto import estimate_prompt_tokens
 from workers.chunks import ChunkShaper, CostFn, finish_completion
 from workers.jobs import handler
+from workers.providers.base import Upstream
 from workers.publisher import Publisher
 from workers.runtime import Runtime
 from workers.upstream import open_stream, send_json
@@ -22,20 +24,32 @@ def cost_fn(runtime: Runtime, model_id: str) -> CostFn | None:
     model = runtime.catalog.get(model_id)
     if model is None or not model.listed:
         return None
-    prompt, completion = Decimal(model.prompt_price), Decimal(model.completion_price)
+    catalog = runtime.catalog
+    return lambda prompt_tokens, completion_tokens: catalog.cost(model, prompt_tokens, completion_tokens)
 
-    def cost(prompt_tokens: int, completion_tokens: int) -> str:
-        total = prompt * prompt_tokens + completion * completion_tokens
-        return format(total.normalize(), "f") if total else "0"
 
-    return cost
+def upstream_for(runtime: Runtime, route: Route, body: dict[str, Any]) -> Upstream:
+    """The provider's connection, with ``max_tokens`` defaulting to this model's own output limit.
+
+    Providers that require ``max_tokens`` (Anthropic) get the model's maximum output, clipped so prompt
+    plus output fits the context window, instead of a fixed number that truncates long answers.
+    """
+    upstream = runtime.upstream(route.provider)
+    model = runtime.catalog.get(route.model)
+    if model is None or not model.max_output_tokens:
+        return upstream
+    limit = model.max_output_tokens
+    if model.context_length:
+        prompt = estimate_prompt_tokens(body.get("messages") or [], body.get("tools"))
+        limit = max(256, min(limit, model.context_length - prompt))
+    return dataclasses.replace(upstream, default_max_tokens=limit)
 
 
 @handler("chat")
-async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> None:
+async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> dict[str, Any] | None:
     adapter = runtime.adapter(route.provider)
-    upstream = runtime.upstream(route.provider)
     body: dict[str, Any] = msgspec.json.decode(job.body)
+    upstream = upstream_for(runtime, route, body)
     cost = cost_fn(runtime, route.model)
     spec = adapter.chat_request(upstream, route.upstream_model, body, job.stream)
     if not job.stream:
@@ -44,9 +58,10 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
             adapter.chat_response(data), request_id=job.request_id, model=route.model,
             provider=route.provider, cost=cost,
         )
+        usage = completion.get("usage")
         await pub.send("result", _encode(completion),
-                       meta={"provider": route.provider, "model": route.model, "usage": completion.get("usage")})
-        return
+                       meta={"provider": route.provider, "model": route.model, "usage": usage})
+        return usage
     shaper = ChunkShaper(request_id=job.request_id, model=route.model, provider=route.provider,
                          include_usage=job.include_usage, cost=cost)
     translator = adapter.stream_translator()
@@ -63,3 +78,4 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
     pub.data(shaper.finish())
     await pub.send("done", meta={"provider": route.provider, "model": route.model, "usage": shaper.usage,
                                  "finish_reason": shaper.finish_reason})
+    return shaper.usage

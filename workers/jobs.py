@@ -20,7 +20,7 @@ from common import metrics
 from common.errors import GatewayError
 from common.queue import enqueue
 from common.wire import Job, Route, job_decoder, job_encoder
-from workers import health
+from workers import accounting, health
 from workers.publisher import Publisher, ReceiverGone
 from workers.providers.base import UpstreamError
 from workers.retry import next_delay
@@ -30,8 +30,8 @@ log = logging.getLogger("megabrain.worker")
 
 JOB_FUNCTION = "serve"
 
-# kind -> coroutine doing one attempt at one provider; raises UpstreamError
-Handler = Callable[[Runtime, Job, Route, Publisher], Awaitable[None]]
+# kind -> coroutine doing one attempt at one provider; returns the usage it saw; raises UpstreamError
+Handler = Callable[[Runtime, Job, Route, Publisher], Awaitable[dict[str, Any] | None]]
 HANDLERS: dict[str, Handler] = {}
 
 
@@ -91,7 +91,7 @@ async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) ->
                                 error_type="upstream_timeout")
         started = time.monotonic()
         try:
-            await serve_once(runtime, job, route, pub)
+            usage = await serve_once(runtime, job, route, pub)
         except UpstreamError as error:
             await _outcome(runtime, route, False, time.monotonic() - started, error.status)
             if pub.committed:
@@ -106,6 +106,10 @@ async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) ->
             await asyncio.sleep(delay)
         else:
             await _outcome(runtime, route, True, time.monotonic() - started, 200)
+            try:
+                await accounting.record(runtime, job, route, usage)
+            except Exception as exc:  # accounting must never fail a request that was served
+                log.warning("usage accounting failed (%s)", type(exc).__name__)
             return
 
 
