@@ -54,8 +54,13 @@ class AccessResult:
 
 
 def bearer_token(authorization_header: str | None) -> str | None:
-    """The presented key: None when no Authorization header was sent, "" when it is not a usable bearer."""
-    if authorization_header is None:
+    """The presented key: None when none was sent, "" when the header is not a usable bearer.
+
+    An empty header counts as none: it carries no key, and it is the client-wide way to call the free
+    models anonymously with the OpenAI SDK, which insists on an api_key but lets
+    ``default_headers={"Authorization": ""}`` replace the header it would build from it.
+    """
+    if authorization_header is None or not authorization_header.strip():
         return None
     scheme, _, token = authorization_header.strip().partition(" ")
     if scheme.lower() != "bearer":

@@ -1,5 +1,153 @@
-"""(placeholder: routes of this module are being built)"""
+"""Key management over HTTP, plus ``GET /usage`` for a key's own usage.
+
+The admin routes exist only when ``MEGABRAIN_ADMIN_KEY`` is set (404 otherwise, so a deployment without
+one shows no admin surface at all) and want ``Authorization: Bearer <admin key>``, compared in constant
+time. This is also how ``megabrain keys …`` manages keys of a ``megabrain serve`` running on the embedded
+store, which no other process can reach.
+
+    POST   /admin/keys                {"name": "...", "rpm": 60, "monthly_budget": 10}  → the key, once
+    GET    /admin/keys                every key (never the key itself)
+    DELETE /admin/keys/{key_id}       revoke
+    GET    /admin/keys/{key_id}/usage?days=30
+    GET    /usage?days=30             the calling key's own usage
+"""
 
 from __future__ import annotations
 
-ROUTES: list = []
+import hmac
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.access import bearer_token
+from api.body import read_json
+from api.gateway import Gateway
+from api.keys import KeyRecord, KeyStore, UsageRow
+from common.errors import GatewayError, invalid
+from common.usage import ANONYMOUS
+
+MAX_USAGE_DAYS = 366
+
+
+class CreateKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    rpm: int | None = None
+    monthly_budget: float | None = None
+
+
+def key_json(record: KeyRecord, month_spend: float | None = None) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "prefix": record.prefix,
+        "created": int(record.created),
+        "last_used": int(record.last_used) if record.last_used else None,
+        "rpm": record.rpm,
+        "monthly_budget": record.monthly_budget,
+        "revoked": record.revoked,
+        "month_spend": month_spend,
+    }
+
+
+def usage_json(key_id: str, rows: list[UsageRow], month_spend: float) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "key_id": key_id,
+        "month_spend": month_spend,
+        "data": [msgspec.to_builtins(row) for row in rows],
+    }
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(payload), status_code=status, media_type="application/json")
+
+
+def _store(request: Request) -> KeyStore:
+    gateway: Gateway = request.app.state.gateway
+    return KeyStore(gateway.redis, gateway.names)
+
+
+def require_admin(request: Request) -> None:
+    """404 when no admin key is configured; 401 unless the caller presents it."""
+    gateway: Gateway = request.app.state.gateway
+    admin_key = gateway.settings.admin_key
+    if not admin_key:
+        raise GatewayError("not_found", f"There is no route {request.url.path}.")
+    presented = bearer_token(request.headers.get("authorization")) or ""
+    if not hmac.compare_digest(presented.encode(), admin_key.encode()):
+        raise GatewayError(
+            "authentication_required",
+            "This route needs the admin key: send 'Authorization: Bearer $MEGABRAIN_ADMIN_KEY'.",
+        )
+
+
+def _days(request: Request) -> int:
+    raw = request.query_params.get("days", "30")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_USAGE_DAYS:
+        raise invalid(f"days must be a whole number from 1 to {MAX_USAGE_DAYS}.", param="days")
+    return int(raw)
+
+
+async def create_key(request: Request) -> Response:
+    require_admin(request)
+    gateway: Gateway = request.app.state.gateway
+    _, spec = await read_json(request, CreateKey, gateway.settings.limits.max_body_bytes)
+    if not spec.name.strip():
+        raise invalid("name must not be empty.", param="name")
+    if spec.rpm is not None and spec.rpm < 1:
+        raise invalid("rpm must be at least 1.", param="rpm")
+    if spec.monthly_budget is not None and spec.monthly_budget < 0:
+        raise invalid("monthly_budget must not be negative.", param="monthly_budget")
+    record, plaintext = await _store(request).create(spec.name.strip(), spec.rpm, spec.monthly_budget)
+    return _json({**key_json(record), "key": plaintext}, status=201)
+
+
+async def list_keys(request: Request) -> Response:
+    require_admin(request)
+    store = _store(request)
+    records = await store.list()
+    spends = await store.month_spends([r.id for r in records])
+    return _json({"object": "list", "data": [key_json(r, spends.get(r.id, 0.0)) for r in records]})
+
+
+async def revoke_key(request: Request) -> Response:
+    require_admin(request)
+    key_id = request.path_params["key_id"]
+    if not await _store(request).revoke(key_id):
+        raise GatewayError("not_found", f"There is no key with id {key_id!r}.")
+    return _json({"id": key_id, "revoked": True})
+
+
+async def key_usage(request: Request) -> Response:
+    require_admin(request)
+    key_id = request.path_params["key_id"]
+    store = _store(request)
+    days = _days(request)
+    if key_id != ANONYMOUS and await store.get(key_id) is None:
+        raise GatewayError("not_found", f"There is no key with id {key_id!r}.")
+    return _json(usage_json(key_id, await store.usage(key_id, days), await store.month_spend(key_id)))
+
+
+async def own_usage(request: Request) -> Response:
+    """The presented key's own usage; uncached, so a revoked key is refused at once."""
+    token = bearer_token(request.headers.get("authorization"))
+    store = _store(request)
+    record = await store.lookup(token) if token else None
+    if record is None or record.revoked:
+        raise GatewayError(
+            "authentication_required",
+            "Send your API key as 'Authorization: Bearer mb-...' to see its usage.",
+        )
+    days = _days(request)
+    return _json(usage_json(record.id, await store.usage(record.id, days), await store.month_spend(record.id)))
+
+
+ROUTES = [
+    ("POST", "/admin/keys", create_key),
+    ("GET", "/admin/keys", list_keys),
+    ("DELETE", "/admin/keys/{key_id}", revoke_key),
+    ("GET", "/admin/keys/{key_id}/usage", key_usage),
+    ("GET", "/usage", own_usage),
+]

@@ -1,14 +1,25 @@
-"""Admission: who may make this request (API keys, anonymous free use, per-IP and per-key limits)."""
+"""Admission: who may make this request (API keys, anonymous free use, per-IP and per-key limits).
+
+The decision itself is api/access.py; this module binds it to a live request: the gateway's Redis, the
+client address as far as the trusted proxies vouch for it, and the response headers.
+"""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
+from api.access import AccessContext, build_access_context, check_access
+from api.client_ip import client_ip
+
 if TYPE_CHECKING:
     from api.gateway import Gateway
+
+# One AccessContext per Gateway (its key cache and registered Lua script), built on first use.
+_contexts: "weakref.WeakKeyDictionary[Gateway, AccessContext]" = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -17,6 +28,32 @@ class Admission:
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers for the response
 
 
+def access_context(gateway: "Gateway") -> AccessContext:
+    ctx = _contexts.get(gateway)
+    if ctx is None:
+        ctx = _contexts[gateway] = build_access_context(gateway.redis, gateway.names)
+    return ctx
+
+
+def request_client_ip(request: Request, trusted_hops: int) -> str | None:
+    peer = request.client.host if request.client else None
+    return client_ip(peer, request.headers.getlist("x-forwarded-for"), trusted_hops)
+
+
 async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool) -> Admission:
-    """Let the request in, or raise ``GatewayError`` (401/402/429/400 in the documented envelope)."""
-    return Admission()
+    """Let the request in, or raise ``GatewayError`` (401/402/429/400 in the documented envelope).
+
+    The ``X-RateLimit-*`` headers of the limits that applied go on the response either way.
+    """
+    limits = gateway.settings.limits
+    result = await check_access(
+        access_context(gateway),
+        authorization_header=request.headers.get("authorization"),
+        model_is_free=model_is_free,
+        client_ip=request_client_ip(request, limits.trusted_proxy_hops),
+        limits=limits,
+    )
+    if result.error is not None:
+        result.error.headers = {**result.headers, **result.error.headers}
+        raise result.error
+    return Admission(key_id=result.key.id if result.key else None, headers=result.headers)

@@ -20,7 +20,7 @@ from api.gateway import Gateway
 from api.responses import error_response
 from common.errors import GatewayError
 from common.settings import Settings, load_settings
-from common.telemetry import setup_logging
+from common.telemetry import init_sentry, setup_logging
 
 log = logging.getLogger("megabrain.api")
 
@@ -36,6 +36,7 @@ ROUTES: list[tuple[str, str, Endpoint]] = [
 def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None) -> FastAPI:
     settings = settings or load_settings()
     setup_logging(settings.log_level)
+    init_sentry(settings, "web")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -55,6 +55,7 @@ class Exchange:
         self.route_name = "chat"
         self.client_request_id: str | None = None
         self.observed = False
+        self.queue_ms: float | None = None  # enqueue → pickup, as the worker measured it
 
     # -- enqueue ------------------------------------------------------------------------------------------
 
@@ -71,7 +72,7 @@ class Exchange:
             if not await live.has_worker(pool):
                 tried.append(pool)
                 continue
-            job = msgspec.structs.replace(self.job, hop=index)
+            job = msgspec.structs.replace(self.job, hop=index, meta={**self.job.meta, "enqueued_at": time.time()})
             job_id = f"{job.request_id}-{job.attempt}-{index}"
             ok = await enqueue(
                 self.gateway.redis, self.gateway.names, pool, JOB_FUNCTION, job_id, job_encoder.encode(job),
@@ -109,11 +110,13 @@ class Exchange:
                     await self._phase_expired()
                     continue
                 return None
-            if event.kind == "start":
-                self.state, self.worker = "running", event.meta.get("worker")
+            if "worker" in event.meta:  # the worker's hello: on "start", or on its first real event
+                self.state, self.worker = "running", event.meta["worker"]
                 self.provider = event.meta.get("provider")
-                self._extend()
-            elif event.kind == "heartbeat":
+                self.queue_ms = event.meta.get("queued_ms")
+            if event.meta.get("abandoned"):  # the worker is shutting down without finishing
+                await self._worker_gone()
+            elif event.kind in ("start", "heartbeat"):
                 self._extend()
             elif event.kind == "handoff":
                 self.state, self.worker = "queued", None
@@ -144,10 +147,13 @@ class Exchange:
             self.state = "running"  # picked up just now; its start event is on the way
             self._extend()
             return
-        # running, and the worker went silent: presume it dead
+        await self._worker_gone()  # running, and the worker went silent: presume it dead
+
+    async def _worker_gone(self) -> None:
+        """Re-run a request whose worker died or quit, if nothing reached its client yet; else fail it."""
         if not self.client_sent and self.restarts < MAX_RESTARTS:
             self.restarts += 1
-            log.warning("request %s: worker %s went silent; re-running", self.job.request_id, self.worker)
+            log.warning("request %s: worker %s is gone; re-running", self.job.request_id, self.worker)
             self.inbox.new_attempt()
             self.job = msgspec.structs.replace(self.job, attempt=self.inbox.attempt)
             await self._enqueue_from(self.job.hop)

@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 
 from api.provider_health import load_snapshot
 from api.relay import Relay
+from common import metrics
 from common.names import Names
 from common.redis import connect
 from common.settings import Settings
@@ -85,11 +86,15 @@ class Gateway:
         self.health = HealthSnapshot()
         self.draining = False
         self._health_task: asyncio.Task[None] | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.relay.start()
         self.live.start()
         self._health_task = asyncio.create_task(self._refresh_health(), name="provider-health")
+        # this process's metrics, for whichever web process Prometheus scrapes (common/metrics.py)
+        self._metrics_task = asyncio.create_task(metrics.push_loop(self.redis, self.names.key("metrics")),
+                                                 name="metrics-push")
 
     async def _refresh_health(self) -> None:
         """Provider health for the router, reloaded every couple of seconds (never on the request path)."""
@@ -102,8 +107,9 @@ class Gateway:
             await asyncio.sleep(2.0)
 
     async def stop(self) -> None:
-        if self._health_task:
-            self._health_task.cancel()
+        for task in (self._health_task, self._metrics_task):
+            if task:
+                task.cancel()
         await self.live.stop()
         await self.relay.stop()
         await self.redis.aclose()

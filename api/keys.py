@@ -9,13 +9,15 @@ Redis layout (all under the deployment's namespace):
     usage:<id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n  requests, tokens, cost per UTC day and model
     spend:<id>:<YYYY-MM>     float                         month-to-date cost, read for budgets
 
+The usage and spend counters are written by the worker after a served request; their layout lives in
+common/usage.py so the worker need not import the web tier.
+
 Keys carry 256 bits of randomness, so a plain SHA-256 is enough: nobody can brute-force a preimage, and
 whoever reads Redis learns nothing usable. Neither a key nor its hash is ever logged.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import secrets
@@ -27,12 +29,12 @@ import msgspec
 from redis.asyncio import Redis
 
 from common.names import Names
+from common.usage import USAGE_FIELDS, spend_key, usage_key, utc_day, utc_month
+from common.usage import add_usage, record_usage  # noqa: F401  (re-exported: the writers live in common)
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "mb-"
-USAGE_TTL_SECONDS = 400 * 86400
-USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost")
 
 
 class KeyRecord(msgspec.Struct, kw_only=True):
@@ -82,22 +84,10 @@ class KeyNames:
         return self.names.key(f"apikey:h:{key_hash}")
 
     def usage(self, key_id: str, day: str) -> str:
-        return self.names.key(f"usage:{key_id}:{day}")
+        return usage_key(self.names, key_id, day)
 
     def spend(self, key_id: str, month: str) -> str:
-        return self.names.key(f"spend:{key_id}:{month}")
-
-
-def utc_day(now: float | None = None) -> str:
-    return _utc(now).strftime("%Y-%m-%d")
-
-
-def utc_month(now: float | None = None) -> str:
-    return _utc(now).strftime("%Y-%m")
-
-
-def _utc(now: float | None) -> dt.datetime:
-    return dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc)
+        return spend_key(self.names, key_id, month)
 
 
 _record_decoder = msgspec.msgpack.Decoder(KeyRecord)
@@ -205,47 +195,13 @@ class KeyStore:
         raw = await self.redis.get(self.k.spend(key_id, utc_month(now)))
         return float(raw) if raw else 0.0
 
-
-def add_usage(
-    pipe: Any,
-    names: Names,
-    key_id: str,
-    model: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cost: str,
-    now: float | None = None,
-) -> None:
-    """Queue the usage writes of one finished request on a pipeline the caller already sends.
-
-    ``cost`` is a decimal string in USD (HINCRBYFLOAT/INCRBYFLOAT take it as is).
-    """
-    k = KeyNames(names)
-    usage_key = k.usage(key_id, utc_day(now))
-    spend_key = k.spend(key_id, utc_month(now))
-    pipe.hincrby(usage_key, f"{model}|requests", 1)
-    pipe.hincrby(usage_key, f"{model}|prompt_tokens", int(prompt_tokens))
-    pipe.hincrby(usage_key, f"{model}|completion_tokens", int(completion_tokens))
-    pipe.hincrbyfloat(usage_key, f"{model}|cost", cost)
-    pipe.expire(usage_key, USAGE_TTL_SECONDS)
-    pipe.incrbyfloat(spend_key, cost)
-    pipe.expire(spend_key, USAGE_TTL_SECONDS)
-
-
-async def record_usage(
-    redis: Redis,
-    names: Names,
-    key_id: str,
-    model: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cost: str,
-    now: float | None = None,
-) -> None:
-    """Count one finished request against a key: one pipelined round trip (call it from the worker)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        add_usage(pipe, names, key_id, model, prompt_tokens, completion_tokens, cost, now)
-        await pipe.execute()
+    async def month_spends(self, key_ids: list[str], now: float | None = None) -> dict[str, float]:
+        """Month-to-date cost of many keys in one round trip (for listings)."""
+        if not key_ids:
+            return {}
+        month = utc_month(now)
+        raws = await self.redis.mget([self.k.spend(key_id, month) for key_id in key_ids])
+        return {key_id: float(raw) if raw else 0.0 for key_id, raw in zip(key_ids, raws)}
 
 
 def _usage_rows(day: str, fields: dict[Any, Any]) -> list[UsageRow]:

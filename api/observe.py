@@ -25,6 +25,9 @@ def finished(exchange: "Exchange", status: int, usage: dict[str, Any] | None = N
     route = exchange.job.plan[exchange.job.hop] if exchange.job.plan else None
     model = route.model if route else ""
     metrics.request_done(exchange.route_name, model, exchange.provider, status, seconds, ttft)
+    queue_ms = getattr(exchange, "queue_ms", None)
+    if queue_ms is not None and route is not None:
+        metrics.queue_wait(route.provider, queue_ms / 1000)
     fields: dict[str, Any] = {
         "request_id": exchange.job.request_id,
         "client_request_id": exchange.client_request_id,
@@ -35,6 +38,7 @@ def finished(exchange: "Exchange", status: int, usage: dict[str, Any] | None = N
         "stream": exchange.job.stream,
         "duration_ms": round(seconds * 1000, 2),
         "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
+        "queue_ms": exchange.queue_ms,
         "attempts": exchange.job.attempt + 1,
         "hop": exchange.job.hop,
     }

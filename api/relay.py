@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import msgspec
 from arq.connections import ArqRedis
 
+from common import metrics
 from common.wire import Event, event_decoder
 
 log = logging.getLogger("megabrain.relay")
@@ -130,6 +132,9 @@ class Relay:
         inbox = self.inboxes.get(event.request_id)
         if inbox is not None:
             inbox.deliver(event)
+        sent_at = event.meta.get("t")
+        if sent_at:
+            metrics.relay_event(time.time() - sent_at)
 
     def _fail_all(self) -> None:
         for inbox in self.inboxes.values():

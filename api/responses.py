@@ -11,6 +11,7 @@ in-band ``data: {"error": ...}`` frame.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -58,12 +59,28 @@ def served_headers(exchange: Exchange, event: Event | None, base: dict[str, str]
     return headers
 
 
+# A non-streaming answer that takes longer than this gets its status line (200) and then a space every
+# JSON_KEEPALIVE_EVERY seconds until the body: the Heroku router drops a request whose first byte takes
+# over 30 s, and JSON parsers skip leading whitespace. An error that arrives after that point can no
+# longer change the status: its error envelope becomes the (200) body. The OpenAI Python SDK then
+# returns an object without ``choices`` whose ``error`` attribute holds the error (it raises nothing), so
+# clients of very slow non-streaming requests should check for ``error``, or stream. Only JSON answers are
+# padded (a plain-text transcription is not).
+JSON_KEEPALIVE_AFTER = float(os.environ.get("MEGABRAIN_JSON_KEEPALIVE_AFTER", "20"))
+JSON_KEEPALIVE_EVERY = 10.0
+PADDED_ROUTES = ("chat", "embeddings")
+
+
 async def json_response(exchange: Exchange, headers: dict[str, str], release: Callable[[], None]) -> Response:
     """Wait for the one result (or error) of a non-streaming request."""
     settings = exchange.gateway.settings
+    pad = exchange.route_name in PADDED_ROUTES
+    wait = JSON_KEEPALIVE_AFTER if pad else settings.request_timeout
+    handed_over = False
     try:
-        while True:
-            event = await exchange.next_event(settings.request_timeout)
+        until = time.monotonic() + wait
+        while time.monotonic() < until or not pad:
+            event = await exchange.next_event(max(0.0, until - time.monotonic()) if pad else wait)
             if event is None:
                 continue
             if event.kind == "result":
@@ -74,13 +91,48 @@ async def json_response(exchange: Exchange, headers: dict[str, str], release: Ca
             if event.kind == "error":
                 _observe(exchange, event.status)
                 return event_error_response(event, served_headers(exchange, None, headers))
+        handed_over = True
+        return StreamingResponse(_padded_json(exchange, release), media_type="application/json",
+                                 headers=served_headers(exchange, None, headers))
     except GatewayError as error:
         _observe(exchange, error.status)
         return error_response(error, headers)
     finally:
-        _observe(exchange, 499)  # no-op unless the client left before the answer
+        if not handed_over:
+            _observe(exchange, 499)  # no-op unless the client left before the answer
+            release()
+            if not exchange.finished:  # the client went away (the handler was cancelled)
+                await asyncio.shield(exchange.cancel())
+
+
+async def _padded_json(exchange: Exchange, release: Callable[[], None]) -> AsyncIterator[bytes]:
+    """Spaces while the answer is pending, then the JSON body (or the error envelope)."""
+    status = 499
+    try:
+        yield b" "
+        while True:
+            try:
+                event = await exchange.next_event(JSON_KEEPALIVE_EVERY)
+            except GatewayError as error:
+                status = error.status
+                yield error.body()
+                return
+            if event is None:
+                yield b" "
+            elif event.kind == "result":
+                exchange.first_byte_at = time.monotonic()
+                status = 200
+                _observe(exchange, 200, event)
+                yield event.data
+                return
+            elif event.kind == "error":
+                status = event.status
+                yield event.data
+                return
+    finally:
+        _observe(exchange, status)
         release()
-        if not exchange.finished:  # the client went away (the handler was cancelled)
+        if not exchange.finished:
             await asyncio.shield(exchange.cancel())
 
 

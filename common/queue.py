@@ -11,9 +11,8 @@ from __future__ import annotations
 import time
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
-from redis.exceptions import WatchError
 
 from common.names import Names
 from common.redis import job_serializer
@@ -51,22 +50,20 @@ async def enqueue(
     return True
 
 
-async def withdraw(redis: ArqRedis, names: Names, pool: str, job_id: str) -> bool:
-    """Take a job back if no worker has started it. True means it will never run.
+_WITHDRAW = """
+if redis.call('zrem', KEYS[1], ARGV[1]) == 1 then
+  redis.call('del', KEYS[2])
+  return 1
+end
+return 0
+"""
 
-    arq keeps a running job in the queue until it finishes, so "still queued" is not enough: we watch the
-    job's in-progress key, and deleting the job key stops a worker that is half-way through picking it.
+
+async def withdraw(redis: ArqRedis, names: Names, pool: str, job_id: str) -> bool:
+    """Take a job back if no worker has claimed it. True means it will never run.
+
+    Workers take a job off the queue when they claim it (``workers/pool.py``), so "still queued" means
+    "not started"; the script makes the check and the removal one atomic step.
     """
-    in_progress = in_progress_key_prefix + job_id
-    try:
-        async with redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(in_progress)
-            if await pipe.exists(in_progress):
-                return False
-            pipe.multi()
-            pipe.zrem(names.queue(pool), job_id)
-            pipe.delete(job_key_prefix + job_id)
-            removed, _ = await pipe.execute()
-    except WatchError:
-        return False
+    removed = await redis.eval(_WITHDRAW, 2, names.queue(pool), job_key_prefix + job_id, job_id)
     return bool(removed)

@@ -116,3 +116,19 @@ job_encoder = msgspec.msgpack.Encoder()
 job_decoder = msgspec.msgpack.Decoder(Job)
 event_encoder = msgspec.msgpack.Encoder()
 event_decoder = msgspec.msgpack.Decoder(Event)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Embeddings request body (validation only, like ChatRequest: the original JSON is what travels on).
+
+# msgspec allows one array type per union, so token arrays and string lists share one list type; the
+# route checks that a list is all strings, all tokens or all token arrays.
+EmbeddingInput = str | list[str | int | list[int]]
+
+
+class EmbeddingRequest(msgspec.Struct):
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: PositiveInt | None = None
+    user: str | None = None

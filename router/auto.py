@@ -16,6 +16,7 @@ model; smaller scores only rank it lower (in coarse bands, so noise does not reo
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -56,21 +57,40 @@ def choose(
     """Ordered candidates for an auto id; empty when nothing fits (the caller answers 503)."""
     if kind not in _TIER_ORDER:
         raise ValueError(f"{kind!r} is not one of {AUTO_MODELS}")
-    tiers = _TIER_ORDER[kind]
     needed = prompt_tokens + (output_tokens if output_tokens is not None else OUTPUT_MARGIN)
-    ranked: list[tuple[tuple[Any, ...], Model]] = []
-    for model in catalog.models.values():
-        if not _eligible(catalog, model, tiers) or not _fits(model, needed, needs_tools, needs_vision):
+    ranked: list[tuple[int, int, Model]] = []
+    for tier, model in _candidates(catalog, kind):
+        if not _fits(model, needed, needs_tools, needs_vision):
             continue
         score = health(model.provider, model.id) if health is not None else None
         if score is not None and score >= UNHEALTHY_AT:
             continue
-        ranked.append((_rank(model, kind, tiers, score), model))
-    ranked.sort(key=lambda pair: pair[0])
+        ranked.append((tier, _health_band(score), model))
+    ranked.sort(key=lambda entry: (entry[0], entry[1]))  # stable: the static order holds within a band
     result: list[Model] = []
-    for tier in range(len(tiers)):  # spread providers within a tier, never across tiers
-        result += _spread_providers([model for key, model in ranked if key[0] == tier])
+    for tier in range(len(_TIER_ORDER[kind])):  # spread providers within a tier, never across tiers
+        result += _spread_providers([model for t, _, model in ranked if t == tier])
     return result
+
+
+# The part of the choice that depends only on the catalog (which models may serve a kind, in which order
+# before health is known) is worked out once per catalog and kind, so a request walks a short sorted list
+# instead of ranking thousands of models.
+_STATIC: "weakref.WeakKeyDictionary[Catalog, dict[str, list[tuple[int, Model]]]]" = weakref.WeakKeyDictionary()
+
+
+def _candidates(catalog: Catalog, kind: str) -> list[tuple[int, Model]]:
+    per_kind = _STATIC.get(catalog)
+    if per_kind is None:
+        per_kind = _STATIC[catalog] = {}
+    found = per_kind.get(kind)
+    if found is None:
+        tiers = _TIER_ORDER[kind]
+        keyed = [(_rank(model, kind, tiers, None), model) for model in catalog.models.values()
+                 if _eligible(catalog, model, tiers)]
+        keyed.sort(key=lambda pair: pair[0])
+        found = per_kind[kind] = [(key[0], model) for key, model in keyed]
+    return found
 
 
 def _eligible(catalog: Catalog, model: Model, tiers: tuple[str, ...]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 
@@ -28,8 +29,25 @@ def fake_openai() -> Iterator[tuple[OpenAIFakeState, str]]:
 
 @pytest.fixture
 def gateway_env(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str]) -> dict[str, str]:
+    """The gateway's environment, plus ``MEGABRAIN_TEST_API_KEY``: a real key in its namespace (paid models
+    need one; the gateway itself never reads that variable)."""
     _, upstream = fake_openai
-    return env_for(redis_url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test")
+    env = env_for(redis_url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test")
+
+    async def create_key() -> str:
+        from api.keys import KeyStore
+        from common.names import Names
+        from common.redis import connect
+
+        redis = connect(redis_url)  # the embedded server is per process, so the harness shares it
+        try:
+            _, plaintext = await KeyStore(redis, Names(env["MEGABRAIN_NAMESPACE"])).create("tests")
+        finally:
+            await redis.aclose()
+        return plaintext
+
+    env["MEGABRAIN_TEST_API_KEY"] = asyncio.run(create_key())
+    return env
 
 
 @pytest.fixture
@@ -39,5 +57,6 @@ def gateway(gateway_env: dict[str, str]) -> Iterator[GatewayHarness]:
 
 
 @pytest.fixture
-def client(gateway: GatewayHarness) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=20)
+def client(gateway: GatewayHarness, gateway_env: dict[str, str]) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway_env["MEGABRAIN_TEST_API_KEY"],
+                         max_retries=0, timeout=20)

@@ -16,6 +16,11 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 EXPECTED = "".join(f"tok{i} " for i in range(16))
 
 
+def auth(env: dict[str, str]) -> dict[str, str]:
+    """Headers with the test key (gpt-4o-mini is a paid model: anonymous calls get 401)."""
+    return {"authorization": f"Bearer {env['MEGABRAIN_TEST_API_KEY']}"}
+
+
 def test_non_streaming_through_the_queue(client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, str]) -> None:
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
     completion = raw.parse()
@@ -86,9 +91,9 @@ def test_tool_calls(client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, s
 
 
 @pytest.mark.parametrize("path", ["/chat/completions", "/v1/chat/completions"])
-def test_both_paths_and_curl_style_stream(gateway: GatewayHarness, path: str) -> None:
+def test_both_paths_and_curl_style_stream(gateway: GatewayHarness, gateway_env: dict[str, str], path: str) -> None:
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
-    with httpx.stream("POST", gateway.url + path, json=body, timeout=20) as response:
+    with httpx.stream("POST", gateway.url + path, json=body, headers=auth(gateway_env), timeout=20) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["cache-control"] == "no-cache"
@@ -96,14 +101,16 @@ def test_both_paths_and_curl_style_stream(gateway: GatewayHarness, path: str) ->
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     assert all(line.startswith("data: ") or line.startswith(":") for line in lines)
-    plain = httpx.post(gateway.url + path, json={**body, "stream": False}, timeout=20)
+    plain = httpx.post(gateway.url + path, json={**body, "stream": False}, headers=auth(gateway_env), timeout=20)
     assert plain.status_code == 200 and plain.json()["choices"][0]["message"]["content"] == EXPECTED
 
 
-def test_unknown_fields_pass_through(gateway: GatewayHarness, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+def test_unknown_fields_pass_through(gateway: GatewayHarness, gateway_env: dict[str, str],
+                                     fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "logit_bias": {"50256": -100}, "custom_thing": [1]}
-    assert httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=20).status_code == 200
+    assert httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=auth(gateway_env),
+                      timeout=20).status_code == 200
     assert state.requests[-1]["body"]["custom_thing"] == [1]
     assert state.requests[-1]["body"]["logit_bias"] == {"50256": -100}
 
@@ -197,24 +204,27 @@ def test_failure_after_tokens_ends_stream_with_error(client: openai.OpenAI,
     assert len(state.requests) == 1  # never restarted after tokens were sent
 
 
-def test_upstream_down_after_retries_is_503(gateway: GatewayHarness, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+def test_upstream_down_after_retries_is_503(gateway: GatewayHarness, gateway_env: dict[str, str],
+                                            fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
     state.failures = [503, 503, 503, 503]
     state.retry_after = 0
     response = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
-                          timeout=20)
+                          headers=auth(gateway_env), timeout=20)
     assert response.status_code == 503
     assert response.json()["error_type"] == "temporarily_unavailable"
     assert "retry-after" in response.headers
     assert len(state.requests) == 3  # the first try and two retries
 
 
-def test_client_disconnect_closes_upstream(gateway: GatewayHarness, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+def test_client_disconnect_closes_upstream(gateway: GatewayHarness, gateway_env: dict[str, str],
+                                           fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
     state.tokens = 200
     state.token_delay = 0.05
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=20) as response:
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=auth(gateway_env),
+                      timeout=20) as response:
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 break
@@ -229,7 +239,8 @@ def test_no_worker_is_a_quick_503(gateway_env: dict[str, str]) -> None:
     with GatewayHarness.from_env(gateway_env, pools=()) as lonely:
         started = time.monotonic()
         response = httpx.post(lonely.url + "/v1/chat/completions",
-                              json={"model": "gpt-4o-mini", "messages": MESSAGES}, timeout=20)
+                              json={"model": "gpt-4o-mini", "messages": MESSAGES}, headers=auth(gateway_env),
+                              timeout=20)
         assert response.status_code == 503
         assert time.monotonic() - started < 5
         assert response.json()["error_type"] == "temporarily_unavailable"

@@ -1,10 +1,126 @@
-"""Recording upstream outcomes for provider health (circuit breakers), shared through Redis."""
+"""Recording upstream outcomes for provider health (circuit breakers), shared through Redis.
+
+One pipelined round trip per attempt: count the outcome in the provider's current time bucket (a hash with
+a TTL, so old counts expire by themselves), read the provider's circuits and, after a failure, the window's
+counts. A second round trip happens only when a circuit changes state. The rules are in ``router/health.py``.
+
+Layout, per provider ``p`` (see ``common/names.py``):
+- ``<ns>:health:p@<bucket>`` hash: ``ok``/``fail``/``ms`` for ``p``, ``ok|<model>``/``fail|<model>``/``ms|<model>``
+  per model id; expires one window after its bucket ends.
+- ``<ns>:health:p#circuit`` hash: field ``*`` (the provider) or a model id → epoch seconds the circuit is
+  open until; a field past its time is half-open; closing deletes the field.
+"""
 
 from __future__ import annotations
 
+import time
+
+from arq.connections import ArqRedis
+
+from common.names import Names
 from common.wire import Route
+from router.health import (
+    BUCKET_SECONDS,
+    PROVIDER_FIELD,
+    WINDOW_BUCKETS,
+    Counts,
+    Transition,
+    bucket_of,
+    bucket_scope,
+    circuit_scope,
+    counter_field,
+    counts_as_failure,
+    decide,
+    window,
+)
 from workers.runtime import Runtime
+
+BUCKET_TTL = BUCKET_SECONDS * (WINDOW_BUCKETS + 1)
+CIRCUIT_TTL = 24 * 3600  # hygiene only: a circuit hash nobody writes to for a day goes away
+
+
+def bucket_key(names: Names, provider: str, bucket: int) -> str:
+    return names.health(bucket_scope(provider, bucket))
+
+
+def circuit_key(names: Names, provider: str) -> str:
+    return names.health(circuit_scope(provider))
 
 
 async def record(runtime: Runtime, route: Route, ok: bool, seconds: float, status: int) -> None:
     """Count one upstream call's outcome for ``route``'s provider and model."""
+    await record_outcome(runtime.redis, runtime.names, route.provider, route.model, ok, seconds, status)
+
+
+async def record_outcome(redis: ArqRedis, names: Names, provider: str, model: str, ok: bool, seconds: float,
+                         status: int, now: float | None = None) -> list[tuple[str | None, Transition]]:
+    """Count the outcome and apply any circuit transition; returns the transitions (for tests and logs)."""
+    now = time.time() if now is None else now
+    failed = not ok and counts_as_failure(status)
+    kind = "fail" if failed else "ok"
+    current = bucket_key(names, provider, bucket_of(now))
+    buckets = [bucket_key(names, provider, b) for b in window(now)]
+    scopes: list[str | None] = [None, model]
+    async with redis.pipeline(transaction=False) as pipe:
+        for m in scopes:
+            pipe.hincrby(current, counter_field(kind, m), 1)
+            if not failed:
+                pipe.hincrby(current, counter_field("ms", m), int(seconds * 1000))
+        pipe.expire(current, BUCKET_TTL)
+        pipe.hgetall(circuit_key(names, provider))
+        if failed:
+            wanted = [counter_field(k, m) for m in scopes for k in ("ok", "fail")]
+            for key in buckets:
+                pipe.hmget(key, wanted)
+        replies = await pipe.execute()
+    writes = 2 * (1 if failed else 2) + 1
+    circuits = _floats(replies[writes])
+    windows = replies[writes + 1:]
+    transitions: list[tuple[str | None, Transition]] = []
+    for n, m in enumerate(scopes):
+        counts = Counts()
+        for values in windows:
+            counts.ok += _int(values[2 * n])
+            counts.fail += _int(values[2 * n + 1])
+        change = decide(circuits.get(m or PROVIDER_FIELD), failed, counts, now)
+        if change.action:
+            transitions.append((m, change))
+    if transitions:
+        await _apply(redis, names, provider, buckets, transitions)
+    return transitions
+
+
+async def _apply(redis: ArqRedis, names: Names, provider: str, buckets: list[str],
+                 transitions: list[tuple[str | None, Transition]]) -> None:
+    key = circuit_key(names, provider)
+    async with redis.pipeline(transaction=False) as pipe:
+        for model, change in transitions:
+            name = model or PROVIDER_FIELD
+            if change.action == "open":
+                pipe.hsetnx(key, name, repr(change.until))
+            elif change.action == "reopen":
+                pipe.hset(key, name, repr(change.until))
+            elif change.action == "close":
+                pipe.hdel(key, name)
+                for bucket in buckets:  # forget the failures that opened it, or it would trip again at once
+                    pipe.hdel(bucket, *(counter_field(k, model) for k in ("ok", "fail", "ms")))
+        pipe.expire(key, CIRCUIT_TTL)
+        await pipe.execute()
+
+
+def _floats(raw: dict[bytes | str, bytes | str]) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for name, value in raw.items():
+        try:
+            result[_text(name)] = float(_text(value))
+        except ValueError:
+            continue
+    return result
+
+
+def _int(value: bytes | str | None) -> int:
+    return int(value) if value is not None else 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

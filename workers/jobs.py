@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from common import metrics
+from common import metrics, telemetry
 from common.errors import GatewayError
 from common.queue import enqueue
 from common.wire import Job, Route, job_decoder, job_encoder
@@ -64,10 +64,14 @@ async def serve(ctx: dict[str, Any], payload: bytes) -> None:
 
 async def _run(runtime: Runtime, job: Job) -> None:
     route = job.plan[job.hop]
-    pub = Publisher(runtime.redis, job.reply_channel, job.request_id, job.attempt, job.meta.get("seq", 0))
+    enqueued_at = job.meta.get("enqueued_at")
+    hello = {"worker": runtime.worker_id, "provider": route.provider,
+             "queued_ms": round((time.time() - enqueued_at) * 1000, 3) if enqueued_at else None,
+             "t": time.time()}  # for the relay's lag metric
+    pub = Publisher(runtime.redis, job.reply_channel, job.request_id, job.attempt, job.meta.get("seq", 0),
+                    hello=hello)
     runtime.publishers[job.request_id] = pub
     try:
-        await pub.send("start", meta={"worker": runtime.worker_id, "provider": route.provider})
         try:
             await _attempts(runtime, job, route, pub)
         except UpstreamError as error:
@@ -128,7 +132,8 @@ async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: Upst
         nxt = job.plan[next_hop]
         await pub.send("handoff", meta={"pool": nxt.provider, "hop": next_hop,
                                         "job_id": f"{job.request_id}-{job.attempt}-{next_hop}"})
-        handed = msgspec.structs.replace(job, hop=next_hop, meta={**job.meta, "seq": pub.seq})
+        handed = msgspec.structs.replace(job, hop=next_hop,
+                                         meta={**job.meta, "seq": pub.seq, "enqueued_at": time.time()})
         ok = await enqueue(runtime.redis, runtime.names, nxt.provider, JOB_FUNCTION,
                            f"{job.request_id}-{job.attempt}-{next_hop}", job_encoder.encode(handed),
                            expires_s=max(1.0, job.deadline - time.time()))
@@ -138,6 +143,7 @@ async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: Upst
                      nxt.provider)
             return
     refusal = client_error(error, job)
+    telemetry.report_upstream_failure(job.plan[job.hop].provider, job.plan[job.hop].model, job.plan[job.hop].provider, job.request_id, error.status, error.message)
     await pub.send("error", refusal.body(), status=refusal.status,
                    meta={"retry_after": refusal.retry_after, "upstream_status": error.status})
 

@@ -19,11 +19,14 @@ import time
 from typing import Any
 
 import arq.worker
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 
+from common import metrics
 from common.names import Names
 from common.redis import connect, job_deserializer, job_serializer
 from common.settings import Settings
+from common.telemetry import flush_sentry, init_sentry
 from router.catalog import build_catalog
 from router.providers import resolve_providers
 from workers import chat, embeddings, transcriptions  # noqa: F401  (register their job handlers)
@@ -36,25 +39,71 @@ log = logging.getLogger("megabrain.worker")
 LIVENESS_INTERVAL = 2.0  # seconds between liveness writes
 LIVENESS_TTL = 6.0  # a worker unseen for this long is presumed dead
 HEARTBEAT_AFTER = 5.0  # a job silent for this long sends a heartbeat event
+START_AFTER = 0.2  # a job that has not answered this soon after pickup announces itself ("start")
+
+
+# Claim up to ARGV[3] ready jobs in one round trip, atomically: take them off the queue and set arq's
+# in-progress marker. (arq's own start_jobs spends four round trips per job and leaves running jobs in the
+# queue so that it can re-run them after a crash; we never want that: the web tier decides re-runs.)
+# A job off the queue can no longer be withdrawn, which is what common.queue.withdraw relies on.
+CLAIM_SCRIPT = """
+local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+for i = 1, #ids, 2 do
+  redis.call('zrem', KEYS[1], ids[i])
+  redis.call('psetex', ARGV[4] .. ids[i], ARGV[2], '1')
+end
+return ids
+"""
 
 
 class PoolWorker(Worker):
-    """An arq ``Worker`` whose poll loop sleeps on a wake-up event instead of a fixed delay."""
+    """An arq ``Worker`` woken by an event instead of a fixed poll delay, claiming jobs in one round trip.
+
+    arq polls (ZRANGEBYSCORE every ``poll_delay``) and then claims each job with four round trips. Here the
+    loop sleeps until the pool's wake-up nudge (or the slow safety-net poll), and one Lua script claims
+    every ready job at once; arq's own ``run_job`` then runs each exactly as usual.
+    """
 
     def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.wake = wake
+        self._claim = self.pool.register_script(CLAIM_SCRIPT)
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
         while True:
             self.wake.clear()
-            await self._poll_iteration()  # when full, a freed slot wakes us again (below)
+            try:
+                await self._poll_iteration()  # when full, a freed slot wakes us again (below)
+            except Exception as exc:  # Redis outage: keep polling, or the pool silently stops for good
+                log.warning("%s: poll failed (%s); retrying", self.queue_name, type(exc).__name__)
+                await asyncio.sleep(min(1.0, self.poll_delay_s))
+                continue
             try:
                 async with asyncio.timeout(self.poll_delay_s):
                     await self.wake.wait()
             except TimeoutError:
                 pass
+
+    async def _poll_iteration(self) -> None:
+        free = self.max_jobs - self.job_counter
+        if self.allow_pick_jobs and free > 0:
+            claimed = await self._claim(
+                keys=[self.queue_name],
+                args=[int(time.time() * 1000), int(self.in_progress_timeout_s * 1000), free,
+                      in_progress_key_prefix],
+            )
+            for i in range(0, len(claimed), 2):
+                job_id = claimed[i].decode()
+                await self.sem.acquire()
+                self.job_counter += 1
+                task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         was_full = self.job_counter >= self.max_jobs
@@ -121,6 +170,8 @@ class PoolProcess:
             asyncio.create_task(self._listen(), name="pool-listen"),
             asyncio.create_task(self._liveness_loop(), name="pool-liveness"),
             asyncio.create_task(self._heartbeat_loop(), name="pool-heartbeats"),
+            # this process's metrics reach the web tier's /metrics through Redis (common/metrics.py)
+            asyncio.create_task(metrics.push_loop(self.redis, self.names.key("metrics")), name="pool-metrics"),
         ]
         self._tasks += [asyncio.create_task(w.main(), name=f"pool-{p}") for w, p in zip(self.workers, self.pools)]
         log.info("worker %s serving pools: %s", self.runtime.worker_id, ", ".join(self.pools))
@@ -160,6 +211,9 @@ class PoolProcess:
                     if task.done():
                         del worker.tasks[job_id]
             await asyncio.sleep(0.05)
+        # out of time: tell the web tier these requests are abandoned (it re-runs those that sent nothing)
+        await asyncio.gather(*(_quiet(pub.send("heartbeat", meta={"abandoned": True}))
+                               for pub in list(self.runtime.publishers.values())))
         for task in self._tasks:
             task.cancel()
         for worker in self.workers:
@@ -222,11 +276,14 @@ class PoolProcess:
                 log.warning("could not write worker liveness (%s)", type(exc).__name__)
 
     async def _heartbeat_loop(self) -> None:
-        """Jobs waiting on a slow upstream say they are alive, so the web tier can tell them from dead ones."""
+        """Jobs say they are alive: a ``start`` soon after pickup unless they already answered, then a
+        heartbeat whenever a slow upstream keeps them quiet, so the web tier tells them from dead ones."""
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.1)
             for pub in list(self.runtime.publishers.values()):
-                if pub.idle_for() >= HEARTBEAT_AFTER:
+                if pub.announce_if_quiet(START_AFTER):
+                    asyncio.create_task(_quiet(pub.send("start")))
+                elif pub.idle_for() >= HEARTBEAT_AFTER:
                     asyncio.create_task(_quiet(pub.send("heartbeat")))
 
 
@@ -240,5 +297,9 @@ async def _quiet(coro: Any) -> None:
 async def run_pools(settings: Settings, pools: tuple[str, ...]) -> None:
     if not pools:
         raise SystemExit("no provider pools to run: configure a provider (e.g. OPENAI_API_KEY) or pass --providers")
+    init_sentry(settings, "worker")
     process = PoolProcess(settings, pools)
-    await process.run()
+    try:
+        await process.run()
+    finally:
+        flush_sentry()

@@ -24,13 +24,22 @@ class ReceiverGone(Exception):
 
 
 class Publisher:
-    def __init__(self, redis: ArqRedis, channel: str, request_id: str, attempt: int, seq: int = 0) -> None:
+    """The events of one job. ``hello`` (worker id, provider, queue wait) rides on the first event.
+
+    A fast job therefore announces its pickup with its answer, in one PUBLISH; a slow one gets an explicit
+    ``start`` from the pool's ticker (``announce_if_quiet``) so the web tier's pickup deadline is met.
+    """
+
+    def __init__(self, redis: ArqRedis, channel: str, request_id: str, attempt: int, seq: int = 0,
+                 hello: dict[str, Any] | None = None) -> None:
         self.redis = redis
         self.channel = channel
         self.request_id = request_id
         self.attempt = attempt
         self.seq = seq
-        self.last_sent = time.monotonic()
+        self.hello = hello
+        self.started = time.monotonic()
+        self.last_sent = self.started
         self.committed = False  # stream data reached the client side: no retry or fallback any more
         self._pending: list[bytes] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -71,11 +80,18 @@ class Publisher:
     async def _publish(self, kind: EventKind, data: bytes, status: int, meta: dict[str, Any]) -> None:
         async with self._lock:
             self.seq += 1
+            if self.hello is not None:
+                meta = {**self.hello, **meta}
+                self.hello = None
             event = Event(self.request_id, self.attempt, self.seq, kind, data, status, meta)
             receivers = await self.redis.publish(self.channel, event_encoder.encode(event))
             self.last_sent = time.monotonic()
         if receivers == 0:
             raise ReceiverGone()
+
+    def announce_if_quiet(self, after: float) -> bool:
+        """True when the job has said nothing for ``after`` seconds since pickup: time for a ``start``."""
+        return self.hello is not None and not self._lock.locked() and time.monotonic() - self.started >= after
 
     def idle_for(self) -> float:
         """Seconds since the last event; the pool's ticker sends a heartbeat after a quiet spell."""

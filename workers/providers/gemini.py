@@ -597,6 +597,21 @@ class GeminiAdapter:
     def error(self, status: int, headers: dict[str, str], body: bytes) -> UpstreamError:
         return classify_error(status, _error_object(body), headers)
 
+    def embeddings_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
+        """An OpenAI embeddings body → ``batchEmbedContents``. Gemini embeds text only, not token arrays."""
+        value = body.get("input")
+        texts = [value] if isinstance(value, str) else list(value or ())
+        if not all(isinstance(t, str) for t in texts):
+            raise UpstreamError(400, "Gemini embeds text only; token-array inputs are not supported.",
+                                retryable=False, fallback=True, error_type="invalid_request", param="input")
+        return embeddings_request(up, model, texts, body.get("dimensions"))
+
+    def embeddings_response(self, data: Any) -> tuple[list[Any], dict[str, Any] | None]:
+        """(float vectors in input order, no usage: Gemini reports no token counts for embeddings)."""
+        if isinstance(data, dict) and data.get("error"):
+            raise _inband_error(data["error"])
+        return embeddings_response(data), None
+
 
 class GeminiStreamTranslator:
     """Gemini SSE events (each a whole ``GenerateContentResponse`` with only new parts) → OpenAI chunks."""

@@ -25,6 +25,8 @@ from workers.providers.base import (
 )
 
 _GATEWAY_FIELDS = ("models", "provider", "route", "transforms")  # ours (or OpenRouter's), never forwarded
+# Providers whose embeddings endpoint honours encoding_format=base64 (others get asked for floats).
+_BASE64_EMBEDDINGS = frozenset({"openai", "azure"})
 
 
 def auth_headers(up: Upstream) -> dict[str, str]:
@@ -86,6 +88,55 @@ class OpenAICompatAdapter:
 
     def stream_translator(self) -> "OpenAIStreamTranslator":
         return OpenAIStreamTranslator()
+
+    # -- embeddings and transcriptions: OpenAI paths under the same base URL ------------------------------
+
+    def embeddings_url(self, up: Upstream, model: str) -> str:
+        return self.url(up, "embeddings", model)
+
+    def transcription_url(self, up: Upstream, model: str) -> str:
+        return self.url(up, "audio/transcriptions", model)
+
+    def embeddings_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
+        """The client's body, forwarded; base64 is asked for only where the upstream is known to honour it.
+
+        Many OpenAI-compatible servers ignore or reject ``encoding_format: base64`` (or answer 200 with empty
+        data), so they are asked for floats and the worker encodes for the client itself.
+        """
+        payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+        payload["model"] = model
+        native = up.quirks.get("embeddings_base64", up.provider in _BASE64_EMBEDDINGS)
+        payload["encoding_format"] = "base64" if native and body.get("encoding_format") == "base64" else "float"
+        headers = auth_headers(up)
+        headers["content-type"] = "application/json"
+        return RequestSpec("POST", self.embeddings_url(up, model), headers=headers,
+                           content=msgspec.json.encode(payload))
+
+    def embeddings_response(self, data: Any) -> tuple[list[Any], dict[str, Any] | None]:
+        """(one embedding per input in input order: a float list or a base64 string, the upstream's usage)."""
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            if isinstance(data, dict) and data.get("error"):
+                raise _inband_error(data["error"])
+            raise UpstreamError(502, "upstream returned a body without embedding data", retryable=True)
+        ordered = sorted((i for i in items if isinstance(i, dict)), key=lambda i: i.get("index") or 0)
+        vectors = [item.get("embedding") for item in ordered]
+        if any(not isinstance(v, (list, str)) for v in vectors):
+            raise UpstreamError(502, "upstream returned an embedding without values", retryable=True)
+        usage = data.get("usage")
+        return vectors, usage if isinstance(usage, dict) else None
+
+    def transcription_request(self, up: Upstream, model: str, fields: dict[str, Any], filename: str,
+                              audio: bytes, content_type: str) -> RequestSpec:
+        """Multipart like the client's: its fields (``[]`` arrays repeated), the file under its own name.
+
+        The filename keeps its extension, which some providers (Groq) use to tell the audio format.
+        httpx writes a fresh boundary and the matching content-type header.
+        """
+        form = {k: v for k, v in fields.items() if k not in ("model", "stream")}
+        form["model"] = model
+        return RequestSpec("POST", self.transcription_url(up, model), headers=auth_headers(up),
+                           files=[("file", (filename, audio, content_type))], data=form)
 
     def error(self, status: int, headers: dict[str, str], body: bytes) -> UpstreamError:
         message, code = error_message_from_json(body, f"upstream returned HTTP {status}")

@@ -1,0 +1,121 @@
+"""What every model endpoint does after validation: admit, build the job, enqueue it, answer from events.
+
+Chat, embeddings and transcriptions differ only in how they validate and plan; from the plan on, they
+share this path, so a change to admission, queueing or cancellation is made once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.admission import Admission, admit
+from api.exchange import Exchange
+from api.gateway import Gateway
+from api.ids import client_request_id
+from api.responses import error_response, json_response, stream_response
+from common.errors import GatewayError, unavailable
+from common.names import new_request_id
+from common.wire import Job, Route
+
+CLIENT_GONE = 499  # never seen by anyone: the connection is already closed
+
+
+class Dispatch:
+    """One model request on its way to the pools: its id, response headers and admission."""
+
+    def __init__(self, gateway: Gateway, request: Request, route_name: str) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.route_name = route_name
+        self.request_id = new_request_id()
+        self.client_request_id = client_request_id(request)
+        self.headers = {"x-request-id": self.client_request_id or self.request_id}
+        self.admission = Admission()
+
+    async def admit(self, plan: list[Route]) -> None:
+        """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable."""
+        self.admission = await admit(self.gateway, self.request, model_is_free=plan_is_free(self.gateway, plan))
+        self.headers.update(self.admission.headers)
+        if not self.gateway.relay.ready.is_set():
+            raise unavailable("The gateway cannot reach its queue (Redis) right now.", retry_after=2)
+
+    def job(self, kind: str, plan: list[Route], *, meta: dict[str, Any] | None = None, **fields: Any) -> Job:
+        meta = dict(meta or {})
+        if self.admission.key_id:
+            meta["key_id"] = self.admission.key_id
+        return Job(
+            kind=kind,  # type: ignore[arg-type]
+            request_id=self.request_id,
+            reply_channel=self.gateway.relay.channel,
+            attempt=0,
+            plan=plan,
+            deadline=time.time() + self.gateway.settings.request_timeout,
+            meta=meta,
+            **fields,
+        )
+
+    def refuse(self, error: GatewayError) -> Response:
+        return error_response(error, self.headers)
+
+    async def answer(self, job: Job) -> Response:
+        """Enqueue ``job`` and answer with its stream or its one result (or error)."""
+        gateway = self.gateway
+        exchange = Exchange(gateway, job, gateway.relay.open(job.request_id))
+        exchange.route_name = self.route_name
+        exchange.client_request_id = self.client_request_id
+        try:
+            await exchange.submit()
+        except GatewayError as error:
+            gateway.relay.close(job.request_id)
+            return self.refuse(error)
+        except Exception:
+            gateway.relay.close(job.request_id)
+            return self.refuse(unavailable("The gateway cannot reach its queue (Redis) right now."))
+
+        def release() -> None:
+            gateway.relay.close(job.request_id)
+
+        if job.stream:
+            return await until_disconnect(self.request, stream_response(exchange, self.headers, release))
+        return await until_disconnect(self.request, json_response(exchange, self.headers, release))
+
+
+def plan_is_free(gateway: Gateway, plan: list[Route]) -> bool:
+    """A request is free when every candidate is a free model (auto-free never falls back to paid ones)."""
+    for route in plan:
+        model = gateway.catalog.get(route.model)
+        if model is None or not model.free:
+            return False
+    return True
+
+
+async def until_disconnect(request: Request, answer: Awaitable[Response]) -> Response:
+    """``answer``, unless the client leaves first: then ``answer`` is cancelled and its cleanup withdraws
+    the job or stops the worker. (Starlette does not cancel a handler whose client left; a stream's body
+    notices by itself once it is being sent.)"""
+    task = asyncio.ensure_future(answer)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return Response(status_code=CLIENT_GONE)
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects. Only after the body was read: then the next message is that."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

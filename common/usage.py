@@ -1,0 +1,84 @@
+"""Usage counters per API key, UTC day and model: the Redis layout both tiers share.
+
+The worker writes them after a served request (``add_usage`` on a pipeline, one round trip); the web
+tier reads them (``megabrain keys usage``, ``GET /usage``) and the rate-limit script reads the month's
+spend for budgets. Living in ``common`` lets both import it without the worker importing the web tier.
+
+    usage:<key id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n   requests, tokens, cost per UTC day and model
+    spend:<key id>:<YYYY-MM>     float                          month-to-date cost in USD
+
+Requests without a key are counted under the id ``anonymous`` (real key ids are 8 hex digits).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from common.names import Names
+
+ANONYMOUS = "anonymous"
+USAGE_TTL_SECONDS = 400 * 86400
+USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost")
+
+
+def utc_day(now: float | None = None) -> str:
+    return _utc(now).strftime("%Y-%m-%d")
+
+
+def utc_month(now: float | None = None) -> str:
+    return _utc(now).strftime("%Y-%m")
+
+
+def _utc(now: float | None) -> dt.datetime:
+    return dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc)
+
+
+def usage_key(names: Names, key_id: str, day: str) -> str:
+    return names.key(f"usage:{key_id}:{day}")
+
+
+def spend_key(names: Names, key_id: str, month: str) -> str:
+    return names.key(f"spend:{key_id}:{month}")
+
+
+def add_usage(
+    pipe: Any,
+    names: Names,
+    key_id: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost: str,
+    now: float | None = None,
+) -> None:
+    """Queue the usage writes of one finished request on a pipeline the caller sends.
+
+    ``cost`` is a decimal string in USD (HINCRBYFLOAT/INCRBYFLOAT take it as is, no float rounding).
+    """
+    day_key = usage_key(names, key_id, utc_day(now))
+    month_key = spend_key(names, key_id, utc_month(now))
+    pipe.hincrby(day_key, f"{model}|requests", 1)
+    pipe.hincrby(day_key, f"{model}|prompt_tokens", int(prompt_tokens))
+    pipe.hincrby(day_key, f"{model}|completion_tokens", int(completion_tokens))
+    pipe.hincrbyfloat(day_key, f"{model}|cost", cost)
+    pipe.expire(day_key, USAGE_TTL_SECONDS)
+    pipe.incrbyfloat(month_key, cost)
+    pipe.expire(month_key, USAGE_TTL_SECONDS)
+
+
+async def record_usage(
+    redis: Any,
+    names: Names,
+    key_id: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost: str,
+    now: float | None = None,
+) -> None:
+    """Count one finished request: one pipelined round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        add_usage(pipe, names, key_id, model, prompt_tokens, completion_tokens, cost, now)
+        await pipe.execute()

@@ -1,0 +1,227 @@
+"""Retries and cross-provider fallback, proven by counting the requests each fake upstream received.
+
+Two OpenAI-compatible fakes serve the same model: ``openai`` (first choice) and ``backup`` (a provider from
+the config file, also the configured fallback). Each pool only calls its own provider, so a request the
+backup answers was handed from the first pool's queue to the second's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from api.gateway import Gateway
+from router.plan import plan_for
+from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
+from tests.fakes.server import ThreadedServer
+from tests.harness import GatewayHarness, env_for
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+EXPECTED = "".join(f"tok{i} " for i in range(16))
+READ_TIMEOUT = 0.5  # seconds of upstream silence that count as a timeout in these tests
+
+Fakes = tuple[OpenAIFakeState, OpenAIFakeState]
+
+
+def _config(backup_url: str) -> str:
+    return f"""
+[limits]
+free_requests_per_minute = 100000
+anonymous_requests_per_day = 100000
+
+[providers.backup]
+kind = "openai"
+base_url = "{backup_url}"
+
+[[models]]
+id = "openai/gpt-4o-mini"
+free = true
+fallbacks = ["backup/gpt-4o-mini"]
+
+[[models]]
+id = "openai/gpt-4o"
+free = true
+
+[[models]]
+id = "backup/gpt-4o-mini"
+provider = "backup"
+upstream_id = "gpt-4o-mini"
+free = true
+"""
+
+
+@pytest.fixture
+def fakes() -> Iterator[Fakes]:
+    first, second = OpenAIFakeState(retry_after=0), OpenAIFakeState(retry_after=0)
+    with ThreadedServer(create_openai_app(first)) as a, ThreadedServer(create_openai_app(second)) as b:
+        first.base_url, second.base_url = a.url + "/v1", b.url + "/v1"  # type: ignore[attr-defined]
+        yield first, second
+
+
+@pytest.fixture
+def gateway(redis_url: str | None, tmp_path: Path, fakes: Fakes) -> Iterator[GatewayHarness]:
+    first, second = fakes
+    config = tmp_path / "megabrain.toml"
+    config.write_text(_config(second.base_url))  # type: ignore[attr-defined]
+    env = env_for(redis_url, MEGABRAIN_CONFIG=str(config), OPENAI_BASE_URL=first.base_url,  # type: ignore[attr-defined]
+                  OPENAI_API_KEY="sk-first", MEGABRAIN_UPSTREAM_MAX_RETRIES="2",
+                  MEGABRAIN_UPSTREAM_READ_TIMEOUT=str(READ_TIMEOUT))
+    with GatewayHarness.from_env(env, pools=("openai", "backup")) as harness:
+        yield harness
+
+
+@pytest.fixture
+def client(gateway: GatewayHarness) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=20,
+                         default_headers={"Authorization": ""})
+
+
+def _counts(fakes: Fakes) -> tuple[int, int]:
+    return len(fakes[0].requests), len(fakes[1].requests)
+
+
+def _stream_text(client: openai.OpenAI, **kwargs: object) -> str:
+    stream = client.chat.completions.create(messages=MESSAGES, stream=True, **kwargs)  # type: ignore[call-overload]
+    chunks = list(stream)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_the_plan_lists_the_backup(gateway: GatewayHarness) -> None:
+    catalog = _gateway(gateway).catalog
+    assert [r.provider for r in plan_for(catalog, "openai/gpt-4o-mini")] == ["openai", "backup"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_503_beyond_retries_is_answered_by_the_backup(client: openai.OpenAI, fakes: Fakes, stream: bool) -> None:
+    fakes[0].failures = [503, 503, 503]
+    if stream:
+        assert _stream_text(client, model="openai/gpt-4o-mini") == EXPECTED
+    else:
+        raw = client.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+        completion = raw.parse()
+        assert completion.choices[0].message.content == EXPECTED
+        assert raw.headers["x-megabrain-provider"] == "backup"
+        assert completion.model == "backup/gpt-4o-mini"
+        assert completion.model_extra["provider"] == "backup"
+    assert _counts(fakes) == (3, 1)  # the first try and two retries, then the backup's pool
+    assert fakes[1].requests[0]["body"]["model"] == "gpt-4o-mini"
+
+
+def test_a_single_503_is_retried_in_place(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes[0].failures = [503]
+    raw = client.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    assert raw.headers["x-megabrain-provider"] == "openai"
+    assert _counts(fakes) == (2, 0)
+
+
+def test_429_retry_after_is_honoured_at_the_same_provider(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes[0].failures = [429]
+    fakes[0].retry_after = 0.6
+    started = time.monotonic()
+    raw = client.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    waited = time.monotonic() - started
+    assert raw.headers["x-megabrain-provider"] == "openai"
+    assert _counts(fakes) == (2, 0)
+    assert waited >= 0.6  # a lower bound only: the retry waited as told (backoff alone is under 0.25 s)
+
+
+def test_429_asking_for_a_long_wait_moves_to_the_backup(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes[0].failures = [429]
+    fakes[0].retry_after = 120
+    raw = client.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    assert raw.headers["x-megabrain-provider"] == "backup"
+    assert _counts(fakes) == (1, 1)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_timeout_is_retried(client: openai.OpenAI, fakes: Fakes, stream: bool) -> None:
+    fakes[0].failures = ["hang"]
+    if stream:
+        assert _stream_text(client, model="openai/gpt-4o-mini") == EXPECTED
+    else:
+        completion = client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+        assert completion.choices[0].message.content == EXPECTED
+    assert _counts(fakes) == (2, 0)
+
+
+def test_repeated_timeouts_fall_back(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes[0].failures = ["hang", "hang", "hang"]
+    raw = client.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    assert raw.headers["x-megabrain-provider"] == "backup"
+    assert _counts(fakes) == (3, 1)
+
+
+def test_a_connection_reset_is_retried(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes[0].failures = ["reset"]
+    completion = client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    assert completion.choices[0].message.content == EXPECTED
+    assert _counts(fakes) == (2, 0)
+
+
+@pytest.mark.parametrize("failure", ["midstream_error", "cut"])
+def test_failure_after_tokens_is_neither_restarted_nor_handed_on(client: openai.OpenAI, fakes: Fakes,
+                                                                 failure: str) -> None:
+    fakes[0].failures = [failure]
+    received = ""
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES, stream=True):
+            received += "".join(c.delta.content or "" for c in chunk.choices)
+    assert received.startswith("tok0 ") and received != EXPECTED
+    assert _counts(fakes) == (1, 0)
+
+
+def test_a_400_is_neither_retried_nor_handed_on(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes[0].failures = [400]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    assert _counts(fakes) == (1, 0)
+
+
+def test_the_clients_models_list_is_a_fallback(client: openai.OpenAI, fakes: Fakes) -> None:
+    fakes[0].failures = [503, 503, 503]
+    raw = client.chat.completions.with_raw_response.create(
+        model="openai/gpt-4o", messages=MESSAGES, extra_body={"models": ["backup/gpt-4o-mini"]})
+    completion = raw.parse()
+    assert raw.headers["x-megabrain-provider"] == "backup" and completion.model == "backup/gpt-4o-mini"
+    assert _counts(fakes) == (3, 1)
+    assert [r["body"]["model"] for r in fakes[0].requests] == ["gpt-4o"] * 3
+    assert "models" not in fakes[1].requests[0]["body"]  # the gateway's own field is not sent upstream
+
+
+def test_everyone_down_is_a_503(gateway: GatewayHarness, fakes: Fakes) -> None:
+    fakes[0].failures = [503] * 3
+    fakes[1].failures = [503] * 3
+    response = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "openai/gpt-4o-mini",
+                                                                       "messages": MESSAGES}, timeout=20)
+    assert response.status_code == 503 and response.json()["error_type"] == "temporarily_unavailable"
+    assert "retry-after" in response.headers
+    assert _counts(fakes) == (3, 3)
+
+
+def test_an_open_circuit_puts_the_provider_last(client: openai.OpenAI, gateway: GatewayHarness,
+                                                fakes: Fakes) -> None:
+    """Failures recorded by the worker open openai's circuit; the plan then starts at the backup."""
+    fakes[0].failures = [503] * 6
+    for _ in range(2):  # 2 requests x 3 attempts: six failures, none answered by openai
+        raw = client.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+        assert raw.headers["x-megabrain-provider"] == "backup"
+    assert _counts(fakes) == (6, 2)
+    state = _gateway(gateway)
+    deadline = time.monotonic() + 10
+    while state.health.state("openai") != "open" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.health.state("openai") == "open"
+    plan = plan_for(state.catalog, "openai/gpt-4o-mini", healthy=state.health.healthy)
+    assert [r.provider for r in plan] == ["backup", "openai"]
+    raw = client.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    assert raw.headers["x-megabrain-provider"] == "backup"
+    assert _counts(fakes) == (6, 3)  # openai was not even tried
+
+
+def _gateway(harness: GatewayHarness) -> Gateway:
+    return harness.server.config.app.state.gateway  # type: ignore[union-attr]

@@ -1,0 +1,276 @@
+"""Resilience with real processes: SIGTERM/SIGKILL of workers and the web process, Redis outage, backpressure.
+
+``megabrain web`` and ``megabrain worker`` run as separate processes (tests/harness.py ProcessGateway), so
+they need a real Redis: these tests skip when ``REDIS_URL`` is unset. The Redis-outage test starts its
+own ``redis-server`` on a free port so it can stop and restart it. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import socket
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.openai_server import OpenAIFakeState
+from tests.fakes.server import free_port
+from tests.harness import GatewayHarness, ProcessGateway, env_for
+
+EXPECTED = "".join(f"tok{i} " for i in range(16))
+MESSAGES = [{"role": "user", "content": "hi"}]
+BODY = {"model": "gpt-4o-mini", "messages": MESSAGES}
+
+needs_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
+                                 reason="separate processes need a real Redis (set REDIS_URL)")
+
+
+def auth(env: dict[str, str]) -> dict[str, str]:
+    """The test key of tests/conftest.py (gpt-4o-mini is a paid model)."""
+    return {"authorization": f"Bearer {env['MEGABRAIN_TEST_API_KEY']}"}
+
+
+async def _create_key(redis_url: str, namespace: str) -> str:
+    from api.keys import KeyStore
+    from common.names import Names
+    from common.redis import connect
+
+    redis = connect(redis_url)
+    try:
+        return (await KeyStore(redis, Names(namespace)).create("resilience"))[1]
+    finally:
+        await redis.aclose()
+
+
+def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def live_workers(url: str) -> int:
+    try:
+        return int(httpx.get(url + "/ready", timeout=2).json()["pools"]["openai"]["live_workers"])
+    except (httpx.HTTPError, KeyError, ValueError):
+        return -1
+
+
+def sse_events(response: httpx.Response) -> Iterator[str]:
+    """The ``data:`` payloads of an SSE response, as they arrive."""
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            yield line[6:]
+
+
+def stream_text(payloads: list[str]) -> str:
+    text = ""
+    for payload in payloads:
+        if payload == "[DONE]":
+            continue
+        for choice in json.loads(payload).get("choices") or []:
+            text += choice["delta"].get("content") or ""
+    return text
+
+
+@pytest.fixture
+def slow_env(gateway_env: dict[str, str]) -> dict[str, str]:
+    return {**gateway_env, "MEGABRAIN_HEARTBEAT_TIMEOUT": "3", "MEGABRAIN_SHUTDOWN_GRACE": "8"}
+
+
+@needs_redis
+def test_sigterm_worker_mid_stream_finishes_the_stream(slow_env: dict[str, str],
+                                                       fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    state, _ = fake_openai
+    state.token_delay = 0.1
+    with ProcessGateway(slow_env, workers=1) as gw:
+        assert wait_until(lambda: live_workers(gw.url) == 1, 15)
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(slow_env), timeout=20,
+                          json={**BODY, "stream": True}) as response:
+            assert response.status_code == 200
+            events = sse_events(response)
+            payloads = [next(events)]
+            gw.workers[0].send_signal(signal.SIGTERM)
+            payloads += list(events)
+        assert payloads[-1] == "[DONE]"
+        assert stream_text(payloads) == EXPECTED  # every token once, in order
+        assert gw.workers[0].wait(10) == 0
+
+
+@needs_redis
+def test_sigterm_web_mid_stream_finishes_then_exits(slow_env: dict[str, str],
+                                                    fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    state, _ = fake_openai
+    state.token_delay = 0.1
+    with ProcessGateway(slow_env, workers=1) as gw:
+        assert wait_until(lambda: live_workers(gw.url) == 1, 15)
+        assert gw.web is not None
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(slow_env), timeout=20,
+                          json={**BODY, "stream": True}) as response:
+            events = sse_events(response)
+            payloads = [next(events)]
+            gw.web.send_signal(signal.SIGTERM)
+            payloads += list(events)
+        assert payloads[-1] == "[DONE]"
+        assert stream_text(payloads) == EXPECTED
+        assert gw.web.wait(10) is not None
+        with pytest.raises(httpx.ConnectError):  # it stopped accepting
+            httpx.get(gw.url + "/health", timeout=2)
+
+
+@needs_redis
+def test_sigkill_worker_non_streaming_is_answered_by_another(slow_env: dict[str, str],
+                                                             fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    state, _ = fake_openai
+    state.failures = ["hang"]  # the first worker's upstream call never answers; it is killed meanwhile
+    with ProcessGateway(slow_env, workers=1) as gw:
+        assert wait_until(lambda: live_workers(gw.url) == 1, 15)
+        first = gw.workers[0]
+        with httpx.Client(timeout=30) as client:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                future = pool.submit(client.post, gw.url + "/v1/chat/completions", headers=auth(slow_env), json=BODY)
+                assert wait_until(lambda: len(state.requests) >= 1, 10)
+                gw.start_worker()
+                assert wait_until(lambda: live_workers(gw.url) == 2, 15)
+                first.kill()
+                response = future.result(30)
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] == EXPECTED
+        assert len(state.requests) == 2  # the dead worker's call, then the other worker's
+        # the surviving worker's metrics reach the web tier's /metrics through Redis (pushed every 5 s)
+        assert wait_until(lambda: 'megabrain_upstream_duration_seconds_count{outcome="ok",provider="openai"} 1.0'
+                          in httpx.get(gw.url + "/metrics", timeout=5).text, 12, 0.5)
+
+
+@needs_redis
+def test_sigkill_worker_mid_stream_ends_with_an_error(slow_env: dict[str, str],
+                                                      fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    state, _ = fake_openai
+    state.token_delay = 0.3
+    with ProcessGateway(slow_env, workers=1) as gw:
+        assert wait_until(lambda: live_workers(gw.url) == 1, 15)
+        # the read timeout bounds the wait: the gateway must end the stream itself (heartbeat timeout 3 s)
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(slow_env), timeout=15,
+                          json={**BODY, "stream": True}) as response:
+            events = sse_events(response)
+            payloads = [next(events), next(events)]
+            gw.workers[0].kill()
+            payloads += list(events)
+        last = json.loads(payloads[-1])
+        assert last["error"]["type"] == "temporarily_unavailable"
+        assert "[DONE]" not in payloads
+        text = stream_text(payloads[:-1])
+        assert EXPECTED.startswith(text) and text  # what came was a clean prefix, nothing duplicated
+
+
+# --------------------------------------------------------------------------- Redis outage
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` on a free port that a test can stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_until(self._answers, 10, 0.05), "redis-server did not start"
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@needs_redis
+def test_redis_outage_gives_fast_503_then_recovers(own_redis: RedisServer,
+                                                   fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    _, upstream = fake_openai
+    # a fast safety-net poll, so the workers' poll loops certainly meet the dead Redis during the outage
+    env = env_for(own_redis.url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test",
+                  MEGABRAIN_POLL_DELAY="0.3")
+    key = asyncio.run(_create_key(own_redis.url, env["MEGABRAIN_NAMESPACE"]))
+    with ProcessGateway(env, workers=1) as gw:
+        client = openai.OpenAI(api_key=key, max_retries=0, timeout=10, base_url=gw.url + "/v1")
+        assert wait_until(lambda: live_workers(gw.url) == 1, 15)
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
+        own_redis.stop()
+        # a short client timeout: the refusal must not wait for anything
+        response = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=BODY, timeout=5)
+        assert response.status_code == 503, response.text
+        assert response.json()["error_type"] == "temporarily_unavailable"
+        assert httpx.get(gw.url + "/ready", timeout=5).status_code == 503
+        time.sleep(1.5)  # an outage of several poll rounds, liveness writes and relay reconnect attempts
+        own_redis.start()  # same port, empty data: the gateway must find its way back by itself
+        key = asyncio.run(_create_key(own_redis.url, env["MEGABRAIN_NAMESPACE"]))  # the old one was lost
+        client = client.with_options(api_key=key)
+
+        def serves() -> bool:
+            try:
+                return client.chat.completions.create(
+                    model="gpt-4o-mini", messages=MESSAGES).choices[0].message.content == EXPECTED
+            except openai.APIError:
+                return False
+
+        if not wait_until(serves, 20, 0.5):
+            for proc in gw.workers:
+                proc.terminate()
+            pytest.fail("no recovery after Redis came back: " + httpx.get(gw.url + "/ready", timeout=5).text
+                        + "\nworker log:\n" + b"".join(p.stderr.read() for p in gw.workers if p.stderr).decode()[-3000:])
+        assert httpx.get(gw.url + "/ready", timeout=5).status_code == 200
+
+
+# --------------------------------------------------------------------------- backpressure
+
+
+def test_queue_over_depth_limit_gets_503_quickly(gateway_env: dict[str, str],
+                                                 fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """A busy pool whose queue holds ``queue_depth_limit`` jobs refuses the next one at once."""
+    state, _ = fake_openai
+    state.latency = 3.0
+    env = {**gateway_env, "MEGABRAIN_QUEUE_DEPTH_LIMIT": "1", "MEGABRAIN_WORKER_MAX_JOBS": "1"}
+    with GatewayHarness.from_env(env) as gw:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(httpx.post, gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=20)
+            assert wait_until(lambda: len(state.requests) >= 1, 10)
+            refused = httpx.post(gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=20)
+            refused_while_busy = not slow.done()  # answered at once, not after the slow one freed the worker
+            assert slow.result(20).status_code == 200
+    assert refused.status_code == 503
+    assert refused.json()["error_type"] == "temporarily_unavailable"
+    assert refused.headers["retry-after"]
+    assert refused_while_busy
