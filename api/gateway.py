@@ -38,7 +38,7 @@ class LiveWorkers:
         self.names = names
         self.pools = pools
         self.counts: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
         since = time.time() - LIVENESS_TTL
@@ -56,11 +56,7 @@ class LiveWorkers:
         return count > 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="live-workers")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        self.task = asyncio.create_task(self._loop(), name="live-workers")
 
     async def _loop(self) -> None:
         while True:
@@ -106,10 +102,17 @@ class Gateway:
                 log.debug("health refresh failed (%s)", type(exc).__name__)
             await asyncio.sleep(2.0)
 
+    async def pin_health(self, snapshot: HealthSnapshot) -> None:
+        """Stop reloading health and use ``snapshot`` from now on (for tests and drills)."""
+        if self._health_task:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+        self.health = snapshot
+
     async def stop(self) -> None:
-        for task in (self._health_task, self._metrics_task):
-            if task:
-                task.cancel()
-        await self.live.stop()
+        tasks = [t for t in (self._health_task, self._metrics_task, self.live.task) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.relay.stop()
         await self.redis.aclose()

@@ -186,12 +186,7 @@ def _pin_health(harness: GatewayHarness, snapshot: HealthSnapshot) -> None:
     """Swap in a health snapshot and stop the refresh loop from replacing it during the test."""
     gateway = harness.server.config.app.state.gateway  # type: ignore[union-attr]
 
-    async def pin() -> None:
-        if gateway._health_task:
-            gateway._health_task.cancel()
-        gateway.health = snapshot
-
-    harness.run(pin())
+    harness.run(gateway.pin_health(snapshot))
 
 
 def _anonymous(harness: GatewayHarness, model: str) -> httpx.Response:

@@ -88,12 +88,8 @@ def test_filters(listing_gateway: GatewayHarness) -> None:
 def test_available_skips_providers_with_an_open_circuit(listing_gateway: GatewayHarness) -> None:
     app_gateway = listing_gateway.server.config.app.state.gateway  # type: ignore[union-attr]
 
-    async def open_groq() -> None:
-        if app_gateway._health_task:  # keep the refresh loop from replacing the snapshot under the test
-            app_gateway._health_task.cancel()
-        app_gateway.health = HealthSnapshot(open_circuits=frozenset({"groq"}), error_rates={"groq": 0.9})
-
-    listing_gateway.run(open_groq())
+    listing_gateway.run(app_gateway.pin_health(
+        HealthSnapshot(open_circuits=frozenset({"groq"}), error_rates={"groq": 0.9})))
     available = _get(listing_gateway, "/models?available=true").json()["data"]
     assert {e["provider"] for e in available} == {"openai"}
     providers = {p["id"]: p for p in _get(listing_gateway, "/providers").json()["data"]}

@@ -9,6 +9,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -51,8 +53,16 @@ def test_metrics_count_requests_and_pool_gauges(gateway: GatewayHarness, client:
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     list(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
                                         stream=True))
-    after = scrape(gateway.url)
     labels = {"route": "chat", "model": "openai/gpt-4o-mini", "provider": "openai", "status": "200"}
+    # a stream is counted when its body generator ends, just after the client read [DONE]
+    deadline = time.monotonic() + 5
+    while True:
+        after = scrape(gateway.url)
+        done = value(after, "megabrain_requests", "megabrain_requests_total", **labels) \
+            - value(before, "megabrain_requests", "megabrain_requests_total", **labels)
+        if done >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert value(after, "megabrain_requests", "megabrain_requests_total", **labels) \
         - value(before, "megabrain_requests", "megabrain_requests_total", **labels) == 2
     ttft = ("megabrain_time_to_first_token_seconds", "megabrain_time_to_first_token_seconds_count")

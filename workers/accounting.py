@@ -1,7 +1,7 @@
 """Usage accounting, done in the worker so counting never slows the web tier's request path.
 
-Per API key (``job.meta['key_id']``), UTC day and model: requests, prompt/completion tokens and cost, in
-one pipelined round trip (layout in common/usage.py). Requests without a key are counted under the
+Per API key (``job.meta['key_id']``), UTC day and model: requests, prompt/completion tokens and cost
+(layout in common/usage.py), summed in the process's tally and written with the next flush. Requests without a key are counted under the
 ``anonymous`` id, so operators can see what the free tier serves (``megabrain keys usage anonymous``).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from common.usage import ANONYMOUS, record_usage
+from common.usage import ANONYMOUS, add_usage
 from common.wire import Job, Route
 from workers.runtime import Runtime
 
@@ -19,8 +19,8 @@ async def record(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any]
     """Count one served request (tokens, cost) for its API key (``job.meta['key_id']``), day and model."""
     key_id = str(job.meta.get("key_id") or ANONYMOUS)
     usage = usage or {}
-    await record_usage(
-        runtime.redis,
+    add_usage(
+        runtime.tally,
         runtime.names,
         key_id,
         route.model,

@@ -48,8 +48,34 @@ def circuit_key(names: Names, provider: str) -> str:
 
 
 async def record(runtime: Runtime, route: Route, ok: bool, seconds: float, status: int) -> None:
-    """Count one upstream call's outcome for ``route``'s provider and model."""
+    """Count one upstream call's outcome for ``route``'s provider and model.
+
+    The common case, a success at a provider with no circuit open or half-open, is only a count: it goes
+    to the process's tally (written in batches). Failures, and anything touching a circuit, are decided at
+    once against Redis.
+    """
+    failed = not ok and counts_as_failure(status)
+    if not failed and not runtime.circuits.get(route.provider):
+        tally_success(runtime, route.provider, route.model, seconds)
+        return
     await record_outcome(runtime.redis, runtime.names, route.provider, route.model, ok, seconds, status)
+
+
+def tally_success(runtime: Runtime, provider: str, model: str, seconds: float, now: float | None = None) -> None:
+    current = bucket_key(runtime.names, provider, bucket_of(time.time() if now is None else now))
+    for m in (None, model):
+        runtime.tally.hincrby(current, counter_field("ok", m), 1)
+        runtime.tally.hincrby(current, counter_field("ms", m), int(seconds * 1000))
+    runtime.tally.expire(current, BUCKET_TTL)
+
+
+async def read_circuits(redis: ArqRedis, names: Names, providers: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Each provider's circuit fields (open-until times), for the success fast path above."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for provider in providers:
+            pipe.hgetall(circuit_key(names, provider))
+        replies = await pipe.execute()
+    return {p: _floats(r) for p, r in zip(providers, replies) if r}
 
 
 async def record_outcome(redis: ArqRedis, names: Names, provider: str, model: str, ok: bool, seconds: float,

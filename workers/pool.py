@@ -30,6 +30,7 @@ from common.telemetry import flush_sentry, init_sentry
 from router.catalog import build_catalog
 from router.providers import resolve_providers
 from workers import chat, embeddings, transcriptions  # noqa: F401  (register their job handlers)
+from workers import health
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime
 from workers.upstream import make_http_client
@@ -39,6 +40,7 @@ log = logging.getLogger("megabrain.worker")
 LIVENESS_INTERVAL = 2.0  # seconds between liveness writes
 LIVENESS_TTL = 6.0  # a worker unseen for this long is presumed dead
 HEARTBEAT_AFTER = 5.0  # a job silent for this long sends a heartbeat event
+TALLY_INTERVAL = 0.25  # seconds between batched counter writes
 START_AFTER = 0.2  # a job that has not answered this soon after pickup announces itself ("start")
 
 
@@ -166,10 +168,12 @@ class PoolProcess:
 
     async def start(self) -> None:
         await self._write_liveness()
+        self.runtime.circuits = await health.read_circuits(self.redis, self.names, self.pools)
         self._tasks = [
             asyncio.create_task(self._listen(), name="pool-listen"),
             asyncio.create_task(self._liveness_loop(), name="pool-liveness"),
             asyncio.create_task(self._heartbeat_loop(), name="pool-heartbeats"),
+            asyncio.create_task(self._tally_loop(), name="pool-tally"),
             # this process's metrics reach the web tier's /metrics through Redis (common/metrics.py)
             asyncio.create_task(metrics.push_loop(self.redis, self.names.key("metrics")), name="pool-metrics"),
         ]
@@ -221,6 +225,10 @@ class PoolProcess:
                 task.cancel()
         await asyncio.gather(*self._tasks, *(t for w in self.workers for t in w.tasks.values()),
                              return_exceptions=True)
+        try:
+            await self.runtime.tally.flush(self.redis)
+        except Exception as exc:
+            log.warning("could not write the last counters (%s)", type(exc).__name__)
         await self.runtime.http.aclose()
         await self.redis.aclose()
         await self.pubsub_redis.aclose()
@@ -268,12 +276,23 @@ class PoolProcess:
             await pipe.execute()
 
     async def _liveness_loop(self) -> None:
+        """Liveness, and the circuits of our providers (for the health fast path), every couple of seconds."""
         while True:
             await asyncio.sleep(LIVENESS_INTERVAL)
             try:
                 await self._write_liveness()
+                self.runtime.circuits = await health.read_circuits(self.redis, self.names, self.pools)
             except Exception as exc:
                 log.warning("could not write worker liveness (%s)", type(exc).__name__)
+
+    async def _tally_loop(self) -> None:
+        """Write the batched counters (usage, health successes) a few times a second."""
+        while True:
+            await asyncio.sleep(TALLY_INTERVAL)
+            try:
+                await self.runtime.tally.flush(self.redis)
+            except Exception as exc:
+                log.warning("could not write counters (%s); keeping them for the next try", type(exc).__name__)
 
     async def _heartbeat_loop(self) -> None:
         """Jobs say they are alive: a ``start`` soon after pickup unless they already answered, then a

@@ -19,6 +19,7 @@ from router.providers import Provider
 from workers.providers import adapter_for
 from workers.providers.base import Adapter, Upstream
 from workers.publisher import Publisher
+from workers.tally import Tally
 
 
 @dataclass
@@ -34,6 +35,10 @@ class Runtime:
     # request id -> the task running it, so a cancel from the web tier can stop it
     active: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     publishers: dict[str, Publisher] = field(default_factory=dict)
+    # counters written in batches by the pool's ticker (usage accounting, health successes)
+    tally: Tally = field(default_factory=Tally)
+    # provider -> its circuit fields in Redis, as last read (refreshed by the pool every couple of seconds)
+    circuits: dict[str, dict[str, float]] = field(default_factory=dict)
     _upstreams: dict[str, Upstream] = field(default_factory=dict)
 
     def upstream(self, provider_id: str) -> Upstream:

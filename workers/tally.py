@@ -1,0 +1,67 @@
+"""Counter writes buffered in memory and sent to Redis in one pipeline every fraction of a second.
+
+Usage accounting and provider-health successes are plain increments: nobody needs them the same
+millisecond, and sending them per request was a third of a worker's Redis round trips. The tally takes
+the same calls as a redis-py pipeline (``hincrby``, ``hincrbyfloat``, ``incrbyfloat``, ``expire``), sums
+them, and the pool's ticker flushes them. A failed flush keeps the sums for the next one, so a Redis
+blip loses no counts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+
+class Tally:
+    def __init__(self) -> None:
+        self._ints: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._floats: defaultdict[tuple[str, str | None], Decimal] = defaultdict(Decimal)
+        self._expires: dict[str, int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._ints or self._floats)
+
+    def hincrby(self, key: str, field: str, amount: int = 1) -> None:
+        self._ints[(key, field)] += int(amount)
+
+    def hincrbyfloat(self, key: str, field: str, amount: str | float) -> None:
+        self._floats[(key, field)] += Decimal(str(amount))
+
+    def incrbyfloat(self, key: str, amount: str | float) -> None:
+        self._floats[(key, None)] += Decimal(str(amount))
+
+    def expire(self, key: str, seconds: int) -> None:
+        self._expires[key] = int(seconds)
+
+    async def flush(self, redis: Any) -> None:
+        """Write everything summed so far in one round trip."""
+        if not self:
+            return
+        ints, floats, expires = self._ints, self._floats, self._expires
+        self._ints, self._floats, self._expires = defaultdict(int), defaultdict(Decimal), {}
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for (key, field), amount in ints.items():
+                    pipe.hincrby(key, field, amount)
+                for (key, field), total in floats.items():
+                    if field is None:
+                        pipe.incrbyfloat(key, format(total, "f"))
+                    else:
+                        pipe.hincrbyfloat(key, field, format(total, "f"))
+                for key, seconds in expires.items():
+                    pipe.expire(key, seconds)
+                await pipe.execute()
+        except BaseException:
+            self._merge(ints, floats, expires)
+            raise
+
+    def _merge(self, ints: dict[tuple[str, str], int], floats: dict[tuple[str, str | None], Decimal],
+               expires: dict[str, int]) -> None:
+        for k, v in ints.items():
+            self._ints[k] += v
+        for k2, d in floats.items():
+            self._floats[k2] += d
+        for key, seconds in expires.items():
+            self._expires.setdefault(key, seconds)
