@@ -53,7 +53,8 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     prefix = settings.mount_prefix
     for method, path, endpoint in ROUTES:
         for base in (prefix, prefix + "/v1"):
-            app.add_api_route(base + path, endpoint, methods=[method], include_in_schema=False)
+            # plain Starlette routes: no dependency solving or pydantic on the hot path
+            app.router.add_route(base + path, endpoint, methods=[method], include_in_schema=False)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:

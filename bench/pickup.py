@@ -1,10 +1,10 @@
 """Enqueue → pickup, measured against a real ``megabrain worker`` without touching the gateway.
 
 We play the web tier: subscribe to a reply channel of our own, enqueue jobs with ``common.queue.enqueue``
-(the web tier's exact call), and time each job until its worker's ``start`` event reaches us. The worker
-publishes ``start`` as the first thing it does with a job, so that figure is pickup plus one PUBLISH hop;
-the hop itself is measured too (a PUBLISH to our own channel), and the worker's own ``queued_ms`` (its
-clock at pickup minus the job's ``enqueued_at``) is reported alongside. Jobs go one at a time, each after
+(the web tier's exact call), and read the worker's own ``queued_ms`` (its clock at pickup minus the job's
+``enqueued_at``, set just before the enqueue call): that is enqueue → pickup. The worker announces itself
+on its first event (for a fast upstream, the answer), so the time until that first event is reported too:
+pickup plus one upstream call plus one PUBLISH hop (the hop is measured on its own as well). Jobs go one at a time, each after
 the previous one finished, so every pickup exercises the idle worker's wake-up path.
 """
 
@@ -105,7 +105,7 @@ async def _one_job(redis: Any, names: Names, inbox: Inbox, pool: str, route: Rou
     try:
         while True:
             arrived, event = await asyncio.wait_for(events.get(), 30)
-            if event.kind == "start" and start_ms is None:
+            if "worker" in event.meta and start_ms is None:  # the worker's hello rides on its first event
                 start_ms = (arrived - started) * 1000
                 queued_ms = event.meta.get("queued_ms")
             if event.kind in FINAL:

@@ -6,10 +6,9 @@ import gzip
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
-
-import time
 
 import httpx
 import openai

@@ -44,22 +44,23 @@ def handler(kind: str) -> Callable[[Handler], Handler]:
 
 
 async def serve(ctx: dict[str, Any], payload: bytes) -> None:
-    """arq entry point. Runs the work in an inner task so a client's cancel stops only this request."""
+    """arq entry point. A cancel from the web tier (client gone) ends this job quietly; any other
+    cancellation (the worker shutting down) propagates."""
     runtime: Runtime = ctx["runtime"]
     job = job_decoder.decode(payload)
-    inner = asyncio.create_task(_run(runtime, job))
-    runtime.active[job.request_id] = inner
+    task = asyncio.current_task()
+    assert task is not None
+    runtime.active[job.request_id] = task
     try:
-        await inner
+        await _run(runtime, job)
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            inner.cancel()
-            raise  # the worker itself is shutting down
+        if job.request_id not in runtime.cancelled:
+            raise
+        task.uncancel()
         log.info("request %s cancelled by the web tier", job.request_id)
     finally:
-        if runtime.active.get(job.request_id) is inner:
-            del runtime.active[job.request_id]
+        runtime.active.pop(job.request_id, None)
+        runtime.cancelled.discard(job.request_id)
 
 
 async def _run(runtime: Runtime, job: Job) -> None:

@@ -19,7 +19,8 @@ import time
 from typing import Any
 
 import arq.worker
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.jobs import deserialize_job_raw
 from arq.worker import Worker
 
 from common import metrics
@@ -33,6 +34,7 @@ from workers import chat, embeddings, transcriptions  # noqa: F401  (register th
 from workers import health
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime
+from workers.tally import Tally
 from workers.upstream import make_http_client
 
 log = logging.getLogger("megabrain.worker")
@@ -44,31 +46,39 @@ TALLY_INTERVAL = 0.25  # seconds between batched counter writes
 START_AFTER = 0.2  # a job that has not answered this soon after pickup announces itself ("start")
 
 
-# Claim up to ARGV[3] ready jobs in one round trip, atomically: take them off the queue and set arq's
-# in-progress marker. (arq's own start_jobs spends four round trips per job and leaves running jobs in the
-# queue so that it can re-run them after a crash; we never want that: the web tier decides re-runs.)
-# A job off the queue can no longer be withdrawn, which is what common.queue.withdraw relies on.
+# Claim up to ARGV[3] ready jobs in one round trip, atomically: take each off the queue, set arq's
+# in-progress marker, and return it with its payload. A job off the queue can no longer be withdrawn,
+# which is what common.queue.withdraw relies on; an empty payload means the job expired or was withdrawn.
 CLAIM_SCRIPT = """
-local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
-for i = 1, #ids, 2 do
+local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local claimed = {}
+for i = 1, #ids do
   redis.call('zrem', KEYS[1], ids[i])
   redis.call('psetex', ARGV[4] .. ids[i], ARGV[2], '1')
+  claimed[#claimed + 1] = ids[i]
+  claimed[#claimed + 1] = redis.call('get', ARGV[5] .. ids[i]) or ''
 end
-return ids
+return claimed
 """
 
 
 class PoolWorker(Worker):
-    """An arq ``Worker`` woken by an event instead of a fixed poll delay, claiming jobs in one round trip.
+    """An arq ``Worker`` with a hot path fit for interactive requests.
 
-    arq polls (ZRANGEBYSCORE every ``poll_delay``) and then claims each job with four round trips. Here the
-    loop sleeps until the pool's wake-up nudge (or the slow safety-net poll), and one Lua script claims
-    every ready job at once; arq's own ``run_job`` then runs each exactly as usual.
+    arq polls its queue every ``poll_delay``, claims each job with four round trips, reads it with a fifth,
+    and records a result and a retry counter with more; its re-run-after-crash is not wanted here either
+    (the web tier decides re-runs, since only it knows whether a client already got tokens). This worker
+    keeps arq's queue, job format, settings and lifecycle, but:
+
+    - sleeps until the pool's wake-up nudge (with ``poll_delay`` as a slow safety net),
+    - claims every ready job and reads its payload in one Lua script (one round trip),
+    - runs the job function, then leaves the clean-up deletes to the next batched write.
     """
 
-    def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, wake: asyncio.Event, tally: Tally, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.wake = wake
+        self.tally = tally
         self._claim = self.pool.register_script(CLAIM_SCRIPT)
 
     async def main(self) -> None:
@@ -93,19 +103,39 @@ class PoolWorker(Worker):
             claimed = await self._claim(
                 keys=[self.queue_name],
                 args=[int(time.time() * 1000), int(self.in_progress_timeout_s * 1000), free,
-                      in_progress_key_prefix],
+                      in_progress_key_prefix, job_key_prefix],
             )
             for i in range(0, len(claimed), 2):
                 job_id = claimed[i].decode()
                 await self.sem.acquire()
                 self.job_counter += 1
-                task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+                task = self.loop.create_task(self._serve_claimed(job_id, claimed[i + 1]))
                 task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
                 self.tasks[job_id] = task
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
-                task.result()
+
+    async def _serve_claimed(self, job_id: str, raw: bytes) -> None:
+        """Run one claimed job: arq's ``run_job`` without results, retries or per-job logging."""
+        try:
+            if not raw:
+                return  # expired or withdrawn between enqueue and claim
+            function_name, args, _, _, _ = deserialize_job_raw(raw, deserializer=self.job_deserializer)
+            function = self.functions.get(function_name)
+            if function is None:
+                log.warning("%s: job %s names an unknown function", self.queue_name, job_id)
+                return
+            async with asyncio.timeout(function.timeout_s or self.job_timeout_s):
+                await function.coroutine(self.ctx, *args)
+            self.jobs_complete += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # our job function handles its own errors; this is a bug: no payload logged
+            self.jobs_failed += 1
+            log.error("%s: job %s crashed (%s)", self.queue_name, job_id, type(exc).__name__)
+        finally:
+            self.tally.delete(job_key_prefix + job_id, in_progress_key_prefix + job_id)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         was_full = self.job_counter >= self.max_jobs
@@ -153,6 +183,7 @@ class PoolProcess:
             queue_name=self.names.queue(pool),
             redis_pool=self.redis,
             wake=self.wakes[pool],
+            tally=self.runtime.tally,
             handle_signals=False,
             max_jobs=self.settings.worker_max_jobs,
             poll_delay=self.settings.poll_delay,

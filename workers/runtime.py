@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from arq.connections import ArqRedis
@@ -33,7 +34,8 @@ class Runtime:
     pools: tuple[str, ...]
     worker_id: str = field(default_factory=lambda: secrets.token_hex(6))
     # request id -> the task running it, so a cancel from the web tier can stop it
-    active: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    active: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    cancelled: set[str] = field(default_factory=set)  # requests the web tier asked us to drop
     publishers: dict[str, Publisher] = field(default_factory=dict)
     # counters written in batches by the pool's ticker (usage accounting, health successes)
     tally: Tally = field(default_factory=Tally)
@@ -60,5 +62,6 @@ class Runtime:
         task = self.active.get(request_id)
         if task is None or task.done():
             return False
+        self.cancelled.add(request_id)
         task.cancel()
         return True
