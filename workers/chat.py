@@ -75,7 +75,7 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
         frames = shaper.shape(chunk)
         if frames:
             pub.data(frames)
-    pub.data(shaper.finish())
-    await pub.send("done", meta={"provider": route.provider, "model": route.model, "usage": shaper.usage,
-                                 "finish_reason": shaper.finish_reason})
+    # the closing frames (usage chunk if asked, [DONE]) travel with the "done" event itself
+    await pub.send("done", shaper.finish(), meta={"provider": route.provider, "model": route.model,
+                                                  "usage": shaper.usage, "finish_reason": shaper.finish_reason})
     return shaper.usage
