@@ -56,6 +56,9 @@ def served_headers(exchange: Exchange, event: Event | None, base: dict[str, str]
     provider = (event.meta.get("provider") if event else None) or exchange.provider
     if provider:
         headers["x-megabrain-provider"] = provider
+    usage = event.meta.get("usage") if event else None
+    if isinstance(usage, dict) and usage.get("cost") is not None:
+        headers["x-megabrain-cost"] = str(usage["cost"])  # streams carry it in their usage chunk
     return headers
 
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import openai
 import pytest
+from arq.connections import ArqRedis
+
+from api.keys import KeyStore
+from common.names import Names
+from common.redis import connect
 
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
@@ -35,9 +42,6 @@ def gateway_env(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str])
     env = env_for(redis_url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test")
 
     async def create_key() -> str:
-        from api.keys import KeyStore
-        from common.names import Names
-        from common.redis import connect
 
         redis = connect(redis_url)  # the embedded server is per process, so the harness shares it
         try:
@@ -60,3 +64,49 @@ def gateway(gateway_env: dict[str, str]) -> Iterator[GatewayHarness]:
 def client(gateway: GatewayHarness, gateway_env: dict[str, str]) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway_env["MEGABRAIN_TEST_API_KEY"],
                          max_retries=0, timeout=20)
+
+
+# -- Redis-level fixtures (keys, limits, access): each test runs on the real Redis and on the embedded one --
+
+
+@pytest.fixture(params=["real", "embedded"])
+def url(request: pytest.FixtureRequest) -> str | None:
+    return (os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379") if request.param == "real" else None
+
+
+@pytest.fixture
+async def redis(url: str | None) -> AsyncIterator[ArqRedis]:
+    client = connect(url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def other_redis(url: str | None) -> AsyncIterator[ArqRedis]:
+    """A second independent client: stands for a second API process."""
+    client = connect(url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def names(redis: ArqRedis) -> AsyncIterator[Names]:
+    """A fresh namespace, deleted afterwards."""
+    names = Names(f"test-{uuid.uuid4().hex[:12]}")
+    yield names
+    keys = [k async for k in redis.scan_iter(match=f"{names.ns}:*")]
+    if keys:
+        await redis.delete(*keys)
+
+
+@pytest.fixture
+def store(redis: ArqRedis, names: Names) -> KeyStore:
+    return KeyStore(redis, names)
+
+
+@pytest.fixture
+async def clear_of_window_edge() -> None:
+    """Counting tests must not straddle a minute boundary, where fixed windows reset (Redis is local)."""
+    into_minute = time.time() % 60
+    if into_minute > 54:
+        await asyncio.sleep(60.05 - into_minute)

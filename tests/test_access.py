@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -26,50 +24,9 @@ from common.settings import Limits
 from tests.fakes.server import ThreadedServer
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
+pytestmark = pytest.mark.usefixtures("clear_of_window_edge")
 IP = "203.0.113.10"
 LIMITS = Limits(free_requests_per_minute=3, anonymous_requests_per_day=5)
-
-
-@pytest.fixture(autouse=True)
-async def clear_of_window_edge() -> None:
-    """Counting tests must not straddle a minute boundary, where fixed windows reset (Redis is local)."""
-    into_minute = time.time() % 60
-    if into_minute > 54:
-        await asyncio.sleep(60.05 - into_minute)
-
-
-@pytest.fixture(params=["real", "embedded"])
-def url(request: pytest.FixtureRequest) -> str | None:
-    return REDIS_URL if request.param == "real" else None
-
-
-@pytest.fixture
-async def redis(url: str | None) -> AsyncIterator:
-    client = connect(url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def other_redis(url: str | None) -> AsyncIterator:
-    """A second independent client: stands for a second API process."""
-    client = connect(url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def names(redis) -> AsyncIterator[Names]:  # type: ignore[no-untyped-def]
-    names = Names(f"test-{uuid.uuid4().hex[:12]}")
-    yield names
-    keys = [k async for k in redis.scan_iter(match=f"{names.ns}:*")]
-    if keys:
-        await redis.delete(*keys)
-
-
-@pytest.fixture
-def store(redis, names: Names) -> KeyStore:  # type: ignore[no-untyped-def]
-    return KeyStore(redis, names)
 
 
 @pytest.fixture

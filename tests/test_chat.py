@@ -29,6 +29,7 @@ def test_non_streaming_through_the_queue(client: openai.OpenAI, fake_openai: tup
     assert completion.model == "openai/gpt-4o-mini"
     assert completion.usage is not None and completion.usage.completion_tokens == 16
     assert raw.headers["x-megabrain-provider"] == "openai"
+    assert raw.headers["x-megabrain-cost"] == completion.usage.cost  # type: ignore[attr-defined]
     assert raw.headers["x-request-id"]
     state, _ = fake_openai
     sent = state.requests[-1]

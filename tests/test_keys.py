@@ -2,39 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from api.keys import KeyCache, KeyNames, KeyStore, hash_key, record_usage
 from common.names import Names
-from common.redis import connect
 
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
-
-
-@pytest.fixture(params=["real", "embedded"])
-async def redis(request: pytest.FixtureRequest) -> AsyncIterator:
-    client = connect(REDIS_URL if request.param == "real" else None)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def names(redis) -> AsyncIterator[Names]:  # type: ignore[no-untyped-def]
-    names = Names(f"test-{uuid.uuid4().hex[:12]}")
-    yield names
-    keys = [k async for k in redis.scan_iter(match=f"{names.ns}:*")]
-    if keys:
-        await redis.delete(*keys)
-
-
-@pytest.fixture
-def store(redis, names: Names) -> KeyStore:  # type: ignore[no-untyped-def]
-    return KeyStore(redis, names)
 
 
 async def test_create_then_lookup(store: KeyStore) -> None:

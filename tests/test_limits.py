@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import time
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,36 +10,7 @@ from api.limits import DAY, MINUTE, Counter, CounterState, Limiter, decide, rate
 from common.names import Names
 from common.redis import connect
 
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
-
-
-@pytest.fixture(autouse=True)
-async def clear_of_window_edge() -> None:
-    """Counting tests must not straddle a minute boundary, where fixed windows reset (Redis is local)."""
-    into_minute = time.time() % 60
-    if into_minute > 54:
-        await asyncio.sleep(60.05 - into_minute)
-
-
-@pytest.fixture(params=["real", "embedded"])
-def url(request: pytest.FixtureRequest) -> str | None:
-    return REDIS_URL if request.param == "real" else None
-
-
-@pytest.fixture
-async def redis(url: str | None) -> AsyncIterator:
-    client = connect(url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def names(redis) -> AsyncIterator[Names]:  # type: ignore[no-untyped-def]
-    names = Names(f"test-{uuid.uuid4().hex[:12]}")
-    yield names
-    keys = [k async for k in redis.scan_iter(match=f"{names.ns}:*")]
-    if keys:
-        await redis.delete(*keys)
+pytestmark = pytest.mark.usefixtures("clear_of_window_edge")
 
 
 @pytest.fixture
