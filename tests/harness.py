@@ -164,13 +164,22 @@ class ProcessGateway:
         while time.monotonic() < deadline:
             if self.web.poll() is not None:
                 raise RuntimeError("web process exited: " + (self.web.stderr.read() or b"").decode()[-2000:])
-            try:
-                if httpx.get(self.url + "/health", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
+            if self._workers_ready():
+                return self
             time.sleep(0.1)
-        raise RuntimeError("web process did not start")
+        raise RuntimeError("web process did not start, or its workers did not register")
+
+    def _workers_ready(self) -> bool:
+        """The web process answers and every started worker has announced itself for its pools."""
+        try:
+            ready = httpx.get(self.url + "/ready", timeout=0.5)
+        except httpx.HTTPError:
+            return False
+        if ready.status_code != 200:
+            return False
+        pools = ready.json().get("pools", {})
+        wanted = [p for p in self.worker_providers.split(",") if p and p != "*"]
+        return all(pools.get(p, {}).get("live_workers", 0) >= len(self.workers) for p in wanted)
 
     def stop(self) -> None:
         for proc in [self.web, *self.workers]:
