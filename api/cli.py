@@ -27,6 +27,9 @@ def _uvicorn_config(settings: Settings, app: object, **extra: object) -> "object
         log_level="warning",
         access_log=False,
         timeout_keep_alive=95,  # longer than the Heroku router's 90 s keep-alive
+        # the client address is ours to derive (api/client_ip.py, trusted hops only): uvicorn must not
+        # rewrite the peer from X-Forwarded-For
+        proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
         lifespan="on",
         **extra,  # type: ignore[arg-type]
@@ -41,7 +44,7 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
     workers = int(args.workers or os.environ.get("WEB_CONCURRENCY") or 1)
     if workers > 1:
         uvicorn.run("api.app:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=workers, log_level="warning", access_log=False, timeout_keep_alive=95,
+                    workers=workers, log_level="warning", access_log=False, timeout_keep_alive=95, proxy_headers=False,
                     timeout_graceful_shutdown=int(settings.shutdown_grace))
         return
     server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))  # type: ignore[arg-type]

@@ -84,7 +84,7 @@ class GatewayHarness:
             await self.process.start()
         if self.api:
             config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.settings.port,
-                                    log_level="warning", lifespan="on")
+                                    log_level="warning", lifespan="on", proxy_headers=False)
             self.server = uvicorn.Server(config)
             self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             task = asyncio.create_task(self.server.serve())
