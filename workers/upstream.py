@@ -6,6 +6,7 @@ HTTP errors are classified by the provider's own adapter (``Adapter.error``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,6 +35,12 @@ def make_http_client(settings: Settings, max_connections: int = 200) -> httpx.As
     return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False)
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed_url(url: str) -> httpx.URL:
+    """Upstream URLs repeat (one per provider, or per model): parse each once, not per request."""
+    return httpx.URL(url)
+
+
 def _build(client: httpx.AsyncClient, spec: RequestSpec) -> httpx.Request:
     kwargs: dict[str, Any] = {"headers": spec.headers, "params": spec.params}
     if spec.content is not None:
@@ -44,7 +51,7 @@ def _build(client: httpx.AsyncClient, spec: RequestSpec) -> httpx.Request:
     elif spec.files is not None or spec.data is not None:
         kwargs["files"] = spec.files
         kwargs["data"] = spec.data
-    return client.build_request(spec.method, spec.url, **kwargs)
+    return client.build_request(spec.method, _parsed_url(spec.url), **kwargs)
 
 
 def transport_error(exc: httpx.HTTPError) -> UpstreamError:
