@@ -6,10 +6,7 @@ share this path, so a change to admission, queueing or cancellation is made once
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 from starlette.requests import Request
@@ -23,9 +20,6 @@ from api.responses import error_response, json_response, stream_response
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
 from common.wire import Job, Route
-
-CLIENT_GONE = 499  # never seen by anyone: the connection is already closed
-
 
 class Dispatch:
     """One model request on its way to the pools: its id, response headers and admission."""
@@ -82,9 +76,8 @@ class Dispatch:
         def release() -> None:
             gateway.relay.close(job.request_id)
 
-        if job.stream:
-            return await until_disconnect(self.request, stream_response(exchange, self.headers, release))
-        return await until_disconnect(self.request, json_response(exchange, self.headers, release))
+        answer = stream_response if job.stream else json_response
+        return await answer(exchange, self.headers, release, gone=self.request.is_disconnected)
 
 
 def plan_is_free(gateway: Gateway, plan: list[Route]) -> bool:
@@ -94,28 +87,3 @@ def plan_is_free(gateway: Gateway, plan: list[Route]) -> bool:
         if model is None or not model.free:
             return False
     return True
-
-
-async def until_disconnect(request: Request, answer: Awaitable[Response]) -> Response:
-    """``answer``, unless the client leaves first: then ``answer`` is cancelled and its cleanup withdraws
-    the job or stops the worker. (Starlette does not cancel a handler whose client left; a stream's body
-    notices by itself once it is being sent.)"""
-    task = asyncio.ensure_future(answer)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        return Response(status_code=CLIENT_GONE)
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client disconnects. Only after the body was read: then the next message is that."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.responses import Response, StreamingResponse
 
@@ -28,6 +28,10 @@ SSE_HEADERS = {
     "connection": "keep-alive",
 }
 KEEPALIVE = b": keep-alive\n\n"
+CLIENT_GONE = 499  # logged only: the connection is already closed
+CLIENT_CHECK_EVERY = 1.0  # seconds between "is the client still there?" checks while waiting
+
+ClientGone = Callable[[], Awaitable[bool]]  # e.g. Request.is_disconnected
 
 
 def _observe(exchange: Exchange, status: int, event: Event | None = None) -> None:
@@ -74,17 +78,23 @@ JSON_KEEPALIVE_EVERY = 10.0
 PADDED_ROUTES = ("chat", "embeddings")
 
 
-async def json_response(exchange: Exchange, headers: dict[str, str], release: Callable[[], None]) -> Response:
-    """Wait for the one result (or error) of a non-streaming request."""
+async def json_response(exchange: Exchange, headers: dict[str, str], release: Callable[[], None],
+                        gone: ClientGone | None = None) -> Response:
+    """Wait for the one result (or error) of a non-streaming request.
+
+    Every ``CLIENT_CHECK_EVERY`` seconds without an answer, ``gone`` is asked whether the client left
+    (Starlette does not cancel a handler whose client hung up); if so, the job is withdrawn or stopped.
+    """
     settings = exchange.gateway.settings
     pad = exchange.route_name in PADDED_ROUTES
-    wait = JSON_KEEPALIVE_AFTER if pad else settings.request_timeout
+    until = time.monotonic() + (JSON_KEEPALIVE_AFTER if pad else settings.request_timeout)
     handed_over = False
     try:
-        until = time.monotonic() + wait
-        while time.monotonic() < until or not pad:
-            event = await exchange.next_event(max(0.0, until - time.monotonic()) if pad else wait)
+        while (remaining := until - time.monotonic()) > 0 or not pad:
+            event = await exchange.next_event(min(CLIENT_CHECK_EVERY, max(0.0, remaining)))
             if event is None:
+                if gone is not None and await gone():
+                    return Response(status_code=CLIENT_GONE)  # nobody reads it; finally stops the work
                 continue
             if event.kind == "result":
                 exchange.first_byte_at = time.monotonic()
@@ -102,15 +112,15 @@ async def json_response(exchange: Exchange, headers: dict[str, str], release: Ca
         return error_response(error, headers)
     finally:
         if not handed_over:
-            _observe(exchange, 499)  # no-op unless the client left before the answer
+            _observe(exchange, CLIENT_GONE)  # no-op unless the client left before the answer
             release()
-            if not exchange.finished:  # the client went away (the handler was cancelled)
+            if not exchange.finished:  # the client went away
                 await asyncio.shield(exchange.cancel())
 
 
 async def _padded_json(exchange: Exchange, release: Callable[[], None]) -> AsyncIterator[bytes]:
     """Spaces while the answer is pending, then the JSON body (or the error envelope)."""
-    status = 499
+    status = CLIENT_GONE
     try:
         yield b" "
         while True:
@@ -139,16 +149,22 @@ async def _padded_json(exchange: Exchange, release: Callable[[], None]) -> Async
             await asyncio.shield(exchange.cancel())
 
 
-async def stream_response(exchange: Exchange, headers: dict[str, str], release: Callable[[], None]) -> Response:
+async def stream_response(exchange: Exchange, headers: dict[str, str], release: Callable[[], None],
+                          gone: ClientGone | None = None) -> Response:
     settings = exchange.gateway.settings
     first: list[bytes] = []
     commit_by = time.monotonic() + settings.stream_commit_wait
     last_event: Event | None = None
     try:
-        while time.monotonic() < commit_by:
-            event = await exchange.next_event(commit_by - time.monotonic())
+        while (remaining := commit_by - time.monotonic()) > 0:
+            event = await exchange.next_event(min(CLIENT_CHECK_EVERY, remaining))
             if event is None:
-                break
+                if gone is not None and await gone():
+                    release()
+                    _observe(exchange, CLIENT_GONE)
+                    await asyncio.shield(exchange.cancel())
+                    return Response(status_code=CLIENT_GONE)
+                continue
             last_event = event
             if event.kind == "error":
                 release()
@@ -163,7 +179,7 @@ async def stream_response(exchange: Exchange, headers: dict[str, str], release: 
         return error_response(error, headers)
     except BaseException:
         release()
-        _observe(exchange, 499)
+        _observe(exchange, CLIENT_GONE)
         await asyncio.shield(exchange.cancel())
         raise
     if not first:
@@ -209,7 +225,7 @@ async def _frames(
             yield event.data
             done = event.kind == "done"
     finally:
-        _observe(exchange, status if exchange.finished else 499, last)
+        _observe(exchange, status if exchange.finished else CLIENT_GONE, last)
         release()
         if not exchange.finished:
             # the client went away mid-stream: stop the worker and the upstream

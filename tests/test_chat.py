@@ -246,3 +246,17 @@ def test_no_worker_is_a_quick_503(gateway_env: dict[str, str]) -> None:
         assert time.monotonic() - started < 5
         assert response.json()["error_type"] == "temporarily_unavailable"
         assert int(response.headers["retry-after"]) >= 1
+
+
+def test_client_disconnect_stops_a_non_streaming_job(gateway: GatewayHarness, gateway_env: dict[str, str],
+                                                     fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    state, _ = fake_openai
+    state.latency = 6.0
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=auth(gateway_env), timeout=0.5)
+    assert gateway.process is not None
+    deadline = time.monotonic() + 4  # well before the upstream would have answered
+    while gateway.process.runtime.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(state.requests) == 1 and not gateway.process.runtime.active
