@@ -68,17 +68,8 @@ def add_usage(
     pipe.expire(month_key, USAGE_TTL_SECONDS)
 
 
-async def record_usage(
-    redis: Any,
-    names: Names,
-    key_id: str,
-    model: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cost: str,
-    now: float | None = None,
-) -> None:
-    """Count one finished request: one pipelined round trip."""
+async def record_usage(redis: Any, *usage: Any, **options: Any) -> None:
+    """``add_usage(pipe, *usage)`` sent on its own, in one pipelined round trip."""
     async with redis.pipeline(transaction=False) as pipe:
-        add_usage(pipe, names, key_id, model, prompt_tokens, completion_tokens, cost, now)
+        add_usage(pipe, *usage, **options)
         await pipe.execute()
