@@ -82,6 +82,7 @@ class Gateway:
         self.health = HealthSnapshot()
         self.draining = False
         self._health_task: asyncio.Task[None] | None = None
+        self._health_pinned = False
         self._metrics_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -95,24 +96,27 @@ class Gateway:
     async def _refresh_health(self) -> None:
         """Provider health for the router, reloaded every couple of seconds (never on the request path)."""
         pools = list(self.live.pools)
-        while True:
+        while not self._health_pinned:
             try:
-                self.health = await load_snapshot(self.redis, self.names, pools)
+                snapshot = await load_snapshot(self.redis, self.names, pools)
+                if not self._health_pinned:
+                    self.health = snapshot
             except Exception as exc:
                 log.debug("health refresh failed (%s)", type(exc).__name__)
             await asyncio.sleep(2.0)
 
     async def pin_health(self, snapshot: HealthSnapshot) -> None:
         """Stop reloading health and use ``snapshot`` from now on (for tests and drills)."""
+        self._health_pinned = True
         if self._health_task:
             self._health_task.cancel()
-            await asyncio.gather(self._health_task, return_exceptions=True)
         self.health = snapshot
 
     async def stop(self) -> None:
         tasks = [t for t in (self._health_task, self._metrics_task, self.live.task) if t]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)  # bounded: shutdown must never hang on a Redis call
         await self.relay.stop()
         await self.redis.aclose()

@@ -80,10 +80,7 @@ class Relay:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait({self._task}, timeout=2.0)  # bounded, like every shutdown step
 
     def open(self, request_id: str) -> Inbox:
         inbox = Inbox()
