@@ -39,6 +39,7 @@ class LiveWorkers:
         self.pools = pools
         self.counts: dict[str, int] = {}
         self.task: asyncio.Task[None] | None = None
+        self.stopped = False
 
     async def refresh(self) -> None:
         since = time.time() - LIVENESS_TTL
@@ -59,7 +60,7 @@ class LiveWorkers:
         self.task = asyncio.create_task(self._loop(), name="live-workers")
 
     async def _loop(self) -> None:
-        while True:
+        while not self.stopped:
             try:
                 await self.refresh()
             except Exception as exc:
@@ -113,6 +114,7 @@ class Gateway:
         self.health = snapshot
 
     async def stop(self) -> None:
+        self._health_pinned = self.live.stopped = True  # flags too: a cancel may be swallowed (3.11)
         tasks = [t for t in (self._health_task, self._metrics_task, self.live.task) if t]
         for task in tasks:
             task.cancel()

@@ -69,6 +69,7 @@ class Relay:
         self.inboxes: dict[str, Inbox] = {}
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self, timeout: float = 5.0) -> None:
         self._task = asyncio.create_task(self._run(), name="relay")
@@ -78,6 +79,7 @@ class Relay:
             log.warning("relay not subscribed yet (Redis unreachable?); requests get 503 until it is")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=2.0)  # bounded, like every shutdown step
@@ -92,7 +94,7 @@ class Relay:
 
     async def _run(self) -> None:
         delay = 0.1
-        while True:
+        while not self._stopping:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)

@@ -81,7 +81,7 @@ async def _run(runtime: Runtime, job: Job) -> None:
             await pub.send("error", error.body(), status=error.status,
                            meta={"retry_after": error.retry_after})
     except ReceiverGone:
-        log.info("request %s: the web process is gone; stopping", job.request_id)
+        log.info("request %s: nobody wants it any more (cancelled, or its web process is gone)", job.request_id)
     finally:
         runtime.publishers.pop(job.request_id, None)
         await pub.close()

@@ -79,11 +79,12 @@ class PoolWorker(Worker):
         super().__init__(*args, **kwargs)
         self.wake = wake
         self.tally = tally
+        self.closing = False  # a flag as well as a cancel: Python 3.11's wait_for can swallow a cancel
         self._claim = self.pool.register_script(CLAIM_SCRIPT)
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
-        while True:
+        while not self.closing:
             self.wake.clear()
             try:
                 await self._poll_iteration()  # when full, a freed slot wakes us again (below)
@@ -249,13 +250,18 @@ class PoolProcess:
         # out of time: tell the web tier these requests are abandoned (it re-runs those that sent nothing)
         await asyncio.gather(*(_quiet(pub.send("heartbeat", meta={"abandoned": True}))
                                for pub in list(self.runtime.publishers.values())))
+        for worker in self.workers:
+            worker.closing = True
         for task in self._tasks:
             task.cancel()
         for worker in self.workers:
             for task in worker.tasks.values():
                 task.cancel()
-        await asyncio.gather(*self._tasks, *(t for w in self.workers for t in w.tasks.values()),
-                             return_exceptions=True)
+        # bounded: on Python 3.11 a cancel that lands as a Redis call completes can be swallowed
+        # (asyncio.wait_for), so the loops also watch their flags and we never wait forever
+        pending = {*self._tasks, *(t for w in self.workers for t in w.tasks.values())}
+        if pending:
+            await asyncio.wait(pending, timeout=3.0)
         try:
             await self.runtime.tally.flush(self.redis)
         except Exception as exc:
@@ -268,7 +274,7 @@ class PoolProcess:
         """One subscription: wake channels of our pools, and our control channel."""
         wake_by_channel = {self.names.wake_channel(p).encode(): self.wakes[p] for p in self.pools}
         control = self.names.control_channel(self.runtime.worker_id).encode()
-        while True:
+        while not self.stopping:
             pubsub = self.pubsub_redis.pubsub()
             try:
                 await pubsub.subscribe(*wake_by_channel, control)
@@ -308,7 +314,7 @@ class PoolProcess:
 
     async def _liveness_loop(self) -> None:
         """Liveness, and the circuits of our providers (for the health fast path), every couple of seconds."""
-        while True:
+        while not self.stopping:
             await asyncio.sleep(LIVENESS_INTERVAL)
             try:
                 await self._write_liveness()
@@ -318,7 +324,7 @@ class PoolProcess:
 
     async def _tally_loop(self) -> None:
         """Write the batched counters (usage, health successes) a few times a second."""
-        while True:
+        while not self.stopping:
             await asyncio.sleep(TALLY_INTERVAL)
             try:
                 await self.runtime.tally.flush(self.redis)
@@ -328,7 +334,7 @@ class PoolProcess:
     async def _heartbeat_loop(self) -> None:
         """Jobs say they are alive: a ``start`` soon after pickup unless they already answered, then a
         heartbeat whenever a slow upstream keeps them quiet, so the web tier tells them from dead ones."""
-        while True:
+        while not self.stopping:
             await asyncio.sleep(0.1)
             for pub in list(self.runtime.publishers.values()):
                 if pub.announce_if_quiet(START_AFTER):

@@ -20,7 +20,7 @@ from common.wire import Event, EventKind, event_encoder
 
 
 class ReceiverGone(Exception):
-    """The web process that owns the request no longer listens."""
+    """Nobody wants this request's events any more: its web process is gone, or it cancelled the job."""
 
 
 class Publisher:
@@ -41,6 +41,7 @@ class Publisher:
         self.started = time.monotonic()
         self.last_sent = self.started
         self.committed = False  # stream data reached the client side: no retry or fallback any more
+        self.cancelled = False  # set with the job's cancel: also stops a job whose cancel was swallowed
         self._pending: list[bytes] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -49,6 +50,8 @@ class Publisher:
     async def send(self, kind: EventKind, data: bytes = b"", *, status: int = 200,
                    meta: dict[str, Any] | None = None) -> None:
         """Publish one event now (after any stream data still pending, to keep the order)."""
+        if self.cancelled:
+            raise ReceiverGone()
         await self.flush()
         await self._publish(kind, data, status, meta or {})
 
@@ -56,6 +59,8 @@ class Publisher:
         """Queue stream frames; they leave at once, or with the next PUBLISH if one is in flight."""
         if self._failure is not None:
             raise ReceiverGone() from self._failure
+        if self.cancelled:
+            raise ReceiverGone()
         self.committed = True
         self._pending.append(frames)
         if self._flusher is None or self._flusher.done():

@@ -63,5 +63,8 @@ class Runtime:
         if task is None or task.done():
             return False
         self.cancelled.add(request_id)
+        publisher = self.publishers.get(request_id)
+        if publisher is not None:
+            publisher.cancelled = True  # in case the cancel below is swallowed (Python 3.11 wait_for)
         task.cancel()
         return True
