@@ -13,7 +13,8 @@ import pytest
 
 from tests.fakes.anthropic_server import AnthropicFakeState, create_anthropic_app
 from tests.fakes.server import ThreadedServer
-from workers.providers.anthropic import AnthropicAdapter, messages_payload, sanitize_tool_id
+from workers.providers.anthropic import AnthropicAdapter
+from workers.providers.anthropic_request import messages_payload, sanitize_tool_id
 from workers.providers.base import Upstream, UpstreamError
 
 ADAPTER = AnthropicAdapter()

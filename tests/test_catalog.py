@@ -11,7 +11,8 @@ import pytest
 
 from common.errors import GatewayError
 from common.settings import Settings, load_settings
-from router.catalog import Catalog, Model, build_catalog, decimal_str, tier_for
+from router.catalog import Catalog, Model, build_catalog
+from router.sources import decimal_str, tier_for
 from router.providers import REGISTRY, resolve_providers
 
 PLAIN_DECIMAL = re.compile(r"^(0|[1-9]\d*)(\.\d*[1-9])?$")

@@ -12,13 +12,9 @@ import pytest
 from tests.fakes.gemini_server import GeminiFakeState, create_gemini_app
 from tests.fakes.server import ThreadedServer
 from workers.providers.base import RequestSpec, Upstream, UpstreamError
-from workers.providers.gemini import (
-    DUMMY_THOUGHT_SIGNATURE,
-    GeminiAdapter,
-    clean_schema,
-    embeddings_request,
-    embeddings_response,
-)
+from workers.providers.gemini import GeminiAdapter, embeddings_request, embeddings_response
+from workers.providers.gemini_request import DUMMY_THOUGHT_SIGNATURE
+from workers.providers.gemini_schema import clean_schema
 
 KEY = "test-gemini-key"
 adapter = GeminiAdapter()

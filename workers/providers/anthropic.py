@@ -1,6 +1,7 @@
 """Anthropic's native Messages API (``POST /v1/messages``), translated to and from OpenAI Chat Completions.
 
-Anthropic differs from OpenAI in ways that break naive proxies, so each rule here answers a real failure:
+Anthropic differs from OpenAI in ways that break naive proxies, so each rule here (and in
+``anthropic_request.py``, which builds the request) answers a real failure:
 
 - ``system`` is a top-level field, not a message; roles must alternate user/assistant, so tool results (a
   user turn in Anthropic's model) and a following user message are merged into one turn;
@@ -15,8 +16,6 @@ Anthropic differs from OpenAI in ways that break naive proxies, so each rule her
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
 
 import msgspec
@@ -28,14 +27,11 @@ from workers.providers.base import (
     classify_status,
     retry_after_seconds,
 )
+from workers.providers.anthropic_request import messages_payload
 from workers.providers.openai_compat import auth_headers, join_url
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_VERSION = "2023-06-01"
-
-_TOOL_ID_OK = re.compile(r"[a-zA-Z0-9_-]+")
-_TOOL_ID_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
-_DATA_URL = re.compile(r"data:([^;,]+)((?:;[^;,]*)*?);base64,(.*)", re.DOTALL)
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -61,25 +57,6 @@ ERROR_TYPE_STATUS = {
     "overloaded_error": 529,
 }
 
-_PASS_THROUGH = ("temperature", "top_p", "top_k", "thinking", "service_tier")
-
-
-def _invalid(message: str) -> UpstreamError:
-    """A request Anthropic cannot express: the client's fault here, but another provider may still serve it."""
-    return UpstreamError(400, message, retryable=False, fallback=True, error_type="invalid_request")
-
-
-def sanitize_tool_id(raw: str) -> str:
-    """A valid Anthropic tool id for ``raw``: unchanged if already valid, else cleaned plus a hash of ``raw``.
-
-    Deterministic so a call id and its result's ``tool_call_id`` map to the same value; the hash keeps
-    ``call.1`` and ``call:1`` distinct after both become ``call_1``.
-    """
-    if raw and _TOOL_ID_OK.fullmatch(raw):
-        return raw
-    digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()[:12]
-    cleaned = _TOOL_ID_BAD_CHARS.sub("_", raw)[:40]
-    return f"{cleaned}_{digest}" if cleaned else f"toolu_{digest}"
 
 
 def messages_url(base_url: str | None) -> str:
@@ -101,254 +78,6 @@ def request_headers(up: Upstream) -> dict[str, str]:
     headers["anthropic-version"] = up.api_version or DEFAULT_VERSION
     headers["content-type"] = "application/json"
     return headers
-
-
-# ---------------------------------------------------------------- request: content parts
-
-
-def _text_of(content: Any) -> str:
-    """The plain text of a string or an array of text parts (system messages, tool results)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
-def _text_block(text: str, part: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    if not text:
-        return None  # Anthropic rejects empty text blocks
-    block: dict[str, Any] = {"type": "text", "text": text}
-    if part and part.get("cache_control"):
-        block["cache_control"] = part["cache_control"]
-    return block
-
-
-def _image_block(part: dict[str, Any]) -> dict[str, Any]:
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
-    if not isinstance(url, str) or not url:
-        raise _invalid("image_url part without a url")
-    if url.startswith("data:"):
-        match = _DATA_URL.fullmatch(url)
-        if not match:
-            raise _invalid("image data URLs must be base64-encoded")
-        source = {"type": "base64", "media_type": match.group(1), "data": match.group(3)}
-    elif url.startswith(("http://", "https://")):
-        source = {"type": "url", "url": url}
-    else:
-        raise _invalid("image_url must be a data: or http(s) URL")
-    return {"type": "image", "source": source}
-
-
-def _file_block(part: dict[str, Any]) -> dict[str, Any]:
-    file = part.get("file") or {}
-    match = _DATA_URL.fullmatch(str(file.get("file_data") or ""))
-    if not match or match.group(1) != "application/pdf":
-        raise _invalid("only base64 PDF file parts can be sent to Anthropic")
-    return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": match.group(3)}}
-
-
-def _content_blocks(content: Any) -> list[dict[str, Any]]:
-    """OpenAI message content (string or parts) → Anthropic blocks, empty text dropped."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        block = _text_block(content)
-        return [block] if block else []
-    if not isinstance(content, list):
-        raise _invalid("message content must be a string or an array of parts")
-    blocks: list[dict[str, Any]] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "refusal"):
-            block = _text_block(part.get("text") or part.get("refusal") or "", part)
-            if block:
-                blocks.append(block)
-        elif kind == "image_url":
-            blocks.append(_image_block(part))
-        elif kind == "file":
-            blocks.append(_file_block(part))
-        else:
-            raise _invalid(f"content part type {kind!r} is not supported by Anthropic")
-    return blocks
-
-
-# ---------------------------------------------------------------- request: messages
-
-
-def _tool_input(arguments: Any) -> dict[str, Any]:
-    """OpenAI's JSON-string arguments → the object Anthropic wants; anything else is wrapped, never dropped."""
-    if isinstance(arguments, dict):
-        return arguments
-    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
-        return {}
-    try:
-        value = msgspec.json.decode(arguments) if isinstance(arguments, str | bytes) else arguments
-    except msgspec.DecodeError:
-        return {"arguments": arguments}
-    return value if isinstance(value, dict) else {"arguments": value}
-
-
-def _assistant_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
-    blocks = _content_blocks(message.get("content"))
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") or {}
-        blocks.append({
-            "type": "tool_use",
-            "id": sanitize_tool_id(str(call.get("id") or "")),
-            "name": function.get("name") or "",
-            "input": _tool_input(function.get("arguments")),
-        })
-    return blocks
-
-
-def _tool_result_block(message: dict[str, Any]) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": sanitize_tool_id(str(message.get("tool_call_id") or ""))}
-    content = message.get("content")
-    if isinstance(content, list):
-        parts = [b for b in _content_blocks(content) if b["type"] in ("text", "image")]
-        if parts:
-            block["content"] = parts
-    elif isinstance(content, str) and content:
-        block["content"] = content
-    return block
-
-
-def _append_turn(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
-    """Add a turn, merging into the previous one of the same role so roles alternate."""
-    if not blocks:
-        return
-    if turns and turns[-1]["role"] == role:
-        turns[-1]["content"].extend(blocks)
-    else:
-        turns.append({"role": role, "content": list(blocks)})
-
-
-def _tool_results_first(turn: dict[str, Any]) -> dict[str, Any]:
-    """Anthropic wants a user turn's tool_result blocks before any other block."""
-    if turn["role"] == "user":
-        turn["content"].sort(key=lambda b: b.get("type") != "tool_result")  # stable: keeps order within each group
-    return turn
-
-
-def translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """OpenAI messages → (system blocks, alternating Anthropic turns)."""
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        role = message.get("role")
-        if role in ("system", "developer"):
-            block = _text_block(_text_of(message.get("content")), _cache_part(message.get("content")))
-            if block:
-                system.append(block)
-        elif role == "user":
-            _append_turn(turns, "user", _content_blocks(message.get("content")))
-        elif role == "assistant":
-            _append_turn(turns, "assistant", _assistant_blocks(message))
-        elif role == "tool":
-            _append_turn(turns, "user", [_tool_result_block(message)])
-        else:
-            raise _invalid(f"message role {role!r} is not supported by Anthropic")
-    return system, [_tool_results_first(t) for t in turns]
-
-
-def _cache_part(content: Any) -> dict[str, Any] | None:
-    """The last part carrying ``cache_control`` in a system message, so prompt caching survives the join."""
-    if isinstance(content, list):
-        marked = [p for p in content if isinstance(p, dict) and p.get("cache_control")]
-        return marked[-1] if marked else None
-    return None
-
-
-def _system_field(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]] | None:
-    if not blocks:
-        return None
-    if any("cache_control" in b for b in blocks):
-        return blocks
-    return "\n\n".join(b["text"] for b in blocks)
-
-
-# ---------------------------------------------------------------- request: tools and options
-
-
-def translate_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for tool in tools:
-        if tool.get("type", "function") != "function":
-            raise _invalid(f"tool type {tool.get('type')!r} is not supported by Anthropic")
-        function = tool.get("function") or {}
-        entry: dict[str, Any] = {
-            "name": function.get("name") or "",
-            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
-        }
-        if function.get("description"):
-            entry["description"] = function["description"]
-        out.append(entry)
-    return out
-
-
-def translate_tool_choice(choice: Any, parallel_tool_calls: Any) -> dict[str, Any] | None:
-    """OpenAI tool_choice (+ parallel_tool_calls) → Anthropic's ``{"type": auto|any|tool|none}``."""
-    if choice is None:
-        result: dict[str, Any] | None = {"type": "auto"} if parallel_tool_calls is False else None
-    elif choice == "auto":
-        result = {"type": "auto"}
-    elif choice == "none":
-        return {"type": "none"}  # takes no disable_parallel_tool_use
-    elif choice == "required":
-        result = {"type": "any"}
-    elif isinstance(choice, dict) and (choice.get("function") or {}).get("name"):
-        result = {"type": "tool", "name": choice["function"]["name"]}
-    else:
-        raise _invalid("unsupported tool_choice")
-    if result is not None and parallel_tool_calls is False:
-        result["disable_parallel_tool_use"] = True
-    return result
-
-
-def _max_tokens(up: Upstream, body: dict[str, Any]) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and value > 0:
-            return value
-    return up.default_max_tokens
-
-
-def _options(payload: dict[str, Any], body: dict[str, Any]) -> None:
-    """Sampling, stop sequences and the end-user id."""
-    for name in _PASS_THROUGH:
-        if body.get(name) is not None:
-            payload[name] = body[name]
-    if isinstance(payload.get("temperature"), int | float):
-        payload["temperature"] = min(float(payload["temperature"]), 1.0)  # OpenAI allows 0–2, Anthropic 0–1
-    stop = body.get("stop")
-    if isinstance(stop, str) and stop:
-        payload["stop_sequences"] = [stop]
-    elif isinstance(stop, list) and stop:
-        payload["stop_sequences"] = [s for s in stop if isinstance(s, str) and s]
-    if isinstance(body.get("user"), str) and body["user"]:
-        payload["metadata"] = {"user_id": body["user"]}
-
-
-def messages_payload(up: Upstream, model: str, body: dict[str, Any], stream: bool) -> dict[str, Any]:
-    """The Anthropic request body for an OpenAI chat body (exposed for tests)."""
-    if isinstance(body.get("n"), int) and body["n"] > 1:
-        raise _invalid("n > 1 is not supported by Anthropic")
-    system, turns = translate_messages(body.get("messages") or [])
-    payload: dict[str, Any] = {"model": model, "max_tokens": _max_tokens(up, body), "messages": turns}
-    system_field = _system_field(system)
-    if system_field is not None:
-        payload["system"] = system_field
-    if body.get("tools"):
-        payload["tools"] = translate_tools(body["tools"])
-        choice = translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
-        if choice is not None:
-            payload["tool_choice"] = choice
-    _options(payload, body)
-    if stream:
-        payload["stream"] = True
-    return payload
 
 
 # ---------------------------------------------------------------- responses

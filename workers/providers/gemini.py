@@ -1,6 +1,7 @@
 """Google Gemini's native API (``generativelanguage.googleapis.com/v1beta``), translated to and from OpenAI shapes.
 
-Gemini differs from OpenAI in ways that break naive translation, all handled here and nowhere else:
+Gemini differs from OpenAI in ways that break naive translation, all handled in this module and its two
+neighbours (``gemini_request.py``: messages and options; ``gemini_schema.py``: tool schemas) and nowhere else:
 
 - roles are ``user``/``model``; system text goes to ``systemInstruction``; tool results are
   ``functionResponse`` parts in a user turn and must carry the function's *name*, not a call id;
@@ -18,7 +19,6 @@ Gemini differs from OpenAI in ways that break naive translation, all handled her
 
 from __future__ import annotations
 
-import mimetypes
 import re
 import secrets
 from typing import Any
@@ -32,12 +32,14 @@ from workers.providers.base import (
     classify_status,
     retry_after_seconds,
 )
+from workers.providers.gemini_request import (
+    build_contents,
+    function_declarations,
+    generation_config,
+    tool_config,
+)
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
-
-# Google documents this value for function calls whose real signature is unknown (history written
-# elsewhere); Gemini 3 rejects a function-call turn with no signature at all.
-DUMMY_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
 
 _FINISH_REASONS = {
     "STOP": "stop",
@@ -82,318 +84,6 @@ def gemini_headers(up: Upstream) -> dict[str, str]:
         header = "x-goog-api-key" if up.auth in ("bearer", "x-goog-api-key") else up.auth
         headers[header] = up.api_key
     return headers
-
-
-# ---------------------------------------------------------------- JSON schema cleaning
-
-_KEPT_SCHEMA_KEYS = frozenset({
-    "type", "format", "title", "description", "nullable", "enum", "items", "properties", "required",
-    "anyOf", "minItems", "maxItems", "minimum", "maximum", "minLength", "maxLength", "minProperties",
-    "maxProperties", "propertyOrdering",
-})
-_FORMATS = {"string": {"enum", "date-time"}, "integer": {"int32", "int64"}, "number": {"float", "double"}}
-
-
-def clean_schema(schema: Any) -> dict[str, Any]:
-    """A JSON Schema reduced to the OpenAPI subset Gemini accepts, keeping as much meaning as it can.
-
-    ``$ref`` is inlined from ``$defs``/``definitions`` (a recursive ref becomes a plain object), ``const``
-    becomes a one-value enum, ``oneOf`` becomes ``anyOf``, ``allOf`` is merged, ``["x", "null"]`` types and
-    null branches become ``nullable``; every other key (``additionalProperties``, ``$schema``, ``default``,
-    ``pattern``, ``examples``…) is dropped.
-    """
-    if not isinstance(schema, dict):
-        return {}
-    defs: dict[str, Any] = {}
-    for key in ("$defs", "definitions"):
-        if isinstance(schema.get(key), dict):
-            defs.update(schema[key])
-    return _clean_node(schema, defs, ())
-
-
-def _clean_node(node: Any, defs: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {}
-    ref = node.get("$ref")
-    if isinstance(ref, str):
-        name = ref.rsplit("/", 1)[-1]
-        if name in seen or name not in defs:
-            return {"type": "object", **_text(node)}
-        resolved = {**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}
-        return _clean_node(resolved, defs, seen + (name,))
-    node = _merge_all_of(node, defs, seen)
-    out: dict[str, Any] = {}
-    nullable = bool(node.get("nullable"))
-    types = node.get("type")
-    if isinstance(types, list):
-        nullable = nullable or "null" in types
-        types = [t for t in types if t != "null"]
-        if len(types) > 1:
-            out["anyOf"] = [{"type": t} for t in types]
-        types = types[0] if len(types) == 1 else None
-    if isinstance(types, str):
-        out["type"] = types
-    branches = node.get("anyOf") or node.get("oneOf")
-    if isinstance(branches, list):
-        kept = [b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")]
-        nullable = nullable or len(kept) < len(branches)
-        cleaned = [_clean_node(b, defs, seen) for b in kept]
-        if len(cleaned) == 1:
-            out = {**cleaned[0], **out}
-        elif cleaned:
-            out["anyOf"] = cleaned
-    if "const" in node:
-        node = {**node, "enum": [node["const"]]}
-    for key, value in node.items():
-        if key not in _KEPT_SCHEMA_KEYS or key in ("type", "anyOf", "nullable"):
-            continue
-        if key == "properties" and isinstance(value, dict):
-            props = {str(k): _clean_node(v, defs, seen) for k, v in value.items()}
-            if props:
-                out["properties"] = props
-        elif key == "items":
-            item = value[0] if isinstance(value, list) and value else value
-            out["items"] = _clean_node(item, defs, seen)
-        elif key == "enum":
-            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-                out["enum"] = value
-                out.setdefault("type", "string")
-        elif key == "format":
-            if value in _FORMATS.get(out.get("type", ""), ()):
-                out["format"] = value
-        elif key == "required":
-            if isinstance(value, list):
-                out["required"] = [str(v) for v in value]
-        else:
-            out[key] = value
-    if "required" in out:
-        names = out.get("properties", {})
-        out["required"] = [r for r in out["required"] if r in names]
-        if not out["required"]:
-            del out["required"]
-    if nullable:
-        out["nullable"] = True
-    return out
-
-
-def _merge_all_of(node: dict[str, Any], defs: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
-    parts = node.get("allOf")
-    if not isinstance(parts, list):
-        return node
-    merged: dict[str, Any] = {k: v for k, v in node.items() if k != "allOf"}
-    for part in parts:
-        sub = _clean_node(part, defs, seen)
-        props = {**sub.get("properties", {}), **merged.get("properties", {})}
-        required = list(dict.fromkeys([*merged.get("required", []), *sub.get("required", [])]))
-        merged = {**sub, **merged}
-        if props:
-            merged["properties"] = props
-        if required:
-            merged["required"] = required
-    return merged
-
-
-def _text(node: dict[str, Any]) -> dict[str, Any]:
-    return {k: node[k] for k in ("description", "title") if isinstance(node.get(k), str)}
-
-
-# ---------------------------------------------------------------- request: messages → contents
-
-
-def _text_of(content: Any) -> str:
-    """Plain text of an OpenAI content (string or array of text parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
-def _data_url_part(url: str) -> dict[str, Any] | None:
-    """``data:<mime>;base64,<data>`` → ``inlineData``."""
-    header, _, data = url.partition(",")
-    if not header.startswith("data:") or ";base64" not in header:
-        return None
-    mime = header[len("data:"):].split(";", 1)[0] or "application/octet-stream"
-    return {"inlineData": {"mimeType": mime, "data": data}}
-
-
-def _url_part(url: str, default_mime: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        part = _data_url_part(url)
-        if part is None:
-            raise _invalid("only base64 data URLs are supported in image_url")
-        return part
-    mime = mimetypes.guess_type(url.split("?", 1)[0])[0] or default_mime
-    return {"fileData": {"mimeType": mime, "fileUri": url}}
-
-
-def _user_parts(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    parts: list[dict[str, Any]] = []
-    for item in content or ():
-        if not isinstance(item, dict):
-            continue
-        kind = item.get("type")
-        if kind == "text":
-            if item.get("text"):
-                parts.append({"text": item["text"]})
-        elif kind == "image_url":
-            image = item.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if isinstance(url, str):
-                parts.append(_url_part(url, "image/jpeg"))
-        elif kind == "input_audio":
-            audio = item.get("input_audio") or {}
-            parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format', 'wav')}",
-                                         "data": audio.get("data", "")}})
-        elif kind == "file":
-            data = (item.get("file") or {}).get("file_data")
-            if isinstance(data, str):
-                parts.append(_url_part(data, "application/pdf"))
-    return parts
-
-
-def _model_parts(message: dict[str, Any], dummy_signature: bool) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = []
-    text = _text_of(message.get("content"))
-    if text:
-        parts.append({"text": text})
-    calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
-    for n, call in enumerate(calls):
-        function = call.get("function") or {}
-        part: dict[str, Any] = {"functionCall": {"name": function.get("name", ""),
-                                                 "args": _parse_args(function.get("arguments"))}}
-        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
-        if signature:
-            part["thoughtSignature"] = signature
-        elif n == 0 and dummy_signature and not any(_signature_of(c) for c in calls):
-            part["thoughtSignature"] = DUMMY_THOUGHT_SIGNATURE
-        parts.append(part)
-    return parts
-
-
-def _signature_of(call: dict[str, Any]) -> str | None:
-    return ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
-
-
-def _parse_args(arguments: Any) -> dict[str, Any]:
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments:
-        return {}
-    try:
-        value = msgspec.json.decode(arguments)
-    except (msgspec.DecodeError, TypeError):
-        raise _invalid("tool_calls[].function.arguments must be a JSON object") from None
-    return value if isinstance(value, dict) else {"value": value}
-
-
-def _function_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    call_id = message.get("tool_call_id")
-    name = names.get(call_id) if isinstance(call_id, str) else None
-    name = name or message.get("name")
-    if not name:
-        raise _invalid(f"tool message refers to unknown tool_call_id {call_id!r}", param="messages")
-    text = _text_of(message.get("content"))
-    response: Any = {"result": text}
-    if text.startswith("{"):
-        try:
-            parsed = msgspec.json.decode(text)
-        except msgspec.DecodeError:
-            parsed = None
-        if isinstance(parsed, dict):
-            response = parsed
-    return {"functionResponse": {"name": name, "response": response}}
-
-
-def build_contents(messages: list[dict[str, Any]], dummy_signature: bool = True) -> tuple[list[str], list[dict]]:
-    """OpenAI messages → (system texts, Gemini contents)."""
-    system: list[str] = []
-    contents: list[dict[str, Any]] = []
-    names: dict[str, str] = {}  # tool_call id → function name, for functionResponse
-    last_was_tool = False
-    for message in messages:
-        role = message.get("role")
-        is_tool = role in ("tool", "function")
-        if role in ("system", "developer"):
-            text = _text_of(message.get("content"))
-            if text:
-                system.append(text)
-        elif role == "user":
-            parts = _user_parts(message.get("content"))
-            if parts:
-                contents.append({"role": "user", "parts": parts})
-        elif role == "assistant":
-            for call in message.get("tool_calls") or ():
-                if isinstance(call, dict) and call.get("id"):
-                    names[call["id"]] = (call.get("function") or {}).get("name", "")
-            parts = _model_parts(message, dummy_signature)
-            if parts:
-                contents.append({"role": "model", "parts": parts})
-        elif is_tool:
-            part = _function_response(message, names)
-            if last_was_tool:
-                contents[-1]["parts"].append(part)
-            else:
-                contents.append({"role": "user", "parts": [part]})
-        else:
-            raise _invalid(f"unsupported message role {role!r}", param="messages")
-        last_was_tool = is_tool
-    return system, contents
-
-
-# ---------------------------------------------------------------- request: options
-
-
-def generation_config(body: dict[str, Any]) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"), ("seed", "seed"),
-                         ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"),
-                         ("n", "candidateCount")):
-        if body.get(ours) is not None:
-            config[theirs] = body[ours]
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if max_tokens:
-        config["maxOutputTokens"] = max_tokens
-    stop = body.get("stop")
-    if stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
-    fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
-        config["responseMimeType"] = "application/json"
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if fmt["type"] == "json_schema" and isinstance(schema, dict):
-            config["responseSchema"] = clean_schema(schema)
-    return config
-
-
-def function_declarations(tools: Any) -> list[dict[str, Any]]:
-    declarations = []
-    for tool in tools or ():
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-            continue
-        function = tool.get("function") or {}
-        declaration: dict[str, Any] = {"name": function.get("name", "")}
-        if function.get("description"):
-            declaration["description"] = function["description"]
-        parameters = clean_schema(function.get("parameters"))
-        if parameters.get("properties"):  # Gemini rejects an object schema with no properties
-            declaration["parameters"] = parameters
-        declarations.append(declaration)
-    return declarations
-
-
-def tool_config(tool_choice: Any) -> dict[str, Any] | None:
-    if tool_choice in ("auto", "none", "required"):
-        mode = {"auto": "AUTO", "none": "NONE", "required": "ANY"}[tool_choice]
-        return {"functionCallingConfig": {"mode": mode}}
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name")
-        if name:
-            return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
-    return None
 
 
 # ---------------------------------------------------------------- responses
@@ -538,11 +228,6 @@ def _inband_error(err: Any) -> UpstreamError:
     code = err.get("code")
     status = code if isinstance(code, int) and 400 <= code < 600 else 502
     return classify_error(status, err)
-
-
-def _invalid(message: str, param: str | None = None) -> UpstreamError:
-    """A request this adapter cannot translate: the client's to fix, no other provider would help."""
-    return UpstreamError(400, message, retryable=False, fallback=False, error_type="invalid_request", param=param)
 
 
 # ---------------------------------------------------------------- the adapter

@@ -1,0 +1,32 @@
+"""What the gateway knows about one model: the catalog's entry type."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Model(msgspec.Struct, frozen=True, kw_only=True):
+    id: str  # "provider/model"
+    name: str
+    provider: str
+    upstream_id: str
+    context_length: int | None = None
+    max_output_tokens: int | None = None
+    prompt_price: str = "0"  # USD per token, as a decimal string
+    completion_price: str = "0"
+    modality: str = "chat"  # chat | embedding | transcription
+    capabilities: frozenset[str] = frozenset()  # tools | vision | json
+    free: bool = False
+    tier: str = "balanced"  # free | balanced | frontier
+    aliases: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()  # other model ids to try when this one fails
+    listed: bool = True  # False for pass-through ids made up on the fly
+    created: int = 0
+    deprecated: bool = False  # the seller still serves it but says it is going away; auto-* skips it
+    audio_hour_price: str | None = None  # USD per hour of audio, for transcription priced by time
+    # Where the prices come from: "genai-prices:<their provider id>" (the seller's own list price),
+    # "estimate:<their provider id>" (another seller's price for the same weights), "config", or "".
+    pricing_source: str = ""
+    # False for listings we cannot know are served (a local server runs whatever the operator loaded):
+    # they resolve and route when asked for by id, but auto-* never picks them.
+    auto: bool = True
