@@ -30,7 +30,6 @@ from redis.asyncio import Redis
 
 from common.names import Names
 from common.usage import USAGE_FIELDS, spend_key, usage_key, utc_day, utc_month
-from common.usage import add_usage, record_usage  # noqa: F401  (re-exported: the writers live in common)
 
 log = logging.getLogger(__name__)
 

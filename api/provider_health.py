@@ -11,7 +11,16 @@ import time
 from arq.connections import ArqRedis
 
 from common.names import Names
-from router.health import Counts, HealthSnapshot, bucket_scope, build_snapshot, circuit_scope, sum_buckets, window
+from router.health import (
+    Counts,
+    HealthSnapshot,
+    bucket_scope,
+    build_snapshot,
+    circuit_scope,
+    hash_numbers,
+    sum_buckets,
+    window,
+)
 
 
 async def load_snapshot(redis: ArqRedis, names: Names, providers: list[str],
@@ -30,23 +39,8 @@ async def load_snapshot(redis: ArqRedis, names: Names, providers: list[str],
     for n, provider in enumerate(providers):
         raw_circuit, *raw_buckets = replies[n * step:(n + 1) * step]
         if raw_circuit:
-            circuits[provider] = _numbers(raw_circuit, float)
-        parsed = [_numbers(b, int) for b in raw_buckets if b]
+            circuits[provider] = hash_numbers(raw_circuit, float)
+        parsed = [hash_numbers(b, int) for b in raw_buckets if b]
         if parsed:
             counts[provider] = sum_buckets(provider, parsed)
     return build_snapshot(circuits, counts, now)
-
-
-def _numbers(raw: dict[bytes | str, bytes | str], kind: type) -> dict:
-    """A hash's fields as text → numbers, skipping anything unreadable (never trust Redis contents blindly)."""
-    result = {}
-    for name, value in raw.items():
-        try:
-            result[_text(name)] = kind(_text(value))
-        except ValueError:
-            continue
-    return result
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

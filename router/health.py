@@ -13,6 +13,7 @@ closes the circuit (and forgets the window) and whose failure opens it again for
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 BUCKET_SECONDS = 10
 WINDOW_BUCKETS = 6  # the current bucket and the five before it: about the last minute
@@ -82,6 +83,21 @@ class Counts:
 def counter_field(kind: str, model: str | None) -> str:
     """Field name in a bucket hash: ``ok``/``fail``/``ms`` for the provider, ``ok|<model>`` … per model."""
     return kind if not model else f"{kind}|{model}"
+
+
+def hash_numbers(raw: dict[bytes | str, bytes | str], kind: type = float) -> dict[str, Any]:
+    """A Redis hash's fields as text → numbers, skipping anything unreadable (never trust Redis blindly)."""
+    result: dict[str, Any] = {}
+    for name, value in raw.items():
+        try:
+            result[_text(name)] = kind(_text(value))
+        except ValueError:
+            continue
+    return result
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def parse_bucket(provider: str, fields: dict[str, int]) -> dict[str, Counts]:

@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from api.access import PAID_MODEL_MESSAGE, AccessContext, bearer_token, build_access_context, check_access
 from api.client_ip import client_ip
-from api.keys import KeyStore, hash_key, record_usage
+from api.keys import KeyStore, hash_key
+from common.usage import record_usage
 from common.names import Names
 from common.redis import connect
 from common.settings import Limits

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from api.keys import KeyCache, KeyNames, KeyStore, hash_key, record_usage
+from api.keys import KeyCache, KeyNames, KeyStore, hash_key
+from common.usage import record_usage
 from common.names import Names
 
 

@@ -31,6 +31,7 @@ from router.health import (
     counter_field,
     counts_as_failure,
     decide,
+    hash_numbers,
     window,
 )
 from workers.runtime import Runtime
@@ -75,7 +76,7 @@ async def read_circuits(redis: ArqRedis, names: Names, providers: tuple[str, ...
         for provider in providers:
             pipe.hgetall(circuit_key(names, provider))
         replies = await pipe.execute()
-    return {p: _floats(r) for p, r in zip(providers, replies) if r}
+    return {p: hash_numbers(r) for p, r in zip(providers, replies) if r}
 
 
 async def record_outcome(redis: ArqRedis, names: Names, provider: str, model: str, ok: bool, seconds: float,
@@ -100,7 +101,7 @@ async def record_outcome(redis: ArqRedis, names: Names, provider: str, model: st
                 pipe.hmget(key, wanted)
         replies = await pipe.execute()
     writes = 2 * (1 if failed else 2) + 1
-    circuits = _floats(replies[writes])
+    circuits = hash_numbers(replies[writes])
     windows = replies[writes + 1:]
     transitions: list[tuple[str | None, Transition]] = []
     for n, m in enumerate(scopes):
@@ -134,19 +135,5 @@ async def _apply(redis: ArqRedis, names: Names, provider: str, buckets: list[str
         await pipe.execute()
 
 
-def _floats(raw: dict[bytes | str, bytes | str]) -> dict[str, float]:
-    result: dict[str, float] = {}
-    for name, value in raw.items():
-        try:
-            result[_text(name)] = float(_text(value))
-        except ValueError:
-            continue
-    return result
-
-
 def _int(value: bytes | str | None) -> int:
     return int(value) if value is not None else 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
