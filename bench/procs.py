@@ -35,6 +35,35 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``megabrain worker --processes N``, ``web --workers N`` fork children)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(raw[raw.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def tree_sum(read: "callable[[int], float]", pid: int) -> float:
+    """``read`` (``cpu_seconds``, ``syscalls``) summed over ``pid`` and its descendants."""
+    total = 0.0
+    for p in tree(pid):
+        try:
+            total += read(p)
+        except (OSError, ValueError, KeyError):
+            pass  # exited meanwhile
+    return total
+
+
 def syscalls(pid: int) -> int:
     """read + write system calls so far (``syscr`` + ``syscw`` of /proc/<pid>/io): a proxy for round trips."""
     fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
@@ -120,4 +149,4 @@ def megabrain_argv(*args: str) -> list[str]:
 
 
 def fake_upstream_argv(port: int, tokens: int) -> list[str]:
-    return [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(port), "--tokens", str(tokens)]
+    return [sys.executable, "-m", "bench.upstream", "--port", str(port), "--tokens", str(tokens)]

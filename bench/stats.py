@@ -7,13 +7,22 @@ from typing import Any
 
 from bench.client import PhaseResult
 
-# Targets from issue 2 (2-core machine).
+# Absolute targets from issue 2 (2-core machine).
 TARGETS = {
     "pickup_p50_ms": 1.0,
     "added_latency_p50_ms_c1": 3.0,
     "added_ttft_p50_ms_c1": 3.0,
-    "cpu_per_1k_nonstream": 2.0,
+    "cpu_per_1k_json": 2.0,
     "cpu_per_1k_stream": 4.0,
+}
+# Targets against LiteLLM proxy in the same run (issue 15): (ratio, "<=" or ">=").
+RATIO_TARGETS = {
+    "cpu_json": (0.15, "<="),
+    "cpu_stream": (0.08, "<="),
+    "added_latency_json_c1": (0.2, "<="),
+    "added_ttft_stream_c1": (0.2, "<="),
+    "throughput_json": (8.0, ">="),
+    "throughput_stream": (14.0, ">="),
 }
 
 
@@ -60,14 +69,42 @@ def median_of(rounds: list[Any]) -> Any:
     return first
 
 
-def verdict(value: float, target: float) -> str:
-    return "ok" if value <= target else "MISS"
+def ratios(phases: dict[str, Any], saturate: int) -> dict[str, Any]:
+    """Gateway / LiteLLM for the issue's targets: CPU per request and throughput in the saturated phase, added
+    latency and TTFT at concurrency 1 (p50). Empty without LiteLLM in the run."""
+    out: dict[str, Any] = {}
+    for kind in ("json", "stream"):
+        c1, sat = phases.get(f"{kind}_c1"), phases.get(f"{kind}_c{saturate}")
+        if sat and "litellm" in sat:
+            out[f"cpu_{kind}"] = _div(sat["gateway"]["cpu_per_1k"]["total"], sat["litellm"]["cpu_per_1k"]["total"])
+            out[f"cpu_{kind}_c1"] = _div(c1["gateway"]["cpu_per_1k"]["total"], c1["litellm"]["cpu_per_1k"]["total"]) if c1 else None
+            out[f"throughput_{kind}"] = _div(sat["gateway"]["rps"], sat["litellm"]["rps"])
+        if c1 and "litellm" in c1:
+            key = "ttft_ms" if kind == "stream" else "latency_ms"
+            name = f"added_{'ttft' if kind == 'stream' else 'latency'}_{kind}_c1"
+            out[name] = _div(c1["gateway"]["added"][key]["p50"], c1["litellm"]["added"][key]["p50"])
+    return out
+
+
+def _div(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def verdict(value: float | None, target: float, op: str = "<=") -> str:
+    if value is None:
+        return "-"
+    return "ok" if (value <= target if op == "<=" else value >= target) else "MISS"
 
 
 def render(results: dict[str, Any]) -> str:
+    config = results["config"]
     lines = [f"Megabrain bench: {results['machine']['cpus']} CPUs, redis-server {results['machine']['redis']}, "
-             f"fake upstream {results['config']['tokens']} tokens, {results['config']['rounds']} round(s); "
-             "medians across rounds", ""]
+             f"fake upstream {config['tokens']} tokens, {config['rounds']} round(s), medians; "
+             f"{'megabrain serve (embedded store)' if config['serve'] else 'web + worker + redis'}"
+             f"{', worker --processes %d' % config['worker_processes'] if config['worker_processes'] > 1 else ''}; "
+             f"LiteLLM proxy {config['litellm'] or 'not installed (python -m bench --setup-litellm)'}",
+             "The machine is shared: wall-clock figures (latency, requests/s) are noisy; CPU per request and Redis",
+             "commands per request are the figures that hold.", ""]
     pickup = results.get("pickup")
     if pickup:
         t = TARGETS["pickup_p50_ms"]
@@ -79,53 +116,60 @@ def render(results: dict[str, Any]) -> str:
             f"  enqueue call -> first event (pickup + upstream call + hop)  p50 "
             f"{pickup['start_event_ms']['p50']:7.3f} ms   p99 {pickup['start_event_ms']['p99']:7.3f} ms",
             f"  (one PUBLISH hop alone          p50 {pickup['publish_hop_ms']['p50']:7.3f} ms)", ""]
-    header = f"{'phase':<16}{'metric':<24}{'direct':>10}{'gateway':>10}{'added':>10}{'gw/dir':>8}   target"
+    targets = [t for t in ("direct", "gateway", "litellm") if any(t in ph for ph in results["phases"].values())]
+    header = f"{'phase':<14}{'metric':<26}" + "".join(f"{t:>12}" for t in targets)
     lines += [header, "-" * len(header)]
     for name, phase in results["phases"].items():
         stream = phase["stream"]
-        c = phase["concurrency"]
-        d, g = phase["direct"], phase["gateway"]
-        label = f"{'stream' if stream else 'non-stream'} c={c}"
+        rows: list[tuple[str, Any]] = []
         key = "ttft_ms" if stream else "latency_ms"
         what = "TTFT" if stream else "latency"
         for q in ("p50", "p99"):
-            target = ""
-            if q == "p50" and c == 1:
-                t = TARGETS["added_ttft_p50_ms_c1" if stream else "added_latency_p50_ms_c1"]
-                target = f"added <= {t} ms: {verdict(phase['added'][key][q], t)}"
-            lines.append(f"{label:<16}{what + ' ' + q + ' ms':<24}{d[key][q]:>10.3f}{g[key][q]:>10.3f}"
-                         f"{phase['added'][key][q]:>10.3f}{_ratio(g[key][q], d[key][q]):>8}   {target}")
-            label = ""
+            rows.append((f"{what} {q} ms", lambda t, q=q: phase[t][key][q]))
+            rows.append((f"  added {q} ms", lambda t, q=q: phase[t].get("added", {}).get(key, {}).get(q, "")))
         if stream:
-            lines.append(f"{'':<16}{'total p50 ms':<24}{d['latency_ms']['p50']:>10.3f}"
-                         f"{g['latency_ms']['p50']:>10.3f}{phase['added']['latency_ms']['p50']:>10.3f}"
-                         f"{_ratio(g['latency_ms']['p50'], d['latency_ms']['p50']):>8}")
-        lines.append(f"{'':<16}{'requests/s':<24}{d['rps']:>10.1f}{g['rps']:>10.1f}{'':>10}"
-                     f"{_ratio(g['rps'], d['rps']):>8}")
-        cpu = phase["cpu_per_1k"]
-        t = TARGETS["cpu_per_1k_stream" if stream else "cpu_per_1k_nonstream"]
-        lines.append(f"{'':<16}{'CPU s/1k req, gateway':<24}{'':>10}{cpu['gateway']:>10.3f}{'':>10}{'':>8}   "
-                     f"<= {t}: {verdict(cpu['gateway'], t)}  (web {cpu['web']:.3f}, worker {cpu['worker']:.3f}, "
-                     f"redis {cpu['redis']:.3f}; upstream {cpu['upstream']:.3f} vs {cpu['upstream_direct']:.3f} direct)")
-        commands = phase.get("redis_commands_per_request")
+            rows.append(("total p50 ms", lambda t: phase[t]["latency_ms"]["p50"]))
+        rows.append(("requests/s", lambda t: phase[t]["rps"]))
+        rows.append(("CPU s/1k req (own procs)", lambda t: phase[t]["cpu_per_1k"]["total"] if t != "direct" else ""))
+        rows.append(("  upstream CPU s/1k", lambda t: phase[t]["cpu_per_1k"]["upstream"]))
+        rows.append(("upstream conns/1k req", lambda t: phase[t]["upstream_connections_per_1k"]))
+        rows.append(("syscalls/req (own procs)", lambda t: sum(phase[t]["syscalls_per_request"].values()) if t != "direct" else ""))
+        label = name
+        for metric, get in rows:
+            cells = "".join(f"{_cell(get(t)):>12}" for t in targets)
+            lines.append(f"{label:<14}{metric:<26}{cells}")
+            label = ""
+        g = phase["gateway"]
+        cpu = g["cpu_per_1k"]
+        t = TARGETS["cpu_per_1k_stream" if stream else "cpu_per_1k_json"]
+        lines.append(f"{'':<14}gateway CPU by process: " + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()
+                                                            if k not in ("total", "upstream"))
+                     + f"  (target <= {t} s/1k: {verdict(cpu['total'], t)})")
+        commands = g.get("redis_commands_per_request")
         if commands:
             ranked = sorted(((k, v) for k, v in commands.items() if k != "total"), key=lambda kv: -kv[1])
-            top = ", ".join(f"{k} {v:g}" for k, v in ranked[:8])
-            lines.append(f"{'':<16}{'Redis cmds/request':<24}{'':>10}{commands['total']:>10.2f}{'':>10}{'':>8}   ({top})")
-        logged = phase.get("logged_queue_ms")
+            lines.append(f"{'':<14}Redis commands/request {commands['total']:.2f}: "
+                         + ", ".join(f"{k} {v:g}" for k, v in ranked[:10]))
+        logged = g.get("logged_queue_ms")
         if logged:
-            lines.append(f"{'':<16}{'enqueue->pickup (log)':<24}{'':>10}{logged['p50']:>10.3f}{'':>10}{'':>8}   "
-                         f"p50 ms; p99 {logged['p99']:.3f} (queue_ms of the web's request log)")
-        sys_ = phase.get("syscalls_per_request")
-        if sys_:
-            lines.append(f"{'':<16}{'read+write syscalls/req':<24}{'':>10}{sum(sys_.values()):>10.1f}{'':>10}{'':>8}   "
-                         f"(web {sys_['web']:g}, worker {sys_['worker']:g}, redis {sys_['redis']:g})")
-        errors = d["errors"] + g["errors"]
+            lines.append(f"{'':<14}enqueue->pickup (web log) p50 {logged['p50']:.3f} ms, p99 {logged['p99']:.3f} ms")
+        errors = {t: phase[t]["errors"] for t in targets if phase[t]["errors"]}
         if errors:
-            lines.append(f"{'':<16}!! {d['errors']} direct and {g['errors']} gateway requests failed")
+            lines.append(f"{'':<14}!! failed requests: {errors}")
         lines.append("")
+    if results.get("ratios"):
+        lines.append("gateway / LiteLLM (CPU and throughput: saturated phase; added latency/TTFT: c=1 p50):")
+        for name, value in results["ratios"].items():
+            target = RATIO_TARGETS.get(name)
+            goal = f"target {target[1]} {target[0]}: {verdict(value, *target)}" if target else ""
+            lines.append(f"  {name:<26}{_cell(value):>10}   {goal}")
+        lines.append("")
+    for name, text in results.get("profiles", {}).items():
+        lines += [f"py-spy top 20, {name}:", text, ""]
     return "\n".join(lines)
 
 
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b else "-"
+def _cell(value: Any) -> str:
+    if value == "" or value is None:
+        return "-" if value is None else ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
