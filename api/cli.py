@@ -2,7 +2,8 @@
 
 - ``megabrain serve``   the API and every configured pool in one process (embedded Redis without REDIS_URL)
 - ``megabrain web``     the API tier only, on ``$PORT``
-- ``megabrain worker --providers openai,anthropic``   one worker process serving those pools ('*' = all)
+- ``megabrain worker --providers openai,anthropic``   a worker process serving those pools ('*' = all);
+  ``--processes N`` runs N of them (default ``$MEGABRAIN_WORKER_PROCESSES`` or 1)
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from workers.pool import resolve_pools, run_pools
 
     pools = resolve_pools(settings, args.providers)
+    processes = int(args.processes or os.environ.get("MEGABRAIN_WORKER_PROCESSES") or 1)
+    if processes > 1:
+        from workers.supervisor import supervise
+
+        supervise(processes, lambda: _run(run_pools(settings, pools)), grace=settings.shutdown_grace)
+        return
     _run(run_pools(settings, pools))
 
 
@@ -110,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="one worker process for some provider pools")
     worker.add_argument("--providers", default="*", help="comma-separated provider ids, or '*' for all configured")
+    worker.add_argument("--processes", type=int,
+                        help="worker processes, one per core (default: $MEGABRAIN_WORKER_PROCESSES or 1)")
     worker.set_defaults(func=cmd_worker)
 
     for module in (cli_keys, cli_catalog, cli_status):

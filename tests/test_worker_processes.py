@@ -1,0 +1,92 @@
+"""``megabrain worker --processes N``: N worker processes under one parent, each a full worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.harness import ProcessGateway
+
+EXPECTED = "".join(f"tok{i} " for i in range(16))
+
+pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
+                                reason="separate processes need a real Redis (set REDIS_URL)")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rindex(")") + 2:].split()[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return raw[raw.rindex(")") + 2] != "Z"
+
+
+def _live_workers(url: str) -> int:
+    ready = httpx.get(url + "/ready", timeout=2).json()
+    return int(ready.get("pools", {}).get("openai", {}).get("live_workers", 0))
+
+
+def _wait(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def test_worker_processes_serve_and_stop_together(gateway_env: dict[str, str]) -> None:
+    env = {**gateway_env, "MEGABRAIN_WORKER_PROCESSES": "2"}  # the default --processes comes from here
+    with ProcessGateway(env, workers=0) as gateway:
+        parent = subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--providers", "openai"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait(lambda: _live_workers(gateway.url) == 2)  # two processes, two worker ids
+            children = _children(parent.pid)
+            assert len(children) == 2
+            client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=env["MEGABRAIN_TEST_API_KEY"],
+                                   max_retries=0, timeout=20)
+            for _ in range(4):
+                completion = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+                assert completion.choices[0].message.content == EXPECTED
+            chunks = list(client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == EXPECTED
+
+            # a child that dies on its own is replaced; the pool keeps two live processes
+            os.kill(children[0], signal.SIGKILL)
+            _wait(lambda: children[0] not in _children(parent.pid) and len(_children(parent.pid)) == 2)
+            children = _children(parent.pid)
+
+            # SIGTERM to the parent stops every child, which leave the liveness set on their way out
+            parent.send_signal(signal.SIGTERM)
+            assert parent.wait(30) == 0
+            assert not [pid for pid in children if _running(pid)]
+            assert _live_workers(gateway.url) <= 1  # only the SIGKILLed child, which never said goodbye
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+                parent.wait()
+            if parent.stderr:
+                parent.stderr.close()
