@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--setup-litellm", action="store_true",
                         help=f"install LiteLLM proxy {litellm.VERSION} into {litellm.VENV} and exit")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out even when installed")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment of the gateway's processes, e.g. MEGABRAIN_UPSTREAM_TRANSPORT=httpcore")
     parser.add_argument("--pickup-jobs", type=int, help="enqueue->pickup samples (300)")
     parser.add_argument("--tokens", type=int, default=16, help="tokens the fake upstream answers with")
     parser.add_argument("--redis-url", help="use this Redis instead of starting a private redis-server "
@@ -102,6 +104,7 @@ def start_all(args: argparse.Namespace, procs_: procs.Processes, workdir: Path) 
         "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1", "OPENAI_API_KEY": "sk-bench",
         "MEGABRAIN_CONFIG": str(config), "MEGABRAIN_NAMESPACE": namespace,
         "MEGABRAIN_LOG_LEVEL": args.log_level, "WEB_CONCURRENCY": "1",
+        **dict(item.split("=", 1) for item in args.gateway_env),
     }
     out: dict[str, Any] = {"namespace": namespace, "upstream_port": upstream_port, "web_port": web_port,
                            "redis_url": None, "private_redis": False, "redis_version": "embedded"}
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     results["config"] = {"tokens": args.tokens, "rounds": args.rounds, "warmup_per_connection": args.warmup,
                          "requests_c1": args.requests_c1, "requests_sat": args.requests_sat,
                          "saturate": args.saturate, "worker_processes": args.worker_processes,
-                         "serve": args.serve, "litellm": litellm.VERSION if "litellm_port" in env else None,
+                         "serve": args.serve, "gateway_env": args.gateway_env, "litellm": litellm.VERSION if "litellm_port" in env else None,
                          "log_level": args.log_level, "targets": TARGETS}
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(results, indent=2))
