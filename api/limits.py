@@ -66,20 +66,25 @@ for i = 1, #KEYS - 3 do
   local reset_ms = math.floor((w + 1) * window_ms - now_ms)
   local h = redis.call('HMGET', KEYS[3 + i], 'w', 'n')
   local count = 0
-  if tonumber(h[1]) == w then count = tonumber(h[2]) or 0 end
+  local same = tonumber(h[1]) == w
+  if same then count = tonumber(h[2]) or 0 end
   if count >= limit and out[1] == 0 then
     out[1] = 3
     out[2] = i
   end
-  state[i] = {w, count, reset_ms, limit}
+  state[i] = {w, count, reset_ms, limit, same}
 end
 for i = 1, #state do
   local s = state[i]
   local count = s[2]
   if out[1] == 0 then
     count = count + 1
-    redis.call('HSET', KEYS[3 + i], 'w', s[1], 'n', count)
-    redis.call('PEXPIRE', KEYS[3 + i], s[3] + 1000)
+    if s[5] then
+      redis.call('HSET', KEYS[3 + i], 'n', count)
+    else  -- a new window: its TTL (end of the window + 1 s) is set once, by its first request
+      redis.call('HSET', KEYS[3 + i], 'w', s[1], 'n', count)
+      redis.call('PEXPIRE', KEYS[3 + i], s[3] + 1000)
+    end
   end
   local remaining = s[4] - count
   if remaining < 0 then remaining = 0 end

@@ -2,8 +2,10 @@
 
 arq's own ``enqueue_job`` spends three round trips on a uniqueness check we do not need (request ids are
 random). We write exactly the keys arq's worker reads (``arq:job:<id>`` with the serialized job, and the
-id in the queue's sorted set) and publish a nudge on the pool's wake channel in the same MULTI/EXEC, so a
-waiting worker starts the job at once instead of at its next poll.
+id in the queue's sorted set) and publish a nudge on the pool's wake channel in the same pipeline, so a
+waiting worker starts the job at once instead of at its next poll. No MULTI/EXEC: Redis runs one
+connection's commands in order, so a worker sees the id only after the payload exists and is nudged only
+after both, and a job that fails the depth check is withdrawn like any other.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ async def enqueue(
     now_ms = int(time.time() * 1000)
     queue = names.queue(pool)
     job = serialize_job(function, (payload,), {}, None, now_ms, serializer=job_serializer)
-    async with redis.pipeline(transaction=True) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:
         if depth_limit is not None:
             pipe.zcard(queue)
         pipe.psetex(job_key_prefix + job_id, max(1, int(expires_s * 1000)), job)

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 import arq.worker
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job_raw
 from arq.worker import Worker
 
@@ -46,17 +46,17 @@ TALLY_INTERVAL = 0.25  # seconds between batched counter writes
 START_AFTER = 0.2  # a job that has not answered this soon after pickup announces itself ("start")
 
 
-# Claim up to ARGV[3] ready jobs in one round trip, atomically: take each off the queue, set arq's
-# in-progress marker, and return it with its payload. A job off the queue can no longer be withdrawn,
-# which is what common.queue.withdraw relies on; an empty payload means the job expired or was withdrawn.
+# Claim up to ARGV[2] ready jobs in one round trip, atomically: take each off the queue and return it with
+# its payload. A job off the queue can no longer be withdrawn, which is what common.queue.withdraw relies on;
+# an empty payload means the job expired or was withdrawn. (arq's in-progress marker is not written: nothing
+# here reads it, and it cost a write per job plus its delete.)
 CLAIM_SCRIPT = """
-local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local claimed = {}
 for i = 1, #ids do
   redis.call('zrem', KEYS[1], ids[i])
-  redis.call('psetex', ARGV[4] .. ids[i], ARGV[2], '1')
   claimed[#claimed + 1] = ids[i]
-  claimed[#claimed + 1] = redis.call('get', ARGV[5] .. ids[i]) or ''
+  claimed[#claimed + 1] = redis.call('get', ARGV[3] .. ids[i]) or ''
 end
 return claimed
 """
@@ -71,8 +71,8 @@ class PoolWorker(Worker):
     keeps arq's queue, job format, settings and lifecycle, but:
 
     - sleeps until the pool's wake-up nudge (with ``poll_delay`` as a slow safety net),
-    - claims every ready job and reads its payload in one Lua script (one round trip),
-    - runs the job function, then leaves the clean-up deletes to the next batched write.
+    - claims every ready job and reads its payload in one Lua script (one round trip, two commands a job),
+    - runs the job function, then leaves the clean-up delete to the next batched write.
     """
 
     def __init__(self, *args: Any, wake: asyncio.Event, tally: Tally, **kwargs: Any) -> None:
@@ -103,8 +103,7 @@ class PoolWorker(Worker):
         if self.allow_pick_jobs and free > 0:
             claimed = await self._claim(
                 keys=[self.queue_name],
-                args=[int(time.time() * 1000), int(self.in_progress_timeout_s * 1000), free,
-                      in_progress_key_prefix, job_key_prefix],
+                args=[int(time.time() * 1000), free, job_key_prefix],
             )
             for i in range(0, len(claimed), 2):
                 job_id = claimed[i].decode()
@@ -136,7 +135,7 @@ class PoolWorker(Worker):
             self.jobs_failed += 1
             log.error("%s: job %s crashed (%s)", self.queue_name, job_id, type(exc).__name__)
         finally:
-            self.tally.delete(job_key_prefix + job_id, in_progress_key_prefix + job_id)
+            self.tally.delete(job_key_prefix + job_id)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         was_full = self.job_counter >= self.max_jobs
