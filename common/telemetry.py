@@ -6,7 +6,6 @@ kept at WARNING.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -14,7 +13,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 _configured = False
+
+
+# one encoder for every log line (a line per request at info); anything it cannot encode is logged as str()
+_encode_log = msgspec.json.Encoder(enc_hook=str).encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +35,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info and record.exc_info[0] is not None:
             entry["exc"] = record.exc_info[0].__name__
-        return json.dumps(entry, default=str)
+        return _encode_log(entry).decode()
 
 
 def setup_logging(level: str = "info") -> None:
