@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
+import threading
+import time
 from typing import Any
 
 import msgspec
@@ -9,7 +13,9 @@ import pytest
 
 from common.settings import Settings
 from tests.fakes.server import ThreadedServer
-from workers.upstream import make_http_client
+from workers.providers import adapter_for
+from workers.providers.base import RequestSpec, UpstreamError
+from workers.upstream import make_http_client, send_json
 
 
 class CookieSetter:
@@ -40,3 +46,51 @@ async def test_no_cookie_is_kept_and_connections_are_reused(transport: str) -> N
 def test_unknown_transport_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown upstream transport"):
         make_http_client(Settings(upstream_transport="carrier-pigeon"))
+
+
+class HangUp:
+    """A TCP server that reads a request and closes the connection without answering (after ``delay``)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1/chat/completions"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                time.sleep(self.delay)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpcore"])
+async def test_hang_up_is_a_connection_error_and_silence_a_timeout(transport: str) -> None:
+    """A server that hangs up is "could not reach", not a timeout (httpx-aiohttp maps both to
+    ConnectTimeout); a server that says nothing for longer than the read timeout is a timeout."""
+    adapter = adapter_for("openai")
+    spec = RequestSpec("POST", "", json={"model": "m", "messages": []})
+    hang_up, silent = HangUp(), HangUp(delay=2.0)
+    client = make_http_client(Settings(upstream_transport=transport, upstream_read_timeout=0.3))
+    try:
+        with pytest.raises(UpstreamError) as gone:
+            await send_json(client, adapter, dataclasses.replace(spec, url=hang_up.url))
+        with pytest.raises(UpstreamError) as quiet:
+            await send_json(client, adapter, dataclasses.replace(spec, url=silent.url))
+    finally:
+        await client.aclose()
+        hang_up.close()
+        silent.close()
+    assert gone.value.error_type != "upstream_timeout" and gone.value.retryable
+    assert "could not reach" in str(gone.value)
+    assert quiet.value.error_type == "upstream_timeout" and quiet.value.retryable

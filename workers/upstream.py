@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import httpx
 import msgspec
 
@@ -89,8 +90,24 @@ def _build(client: httpx.AsyncClient, spec: RequestSpec) -> httpx.Request:
     return client.build_request(spec.method, _parsed_url(spec.url), **kwargs)
 
 
-def transport_error(exc: httpx.HTTPError) -> UpstreamError:
-    if isinstance(exc, httpx.TimeoutException):
+# What a failed exchange with an upstream raises: httpx's errors, and aiohttp's own that httpx-aiohttp lets
+# through unmapped (a malformed response, say).
+TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """httpx-aiohttp maps every aiohttp connection error, a server that hung up included, to ConnectTimeout:
+    under it, only an aiohttp timeout (those are TimeoutErrors) counts as one."""
+    if isinstance(exc, TimeoutError):
+        return True
+    if not isinstance(exc, httpx.TimeoutException):
+        return False
+    cause = exc.__cause__
+    return not isinstance(cause, aiohttp.ClientError) or isinstance(cause, TimeoutError)
+
+
+def transport_error(exc: BaseException) -> UpstreamError:
+    if _timed_out(exc):
         return UpstreamError(0, f"upstream timed out ({type(exc).__name__})", retryable=True,
                              error_type="upstream_timeout")
     return UpstreamError(0, f"could not reach the upstream ({type(exc).__name__})", retryable=True)
@@ -100,7 +117,7 @@ async def send(client: httpx.AsyncClient, adapter: Adapter, spec: RequestSpec) -
     """Send and read the whole response; raise ``UpstreamError`` for transport failures and HTTP errors."""
     try:
         response = await client.send(_build(client, spec))
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
     if response.status_code >= 400:
         raise adapter.error(response.status_code, dict(response.headers), response.content)
@@ -126,13 +143,13 @@ async def open_stream(
     """
     try:
         response = await client.send(_build(client, spec), stream=True)
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
     try:
         if response.status_code >= 400:
             try:
                 body = await response.aread()
-            except httpx.HTTPError:
+            except TRANSPORT_ERRORS:
                 body = b""
             raise adapter.error(response.status_code, dict(response.headers), body)
         yield _events(response)
@@ -159,5 +176,5 @@ async def _events(response: httpx.Response) -> AsyncIterator[tuple[str | None, s
             # ":" comments (keep-alives, OpenRouter's processing notes), id: and retry: are ignored
         if data:
             yield event, "\n".join(data)
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
