@@ -49,7 +49,17 @@ class Connection:
         head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
                 f"content-length: {len(body)}\r\n\r\n").encode()
         started = time.perf_counter()
-        writer.write(head + body)
+        try:
+            return await self._exchange(reader, writer, head + body, started)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            # the server dropped the connection (or sent garbage): a failed request, counted, not a crash
+            writer.close()
+            self.reader = self.writer = None
+            return Sample(0, time.perf_counter() - started, None)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes,
+                        started: float) -> Sample:
+        writer.write(data)
         status, headers = await _read_head(reader)
         first: float | None = None
         if headers.get(b"transfer-encoding") == b"chunked":
