@@ -1,0 +1,105 @@
+"""Sign up, log in, log out, and the landing page.
+
+Sign-up signs the person in and creates their first key, shown once on the Profile page it answers
+with (the key exists only in that response). A wrong password and an unknown email get the same answer;
+a taken email is refused without saying more than that it cannot be used.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.accounts import AccountError
+from api.keys import KeyStore
+from api.login_guard import LoginGuard
+from api.pages.forms import FormRefused, Visitor, refused, visitor
+from api.pages.profile import render_profile
+from api.sessions import COOKIE, clear_cookie
+
+WRONG_CREDENTIALS = "The email or the password is wrong."
+TAKEN = "This email cannot be used to sign up. If you already have an account, log in."
+FIRST_KEY_NAME = "default"
+
+
+async def landing(request: Request) -> Response:
+    return (await visitor(request)).render("landing.html")
+
+
+async def signup_page(request: Request) -> Response:
+    who = await visitor(request)
+    if who.account:
+        return who.redirect("/profile")
+    return who.render_anonymous_form("signup.html", status=200 if who.gateway.settings.signup else 403)
+
+
+async def signup(request: Request) -> Response:
+    who = await visitor(request)
+    if not who.gateway.settings.signup:
+        return who.render("signup.html", status=403)
+    try:
+        fields = await who.form(signed_in=False)
+    except FormRefused:
+        return refused(who)
+    email = fields.get("email", "")
+    try:
+        account = await who.accounts().create(email, fields.get("password", ""))
+    except AccountError as exc:
+        return who.render_anonymous_form("signup.html", status=400, error=str(exc), email=email)
+    if account is None:
+        return who.render_anonymous_form("signup.html", status=400, error=TAKEN, email=email)
+    who.session_id, who.session = await who.sessions().create(account.id)
+    who.account = account
+    record, plaintext = await KeyStore(who.gateway.redis, who.gateway.names).create(FIRST_KEY_NAME,
+                                                                                   owner=account.id)
+    response = await render_profile(who, new_key=(record, plaintext), status=201)
+    who.sign_in(response, who.session_id)
+    return response
+
+
+async def login_page(request: Request) -> Response:
+    who = await visitor(request)
+    if who.account:
+        return who.redirect("/profile")
+    return who.render_anonymous_form("login.html")
+
+
+async def login(request: Request) -> Response:
+    who = await visitor(request)
+    try:
+        fields = await who.form(signed_in=False)
+    except FormRefused:
+        return refused(who)
+    email, password = fields.get("email", ""), fields.get("password", "")
+    guard = LoginGuard(who.gateway.redis, who.gateway.names)
+    wait = await guard.blocked_for(who.ip_subject, email)
+    if wait:
+        response = who.render_anonymous_form(
+            "login.html", status=429, email=email,
+            error=f"Too many failed log-ins. Try again in {max(1, round(wait / 60))} min.")
+        response.headers["retry-after"] = str(wait)
+        return response
+    account = await who.accounts().authenticate(email, password)
+    if account is None:
+        await guard.failed(who.ip_subject, email)
+        return who.render_anonymous_form("login.html", status=401, error=WRONG_CREDENTIALS, email=email)
+    await guard.succeeded(email)
+    await who.sessions().delete(who.session_id)  # a fresh id on every log-in: no session fixation
+    session_id, _ = await who.sessions().create(account.id)
+    response = who.redirect("/profile")
+    who.sign_in(response, session_id)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    who = await visitor(request)
+    if who.session is None:
+        return who.redirect("/login")
+    try:
+        await who.form(signed_in=True)
+    except FormRefused:
+        return refused(who)
+    await who.sessions().delete(who.session_id)
+    response = who.redirect("/login")
+    clear_cookie(response, COOKIE, path=who.cookie_path(), secure=who.https)
+    return response
