@@ -19,16 +19,14 @@ from api.accounts import email_hash, normalize_email
 from common.names import Names
 
 WINDOW = 15 * 60
-PER_EMAIL = 5
-PER_IP = 30
 
 
 @dataclass
 class LoginGuard:
     redis: Redis
     names: Names
-    per_email: int = PER_EMAIL
-    per_ip: int = PER_IP
+    per_email: int  # Limits.login_failures_per_email
+    per_ip: int
     window: int = WINDOW
 
     def _keys(self, ip_subject: str, email: str) -> list[str]:

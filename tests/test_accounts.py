@@ -13,7 +13,6 @@ import openai
 import pytest
 
 from api.accounts import normalize_email
-from api.login_guard import PER_EMAIL, PER_IP
 from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import GatewayHarness
@@ -171,10 +170,10 @@ def test_unknown_email_and_wrong_password_get_the_same_answer(gw: GatewayHarness
 
 
 def test_login_attempts_are_limited_per_account_and_per_ip(start: Callable[..., GatewayHarness]) -> None:
-    gw = start(hops=1)
+    gw = start(hops=1, per_email=3, per_ip=4)
     ip = {"x-forwarded-for": "198.51.100.7"}
     Browser(gw.url, ip).signup("target@example.org")
-    for _ in range(PER_EMAIL):
+    for _ in range(3):
         assert Browser(gw.url, {"x-forwarded-for": "198.51.100.8"}).login("target@example.org", "guess" * 3
                                                                           ).status_code == 401
     blocked = Browser(gw.url, {"x-forwarded-for": "198.51.100.9"}).login("target@example.org")  # right password
@@ -182,7 +181,7 @@ def test_login_attempts_are_limited_per_account_and_per_ip(start: Callable[..., 
     assert "Too many failed log-ins" in blocked.text
 
     attacker = {"x-forwarded-for": "192.0.2.66"}
-    for i in range(PER_IP):
+    for i in range(4):
         assert Browser(gw.url, attacker).login(f"victim{i}@example.org", "guess" * 3).status_code == 401
     assert Browser(gw.url, attacker).login("target2@example.org").status_code == 429
     Browser(gw.url, ip).signup("other@example.org")

@@ -71,7 +71,9 @@ async def login(request: Request) -> Response:
     except FormRefused:
         return refused(who)
     email, password = fields.get("email", ""), fields.get("password", "")
-    guard = LoginGuard(who.gateway.redis, who.gateway.names)
+    limits = who.gateway.settings.limits
+    guard = LoginGuard(who.gateway.redis, who.gateway.names, limits.login_failures_per_email,
+                       limits.login_failures_per_ip)
     wait = await guard.blocked_for(who.ip_subject, email)
     if wait:
         response = who.render_anonymous_form(
