@@ -147,11 +147,6 @@ class KeyStore:
         record.last_used = float(used) if used else None
         return record
 
-    async def list(self) -> list[KeyRecord]:
-        """Every key, oldest first, with last use filled in. Two round trips whatever the count."""
-        ids = {_text(k): _text(v) for k, v in (await self.redis.hgetall(self.k.ids)).items()}
-        return await self._records(ids)
-
     async def owned(self, owner: str) -> list[KeyRecord]:
         """The keys an account owns, oldest first (its Profile page). Three round trips."""
         key_ids = sorted(_text(k) for k in await self.redis.smembers(self.k.names.account_keys(owner)))
@@ -178,6 +173,11 @@ class KeyStore:
                 record.last_used = used.get(record.id)
                 records.append(record)
         return sorted(records, key=lambda r: r.created)
+
+    async def list(self) -> list[KeyRecord]:
+        """Every key, oldest first, with last use filled in. Two round trips whatever the count."""
+        ids = {_text(k): _text(v) for k, v in (await self.redis.hgetall(self.k.ids)).items()}
+        return await self._records(ids)
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke a key everywhere at once: the revoked set is checked by every request's limit script."""

@@ -8,7 +8,6 @@ docs/profile.png.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import tempfile

@@ -3,7 +3,6 @@ CSRF and Origin checks, the log-in limit, duplicate and weak sign-ups, owned key
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from api.accounts import AccountError
 from api.keys import KeyStore
 from api.login_guard import LoginGuard
-from api.pages.forms import FormRefused, Visitor, refused, visitor
+from api.pages.forms import Visitor, form_endpoint, visitor
 from api.pages.profile import render_profile
 from api.sessions import COOKIE, clear_cookie
 
@@ -33,14 +33,10 @@ async def signup_page(request: Request) -> Response:
     return who.render_anonymous_form("signup.html", status=200 if who.gateway.settings.signup else 403)
 
 
-async def signup(request: Request) -> Response:
-    who = await visitor(request)
+@form_endpoint(signed_in=False)
+async def signup(who: Visitor, fields: dict[str, str]) -> Response:
     if not who.gateway.settings.signup:
         return who.render("signup.html", status=403)
-    try:
-        fields = await who.form(signed_in=False)
-    except FormRefused:
-        return refused(who)
     email = fields.get("email", "")
     try:
         account = await who.accounts().create(email, fields.get("password", ""))
@@ -64,12 +60,8 @@ async def login_page(request: Request) -> Response:
     return who.render_anonymous_form("login.html")
 
 
-async def login(request: Request) -> Response:
-    who = await visitor(request)
-    try:
-        fields = await who.form(signed_in=False)
-    except FormRefused:
-        return refused(who)
+@form_endpoint(signed_in=False)
+async def login(who: Visitor, fields: dict[str, str]) -> Response:
     email, password = fields.get("email", ""), fields.get("password", "")
     limits = who.gateway.settings.limits
     guard = LoginGuard(who.gateway.redis, who.gateway.names, limits.login_failures_per_email,
@@ -93,14 +85,8 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def logout(request: Request) -> Response:
-    who = await visitor(request)
-    if who.session is None:
-        return who.redirect("/login")
-    try:
-        await who.form(signed_in=True)
-    except FormRefused:
-        return refused(who)
+@form_endpoint(signed_in=True)
+async def logout(who: Visitor, fields: dict[str, str]) -> Response:
     await who.sessions().delete(who.session_id)
     response = who.redirect("/login")
     clear_cookie(response, COOKIE, path=who.cookie_path(), secure=who.https)

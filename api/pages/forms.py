@@ -9,10 +9,12 @@ read it to put it in the form. Either way a form from a foreign ``Origin`` is re
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hmac
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -154,3 +156,24 @@ async def visitor(request: Request) -> Visitor:
 
 def refused(visitor: Visitor) -> Response:
     return visitor.render("refused.html", status=403)
+
+
+FormHandler = Callable[[Visitor, dict[str, str]], Awaitable[Response]]
+
+
+def form_endpoint(*, signed_in: bool) -> Callable[[FormHandler], Callable[[Request], Awaitable[Response]]]:
+    """Wrap a POST handler: its form is checked first (403 page when refused), and with ``signed_in``
+    nobody signed in is sent to the log-in page."""
+    def wrap(handler: FormHandler) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            who = await visitor(request)
+            if signed_in and who.account is None:
+                return who.redirect("/login")
+            try:
+                fields = await who.form(signed_in=signed_in)
+            except FormRefused:
+                return refused(who)
+            return await handler(who, fields)
+        return endpoint
+    return wrap

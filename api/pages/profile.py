@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.keys import KeyRecord, KeyStore, UsageRow, utc_day
-from api.pages.forms import FormRefused, Visitor, refused, visitor
+from api.pages.forms import Visitor, form_endpoint, visitor
 
 USAGE_DAYS = 30
 MAX_KEY_NAME = 64
@@ -114,14 +114,9 @@ async def profile(request: Request) -> Response:
     return await render_profile(who)
 
 
-async def create_key(request: Request) -> Response:
-    who = await visitor(request)
-    if who.account is None:
-        return who.redirect("/login")
-    try:
-        fields = await who.form(signed_in=True)
-    except FormRefused:
-        return refused(who)
+@form_endpoint(signed_in=True)
+async def create_key(who: Visitor, fields: dict[str, str]) -> Response:
+    assert who.account is not None
     name = " ".join(fields.get("name", "").split())
     if not name or len(name) > MAX_KEY_NAME:
         return await render_profile(who, status=400, error=f"Give the key a name of 1 to {MAX_KEY_NAME} characters.")
@@ -129,16 +124,11 @@ async def create_key(request: Request) -> Response:
     return await render_profile(who, new_key=created, status=201)
 
 
-async def revoke_key(request: Request) -> Response:
-    who = await visitor(request)
-    if who.account is None:
-        return who.redirect("/login")
-    try:
-        await who.form(signed_in=True)
-    except FormRefused:
-        return refused(who)
+@form_endpoint(signed_in=True)
+async def revoke_key(who: Visitor, fields: dict[str, str]) -> Response:
+    assert who.account is not None
     store = KeyStore(who.gateway.redis, who.gateway.names)
-    key_id = request.path_params["key_id"]
+    key_id = who.request.path_params["key_id"]
     record = await store.get(key_id)
     if record is None or record.owner != who.account.id:
         return await render_profile(who, status=404, error="There is no such key among yours.")
