@@ -61,6 +61,10 @@ class Names:
         """Failed log-ins of a client IP or an account in the current window (``ip:…`` / ``email:…``)."""
         return f"{self.ns}:login:fail:{scope}"
 
+    def signup_day(self, subject: str) -> str:
+        """Sign-ups from one client IP (or IPv6 /64) today (the limit script's hash)."""
+        return f"{self.ns}:rl:signupd:{subject}"
+
     def account_day(self, account_id: str) -> str:
         """The free-model day counter of a signed-in user's keys (the limit script's hash)."""
         return f"{self.ns}:rl:acctd:{account_id}"

@@ -23,6 +23,7 @@ class Limits(msgspec.Struct, kw_only=True):
     user_requests_per_day: int = 1000  # free-model allowance of a signed-in user's keys (all of them together)
     login_failures_per_email: int = 5  # failed log-ins per 15 minutes before 429 (api/login_guard.py)
     login_failures_per_ip: int = 30
+    signups_per_ip_per_day: int = 10
     trusted_proxy_hops: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
     max_upload_bytes: int = 25 * 1024 * 1024

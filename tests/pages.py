@@ -19,7 +19,7 @@ _KEY = re.compile(r"\bmb-[A-Za-z0-9_\-]{20,}")
 
 
 def accounts_env(redis_url: str | None, upstream: str, tmp_path: Path, *, hops: int = 0, anon_per_day: int = 50,
-                 user_per_day: int = 1000, per_email: int = 5, per_ip: int = 30, **extra: str) -> dict[str, str]:
+                 user_per_day: int = 1000, per_email: int = 5, per_ip: int = 30, signups_per_ip: int = 50, **extra: str) -> dict[str, str]:
     config = tmp_path / "megabrain.toml"
     config.write_text(
         "[limits]\n"
@@ -28,6 +28,7 @@ def accounts_env(redis_url: str | None, upstream: str, tmp_path: Path, *, hops: 
         f"user_requests_per_day = {user_per_day}\n"
         f"login_failures_per_email = {per_email}\n"
         f"login_failures_per_ip = {per_ip}\n"
+        f"signups_per_ip_per_day = {signups_per_ip}\n"
         f'\n[[models]]\nid = "{FREE}"\nfree = true\n'
     )
     return env_for(redis_url, MEGABRAIN_CONFIG=str(config), OPENAI_BASE_URL=upstream,

@@ -202,6 +202,16 @@ def test_duplicate_signup_and_short_password_are_refused(gw: GatewayHarness) -> 
     assert normalize_email(" Dup@EXAMPLE.org ") == "dup@example.org"
 
 
+def test_signups_are_limited_per_client_ip(start: Callable[..., GatewayHarness]) -> None:
+    gw = start(hops=1, signups_per_ip=2)
+    crowd = {"x-forwarded-for": "203.0.113.50"}
+    assert [Browser(gw.url, crowd).signup(f"s{i}@example.org").status_code for i in range(2)] == [201, 201]
+    third = Browser(gw.url, crowd).signup("s2@example.org")
+    assert third.status_code == 429 and "Too many sign-ups" in third.text and int(third.headers["retry-after"]) > 0
+    assert Browser(gw.url, crowd).login("s2@example.org").status_code == 401  # no account was made
+    assert Browser(gw.url, {"x-forwarded-for": "203.0.113.51"}).signup("s2@example.org").status_code == 201
+
+
 def test_create_and_revoke_keys_on_the_profile_page(gw: GatewayHarness) -> None:
     browser = Browser(gw.url)
     first = keys_in(browser.signup("keys@example.org").text)[0]

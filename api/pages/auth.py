@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.accounts import AccountError
+from api.admission import access_context
 from api.keys import KeyStore
 from api.login_guard import LoginGuard
 from api.pages.forms import Visitor, form_endpoint, visitor
@@ -37,6 +38,14 @@ async def signup_page(request: Request) -> Response:
 async def signup(who: Visitor, fields: dict[str, str]) -> Response:
     if not who.gateway.settings.signup:
         return who.render("signup.html", status=403)
+    limiter = access_context(who.gateway).limiter
+    decision = await limiter.check([limiter.signup_day(who.ip_subject,
+                                                       who.gateway.settings.limits.signups_per_ip_per_day)])
+    if decision.error is not None:
+        response = who.render_anonymous_form("signup.html", status=decision.error.status,
+                                             error=decision.error.message)
+        response.headers.update(decision.error.response_headers())
+        return response
     email = fields.get("email", "")
     try:
         account = await who.accounts().create(email, fields.get("password", ""))
