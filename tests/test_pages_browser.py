@@ -28,7 +28,8 @@ except ImportError:  # pragma: no cover - the test extras install it
     sync_playwright = None  # type: ignore[assignment]
 
 pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="the playwright package is not installed (pip install -e '.[test]')"),
+    pytest.mark.skipif(sync_playwright is None,
+                       reason="the playwright package is not installed (pip install -e '.[test]')"),
     pytest.mark.skipif(not os.path.exists(CHROMIUM),
                        reason=f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"),
 ]
