@@ -53,12 +53,11 @@ async def signup(who: Visitor, fields: dict[str, str]) -> Response:
         return who.render_anonymous_form("signup.html", status=400, error=str(exc), email=email)
     if account is None:
         return who.render_anonymous_form("signup.html", status=400, error=TAKEN, email=email)
-    who.session_id, who.session = await who.sessions().create(account.id)
-    who.account = account
+    await who.sign_in(account)
     record, plaintext = await KeyStore(who.gateway.redis, who.gateway.names).create(FIRST_KEY_NAME,
                                                                                    owner=account.id)
     response = await render_profile(who, new_key=(record, plaintext), status=201)
-    who.sign_in(response, who.session_id)
+    who.set_session_cookie(response)
     return response
 
 
@@ -87,10 +86,9 @@ async def login(who: Visitor, fields: dict[str, str]) -> Response:
         await guard.failed(who.ip_subject, email)
         return who.render_anonymous_form("login.html", status=401, error=WRONG_CREDENTIALS, email=email)
     await guard.succeeded(email)
-    await who.sessions().delete(who.session_id)  # a fresh id on every log-in: no session fixation
-    session_id, _ = await who.sessions().create(account.id)
+    await who.sign_in(account)
     response = who.redirect("/profile")
-    who.sign_in(response, session_id)
+    who.set_session_cookie(response)
     return response
 
 

@@ -96,8 +96,15 @@ class Visitor:
     def cookie_path(self) -> str:
         return self.base or "/"
 
-    def sign_in(self, response: Response, session_id: str) -> None:
-        set_cookie(response, COOKIE, session_id, path=self.cookie_path(), secure=self.https,
+    async def sign_in(self, account: Account) -> None:
+        """Start a session for ``account``: always a fresh id (no session fixation), the old one deleted."""
+        await self.sessions().delete(self.session_id)
+        self.session_id, self.session = await self.sessions().create(account.id)
+        self.account = account
+
+    def set_session_cookie(self, response: Response) -> None:
+        assert self.session_id is not None
+        set_cookie(response, COOKIE, self.session_id, path=self.cookie_path(), secure=self.https,
                    max_age=int(self.gateway.settings.session_ttl))
         clear_cookie(response, FORM_COOKIE, path=self.cookie_path(), secure=self.https)
 
