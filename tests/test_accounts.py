@@ -255,6 +255,7 @@ def test_api_errors_name_the_signup_page(start: Callable[..., GatewayHarness]) -
                          ).json()["error"]["message"]
     assert message.endswith("at https://gw.example.com/llm/signup")
     assert Browser(public.url + "/llm").get("/signup").status_code == 200
+    assert 'href="/llm/signup"' in httpx.get(public.url + "/llm/").text  # the landing page, under the prefix
     assert httpx.get(public.url + "/signup").status_code == 404  # pages live under the prefix
 
 
