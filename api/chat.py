@@ -26,7 +26,8 @@ async def chat_completions(request: Request) -> Response:
         return dispatch.refuse(error)
     stream = bool(chat.stream)
     include_usage = bool(stream and chat.stream_options and chat.stream_options.include_usage)
-    return await dispatch.answer(dispatch.job("chat", plan, body=body, stream=stream, include_usage=include_usage))
+    return await dispatch.answer(dispatch.job("chat", plan, body=body, stream=stream, include_usage=include_usage,
+                                              anthropic_beta=request.headers.get("anthropic-beta")))
 
 
 ROUTES = [("POST", "/chat/completions", chat_completions)]

@@ -90,6 +90,8 @@ class Job(msgspec.Struct, kw_only=True):
     include_usage: bool = False
     body: bytes = b""  # the client's validated JSON body, forwarded as-is where the upstream speaks OpenAI
     blob_key: str | None = None  # for uploads (transcriptions): the Redis key holding the bytes
+    anthropic_beta: str | None = None  # the client's ``anthropic-beta`` header, forwarded to Anthropic
+    reserved: str = ""  # USD held against the key's budget at admission (decimal string), settled on usage
     meta: dict[str, Any] = {}
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from workers.providers import reasoning
 from workers.providers.base import (
     RequestSpec,
     Upstream,
@@ -58,6 +59,7 @@ _FINISH_REASONS = {
 _BROKEN_CALL_REASONS = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"})
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+FORMAT = "google-gemini-v1"  # reasoning_details format of Gemini thoughts
 
 
 # ---------------------------------------------------------------- URLs and headers
@@ -157,7 +159,8 @@ def _choice(candidate: dict[str, Any], position: int) -> dict[str, Any]:
     text, thoughts, calls = _split_parts(parts)
     message: dict[str, Any] = {"role": "assistant", "content": text if (text or not calls) else None}
     if thoughts:
-        message["reasoning_content"] = thoughts
+        message["reasoning"] = thoughts
+        message["reasoning_details"] = [reasoning.text_detail(thoughts, FORMAT, 0)]
     if calls:
         message["tool_calls"] = [_tool_call(p) for p in calls]
     return {
@@ -242,7 +245,7 @@ class GeminiAdapter:
         payload: dict[str, Any] = {"contents": contents}
         if system:
             payload["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
-        config = generation_config(body)
+        config = generation_config(body, model)
         if config:
             payload["generationConfig"] = config
         declarations = function_declarations(body.get("tools"))
@@ -259,7 +262,7 @@ class GeminiAdapter:
             url = model_url(up, model, "generateContent")
         return RequestSpec("POST", url, headers=headers, content=msgspec.json.encode(payload))
 
-    def chat_response(self, data: dict[str, Any]) -> dict[str, Any]:
+    def chat_response(self, data: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]:
         if data.get("error"):
             raise _inband_error(data["error"])
         candidates = data.get("candidates")
@@ -276,7 +279,7 @@ class GeminiAdapter:
             result["usage"] = found
         return result
 
-    def stream_translator(self) -> "GeminiStreamTranslator":
+    def stream_translator(self, request: dict[str, Any] | None = None) -> "GeminiStreamTranslator":
         return GeminiStreamTranslator()
 
     def error(self, status: int, headers: dict[str, str], body: bytes) -> UpstreamError:
@@ -343,7 +346,8 @@ class GeminiStreamTranslator:
         if text:
             delta["content"] = text
         if thoughts:
-            delta["reasoning_content"] = thoughts
+            delta["reasoning"] = thoughts
+            delta["reasoning_details"] = [reasoning.text_detail(thoughts, FORMAT, 0)]
         if calls:
             first = self.calls.get(index, 0)
             delta["tool_calls"] = [_tool_call(p, first + k) for k, p in enumerate(calls)]

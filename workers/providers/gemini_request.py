@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from workers.providers import reasoning
 from workers.providers.base import UpstreamError
 from workers.providers.gemini_schema import clean_schema
 
@@ -176,8 +177,33 @@ def build_contents(messages: list[dict[str, Any]], dummy_signature: bool = True)
 # ---------------------------------------------------------------- request: options
 
 
-def generation_config(body: dict[str, Any]) -> dict[str, Any]:
+# Gemini 2.5 thinks in token budgets; Gemini 3 in levels (it still takes a budget, as a legacy form).
+THINKING_BUDGETS = {"minimal": 512, "low": 2048, "medium": 8192, "high": 24576}
+THINKING_LEVELS = {"minimal": "low", "low": "low", "medium": "high", "high": "high"}
+
+
+def thinking_config(model: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """``reasoning`` / ``reasoning_effort`` → ``thinkingConfig``; thoughts are included unless excluded."""
+    asked = reasoning.requested(body)
+    raw = body.get("reasoning")
+    if asked is None:
+        disabled = (isinstance(raw, dict) and raw.get("enabled") is False) or body.get("reasoning_effort") == "none"
+        return {"thinkingBudget": 0} if disabled and "gemini-3" not in model else None
+    config: dict[str, Any] = {"includeThoughts": not asked.exclude}
+    if asked.max_tokens is not None:
+        config["thinkingBudget"] = asked.max_tokens
+    elif "gemini-3" in model:
+        config["thinkingLevel"] = THINKING_LEVELS[asked.effort or "medium"]
+    else:
+        config["thinkingBudget"] = THINKING_BUDGETS[asked.effort or "medium"]
+    return config
+
+
+def generation_config(body: dict[str, Any], model: str = "") -> dict[str, Any]:
     config: dict[str, Any] = {}
+    thinking = thinking_config(model, body)
+    if thinking:
+        config["thinkingConfig"] = thinking
     for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"), ("seed", "seed"),
                          ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"),
                          ("n", "candidateCount")):
