@@ -7,6 +7,8 @@ share this path, so a change to admission, queueing or cancellation is made once
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -33,9 +35,14 @@ class Dispatch:
         self.headers = {"x-request-id": self.client_request_id or self.request_id}
         self.admission = Admission()
 
-    async def admit(self, plan: list[Route]) -> None:
-        """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable."""
-        self.admission = await admit(self.gateway, self.request, model_is_free=plan_is_free(self.gateway, plan))
+    async def admit(self, plan: list[Route], worst_case: Callable[[], Decimal] | None = None) -> None:
+        """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable.
+
+        ``worst_case`` (USD, computed only when a budget applies) is reserved against the key's budget;
+        the job carries it to be settled.
+        """
+        self.admission = await admit(self.gateway, self.request, model_is_free=plan_is_free(self.gateway, plan),
+                                     worst_case=worst_case)
         self.headers.update(self.admission.headers)
         if not self.gateway.relay.ready.is_set():
             raise unavailable("The gateway cannot reach its queue (Redis) right now.", retry_after=2)
@@ -44,6 +51,8 @@ class Dispatch:
         meta = dict(meta or {})
         if self.admission.key_id:
             meta["key_id"] = self.admission.key_id
+        if self.admission.reserved:
+            fields["reserved"] = format(self.admission.reserved, "f")
         return Job(
             kind=kind,  # type: ignore[arg-type]
             request_id=self.request_id,
