@@ -66,16 +66,15 @@ local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
 local key_id = ARGV[1]
 local reserve = tonumber(ARGV[4]) or 0
-local reserved = 0
+local stored = 0
 if key_id ~= '' then
   if redis.call('SISMEMBER', KEYS[1], key_id) == 1 then return {1, 0} end
   if ARGV[3] ~= '' then
     local budget = tonumber(ARGV[3])
     local spent = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
     if spent >= budget then return {2, 0} end
-    reserved = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
-    if reserved < 0 then reserved = 0 end
-    if spent + reserved + reserve > budget then return {2, 1} end
+    stored = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
+    if spent + math.max(stored, 0) + reserve > budget then return {2, 1} end
   end
 end
 local out = {0, 0}
@@ -112,8 +111,12 @@ if out[1] == 0 and key_id ~= '' and ARGV[2] == '1' then
   redis.call('HSET', KEYS[2], key_id, now)
 end
 if out[1] == 0 and reserve > 0 then
-  -- a total driven below zero by a late settlement starts again from this reservation
-  redis.call('SET', KEYS[4], string.format('%.17g', reserved + reserve), 'EX', tonumber(ARGV[5]))
+  if stored < 0 then
+    redis.call('SET', KEYS[4], ARGV[4])  -- driven below zero by a late settlement: start again from here
+  else
+    redis.call('INCRBYFLOAT', KEYS[4], ARGV[4])  -- Redis' own decimal formatting: 0.3 + 0.3 + 0.3 is 0.9
+  end
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
 end
 return out
 """
