@@ -115,7 +115,8 @@ class ChunkShaper:
             if delta.get("tool_calls"):
                 self._fix_tool_indexes(choice.get("index", 0), delta["tool_calls"])
                 substantive = True
-            if delta.get("refusal") or any(delta.get(name) for name in REASONING_FIELDS):
+            if not substantive and (delta.get("refusal") or delta.get("reasoning")
+                                    or delta.get("reasoning_details") or delta.get("reasoning_content")):
                 substantive = True  # reasoning goes out the moment it arrives, not with the first token
         if not substantive:
             self._held.append(chunk)
