@@ -21,6 +21,7 @@ from api.ids import client_request_id
 from api.responses import error_response, json_response, stream_response
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
+from common.usage import release_now
 from common.wire import Job, Route
 
 class Dispatch:
@@ -64,6 +65,14 @@ class Dispatch:
             **fields,
         )
 
+    async def release(self, job: Job) -> None:
+        """Give back the budget reservation of a job no worker will see (its expiry covers Redis trouble)."""
+        if job.reserved and self.admission.key_id:
+            try:
+                await release_now(self.gateway.redis, self.gateway.names, self.admission.key_id, job.reserved)
+            except Exception:
+                pass
+
     def refuse(self, error: GatewayError) -> Response:
         return error_response(error, self.headers)
 
@@ -77,6 +86,7 @@ class Dispatch:
             await exchange.submit()
         except GatewayError as error:
             gateway.relay.close(job.request_id)
+            await self.release(job)
             return self.refuse(error)
         except Exception:
             gateway.relay.close(job.request_id)

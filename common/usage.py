@@ -54,6 +54,12 @@ def release(pipe: Any, names: Names, key_id: str, reserved: str) -> None:
         pipe.incrbyfloat(reserved_key(names, key_id), "-" + reserved)
 
 
+async def release_now(redis: Any, names: Names, key_id: str, reserved: str) -> None:
+    """``release`` sent on its own: a request the web tier refused after admitting it."""
+    if reserved and key_id != ANONYMOUS:
+        await redis.incrbyfloat(reserved_key(names, key_id), "-" + reserved)
+
+
 def add_usage(
     pipe: Any,
     names: Names,
