@@ -89,10 +89,15 @@ def _stream(sdk: openai.OpenAI, **kw: Any) -> dict[str, Any]:
             if delta.get("content"):
                 text += delta["content"]
                 order.append("content")
-            for piece in delta.get("reasoning_details") or ():
-                entry = details.setdefault(piece["index"], {**piece, "text": "", "signature": None})
-                entry["text"] += piece.get("text") or ""
-                entry["signature"] = piece.get("signature") or entry["signature"]
+            for piece in delta.get("reasoning_details") or ():  # pieces of one index concatenate
+                entry = details.get(piece["index"])
+                if entry is None:
+                    details[piece["index"]] = dict(piece)
+                    continue
+                for name in ("text", "data"):
+                    if piece.get(name):
+                        entry[name] = (entry.get(name) or "") + piece[name]
+                entry["signature"] = piece.get("signature") or entry.get("signature")
             for call in choice.delta.tool_calls or ():
                 entry2 = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
                 entry2["id"] += call.id or ""
@@ -352,3 +357,31 @@ def test_openai_cached_tokens_are_billed_at_the_cache_rate(sdk: openai.OpenAI, f
     assert plain and cached and plain.prompt_tokens == cached.prompt_tokens
     saved = Decimal(str(plain.model_dump()["cost"])) - Decimal(str(cached.model_dump()["cost"]))
     assert saved == 64 * (Decimal("0.0000011") - Decimal("0.000000275"))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_thought_signatures_round_trip_in_reasoning_details(sdk: openai.OpenAI, fakes: dict[str, Any],
+                                                                   stream: bool) -> None:
+    """A client that keeps only reasoning_details (OpenRouter's way) still satisfies Gemini 3's signature check."""
+    state: GeminiFakeState = fakes["gemini"]
+    state.function_call = {"name": "get_weather", "args": {"city": "Paris"}, "thoughtSignature": "gem-sig-1"}
+    kw = {"model": GEMINI_3, "tools": [WEATHER_TOOL], "reasoning_effort": "low"}
+    first_turn = [{"role": "user", "content": "Weather?"}]
+    if stream:
+        got = _stream(sdk, messages=first_turn, **kw)
+        call, details = got["calls"][0], got["details"]
+    else:
+        message = sdk.chat.completions.create(messages=first_turn, **kw).choices[0].message.model_dump()
+        call = {"id": message["tool_calls"][0]["id"], **message["tool_calls"][0]["function"]}
+        details = message["reasoning_details"]
+    assert [d for d in details if d["type"] == "reasoning.encrypted"] == [
+        {"type": "reasoning.encrypted", "data": "gem-sig-1", "format": "google-gemini-v1", "index": 1,
+         "id": call["id"]}]
+    state.function_call = None
+    assistant = {"role": "assistant", "content": None, "reasoning_details": details, "tool_calls": [
+        {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}]}
+    answer = sdk.chat.completions.create(messages=[*first_turn, assistant, {
+        "role": "tool", "tool_call_id": call["id"], "content": '{"temp_c": 21}'}], **kw)
+    assert answer.choices[0].message.content == state.reply
+    sent = state.requests[-1]["body"]["contents"][1]["parts"][0]
+    assert sent["thoughtSignature"] == "gem-sig-1"

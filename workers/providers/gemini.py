@@ -112,6 +112,29 @@ def _tool_call(part: dict[str, Any], index: int | None = None) -> dict[str, Any]
     return call_out
 
 
+def reasoning_details(thoughts: str, calls: list[dict[str, Any]], text_signatures: list[str],
+                      first_signature: int = 1) -> list[dict[str, Any]]:
+    """Thought text (index 0) and thought signatures (one index each, a call's carrying its ``id``), the way
+    OpenRouter returns them, so clients that keep ``reasoning_details`` round-trip Gemini's signatures."""
+    details = [reasoning.text_detail(thoughts, FORMAT, 0)] if thoughts else []
+    n = first_signature
+    for call in calls:
+        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+        if signature:
+            details.append({**reasoning.encrypted_detail(signature, FORMAT, n), "id": call["id"]})
+            n += 1
+    for signature in text_signatures:
+        details.append(reasoning.encrypted_detail(signature, FORMAT, n))
+        n += 1
+    return details
+
+
+def _text_signatures(parts: list[dict[str, Any]]) -> list[str]:
+    """Signatures Gemini 3 puts on answer text parts (not on function calls)."""
+    return [p["thoughtSignature"] for p in parts if isinstance(p, dict) and "functionCall" not in p
+            and isinstance(p.get("thoughtSignature"), str) and p["thoughtSignature"]]
+
+
 def _split_parts(parts: list[dict[str, Any]]) -> tuple[str, str, list[dict[str, Any]]]:
     """(answer text, thought text, functionCall parts)."""
     text, thoughts, calls = [], [], []
@@ -158,11 +181,14 @@ def _choice(candidate: dict[str, Any], position: int) -> dict[str, Any]:
     parts = (candidate.get("content") or {}).get("parts") or []
     text, thoughts, calls = _split_parts(parts)
     message: dict[str, Any] = {"role": "assistant", "content": text if (text or not calls) else None}
+    tool_calls = [_tool_call(p) for p in calls]
     if thoughts:
         message["reasoning"] = thoughts
-        message["reasoning_details"] = [reasoning.text_detail(thoughts, FORMAT, 0)]
+    details = reasoning_details(thoughts, tool_calls, _text_signatures(parts))
+    if details:
+        message["reasoning_details"] = details
     if calls:
-        message["tool_calls"] = [_tool_call(p) for p in calls]
+        message["tool_calls"] = tool_calls
     return {
         "index": candidate.get("index", position),
         "message": message,
@@ -307,6 +333,7 @@ class GeminiStreamTranslator:
     def __init__(self) -> None:
         self.finish: dict[int, str] = {}  # choice index → latest raw finishReason
         self.calls: dict[int, int] = {}  # choice index → tool calls seen so far (next 0-based index)
+        self.signatures = 0  # thought signatures sent so far (each its own reasoning_details index)
         self.usage: dict[str, Any] | None = None
 
     def feed(self, event: str | None, data: str) -> list[dict[str, Any]]:
@@ -345,13 +372,17 @@ class GeminiStreamTranslator:
         delta: dict[str, Any] = {}
         if text:
             delta["content"] = text
-        if thoughts:
-            delta["reasoning"] = thoughts
-            delta["reasoning_details"] = [reasoning.text_detail(thoughts, FORMAT, 0)]
+        tool_calls = []
         if calls:
             first = self.calls.get(index, 0)
-            delta["tool_calls"] = [_tool_call(p, first + k) for k, p in enumerate(calls)]
+            tool_calls = delta["tool_calls"] = [_tool_call(p, first + k) for k, p in enumerate(calls)]
             self.calls[index] = first + len(calls)
+        if thoughts:
+            delta["reasoning"] = thoughts
+        details = reasoning_details(thoughts, tool_calls, _text_signatures(parts), 1 + self.signatures)
+        if details:
+            self.signatures += len(details) - (1 if thoughts else 0)
+            delta["reasoning_details"] = details
         if not delta:
             return None
         return {"object": "chat.completion.chunk", "choices": [{"index": index, "delta": delta, "finish_reason": None}]}

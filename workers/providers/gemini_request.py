@@ -87,18 +87,19 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
 
 def _model_parts(message: dict[str, Any], dummy_signature: bool) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
+    by_call, loose = _returned_signatures(message)
     text = _text_of(message.get("content"))
     if text:
-        parts.append({"text": text})
+        parts.append({"text": text, "thoughtSignature": loose[0]} if loose else {"text": text})
     calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
+    signatures = [_signature_of(c) or by_call.get(str(c.get("id"))) for c in calls]
     for n, call in enumerate(calls):
         function = call.get("function") or {}
         part: dict[str, Any] = {"functionCall": {"name": function.get("name", ""),
                                                  "args": _parse_args(function.get("arguments"))}}
-        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
-        if signature:
-            part["thoughtSignature"] = signature
-        elif n == 0 and dummy_signature and not any(_signature_of(c) for c in calls):
+        if signatures[n]:
+            part["thoughtSignature"] = signatures[n]
+        elif n == 0 and dummy_signature and not any(signatures):
             part["thoughtSignature"] = DUMMY_THOUGHT_SIGNATURE
         parts.append(part)
     return parts
@@ -106,6 +107,22 @@ def _model_parts(message: dict[str, Any], dummy_signature: bool) -> list[dict[st
 
 def _signature_of(call: dict[str, Any]) -> str | None:
     return ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+
+
+def _returned_signatures(message: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Gemini thought signatures a client kept in ``reasoning_details``: (by tool call id, on text)."""
+    by_call: dict[str, str] = {}
+    loose: list[str] = []
+    for detail in reasoning.returned_details(message):
+        if detail.get("type") != "reasoning.encrypted" or detail.get("format") != "google-gemini-v1":
+            continue
+        if not detail.get("data"):
+            continue
+        if detail.get("id"):
+            by_call[str(detail["id"])] = detail["data"]
+        else:
+            loose.append(detail["data"])
+    return by_call, loose
 
 
 def _parse_args(arguments: Any) -> dict[str, Any]:
