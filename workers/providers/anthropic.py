@@ -32,7 +32,7 @@ from workers.providers.base import (
     retry_after_seconds,
 )
 from workers.providers import reasoning
-from workers.providers.anthropic_request import FORMAT, JSON_TOOL, json_schema_of, messages_payload, uses_json_tool
+from workers.providers.anthropic_request import FORMAT, JSON_TOOL, messages_payload, uses_json_tool
 from workers.providers.openai_compat import auth_headers, join_url
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -161,8 +161,8 @@ class AnthropicAdapter:
                                                      block.get("signature")))
             elif kind == "redacted_thinking":
                 details.append(reasoning.encrypted_detail(block.get("data") or "", FORMAT, len(details)))
-            elif kind == "tool_use" and json_tool is not None and block.get("name") == JSON_TOOL:
-                text.append(json_tool(block.get("input") or {}))
+            elif kind == "tool_use" and json_tool and block.get("name") == JSON_TOOL:
+                text.append(msgspec.json.encode(block.get("input") or {}).decode())
             elif kind == "tool_use":
                 tool_calls.append({"id": block.get("id"), "type": "function", "function": {
                     "name": block.get("name"),
@@ -174,7 +174,7 @@ class AnthropicAdapter:
         if tool_calls:
             message["tool_calls"] = tool_calls
         finish = _finish_reason(data.get("stop_reason")) or "stop"
-        if json_tool is not None and finish == "tool_calls" and not tool_calls:
+        if json_tool and finish == "tool_calls" and not tool_calls:
             finish = "stop"
         return {
             "object": "chat.completion",
@@ -197,12 +197,9 @@ class AnthropicAdapter:
         return error_from_type(error_type, message, status, headers)
 
 
-def _json_tool(request: dict[str, Any] | None) -> Any:
-    """For a request answered through ``JSON_TOOL``: a function turning the tool's input into the JSON text."""
-    if not request or not uses_json_tool(str(request.get("model") or ""), request):
-        return None
-    wrapped = (json_schema_of(request) or {}).get("type") != "object"  # non-object schemas travel in "value"
-    return lambda value: msgspec.json.encode(value.get("value") if wrapped else value).decode()
+def _json_tool(request: dict[str, Any] | None) -> bool:
+    """Whether this request's answer comes as the input of the forced ``JSON_TOOL``."""
+    return request is not None and uses_json_tool(str(request.get("model") or ""), request)
 
 
 # ---------------------------------------------------------------- streams
@@ -221,9 +218,7 @@ class AnthropicStreamTranslator:
         self.tool_index: dict[int, int] = {}  # Anthropic block index → OpenAI tool_calls index
         self.thinking_index: dict[int, int] = {}  # Anthropic block index → reasoning_details index
         self.json_blocks: set[int] = set()  # blocks of the forced JSON tool: their input is the answer
-        self.json_tool = request is not None and uses_json_tool(str(request.get("model") or ""), request)
-        self.json_wrapped = self.json_tool and (json_schema_of(request or {}) or {}).get("type") != "object"
-        self.wrapped_json = ""  # a wrapped non-object answer, collected until its block ends
+        self.json_tool = _json_tool(request)
         self.finished = False  # message_stop was seen
 
     def feed(self, event: str | None, data: str) -> list[dict[str, Any]]:
@@ -289,27 +284,11 @@ class AnthropicStreamTranslator:
             return [_chunk({"reasoning_details": [detail]})]
         if kind == "input_json_delta" and delta.get("partial_json"):
             if at in self.json_blocks:
-                return self._json_piece(delta["partial_json"])
+                return [_chunk({"content": delta["partial_json"]})]
             k = self.tool_index.get(at)
             if k is None:
                 raise UpstreamError(502, "upstream sent tool input for an unknown block", retryable=True)
             return [_chunk({"tool_calls": [{"index": k, "function": {"arguments": delta["partial_json"]}}]})]
-        return []
-
-    def _json_piece(self, piece: str) -> list[dict[str, Any]]:
-        """The forced JSON tool's input streams as content; a wrapped non-object schema is unwrapped at the end."""
-        if not self.json_wrapped:
-            return [_chunk({"content": piece})]
-        self.wrapped_json += piece
-        return []
-
-    def _on_content_block_stop(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        if int(payload.get("index", -1)) in self.json_blocks and self.json_wrapped:
-            try:
-                value = msgspec.json.decode(self.wrapped_json or "{}")
-            except msgspec.DecodeError:
-                raise UpstreamError(502, "upstream sent malformed JSON output", retryable=True) from None
-            return [_chunk({"content": msgspec.json.encode((value or {}).get("value")).decode()})]
         return []
 
     def _on_message_delta(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -337,7 +316,6 @@ _HANDLERS = {
     "message_start": AnthropicStreamTranslator._on_message_start,
     "content_block_start": AnthropicStreamTranslator._on_content_block_start,
     "content_block_delta": AnthropicStreamTranslator._on_content_block_delta,
-    "content_block_stop": AnthropicStreamTranslator._on_content_block_stop,
     "message_delta": AnthropicStreamTranslator._on_message_delta,
     "message_stop": AnthropicStreamTranslator._on_message_stop,
     "error": AnthropicStreamTranslator._on_error,

@@ -361,9 +361,12 @@ def _structured_output(payload: dict[str, Any], model: str, body: dict[str, Any]
     if "thinking" in payload:
         raise _invalid(f"response_format together with reasoning needs native structured output, which {model} "
                        "does not have")
+    if schema.get("type") != "object":  # as OpenAI requires too: a tool's input is an object
+        raise UpstreamError(400, "response_format json_schema must have an object at its root",
+                            retryable=False, fallback=False, error_type="invalid_request",
+                            param="response_format")
     payload["tools"] = [{"name": JSON_TOOL, "description": "Reply with the answer as this JSON object.",
-                         "input_schema": schema if schema.get("type") == "object"
-                         else {"type": "object", "properties": {"value": schema}, "required": ["value"]}}]
+                         "input_schema": schema}]
     payload["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
 
 
