@@ -18,6 +18,7 @@ async def chat_completions(request: Request) -> Response:
     dispatch = Dispatch(gateway, request, "chat")
     try:
         body, chat = await read_json(request, ChatRequest, gateway.settings.limits.max_body_bytes)
+        dispatch.exchange.model = chat.model
         plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
                         messages=chat.messages, tools=chat.tools,
                         output_tokens=chat.max_completion_tokens or chat.max_tokens)

@@ -14,27 +14,41 @@ from starlette.responses import Response
 
 from api.admission import Admission, admit
 from api.exchange import Exchange
+from api.formats import WireFormat
+from api.formats.chat_completions import CHAT_COMPLETIONS
 from api.gateway import Gateway
 from api.ids import client_request_id
-from api.responses import error_response, json_response, stream_response
+from api.responses import json_response, refusal, stream_response
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
 from common.wire import Job, Route
 
-class Dispatch:
-    """One model request on its way to the pools: its id, response headers and admission."""
 
-    def __init__(self, gateway: Gateway, request: Request, route_name: str) -> None:
+class Dispatch:
+    """One model request on its way to the pools: its exchange, response headers, admission and format.
+
+    Created first thing in a route, so that every way the request ends, refusals included, goes through
+    its exchange's one finish.
+    """
+
+    def __init__(self, gateway: Gateway, request: Request, route_name: str,
+                 fmt: WireFormat = CHAT_COMPLETIONS) -> None:
         self.gateway = gateway
         self.request = request
-        self.route_name = route_name
-        self.request_id = new_request_id()
+        self.format = fmt
+        request_id = new_request_id()
         self.client_request_id = client_request_id(request)
-        self.headers = {"x-request-id": self.client_request_id or self.request_id}
+        self.exchange = Exchange(gateway, route_name, request_id, self.client_request_id)
+        self.headers = {"x-request-id": self.client_request_id or request_id}
         self.admission = Admission()
+
+    @property
+    def request_id(self) -> str:
+        return self.exchange.request_id
 
     async def admit(self, plan: list[Route]) -> None:
         """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable."""
+        self.exchange.model = plan[0].model if plan else self.exchange.model
         self.admission = await admit(self.gateway, self.request, model_is_free=plan_is_free(self.gateway, plan))
         self.headers.update(self.admission.headers)
         if not self.gateway.relay.ready.is_set():
@@ -56,28 +70,17 @@ class Dispatch:
         )
 
     def refuse(self, error: GatewayError) -> Response:
-        return error_response(error, self.headers)
+        """The refusal in the route's format; the response finishes the exchange when sent."""
+        return refusal(self.exchange, self.format, error, self.headers)
 
     async def answer(self, job: Job) -> Response:
         """Enqueue ``job`` and answer with its stream or its one result (or error)."""
-        gateway = self.gateway
-        exchange = Exchange(gateway, job, gateway.relay.open(job.request_id))
-        exchange.route_name = self.route_name
-        exchange.client_request_id = self.client_request_id
         try:
-            await exchange.submit()
+            await self.exchange.submit(job)
         except GatewayError as error:
-            gateway.relay.close(job.request_id)
             return self.refuse(error)
-        except Exception:
-            gateway.relay.close(job.request_id)
-            return self.refuse(unavailable("The gateway cannot reach its queue (Redis) right now."))
-
-        def release() -> None:
-            gateway.relay.close(job.request_id)
-
         answer = stream_response if job.stream else json_response
-        return await answer(exchange, self.headers, release, gone=self.request.is_disconnected)
+        return await answer(self.exchange, self.format, self.headers, gone=self.request.is_disconnected)
 
 
 def plan_is_free(gateway: Gateway, plan: list[Route]) -> bool:

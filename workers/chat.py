@@ -59,8 +59,7 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
             provider=route.provider, cost=cost,
         )
         usage = completion.get("usage")
-        await pub.send("result", _encode(completion),
-                       meta={"provider": route.provider, "model": route.model, "usage": usage})
+        await pub.send("result", _encode(completion), usage=usage)
         return usage
     shaper = ChunkShaper(request_id=job.request_id, model=route.model, provider=route.provider,
                          include_usage=job.include_usage, cost=cost)
@@ -76,6 +75,5 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
         if frames:
             pub.data(frames)
     # the closing frames (usage chunk if asked, [DONE]) travel with the "done" event itself
-    await pub.send("done", shaper.finish(), meta={"provider": route.provider, "model": route.model,
-                                                  "usage": shaper.usage, "finish_reason": shaper.finish_reason})
+    await pub.send("done", shaper.finish(), usage=shaper.usage)
     return shaper.usage

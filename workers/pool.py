@@ -248,7 +248,7 @@ class PoolProcess:
                         del worker.tasks[job_id]
             await asyncio.sleep(0.05)
         # out of time: tell the web tier these requests are abandoned (it re-runs those that sent nothing)
-        await asyncio.gather(*(_quiet(pub.send("heartbeat", meta={"abandoned": True}))
+        await asyncio.gather(*(_quiet(pub.send("abandoned"))
                                for pub in list(self.runtime.publishers.values())))
         for worker in self.workers:
             worker.closing = True

@@ -1,0 +1,48 @@
+"""Client wire formats: each module decodes its request into the canonical request and encodes the
+canonical events back into its own JSON body and stream.
+
+The canonical request is the OpenAI chat-completions body (``Job.body``), and the canonical stream is
+``chat.completion.chunk`` SSE frames, as the workers shape them (``workers/chunks.py``).
+
+Encoding runs in the web tier, for three reasons: the worker stays one code path for every inbound
+protocol (retries, fallback and accounting see one shape); a format is a pure function of the events,
+so it is tested without a queue; and chat completions, the hot path, costs nothing: its encoder passes
+the worker's bytes through untouched. The other formats parse the canonical frames once more in the web
+process, which is small next to the upstream call. Only an Anthropic upstream behind ``/v1/messages``
+skips the canonical shape altogether (``Job.native``): its events arrive already encoded.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from common.errors import GatewayError
+from common.wire import Event
+
+
+class StreamEncoder(Protocol):
+    """One stream's encoder: it may keep state (block indexes, sequence numbers) across events."""
+
+    def frames(self, event: Event) -> bytes:
+        """The client's bytes for a ``data`` or ``done`` event."""
+        ...
+
+    def error(self, status: int, envelope: bytes) -> bytes:
+        """The protocol's own in-band error event, ending the stream (``envelope`` is ours)."""
+        ...
+
+
+class WireFormat(Protocol):
+    def error_body(self, status: int, envelope: bytes) -> bytes:
+        """A refusal in this route's documented error shape (``envelope`` is the gateway's own)."""
+        ...
+
+    def result(self, event: Event) -> bytes:
+        """The JSON body of a non-streaming answer."""
+        ...
+
+    def stream(self) -> StreamEncoder: ...
+
+
+def refusal_body(fmt: WireFormat, error: GatewayError) -> bytes:
+    return fmt.error_body(error.status, error.body())
