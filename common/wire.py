@@ -91,7 +91,7 @@ class Native(msgspec.Struct, kw_only=True):
 class Job(msgspec.Struct, kw_only=True):
     """One request, as a worker receives it. ``hop`` indexes ``plan``; fallbacks re-enqueue with hop+1."""
 
-    kind: Literal["chat", "embeddings", "transcription"]
+    kind: Literal["chat", "embeddings", "transcription", "count_tokens"]
     request_id: str
     reply_channel: str
     attempt: int  # bumped by the web tier when it re-runs a request itself (worker death)

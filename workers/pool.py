@@ -30,7 +30,7 @@ from common.settings import Settings
 from common.telemetry import flush_sentry, init_sentry
 from router.catalog import build_catalog
 from router.providers import resolve_providers
-from workers import chat, embeddings, transcriptions  # noqa: F401  (register their job handlers)
+from workers import chat, embeddings, native, transcriptions  # noqa: F401  (register their job handlers)
 from workers import health
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime

@@ -14,7 +14,9 @@ skips the canonical shape altogether (``Job.native``): its events arrive already
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
+
+import msgspec
 
 from common.errors import GatewayError
 from common.wire import Event
@@ -46,3 +48,27 @@ class WireFormat(Protocol):
 
 def refusal_body(fmt: WireFormat, error: GatewayError) -> bytes:
     return fmt.error_body(error.status, error.body())
+
+
+def canonical_chunks(frames: bytes) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` dicts in a run of canonical SSE frames (``[DONE]`` and comments
+    skipped), for formats that re-encode the stream."""
+    chunks = []
+    for frame in frames.split(b"\n\n"):
+        if frame.startswith(b"data: ") and frame[6:] != b"[DONE]":
+            chunks.append(msgspec.json.decode(frame[6:]))
+    return chunks
+
+
+def envelope_parts(envelope: bytes) -> tuple[str, str]:
+    """(error_type, message) of the gateway's own error envelope."""
+    try:
+        data = msgspec.json.decode(envelope)
+        return str(data.get("error_type") or data["error"]["type"]), str(data["error"]["message"])
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
+        return "upstream_error", envelope.decode("utf-8", "replace")[:500]
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One named Server-Sent Event (the Messages and Responses streams name every event)."""
+    return b"event: " + event.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
