@@ -337,3 +337,55 @@ def test_responses_mid_stream_failure_is_response_failed(oai: openai.OpenAI, fak
     assert events[-1].type == "response.failed"
     assert events[-1].response.status == "failed" and events[-1].response.error.message
     assert [e.sequence_number for e in events] == list(range(1, len(events) + 1))
+
+
+# ------------------------------------------------------------------------------ thinking / reasoning
+
+
+def test_messages_thinking_blocks(claude: "anthropic.Anthropic", fakes: Fakes) -> None:
+    """The upstream's reasoning comes back as thinking blocks (Gemini's thought summary here)."""
+    fakes.gemini.thoughts = "Considering the greeting."
+    kwargs: dict[str, Any] = {"model": GEMINI, "max_tokens": 2000, "messages": [{"role": "user", "content": "Hi"}],
+                              "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    message = claude.messages.create(**kwargs)
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "Considering the greeting."
+    fakes.gemini.thoughts = "Considering the greeting."
+    with claude.messages.stream(**kwargs) as stream:
+        deltas = [e.delta.type for e in stream if e.type == "content_block_delta"]
+        final = stream.get_final_message()
+    assert deltas[0] == "thinking_delta" and "text_delta" in deltas
+    assert final.content[0].type == "thinking" and final.content[1].text == fakes.gemini.reply
+
+
+def test_responses_reasoning_item(oai: openai.OpenAI, fakes: Fakes) -> None:
+    fakes.gemini.thoughts = "Considering the greeting."
+    response = oai.responses.create(model=GEMINI, input="Hi", reasoning={"effort": "low", "summary": "auto"},
+                                    include=["reasoning.encrypted_content"])
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.output[0].summary[0].text == "Considering the greeting."
+    fakes.gemini.thoughts = "Considering the greeting."
+    events = list(oai.responses.create(model=GEMINI, input="Hi", stream=True))
+    kinds = [e.type for e in events]
+    assert "response.reasoning_summary_text.delta" in kinds
+    items = events[-1].response.output
+    assert [item.type for item in items] == ["reasoning", "message"]
+
+
+def test_reasoning_details_survive_a_responses_round_trip() -> None:
+    """Signed Anthropic thinking travels through Codex as encrypted_content and comes back unchanged."""
+    from api.formats.openai_responses import ResponsesRequest, canonical_request, response_from_completion
+
+    details = [{"type": "reasoning.text", "text": "hmm", "signature": "sig-1", "format": "anthropic-claude-v1",
+                "index": 0}]
+    completion = {"id": "chatcmpl-x", "model": CLAUDE, "choices": [{"finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "reasoning_details": details,
+        "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]}
+    output = response_from_completion(completion)["output"]
+    assert output[0]["type"] == "reasoning" and output[0]["encrypted_content"]
+    request = ResponsesRequest(model=CLAUDE, input=[{"type": "message", "role": "user", "content": "go"}, *output,
+                                                    {"type": "function_call_output", "call_id": "toolu_1",
+                                                     "output": "ok"}])
+    assistant = canonical_request(request)["messages"][1]
+    assert assistant["reasoning_details"] == details
+    assert assistant["tool_calls"][0]["id"] == "toolu_1"

@@ -271,3 +271,23 @@ def create_anthropic_app(state: AnthropicFakeState) -> Starlette:
 
     return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"]),
                              Route("/v1/messages/count_tokens", count_tokens, methods=["POST"])])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.fakes.anthropic_server --port 9200``: an Anthropic upstream for trying clients
+    (``ANTHROPIC_BASE_URL=http://127.0.0.1:9200``); any ``x-api-key`` is accepted."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Fake Anthropic Messages upstream.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9200)
+    parser.add_argument("--reply", default=AnthropicFakeState.reply)
+    args = parser.parse_args(argv)
+    uvicorn.run(create_anthropic_app(AnthropicFakeState(reply=args.reply)), host=args.host, port=args.port,
+                log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
