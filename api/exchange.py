@@ -67,7 +67,6 @@ class Exchange:
         self.queue_ms: float | None = None  # enqueue → pickup, as the worker measured it
         self.status = CLIENT_GONE  # the outcome so far, recorded by the response writer
         self.usage: dict[str, Any] | None = None
-        self.releases = 0  # inbox releases: exactly one per submitted request
 
     # -- enqueue ------------------------------------------------------------------------------------------
 
@@ -79,7 +78,7 @@ class Exchange:
             await self._enqueue_from(job.hop)
         except GatewayError:
             raise
-        except Exception:
+        except Exception:  # Redis trouble
             raise unavailable("The gateway cannot reach its queue (Redis) right now.") from None
 
     async def _enqueue_from(self, hop: int) -> None:
@@ -199,7 +198,6 @@ class Exchange:
         observe.finished(self, self.status, self.usage)
         if self.inbox is not None:
             self.gateway.relay.close(self.request_id)
-            self.releases += 1
         if pending:  # the client went away, or the gateway gave up: stop the worker and the upstream
             await asyncio.shield(self._cancel())
 

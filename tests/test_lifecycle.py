@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import GatewayHarness, env_for
+from tests.test_access_e2e import wait_for
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
 
@@ -42,15 +42,6 @@ def spy(gateway: GatewayHarness) -> Spy:
 def finished_lines(caplog: pytest.LogCaptureFixture, request_id: str) -> list[dict]:
     return [r.fields for r in caplog.records  # type: ignore[attr-defined]
             if r.name == "megabrain.request" and r.fields.get("request_id") == request_id]
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def auth(env: dict[str, str]) -> dict[str, str]:

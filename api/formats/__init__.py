@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import msgspec
 
-from common.errors import GatewayError
 from common.wire import Event
 
 
@@ -46,10 +45,6 @@ class WireFormat(Protocol):
     def stream(self) -> StreamEncoder: ...
 
 
-def refusal_body(fmt: WireFormat, error: GatewayError) -> bytes:
-    return fmt.error_body(error.status, error.body())
-
-
 def canonical_chunks(frames: bytes) -> list[dict[str, Any]]:
     """The ``chat.completion.chunk`` dicts in a run of canonical SSE frames (``[DONE]`` and comments
     skipped), for formats that re-encode the stream."""
@@ -72,3 +67,35 @@ def envelope_parts(envelope: bytes) -> tuple[str, str]:
 def sse(event: str, data: Any) -> bytes:
     """One named Server-Sent Event (the Messages and Responses streams name every event)."""
     return b"event: " + event.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
+
+
+class CanonicalStream:
+    """Base of the streams that re-encode canonical chunks: it walks each event's chunks and calls the
+    hooks, ``begin`` (before the first chunk, once), ``delta`` (per choice delta) and ``end`` (after the
+    ``done`` event's chunks). Native events (``Job.native``) are already the client's bytes."""
+
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+
+    def frames(self, event: Event) -> bytes:
+        if event.native:
+            return event.data
+        out: list[bytes] = []
+        for chunk in canonical_chunks(event.data):
+            self.begin(chunk, out)
+            if chunk.get("usage"):
+                self.usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                self.delta(choice.get("delta") or {}, out)
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+        if event.kind == "done":
+            self.begin({}, out)
+            self.end(out)
+        return b"".join(out)
+
+    def begin(self, chunk: dict[str, Any], out: list[bytes]) -> None: ...
+
+    def delta(self, delta: dict[str, Any], out: list[bytes]) -> None: ...
+
+    def end(self, out: list[bytes]) -> None: ...

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from api.formats import canonical_chunks, envelope_parts, sse
+from api.formats import CanonicalStream, envelope_parts, sse
 from common.wire import Event
 
 _encode = msgspec.json.encode
@@ -302,39 +302,16 @@ class AnthropicMessages:
         return MessagesStream()
 
 
-class MessagesStream:
+class MessagesStream(CanonicalStream):
     """Canonical chunks → Anthropic's events for one stream: one open content block at a time."""
 
     def __init__(self) -> None:
         self.started = False
         self.index = -1  # of the open block
-        self.open: str | None = None  # "text" | "thinking" | "tool_use"
+        self.open: str | None = None  # "text" | "thinking" | "redacted" | "tool_use"
         self.tools: dict[int, int] = {}  # canonical tool_calls index → block index
-        self.stop_reason = "end_turn"
-        self.usage: dict[str, Any] | None = None
 
-    def frames(self, event: Event) -> bytes:
-        if event.native:
-            return event.data
-        out: list[bytes] = []
-        for chunk in canonical_chunks(event.data):
-            self._message_start(chunk, out)
-            if chunk.get("usage"):
-                self.usage = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                self._delta(choice.get("delta") or {}, out)
-                if choice.get("finish_reason"):
-                    self.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
-        if event.kind == "done":
-            self._message_start({}, out)
-            self._close(out)
-            out.append(sse("message_delta", {"type": "message_delta",
-                                             "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
-                                             "usage": anthropic_usage(self.usage)}))
-            out.append(sse("message_stop", {"type": "message_stop"}))
-        return b"".join(out)
-
-    def _message_start(self, chunk: dict[str, Any], out: list[bytes]) -> None:
+    def begin(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         if self.started:
             return
         self.started = True
@@ -342,6 +319,14 @@ class MessagesStream:
             "id": "msg_" + str(chunk.get("id") or "").removeprefix("chatcmpl-"), "type": "message",
             "role": "assistant", "model": chunk.get("model"), "content": [], "stop_reason": None,
             "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}}))
+
+    def end(self, out: list[bytes]) -> None:
+        self._close(out)
+        stop_reason = STOP_REASONS.get(self.finish_reason or "stop", "end_turn")
+        out.append(sse("message_delta", {"type": "message_delta",
+                                         "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                                         "usage": anthropic_usage(self.usage)}))
+        out.append(sse("message_stop", {"type": "message_stop"}))
 
     def _start(self, kind: str, block: dict[str, Any], out: list[bytes]) -> None:
         self._close(out)
@@ -359,7 +344,7 @@ class MessagesStream:
         out.append(sse("content_block_delta", {"type": "content_block_delta", "index": self.index,
                                                "delta": delta}))
 
-    def _delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
+    def delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
         details = delta.get("reasoning_details") or ()
         thinking = delta.get("reasoning") or delta.get("reasoning_content")
         if not details and thinking:

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from api.formats import canonical_chunks, envelope_parts, sse
+from api.formats import CanonicalStream, envelope_parts, sse
 from common.errors import invalid
 from common.wire import Event
 
@@ -313,7 +313,7 @@ class OpenAIResponses:
         return ResponsesStream()
 
 
-class ResponsesStream:
+class ResponsesStream(CanonicalStream):
     """Canonical chunks → Responses events, each with its ``sequence_number``; one open item at a time."""
 
     def __init__(self) -> None:
@@ -328,8 +328,6 @@ class ResponsesStream:
         self.text = ""  # of the open message item / reasoning summary
         self.details: list[dict[str, Any]] = []
         self.calls: dict[int, int] = {}  # canonical tool index → output index
-        self.finish_reason: str | None = None
-        self.usage: dict[str, Any] | None = None
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         self.seq += 1
@@ -339,7 +337,7 @@ class ResponsesStream:
         return _response(self.response_id, self.model, self.created, status, list(self.output),
                          self.usage if status == "completed" else None, **extra)
 
-    def _begin(self, chunk: dict[str, Any], out: list[bytes]) -> None:
+    def begin(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         if self.started:
             return
         self.started = True
@@ -349,24 +347,12 @@ class ResponsesStream:
         out.append(self._event("response.created", response=self._snapshot("in_progress")))
         out.append(self._event("response.in_progress", response=self._snapshot("in_progress")))
 
-    def frames(self, event: Event) -> bytes:
-        out: list[bytes] = []
-        for chunk in canonical_chunks(event.data):
-            self._begin(chunk, out)
-            if chunk.get("usage"):
-                self.usage = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                self._delta(choice.get("delta") or {}, out)
-                if choice.get("finish_reason"):
-                    self.finish_reason = choice["finish_reason"]
-        if event.kind == "done":
-            self._begin({}, out)
-            self._close(out)
-            final = self._snapshot("completed")
-            final.update(_incomplete(self.finish_reason))
-            kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
-            out.append(self._event(kind, response=final))
-        return b"".join(out)
+    def end(self, out: list[bytes]) -> None:
+        self._close(out)
+        final = self._snapshot("completed")
+        final.update(_incomplete(self.finish_reason))
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        out.append(self._event(kind, response=final))
 
     def _open(self, item: dict[str, Any], out: list[bytes]) -> None:
         self._close(out)
@@ -398,7 +384,7 @@ class ResponsesStream:
         self.output.append(item)
         self.item = None
 
-    def _delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
+    def delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
         index = len(self.output)
         details = delta.get("reasoning_details") or ()
         thinking = delta.get("reasoning") or delta.get("reasoning_content")
@@ -440,7 +426,7 @@ class ResponsesStream:
     def error(self, status: int, envelope: bytes) -> bytes:
         error_type, message = envelope_parts(envelope)
         out: list[bytes] = []
-        self._begin({}, out)
+        self.begin({}, out)
         out.append(self._event("response.failed", response=self._snapshot(
             "failed", error={"code": error_type, "message": message})))
         return b"".join(out)
