@@ -235,11 +235,16 @@ def test_messages_errors(claude: "anthropic.Anthropic", stack: tuple[GatewayHarn
     assert bearer.messages.create(model=GPT, max_tokens=10, messages=[{"role": "user", "content": "x"}]).content
 
 
-@pytest.mark.parametrize("model", [GPT, CLAUDE])
-def test_messages_mid_stream_failure_is_an_error_event(claude: "anthropic.Anthropic", fakes: Fakes,
-                                                       model: str) -> None:
+def fail_mid_stream(fakes: Fakes) -> None:
     fakes.openai.failures = ["midstream_error"]
     fakes.anthropic.failures = ["midstream_error"]
+    fakes.gemini.failures = ["cut"]  # text, then the stream ends without a finish
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_messages_mid_stream_failure_is_an_error_event(claude: "anthropic.Anthropic", fakes: Fakes,
+                                                       model: str) -> None:
+    fail_mid_stream(fakes)
     received = []
     with pytest.raises(anthropic.APIStatusError):
         with claude.messages.stream(model=model, max_tokens=100,
@@ -331,9 +336,11 @@ def test_responses_refusals(oai: openai.OpenAI) -> None:
         oai.responses.create(model="nobody/nothing-here", input="hi")
 
 
-def test_responses_mid_stream_failure_is_response_failed(oai: openai.OpenAI, fakes: Fakes) -> None:
-    fakes.openai.failures = ["midstream_error"]
-    events = list(oai.responses.create(model=GPT, input="Hello", stream=True))
+@pytest.mark.parametrize("model", MODELS)
+def test_responses_mid_stream_failure_is_response_failed(oai: openai.OpenAI, fakes: Fakes, model: str) -> None:
+    fail_mid_stream(fakes)
+    events = list(oai.responses.create(model=model, input="Hello", stream=True))
+    assert "response.output_text.delta" in [e.type for e in events]
     assert events[-1].type == "response.failed"
     assert events[-1].response.status == "failed" and events[-1].response.error.message
     assert [e.sequence_number for e in events] == list(range(1, len(events) + 1))
