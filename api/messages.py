@@ -33,13 +33,21 @@ def _native(gateway: Gateway, request: Request, body: bytes, plan: list[Route]) 
     return Native(protocol="anthropic_messages", body=body, headers={"anthropic-beta": beta} if beta else {})
 
 
-async def _decode(dispatch: Dispatch, request: Request) -> tuple[bytes, MessagesRequest, dict, list[Route]]:
+async def _decode(dispatch: Dispatch, request: Request,
+                  *, any_model: bool = False) -> tuple[bytes, MessagesRequest, dict, list[Route]]:
+    """The raw body, the validated request, its canonical body and its plan (empty for a model nobody
+    serves when ``any_model``: a local count needs no provider)."""
     gateway = dispatch.gateway
     body, message = await read_json(request, MessagesRequest, gateway.settings.limits.max_body_bytes)
     dispatch.exchange.model = message.model
     canonical = canonical_request(message, stream=bool(message.stream))
-    plan = plan_for(gateway.catalog, message.model, health=gateway.health, messages=canonical["messages"],
-                    tools=canonical.get("tools"))
+    try:
+        plan = plan_for(gateway.catalog, message.model, health=gateway.health, messages=canonical["messages"],
+                        tools=canonical.get("tools"))
+    except GatewayError as error:
+        if not (any_model and error.error_type == "model_not_found"):
+            raise
+        plan = []
     return body, message, canonical, plan
 
 
@@ -62,11 +70,12 @@ async def create_message(request: Request) -> Response:
 async def count_tokens(request: Request) -> Response:
     """Exact from Anthropic's own endpoint when the model is served there (a queued job, like any call to a
     provider); otherwise a local estimate: characters / 4 plus per-message, per-tool and per-image
-    overheads (``router.auto.estimate_prompt_tokens``), answered at once."""
+    overheads (``router.auto.estimate_prompt_tokens``), answered at once, even for a model id nobody
+    serves (Claude Code counts constantly, and a count must not fail its session)."""
     gateway: Gateway = request.app.state.gateway
     dispatch = Dispatch(gateway, request, "count_tokens", ANTHROPIC_MESSAGES)
     try:
-        body, _, canonical, plan = await _decode(dispatch, request)
+        body, _, canonical, plan = await _decode(dispatch, request, any_model=True)
         await dispatch.admit(plan)
     except GatewayError as error:
         return dispatch.refuse(error)

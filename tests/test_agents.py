@@ -219,6 +219,11 @@ def test_count_tokens(claude: "anthropic.Anthropic", fakes: Fakes, model: str) -
         assert 5 <= count.input_tokens <= 60
 
 
+def test_count_tokens_never_404s(claude: "anthropic.Anthropic") -> None:
+    count = claude.messages.count_tokens(model="someone/unknown-model", messages=[{"role": "user", "content": "hi"}])
+    assert count.input_tokens > 0
+
+
 def test_messages_errors(claude: "anthropic.Anthropic", stack: tuple[GatewayHarness, str]) -> None:
     with pytest.raises(anthropic.NotFoundError) as not_found:
         claude.messages.create(model="nobody/nothing-here", max_tokens=10, messages=[{"role": "user", "content": "x"}])
