@@ -67,7 +67,8 @@ def test_messages_blocks_become_canonical_parts_and_messages() -> None:
         thinking={"type": "enabled", "budget_tokens": 2048},
     )
     system, user, assistant, tool, follow_up = body["messages"]
-    assert system == {"role": "system", "content": [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral"}}]}
+    assert system == {"role": "system",
+                      "content": [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral"}}]}
     assert [p["type"] for p in user["content"]] == ["text", "image_url", "image_url", "file"]
     assert user["content"][1]["image_url"]["url"] == "data:image/png;base64,AAA"
     assert user["content"][3]["file"]["file_data"] == "data:application/pdf;base64,JVB"
@@ -86,7 +87,8 @@ def test_messages_blocks_become_canonical_parts_and_messages() -> None:
 def test_messages_stream_encoding() -> None:
     stream = ANTHROPIC_MESSAGES.stream()
     raw = stream.frames(Event("r", 0, 1, "data", chunk({"reasoning_content": "think"}) + chunk({"content": "Hi"})
-                              + chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": ""}}]})
+                              + chunk({"tool_calls": [{"index": 0, "id": "c1",
+                                                       "function": {"name": "f", "arguments": ""}}]})
                               + chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]})))
     raw += stream.frames(Event("r", 0, 2, "done", chunk({}, "tool_calls") + USAGE))
     names = [name for name, _ in events(raw)]
@@ -174,3 +176,14 @@ def test_responses_stream_encoding() -> None:
     failed = events(OPENAI_RESPONSES.stream().error(503, GatewayError("temporarily_unavailable", "down").body()))
     assert [n for n, _ in failed] == ["response.created", "response.in_progress", "response.failed"]
     assert failed[-1][1]["response"]["error"] == {"code": "temporarily_unavailable", "message": "down"}
+
+
+def test_wrong_shapes_are_the_clients_400() -> None:
+    import pytest
+
+    for decode in (lambda: messages(messages=[{"role": "user", "content": [{"type": "image", "source": "x"}]}]),
+                   lambda: responses(input=[{"type": "message", "role": "user", "content": 5}]),
+                   lambda: responses(input="x", text={"format": "x"})):
+        with pytest.raises(GatewayError) as refused:
+            decode()
+        assert refused.value.status == 400 and "wrong shape" in refused.value.message

@@ -14,11 +14,17 @@ skips the canonical shape altogether (``Job.native``): its events arrive already
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import msgspec
 
+from common.errors import invalid
 from common.wire import Event
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class StreamEncoder(Protocol):
@@ -99,3 +105,21 @@ class CanonicalStream:
     def delta(self, delta: dict[str, Any], out: list[bytes]) -> None: ...
 
     def end(self, out: list[bytes]) -> None: ...
+
+
+def shape_checked(api: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A decoder's wrong-shaped input (a number where blocks belong…) is the client's 400, never our 500:
+    the decoders read nested JSON that the validating Structs leave untyped."""
+
+    def wrap(decode: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(decode)
+        def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return decode(*args, **kwargs)
+            except (TypeError, AttributeError, KeyError, ValueError) as exc:
+                raise invalid(f"The request body is not a valid {api} request: a field has the wrong "
+                              f"shape ({type(exc).__name__}: {exc}).") from None
+
+        return checked
+
+    return wrap

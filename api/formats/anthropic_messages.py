@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from api.formats import CanonicalStream, envelope_parts, sse
+from api.formats import CanonicalStream, envelope_parts, shape_checked, sse
 from common.wire import Event
 
 _encode = msgspec.json.encode
@@ -183,6 +183,7 @@ def _reasoning(request: MessagesRequest) -> dict[str, Any] | None:
     return reasoning or None
 
 
+@shape_checked("Anthropic Messages")
 def canonical_request(request: MessagesRequest, *, stream: bool) -> dict[str, Any]:
     """The canonical (chat-completions) body for a Messages request."""
     messages: list[dict[str, Any]] = []

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from api.formats import CanonicalStream, envelope_parts, sse
+from api.formats import CanonicalStream, envelope_parts, shape_checked, sse
 from common.errors import invalid
 from common.wire import Event
 
@@ -184,6 +184,7 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+@shape_checked("OpenAI Responses")
 def canonical_request(request: ResponsesRequest) -> dict[str, Any]:
     if request.previous_response_id:
         raise invalid("previous_response_id is not supported: this gateway stores no responses; send the "
