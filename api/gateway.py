@@ -14,6 +14,7 @@ from arq.connections import ArqRedis
 from api.provider_health import load_snapshot
 from api.relay import Relay
 from common import metrics
+from common.candidates import LIVENESS_TTL, has_live_worker
 from common.names import Names
 from common.redis import connect
 from common.settings import Settings
@@ -23,7 +24,6 @@ from router.providers import Provider, resolve_providers
 
 log = logging.getLogger("megabrain.gateway")
 
-LIVENESS_TTL = 6.0  # must match workers/pool.py: a worker unseen this long is gone
 
 
 class LiveWorkers:
@@ -52,9 +52,9 @@ class LiveWorkers:
     async def has_worker(self, pool: str) -> bool:
         if self.counts.get(pool):
             return True
-        count = await self.redis.zcount(self.names.live_workers(pool), time.time() - LIVENESS_TTL, "+inf")
-        self.counts[pool] = count
-        return count > 0
+        live = await has_live_worker(self.redis, self.names, pool)
+        self.counts[pool] = int(live)
+        return live
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name="live-workers")
