@@ -10,12 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
 from tests.harness import ProcessGateway
-
-EXPECTED = "".join(f"tok{i} " for i in range(16))
+from tests.test_processes import assert_serves_chat
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
                                 reason="separate processes need a real Redis (set REDIS_URL)")
@@ -64,15 +62,7 @@ def test_worker_processes_serve_and_stop_together(gateway_env: dict[str, str]) -
             _wait(lambda: _live_workers(gateway.url) == 2)  # two processes, two worker ids
             children = _children(parent.pid)
             assert len(children) == 2
-            client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=env["MEGABRAIN_TEST_API_KEY"],
-                                   max_retries=0, timeout=20)
-            for _ in range(4):
-                completion = client.chat.completions.create(
-                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-                assert completion.choices[0].message.content == EXPECTED
-            chunks = list(client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
-            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == EXPECTED
+            assert_serves_chat(gateway.url, env["MEGABRAIN_TEST_API_KEY"], requests=4)
 
             # a child that dies on its own is replaced; the pool keeps two live processes
             os.kill(children[0], signal.SIGKILL)
