@@ -53,6 +53,9 @@ async def read_json(request: Request, schema: type[T], limit: int) -> tuple[byte
     """(raw body, validated object). The raw body is what travels on: unknown fields pass through."""
     body = await read_body(request, limit)
     if not body.strip():
+        if "upgrade" in request.headers:  # uvicorn hands an upgrade request's body to the protocol switch
+            raise invalid("This gateway has no WebSocket API: send the request without 'Upgrade' and "
+                          "'Connection: Upgrade' headers.")
         raise invalid("The request body is empty; send a JSON object.")
     return body, decode_json(body, schema)
 

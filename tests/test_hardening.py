@@ -170,3 +170,65 @@ def test_a_worker_that_cannot_run_a_job_says_so_at_once(patient_env: dict[str, s
             assert envelope["error"]["message"], name
         assert not state.requests  # none of them reached the upstream
         assert all(w.poll() is None for w in gw.workers)
+
+
+# --------------------------------------------------------------------------- forwarding headers
+
+
+@needs_redis
+def test_repeated_forwarded_for_headers_cannot_dodge_the_per_ip_limit(gateway_env: dict[str, str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Behind one trusted proxy, a client's own X-Forwarded-For line (sent first, varied every time) is
+    joined with the proxy's line: the client is still the right-most entry, the one the proxy appended."""
+    config = tmp_path / "megabrain.toml"
+    config.write_text('[limits]\nfree_requests_per_minute = 3\nanonymous_requests_per_day = 100\n'
+                      'trusted_proxy_hops = 1\n\n[[models]]\nid = "openai/gpt-4o-mini"\nfree = true\n')
+    env = {**gateway_env, "MEGABRAIN_CONFIG": str(config)}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    with ProcessGateway(env) as gateway, httpx.Client(timeout=20) as client:
+        statuses = []
+        for n in range(6):
+            headers = [("content-type", "application/json"),
+                       ("x-forwarded-for", f"198.51.100.{n}, 10.0.0.9"),  # the client's own line
+                       ("x-forwarded-for", "203.0.113.7")]  # the line the proxy appended
+            statuses.append(client.post(gateway.url + "/v1/chat/completions", content=json.dumps(body),
+                                        headers=headers).status_code)
+        # one line alone, the proxy's, is the same client
+        statuses.append(client.post(gateway.url + "/v1/chat/completions", json=body,
+                                    headers={"x-forwarded-for": "203.0.113.7"}).status_code)
+        other = client.post(gateway.url + "/v1/chat/completions", json=body,
+                            headers=[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-for", "203.0.113.8")])
+    assert statuses == [200, 200, 200, 429, 429, 429, 429]
+    assert other.status_code == 200  # the right-most entry of the joined lines is another client
+
+
+# --------------------------------------------------------------------------- protocol edges
+
+
+@needs_redis
+def test_a_websocket_upgrade_post_gets_an_answer(gateway_env: dict[str, str],
+                                                 fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with ProcessGateway(gateway_env) as gateway:
+        request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+                   f"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   f"Authorization: Bearer {gateway_env['MEGABRAIN_TEST_API_KEY']}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(request)
+            answer = b""
+            while b"error_type" not in answer:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        # answered at once in the envelope (uvicorn passes the body of an upgrade request to the protocol
+        # switch, which ws="none" refuses, so the route sees no body and says why)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert b"no WebSocket API" in answer
+        health = httpx.get(gateway.url + "/health", timeout=10,
+                           headers={"connection": "Upgrade", "upgrade": "websocket"})
+        assert health.status_code == 200
+        # malformed framing gets uvicorn's own plain-text 400 (documented in the README)
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 400")
