@@ -61,3 +61,10 @@ def test_malformed_json_and_schema_errors_keep_their_messages() -> None:
     assert param == "model" and "required" in message
     message, param = refusal(b"[1]")
     assert param is None
+
+
+def test_model_ids_are_bounded() -> None:
+    _, param = refusal(b'{"model":"' + b"m" * 257 + b'","messages":[{"role":"user","content":"hi"}]}')
+    assert param == "model"
+    _, param = refusal(HEAD + b'"models":["ok","' + b"m" * 257 + b'"]}')
+    assert param == "models[1]"
