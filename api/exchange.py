@@ -5,9 +5,11 @@ The exchange enqueues the job, then reads the request's events and keeps every w
 - *queued*: a worker must announce ``start`` within ``pickup_timeout``. If none does, the job is withdrawn
   (atomically: it can no longer start) and the next candidate whose pool has a live worker gets it, or
   the client gets a 503.
-- *running*: the worker speaks at least every few seconds (data or heartbeats). Silence for
-  ``heartbeat_timeout`` means it died: a request that has sent nothing to its client yet is re-run as a
-  new attempt (events of the old one are dropped by the inbox); otherwise it ends with a clear error.
+- *running*: the worker's process must stay alive (its liveness key, checked every second by
+  ``LiveWorkers``: a killed worker is noticed within seconds), and the job speaks at least every few
+  seconds (data or heartbeats). A dead worker, or silence for ``heartbeat_timeout``, ends the attempt: a
+  request that has sent nothing to its client yet is re-run as a new attempt (events of the old one are
+  dropped by the inbox); otherwise it ends with a clear error.
 - ``handoff``: a worker passed the job to the next provider's pool; back to *queued* there.
 
 If the client goes away, ``cancel`` withdraws the queued job or tells the running worker to stop.
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from common.errors import GatewayError, unavailable
-from common.queue import enqueue, withdraw
+from common.queue import enqueue, pickup_window, withdraw
 from common.wire import Event, Job, job_encoder
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ log = logging.getLogger("megabrain.exchange")
 
 JOB_FUNCTION = "serve"
 MAX_RESTARTS = 1  # re-runs after a worker died, for requests that sent nothing yet
+WORKER_CHECK_EVERY = 0.25  # seconds between looks at LiveWorkers' verdict while waiting (memory only)
+CLAIMED_WAIT = 3.0  # a job claimed but not yet announced: its worker's "start" is due within this
 
 
 class Exchange:
@@ -76,7 +80,7 @@ class Exchange:
             job_id = f"{job.request_id}-{job.attempt}-{index}"
             ok = await enqueue(
                 self.gateway.redis, self.gateway.names, pool, JOB_FUNCTION, job_id, job_encoder.encode(job),
-                expires_s=max(1.0, job.deadline - time.time()),
+                expires_s=pickup_window(self.gateway.settings.pickup_timeout, job.deadline),
                 depth_limit=self.gateway.settings.limits.queue_depth_limit,
             )
             if not ok:
@@ -103,13 +107,18 @@ class Exchange:
             now = time.monotonic()
             if time.time() >= self.job.deadline:
                 raise GatewayError("upstream_timeout", "The request took longer than the gateway allows.")
-            timeout = min(until, self.phase_deadline) - now
+            timeout = min(until, self.phase_deadline, now + WORKER_CHECK_EVERY) - now
             event = await self.inbox.get(max(0.0, timeout)) if timeout > 0 else None
             if event is None:
                 if time.monotonic() >= self.phase_deadline:
                     await self._phase_expired()
                     continue
-                return None
+                if self._worker_died():
+                    await self._worker_gone()
+                    continue
+                if time.monotonic() >= until:
+                    return None
+                continue
             if "worker" in event.meta:  # the worker's hello: on "start", or on its first real event
                 self.state, self.worker = "running", event.meta["worker"]
                 self.provider = event.meta.get("provider")
@@ -131,8 +140,12 @@ class Exchange:
                     self.finished = True
                 return event
 
-    def _extend(self) -> None:
-        self.phase_deadline = time.monotonic() + self.gateway.settings.heartbeat_timeout
+    def _extend(self, seconds: float | None = None) -> None:
+        self.phase_deadline = time.monotonic() + (seconds or self.gateway.settings.heartbeat_timeout)
+
+    def _worker_died(self) -> bool:
+        """The running worker's process is gone (SIGKILL, OOM, a lost dyno), by its liveness key."""
+        return self.state == "running" and self.worker is not None and self.gateway.live.gone(self.worker)
 
     async def _phase_expired(self) -> None:
         settings = self.gateway.settings
@@ -145,7 +158,7 @@ class Exchange:
                 await self._enqueue_from(self.job.hop + 1)
                 return
             self.state = "running"  # picked up just now; its start event is on the way
-            self._extend()
+            self._extend(min(CLAIMED_WAIT, settings.heartbeat_timeout))
             return
         await self._worker_gone()  # running, and the worker went silent: presume it dead
 

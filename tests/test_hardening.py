@@ -232,3 +232,84 @@ def test_a_websocket_upgrade_post_gets_an_answer(gateway_env: dict[str, str],
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+
+
+# --------------------------------------------------------------------------- dead workers, prompts in Redis
+
+
+async def _keys_holding(redis_url: str, needle: bytes) -> list[str]:
+    """Every key in the database whose value contains ``needle`` (strings, hashes, lists, sets, zsets)."""
+    redis = connect(redis_url)
+    found = []
+    try:
+        async for key in redis.scan_iter(count=1000):
+            kind = (await redis.type(key)).decode()
+            if kind == "string":
+                values = [await redis.get(key) or b""]
+            elif kind == "hash":
+                values = [*(await redis.hgetall(key)).items()]
+                values = [b for pair in values for b in pair]
+            elif kind == "list":
+                values = await redis.lrange(key, 0, -1)
+            elif kind == "set":
+                values = list(await redis.smembers(key))
+            elif kind == "zset":
+                values = await redis.zrange(key, 0, -1)
+            else:
+                values = []
+            if any(needle in value for value in values):
+                found.append(key.decode())
+    finally:
+        await redis.aclose()
+    return found
+
+
+@needs_redis
+def test_sigkill_of_every_worker_mid_stream_ends_each_stream_and_leaves_no_prompt(
+        patient_env: dict[str, str], fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    state, _ = fake_openai
+    state.token_delay = 0.5  # 16 tokens: 8 s, and the workers die after the second
+    secret = f"prompt-{uuid.uuid4().hex}"
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": secret}]}
+    streams = 4
+    with ProcessGateway(patient_env, workers=2) as gw:
+        assert wait_until(lambda: live_workers(gw.url) == 2, 15)
+        started = concurrent.futures.ThreadPoolExecutor(streams)
+
+        def one_stream(barrier: Any) -> list[str]:
+            # the read timeout is far below the 60 s heartbeat timeout: only the liveness key can end it
+            with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(patient_env), timeout=12,
+                              json=body) as response:
+                assert response.status_code == 200
+                events = sse_events(response)
+                payloads = [next(events), next(events)]
+                barrier.wait(20)
+                payloads += list(events)
+            return payloads
+
+        import threading
+        barrier = threading.Barrier(streams + 1)
+        futures = [started.submit(one_stream, barrier) for _ in range(streams)]
+        barrier.wait(30)  # every stream has tokens
+        assert wait_until(lambda: len(state.requests) == streams, 5)
+        assert {w.pid for w in gw.workers} and all(w.poll() is None for w in gw.workers)
+        for worker in gw.workers:
+            worker.kill()
+        results = [f.result(30) for f in futures]
+        started.shutdown()
+        for payloads in results:
+            last = json.loads(payloads[-1])
+            assert last["error"]["type"] == "temporarily_unavailable", payloads[-1]
+            assert "[DONE]" not in payloads
+            text = stream_text(payloads[:-1])
+            assert text and EXPECTED_PREFIX(text)
+        assert len(state.requests) == streams  # nothing was re-run after tokens went out
+        # the web tier stays healthy
+        assert httpx.get(gw.url + "/health", timeout=5).status_code == 200
+        redis_url = patient_env["REDIS_URL"]
+        assert wait_until(lambda: not asyncio.run(_keys_holding(redis_url, secret.encode())), 10, 0.5), \
+            asyncio.run(_keys_holding(redis_url, secret.encode()))
+
+
+def EXPECTED_PREFIX(text: str) -> bool:
+    return "".join(f"tok{i} " for i in range(16)).startswith(text)

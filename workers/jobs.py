@@ -18,7 +18,7 @@ import msgspec
 
 from common import metrics, telemetry
 from common.errors import GatewayError
-from common.queue import enqueue
+from common.queue import enqueue, pickup_window
 from common.wire import Job, Route, job_decoder, job_encoder
 from workers import accounting, health
 from workers.publisher import Publisher, ReceiverGone
@@ -175,7 +175,7 @@ async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: Upst
                                          meta={**job.meta, "seq": pub.seq, "enqueued_at": time.time()})
         ok = await enqueue(runtime.redis, runtime.names, nxt.provider, JOB_FUNCTION,
                            f"{job.request_id}-{job.attempt}-{next_hop}", job_encoder.encode(handed),
-                           expires_s=max(1.0, job.deadline - time.time()))
+                           expires_s=pickup_window(runtime.settings.pickup_timeout, job.deadline))
         if ok:
             metrics.fallback(job.plan[job.hop].provider, nxt.provider)
             log.info("request %s: %s failed, handed to %s", job.request_id, job.plan[job.hop].provider,
