@@ -63,7 +63,9 @@ UNRUNNABLE_EMBEDDINGS = {
 def patient_env(gateway_env: dict[str, str]) -> dict[str, str]:
     """Slow safety nets: a request that waits on one of them outlives every client timeout below."""
     return {**gateway_env, "MEGABRAIN_HEARTBEAT_TIMEOUT": "60", "MEGABRAIN_PICKUP_TIMEOUT": "30",
-            "MEGABRAIN_REQUEST_TIMEOUT": "120"}
+            "MEGABRAIN_REQUEST_TIMEOUT": "120",
+            # and no byte before the answer: a client's read timeout then bounds the whole wait
+            "MEGABRAIN_KEEPALIVE_INTERVAL": "100", "MEGABRAIN_JSON_KEEPALIVE_AFTER": "100"}
 
 
 def _post(url: str, path: str, body: bytes, env: dict[str, str], **headers: str) -> httpx.Response:
@@ -278,7 +280,7 @@ def test_sigkill_of_every_worker_mid_stream_ends_each_stream_and_leaves_no_promp
 
         def one_stream(barrier: Any) -> list[str]:
             # the read timeout is far below the 60 s heartbeat timeout: only the liveness key can end it
-            with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(patient_env), timeout=12,
+            with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(patient_env), timeout=30,
                               json=body) as response:
                 assert response.status_code == 200
                 events = sse_events(response)
@@ -313,3 +315,50 @@ def test_sigkill_of_every_worker_mid_stream_ends_each_stream_and_leaves_no_promp
 
 def EXPECTED_PREFIX(text: str) -> bool:
     return "".join(f"tok{i} " for i in range(16)).startswith(text)
+
+
+@needs_redis
+def test_sigkill_before_any_token_is_re_run_on_another_worker(patient_env: dict[str, str],
+                                                              fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    state, _ = fake_openai
+    state.failures = ["hang"]  # the first worker's upstream call never answers; it is killed meanwhile
+    with ProcessGateway(patient_env, workers=1) as gw:
+        first = gw.workers[0]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # the timeout is far below the 60 s heartbeat timeout: only the liveness key can save it
+            future = pool.submit(httpx.post, gw.url + "/v1/chat/completions", headers=auth(patient_env),
+                                 json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                                 timeout=40)
+            assert wait_until(lambda: len(state.requests) >= 1, 10)
+            gw.start_worker()
+            assert wait_until(lambda: live_workers(gw.url) == 2, 15)
+            first.kill()
+            response = future.result(30)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "".join(f"tok{i} " for i in range(16))
+    assert len(state.requests) == 2
+
+
+# --------------------------------------------------------------------------- fuzz
+
+
+def test_fuzzed_bodies_get_no_5xx(gateway: GatewayHarness, gateway_env: dict[str, str],
+                                  fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """1,200 malformed bodies (tests/fuzz_bodies.py) through the web tier and a worker: each gets a clear
+    answer in the envelope, never a 5xx, and the gateway serves normally afterwards."""
+    from tests.fuzz_bodies import malformed_bodies, send_all
+
+    bodies = malformed_bodies(1200)
+    assert len({body for _, body in bodies}) > 1000
+    with httpx.Client(timeout=20) as client:
+        results = send_all(client, gateway.url, gateway_env["MEGABRAIN_TEST_API_KEY"], bodies)
+        server_errors = [(path, body[:200], status, content[:300])
+                         for path, body, status, _, content in results if status >= 500]
+        assert not server_errors
+        for path, body, status, _, content in results:
+            if status >= 400:
+                assert json.loads(content)["error_type"], (path, body[:200], content[:300])
+        assert sum(1 for r in results if r[2] == 400) > 900  # most are refused by the decode itself
+        good = client.post(gateway.url + "/v1/chat/completions", headers=auth(gateway_env),
+                           json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert good.status_code == 200
