@@ -63,7 +63,8 @@ async def read_json(request: Request, schema: type[T], limit: int) -> tuple[byte
 def decode_json(body: bytes, schema: type[T]) -> T:
     """The body as ``schema``, after checking every value in it (``GatewayError`` 400 otherwise)."""
     tree = _parse(body)
-    _check_values(tree)
+    if _may_hold_long_integers(body) or _may_nest_deeper(body, MAX_DEPTH):  # else the walk finds nothing
+        _check_values(tree)
     try:
         return msgspec.convert(tree, schema)
     except msgspec.ValidationError as exc:
@@ -81,6 +82,31 @@ def _parse(body: bytes) -> Any:
             raise invalid(f"The request body is not valid JSON ({exc}).") from None
         problem, path = found
         raise _out_of_range(path) if problem == "number" else _not_utf8(path, problem == "key") from None
+
+
+_DIGITS_ONLY = bytes.maketrans(bytes(range(256)), bytes(48 if 48 <= b <= 57 else 32 for b in range(256)))
+_LONG_NUMBER = b"0" * 19  # int64's limit has 19 digits: any integer outside it has at least as many
+_BRACKETS_ONLY = bytes(b for b in range(256) if b not in b"{}[]")
+_AS_PARENS = bytes.maketrans(b"{}[]", b"()()")
+
+
+def _may_hold_long_integers(body: bytes) -> bool:
+    """A run of 19 digits somewhere (in a number, or in a string: then the walk finds nothing)."""
+    return _LONG_NUMBER in body.translate(_DIGITS_ONLY)
+
+
+def _may_nest_deeper(body: bytes, limit: int) -> bool:
+    """False when the document cannot nest more than ``limit`` levels, judged from its brackets at C
+    speed: innermost pairs are peeled off, one level per pass. Brackets inside strings count too, so True
+    only means "walk the tree to know"."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    brackets = body.translate(_AS_PARENS, _BRACKETS_ONLY)
+    for _ in range(limit):
+        brackets = brackets.replace(b"()", b"")
+        if not brackets:
+            return False
+    return True
 
 
 def _check_values(tree: Any) -> None:
