@@ -1,9 +1,9 @@
 """Redis writes that can wait, buffered in memory and sent in one pipeline every fraction of a second.
 
-Usage accounting and provider-health successes are plain increments, and a finished job's clean-up is two
-deletes: nobody needs them the same millisecond, and sending them per request was most of a worker's
-Redis round trips. The tally takes the same calls as a redis-py pipeline (``hincrby``, ``hincrbyfloat``,
-``incrbyfloat``, ``expire``, ``delete``), sums the increments, and the pool's ticker flushes them. A failed
+Usage accounting and provider-health successes are plain increments: nobody needs them the same
+millisecond, and sending them per request was most of a worker's Redis round trips. The tally takes the
+same calls as a redis-py pipeline (``hincrby``, ``hincrbyfloat``, ``incrbyfloat``, ``expire``), sums the
+increments, and the pool's ticker flushes them. A failed
 flush keeps the sums for the next one, so a Redis blip loses no counts (a flush cut off half-way may
 count some twice).
 """
@@ -20,13 +20,9 @@ class Tally:
         self._ints: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._floats: defaultdict[tuple[str, str | None], Decimal] = defaultdict(Decimal)
         self._expires: dict[str, int] = {}
-        self._deletes: list[str] = []
 
     def __bool__(self) -> bool:
-        return bool(self._ints or self._floats or self._deletes)
-
-    def delete(self, *keys: str) -> None:
-        self._deletes.extend(keys)
+        return bool(self._ints or self._floats)
 
     def hincrby(self, key: str, field: str, amount: int = 1) -> None:
         self._ints[(key, field)] += int(amount)
@@ -44,8 +40,8 @@ class Tally:
         """Write everything summed so far in one round trip."""
         if not self:
             return
-        ints, floats, expires, deletes = self._ints, self._floats, self._expires, self._deletes
-        self._ints, self._floats, self._expires, self._deletes = defaultdict(int), defaultdict(Decimal), {}, []
+        ints, floats, expires = self._ints, self._floats, self._expires
+        self._ints, self._floats, self._expires = defaultdict(int), defaultdict(Decimal), {}
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 for (key, field), amount in ints.items():
@@ -57,12 +53,9 @@ class Tally:
                         pipe.hincrbyfloat(key, field, format(total, "f"))
                 for key, seconds in expires.items():
                     pipe.expire(key, seconds)
-                if deletes:
-                    pipe.delete(*deletes)
                 await pipe.execute()
         except BaseException:
             self._merge(ints, floats, expires)
-            self._deletes.extend(deletes)
             raise
 
     def _merge(self, ints: dict[tuple[str, str], int], floats: dict[tuple[str, str | None], Decimal],
