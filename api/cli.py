@@ -1,6 +1,6 @@
 """The ``megabrain`` command.
 
-- ``megabrain serve``   the API and every configured pool in one process (embedded Redis without REDIS_URL)
+- ``megabrain serve``   the API and every configured pool in one process (embedded store without REDIS_URL)
 - ``megabrain web``     the API tier only, on ``$PORT``
 - ``megabrain worker --providers openai,anthropic``   one worker process serving those pools ('*' = all)
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 
 from api import cli_catalog, cli_keys, cli_status
@@ -59,20 +60,33 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
-    """API + all configured pools in one process, sharing one (possibly embedded) Redis."""
+    """API + all configured pools in one process; without REDIS_URL, on the embedded store it owns."""
     import uvicorn
 
     from api.app import create_app
+    from common.store import EmbeddedServer, StoreError
     from workers.pool import PoolProcess, resolve_pools
 
     pools = resolve_pools(settings, args.providers)
+    store = None
+    if not settings.redis_url:
+        store = EmbeddedServer(settings.data_dir)
+        try:
+            settings.redis_url = store.start()
+        except StoreError as exc:
+            sys.exit(f"megabrain: {exc}")
 
     async def main() -> None:
         server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))  # type: ignore[arg-type]
+        # uvicorn re-raises the signal that stopped it under the handler it found: make that one harmless,
+        # so the pools and the store below are stopped instead of the process dying on the spot
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
         process = PoolProcess(settings, pools) if pools else None
         if process:
             await process.start()
-        where = "embedded in-memory Redis" if settings.embedded_redis else "Redis at REDIS_URL"
+        where = (f"embedded store in {store.directory}{' (adopted)' if store.adopted else ''}" if store
+                 else "Redis at REDIS_URL")
         print(f"megabrain: serving on http://{settings.host}:{settings.port} "
               f"({where}; pools: {', '.join(pools) or 'none configured'})", file=sys.stderr, flush=True)
         try:
@@ -81,7 +95,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
             if process:
                 await process.stop()
 
-    _run(main())
+    try:
+        _run(main())
+    finally:
+        if store:
+            store.stop()  # after the pools: their last usage writes land first; SHUTDOWN fsyncs the AOF
 
 
 def _run(coro: object) -> None:

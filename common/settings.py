@@ -70,6 +70,7 @@ class FileConfig(msgspec.Struct, kw_only=True):
 
 class Settings(msgspec.Struct, kw_only=True):
     redis_url: str | None = None
+    data_dir: str = ".megabrain"  # the embedded store's socket and AOF when REDIS_URL is unset
     host: str = "0.0.0.0"
     port: int = 8000
     mount_prefix: str = ""
@@ -97,13 +98,10 @@ class Settings(msgspec.Struct, kw_only=True):
     models: list[ModelConfig] = []
     env: dict[str, str] = {}
 
-    @property
-    def embedded_redis(self) -> bool:
-        return not self.redis_url
-
 
 _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "REDIS_URL": ("redis_url", str),
+    "MEGABRAIN_DATA_DIR": ("data_dir", str),
     "HOST": ("host", str),
     "PORT": ("port", int),
     "MEGABRAIN_MOUNT_PREFIX": ("mount_prefix", str),
