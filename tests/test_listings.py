@@ -21,7 +21,7 @@ SECRET = "sk-listing-secret-4f1c9a"
 
 
 @pytest.fixture
-def listing_gateway(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str]) -> Iterator[GatewayHarness]:
+def listing_gateway(redis_url: str, fake_openai: tuple[OpenAIFakeState, str]) -> Iterator[GatewayHarness]:
     """OpenAI (at the fake) and Groq configured; Groq's key is a secret that must never be shown."""
     _, upstream = fake_openai
     env = env_for(redis_url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test", GROQ_API_KEY=SECRET)

@@ -1,8 +1,8 @@
 """Resilience with real processes: SIGTERM/SIGKILL of workers and the web process, Redis outage, backpressure.
 
 ``megabrain web`` and ``megabrain worker`` run as separate processes (tests/harness.py ProcessGateway), so
-they need a real Redis: these tests skip when ``REDIS_URL`` is unset. The Redis-outage test starts its
-own ``redis-server`` on a free port so it can stop and restart it. Every wait is bounded.
+they share the suite's real Redis (``REDIS_URL`` or the session's embedded server). The Redis-outage test
+starts its own server (tests/harness.py RedisServer) on a free port so it can stop and restart it. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -10,11 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
-import socket
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,16 +20,11 @@ import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.fakes.server import free_port
-from tests.harness import GatewayHarness, ProcessGateway, env_for
+from tests.harness import GatewayHarness, ProcessGateway, RedisServer, env_for
 
 EXPECTED = "".join(f"tok{i} " for i in range(16))
 MESSAGES = [{"role": "user", "content": "hi"}]
 BODY = {"model": "gpt-4o-mini", "messages": MESSAGES}
-
-needs_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
-                                 reason="separate processes need a real Redis (set REDIS_URL)")
-
 
 def auth(env: dict[str, str]) -> dict[str, str]:
     """The test key of tests/conftest.py (gpt-4o-mini is a paid model)."""
@@ -90,7 +81,6 @@ def slow_env(gateway_env: dict[str, str]) -> dict[str, str]:
     return {**gateway_env, "MEGABRAIN_HEARTBEAT_TIMEOUT": "3", "MEGABRAIN_SHUTDOWN_GRACE": "8"}
 
 
-@needs_redis
 def test_sigterm_worker_mid_stream_finishes_the_stream(slow_env: dict[str, str],
                                                        fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
@@ -109,7 +99,6 @@ def test_sigterm_worker_mid_stream_finishes_the_stream(slow_env: dict[str, str],
         assert gw.workers[0].wait(10) == 0
 
 
-@needs_redis
 def test_sigterm_web_mid_stream_finishes_then_exits(slow_env: dict[str, str],
                                                     fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
@@ -130,7 +119,6 @@ def test_sigterm_web_mid_stream_finishes_then_exits(slow_env: dict[str, str],
             httpx.get(gw.url + "/health", timeout=2)
 
 
-@needs_redis
 def test_sigkill_worker_non_streaming_is_answered_by_another(slow_env: dict[str, str],
                                                              fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
@@ -154,7 +142,6 @@ def test_sigkill_worker_non_streaming_is_answered_by_another(slow_env: dict[str,
                           in httpx.get(gw.url + "/metrics", timeout=5).text, 12, 0.5)
 
 
-@needs_redis
 def test_sigkill_worker_mid_stream_ends_with_an_error(slow_env: dict[str, str],
                                                       fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
@@ -178,45 +165,14 @@ def test_sigkill_worker_mid_stream_ends_with_an_error(slow_env: dict[str, str],
 # --------------------------------------------------------------------------- Redis outage
 
 
-class RedisServer:
-    """A throw-away ``redis-server`` on a free port that a test can stop and start again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_until(self._answers, 10, 0.05), "redis-server did not start"
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
     server = RedisServer()
     server.start()
     yield server
     server.stop()
 
 
-@needs_redis
 def test_redis_outage_gives_fast_503_then_recovers(own_redis: RedisServer,
                                                    fake_openai: tuple[OpenAIFakeState, str]) -> None:
     _, upstream = fake_openai
