@@ -137,9 +137,12 @@ class EmbeddedServer:
 
     # -- the server ---------------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> str:
-        """Own the data dir's server (adopting a left-over one), and return its URL."""
-        if self._lock is None and not self.acquire(wait=timeout):
+    def start(self, timeout: float = 30.0, lock_wait: float = 5.0) -> str:
+        """Own the data dir's server (adopting a left-over one), and return its URL.
+
+        ``lock_wait`` covers a ``megabrain keys`` command that holds the store for a moment.
+        """
+        if self._lock is None and not self.acquire(wait=lock_wait):
             raise StoreError(f"another megabrain process (pid {self.owner_pid()}) owns the store in "
                              f"{self.directory}; stop it, or set MEGABRAIN_DATA_DIR to another directory")
         left_over = self._left_over_pid()
