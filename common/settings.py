@@ -160,13 +160,24 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         **values,
         limits=limits,
         providers=file_config.providers,
-        models=file_config.models,
+        models=_mark_free(file_config.models, env.get("MEGABRAIN_FREE_MODELS", "")),
         env=env,
     )
     settings.mount_prefix = settings.mount_prefix.rstrip("/")
     if settings.mount_prefix and not settings.mount_prefix.startswith("/"):
         settings.mount_prefix = "/" + settings.mount_prefix
     return settings
+
+
+def _mark_free(models: list[ModelConfig], ids: str) -> list[ModelConfig]:
+    """``MEGABRAIN_FREE_MODELS=openai/gpt-4o-mini,…``: those models are free (no key needed), as if the
+    config file said ``free = true`` for each."""
+    wanted = [i.strip() for i in ids.split(",") if i.strip()]
+    if not wanted:
+        return models
+    marked = [msgspec.structs.replace(m, free=True) if m.id in wanted else m for m in models]
+    known = {m.id for m in models}
+    return marked + [ModelConfig(id=i, free=True) for i in dict.fromkeys(wanted) if i not in known]
 
 
 def _coerce(var: str, raw: str, typ: type) -> Any:
