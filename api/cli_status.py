@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 
 from common.settings import Settings
 from common.store import StoreError, reach
@@ -64,12 +65,13 @@ async def from_redis(settings: Settings, url: str) -> dict[str, Any]:
     from api.gateway import LIVENESS_TTL
     from common.metrics import pool_stats
     from common.names import Names
-    from common.redis import connect, ping
+    from common.redis import Redises, ping
     from router.providers import resolve_providers
 
     names = Names(settings.namespace)
     pools = [p.id for p in resolve_providers(settings).values() if p.configured]
-    redis = connect(url, max_connections=2)
+    redises = Redises(msgspec.structs.replace(settings, redis_url=url), max_connections=2)
+    redis = redises.main
     try:
         if not await ping(redis, timeout=3):
             return {"status": "unavailable", "redis": False, "pools": {}}
@@ -78,9 +80,9 @@ async def from_redis(settings: Settings, url: str) -> dict[str, Any]:
             pool = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[-1]
             if pool not in pools:
                 pools.append(pool)
-        stats = await pool_stats(redis, names, sorted(pools), time.time() - LIVENESS_TTL)
+        stats = await pool_stats(redises, names, sorted(pools), time.time() - LIVENESS_TTL)
     finally:
-        await redis.aclose()
+        await redises.aclose()
     return {"status": "ready", "redis": True, "pools": stats}
 
 

@@ -75,7 +75,7 @@ class Exchange:
             job = msgspec.structs.replace(self.job, hop=index, meta={**self.job.meta, "enqueued_at": time.time()})
             job_id = f"{job.request_id}-{job.attempt}-{index}"
             ok = await enqueue(
-                self.gateway.redis, self.gateway.names, pool, JOB_FUNCTION, job_id, job_encoder.encode(job),
+                self.gateway.redises.pool(pool), self.gateway.names, pool, JOB_FUNCTION, job_id, job_encoder.encode(job),
                 expires_s=max(1.0, job.deadline - time.time()),
                 depth_limit=self.gateway.settings.limits.queue_depth_limit,
             )
@@ -137,7 +137,7 @@ class Exchange:
     async def _phase_expired(self) -> None:
         settings = self.gateway.settings
         if self.state == "queued":
-            if await withdraw(self.gateway.redis, self.gateway.names, self.pool, self.job_id):
+            if await withdraw(self.gateway.redises.pool(self.pool), self.gateway.names, self.pool, self.job_id):
                 log.warning("request %s: no pickup on %s within %.1fs", self.job.request_id, self.pool,
                             settings.pickup_timeout)
                 self.inbox.new_attempt()
@@ -169,11 +169,11 @@ class Exchange:
         self.finished = True
         try:
             if self.state == "queued" and await withdraw(
-                self.gateway.redis, self.gateway.names, self.pool, self.job_id
+                self.gateway.redises.pool(self.pool), self.gateway.names, self.pool, self.job_id
             ):
                 return
             if self.worker:
-                await self.gateway.redis.publish(
+                await self.gateway.redises.pool(self.pool).publish(
                     self.gateway.names.control_channel(self.worker), f"cancel {self.job.request_id}"
                 )
         except Exception as exc:  # Redis trouble: the worker stops anyway when it finds nobody listening

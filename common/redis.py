@@ -13,7 +13,8 @@ READONLY and are dropped) and the next ones reach the new master, the way they c
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -21,7 +22,11 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
+if TYPE_CHECKING:
+    from common.settings import Settings
+
 SENTINEL_SCHEME = "redis+sentinel"
+POOL_URL_PREFIX = "MEGABRAIN_REDIS_URL_"
 
 
 def _msgpack_dumps(obj: Any) -> bytes:
@@ -75,6 +80,52 @@ def _sentinel_pool(url: str, kwargs: dict[str, Any]) -> SentinelConnectionPool:
     sentinel_kwargs = {"socket_connect_timeout": 2.0, "socket_timeout": 2.0}
     manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
     return SentinelConnectionPool(path[0], manager, is_master=True, **kwargs)
+
+
+def pool_url(settings: "Settings", pool: str) -> str:
+    """Which Redis serves ``pool``: ``MEGABRAIN_REDIS_URL_<POOL>`` (``-``/``.`` spelled ``_``), else REDIS_URL."""
+    variable = POOL_URL_PREFIX + re.sub(r"[^A-Z0-9]", "_", pool.upper())
+    return settings.env.get(variable) or settings.redis_url or ""
+
+
+class Redises:
+    """The Redis clients of one process, one per distinct URL, made on first use.
+
+    ``main`` (REDIS_URL) holds keys, limits, usage, health and metrics. ``pool(p)`` serves pool ``p``'s
+    queue, wake-ups, worker liveness, control and reply events: another Redis when
+    ``MEGABRAIN_REDIS_URL_<POOL>`` says so, which is how queues spread past one Redis's throughput.
+    """
+
+    def __init__(self, settings: "Settings", **connect_kwargs: Any) -> None:
+        self.settings = settings
+        self.connect_kwargs = connect_kwargs
+        self._clients: dict[str, ArqRedis] = {}
+
+    def at(self, url: str) -> ArqRedis:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = connect(url, **self.connect_kwargs)
+        return client
+
+    @property
+    def main(self) -> ArqRedis:
+        return self.at(self.settings.redis_url or "")
+
+    def pool(self, pool: str) -> ArqRedis:
+        return self.at(pool_url(self.settings, pool))
+
+    def by_redis(self, pools: "list[str] | tuple[str, ...]") -> list[tuple[ArqRedis, list[str]]]:
+        """``pools`` grouped by the Redis that serves them (the main one alone when there are none)."""
+        groups: dict[str, list[str]] = {}
+        for pool in pools:
+            groups.setdefault(pool_url(self.settings, pool), []).append(pool)
+        if not groups:
+            groups[self.settings.redis_url or ""] = []
+        return [(self.at(url), members) for url, members in groups.items()]
+
+    async def aclose(self) -> None:
+        for client in list(self._clients.values()):
+            await client.aclose()
 
 
 async def ping(redis: ArqRedis, timeout: float = 1.0) -> bool:

@@ -69,7 +69,7 @@ async def _run(runtime: Runtime, job: Job) -> None:
     hello = {"worker": runtime.worker_id, "provider": route.provider,
              "queued_ms": round((time.time() - enqueued_at) * 1000, 3) if enqueued_at else None,
              "t": time.time()}  # for the relay's lag metric
-    pub = Publisher(runtime.redis, job.reply_channel, job.request_id, job.attempt, job.meta.get("seq", 0),
+    pub = Publisher(runtime.redises.pool(route.provider), job.reply_channel, job.request_id, job.attempt, job.meta.get("seq", 0),
                     hello=hello)
     runtime.publishers[job.request_id] = pub
     try:
@@ -135,7 +135,7 @@ async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: Upst
                                         "job_id": f"{job.request_id}-{job.attempt}-{next_hop}"})
         handed = msgspec.structs.replace(job, hop=next_hop,
                                          meta={**job.meta, "seq": pub.seq, "enqueued_at": time.time()})
-        ok = await enqueue(runtime.redis, runtime.names, nxt.provider, JOB_FUNCTION,
+        ok = await enqueue(runtime.redises.pool(nxt.provider), runtime.names, nxt.provider, JOB_FUNCTION,
                            f"{job.request_id}-{job.attempt}-{next_hop}", job_encoder.encode(handed),
                            expires_s=max(1.0, job.deadline - time.time()))
         if ok:

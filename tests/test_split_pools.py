@@ -1,0 +1,134 @@
+"""A pool's queue on its own Redis (``MEGABRAIN_REDIS_URL_<POOL>``): two Redis servers, one pool on each.
+
+Chat and streams flow through both; the pool's queue, wake-ups, liveness and reply events live on its
+Redis, while keys and usage stay on ``REDIS_URL``; a worker killed on one does not disturb the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import redis as sync_redis
+
+from api.keys import KeyStore
+from common.names import Names
+from common.redis import connect
+from tests.fakes.openai_server import OpenAIFakeState
+from tests.harness import ProcessGateway, RedisServer, env_for
+
+EXPECTED = "".join(f"tok{i} " for i in range(16))
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+CONFIG = """
+[providers.local2]
+kind = "openai"
+base_url = "{upstream}"
+
+[[models]]
+id = "local2/tiny2"
+provider = "local2"
+upstream_id = "tiny2"
+context_length = 8192
+pricing = {{ prompt = "0.000001", completion = "0.000001" }}
+"""
+
+
+@pytest.fixture
+def two_redis() -> Iterator[tuple[RedisServer, RedisServer]]:
+    main, other = RedisServer().start(), RedisServer().start()
+    try:
+        yield main, other
+    finally:
+        main.stop()
+        other.stop()
+
+
+def wait_until(predicate, timeout: float, step: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def live(url: str, pool: str) -> int:
+    try:
+        return httpx.get(url + "/ready", timeout=2).json()["pools"][pool]["live_workers"]
+    except (httpx.HTTPError, KeyError, ValueError):
+        return -1
+
+
+def serves(client: openai.OpenAI, model: str) -> bool:
+    try:
+        answer = client.chat.completions.create(model=model, messages=MESSAGES)
+        chunks = client.chat.completions.create(model=model, messages=MESSAGES, stream=True)
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    except openai.APIError:
+        return False
+    return answer.choices[0].message.content == EXPECTED and streamed == EXPECTED
+
+
+def keys_of(server: RedisServer, namespace: str) -> set[str]:
+    client = sync_redis.Redis(port=server.port, decode_responses=True)
+    return set(client.scan_iter(match=f"{namespace}:*"))
+
+
+def test_a_pool_on_its_own_redis(two_redis: tuple[RedisServer, RedisServer], tmp_path: Path,
+                                 fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    main, other = two_redis
+    config = tmp_path / "megabrain.toml"
+    config.write_text(CONFIG.format(upstream=fake_openai[1]))
+    env = env_for(main.url, OPENAI_BASE_URL=fake_openai[1], OPENAI_API_KEY="sk-upstream-test",
+                  MEGABRAIN_CONFIG=str(config), MEGABRAIN_REDIS_URL_LOCAL2=other.url)
+    namespace = env["MEGABRAIN_NAMESPACE"]
+
+    async def create_key() -> str:
+        redis = connect(main.url)
+        try:
+            return (await KeyStore(redis, Names(namespace)).create("split"))[1]
+        finally:
+            await redis.aclose()
+
+    key = asyncio.run(create_key())
+    with ProcessGateway(env, worker_providers="openai,local2", workers=0) as gw:
+        for pools in ("openai", "local2"):
+            gw.workers.append(gw._spawn("worker", "--providers", pools))
+        assert wait_until(lambda: live(gw.url, "openai") == 1 and live(gw.url, "local2") == 1, 30)
+        client = openai.OpenAI(api_key=key, base_url=gw.url + "/v1", max_retries=0, timeout=15)
+        assert serves(client, "openai/gpt-4o-mini")
+        assert serves(client, "local2/tiny2")
+
+        # the pool's liveness is on its Redis; keys and usage only on REDIS_URL
+        names = Names(namespace)
+        on_other, on_main = keys_of(other, namespace), keys_of(main, namespace)
+        assert names.live_workers("local2") in on_other and names.live_workers("local2") not in on_main
+        assert names.live_workers("openai") in on_main and names.live_workers("openai") not in on_other
+        assert all(k.startswith((f"{namespace}:live:", f"{namespace}:queue:")) for k in on_other), on_other
+        def used_models() -> set[str]:  # usage is written in batches, a moment after the answer
+            usage = httpx.get(gw.url + "/usage", headers={"authorization": f"Bearer {key}"}, timeout=5).json()
+            return {row["model"] for row in usage["data"]}
+
+        assert wait_until(lambda: used_models() == {"openai/gpt-4o-mini", "local2/tiny2"}, 10), used_models()
+
+        # a worker killed on one Redis does not disturb the pool on the other
+        killed = gw.workers[1]
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        for _ in range(3):
+            assert serves(client, "openai/gpt-4o-mini")
+        assert wait_until(lambda: live(gw.url, "local2") == 0, 20)
+        refused = httpx.post(gw.url + "/v1/chat/completions", json={"model": "local2/tiny2", "messages": MESSAGES},
+                             headers={"authorization": f"Bearer {key}"}, timeout=10)
+        assert refused.status_code == 503 and refused.json()["error_type"] == "temporarily_unavailable"
+        gw.workers.append(gw._spawn("worker", "--providers", "local2"))
+        assert wait_until(lambda: live(gw.url, "local2") == 1, 30)
+        assert serves(client, "local2/tiny2")
+        assert serves(client, "openai/gpt-4o-mini")
