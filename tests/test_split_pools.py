@@ -132,3 +132,39 @@ def test_a_pool_on_its_own_redis(two_redis: tuple[RedisServer, RedisServer], tmp
         assert wait_until(lambda: live(gw.url, "local2") == 1, 30)
         assert serves(client, "local2/tiny2")
         assert serves(client, "openai/gpt-4o-mini")
+
+
+def test_a_hand_off_crosses_to_the_other_redis(two_redis: tuple[RedisServer, RedisServer], tmp_path: Path,
+                                               fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """openai (on REDIS_URL) fails; the worker hands the job to local2's queue on the other Redis, whose
+    events reach the web process through its second relay subscription."""
+    from tests.harness import GatewayHarness
+
+    main, other = two_redis
+    state, upstream = fake_openai
+    config = tmp_path / "megabrain.toml"
+    config.write_text(CONFIG.format(upstream=upstream))
+    env = env_for(main.url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test",
+                  MEGABRAIN_CONFIG=str(config), MEGABRAIN_REDIS_URL_LOCAL2=other.url,
+                  MEGABRAIN_UPSTREAM_MAX_RETRIES="0")
+
+    async def create_key() -> str:
+        redis = connect(main.url)
+        try:
+            return (await KeyStore(redis, Names(env["MEGABRAIN_NAMESPACE"])).create("split"))[1]
+        finally:
+            await redis.aclose()
+
+    key = asyncio.run(create_key())
+    with GatewayHarness.from_env(env, pools=("openai", "local2")) as gw:
+        client = openai.OpenAI(api_key=key, base_url=gw.url + "/v1", max_retries=0, timeout=15)
+        for stream in (False, True):
+            state.failures = [503]
+            response = client.chat.completions.with_raw_response.create(
+                model="openai/gpt-4o-mini", messages=MESSAGES, stream=stream, extra_body={"models": ["local2/tiny2"]})
+            assert response.headers["x-megabrain-provider"] == "local2"
+            if stream:
+                text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+            else:
+                text = response.parse().choices[0].message.content
+            assert text == EXPECTED
