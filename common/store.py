@@ -224,11 +224,11 @@ def reach(redis_url: str | None, path: str, *, start: bool = True) -> Iterator[s
     if redis_url:
         yield redis_url
         return
-    directory = data_dir(path)
+    directory = Path(path).expanduser().resolve()
     if answers(directory):
         yield socket_url(directory)
         return
-    if not start:
+    if not start:  # nothing is created either: a look must leave no trace
         raise StoreError(f"no megabrain store is running in {directory}; start `megabrain serve` there "
                          "(or set MEGABRAIN_DATA_DIR, or REDIS_URL)")
     with EmbeddedServer(directory) as server:

@@ -193,6 +193,8 @@ def test_cli_without_serve_starts_the_store_for_itself(data_dir: Path) -> None:
     status = cli(env, "status")
     assert status.returncode == 1 and "start `megabrain serve`" in status.stderr  # one clear line
     assert len(status.stderr.strip().splitlines()) == 1
+    empty = data_dir / "never-used"
+    assert cli(dict(env, MEGABRAIN_DATA_DIR=str(empty)), "status").returncode == 1 and not empty.exists()
     created = cli(env, "keys", "create", "--name", "early")
     assert created.returncode == 0, created.stderr
     assert servers_of(data_dir) == []  # the command's own server stopped with it
