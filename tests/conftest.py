@@ -24,7 +24,7 @@ from common.store import EmbeddedServer, StoreError
 
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, env_for
+from tests.harness import GatewayHarness, create_key, env_for
 
 
 @pytest.fixture(scope="session")
@@ -57,17 +57,7 @@ def gateway_env(redis_url: str, fake_openai: tuple[OpenAIFakeState, str]) -> dic
     need one; the gateway itself never reads that variable)."""
     _, upstream = fake_openai
     env = env_for(redis_url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test")
-
-    async def create_key() -> str:
-
-        redis = connect(redis_url)
-        try:
-            _, plaintext = await KeyStore(redis, Names(env["MEGABRAIN_NAMESPACE"])).create("tests")
-        finally:
-            await redis.aclose()
-        return plaintext
-
-    env["MEGABRAIN_TEST_API_KEY"] = asyncio.run(create_key())
+    env["MEGABRAIN_TEST_API_KEY"] = create_key(redis_url, env["MEGABRAIN_NAMESPACE"])
     return env
 
 

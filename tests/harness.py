@@ -43,6 +43,32 @@ def env_for(redis_url: str, namespace: str | None = None, **extra: str) -> dict[
     return env
 
 
+def create_key(redis_url: str, namespace: str, name: str = "tests") -> str:
+    """A real API key in ``namespace`` of the Redis at ``redis_url`` (paid models need one)."""
+    from api.keys import KeyStore
+    from common.names import Names
+    from common.redis import connect
+
+    async def create() -> str:
+        redis = connect(redis_url)
+        try:
+            return (await KeyStore(redis, Names(namespace)).create(name))[1]
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(create())
+
+
+def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes (a bound on waiting, never an assertion of speed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
 class GatewayHarness:
     """``megabrain serve`` in a thread: uvicorn with our app, plus a PoolProcess for ``pools``."""
 

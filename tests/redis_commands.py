@@ -9,7 +9,6 @@ subtracted. The README's scaling bound comes from these numbers.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -18,12 +17,9 @@ from typing import Any
 import httpx
 import redis as sync_redis
 
-from api.keys import KeyStore
-from common.names import Names
-from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, RedisServer, env_for
+from tests.harness import GatewayHarness, RedisServer, create_key, env_for
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -66,14 +62,7 @@ def measure(n: int = 100) -> dict[str, Any]:
         with ThreadedServer(create_openai_app(state)) as upstream:
             env = env_for(server.url, OPENAI_BASE_URL=upstream.url + "/v1", OPENAI_API_KEY="sk-upstream-test")
 
-            async def create_key() -> str:
-                redis = connect(server.url)
-                try:
-                    return (await KeyStore(redis, Names(env["MEGABRAIN_NAMESPACE"])).create("bench"))[1]
-                finally:
-                    await redis.aclose()
-
-            key = asyncio.run(create_key())
+            key = create_key(server.url, env["MEGABRAIN_NAMESPACE"], "bench")
             client = sync_redis.Redis(port=server.port)
             with GatewayHarness.from_env(env) as harness:
                 result = {}

@@ -7,20 +7,18 @@ starts its own server (tests/harness.py RedisServer) on a free port so it can st
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import json
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import GatewayHarness, ProcessGateway, RedisServer, env_for
+from tests.harness import GatewayHarness, ProcessGateway, RedisServer, create_key, env_for, wait_until
 
 EXPECTED = "".join(f"tok{i} " for i in range(16))
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -29,27 +27,6 @@ BODY = {"model": "gpt-4o-mini", "messages": MESSAGES}
 def auth(env: dict[str, str]) -> dict[str, str]:
     """The test key of tests/conftest.py (gpt-4o-mini is a paid model)."""
     return {"authorization": f"Bearer {env['MEGABRAIN_TEST_API_KEY']}"}
-
-
-async def _create_key(redis_url: str, namespace: str) -> str:
-    from api.keys import KeyStore
-    from common.names import Names
-    from common.redis import connect
-
-    redis = connect(redis_url)
-    try:
-        return (await KeyStore(redis, Names(namespace)).create("resilience"))[1]
-    finally:
-        await redis.aclose()
-
-
-def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def live_workers(url: str) -> int:
@@ -179,7 +156,7 @@ def test_redis_outage_gives_fast_503_then_recovers(own_redis: RedisServer,
     # a fast safety-net poll, so the workers' poll loops certainly meet the dead Redis during the outage
     env = env_for(own_redis.url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test",
                   MEGABRAIN_POLL_DELAY="0.3")
-    key = asyncio.run(_create_key(own_redis.url, env["MEGABRAIN_NAMESPACE"]))
+    key = create_key(own_redis.url, env["MEGABRAIN_NAMESPACE"])
     with ProcessGateway(env, workers=1) as gw:
         client = openai.OpenAI(api_key=key, max_retries=0, timeout=10, base_url=gw.url + "/v1")
         assert wait_until(lambda: live_workers(gw.url) == 1, 15)
@@ -192,7 +169,7 @@ def test_redis_outage_gives_fast_503_then_recovers(own_redis: RedisServer,
         assert httpx.get(gw.url + "/ready", timeout=5).status_code == 503
         time.sleep(1.5)  # an outage of several poll rounds, liveness writes and relay reconnect attempts
         own_redis.start()  # same port, empty data: the gateway must find its way back by itself
-        key = asyncio.run(_create_key(own_redis.url, env["MEGABRAIN_NAMESPACE"]))  # the old one was lost
+        key = create_key(own_redis.url, env["MEGABRAIN_NAMESPACE"])  # the old one was lost
         client = client.with_options(api_key=key)
 
         def serves() -> bool:

@@ -7,8 +7,6 @@ same processes serve again (chat and streams) from the new master, without a res
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,11 +14,8 @@ import openai
 import pytest
 import redis as sync_redis
 
-from api.keys import KeyStore
-from common.names import Names
-from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import ProcessGateway, RedisServer, env_for
+from tests.harness import ProcessGateway, RedisServer, create_key, env_for, wait_until
 
 EXPECTED = "".join(f"tok{i} " for i in range(16))
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -39,7 +34,8 @@ class Sentinelled:
         self.master.start()
         self.replica.extra = ("--replicaof", "127.0.0.1", str(self.master.port))
         self.replica.start()
-        assert wait_until(lambda: self._client(self.replica).info("replication")["master_link_status"] == "up", 20)
+        assert wait_until(lambda: self._client(self.replica).info("replication").get("master_link_status") == "up",
+                          20)
         self.sentinel.extra = (f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 1",
                                f"sentinel down-after-milliseconds {SERVICE} 2000",
                                f"sentinel failover-timeout {SERVICE} 10000")
@@ -61,7 +57,10 @@ class Sentinelled:
             return 0
 
     def master_port(self) -> int:
-        host, port = self._client(self.sentinel).sentinel_get_master_addr_by_name(SERVICE)
+        try:
+            _, port = self._client(self.sentinel).sentinel_get_master_addr_by_name(SERVICE)
+        except sync_redis.RedisError:
+            return 0
         return int(port)
 
     def replicated(self) -> bool:
@@ -75,18 +74,6 @@ class Sentinelled:
             server.stop()
 
 
-def wait_until(predicate, timeout: float, step: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except Exception:
-            pass
-        time.sleep(step)
-    return False
-
-
 @pytest.fixture
 def sentinelled(tmp_path: Path) -> Iterator[Sentinelled]:
     group = Sentinelled(tmp_path)
@@ -94,14 +81,6 @@ def sentinelled(tmp_path: Path) -> Iterator[Sentinelled]:
         yield group.start()
     finally:
         group.stop()
-
-
-async def _create_key(url: str, namespace: str) -> str:
-    redis = connect(url)
-    try:
-        return (await KeyStore(redis, Names(namespace)).create("sentinel"))[1]
-    finally:
-        await redis.aclose()
 
 
 def _serves(client: openai.OpenAI) -> bool:
@@ -118,7 +97,7 @@ def test_requests_recover_through_a_sentinel_failover(sentinelled: Sentinelled,
                                                       fake_openai: tuple[OpenAIFakeState, str]) -> None:
     env = env_for(sentinelled.url, OPENAI_BASE_URL=fake_openai[1], OPENAI_API_KEY="sk-upstream-test",
                   MEGABRAIN_POLL_DELAY="0.5")
-    key = asyncio.run(_create_key(sentinelled.url, env["MEGABRAIN_NAMESPACE"]))
+    key = create_key(sentinelled.url, env["MEGABRAIN_NAMESPACE"])
     assert sentinelled.replicated()  # the key is on the replica too, before the master changes
     with ProcessGateway(env, workers=1) as gw:
         client = openai.OpenAI(api_key=key, base_url=gw.url + "/v1", max_retries=0, timeout=15)

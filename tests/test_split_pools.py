@@ -6,9 +6,7 @@ Redis, while keys and usage stay on ``REDIS_URL``; a worker killed on one does n
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +15,9 @@ import openai
 import pytest
 import redis as sync_redis
 
-from api.keys import KeyStore
 from common.names import Names
-from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import ProcessGateway, RedisServer, env_for
+from tests.harness import ProcessGateway, RedisServer, create_key, env_for, wait_until
 
 EXPECTED = "".join(f"tok{i} " for i in range(16))
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -48,15 +44,6 @@ def two_redis() -> Iterator[tuple[RedisServer, RedisServer]]:
     finally:
         main.stop()
         other.stop()
-
-
-def wait_until(predicate, timeout: float, step: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def live(url: str, pool: str) -> int:
@@ -90,14 +77,7 @@ def test_a_pool_on_its_own_redis(two_redis: tuple[RedisServer, RedisServer], tmp
                   MEGABRAIN_CONFIG=str(config), MEGABRAIN_REDIS_URL_LOCAL2=other.url)
     namespace = env["MEGABRAIN_NAMESPACE"]
 
-    async def create_key() -> str:
-        redis = connect(main.url)
-        try:
-            return (await KeyStore(redis, Names(namespace)).create("split"))[1]
-        finally:
-            await redis.aclose()
-
-    key = asyncio.run(create_key())
+    key = create_key(main.url, namespace)
     with ProcessGateway(env, worker_providers="openai,local2", workers=0) as gw:
         for pools in ("openai", "local2"):
             gw.workers.append(gw._spawn("worker", "--providers", pools))
@@ -148,14 +128,7 @@ def test_a_hand_off_crosses_to_the_other_redis(two_redis: tuple[RedisServer, Red
                   MEGABRAIN_CONFIG=str(config), MEGABRAIN_REDIS_URL_LOCAL2=other.url,
                   MEGABRAIN_UPSTREAM_MAX_RETRIES="0")
 
-    async def create_key() -> str:
-        redis = connect(main.url)
-        try:
-            return (await KeyStore(redis, Names(env["MEGABRAIN_NAMESPACE"])).create("split"))[1]
-        finally:
-            await redis.aclose()
-
-    key = asyncio.run(create_key())
+    key = create_key(main.url, env["MEGABRAIN_NAMESPACE"])
     with GatewayHarness.from_env(env, pools=("openai", "local2")) as gw:
         client = openai.OpenAI(api_key=key, base_url=gw.url + "/v1", max_retries=0, timeout=15)
         for stream in (False, True):

@@ -21,7 +21,7 @@ import pytest
 from common.store import PID_FILE, SOCKET, EmbeddedServer, StoreError, answers
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.fakes.server import free_port
-from tests.harness import FAST_TIMEOUTS
+from tests.harness import FAST_TIMEOUTS, wait_until
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -55,15 +55,6 @@ def servers_of(data_dir: Path) -> list[int]:
         if comm in ("valkey-server", "redis-server") and str(data_dir / SOCKET) in cmdline and state != "Z":
             found.append(int(proc.name))
     return found
-
-
-def wait_until(predicate, timeout: float, step: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 class Serve:
