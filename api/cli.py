@@ -37,10 +37,25 @@ def _uvicorn_config(settings: Settings, app: object, **extra: object) -> "object
     )
 
 
+def _running_store(settings: Settings) -> None:
+    """``web`` and ``worker`` without REDIS_URL join the data dir's running store, or say how to get one."""
+    if settings.redis_url:
+        return
+    from common.store import StoreError, reach
+
+    try:
+        with reach(None, settings.data_dir, start=False) as url:
+            settings.redis_url = os.environ["REDIS_URL"] = url  # the environment too: `web --workers N`
+    except StoreError as exc:
+        sys.exit(f"megabrain: {exc}")
+
+
 def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
+
+    _running_store(settings)
 
     workers = int(args.workers or os.environ.get("WEB_CONCURRENCY") or 1)
     if workers > 1:
@@ -55,6 +70,7 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from workers.pool import resolve_pools, run_pools
 
+    _running_store(settings)
     pools = resolve_pools(settings, args.providers)
     _run(run_pools(settings, pools))
 
