@@ -3,6 +3,9 @@
 - ``megabrain serve``   the API and every configured pool in one process (embedded store without REDIS_URL)
 - ``megabrain web``     the API tier only, on ``$PORT``
 - ``megabrain worker --providers openai,anthropic``   one worker process serving those pools ('*' = all)
+
+Without ``REDIS_URL`` the store is the data dir's embedded server (common/store.py): ``serve`` owns it,
+the other commands find it there.
 """
 
 from __future__ import annotations
