@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import admin, chat, embeddings, listings, ops, transcriptions
+from api import admin, chat, embeddings, listings, ops, pages, transcriptions
 from api.gateway import Gateway
 from api.responses import error_response
 from common.errors import GatewayError
@@ -55,6 +55,8 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         for base in (prefix, prefix + "/v1"):
             # plain Starlette routes: no dependency solving or pydantic on the hot path
             app.router.add_route(base + path, endpoint, methods=[method], include_in_schema=False)
+    for method, path, endpoint in pages.ROUTES:  # browser pages: bare or under the prefix, not /v1
+        app.router.add_route(prefix + path, endpoint, methods=[method], include_in_schema=False)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -9,8 +12,10 @@ from api.body import read_json
 from api.admission import refuse_unknown_key
 from api.dispatch import Dispatch
 from api.gateway import Gateway
+from api.limits import worst_case_cost
 from common.errors import GatewayError
 from common.wire import ChatRequest
+from router.auto import estimate_prompt_tokens
 from router.plan import plan_for
 
 
@@ -19,18 +24,25 @@ async def chat_completions(request: Request) -> Response:
     dispatch = Dispatch(gateway, request, "chat")
     try:
         body, chat = await read_json(request, ChatRequest, gateway.settings.limits.max_body_bytes)
+        output_tokens = chat.max_completion_tokens or chat.max_tokens
         try:
             plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
-                            messages=chat.messages, tools=chat.tools,
-                            output_tokens=chat.max_completion_tokens or chat.max_tokens)
+                            messages=chat.messages, tools=chat.tools, output_tokens=output_tokens)
         except GatewayError as error:
             raise await refuse_unknown_key(gateway, request, error) from None
-        await dispatch.admit(plan)
+        await dispatch.admit(plan, lambda: worst_case_cost(
+            gateway.catalog, plan, estimate_prompt_tokens(_builtins(chat.messages), _builtins(chat.tools)),
+            output_tokens))
     except GatewayError as error:
         return dispatch.refuse(error)
     stream = bool(chat.stream)
     include_usage = bool(stream and chat.stream_options and chat.stream_options.include_usage)
-    return await dispatch.answer(dispatch.job("chat", plan, body=body, stream=stream, include_usage=include_usage))
+    return await dispatch.answer(dispatch.job("chat", plan, body=body, stream=stream, include_usage=include_usage,
+                                              anthropic_beta=request.headers.get("anthropic-beta")))
+
+
+def _builtins(items: list[Any] | None) -> list[Any]:
+    return msgspec.to_builtins(items or [])
 
 
 ROUTES = [("POST", "/chat/completions", chat_completions)]

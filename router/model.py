@@ -14,6 +14,9 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     max_output_tokens: int | None = None
     prompt_price: str = "0"  # USD per token, as a decimal string
     completion_price: str = "0"
+    # Prompt-cache rates (USD per token); None means the provider lists none: cached input costs the prompt rate.
+    cache_read_price: str | None = None
+    cache_write_price: str | None = None
     modality: str = "chat"  # chat | embedding | transcription
     capabilities: frozenset[str] = frozenset()  # tools | vision | json
     free: bool = False
