@@ -14,6 +14,7 @@ import openai
 import pytest
 import redis as sync_redis
 
+from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import ProcessGateway, RedisServer, create_key, env_for, wait_until
 
@@ -112,3 +113,14 @@ def test_requests_recover_through_a_sentinel_failover(sentinelled: Sentinelled,
         processes = [gw.web, *gw.workers]
         assert all(p is not None and p.poll() is None for p in processes)  # the same processes, never restarted
         assert len(gw.workers) == 1
+
+
+def test_the_sentinel_url_names_sentinels_service_db_and_password() -> None:
+    client = connect("redis+sentinel://:s3cret@10.0.0.1:26380,sentinel-b/cache/3")
+    pool = client.connection_pool
+    assert pool.service_name == "cache"
+    assert pool.connection_kwargs["db"] == 3 and pool.connection_kwargs["password"] == "s3cret"
+    sentinels = [c.connection_pool.connection_kwargs for c in pool.sentinel_manager.sentinels]
+    assert [(s["host"], s["port"]) for s in sentinels] == [("10.0.0.1", 26380), ("sentinel-b", 26379)]
+    with pytest.raises(ValueError, match="service name"):
+        connect("redis+sentinel://127.0.0.1:26379")

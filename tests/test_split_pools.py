@@ -141,3 +141,20 @@ def test_a_hand_off_crosses_to_the_other_redis(two_redis: tuple[RedisServer, Red
             else:
                 text = response.parse().choices[0].message.content
             assert text == EXPECTED
+
+
+def test_which_redis_serves_a_pool() -> None:
+    from common.redis import Redises, pool_url
+    from common.settings import load_settings
+
+    settings = load_settings(env={"REDIS_URL": "redis://main:6379/0", "MEGABRAIN_CONFIG": "/dev/null",
+                                  "MEGABRAIN_REDIS_URL_OPENAI": "redis://q1:6379/0",
+                                  "MEGABRAIN_REDIS_URL_LM_STUDIO": "redis://q2:6379/0"})
+    assert pool_url(settings, "openai") == "redis://q1:6379/0"
+    assert pool_url(settings, "lm-studio") == "redis://q2:6379/0"
+    assert pool_url(settings, "anthropic") == "redis://main:6379/0"
+    redises = Redises(settings)
+    assert redises.pool("anthropic") is redises.main and redises.pool("openai") is not redises.main
+    groups = {tuple(pools) for _, pools in redises.by_redis(["openai", "anthropic", "groq", "lm-studio"])}
+    assert groups == {("openai",), ("anthropic", "groq"), ("lm-studio",)}
+    assert [pools for _, pools in redises.by_redis([])] == [[]]  # no pools: the main Redis alone
