@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import admin, chat, embeddings, listings, ops, pages, transcriptions
+from api import admin, chat, embeddings, listings, messages, ops, pages, responses_api, transcriptions
 from api.gateway import Gateway
 from api.responses import error_response
 from common.errors import GatewayError
@@ -30,6 +30,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # (method, path, handler) from each route module: each is served bare and under /v1
 ROUTES: list[tuple[str, str, Endpoint]] = [
     *chat.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES, *listings.ROUTES, *admin.ROUTES, *ops.ROUTES,
+    *messages.ROUTES, *responses_api.ROUTES,
 ]
 
 

@@ -12,10 +12,8 @@ from api.body import read_json
 from api.admission import refuse_unknown_key
 from api.dispatch import Dispatch
 from api.gateway import Gateway
-from api.limits import worst_case_cost
 from common.errors import GatewayError
 from common.wire import ChatRequest
-from router.auto import estimate_prompt_tokens
 from router.plan import plan_for
 
 
@@ -24,15 +22,15 @@ async def chat_completions(request: Request) -> Response:
     dispatch = Dispatch(gateway, request, "chat")
     try:
         body, chat = await read_json(request, ChatRequest, gateway.settings.limits.max_body_bytes)
+        dispatch.exchange.model = chat.model
         output_tokens = chat.max_completion_tokens or chat.max_tokens
         try:
             plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
                             messages=chat.messages, tools=chat.tools, output_tokens=output_tokens)
         except GatewayError as error:
             raise await refuse_unknown_key(gateway, request, error) from None
-        await dispatch.admit(plan, lambda: worst_case_cost(
-            gateway.catalog, plan, estimate_prompt_tokens(_builtins(chat.messages), _builtins(chat.tools)),
-            output_tokens))
+        await dispatch.admit(plan, messages=_builtins(chat.messages), tools=_builtins(chat.tools),
+                             output_tokens=output_tokens)
     except GatewayError as error:
         return dispatch.refuse(error)
     stream = bool(chat.stream)

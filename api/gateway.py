@@ -12,6 +12,7 @@ import time
 from api.provider_health import load_snapshot
 from api.relay import Relay
 from common import metrics
+from common.candidates import LIVENESS_TTL, has_live_worker
 from common.names import Names
 from common.redis import Redises
 from common.settings import Settings
@@ -21,7 +22,6 @@ from router.providers import Provider, resolve_providers
 
 log = logging.getLogger("megabrain.gateway")
 
-LIVENESS_TTL = 6.0  # must match workers/pool.py: a worker unseen this long is gone
 
 
 class LiveWorkers:
@@ -52,9 +52,9 @@ class LiveWorkers:
     async def has_worker(self, pool: str) -> bool:
         if self.counts.get(pool):
             return True
-        count = await self.redises.pool(pool).zcount(self.names.live_workers(pool), time.time() - LIVENESS_TTL, "+inf")
-        self.counts[pool] = count
-        return count > 0
+        live = await has_live_worker(self.redises.pool(pool), self.names, pool)
+        self.counts[pool] = int(live)
+        return live
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name="live-workers")
@@ -79,8 +79,8 @@ class Gateway:
         self.redises = Redises(settings, max_connections=64)
         self.redis = self.redises.main  # keys, limits, usage, health; a pool's queue is redises.pool(pool)
         # one subscription per Redis this process enqueues to: workers reply on their pool's Redis
-        self.relay = Relay([redis for redis, _ in Redises(settings, pubsub=True, max_connections=2).by_redis(configured)],
-                           self.names.reply_channel(settings.instance_id))
+        subscriptions = Redises(settings, pubsub=True, max_connections=2).by_redis(configured)
+        self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id))
         self.live = LiveWorkers(self.redises, self.names, configured)
         self.health = HealthSnapshot()
         self.draining = False

@@ -2,7 +2,8 @@
 
 ``megabrain web`` and ``megabrain worker`` run as separate processes (tests/harness.py ProcessGateway), so
 they share the suite's real Redis (``REDIS_URL`` or the session's embedded server). The Redis-outage test
-starts its own server (tests/harness.py RedisServer) on a free port so it can stop and restart it. Every wait is bounded.
+starts its own server (tests/harness.py RedisServer) on a free port so it can stop and restart it.
+Every wait is bounded.
 """
 
 from __future__ import annotations

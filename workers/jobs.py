@@ -14,12 +14,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
-
 from common import metrics, telemetry
 from common.errors import GatewayError
-from common.queue import enqueue
-from common.wire import Job, Route, job_decoder, job_encoder
+from common.candidates import JOB_FUNCTION, enqueue_candidate, has_live_worker, job_id
+from common.wire import Handoff, Hello, Job, Route, job_decoder
 from workers import accounting, health
 from workers.publisher import Publisher, ReceiverGone
 from workers.providers.base import UpstreamError
@@ -27,8 +25,6 @@ from workers.retry import next_delay
 from workers.runtime import Runtime
 
 log = logging.getLogger("megabrain.worker")
-
-JOB_FUNCTION = "serve"
 
 # kind -> coroutine doing one attempt at one provider; returns the usage it saw; raises UpstreamError
 Handler = Callable[[Runtime, Job, Route, Publisher], Awaitable[dict[str, Any] | None]]
@@ -65,12 +61,9 @@ async def serve(ctx: dict[str, Any], payload: bytes) -> None:
 
 async def _run(runtime: Runtime, job: Job) -> None:
     route = job.plan[job.hop]
-    enqueued_at = job.meta.get("enqueued_at")
-    hello = {"worker": runtime.worker_id, "provider": route.provider,
-             "queued_ms": round((time.time() - enqueued_at) * 1000, 3) if enqueued_at else None,
-             "t": time.time()}  # for the relay's lag metric
-    pub = Publisher(runtime.redises.pool(route.provider), job.reply_channel, job.request_id, job.attempt, job.meta.get("seq", 0),
-                    hello=hello)
+    queued_ms = round((time.time() - job.enqueued_at) * 1000, 3) if job.enqueued_at else None
+    pub = Publisher(runtime.redises.pool(route.provider), job.reply_channel, job.request_id, job.attempt, job.seq,
+                    hello=Hello(runtime.worker_id, route.provider, queued_ms, 0.0))
     runtime.publishers[job.request_id] = pub
     settled = False  # served and accounted, or handed on with its reservation
     try:
@@ -80,8 +73,7 @@ async def _run(runtime: Runtime, job: Job) -> None:
         except UpstreamError as error:
             settled = await _after_failure(runtime, job, pub, error)
         except GatewayError as error:
-            await pub.send("error", error.body(), status=error.status,
-                           meta={"retry_after": error.retry_after})
+            await pub.send("error", error.body(), status=error.status, retry_after=error.retry_after)
     except ReceiverGone:
         log.info("request %s: nobody wants it any more (cancelled, or its web process is gone)", job.request_id)
     finally:
@@ -131,26 +123,28 @@ async def _outcome(runtime: Runtime, route: Route, ok: bool, seconds: float, sta
 
 
 async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: UpstreamError) -> bool:
-    """Hand the request to the next candidate's pool (True), or tell the client (False)."""
-    next_hop = job.hop + 1
-    if not pub.committed and error.fallback and next_hop < len(job.plan) and time.time() < job.deadline:
-        nxt = job.plan[next_hop]
-        await pub.send("handoff", meta={"pool": nxt.provider, "hop": next_hop,
-                                        "job_id": f"{job.request_id}-{job.attempt}-{next_hop}"})
-        handed = msgspec.structs.replace(job, hop=next_hop,
-                                         meta={**job.meta, "seq": pub.seq, "enqueued_at": time.time()})
-        ok = await enqueue(runtime.redises.pool(nxt.provider), runtime.names, nxt.provider, JOB_FUNCTION,
-                           f"{job.request_id}-{job.attempt}-{next_hop}", job_encoder.encode(handed),
-                           expires_s=max(1.0, job.deadline - time.time()))
-        if ok:
-            metrics.fallback(job.plan[job.hop].provider, nxt.provider)
-            log.info("request %s: %s failed, handed to %s", job.request_id, job.plan[job.hop].provider,
-                     nxt.provider)
+    """Hand the request to the next candidate's pool (True; the web tier's own rule), or tell the client
+    (False)."""
+    route = job.plan[job.hop]
+    if not pub.committed and error.fallback:
+        async def announce(candidate: Job, pool: str) -> None:
+            await pub.send("handoff", handoff=Handoff(pool, candidate.hop, job_id(candidate)))
+            candidate.seq = pub.seq  # the next worker's events follow this one's
+
+        handed, _ = await enqueue_candidate(
+            runtime.redises.pool, runtime.names, job, job.hop + 1, announce=announce,
+            is_live=lambda pool: has_live_worker(runtime.redises.pool(pool), runtime.names, pool),
+            depth_limit=runtime.settings.limits.queue_depth_limit,
+        )
+        if handed is not None:
+            nxt = handed.plan[handed.hop]
+            metrics.fallback(route.provider, nxt.provider)
+            log.info("request %s: %s failed, handed to %s", job.request_id, route.provider, nxt.provider)
             return True
     refusal = client_error(error, job)
-    telemetry.report_upstream_failure(job.plan[job.hop].provider, job.plan[job.hop].model, job.plan[job.hop].provider, job.request_id, error.status, error.message)
-    await pub.send("error", refusal.body(), status=refusal.status,
-                   meta={"retry_after": refusal.retry_after, "upstream_status": error.status})
+    telemetry.report_upstream_failure(route.provider, route.model, route.provider, job.request_id,
+                                      error.status, error.message)
+    await pub.send("error", refusal.body(), status=refusal.status, retry_after=refusal.retry_after)
     return False
 
 

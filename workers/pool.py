@@ -30,7 +30,7 @@ from common.settings import Settings
 from common.telemetry import flush_sentry, init_sentry
 from router.catalog import build_catalog
 from router.providers import resolve_providers
-from workers import chat, embeddings, transcriptions  # noqa: F401  (register their job handlers)
+from workers import chat, embeddings, native, transcriptions  # noqa: F401  (register their job handlers)
 from workers import health
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime
@@ -256,7 +256,7 @@ class PoolProcess:
                         del worker.tasks[job_id]
             await asyncio.sleep(0.05)
         # out of time: tell the web tier these requests are abandoned (it re-runs those that sent nothing)
-        await asyncio.gather(*(_quiet(pub.send("heartbeat", meta={"abandoned": True}))
+        await asyncio.gather(*(_quiet(pub.send("abandoned"))
                                for pub in list(self.runtime.publishers.values())))
         for worker in self.workers:
             worker.closing = True
