@@ -10,9 +10,11 @@ Between submit and finish it reads the request's events and keeps every wait bou
 - *queued*: a worker must announce ``start`` within ``pickup_timeout``. If none does, the job is withdrawn
   (atomically: it can no longer start) and the next candidate gets it (``common/candidates.py``), or the
   client gets a 503.
-- *running*: the worker speaks at least every few seconds (data or heartbeats). Silence for
-  ``heartbeat_timeout`` means it died: a request that has sent nothing to its client yet is re-run as a
-  new attempt (events of the old one are dropped by the inbox); otherwise it ends with a clear error.
+- *running*: the worker's process must stay alive (its liveness key, checked every second by
+  ``LiveWorkers``: a killed worker is noticed within seconds), and the job speaks at least every few
+  seconds (data or heartbeats). A dead worker, or silence for ``heartbeat_timeout``, ends the attempt: a
+  request that has sent nothing to its client yet is re-run as a new attempt (events of the old one are
+  dropped by the inbox); otherwise it ends with a clear error.
 - ``handoff``: a worker passed the job to the next provider's pool; back to *queued* there.
 """
 
@@ -42,6 +44,8 @@ MAX_RESTARTS = 1  # re-runs after a worker died, for requests that sent nothing 
 CLIENT_GONE = 499  # logged only: the connection is already closed
 
 State = Literal["new", "queued", "running", "settled", "finished"]
+WORKER_CHECK_EVERY = 0.25  # seconds between looks at LiveWorkers' verdict while waiting (memory only)
+CLAIMED_WAIT = 3.0  # a job claimed but not yet announced: its worker's "start" is due within this
 
 
 class Exchange:
@@ -88,7 +92,7 @@ class Exchange:
         gateway = self.gateway
         job, skipped = await enqueue_candidate(
             gateway.redises.pool, gateway.names, self.job, hop, is_live=gateway.live.has_worker,
-            depth_limit=gateway.settings.limits.queue_depth_limit,
+            depth_limit=gateway.settings.limits.queue_depth_limit, pickup_timeout=gateway.settings.pickup_timeout,
         )
         if job is None:
             self.state = "settled"  # nothing is queued: nothing to cancel
@@ -114,13 +118,18 @@ class Exchange:
             now = time.monotonic()
             if time.time() >= self.job.deadline:
                 raise GatewayError("upstream_timeout", "The request took longer than the gateway allows.")
-            timeout = min(until, self.phase_deadline) - now
+            timeout = min(until, self.phase_deadline, now + WORKER_CHECK_EVERY) - now
             event = await self.inbox.get(max(0.0, timeout)) if timeout > 0 else None
             if event is None:
                 if time.monotonic() >= self.phase_deadline:
                     await self._phase_expired()
                     continue
-                return None
+                if self._worker_died():
+                    await self._worker_gone()
+                    continue
+                if time.monotonic() >= until:
+                    return None
+                continue
             if event.hello is not None:  # on "start", or on the worker's first real event
                 self.state, self.worker = "running", event.hello.worker
                 self.provider, self.queue_ms = event.hello.provider, event.hello.queued_ms
@@ -142,8 +151,12 @@ class Exchange:
                     self.state = "settled"
                 return event
 
-    def _extend(self) -> None:
-        self.phase_deadline = time.monotonic() + self.gateway.settings.heartbeat_timeout
+    def _extend(self, seconds: float | None = None) -> None:
+        self.phase_deadline = time.monotonic() + (seconds or self.gateway.settings.heartbeat_timeout)
+
+    def _worker_died(self) -> bool:
+        """The running worker's process is gone (SIGKILL, OOM, a lost dyno), by its liveness key."""
+        return self.state == "running" and self.worker is not None and self.gateway.live.gone(self.worker)
 
     async def _phase_expired(self) -> None:
         assert self.job is not None and self.inbox is not None
@@ -156,7 +169,7 @@ class Exchange:
                 await self._enqueue_from(self.job.hop + 1)
                 return
             self.state = "running"  # picked up just now; its start event is on the way
-            self._extend()
+            self._extend(min(CLAIMED_WAIT, settings.heartbeat_timeout))
             return
         await self._worker_gone()  # running, and the worker went silent: presume it dead
 

@@ -22,13 +22,17 @@ from router.providers import Provider, resolve_providers
 
 log = logging.getLogger("megabrain.gateway")
 
+WATCH_FOR = 5.0  # a worker no request asked about for this long is no longer checked
 
 
 class LiveWorkers:
-    """Which pools have a live worker, refreshed in the background once a second.
+    """Which pools have a live worker, and which workers serving our requests died, refreshed in the
+    background once a second.
 
     A pool the cache thinks is empty is checked once more directly before a request is refused, so a
-    worker that just started is never missed.
+    worker that just started is never missed. Workers that running requests depend on (``gone``) are
+    checked in the same round trip, by their liveness keys (``Names.alive``): one MGET for all of this
+    process's requests, and none while no request is running.
     """
 
     def __init__(self, redises: Redises, names: Names, pools: list[str]) -> None:
@@ -36,11 +40,21 @@ class LiveWorkers:
         self.names = names
         self.pools = pools
         self.counts: dict[str, int] = {}
+        self.watched: dict[str, float] = {}  # worker id -> when a request last asked about it
+        self.dead: frozenset[str] = frozenset()  # watched workers whose liveness key has expired
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
 
+    def gone(self, worker: str) -> bool:
+        """True when ``worker`` is known dead. Asking keeps it watched for the next refreshes."""
+        self.watched[worker] = time.monotonic()
+        return worker in self.dead
+
     async def refresh(self) -> None:
         since = time.time() - LIVENESS_TTL
+        now = time.monotonic()
+        self.watched = {w: at for w, at in self.watched.items() if now - at < WATCH_FOR}
+        workers = list(self.watched)
         counts: dict[str, int] = {}
         for redis, pools in self.redises.by_redis(self.pools):  # each pool's liveness is on its own Redis
             async with redis.pipeline(transaction=False) as pipe:
@@ -48,6 +62,9 @@ class LiveWorkers:
                     pipe.zcount(self.names.live_workers(pool), since, "+inf")
                 counts.update(zip(pools, await pipe.execute()))
         self.counts = counts
+        # a worker process's own liveness key is on the main Redis, whichever Redis its pools use
+        alive = await self.redises.main.mget([self.names.alive(w) for w in workers]) if workers else []
+        self.dead = frozenset(w for w, value in zip(workers, alive) if value is None)
 
     async def has_worker(self, pool: str) -> bool:
         if self.counts.get(pool):
@@ -65,6 +82,7 @@ class LiveWorkers:
                 await self.refresh()
             except Exception as exc:
                 self.counts = {}
+                self.dead = frozenset()  # unknown is not dead: the slow heartbeat timeout still holds
                 log.debug("liveness refresh failed (%s)", type(exc).__name__)
             await asyncio.sleep(1.0)
 

@@ -15,7 +15,7 @@ import msgspec
 from arq.connections import ArqRedis
 
 from common.names import Names
-from common.queue import enqueue
+from common.queue import enqueue, pickup_window
 from common.wire import Job, job_encoder
 
 JOB_FUNCTION = "serve"  # the arq function every pool runs (workers/jobs.py)
@@ -41,6 +41,7 @@ async def enqueue_candidate(
     *,
     is_live: IsLive,
     depth_limit: int,
+    pickup_timeout: float,
     announce: Announce | None = None,
 ) -> tuple[Job | None, list[str]]:
     """Enqueue ``job`` on the first candidate from ``first_hop`` that can take it, on the Redis that
@@ -62,7 +63,7 @@ async def enqueue_candidate(
         if announce is not None:
             await announce(candidate, pool)
         if await enqueue(redis_of(pool), names, pool, JOB_FUNCTION, job_id(candidate), job_encoder.encode(candidate),
-                         expires_s=max(1.0, job.deadline - time.time()), depth_limit=depth_limit):
+                         expires_s=pickup_window(pickup_timeout, job.deadline), depth_limit=depth_limit):
             return candidate, skipped
         skipped.append(pool)
     return None, skipped

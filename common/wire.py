@@ -45,6 +45,7 @@ class Message(msgspec.Struct):
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]  # echoed in errors and logs: bounded
 
 
 class Reasoning(msgspec.Struct):
@@ -57,7 +58,7 @@ class Reasoning(msgspec.Struct):
 
 
 class ChatRequest(msgspec.Struct):
-    model: Annotated[str, msgspec.Meta(min_length=1)]
+    model: ModelId
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -74,7 +75,7 @@ class ChatRequest(msgspec.Struct):
     response_format: dict[str, Any] | None = None
     reasoning: Reasoning | None = None
     reasoning_effort: str | None = None
-    models: list[str] | None = None  # OpenRouter-style client fallback list
+    models: list[ModelId] | None = None  # OpenRouter-style client fallback list
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ EmbeddingInput = str | list[str | int | list[int]]
 
 
 class EmbeddingRequest(msgspec.Struct):
-    model: Annotated[str, msgspec.Meta(min_length=1)]
+    model: ModelId
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveInt | None = None

@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
+
 from common import metrics, telemetry
 from common.errors import GatewayError
 from common.candidates import JOB_FUNCTION, enqueue_candidate, has_live_worker, job_id
@@ -39,11 +41,23 @@ def handler(kind: str) -> Callable[[Handler], Handler]:
     return register
 
 
+class JobAddress(msgspec.Struct):
+    """Where a job's events go: all a worker needs to refuse a payload it cannot decode as a ``Job``."""
+
+    request_id: str
+    reply_channel: str
+    attempt: int = 0
+
+
 async def serve(ctx: dict[str, Any], payload: bytes) -> None:
     """arq entry point. A cancel from the web tier (client gone) ends this job quietly; any other
     cancellation (the worker shutting down) propagates."""
     runtime: Runtime = ctx["runtime"]
-    job = job_decoder.decode(payload)
+    try:
+        job = job_decoder.decode(payload)
+    except msgspec.MsgspecError as exc:
+        await _refuse_payload(runtime, payload, exc)
+        return
     task = asyncio.current_task()
     assert task is not None
     runtime.active[job.request_id] = task
@@ -76,11 +90,37 @@ async def _run(runtime: Runtime, job: Job) -> None:
             await pub.send("error", error.body(), status=error.status, retry_after=error.retry_after)
     except ReceiverGone:
         log.info("request %s: nobody wants it any more (cancelled, or its web process is gone)", job.request_id)
+    except Exception as exc:  # a bug, or a body the web tier should have refused: answer now, not at a timeout
+        log.error("request %s: job crashed (%s)", job.request_id, type(exc).__name__)  # never the payload
+        await _quiet_error(pub, crashed(exc))
     finally:
         runtime.publishers.pop(job.request_id, None)
         if not settled and job.reserved:
             accounting.release_reservation(runtime, job)
         await pub.close()
+
+
+def crashed(exc: Exception) -> GatewayError:
+    return GatewayError("internal_error", f"The worker could not run this request ({type(exc).__name__}).")
+
+
+async def _refuse_payload(runtime: Runtime, payload: bytes, exc: Exception) -> None:
+    """A payload that is no ``Job``: tell its client at once if it says where, else log and drop it."""
+    try:
+        address = msgspec.msgpack.decode(payload, type=JobAddress)
+    except msgspec.MsgspecError:
+        log.error("dropped a job payload that names no reply channel (%s)", type(exc).__name__)
+        return
+    log.error("request %s: undecodable job (%s)", address.request_id, type(exc).__name__)
+    pub = Publisher(runtime.redis, address.reply_channel, address.request_id, address.attempt)
+    await _quiet_error(pub, crashed(exc))
+
+
+async def _quiet_error(pub: Publisher, error: GatewayError) -> None:
+    try:
+        await pub.send("error", error.body(), status=error.status)
+    except Exception:  # nobody listening, or Redis trouble: the web tier's liveness checks take over
+        pass
 
 
 async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> None:
@@ -135,6 +175,7 @@ async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: Upst
             runtime.redises.pool, runtime.names, job, job.hop + 1, announce=announce,
             is_live=lambda pool: has_live_worker(runtime.redises.pool(pool), runtime.names, pool),
             depth_limit=runtime.settings.limits.queue_depth_limit,
+            pickup_timeout=runtime.settings.pickup_timeout,
         )
         if handed is not None:
             nxt = handed.plan[handed.hop]
