@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.body import read_json
+from api.admission import refuse_unknown_key
 from api.dispatch import Dispatch
 from api.gateway import Gateway
 from common.errors import GatewayError
@@ -23,8 +24,11 @@ async def chat_completions(request: Request) -> Response:
         body, chat = await read_json(request, ChatRequest, gateway.settings.limits.max_body_bytes)
         dispatch.exchange.model = chat.model
         output_tokens = chat.max_completion_tokens or chat.max_tokens
-        plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
-                        messages=chat.messages, tools=chat.tools, output_tokens=output_tokens)
+        try:
+            plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
+                            messages=chat.messages, tools=chat.tools, output_tokens=output_tokens)
+        except GatewayError as error:
+            raise await refuse_unknown_key(gateway, request, error) from None
         await dispatch.admit(plan, messages=_builtins(chat.messages), tools=_builtins(chat.tools),
                              output_tokens=output_tokens)
     except GatewayError as error:

@@ -108,7 +108,8 @@ def start_all(args: argparse.Namespace, procs_: procs.Processes, workdir: Path) 
     }
     out: dict[str, Any] = {"namespace": namespace, "upstream_port": upstream_port, "web_port": web_port,
                            "redis_url": None, "private_redis": False, "redis_version": "embedded"}
-    if args.serve:  # one process, its own embedded store (no REDIS_URL)
+    if args.serve:  # one process, its own embedded store (no REDIS_URL) in a data dir of the bench's own
+        settings["MEGABRAIN_DATA_DIR"] = str(workdir / "store")
         procs_.start("serve", procs.megabrain_argv("serve", "--providers", "openai"), procs.clean_env(settings))
     else:
         if args.redis_url:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
 
 import httpx
 import openai
-import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import ProcessGateway
 
 EXPECTED = "".join(f"tok{i} " for i in range(16))
-
-pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
-                                reason="separate processes need a real Redis (set REDIS_URL)")
-
 
 def assert_serves_chat(url: str, api_key: str, requests: int = 3) -> None:
     """``requests`` answers and one stream (with usage) through the gateway at ``url``, via the OpenAI SDK."""

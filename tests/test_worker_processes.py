@@ -6,17 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.harness import ProcessGateway
+from tests.harness import ProcessGateway, wait_until
 from tests.test_processes import assert_serves_chat
-
-pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
-                                reason="separate processes need a real Redis (set REDIS_URL)")
 
 
 def _children(pid: int) -> list[int]:
@@ -44,29 +39,21 @@ def _live_workers(url: str) -> int:
     return int(ready.get("pools", {}).get("openai", {}).get("live_workers", 0))
 
 
-def _wait(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def test_worker_processes_serve_and_stop_together(gateway_env: dict[str, str]) -> None:
     env = {**gateway_env, "MEGABRAIN_WORKER_PROCESSES": "2"}  # the default --processes comes from here
     with ProcessGateway(env, workers=0) as gateway:
         parent = subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--providers", "openai"],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            _wait(lambda: _live_workers(gateway.url) == 2)  # two processes, two worker ids
+            assert wait_until(lambda: _live_workers(gateway.url) == 2, 30)  # two processes, two worker ids
             children = _children(parent.pid)
             assert len(children) == 2
             assert_serves_chat(gateway.url, env["MEGABRAIN_TEST_API_KEY"], requests=4)
 
             # a child that dies on its own is replaced; the pool keeps two live processes
             os.kill(children[0], signal.SIGKILL)
-            _wait(lambda: children[0] not in _children(parent.pid) and len(_children(parent.pid)) == 2)
+            assert wait_until(lambda: children[0] not in _children(parent.pid)
+                              and len(_children(parent.pid)) == 2, 30)
             children = _children(parent.pid)
 
             # SIGTERM to the parent stops every child, which leave the liveness set on their way out
