@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -11,6 +13,7 @@ from api.gateway import Gateway
 from common.errors import GatewayError
 from common.wire import ChatRequest
 from router.plan import plan_for
+from router.preferences import CHECKED_PARAMETERS
 
 
 async def chat_completions(request: Request) -> Response:
@@ -20,13 +23,30 @@ async def chat_completions(request: Request) -> Response:
         body, chat = await read_json(request, ChatRequest, gateway.settings.limits.max_body_bytes)
         plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
                         messages=chat.messages, tools=chat.tools,
-                        output_tokens=chat.max_completion_tokens or chat.max_tokens)
+                        output_tokens=chat.max_completion_tokens or chat.max_tokens,
+                        preferences=chat.provider, parameters=request_parameters(chat, body),
+                        affinity=caller_affinity(request))
         await dispatch.admit(plan)
     except GatewayError as error:
         return dispatch.refuse(error)
     stream = bool(chat.stream)
     include_usage = bool(stream and chat.stream_options and chat.stream_options.include_usage)
     return await dispatch.answer(dispatch.job("chat", plan, body=body, stream=stream, include_usage=include_usage))
+
+
+def request_parameters(chat: ChatRequest, body: bytes) -> frozenset[str]:
+    """The optional parameters a request uses, for ``provider.require_parameters``."""
+    used = {name for name in CHECKED_PARAMETERS if getattr(chat, name, None) is not None}
+    if b'"reasoning' in body:  # "reasoning" or "reasoning_effort" (not validated here; adapters read them)
+        used.add("reasoning")
+    return frozenset(used)
+
+
+def caller_affinity(request: Request) -> str:
+    """Who asks, as a short hash (never the key itself): equally good endpoints are chosen per caller and
+    stay chosen, so a key's prompt cache at its provider stays warm."""
+    who = request.headers.get("authorization") or (request.client.host if request.client else "")
+    return hashlib.blake2b(who.encode(), digest_size=8).hexdigest()
 
 
 ROUTES = [("POST", "/chat/completions", chat_completions)]

@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import weakref
+
 import msgspec
 
 from common.errors import GatewayError
-from common.wire import Route
+from common.wire import ProviderPreferences, Route
 from router.auto import Health, choose, estimate_prompt_tokens, no_model_available, wants_vision
 from router.catalog import AUTO_MODELS, Catalog, Model
 from router.health import HealthSnapshot
+from router.preferences import FREE_VARIANT, Latency, arrange, hidden_free, select, split_variant
 
 Healthy = Callable[[str, str], bool]  # (provider, model id) -> circuit closed?
 
@@ -31,7 +34,7 @@ def _always_healthy(provider: str, model_id: str) -> bool:
 
 def plan_for(
     catalog: Catalog,
-    model_id: str,
+    model_id: str | None,
     *,
     extra_models: list[str] | None = None,
     healthy: Healthy = _always_healthy,
@@ -41,37 +44,83 @@ def plan_for(
     messages: Iterable[Any] | None = None,
     tools: list[Any] | None = None,
     output_tokens: int | None = None,
+    preferences: ProviderPreferences | None = None,
+    parameters: frozenset[str] = frozenset(),
+    affinity: str = "",
 ) -> list[Route]:
     """Candidates for ``model_id`` (then the client's ``models`` list), configured providers only.
 
-    Healthy candidates come first; unhealthy ones stay at the end as a last resort rather than vanishing,
-    so a request is never refused only because every circuit is open.
+    ``model_id`` is a canonical ``author/model`` id (every endpoint of the model, ordered by
+    ``router/preferences.py``'s rule), a ``provider/model`` endpoint id (that endpoint first, the model's
+    other endpoints after it), a bare id or alias, optionally with a variant (``:floor``, ``:nitro``,
+    ``:free``); None means "the first of ``extra_models``". ``preferences`` is the client's ``provider``
+    object, ``parameters`` the request's top-level fields (for ``require_parameters``), ``affinity`` who
+    asks (a hash of the key), so equally good endpoints are chosen per caller and stay chosen.
 
     ``health`` (the gateway's snapshot) stands for both ``healthy`` and ``health_score``. The auto ids
     (``auto``, ``auto-free``, …) are planned by ``router.auto.choose`` from what the request needs:
     ``messages`` and ``tools`` (dicts or msgspec Structs) and ``output_tokens`` (the client's max tokens).
     """
+    extra = list(extra_models or ())
+    if model_id is None:
+        if not extra:
+            raise GatewayError("invalid_request", "Send 'model' or a non-empty 'models' list.", param="model")
+        model_id, extra = extra[0], extra[1:]
+    latency: Latency = lambda provider, model: None  # noqa: E731
     if health is not None:
         healthy = health.healthy
         health_score = health_score or snapshot_score(health)
+        latency = health.latency
     if model_id in AUTO_MODELS:
-        return _auto_plan(
-            catalog, model_id, extra_models or (), modality=modality, messages=messages, tools=tools,
+        routes = _auto_plan(
+            catalog, model_id, extra, modality=modality, messages=messages, tools=tools,
             output_tokens=output_tokens, score=health_score or _score_from_healthy(healthy),
         )
-    first = catalog.resolve(model_id)
+        if preferences is None:
+            return routes
+        allowed = select([m for r in routes if (m := catalog.get(r.model)) is not None], preferences,
+                         variant=None, parameters=parameters, display=_display(catalog),
+                         data_policy=_data_policy(catalog), model_id=model_id)
+        return [r for r in routes if any(m.id == r.model for m in allowed)]
+    routes: list[Route] = []
+    seen: set[str] = set()
+    for position, requested in enumerate([model_id, *extra]):
+        try:
+            found = _endpoint_routes(catalog, requested, modality=modality, preferences=preferences,
+                                     parameters=parameters, healthy=healthy, latency=latency, affinity=affinity)
+        except GatewayError:
+            if position == 0:
+                raise
+            continue  # a fallback the preferences rule out is skipped; the first model's error is the one told
+        for route in found:
+            if route.model not in seen:
+                seen.add(route.model)
+                routes.append(route)
+    return routes
+
+
+def _endpoint_routes(
+    catalog: Catalog,
+    model_id: str,
+    *,
+    modality: str,
+    preferences: ProviderPreferences | None,
+    parameters: frozenset[str],
+    healthy: Healthy,
+    latency: Latency,
+    affinity: str,
+) -> list[Route]:
+    """One requested id's endpoints, filtered and ordered (see ``plan_for``)."""
+    pinned, slug, variant, upstream_override = _lookup(catalog, model_id)
+    first = pinned or catalog.endpoints_of(slug or "")[0]
     _check_modality(first, modality)
-    ordered: list[Model] = []
-    for requested in [first, *(catalog.resolve(m) for m in extra_models or ())]:
-        for candidate in _expand(catalog, requested):
-            if candidate not in ordered:
-                ordered.append(candidate)
-    routes = [
-        Route(provider=m.provider, model=m.id, upstream_model=m.upstream_id)
-        for m in ordered
-        if _configured(catalog, m.provider) and m.modality == first.modality
-    ]
-    if not routes:
+    endpoints = [m for m in _expand(catalog, first) if m.modality == first.modality]
+    if pinned is None:
+        endpoints = [m for m in catalog.endpoints_of(first.slug) if m.modality == first.modality]
+    if variant != FREE_VARIANT:
+        endpoints = [m for m in endpoints if not hidden_free(m) or m is pinned]
+    configured = [m for m in endpoints if _configured(catalog, m.provider)]
+    if not configured:
         provider = catalog.providers.get(first.provider)
         name = provider.name if provider else first.provider
         raise GatewayError(
@@ -80,9 +129,41 @@ def plan_for(
             retry_after=60,
             param="model",
         )
-    up = [r for r in routes if healthy(r.provider, r.model)]
-    down = [r for r in routes if r not in up]
-    return up + down
+    display = _display(catalog)
+    allowed = select(configured, preferences, variant=variant, parameters=parameters, display=display,
+                     data_policy=_data_policy(catalog), model_id=model_id)
+    ordered = arrange(allowed, preferences, variant=variant, healthy=healthy, latency=latency,
+                      affinity=affinity, pinned=pinned if pinned in allowed else None, display=display,
+                      registry_order=_registry_order(catalog))
+    return [Route(provider=m.provider, model=m.id,
+                  upstream_model=upstream_override if m is pinned and upstream_override else m.upstream_id)
+            for m in ordered]
+
+
+def _lookup(catalog: Catalog, model_id: str) -> tuple[Model | None, str | None, str | None, str | None]:
+    """(pinned endpoint, canonical id, variant, upstream id override) for a client's model id.
+
+    An exact endpoint id pins; a canonical id (any case, optionally with a variant) is the model at all
+    its endpoints; then aliases and bare ids; then a dated snapshot of a known model, priced as it; else
+    the catalog's 404."""
+    exact = catalog.models.get(model_id)
+    if exact is not None:
+        return exact, None, None, None
+    base_id, variant = split_variant(model_id)
+    slug = catalog.canonical(base_id)
+    if slug is not None:
+        return None, slug, variant, None
+    named = catalog.get(model_id)
+    if named is not None:
+        return named, None, None, None
+    named = catalog.get(base_id)
+    if named is not None:
+        return named, None, variant, None
+    dated = catalog.snapshot(base_id)
+    if dated is not None:
+        return dated[0], None, variant, dated[1]
+    catalog.resolve(base_id)  # raises the 404 with its hints
+    raise AssertionError("unreachable")
 
 
 def _expand(catalog: Catalog, model: Model) -> list[Model]:
@@ -95,6 +176,35 @@ def _expand(catalog: Catalog, model: Model) -> list[Model]:
         if alt is not None:
             result.append(alt)
     return result
+
+
+def _display(catalog: Catalog) -> dict[str, str]:
+    return _static(catalog)[0]
+
+
+def _data_policy(catalog: Catalog) -> dict[str, str]:
+    return _static(catalog)[1]
+
+
+def _registry_order(catalog: Catalog) -> dict[str, int]:
+    return _static(catalog)[2]
+
+
+_STATIC: "weakref.WeakKeyDictionary[Catalog, tuple[dict[str, str], dict[str, str], dict[str, int]]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _static(catalog: Catalog) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
+    """Per catalog, once: provider display names, data policies and registry order."""
+    found = _STATIC.get(catalog)
+    if found is None:
+        providers = catalog.providers
+        found = ({pid: p.name for pid, p in providers.items()},
+                 {pid: p.data_collection for pid, p in providers.items()},
+                 {pid: i for i, pid in enumerate(providers)})
+        _STATIC[catalog] = found
+    return found
 
 
 def _configured(catalog: Catalog, provider_id: str) -> bool:
