@@ -41,6 +41,10 @@ class Names:
         """Failure/latency counters of a provider or a provider+model (circuit breaker state)."""
         return f"{self.ns}:health:{scope}"
 
+    def generation(self, request_id: str) -> str:
+        """One served request's record for ``GET /api/v1/generation`` (msgpack, kept 30+ days)."""
+        return f"{self.ns}:gen:{request_id}"
+
     def key(self, suffix: str) -> str:
         return f"{self.ns}:{suffix}"
 

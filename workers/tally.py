@@ -3,7 +3,8 @@
 Usage accounting and provider-health successes are plain increments, and a finished job's clean-up is two
 deletes: nobody needs them the same millisecond, and sending them per request was most of a worker's
 Redis round trips. The tally takes the same calls as a redis-py pipeline (``hincrby``, ``hincrbyfloat``,
-``incrbyfloat``, ``expire``, ``delete``), sums the increments, and the pool's ticker flushes them. A failed
+``incrbyfloat``, ``expire``, ``delete``, and ``set`` with a TTL for generation records), sums the
+increments, and the pool's ticker flushes them. A failed
 flush keeps the sums for the next one, so a Redis blip loses no counts (a flush cut off half-way may
 count some twice).
 """
@@ -21,9 +22,14 @@ class Tally:
         self._floats: defaultdict[tuple[str, str | None], Decimal] = defaultdict(Decimal)
         self._expires: dict[str, int] = {}
         self._deletes: list[str] = []
+        self._sets: dict[str, tuple[bytes, int]] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._ints or self._floats or self._deletes)
+        return bool(self._ints or self._floats or self._deletes or self._sets)
+
+    def set(self, key: str, value: bytes, ex: int) -> None:
+        """A whole value with a TTL (the last one queued for a key wins)."""
+        self._sets[key] = (value, int(ex))
 
     def delete(self, *keys: str) -> None:
         self._deletes.extend(keys)
@@ -45,7 +51,9 @@ class Tally:
         if not self:
             return
         ints, floats, expires, deletes = self._ints, self._floats, self._expires, self._deletes
+        sets = self._sets
         self._ints, self._floats, self._expires, self._deletes = defaultdict(int), defaultdict(Decimal), {}, []
+        self._sets = {}
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 for (key, field), amount in ints.items():
@@ -57,12 +65,16 @@ class Tally:
                         pipe.hincrbyfloat(key, field, format(total, "f"))
                 for key, seconds in expires.items():
                     pipe.expire(key, seconds)
+                for key, (value, seconds) in sets.items():
+                    pipe.set(key, value, ex=seconds)
                 if deletes:
                     pipe.delete(*deletes)
                 await pipe.execute()
         except BaseException:
             self._merge(ints, floats, expires)
             self._deletes.extend(deletes)
+            for key, item in sets.items():
+                self._sets.setdefault(key, item)
             raise
 
     def _merge(self, ints: dict[tuple[str, str], int], floats: dict[tuple[str, str | None], Decimal],
