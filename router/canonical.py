@@ -42,6 +42,11 @@ ALIASES = {
     "deepseek-reasoner": "deepseek/deepseek-r1",
     "llama3-70b-8192": "meta-llama/llama-3-70b-instruct",
     "llama3-8b-8192": "meta-llama/llama-3-8b-instruct",
+    # Mistral's own ids carry a YYMM release where OpenRouter names the version.
+    "mistral-small-2506": "mistralai/mistral-small-3.2-24b-instruct",
+    "mistral-small-3.2-24b-instruct-2506": "mistralai/mistral-small-3.2-24b-instruct",
+    "mistral-nemo-instruct-2407": "mistralai/mistral-nemo",
+    "open-mistral-nemo": "mistralai/mistral-nemo",
 }
 
 
@@ -49,6 +54,7 @@ def match_key(model_id: str, provider: str = "") -> str:
     """What identifies the weights behind a seller's id: ``"llama 3 3 70 b"`` for every Llama 3.3 70B."""
     last = model_id.rsplit("/", 1)[-1].lower().split(":", 1)[0]
     last = _FIREWORKS_VERSION.sub(r"\1.\2", last)
+    last = _QUANTIZATION.sub("-", last)
     last = _ISO_DATE.sub(r"\1\2\3", last)
     tokens = _TOKEN.findall(last)
     if provider and tokens and tokens[0] == provider:
