@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import weakref
+from dataclasses import dataclass
+from decimal import Decimal
 
 import msgspec
 
@@ -19,7 +21,9 @@ from common.wire import ProviderPreferences, Route
 from router.auto import Health, choose, estimate_prompt_tokens, no_model_available, wants_vision
 from router.catalog import AUTO_MODELS, Catalog, Model
 from router.health import HealthSnapshot
-from router.preferences import FREE_VARIANT, Latency, arrange, hidden_free, select, split_variant
+from router.preferences import (
+    FREE_VARIANT, Latency, arrange, hidden_free, price_of, select, split_variant, tie_runs,
+)
 
 Healthy = Callable[[str, str], bool]  # (provider, model id) -> circuit closed?
 
@@ -68,7 +72,8 @@ def plan_for(
         model_id, extra = extra[0], extra[1:]
     latency: Latency = lambda provider, model: None  # noqa: E731
     if health is not None:
-        healthy = health.healthy
+        # a snapshot without open or half-open circuits has nothing to say about order: skip the checks
+        healthy = health.healthy if health.open_circuits or health.half_open else _always_healthy
         health_score = health_score or snapshot_score(health)
         latency = health.latency
     if model_id in AUTO_MODELS:
@@ -99,6 +104,66 @@ def plan_for(
     return routes
 
 
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """What one client model id plans to before health and preferences: worked out once per catalog and
+    id (``_candidates``), so a request's planning is a dictionary hit plus a pass over the endpoints."""
+
+    pinned: Model | None
+    variant: str | None
+    endpoints: tuple[Model, ...]  # configured, same modality, sorted by price then registry order
+    routes: dict[str, Route]  # endpoint id -> its Route
+    prices: dict[str, Decimal]
+    ties: tuple[tuple[int, int], ...]  # runs of equal prices in ``endpoints``: the caller's hash picks among them
+
+
+_CACHE_LIMIT = 20_000  # distinct client ids remembered per catalog (clients choose the ids)
+_CANDIDATES: "weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], Candidates]]" = weakref.WeakKeyDictionary()
+
+
+def _candidates(catalog: Catalog, model_id: str, modality: str) -> Candidates:
+    cache = _CANDIDATES.get(catalog)
+    if cache is None:
+        cache = _CANDIDATES[catalog] = {}
+    found = cache.get((model_id, modality))
+    if found is None:
+        found = _work_out(catalog, model_id, modality)
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[(model_id, modality)] = found
+    return found
+
+
+def _work_out(catalog: Catalog, model_id: str, modality: str) -> Candidates:
+    pinned, slug, variant, upstream_override = _lookup(catalog, model_id)
+    first = pinned or catalog.endpoints_of(slug or "")[0]
+    _check_modality(first, modality)
+    if pinned is None:
+        endpoints = [m for m in catalog.endpoints_of(first.slug) if m.modality == first.modality]
+    else:
+        endpoints = [m for m in _expand(catalog, first) if m.modality == first.modality]
+    if variant != FREE_VARIANT:
+        endpoints = [m for m in endpoints if not hidden_free(m) or m is pinned]
+    configured = [m for m in dict.fromkeys(endpoints) if _configured(catalog, m.provider)]
+    if not configured:
+        provider = catalog.providers.get(first.provider)
+        name = provider.name if provider else first.provider
+        raise GatewayError(
+            "temporarily_unavailable",
+            f"The model {model_id!r} is known, but its provider {name} is not configured on this gateway.",
+            retry_after=60,
+            param="model",
+        )
+    rank = _registry_order(catalog)
+    prices = {m.id: price_of(m) for m in configured}
+    configured.sort(key=lambda m: (prices[m.id], rank.get(m.provider, len(rank)), m.id))
+    routes = {m.id: Route(provider=m.provider, model=m.id,
+                          upstream_model=upstream_override if m is pinned and upstream_override else m.upstream_id)
+              for m in configured}
+    return Candidates(pinned=pinned, variant=variant, endpoints=tuple(configured), routes=routes, prices=prices,
+                      ties=tie_runs(configured, prices))
+
+
 def _endpoint_routes(
     catalog: Catalog,
     model_id: str,
@@ -111,33 +176,17 @@ def _endpoint_routes(
     affinity: str,
 ) -> list[Route]:
     """One requested id's endpoints, filtered and ordered (see ``plan_for``)."""
-    pinned, slug, variant, upstream_override = _lookup(catalog, model_id)
-    first = pinned or catalog.endpoints_of(slug or "")[0]
-    _check_modality(first, modality)
-    endpoints = [m for m in _expand(catalog, first) if m.modality == first.modality]
-    if pinned is None:
-        endpoints = [m for m in catalog.endpoints_of(first.slug) if m.modality == first.modality]
-    if variant != FREE_VARIANT:
-        endpoints = [m for m in endpoints if not hidden_free(m) or m is pinned]
-    configured = [m for m in endpoints if _configured(catalog, m.provider)]
-    if not configured:
-        provider = catalog.providers.get(first.provider)
-        name = provider.name if provider else first.provider
-        raise GatewayError(
-            "temporarily_unavailable",
-            f"The model {model_id!r} is known, but its provider {name} is not configured on this gateway.",
-            retry_after=60,
-            param="model",
-        )
+    found = _candidates(catalog, model_id, modality)
+    allowed: list[Model] | tuple[Model, ...] = found.endpoints
     display = _display(catalog)
-    allowed = select(configured, preferences, variant=variant, parameters=parameters, display=display,
-                     data_policy=_data_policy(catalog), model_id=model_id)
-    ordered = arrange(allowed, preferences, variant=variant, healthy=healthy, latency=latency,
-                      affinity=affinity, pinned=pinned if pinned in allowed else None, display=display,
-                      registry_order=_registry_order(catalog))
-    return [Route(provider=m.provider, model=m.id,
-                  upstream_model=upstream_override if m is pinned and upstream_override else m.upstream_id)
-            for m in ordered]
+    if preferences is not None or found.variant == FREE_VARIANT:
+        allowed = select(list(allowed), preferences, variant=found.variant, parameters=parameters,
+                         display=display, data_policy=_data_policy(catalog), model_id=model_id)
+    ordered = arrange(allowed, preferences, variant=found.variant, healthy=healthy, latency=latency,
+                      prices=found.prices, ties=found.ties if allowed is found.endpoints else None,
+                      affinity=affinity,
+                      pinned=found.pinned if found.pinned in allowed else None, display=display)
+    return [found.routes[m.id] for m in ordered]
 
 
 def _lookup(catalog: Catalog, model_id: str) -> tuple[Model | None, str | None, str | None, str | None]:

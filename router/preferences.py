@@ -130,49 +130,69 @@ def _within(model: Model, prompt: float | None, completion: float | None) -> boo
 
 
 def arrange(
-    endpoints: list[Model],
+    endpoints: list[Model] | tuple[Model, ...],
     preferences: ProviderPreferences | None,
     *,
     variant: str | None,
     healthy: Healthy,
     latency: Latency,
+    prices: dict[str, Decimal],
+    ties: tuple[tuple[int, int], ...] | None = None,
     affinity: str = "",
     pinned: Model | None = None,
     display: dict[str, str] | None = None,
-    registry_order: dict[str, int] | None = None,
 ) -> list[Model]:
     """The allowed endpoints in the order they are tried (see the module's rule), cut to the first one
-    (or the ``order`` list) when ``allow_fallbacks`` is false."""
+    (or the ``order`` list) when ``allow_fallbacks`` is false.
+
+    ``endpoints`` come sorted by price then registry order (the catalog's static part, worked out once);
+    ``prices`` holds each one's price and ``ties`` the index ranges of equal prices in ``endpoints`` (None:
+    find them here), so a request without preferences only rotates each run of equal prices by the
+    caller's hash and moves open circuits last."""
     prefs = preferences or _NO_PREFERENCES
-    display = display or {}
-    rank = registry_order or {}
     sort = prefs.sort or SORT_VARIANTS.get(variant or "")
-    up = {m.id: healthy(m.provider, m.id) for m in endpoints}
-
-    def key(m: Model) -> tuple[object, ...]:
-        down = not up[m.id]
-        tie = zlib.crc32(f"{affinity}|{m.provider}".encode())
-        if sort in ("throughput", "latency"):
+    ordered = list(endpoints)
+    if sort in ("throughput", "latency"):
+        def measured(m: Model) -> tuple[bool, float, Decimal]:
             seconds = latency(m.provider, m.id)
-            return (down, seconds is None, seconds or 0.0, price_of(m), tie, rank.get(m.provider, 1 << 30))
-        return (down, price_of(m), tie, rank.get(m.provider, 1 << 30), m.id)
+            return (seconds is None, seconds or 0.0, prices[m.id])
 
-    ordered = sorted(endpoints, key=key)
-    if pinned is not None and pinned in ordered and up[pinned.id] and not prefs.order and sort is None:
+        ordered.sort(key=measured)
+    elif affinity:
+        turn = zlib.crc32(affinity.encode())
+        for start, end in (tie_runs(ordered, prices) if ties is None else ties):
+            shift = turn % (end - start)
+            ordered[start:end] = ordered[start + shift:end] + ordered[start:start + shift]
+    up = [m for m in ordered if healthy(m.provider, m.id)]
+    if len(up) < len(ordered):
+        ordered = up + [m for m in ordered if m not in up]
+    if pinned is not None and pinned in up and not prefs.order and sort is None and ordered[0] is not pinned:
         ordered.remove(pinned)
         ordered.insert(0, pinned)
     if prefs.order:
-        wanted = [name.lower() for name in prefs.order]
+        display = display or {}
         first: list[Model] = []
-        for name in wanted:
-            first += [m for m in ordered if m not in first and _matches(m, {name}, display)]
-        rest = [m for m in ordered if m not in first]
+        for name in prefs.order:
+            wanted = {name.lower()}
+            first += [m for m in ordered if m not in first and _matches(m, wanted, display)]
         if not prefs.allow_fallbacks:
             return first or ordered[:1]
-        return first + rest
+        return first + [m for m in ordered if m not in first]
     if not prefs.allow_fallbacks:
         return ordered[:1]
     return ordered
+
+
+def tie_runs(endpoints: list[Model] | tuple[Model, ...], prices: dict[str, Decimal]) -> tuple[tuple[int, int], ...]:
+    """Index ranges [start, end) of two or more consecutive endpoints with the same price."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(endpoints) + 1):
+        if i == len(endpoints) or prices[endpoints[i].id] != prices[endpoints[start].id]:
+            if i - start > 1:
+                runs.append((start, i))
+            start = i
+    return tuple(runs)
 
 
 def hidden_free(model: Model) -> bool:
