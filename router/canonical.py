@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 
 # Words that say how a seller serves the weights, not which weights they are.
 _NOISE = frozenset({
@@ -102,8 +103,10 @@ def openrouter_slugs() -> tuple[str, ...]:
     return tuple(m.id for provider in data.providers if provider.id == "openrouter" for m in provider.models)
 
 
-def canonical_of(index: SlugIndex, provider: str, upstream_id: str, vendor: str | None) -> str | None:
-    """The canonical slug of one endpoint, or None when nothing but the endpoint's own id names it."""
+def canonical_of(index: SlugIndex, provider: str, upstream_id: str,
+                 vendor_of: Callable[[str], str | None]) -> str | None:
+    """The canonical slug of one endpoint, or None when nothing but the endpoint's own id names it.
+    ``vendor_of`` names the original vendor of a bare id (router/catalog.py), asked only when needed."""
     slug = index.find(upstream_id, provider)
     if slug is not None:
         return slug
@@ -112,6 +115,7 @@ def canonical_of(index: SlugIndex, provider: str, upstream_id: str, vendor: str 
         org, repo = base.lower().split("/")
         if org in HF_AUTHORS:
             return f"{HF_AUTHORS[org]}/{repo}"
-    if vendor is not None and vendor in VENDOR_AUTHORS and "/" not in base:
+    vendor = vendor_of(base) if "/" not in base else None
+    if vendor is not None and vendor in VENDOR_AUTHORS:
         return f"{VENDOR_AUTHORS[vendor]}/{base.lower()}"
     return None

@@ -306,7 +306,7 @@ def annotate(index: SlugIndex, model: Model) -> Model:
     """An endpoint with its canonical id, quantization and models.dev metadata filled in."""
     fields: dict[str, object] = {}
     if not model.canonical:
-        slug = canonical_of(index, model.provider, model.upstream_id, vendor_of(_tail(model.id)))
+        slug = canonical_of(index, model.provider, model.upstream_id, vendor_of)
         if slug is not None and slug != model.id:
             fields["canonical"] = slug
     if model.quantization is None:
