@@ -8,6 +8,9 @@ speculative-decoding copy is hidden so the model has exactly these two endpoints
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +46,7 @@ hidden = true
 """
 
 Fakes = tuple[OpenAIFakeState, OpenAIFakeState]
+ADMIN_KEY = "admin-endpoints-test"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,7 @@ def gateway(redis_url: str | None, tmp_path_factory: pytest.TempPathFactory,
     groq_url, cerebras_url = servers[1]
     env = env_for(redis_url, GROQ_BASE_URL=groq_url, GROQ_API_KEY="sk-groq", CEREBRAS_BASE_URL=cerebras_url,
                   CEREBRAS_API_KEY="sk-cerebras", MEGABRAIN_CONFIG=str(config),
-                  MEGABRAIN_MOUNT_PREFIX="/gw")
+                  MEGABRAIN_MOUNT_PREFIX="/gw", MEGABRAIN_ADMIN_KEY=ADMIN_KEY)
     alice, bob = _keys(redis_url, env["MEGABRAIN_NAMESPACE"])
     with GatewayHarness.from_env(env, pools=("groq", "cerebras")) as harness:
         yield harness, alice, bob
@@ -206,6 +210,20 @@ def test_every_path_is_served_bare_v1_api_v1_and_under_the_prefix(gateway: tuple
     for base in ("", "/v1", "/api/v1", "/gw", "/gw/v1", "/gw/api/v1"):
         assert httpx.get(harness.url + base + "/models/auto-free", timeout=10).status_code == 200, base
     assert _served_by(_create(_sdk(gateway, base="/gw/api/v1"))) == "groq"
+
+
+def test_the_cli_finds_a_server_that_runs_with_a_mount_prefix(gateway: tuple[GatewayHarness, str, str]) -> None:
+    harness = gateway[0]
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(MEGABRAIN_ADMIN_KEY=ADMIN_KEY, MEGABRAIN_CONFIG=os.devnull)
+    for url in (harness.url, harness.url + "/gw"):
+        listed = subprocess.run([sys.executable, "-m", "api.cli", "keys", "list", "--url", url], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert "alice" in listed.stdout and "bob" in listed.stdout
+        status = subprocess.run([sys.executable, "-m", "api.cli", "status", "--url", url], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "redis: ok" in status.stdout, status.stdout + status.stderr
 
 
 def test_endpoints_listing_and_canonical_entry(gateway: tuple[GatewayHarness, str, str]) -> None:
