@@ -81,7 +81,6 @@ class Catalog:
         for model in self.models.values():
             self._by_tail.setdefault(_tail(model.id), []).append(model)
         # canonical id -> its endpoints, registry order (the planner orders them per request)
-        self.endpoints: dict[str, tuple[Model, ...]] = {}
         grouped: dict[str, list[Model]] = {}
         for model in self.models.values():
             grouped.setdefault(model.slug, []).append(model)

@@ -142,8 +142,8 @@ def _work_out(catalog: Catalog, model_id: str, modality: str) -> Candidates:
         endpoints = [m for m in catalog.endpoints_of(first.slug) if m.modality == first.modality]
     else:
         endpoints = [m for m in _expand(catalog, first) if m.modality == first.modality]
-    if variant != FREE_VARIANT:
-        endpoints = [m for m in endpoints if not hidden_free(m) or m is pinned]
+    if variant != FREE_VARIANT:  # unless a model has nothing but its free copies
+        endpoints = [m for m in endpoints if not hidden_free(m) or m is pinned] or endpoints
     configured = [m for m in dict.fromkeys(endpoints) if _configured(catalog, m.provider)]
     if not configured:
         provider = catalog.providers.get(first.provider)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from router.catalog import AUTO_MODELS
-
 import gzip
 import os
 import subprocess
@@ -15,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from router.catalog import AUTO_MODELS
 from router.health import HealthSnapshot
 from tests.harness import GatewayHarness, env_for
 from tests.fakes.openai_server import OpenAIFakeState
