@@ -7,12 +7,14 @@ The order is the issue's decision table:
 3. no key, paid model                         → 401 paid_model_auth_required
 4. the limits that apply, in one Redis call:
    - anonymous, free model: per-IP day allowance (401 promotion_limit_reached), then per-IP minute (429)
-   - key, free model: per-IP minute (429) — "per client IP, anonymous or not" — and the key's rpm (429)
+   - key, free model: per-IP minute (429) — "per client IP, anonymous or not" — and the key's rpm (429);
+     a signed-in user's key also the account's day allowance (429), larger than the anonymous one
    - key, paid model: the key's rpm (429) and monthly budget (402 budget_exceeded)
 
 The day allowance is checked before the minute limit: when both are used up, "sign in" is the useful
 answer, since waiting a minute would not help. Budgets only guard paid models (free ones cost nothing).
 A request with a cached key costs one Redis round trip (the limit script, which also sees revocations).
+The two "you need a key" answers name the sign-up page, the way in for a new user.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ async def check_access(
     model_is_free: bool,
     client_ip: str | None,
     limits: Limits,
+    signup_url: str | None = None,
 ) -> AccessResult:
     token = bearer_token(authorization_header)
     record: KeyRecord | None = None
@@ -96,11 +99,14 @@ async def check_access(
         )
     if record is None and not model_is_free:
         return AccessResult(
-            error=GatewayError("paid_model_auth_required", PAID_MODEL_MESSAGE, code="PAID_MODEL_AUTH_REQUIRED")
+            error=GatewayError("paid_model_auth_required", with_signup(PAID_MODEL_MESSAGE, signup_url),
+                               code="PAID_MODEL_AUTH_REQUIRED")
         )
     counters = _counters(ctx.limiter, record, model_is_free, subject, limits)
     if record is None:
         decision = await ctx.limiter.check(counters)
+        if decision.error is not None and decision.error.error_type == "promotion_limit_reached":
+            decision.error.message = with_signup(decision.error.message, signup_url)
     else:
         budget = record.monthly_budget if not model_is_free else None
         decision = await ctx.limiter.check(
@@ -125,9 +131,18 @@ def _counters(
         if record is None:
             counters.append(limiter.ip_day(subject, limits.anonymous_requests_per_day))
         counters.append(limiter.ip_minute(subject, limits.free_requests_per_minute))
+    if model_is_free and record is not None and record.owner is not None:
+        counters.append(limiter.account_day(record.owner, limits.user_requests_per_day))
     if record is not None and record.rpm is not None:
         counters.append(limiter.key_minute(record.id, record.rpm))
     return counters
+
+
+def with_signup(message: str, signup_url: str | None) -> str:
+    """The message, plus where to get a key when self-service sign-up is on."""
+    if not signup_url:
+        return message
+    return f"{message} Create a free account and get your API key at {signup_url}"
 
 
 def _subject(client_ip: str | None) -> str | None:

@@ -47,6 +47,7 @@ def key_json(record: KeyRecord, month_spend: float | None = None) -> dict[str, A
         "rpm": record.rpm,
         "monthly_budget": record.monthly_budget,
         "revoked": record.revoked,
+        "owner": record.owner,
         "month_spend": month_spend,
     }
 

@@ -52,6 +52,7 @@ async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool) ->
         model_is_free=model_is_free,
         client_ip=request_client_ip(request, limits.trusted_proxy_hops),
         limits=limits,
+        signup_url=gateway.settings.signup_url,
     )
     if result.error is not None:
         result.error.headers = {**result.headers, **result.error.headers}

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import admin, chat, embeddings, listings, lookups, ops, transcriptions
+from api import admin, chat, embeddings, listings, lookups, ops, pages, transcriptions
 from api.gateway import Gateway
 from api.responses import error_response
 from common.errors import GatewayError
@@ -70,6 +70,8 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         for base in bases:
             # plain Starlette routes: no dependency solving or pydantic on the hot path
             app.router.add_route(base + path, endpoint, methods=[method], include_in_schema=False)
+    for method, path, endpoint in pages.ROUTES:  # browser pages: bare or under the prefix, not /v1
+        app.router.add_route(settings.mount_prefix + path, endpoint, methods=[method], include_in_schema=False)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:

@@ -175,10 +175,11 @@ def print_keys(keys: list[dict[str, Any]]) -> None:
     rows = [
         [k["id"], k["name"], k["prefix"] + "…", _when(k["created"]), _when(k["last_used"]), _opt(k["rpm"]),
          _opt(k["monthly_budget"]), f"{k.get('month_spend') or 0:.6f}".rstrip("0").rstrip("."),
-         "revoked" if k["revoked"] else "active"]
+         "revoked" if k["revoked"] else "active", k.get("owner") or "-"]
         for k in keys
     ]
-    print(_table(["ID", "NAME", "PREFIX", "CREATED (UTC)", "LAST USED", "RPM", "BUDGET $", "MONTH $", "STATUS"],
+    print(_table(["ID", "NAME", "PREFIX", "CREATED (UTC)", "LAST USED", "RPM", "BUDGET $", "MONTH $", "STATUS",
+                  "OWNER"],
                  rows))
 
 

@@ -6,6 +6,7 @@ Redis layout (all under the deployment's namespace):
     apikey:ids               hash  id -> sha256 hex        list / revoke by id
     apikey:revoked           set of revoked ids            read by the rate-limit script on every request
     apikey:used              hash  id -> epoch seconds     last use, written by the rate-limit script
+    account:keys:<account>   set of key ids                the keys a signed-in user owns (api/accounts.py)
     usage:<id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n  requests, tokens, cost per UTC day and model
     spend:<id>:<YYYY-MM>     float                         month-to-date cost, read for budgets
 
@@ -45,6 +46,7 @@ class KeyRecord(msgspec.Struct, kw_only=True):
     monthly_budget: float | None = None  # USD
     revoked: bool = False
     revoked_at: float | None = None
+    owner: str | None = None  # the account that created it on its Profile page; None for operator keys
     last_used: float | None = None  # filled in by KeyStore.list(); not stored in the record
 
 
@@ -100,7 +102,7 @@ class KeyStore:
         self.k = KeyNames(names)
 
     async def create(
-        self, name: str, rpm: int | None = None, monthly_budget: float | None = None
+        self, name: str, rpm: int | None = None, monthly_budget: float | None = None, *, owner: str | None = None
     ) -> tuple[KeyRecord, str]:
         """A new key. The plaintext is returned once and exists nowhere else afterwards."""
         plaintext = new_plaintext_key()
@@ -116,9 +118,14 @@ class KeyStore:
             created=time.time(),
             rpm=rpm,
             monthly_budget=monthly_budget,
+            owner=owner,
         )
-        await self.redis.set(self.k.record(key_hash), msgspec.msgpack.encode(record))
-        log.info("api key created id=%s name=%s", key_id, name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.k.record(key_hash), msgspec.msgpack.encode(record))
+            if owner is not None:
+                pipe.sadd(self.k.names.account_keys(owner), key_id)
+            await pipe.execute()
+        log.info("api key created id=%s name=%s owner=%s", key_id, name, owner or "-")
         return record, plaintext
 
     async def lookup(self, plaintext: str) -> KeyRecord | None:
@@ -140,17 +147,25 @@ class KeyStore:
         record.last_used = float(used) if used else None
         return record
 
-    async def list(self) -> list[KeyRecord]:
-        """Every key, oldest first, with last use filled in. Two round trips whatever the count."""
-        ids = {_text(k): _text(v) for k, v in (await self.redis.hgetall(self.k.ids)).items()}
+    async def owned(self, owner: str) -> list[KeyRecord]:
+        """The keys an account owns, oldest first (its Profile page). Three round trips."""
+        key_ids = sorted(_text(k) for k in await self.redis.smembers(self.k.names.account_keys(owner)))
+        if not key_ids:
+            return []
+        hashes = await self.redis.hmget(self.k.ids, key_ids)
+        records = await self._records({i: _text(h) for i, h in zip(key_ids, hashes) if h})
+        return [r for r in records if r.owner == owner]
+
+    async def _records(self, ids: dict[str, str]) -> list[KeyRecord]:
+        """The records of ``{key id: key hash}`` with last use filled in, oldest first, in one round trip."""
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for key_hash in ids.values():
                 pipe.get(self.k.record(key_hash))
-            pipe.hgetall(self.k.used)
+            pipe.hmget(self.k.used, list(ids))
             results = await pipe.execute()
-        used = {_text(k): float(v) for k, v in results[-1].items()}
+        used = {key_id: float(v) for key_id, v in zip(ids, results[-1]) if v}
         records = []
         for raw in results[:-1]:
             if raw:
@@ -158,6 +173,11 @@ class KeyStore:
                 record.last_used = used.get(record.id)
                 records.append(record)
         return sorted(records, key=lambda r: r.created)
+
+    async def list(self) -> list[KeyRecord]:
+        """Every key, oldest first, with last use filled in. Two round trips whatever the count."""
+        ids = {_text(k): _text(v) for k, v in (await self.redis.hgetall(self.k.ids)).items()}
+        return await self._records(ids)
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke a key everywhere at once: the revoked set is checked by every request's limit script."""

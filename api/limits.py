@@ -40,6 +40,8 @@ DAY = 86400
 IP_MINUTE = "ip_minute"
 IP_DAY = "ip_day"
 KEY_MINUTE = "key_minute"
+ACCOUNT_DAY = "account_day"  # free models through a signed-in user's keys
+SIGNUP_DAY = "signup_day"  # accounts created from one client IP
 
 OK, REVOKED, BUDGET, LIMITED = 0, 1, 2, 3
 
@@ -151,6 +153,12 @@ class Limiter:
     def key_minute(self, key_id: str, rpm: int) -> Counter:
         return Counter(KEY_MINUTE, self.names.key_minute(key_id), rpm, MINUTE)
 
+    def account_day(self, account_id: str, limit: int) -> Counter:
+        return Counter(ACCOUNT_DAY, self.names.names.account_day(account_id), limit, DAY)
+
+    def signup_day(self, subject: str, limit: int) -> Counter:
+        return Counter(SIGNUP_DAY, self.names.names.signup_day(subject), limit, DAY)
+
     async def check(
         self,
         counters: list[Counter],
@@ -218,7 +226,12 @@ def limit_error(state: CounterState, headers: dict[str, str]) -> GatewayError:
             "Use an API key to continue, or come back tomorrow (UTC).",
             headers=headers,
         )
-    if c.kind == KEY_MINUTE:
+    if c.kind == SIGNUP_DAY:
+        message = "Too many sign-ups from this network today. Try again tomorrow (UTC)."
+    elif c.kind == ACCOUNT_DAY:
+        message = (f"Your account's free allowance of {c.limit} free-model requests per day is used up. "
+                   "It resets at midnight UTC; paid models are not affected.")
+    elif c.kind == KEY_MINUTE:
         message = f"Rate limit of this API key reached ({c.limit} requests per minute). Retry in {wait} s."
     else:
         message = f"Free-model rate limit reached ({c.limit} requests per minute per client). Retry in {wait} s."

@@ -45,6 +45,34 @@ class Names:
         """One served request's record for ``GET /api/v1/generation`` (msgpack, kept 30+ days)."""
         return f"{self.ns}:gen:{request_id}"
 
+    def account(self, account_id: str) -> str:
+        """One account's msgpack record (email, Argon2id password hash, created)."""
+        return f"{self.ns}:account:{account_id}"
+
+    def account_email(self, email_hash: str) -> str:
+        """Account id by the SHA-256 of the normalised email: uniqueness, without emails in key names."""
+        return f"{self.ns}:account:email:{email_hash}"
+
+    def account_keys(self, account_id: str) -> str:
+        """Set of the ids of the API keys an account owns."""
+        return f"{self.ns}:account:keys:{account_id}"
+
+    def session(self, session_hash: str) -> str:
+        """A signed-in browser session by the SHA-256 of its cookie value (never the value itself)."""
+        return f"{self.ns}:session:{session_hash}"
+
+    def login_failures(self, scope: str) -> str:
+        """Failed log-ins of a client IP or an account in the current window (``ip:…`` / ``email:…``)."""
+        return f"{self.ns}:login:fail:{scope}"
+
+    def signup_day(self, subject: str) -> str:
+        """Sign-ups from one client IP (or IPv6 /64) today (the limit script's hash)."""
+        return f"{self.ns}:rl:signupd:{subject}"
+
+    def account_day(self, account_id: str) -> str:
+        """The free-model day counter of a signed-in user's keys (the limit script's hash)."""
+        return f"{self.ns}:rl:acctd:{account_id}"
+
     def key(self, suffix: str) -> str:
         return f"{self.ns}:{suffix}"
 

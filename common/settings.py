@@ -20,6 +20,10 @@ import msgspec
 class Limits(msgspec.Struct, kw_only=True):
     free_requests_per_minute: int = 20
     anonymous_requests_per_day: int = 50
+    user_requests_per_day: int = 1000  # free-model allowance of a signed-in user's keys (all of them together)
+    login_failures_per_email: int = 5  # failed log-ins per 15 minutes before 429 (api/login_guard.py)
+    login_failures_per_ip: int = 30
+    signups_per_ip_per_day: int = 10
     trusted_proxy_hops: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
     max_upload_bytes: int = 25 * 1024 * 1024
@@ -79,6 +83,9 @@ class Settings(msgspec.Struct, kw_only=True):
     sentry_traces_sample_rate: float = 0.0
     admin_key: str | None = None
     log_level: str = "info"
+    public_url: str | None = None  # e.g. https://gw.example.com: makes the sign-up link in API errors absolute
+    signup: bool = True  # MEGABRAIN_SIGNUP=off: no self-service accounts (private deployments)
+    session_ttl: float = 14 * 86400.0  # seconds a browser stays signed in
     # timing
     pickup_timeout: float = 5.0  # a job not picked up by then: fall back or 503
     heartbeat_timeout: float = 20.0  # no word from a busy worker for this long: it is presumed dead
@@ -101,6 +108,13 @@ class Settings(msgspec.Struct, kw_only=True):
     def embedded_redis(self) -> bool:
         return not self.redis_url
 
+    @property
+    def signup_url(self) -> str | None:
+        """Where API errors send people for a key; None when sign-up is off."""
+        if not self.signup:
+            return None
+        return (self.public_url or "").rstrip("/") + self.mount_prefix + "/signup"
+
 
 _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "REDIS_URL": ("redis_url", str),
@@ -112,6 +126,9 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "SENTRY_TRACES_SAMPLE_RATE": ("sentry_traces_sample_rate", float),
     "MEGABRAIN_ADMIN_KEY": ("admin_key", str),
     "MEGABRAIN_LOG_LEVEL": ("log_level", str),
+    "MEGABRAIN_PUBLIC_URL": ("public_url", str),
+    "MEGABRAIN_SIGNUP": ("signup", bool),
+    "MEGABRAIN_SESSION_TTL": ("session_ttl", float),
     "MEGABRAIN_PICKUP_TIMEOUT": ("pickup_timeout", float),
     "MEGABRAIN_HEARTBEAT_TIMEOUT": ("heartbeat_timeout", float),
     "MEGABRAIN_REQUEST_TIMEOUT": ("request_timeout", float),
@@ -127,6 +144,7 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
 _LIMIT_ENV: dict[str, tuple[str, type]] = {
     "MEGABRAIN_FREE_RPM": ("free_requests_per_minute", int),
     "MEGABRAIN_ANON_PER_DAY": ("anonymous_requests_per_day", int),
+    "MEGABRAIN_USER_PER_DAY": ("user_requests_per_day", int),
     "MEGABRAIN_TRUSTED_PROXY_HOPS": ("trusted_proxy_hops", int),
     "MEGABRAIN_MAX_BODY_BYTES": ("max_body_bytes", int),
     "MEGABRAIN_QUEUE_DEPTH_LIMIT": ("queue_depth_limit", int),
@@ -171,7 +189,15 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
     return settings
 
 
+_SWITCHES = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False,
+             "no": False}
+
+
 def _coerce(var: str, raw: str, typ: type) -> Any:
+    if typ is bool:
+        if raw.strip().lower() not in _SWITCHES:
+            raise ConfigError(f"{var}={raw!r} must be on or off")
+        return _SWITCHES[raw.strip().lower()]
     try:
         return typ(raw)
     except ValueError:

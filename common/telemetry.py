@@ -61,7 +61,7 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)([?&](?:key|api_key|api-key|token|access_token)=)[^&\s\"']+"),
 ]
 _SENSITIVE_KEYS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
-                   "set-cookie", "api_key", "apikey", "password", "secret", "token",
+                   "set-cookie", "api_key", "apikey", "password", "secret", "token", "csrf_token", "email",
                    "messages", "prompt", "input", "body", "data", "content", "completion", "choices"}
 _FILTERED = "[Filtered]"
 

@@ -152,7 +152,7 @@ def test_error_table_as_the_sdk_sees_it(two_apis: tuple[GatewayHarness, GatewayH
     error = sdk_error(lambda: create(sdk(gw), PAID))
     body = assert_envelope(error, openai.AuthenticationError, 401, "paid_model_auth_required")
     assert body["error"]["code"] == "PAID_MODEL_AUTH_REQUIRED"
-    assert body["error"]["message"] == "You need to sign in to use this model."
+    assert body["error"]["message"] == "You need to sign in to use this model. Create a free account and get your API key at /signup"
 
     ensure_minute_margin()
     anonymous = sdk(gw, ip="198.51.100.2")

@@ -1,0 +1,20 @@
+"""The browser pages: landing, sign-up, log-in and the Profile page (server-rendered, no script).
+
+Served bare and under the mount prefix, never under ``/v1``: they are the product's pages, not its API.
+"""
+
+from __future__ import annotations
+
+from api.pages import auth, profile
+
+ROUTES = [
+    ("GET", "/", auth.landing),
+    ("GET", "/signup", auth.signup_page),
+    ("POST", "/signup", auth.signup),
+    ("GET", "/login", auth.login_page),
+    ("POST", "/login", auth.login),
+    ("POST", "/logout", auth.logout),
+    ("GET", "/profile", profile.profile),
+    ("POST", "/profile/keys", profile.create_key),
+    ("POST", "/profile/keys/{key_id}/revoke", profile.revoke_key),
+]

@@ -1,0 +1,136 @@
+"""The Profile page: the user's keys (create → shown once, revoke), 30 days of usage, spend, allowance.
+
+Usage is read from the per-key counters the worker writes (common/usage.py) and summed over the user's
+keys per day and model; the chart is an SVG drawn here, so the page needs no script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.keys import KeyRecord, KeyStore, UsageRow, utc_day
+from api.pages.forms import Visitor, form_endpoint, visitor
+
+USAGE_DAYS = 30
+MAX_KEY_NAME = 64
+CHART_WIDTH, CHART_HEIGHT = 600, 120
+
+
+@dataclass
+class Bar:
+    day: str
+    requests: int
+    x: float
+    y: float
+    height: float
+
+
+@dataclass
+class DayModel:
+    day: str
+    model: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = Decimal(0)
+
+
+def merge_usage(per_key: list[list[UsageRow]]) -> list[DayModel]:
+    """Rows of several keys summed per (day, model), newest day first."""
+    merged: dict[tuple[str, str], DayModel] = {}
+    for rows in per_key:
+        for row in rows:
+            total = merged.setdefault((row.day, row.model), DayModel(row.day, row.model))
+            total.requests += row.requests
+            total.prompt_tokens += row.prompt_tokens
+            total.completion_tokens += row.completion_tokens
+            try:
+                total.cost += Decimal(row.cost)
+            except InvalidOperation:
+                pass
+    return sorted(merged.values(), key=lambda r: (r.day, r.model), reverse=True)
+
+
+def chart(rows: list[DayModel], now: float) -> list[Bar]:
+    """One bar per day of the last USAGE_DAYS (oldest on the left), height = requests that day."""
+    days = [utc_day(now - i * 86400) for i in reversed(range(USAGE_DAYS))]
+    per_day = {day: 0 for day in days}
+    for row in rows:
+        if row.day in per_day:
+            per_day[row.day] += row.requests
+    peak = max(per_day.values()) or 1
+    slot = CHART_WIDTH / USAGE_DAYS
+    bars = []
+    for i, day in enumerate(days):
+        height = (CHART_HEIGHT - 4) * per_day[day] / peak
+        bars.append(Bar(day, per_day[day], round(i * slot + 1, 1), round(CHART_HEIGHT - height, 1),
+                        round(height, 1)))
+    return bars
+
+
+async def free_used_today(who: Visitor) -> int:
+    """Today's count of the account's free-model day counter (the limit script's ``{w, n}`` hash)."""
+    assert who.account is not None
+    window, count = await who.gateway.redis.hmget(who.gateway.names.account_day(who.account.id), ["w", "n"])
+    return int(count) if window is not None and int(window) == int(time.time() // 86400) and count else 0
+
+
+async def render_profile(who: Visitor, *, new_key: tuple[KeyRecord, str] | None = None, status: int = 200,
+                         error: str | None = None) -> Response:
+    assert who.account is not None
+    store = KeyStore(who.gateway.redis, who.gateway.names)
+    keys = await store.owned(who.account.id)
+    now = time.time()
+    per_key, spends, used_today = await asyncio.gather(
+        asyncio.gather(*(store.usage(k.id, USAGE_DAYS, now) for k in keys)),
+        store.month_spends([k.id for k in keys], now),
+        free_used_today(who),
+    )
+    rows = merge_usage(list(per_key))
+    limits = who.gateway.settings.limits
+    return who.render(
+        "profile.html", status=status, error=error,
+        keys=keys, spends=spends, new_key=new_key,
+        rows=rows, bars=chart(rows, now), chart_width=CHART_WIDTH, chart_height=CHART_HEIGHT,
+        month_spend=sum(spends.values()),
+        budgets=[k for k in keys if k.monthly_budget is not None and not k.revoked],
+        user_per_day=limits.user_requests_per_day, anonymous_per_day=limits.anonymous_requests_per_day,
+        free_used_today=used_today,
+        api_base=(who.gateway.settings.public_url or str(who.request.base_url).rstrip("/")).rstrip("/")
+        + who.base + "/v1",
+    )
+
+
+async def profile(request: Request) -> Response:
+    who = await visitor(request)
+    if who.account is None:
+        return who.redirect("/login")
+    return await render_profile(who)
+
+
+@form_endpoint(signed_in=True)
+async def create_key(who: Visitor, fields: dict[str, str]) -> Response:
+    assert who.account is not None
+    name = " ".join(fields.get("name", "").split())
+    if not name or len(name) > MAX_KEY_NAME:
+        return await render_profile(who, status=400, error=f"Give the key a name of 1 to {MAX_KEY_NAME} characters.")
+    created = await KeyStore(who.gateway.redis, who.gateway.names).create(name, owner=who.account.id)
+    return await render_profile(who, new_key=created, status=201)
+
+
+@form_endpoint(signed_in=True)
+async def revoke_key(who: Visitor, fields: dict[str, str]) -> Response:
+    assert who.account is not None
+    store = KeyStore(who.gateway.redis, who.gateway.names)
+    key_id = who.request.path_params["key_id"]
+    record = await store.get(key_id)
+    if record is None or record.owner != who.account.id:
+        return await render_profile(who, status=404, error="There is no such key among yours.")
+    await store.revoke(key_id)
+    return who.redirect("/profile")

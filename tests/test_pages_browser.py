@@ -1,0 +1,131 @@
+"""The account pages in a real browser: Playwright driving Debian's Chromium against a real gateway.
+
+Sign up → the key is shown → it works through the OpenAI SDK → its usage shows on the Profile page →
+log out → a wrong password is refused → log in → the key is not shown again → create and revoke keys →
+the revoked key gets 401. Browser downloads are impossible here, so Playwright is pointed at the system
+Chromium; without it these tests are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.fakes.openai_server import OpenAIFakeState
+from tests.harness import GatewayHarness
+from tests.pages import PAID, PASSWORD, accounts_env
+
+CHROMIUM = os.environ.get("MEGABRAIN_CHROMIUM", "/usr/bin/chromium")
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - the test extras install it
+    sync_playwright = None  # type: ignore[assignment]
+
+pytestmark = [
+    pytest.mark.skipif(sync_playwright is None,
+                       reason="the playwright package is not installed (pip install -e '.[test]')"),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                       reason=f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator["Browser"]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def gw(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str], tmp_path: Path) -> Iterator[GatewayHarness]:
+    with GatewayHarness.from_env(accounts_env(redis_url, fake_openai[1], tmp_path)) as harness:
+        yield harness
+
+
+def sdk(gw: GatewayHarness, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+
+def ask(gw: GatewayHarness, key: str) -> str:
+    answer = sdk(gw, key).chat.completions.create(model=PAID, messages=[{"role": "user", "content": "Hello"}])
+    return answer.choices[0].message.content or ""
+
+
+def fill_and_submit(page: "Page", email: str, password: str, button: str) -> None:
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name=button, exact=True).click()
+
+
+def wait_for_usage(page: "Page", model: str, seconds: float = 15.0) -> str:
+    """Reload the Profile page until the worker's usage write for ``model`` shows (it is batched)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        table = page.locator("#usage").inner_text()
+        if model in table or time.monotonic() > deadline:
+            return table
+        time.sleep(0.25)
+        page.reload()
+
+
+def test_a_new_user_signs_up_uses_the_key_and_manages_keys(browser: "Browser", gw: GatewayHarness) -> None:
+    page = browser.new_page()
+    email = "new.user@example.org"
+
+    page.goto(gw.url + "/")
+    page.get_by_role("link", name="Create a free account").click()
+    fill_and_submit(page, email, PASSWORD, "Sign up")
+    key = page.get_by_label("New API key").inner_text().strip()
+    assert key.startswith("mb-")
+    expect(page.get_by_text("shown only this once")).to_be_visible()
+
+    assert ask(gw, key)
+    page.goto(gw.url + "/profile")
+    usage = wait_for_usage(page, "gpt-4o")
+    assert "gpt-4o" in usage, usage
+    assert key not in page.content()
+    assert key[:8] in page.content()
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    assert page.url.endswith("/login")
+    assert page.goto(gw.url + "/profile").url.endswith("/login")  # the session is gone
+
+    fill_and_submit(page, email, "not my password", "Log in")
+    expect(page.get_by_role("alert")).to_have_text("The email or the password is wrong.")
+    fill_and_submit(page, email, PASSWORD, "Log in")
+    assert page.url.endswith("/profile")
+    expect(page.get_by_role("heading", name="Profile")).to_be_visible()
+    assert key not in page.content()
+    assert page.get_by_label("New API key").count() == 0
+
+    page.get_by_label("Key name").fill("laptop")
+    page.get_by_role("button", name="Create key").click()
+    second = page.get_by_label("New API key").inner_text().strip()
+    assert second.startswith("mb-") and second != key
+    assert ask(gw, second)
+
+    page.goto(gw.url + "/profile")
+    page.get_by_role("button", name="Revoke default").click()
+    assert page.url.endswith("/profile")
+    expect(page.get_by_role("row", name="default").get_by_text("revoked")).to_be_visible()
+    with pytest.raises(openai.AuthenticationError):
+        ask(gw, key)
+    assert ask(gw, second)
+    page.close()
+
+
+def test_pages_work_without_javascript(browser: "Browser", gw: GatewayHarness) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(gw.url + "/signup")
+    fill_and_submit(page, "nojs@example.org", PASSWORD, "Sign up")
+    assert page.get_by_label("New API key").inner_text().startswith("mb-")
+    context.close()
