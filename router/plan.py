@@ -77,16 +77,17 @@ def plan_for(
         health_score = health_score or snapshot_score(health)
         latency = health.latency
     if model_id in AUTO_MODELS:
-        routes = _auto_plan(
+        chosen = _auto_plan(
             catalog, model_id, extra, modality=modality, messages=messages, tools=tools,
             output_tokens=output_tokens, score=health_score or _score_from_healthy(healthy),
         )
         if preferences is None:
-            return routes
-        allowed = select([m for r in routes if (m := catalog.get(r.model)) is not None], preferences,
+            return chosen
+        allowed = select([m for r in chosen if (m := catalog.get(r.model)) is not None], preferences,
                          variant=None, parameters=parameters, display=_display(catalog),
                          data_policy=_data_policy(catalog), model_id=model_id)
-        return [r for r in routes if any(m.id == r.model for m in allowed)]
+        kept = {m.id for m in allowed}
+        return [r for r in chosen if r.model in kept]
     routes: list[Route] = []
     seen: set[str] = set()
     for position, requested in enumerate([model_id, *extra]):
