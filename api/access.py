@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from collections.abc import Callable
+from decimal import Decimal
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -31,6 +33,7 @@ from api.limits import Counter, Limiter, invalid_key_error
 from common.errors import GatewayError, unavailable
 from common.names import Names
 from common.settings import Limits
+from common.usage import reserved_key
 
 PAID_MODEL_MESSAGE = "You need to sign in to use this model."
 
@@ -49,6 +52,7 @@ class AccessResult:
     key: KeyRecord | None = None
     headers: dict[str, str] = field(default_factory=dict)  # add to the response, success or error
     error: GatewayError | None = None
+    reserved: Decimal | None = None  # USD held against the key's budget until the worker settles
 
     @property
     def allowed(self) -> bool:
@@ -78,6 +82,8 @@ async def check_access(
     client_ip: str | None,
     limits: Limits,
     signup_url: str | None = None,
+    worst_case: Callable[[], Decimal] | None = None,
+    reserve_ttl: int = 3600,
 ) -> AccessResult:
     token = bearer_token(authorization_header)
     record: KeyRecord | None = None
@@ -109,17 +115,23 @@ async def check_access(
             decision.error.message = with_signup(decision.error.message, signup_url)
     else:
         budget = record.monthly_budget if not model_is_free else None
+        reserve = (worst_case() or None) if budget is not None and worst_case is not None else None
         decision = await ctx.limiter.check(
             counters,
             key_id=record.id,
             revoked_key=ctx.key_names.revoked,
             used_key=ctx.key_names.used,
             spend_key=ctx.key_names.spend(record.id, utc_month()) if budget is not None else "",
+            reserved_key=reserved_key(ctx.key_names.names, record.id) if reserve else "",
             budget=budget,
+            reserve=reserve,
+            reserve_ttl=reserve_ttl,
             touch=ctx.keys.touch_due(record.id),
         )
         if decision.revoked and token:
             ctx.keys.forget(token)
+        if decision.allowed and reserve:
+            return AccessResult(key=record, headers=decision.headers, reserved=reserve)
     return AccessResult(key=record, headers=decision.headers, error=decision.error)
 
 

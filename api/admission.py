@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from collections.abc import Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -26,6 +28,7 @@ _contexts: "weakref.WeakKeyDictionary[Gateway, AccessContext]" = weakref.WeakKey
 class Admission:
     key_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers for the response
+    reserved: Decimal | None = None  # USD held against the key's budget (settled by the worker)
 
 
 def access_context(gateway: "Gateway") -> AccessContext:
@@ -40,7 +43,8 @@ def request_client_ip(request: Request, trusted_hops: int) -> str | None:
     return client_ip(peer, request.headers.getlist("x-forwarded-for"), trusted_hops)
 
 
-async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool) -> Admission:
+async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool,
+                worst_case: Callable[[], Decimal] | None = None) -> Admission:
     """Let the request in, or raise ``GatewayError`` (401/402/429/400 in the documented envelope).
 
     The ``X-RateLimit-*`` headers of the limits that applied go on the response either way.
@@ -53,8 +57,11 @@ async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool) ->
         client_ip=request_client_ip(request, limits.trusted_proxy_hops),
         limits=limits,
         signup_url=gateway.settings.signup_url,
+        worst_case=worst_case,
+        reserve_ttl=int(gateway.settings.request_timeout) + 60,
     )
     if result.error is not None:
         result.error.headers = {**result.headers, **result.error.headers}
         raise result.error
-    return Admission(key_id=result.key.id if result.key else None, headers=result.headers)
+    return Admission(key_id=result.key.id if result.key else None, headers=result.headers,
+                     reserved=result.reserved)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.body import read_json
 from api.dispatch import Dispatch
 from api.gateway import Gateway
+from api.limits import worst_case_cost
 from common.errors import GatewayError
 from common.wire import ChatRequest
+from router.auto import estimate_prompt_tokens
 from router.plan import plan_for
 from router.preferences import CHECKED_PARAMETERS
 
@@ -21,17 +25,24 @@ async def chat_completions(request: Request) -> Response:
     dispatch = Dispatch(gateway, request, "chat")
     try:
         body, chat = await read_json(request, ChatRequest, gateway.settings.limits.max_body_bytes)
+        output_tokens = chat.max_completion_tokens or chat.max_tokens
         plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
-                        messages=chat.messages, tools=chat.tools,
-                        output_tokens=chat.max_completion_tokens or chat.max_tokens,
+                        messages=chat.messages, tools=chat.tools, output_tokens=output_tokens,
                         preferences=chat.provider, parameters=request_parameters(chat, body),
                         affinity=caller_affinity(request))
-        await dispatch.admit(plan)
+        await dispatch.admit(plan, lambda: worst_case_cost(
+            gateway.catalog, plan, estimate_prompt_tokens(_builtins(chat.messages), _builtins(chat.tools)),
+            output_tokens))
     except GatewayError as error:
         return dispatch.refuse(error)
     stream = bool(chat.stream)
     include_usage = bool(stream and chat.stream_options and chat.stream_options.include_usage)
-    return await dispatch.answer(dispatch.job("chat", plan, body=body, stream=stream, include_usage=include_usage))
+    return await dispatch.answer(dispatch.job("chat", plan, body=body, stream=stream, include_usage=include_usage,
+                                              anthropic_beta=request.headers.get("anthropic-beta")))
+
+
+def _builtins(items: list[Any] | None) -> list[Any]:
+    return msgspec.to_builtins(items or [])
 
 
 def request_parameters(chat: ChatRequest, body: bytes) -> frozenset[str]:

@@ -7,6 +7,8 @@ share this path, so a change to admission, queueing or cancellation is made once
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -19,6 +21,7 @@ from api.ids import client_request_id
 from api.responses import error_response, json_response, stream_response
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
+from common.usage import release_now
 from common.wire import Job, Route
 
 class Dispatch:
@@ -33,9 +36,14 @@ class Dispatch:
         self.headers = {"x-request-id": self.client_request_id or self.request_id}
         self.admission = Admission()
 
-    async def admit(self, plan: list[Route]) -> None:
-        """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable."""
-        self.admission = await admit(self.gateway, self.request, model_is_free=plan_is_free(self.gateway, plan))
+    async def admit(self, plan: list[Route], worst_case: Callable[[], Decimal] | None = None) -> None:
+        """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable.
+
+        ``worst_case`` (USD, computed only when a budget applies) is reserved against the key's budget;
+        the job carries it to be settled.
+        """
+        self.admission = await admit(self.gateway, self.request, model_is_free=plan_is_free(self.gateway, plan),
+                                     worst_case=worst_case)
         self.headers.update(self.admission.headers)
         if not self.gateway.relay.ready.is_set():
             raise unavailable("The gateway cannot reach its queue (Redis) right now.", retry_after=2)
@@ -44,6 +52,8 @@ class Dispatch:
         meta = dict(meta or {})
         if self.admission.key_id:
             meta["key_id"] = self.admission.key_id
+        if self.admission.reserved:
+            fields["reserved"] = format(self.admission.reserved, "f")
         return Job(
             kind=kind,  # type: ignore[arg-type]
             request_id=self.request_id,
@@ -54,6 +64,14 @@ class Dispatch:
             meta=meta,
             **fields,
         )
+
+    async def release(self, job: Job) -> None:
+        """Give back the budget reservation of a job no worker will see (its expiry covers Redis trouble)."""
+        if job.reserved and self.admission.key_id:
+            try:
+                await release_now(self.gateway.redis, self.gateway.names, self.admission.key_id, job.reserved)
+            except Exception:
+                pass
 
     def refuse(self, error: GatewayError) -> Response:
         return error_response(error, self.headers)
@@ -68,6 +86,7 @@ class Dispatch:
             await exchange.submit()
         except GatewayError as error:
             gateway.relay.close(job.request_id)
+            await self.release(job)
             return self.refuse(error)
         except Exception:
             gateway.relay.close(job.request_id)

@@ -9,9 +9,16 @@ Counters are fixed windows aligned to the epoch (a minute; a UTC day, since epoc
 midnight), each one Redis hash ``{w: window index, n: count}`` with a TTL, so its key name does not depend
 on the time and every key the script touches is passed in ``KEYS``.
 
-The same call also answers "is this key revoked?" (``SISMEMBER``) and "is its monthly budget spent?" and
-records the key's last use when the caller asks, so a request with a cached key costs exactly one round
-trip.
+The same call also answers "is this key revoked?" (``SISMEMBER``) and "does this request fit in its monthly
+budget?" and records the key's last use when the caller asks, so a request with a cached key costs exactly
+one round trip.
+
+Budgets hold under bursts because the check reserves: each admitted request adds its worst-case cost
+(prompt estimate plus maximum output, at the model's prices) to the key's ``reserved`` total, and a
+request is refused when month-to-date spend plus what is reserved plus its own worst case exceeds the
+budget. The worker settles (adds the real cost to the spend and takes the reservation back, in one
+flush) or releases on failure; the total expires a while after the last admission, so a reservation a
+crashed worker never settled cannot block a key for longer than that.
 
 When Redis cannot be reached we fail closed for every request (503 ``temporarily_unavailable``), not
 only for paid models: the job queue lives in the same Redis, so a free request let through could not be
@@ -23,13 +30,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from common.errors import GatewayError, unavailable
 from common.names import Names
+
+if TYPE_CHECKING:
+    from common.wire import Route
+    from router.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +60,33 @@ SIGNUP_DAY = "signup_day"  # accounts created from one client IP
 OK, REVOKED, BUDGET, LIMITED = 0, 1, 2, 3
 
 _SCRIPT = """
--- KEYS: revoked set, last-used hash, spend key, counter hashes...
--- ARGV: key id ('' = anonymous), touch ('1'/'0'), budget ('' = none), then limit, window seconds per counter
+-- KEYS: revoked set, last-used hash, spend key, reserved key, counter hashes...
+-- ARGV: key id ('' = anonymous), touch ('1'/'0'), budget ('' = none), worst-case cost to reserve ('' = none),
+--       reservation ttl seconds, then limit, window seconds per counter
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
 local key_id = ARGV[1]
+local reserve = tonumber(ARGV[4]) or 0
+local stored = 0
 if key_id ~= '' then
   if redis.call('SISMEMBER', KEYS[1], key_id) == 1 then return {1, 0} end
   if ARGV[3] ~= '' then
+    local budget = tonumber(ARGV[3])
     local spent = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
-    if spent >= tonumber(ARGV[3]) then return {2, 0} end
+    if spent >= budget then return {2, 0} end
+    stored = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
+    if spent + math.max(stored, 0) + reserve > budget then return {2, 1} end
   end
 end
 local out = {0, 0}
 local state = {}
-for i = 1, #KEYS - 3 do
-  local limit = tonumber(ARGV[2 + 2 * i])
-  local window_ms = tonumber(ARGV[3 + 2 * i]) * 1000
+for i = 1, #KEYS - 4 do
+  local limit = tonumber(ARGV[4 + 2 * i])
+  local window_ms = tonumber(ARGV[5 + 2 * i]) * 1000
   local w = math.floor(now_ms / window_ms)
   local reset_ms = math.floor((w + 1) * window_ms - now_ms)
-  local h = redis.call('HMGET', KEYS[3 + i], 'w', 'n')
+  local h = redis.call('HMGET', KEYS[4 + i], 'w', 'n')
   local count = 0
   if tonumber(h[1]) == w then count = tonumber(h[2]) or 0 end
   if count >= limit and out[1] == 0 then
@@ -80,8 +100,8 @@ for i = 1, #state do
   local count = s[2]
   if out[1] == 0 then
     count = count + 1
-    redis.call('HSET', KEYS[3 + i], 'w', s[1], 'n', count)
-    redis.call('PEXPIRE', KEYS[3 + i], s[3] + 1000)
+    redis.call('HSET', KEYS[4 + i], 'w', s[1], 'n', count)
+    redis.call('PEXPIRE', KEYS[4 + i], s[3] + 1000)
   end
   local remaining = s[4] - count
   if remaining < 0 then remaining = 0 end
@@ -91,6 +111,14 @@ for i = 1, #state do
 end
 if out[1] == 0 and key_id ~= '' and ARGV[2] == '1' then
   redis.call('HSET', KEYS[2], key_id, now)
+end
+if out[1] == 0 and reserve > 0 then
+  if stored < 0 then
+    redis.call('SET', KEYS[4], ARGV[4])  -- driven below zero by a late settlement: start again from here
+  else
+    redis.call('INCRBYFLOAT', KEYS[4], ARGV[4])  -- Redis' own decimal formatting: 0.3 + 0.3 + 0.3 is 0.9
+  end
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
 end
 return out
 """
@@ -167,18 +195,25 @@ class Limiter:
         revoked_key: str = "",
         used_key: str = "",
         spend_key: str = "",
+        reserved_key: str = "",
         budget: float | None = None,
+        reserve: Decimal | None = None,
+        reserve_ttl: int = 3600,
         touch: bool = False,
     ) -> LimitDecision:
         """Check and count every counter at once; also the key's revocation and budget when given.
 
-        ``counters`` are checked in order and the first full one is reported. Redis errors become a 503
-        (fail closed; see the module docstring).
+        ``counters`` are checked in order and the first full one is reported. ``reserve`` (USD) is held
+        against the budget when the request is admitted. Redis errors become a 503 (fail closed; see the
+        module docstring).
         """
         placeholder = self.names.names.key("rl:none")
-        keys = [revoked_key or placeholder, used_key or placeholder, spend_key or placeholder]
+        keys = [revoked_key or placeholder, used_key or placeholder, spend_key or placeholder,
+                reserved_key or placeholder]
         keys += [c.key for c in counters]
-        args: list[str | int] = [key_id or "", "1" if touch else "0", "" if budget is None else repr(budget)]
+        held = "" if not reserve or not reserved_key else format(reserve, "f")
+        args: list[str | int] = [key_id or "", "1" if touch else "0", "" if budget is None else repr(budget),
+                                 held, reserve_ttl]
         for c in counters:
             args += [c.limit, c.window]
         try:
@@ -186,16 +221,17 @@ class Limiter:
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             log.warning("rate limiter unavailable: %s", type(exc).__name__)
             return LimitDecision(False, unavailable("Rate limiting is temporarily unavailable.", 2.0))
-        return decide(counters, [int(x) for x in reply], budget)
+        return decide(counters, [int(x) for x in reply], budget, reserve)
 
 
-def decide(counters: list[Counter], reply: list[int], budget: float | None) -> LimitDecision:
+def decide(counters: list[Counter], reply: list[int], budget: float | None,
+           reserve: Decimal | None = None) -> LimitDecision:
     """Turn the script's reply into the response: allowed or the documented error, plus headers."""
     status, refused_index = reply[0], reply[1]
     if status == REVOKED:
         return LimitDecision(False, invalid_key_error(), revoked=True)
     if status == BUDGET:
-        return LimitDecision(False, budget_error(budget or 0.0))
+        return LimitDecision(False, budget_error(budget or 0.0, reserve if refused_index == 1 else None))
     states = [
         CounterState(c, reply[2 + 3 * i + 1], reply[2 + 3 * i + 2] / 1000.0) for i, c in enumerate(counters)
     ]
@@ -238,12 +274,44 @@ def limit_error(state: CounterState, headers: dict[str, str]) -> GatewayError:
     return GatewayError("rate_limit_exceeded", message, retry_after=state.reset_seconds, headers=headers)
 
 
-def budget_error(budget: float) -> GatewayError:
+def usd(amount: float | Decimal) -> str:
+    """Money as money: ``$0.00001``, ``$5.00``, ``$0.16`` — never ``1e-05``."""
+    value = Decimal(str(amount)) if not isinstance(amount, Decimal) else amount
+    if value == value.quantize(Decimal("0.01")):
+        return f"${value:.2f}"
+    return "$" + format(value.normalize(), "f")
+
+
+def budget_error(budget: float, reserve: Decimal | None = None) -> GatewayError:
+    if reserve is not None:
+        return GatewayError(
+            "budget_exceeded",
+            f"This request could cost up to {usd(reserve.quantize(Decimal('0.000001'), 'ROUND_UP'))} (its prompt "
+            f"and max_tokens of output), more than is left of this API key's monthly budget of {usd(budget)} "
+            "after its spend and its requests in flight. Lower max_tokens, or wait for those to finish.",
+        )
     return GatewayError(
         "budget_exceeded",
-        f"This API key has used up its monthly budget of ${budget:g}. It resets at the start of the next "
+        f"This API key has used up its monthly budget of {usd(budget)}. It resets at the start of the next "
         "month (UTC).",
     )
+
+
+def worst_case_cost(catalog: "Catalog", plan: Iterable["Route"], prompt_tokens: int,
+                    max_output: int | None, default_output: int = 4096) -> Decimal:
+    """The most this request can cost at any candidate of its plan: what admission reserves.
+
+    Output is the client's ``max_tokens``, else the model's output limit, else ``default_output`` (what
+    the adapters send when neither is known).
+    """
+    worst = Decimal(0)
+    for route in plan:
+        model = catalog.get(route.model)
+        if model is None or model.free:
+            continue
+        output = max_output or model.max_output_tokens or default_output
+        worst = max(worst, catalog.cost(model, {"prompt_tokens": prompt_tokens, "completion_tokens": output}))
+    return worst
 
 
 def invalid_key_error() -> GatewayError:

@@ -6,6 +6,7 @@ spend for budgets. Living in ``common`` lets both import it without the worker i
 
     usage:<key id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n   requests, tokens, cost per UTC day and model
     spend:<key id>:<YYYY-MM>     float                          month-to-date cost in USD
+    reserved:<key id>            float                          worst cases of requests in flight (api/limits.py)
     gen:<request id>             msgpack ``Generation``          one served request, for its key to look up
 
 Requests without a key are counted under the id ``anonymous`` (real key ids are 8 hex digits).
@@ -74,6 +75,22 @@ def spend_key(names: Names, key_id: str, month: str) -> str:
     return names.key(f"spend:{key_id}:{month}")
 
 
+def reserved_key(names: Names, key_id: str) -> str:
+    return names.key(f"reserved:{key_id}")
+
+
+def release(pipe: Any, names: Names, key_id: str, reserved: str) -> None:
+    """Queue taking back a request's budget reservation (after its spend landed, or when it failed)."""
+    if reserved and key_id != ANONYMOUS:
+        pipe.incrbyfloat(reserved_key(names, key_id), "-" + reserved)
+
+
+async def release_now(redis: Any, names: Names, key_id: str, reserved: str) -> None:
+    """``release`` sent on its own: a request the web tier refused after admitting it."""
+    if reserved and key_id != ANONYMOUS:
+        await redis.incrbyfloat(reserved_key(names, key_id), "-" + reserved)
+
+
 def add_usage(
     pipe: Any,
     names: Names,
@@ -83,10 +100,12 @@ def add_usage(
     completion_tokens: int,
     cost: str,
     now: float | None = None,
+    reserved: str = "",
 ) -> None:
     """Queue the usage writes of one finished request on a pipeline the caller sends.
 
     ``cost`` is a decimal string in USD (HINCRBYFLOAT/INCRBYFLOAT take it as is, no float rounding).
+    ``reserved`` is the request's budget reservation, settled in the same flush, after the spend.
     """
     day_key = usage_key(names, key_id, utc_day(now))
     month_key = spend_key(names, key_id, utc_month(now))
@@ -97,6 +116,7 @@ def add_usage(
     pipe.expire(day_key, USAGE_TTL_SECONDS)
     pipe.incrbyfloat(month_key, cost)
     pipe.expire(month_key, USAGE_TTL_SECONDS)
+    release(pipe, names, key_id, reserved)
 
 
 async def record_usage(redis: Any, *usage: Any, **options: Any) -> None:

@@ -38,6 +38,8 @@ class Message(msgspec.Struct):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    reasoning: str | None = None  # an assistant turn's reasoning text, as the gateway returned it
+    reasoning_details: list[dict[str, Any]] | None = None  # its typed reasoning (signatures), sent back intact
 
 
 class MaxPrice(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,6 +74,15 @@ TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
+class Reasoning(msgspec.Struct):
+    """OpenRouter's ``reasoning`` object; adapters translate it per provider (workers/providers/reasoning.py)."""
+
+    effort: str | None = None
+    max_tokens: PositiveInt | None = None
+    exclude: bool | None = None
+    enabled: bool | None = None
+
+
 class ChatRequest(msgspec.Struct):
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     model: Annotated[str, msgspec.Meta(min_length=1)] | None = None  # or ``models`` alone
@@ -88,6 +99,8 @@ class ChatRequest(msgspec.Struct):
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    reasoning: Reasoning | None = None
+    reasoning_effort: str | None = None
     models: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None  # OpenRouter-style fallbacks
     provider: ProviderPreferences | None = None
 
@@ -118,6 +131,8 @@ class Job(msgspec.Struct, kw_only=True):
     include_usage: bool = False
     body: bytes = b""  # the client's validated JSON body, forwarded as-is where the upstream speaks OpenAI
     blob_key: str | None = None  # for uploads (transcriptions): the Redis key holding the bytes
+    anthropic_beta: str | None = None  # the client's ``anthropic-beta`` header, forwarded to Anthropic
+    reserved: str = ""  # USD held against the key's budget at admission (decimal string), settled on usage
     meta: dict[str, Any] = {}
 
 

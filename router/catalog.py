@@ -14,6 +14,7 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Iterable
+from typing import Any
 from decimal import Decimal
 
 import msgspec
@@ -24,7 +25,7 @@ from router.canonical import SlugIndex, canonical_of, openrouter_slugs, quantiza
 from router.metadata import enrich, seller_ids
 from router.model import Model
 from router.providers import Provider
-from router.sources import decimal_str, listed_models, price_feeds
+from router.sources import listed_models, price_feeds
 
 AUTO_MODELS = ("auto", "auto-free", "auto-balanced", "auto-frontier")
 
@@ -198,16 +199,31 @@ class Catalog:
     def by_provider(self, provider_id: str) -> list[Model]:
         return [m for m in self.models.values() if m.provider == provider_id]
 
-    def cost(self, model: Model, prompt_tokens: int, completion_tokens: int) -> str:
-        """USD for one request's usage, exact: token counts × per-token prices, as a decimal string."""
-        total = Decimal(model.prompt_price) * prompt_tokens + Decimal(model.completion_price) * completion_tokens
-        return decimal_str(total)
+    def cost(self, model: Model, usage: dict[str, Any]) -> Decimal:
+        """USD for one request's canonical usage, exact: the one place every route prices tokens.
 
-    def audio_cost(self, model: Model, seconds: float) -> str:
+        ``prompt_tokens`` counts all input (OpenAI semantics); the cached and cache-written part of it is
+        billed at the cache rates where the provider lists them, the rest at the prompt rate.
+        """
+        prompt = _count(usage.get("prompt_tokens"))
+        details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
+        cached = min(prompt, _count(details.get("cached_tokens")))
+        written = min(prompt - cached, _count(details.get("cache_write_tokens")))
+        rate = Decimal(model.prompt_price)
+        read_rate = Decimal(model.cache_read_price) if model.cache_read_price is not None else rate
+        write_rate = Decimal(model.cache_write_price) if model.cache_write_price is not None else rate
+        return (rate * (prompt - cached - written) + read_rate * cached + write_rate * written
+                + Decimal(model.completion_price) * _count(usage.get("completion_tokens")))
+
+    def audio_cost(self, model: Model, seconds: float) -> Decimal:
         """USD for a transcription priced by audio time (0 when the model is priced by tokens only)."""
         if not model.audio_hour_price:
-            return "0"
-        return decimal_str(Decimal(model.audio_hour_price) * Decimal(str(seconds)) / 3600)
+            return Decimal(0)
+        return Decimal(model.audio_hour_price) * Decimal(str(seconds)) / 3600
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 _DATED = re.compile(r"^(.+?)(-\d{8}|-\d{4}-\d{2}-\d{2})$")
@@ -252,6 +268,9 @@ def model_from_config(cfg: ModelConfig, base: Model | None) -> Model:
         fields["prompt_price"] = cfg.pricing["prompt"]
     if "completion" in cfg.pricing:
         fields["completion_price"] = cfg.pricing["completion"]
+    for name in ("input_cache_read", "input_cache_write"):  # OpenRouter's names for the cache rates
+        if name in cfg.pricing:
+            fields[name.replace("input_", "") + "_price"] = cfg.pricing[name]
     if cfg.pricing:
         fields["pricing_source"] = "config"
     if cfg.modality is not None:

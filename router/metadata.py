@@ -146,10 +146,10 @@ def enrich(model: Model) -> Model:
         capabilities.add("json")
     fields["capabilities"] = frozenset(capabilities)
     cost = info.cost
-    if own and cost is not None and model.pricing_source != "local":
-        if cost.cache_read is not None:
+    if own and cost is not None and model.pricing_source != "local":  # genai-prices' rates win where set
+        if cost.cache_read is not None and model.cache_read_price is None:
             fields["cache_read_price"] = per_token(cost.cache_read)
-        if cost.cache_write is not None:
+        if cost.cache_write is not None and model.cache_write_price is None:
             fields["cache_write_price"] = per_token(cost.cache_write)
     return msgspec.structs.replace(model, **fields)
 

@@ -16,6 +16,9 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     max_output_tokens: int | None = None
     prompt_price: str = "0"  # USD per token, as a decimal string
     completion_price: str = "0"
+    # Prompt-cache rates (USD per token); None means the provider lists none: cached input costs the prompt rate.
+    cache_read_price: str | None = None
+    cache_write_price: str | None = None
     modality: str = "chat"  # chat | embedding | transcription
     capabilities: frozenset[str] = frozenset()  # tools | vision | json
     free: bool = False
@@ -38,8 +41,6 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     input_modalities: tuple[str, ...] = ("text",)
     output_modalities: tuple[str, ...] = ("text",)
     supported_parameters: tuple[str, ...] = ()
-    cache_read_price: str | None = None  # USD per cached input token read
-    cache_write_price: str | None = None  # USD per input token written to the cache
     family: str | None = None
     quantization: str | None = None  # fp8, bf16, … where the seller's id says so
 

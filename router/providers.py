@@ -138,7 +138,8 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     _compat("xai", "xAI", "https://api.x.ai/v1", "XAI_API_KEY"),
     # Perplexity chat has no /v1; its embeddings live at /v1/embeddings, outside this base, so not listed.
     _compat("perplexity", "Perplexity", "https://api.perplexity.ai", "PERPLEXITY_API_KEY"),
-    _compat("openrouter", "OpenRouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", caps=CHAT_EMBED),
+    _compat("openrouter", "OpenRouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", caps=CHAT_EMBED,
+            reasoning_object=True),
     _compat("cerebras", "Cerebras", "https://api.cerebras.ai/v1", "CEREBRAS_API_KEY"),
     _compat("deepinfra", "DeepInfra", "https://api.deepinfra.com/v1/openai", "DEEPINFRA_API_KEY",
             caps=CHAT_EMBED),

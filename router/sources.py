@@ -110,6 +110,8 @@ class PriceEntry:
     prompt: Decimal | None  # USD per token
     completion: Decimal | None
     audio_hour: Decimal | None  # USD per hour of audio
+    cache_read: Decimal | None = None  # USD per cached input token read
+    cache_write: Decimal | None = None  # USD per input token written to the cache (5-minute rate)
 
 
 def _flat(price: object) -> Decimal | None:
@@ -140,6 +142,8 @@ def price_feeds() -> dict[str, tuple[PriceEntry, ...]]:
                 prompt=_flat(getattr(prices, "input_mtok", None)),
                 completion=_flat(getattr(prices, "output_mtok", None)),
                 audio_hour=Decimal(hours) if isinstance(hours, Decimal | int) else None,
+                cache_read=_flat(getattr(prices, "cache_read_mtok", None)),
+                cache_write=_flat(getattr(prices, "cache_write_mtok", None)),
             ))
         feeds[provider.id] = tuple(entries)
     return feeds
@@ -373,6 +377,8 @@ def model_from_entry(source: Source, entry: PriceEntry) -> Model | None:
         context_length=entry.context_length,
         prompt_price=decimal_str(prompt),
         completion_price=decimal_str(completion),
+        cache_read_price=decimal_str(entry.cache_read) if entry.cache_read is not None and not source.local else None,
+        cache_write_price=decimal_str(entry.cache_write) if entry.cache_write is not None and not source.local else None,
         modality=modality,
         capabilities=capabilities_of(entry.id, modality),
         free=free,

@@ -185,18 +185,22 @@ def test_error_table_as_the_sdk_sees_it(two_apis: tuple[GatewayHarness, GatewayH
 
 def test_budget_is_fed_by_the_workers_accounting(two_apis: tuple[GatewayHarness, GatewayHarness]) -> None:
     gw, other = two_apis
-    _, key = create_key(gw, "thrifty", monthly_budget=0.0001)  # one gpt-4o answer costs more than that
-    unlimited = sdk(gw, key).chat.completions.with_raw_response.create(model=PAID, messages=MESSAGES)
+    _, key = create_key(gw, "thrifty", monthly_budget=0.0001)
+    # 5 output tokens of gpt-4o fit the budget's reservation; 16,384 (its output limit) would not
+    unlimited = sdk(gw, key).chat.completions.with_raw_response.create(model=PAID, messages=MESSAGES, max_tokens=5)
     assert not has_rate_limit_headers(unlimited.headers)  # no limit applies to a keyed paid request without rpm
 
     def usage() -> dict[str, Any]:
         return httpx.get(other.url + "/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=10).json()
 
-    assert wait_for(lambda: usage()["month_spend"] > 0.0001)
+    assert wait_for(lambda: usage()["month_spend"] > 0)
     row = usage()["data"][0]
-    assert (row["model"], row["requests"], row["completion_tokens"]) == (PAID, 1, 16)
+    assert (row["model"], row["requests"], row["completion_tokens"]) == (PAID, 1, 5)
     error = sdk_error(lambda: sdk(other, key).chat.completions.create(model=PAID, messages=MESSAGES))
-    assert_envelope(error, openai.APIStatusError, 402, "budget_exceeded")
+    body = assert_envelope(error, openai.APIStatusError, 402, "budget_exceeded")
+    assert "$0.0001 " in body["error"]["message"] and "e-0" not in body["error"]["message"]  # money as money
+    error = sdk_error(lambda: sdk(other, key).chat.completions.create(model=PAID, messages=MESSAGES, max_tokens=5))
+    assert_envelope(error, openai.APIStatusError, 402, "budget_exceeded")  # spent + this one's worst case > budget
     assert sdk(other, key).chat.completions.create(model=FREE, messages=MESSAGES).choices  # free: no budget
 
 

@@ -382,3 +382,52 @@ def test_inband_api_error_is_retryable_500() -> None:
     with pytest.raises(UpstreamError) as info:
         translator.feed("error", '{"type":"error","error":{"type":"api_error","message":"Internal"}}')
     assert (info.value.status, info.value.retryable) == (500, True)
+
+
+# ---------------------------------------------------------------- reasoning, caching, structured output
+
+
+def test_streamed_reasoning_pieces_sent_back_are_joined_into_one_signed_block() -> None:
+    pieces = [{"type": "reasoning.text", "text": "Let me ", "index": 0, "format": "anthropic-claude-v1"},
+              {"type": "reasoning.text", "text": "think.", "index": 0, "format": "anthropic-claude-v1"},
+              {"type": "reasoning.text", "text": "", "signature": "sig_1", "index": 0, "format": "anthropic-claude-v1"},
+              {"type": "reasoning.encrypted", "data": "opaque", "index": 1, "format": "anthropic-claude-v1"},
+              {"type": "reasoning.text", "text": "a Gemini thought", "index": 2, "format": "google-gemini-v1"},
+              {"type": "reasoning.text", "text": "unsigned", "index": 3}]
+    out = payload({"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Checking.", "reasoning_details": pieces,
+         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]})
+    assert out["messages"][1]["content"] == [
+        {"type": "thinking", "thinking": "Let me think.", "signature": "sig_1"},
+        {"type": "redacted_thinking", "data": "opaque"},
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "call_1", "name": "f", "input": {}}]
+
+
+def test_cache_control_survives_on_documents_and_reasoning_can_be_disabled() -> None:
+    pdf = {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0="},
+           "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    out = payload({"messages": [{"role": "user", "content": [pdf]}], "reasoning_effort": "high",
+                   "reasoning": {"enabled": False}})
+    assert out["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert "thinking" not in out
+
+
+def test_thinking_budget_stays_below_max_tokens_and_drops_refused_sampling() -> None:
+    out = payload({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 500, "top_k": 5, "top_p": 0.5,
+                   "reasoning": {"effort": "minimal"}})
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert out["max_tokens"] > 1024 and "top_k" not in out and "top_p" not in out
+
+
+def test_json_object_goes_through_the_forced_tool_and_comes_back_as_content() -> None:
+    body = {"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_object"}}
+    out = payload(body)
+    assert out["tool_choice"] == {"type": "tool", "name": "json_response"}
+    answer = ADAPTER.chat_response({"content": [{"type": "tool_use", "id": "t", "name": "json_response",
+                                                 "input": {"a": 1}}], "stop_reason": "tool_use"}, body)
+    assert answer["choices"][0]["message"]["content"] == '{"a":1}'
+    assert answer["choices"][0]["finish_reason"] == "stop" and "tool_calls" not in answer["choices"][0]["message"]

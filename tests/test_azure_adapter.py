@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -172,3 +173,15 @@ def test_registry_resolution_reaches_the_fake(azure: str) -> None:
                   quirks=provider.quirks)
     response = send(AzureAdapter().chat_request(up, DEPLOYMENT, dict(BODY), stream=False))
     assert response.status_code == 200, response.text
+
+
+def test_reasoning_object_becomes_reasoning_effort(azure: str) -> None:
+    """Azure's o-series take OpenAI's flat reasoning_effort; the canonical object and details never go out."""
+    body = {"messages": [{"role": "user", "content": "hello"},
+                         {"role": "assistant", "content": "ok", "reasoning_details": [{"type": "reasoning.text"}]},
+                         {"role": "user", "content": "again"}], "reasoning": {"max_tokens": 20000}}
+    spec = AzureAdapter().chat_request(upstream(azure), DEPLOYMENT, body, stream=False)
+    sent = json.loads(spec.content or b"{}")
+    assert sent["reasoning_effort"] == "high" and "reasoning" not in sent
+    assert all("reasoning_details" not in m for m in sent["messages"])
+    assert send(spec).status_code == 200

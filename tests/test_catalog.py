@@ -212,12 +212,33 @@ def test_cost_is_exact() -> None:
     catalog = Catalog([], {})
     model = Model(id="x/y", name="y", provider="x", upstream_id="y",
                   prompt_price="0.00000015", completion_price="0.0000006")
-    assert catalog.cost(model, 1000, 500) == "0.00045"
-    assert catalog.cost(model, 0, 0) == "0"
-    assert catalog.cost(model, 3, 7) == "0.00000465"
+    assert catalog.cost(model, {"prompt_tokens": 1000, "completion_tokens": 500}) == Decimal("0.00045")
+    assert catalog.cost(model, {}) == 0
+    assert catalog.cost(model, {"prompt_tokens": 3, "completion_tokens": 7}) == Decimal("0.00000465")
     whisper = Model(id="x/w", name="w", provider="x", upstream_id="w", modality="transcription",
                     audio_hour_price="0.36")
-    assert catalog.audio_cost(whisper, 60) == "0.006"
+    assert catalog.audio_cost(whisper, 60) == Decimal("0.006")
+
+
+def test_cost_bills_cache_reads_and_writes_at_their_rates() -> None:
+    """Claude Sonnet 4 from genai-prices: $3 in, $15 out, $0.30 cache read, $3.75 cache write per million."""
+    catalog = _build({"ANTHROPIC_API_KEY": "sk-ant-test"})
+    model = catalog.get("anthropic/claude-sonnet-4-0")
+    assert model is not None
+    assert (model.prompt_price, model.cache_read_price, model.cache_write_price) == ("0.000003", "0.0000003",
+                                                                                    "0.00000375")
+    usage = {"prompt_tokens": 10_000, "completion_tokens": 100,
+             "prompt_tokens_details": {"cached_tokens": 8_000, "cache_write_tokens": 1_500}}
+    # 500 fresh × 3 + 8000 read × 0.3 + 1500 written × 3.75 + 100 out × 15, per million
+    assert catalog.cost(model, usage) == Decimal("0.0000015") * 1000 + Decimal("0.0024") + Decimal("0.005625") \
+        + Decimal("0.0015")
+    assert catalog.cost(model, usage) == Decimal("0.011025")
+    uncached = catalog.cost(model, {"prompt_tokens": 10_000, "completion_tokens": 100})
+    assert uncached == Decimal("0.0315") and catalog.cost(model, usage) < uncached
+    # a model without listed cache rates bills cached input at the prompt rate, never at zero
+    plain = Model(id="x/y", name="y", provider="x", upstream_id="y", prompt_price="0.000001")
+    assert catalog.cost(plain, {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 10}}) == \
+        Decimal("0.00001")
 
 
 def test_build_without_any_provider_is_empty_but_works() -> None:

@@ -58,7 +58,7 @@ def test_default_base64_single(client: openai.OpenAI, fake_openai: tuple[OpenAIF
     body = raw.http_response.json()
     assert isinstance(body["data"][0]["embedding"], str)  # the SDK asked for base64 and got it
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == 2
-    assert body["usage"]["cost"] == "0.00000004"  # 2 tokens at $0.02 per million
+    assert body["usage"]["cost"] == 0.00000004  # 2 tokens at $0.02 per million
     state, _ = fake_openai
     sent = state.requests[-1]["body"]
     assert sent["model"] == "text-embedding-3-small"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import asyncio
 
 import pytest
 
-from api.limits import DAY, MINUTE, Counter, CounterState, Limiter, decide, rate_limit_headers
+from api.limits import DAY, MINUTE, Counter, CounterState, Limiter, budget_error, decide, rate_limit_headers, usd
 from common.names import Names
 from common.redis import connect
 
@@ -103,6 +105,31 @@ async def test_budget(redis, names: Names, limiter: Limiter) -> None:  # type: i
     refused = await limiter.check([], key_id="k", spend_key=spend, budget=1.0)
     assert refused.error is not None
     assert (refused.error.status, refused.error.error_type) == (402, "budget_exceeded")
+
+
+async def test_reservations_hold_the_budget_until_settled(redis, names: Names,  # type: ignore[no-untyped-def]
+                                                         limiter: Limiter) -> None:
+    spend, reserved = names.key("spend"), names.key("reserved")
+    kw = {"key_id": "k", "spend_key": spend, "reserved_key": reserved, "budget": 1.0}
+    for _ in range(3):
+        assert (await limiter.check([], reserve=Decimal("0.3"), **kw)).allowed
+    refused = await limiter.check([], reserve=Decimal("0.3"), **kw)  # 0.9 held + 0.3 > 1.0
+    assert refused.error is not None and refused.error.status == 402
+    assert "$0.30 " in refused.error.message and "$1.00" in refused.error.message
+    assert abs(Decimal((await redis.get(reserved)).decode()) - Decimal("0.9")) < Decimal("1e-12")  # refused: none held
+    assert 0 < await redis.ttl(reserved) <= 3600
+    await redis.incrbyfloat(spend, "0.1")  # one settles: its real cost lands, its reservation goes back
+    await redis.incrbyfloat(reserved, "-0.3")
+    assert (await limiter.check([], reserve=Decimal("0.3"), **kw)).allowed  # 0.1 + 0.6 + 0.3 <= 1.0
+    await redis.set(reserved, "-0.5")  # settled after the total expired: no credit for it
+    assert (await limiter.check([], reserve=Decimal("0.3"), **kw)).allowed
+    assert abs(Decimal((await redis.get(reserved)).decode()) - Decimal("0.3")) < Decimal("1e-12")
+
+
+def test_money_is_shown_as_money() -> None:
+    assert [usd(v) for v in (0.00001, 5, 0.16, Decimal("0.0001875"), 12.5)] == [
+        "$0.00001", "$5.00", "$0.16", "$0.0001875", "$12.50"]
+    assert budget_error(0.00001).message.startswith("This API key has used up its monthly budget of $0.00001.")
 
 
 async def test_touch_records_last_use(redis, names: Names, limiter: Limiter) -> None:  # type: ignore[no-untyped-def]

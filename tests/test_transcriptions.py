@@ -66,7 +66,7 @@ def test_json_transcription(client: openai.OpenAI, gateway: GatewayHarness, redi
                                                                language="en", prompt="a greeting", temperature=0.2)
     assert raw.parse().text == f"transcribed {len(WAV)} bytes"
     assert raw.headers["x-megabrain-provider"] == "openai"
-    assert raw.http_response.json()["usage"] == {"type": "duration", "seconds": 1, "cost": "0.0001"}  # $0.36/h
+    assert raw.http_response.json()["usage"] == {"type": "duration", "seconds": 1, "cost": 0.0001}  # $0.36/h
     sent = upload_of(fake_openai[0])
     assert sent["file"] == {"filename": "hello.wav", "content_type": "audio/wav", "size": len(WAV)}
     assert sent["model"] == "whisper-1" and sent["language"] == "en" and sent["prompt"] == "a greeting"

@@ -1,7 +1,8 @@
 """Usage accounting, done in the worker so counting never slows the web tier's request path.
 
 Per API key (``job.meta['key_id']``), UTC day and model: requests, prompt/completion tokens and cost
-(layout in common/usage.py), summed in the process's tally and written with the next flush. Requests without a key are counted under the
+(layout in common/usage.py), summed in the process's tally and written with the next flush. The same flush
+settles the request's budget reservation (api/limits.py), or gives it back when the request failed. Requests without a key are counted under the
 ``anonymous`` id, so operators can see what the free tier serves (``megabrain keys usage anonymous``).
 """
 
@@ -11,7 +12,7 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from common.usage import ANONYMOUS, GENERATION_TTL_SECONDS, Generation, add_usage, generation_encoder
+from common.usage import ANONYMOUS, GENERATION_TTL_SECONDS, Generation, add_usage, generation_encoder, release
 from common.wire import Job, Route
 from workers.runtime import Runtime
 
@@ -31,6 +32,7 @@ async def record(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any]
         _count(usage.get("prompt_tokens")),
         _count(usage.get("completion_tokens")),
         cost,
+        reserved=job.reserved,
     )
     if key_id != ANONYMOUS and job.kind == "chat":
         runtime.tally.set(runtime.names.generation(job.request_id),
@@ -54,6 +56,11 @@ def generation(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any], 
         latency_ms=round(seconds * 1000), finish_reason=usage.get("finish_reason"), streamed=job.stream,
         upstream_model=route.upstream_model,
     )
+
+
+def release_reservation(runtime: Runtime, job: Job) -> None:
+    """A request that ends without usage (failed, cancelled) gives its budget reservation back."""
+    release(runtime.tally, runtime.names, str(job.meta.get("key_id") or ANONYMOUS), job.reserved)
 
 
 def _count(value: Any) -> int:

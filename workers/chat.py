@@ -9,14 +9,14 @@ import msgspec
 
 from common.wire import Job, Route
 from router.auto import estimate_prompt_tokens
-from workers.chunks import ChunkShaper, CostFn, finish_completion
+from workers.chunks import ChunkShaper, CostFn, encode_json, finish_completion
 from workers.jobs import handler
 from workers.providers.base import Upstream
+from workers.providers.reasoning import excluded
 from workers.publisher import Publisher
 from workers.runtime import Runtime
 from workers.upstream import open_stream, send_json
 
-_encode = msgspec.json.encode
 
 
 def cost_fn(runtime: Runtime, model_id: str) -> CostFn | None:
@@ -25,16 +25,18 @@ def cost_fn(runtime: Runtime, model_id: str) -> CostFn | None:
     if model is None or not model.listed:
         return None
     catalog = runtime.catalog
-    return lambda prompt_tokens, completion_tokens: catalog.cost(model, prompt_tokens, completion_tokens)
+    return lambda usage: catalog.cost(model, usage)
 
 
-def upstream_for(runtime: Runtime, route: Route, body: dict[str, Any]) -> Upstream:
+def upstream_for(runtime: Runtime, route: Route, body: dict[str, Any], job: Job | None = None) -> Upstream:
     """The provider's connection, with ``max_tokens`` defaulting to this model's own output limit.
 
     Providers that require ``max_tokens`` (Anthropic) get the model's maximum output, clipped so prompt
     plus output fits the context window, instead of a fixed number that truncates long answers.
     """
     upstream = runtime.upstream(route.provider)
+    if job is not None and job.anthropic_beta:
+        upstream = dataclasses.replace(upstream, client_headers={"anthropic-beta": job.anthropic_beta})
     model = runtime.catalog.get(route.model)
     if model is None or not model.max_output_tokens:
         return upstream
@@ -49,23 +51,25 @@ def upstream_for(runtime: Runtime, route: Route, body: dict[str, Any]) -> Upstre
 async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> dict[str, Any] | None:
     adapter = runtime.adapter(route.provider)
     body: dict[str, Any] = msgspec.json.decode(job.body)
-    upstream = upstream_for(runtime, route, body)
+    upstream = upstream_for(runtime, route, body, job)
     cost = cost_fn(runtime, route.model)
     spec = adapter.chat_request(upstream, route.upstream_model, body, job.stream)
+    request = {**body, "model": route.upstream_model}  # what the answer is translated against
+    exclude = excluded(body)
     if not job.stream:
         data = await send_json(runtime.http, adapter, spec)
         completion = finish_completion(
-            adapter.chat_response(data), request_id=job.request_id, model=route.model,
-            provider=route.provider, cost=cost,
+            adapter.chat_response(data, request), request_id=job.request_id, model=route.model,
+            provider=route.provider, cost=cost, exclude_reasoning=exclude,
         )
         usage = completion.get("usage")
-        await pub.send("result", _encode(completion),
+        await pub.send("result", encode_json(completion),
                        meta={"provider": route.provider, "model": route.model, "usage": usage})
         choices = completion.get("choices") or [{}]
         return _served(usage, choices[0].get("finish_reason") if isinstance(choices[0], dict) else None)
     shaper = ChunkShaper(request_id=job.request_id, model=route.model, provider=route.provider,
-                         include_usage=job.include_usage, cost=cost)
-    translator = adapter.stream_translator()
+                         include_usage=job.include_usage, cost=cost, exclude_reasoning=exclude)
+    translator = adapter.stream_translator(request)
     async with open_stream(runtime.http, adapter, spec) as events:
         async for name, data in events:
             for chunk in translator.feed(name, data):

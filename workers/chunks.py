@@ -4,20 +4,28 @@ Adapters produce OpenAI-shaped dicts; this module stamps our id, model and provi
 first chunk carry the role, keeps tool-call indexes stable, takes usage from wherever the provider put
 it, and frames the result as ``data: {...}\\n\\n``. The usage chunk goes to the client only when it asked
 (``stream_options.include_usage``), but usage is always collected for accounting.
+
+Reasoning (``delta.reasoning`` / ``reasoning_details``) is sent the moment it arrives: a thinking model
+may reason for a minute before its first content token. ``reasoning.exclude`` removes it here, for
+every provider. ``usage.cost`` is an exact ``Decimal`` inside and a JSON number on the wire.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
-_encode = msgspec.json.encode
+# Every JSON body a worker writes for a client: Decimals (usage.cost) become JSON numbers, digits exact.
+encode_json = msgspec.json.Encoder(decimal_format="number").encode
+_encode = encode_json
 DONE_FRAME = b"data: [DONE]\n\n"
 
-CostFn = Callable[[int, int], str | None]  # (prompt_tokens, completion_tokens) -> USD decimal string
+CostFn = Callable[[dict[str, Any]], Decimal]  # canonical usage -> USD
+REASONING_FIELDS = ("reasoning", "reasoning_details", "reasoning_content")
 
 
 def frame(obj: Any) -> bytes:
@@ -26,14 +34,19 @@ def frame(obj: Any) -> bytes:
 
 def add_cost(usage: dict[str, Any] | None, cost: CostFn | None) -> dict[str, Any] | None:
     if usage and cost is not None:
-        value = cost(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        if value is not None:
-            usage["cost"] = value
+        usage["cost"] = cost(usage)
     return usage
 
 
+def drop_reasoning(part: dict[str, Any]) -> None:
+    """``reasoning.exclude``: the model's reasoning never reaches the client (it is still billed)."""
+    for name in REASONING_FIELDS:
+        part.pop(name, None)
+
+
 def finish_completion(
-    completion: dict[str, Any], *, request_id: str, model: str, provider: str, cost: CostFn | None = None
+    completion: dict[str, Any], *, request_id: str, model: str, provider: str, cost: CostFn | None = None,
+    exclude_reasoning: bool = False,
 ) -> dict[str, Any]:
     """Stamp a non-streaming completion with our id, the model actually used and who served it."""
     completion["id"] = f"chatcmpl-{request_id}"
@@ -47,6 +60,8 @@ def finish_completion(
         message = choice.setdefault("message", {})
         message.setdefault("role", "assistant")
         message.setdefault("content", None)
+        if exclude_reasoning:
+            drop_reasoning(message)
     add_cost(completion.get("usage"), cost)
     return completion
 
@@ -55,13 +70,14 @@ class ChunkShaper:
     """Turns a provider's chunk dicts into the client's SSE frames for one stream."""
 
     def __init__(self, *, request_id: str, model: str, provider: str, include_usage: bool,
-                 cost: CostFn | None = None) -> None:
+                 cost: CostFn | None = None, exclude_reasoning: bool = False) -> None:
         self.id = f"chatcmpl-{request_id}"
         self.model = model
         self.provider = provider
         self.created = int(time.time())
         self.include_usage = include_usage
         self.cost = cost
+        self.exclude_reasoning = exclude_reasoning
         self.usage: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self.completion_chars = 0
@@ -85,6 +101,8 @@ class ChunkShaper:
         substantive = False
         for choice in choices:
             delta = choice.setdefault("delta", {})
+            if self.exclude_reasoning:
+                drop_reasoning(delta)
             choice.setdefault("logprobs", None)
             choice.setdefault("finish_reason", None)
             if choice["finish_reason"]:
@@ -97,8 +115,9 @@ class ChunkShaper:
             if delta.get("tool_calls"):
                 self._fix_tool_indexes(choice.get("index", 0), delta["tool_calls"])
                 substantive = True
-            if delta.get("refusal") or delta.get("reasoning_content"):
-                substantive = True
+            if not substantive and (delta.get("refusal") or delta.get("reasoning")
+                                    or delta.get("reasoning_details") or delta.get("reasoning_content")):
+                substantive = True  # reasoning goes out the moment it arrives, not with the first token
         if not substantive:
             self._held.append(chunk)
             return b""

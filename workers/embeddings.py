@@ -19,7 +19,7 @@ import msgspec
 
 from common.wire import Job, Route
 from workers.chat import cost_fn
-from workers.chunks import CostFn, add_cost
+from workers.chunks import CostFn, add_cost, encode_json
 from workers.jobs import handler
 from workers.providers.base import UpstreamError
 from workers.publisher import Publisher
@@ -87,7 +87,7 @@ def build_body(raw: bytes, adapter: Any, body: dict[str, Any], route: Route,
         "provider": route.provider,
         "usage": usage,
     }
-    return msgspec.json.encode(response), usage
+    return encode_json(response), usage
 
 
 def _tokens(usage: dict[str, Any] | None, estimated: int) -> int:

@@ -72,11 +72,13 @@ async def _run(runtime: Runtime, job: Job) -> None:
     pub = Publisher(runtime.redis, job.reply_channel, job.request_id, job.attempt, job.meta.get("seq", 0),
                     hello=hello)
     runtime.publishers[job.request_id] = pub
+    settled = False  # served and accounted, or handed on with its reservation
     try:
         try:
             await _attempts(runtime, job, route, pub)
+            settled = True
         except UpstreamError as error:
-            await _after_failure(runtime, job, pub, error)
+            settled = await _after_failure(runtime, job, pub, error)
         except GatewayError as error:
             await pub.send("error", error.body(), status=error.status,
                            meta={"retry_after": error.retry_after})
@@ -84,6 +86,8 @@ async def _run(runtime: Runtime, job: Job) -> None:
         log.info("request %s: nobody wants it any more (cancelled, or its web process is gone)", job.request_id)
     finally:
         runtime.publishers.pop(job.request_id, None)
+        if not settled and job.reserved:
+            accounting.release_reservation(runtime, job)
         await pub.close()
 
 
@@ -126,8 +130,8 @@ async def _outcome(runtime: Runtime, route: Route, ok: bool, seconds: float, sta
         log.debug("health record failed (%s)", type(exc).__name__)
 
 
-async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: UpstreamError) -> None:
-    """Hand the request to the next candidate's pool, or tell the client."""
+async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: UpstreamError) -> bool:
+    """Hand the request to the next candidate's pool (True), or tell the client (False)."""
     next_hop = job.hop + 1
     if not pub.committed and error.fallback and next_hop < len(job.plan) and time.time() < job.deadline:
         nxt = job.plan[next_hop]
@@ -142,11 +146,12 @@ async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: Upst
             metrics.fallback(job.plan[job.hop].provider, nxt.provider)
             log.info("request %s: %s failed, handed to %s", job.request_id, job.plan[job.hop].provider,
                      nxt.provider)
-            return
+            return True
     refusal = client_error(error, job)
     telemetry.report_upstream_failure(job.plan[job.hop].provider, job.plan[job.hop].model, job.plan[job.hop].provider, job.request_id, error.status, error.message)
     await pub.send("error", refusal.body(), status=refusal.status,
                    meta={"retry_after": refusal.retry_after, "upstream_status": error.status})
+    return False
 
 
 def client_error(error: UpstreamError, job: Job) -> GatewayError:

@@ -11,12 +11,14 @@ Text formats (``text``, ``srt``, ``vtt``) come back as ``text/plain`` like OpenA
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
 from common.errors import GatewayError
 from common.wire import Job, Route
+from workers.chunks import encode_json
 from workers.jobs import handler
 from workers.providers.base import UpstreamError
 from workers.publisher import Publisher
@@ -47,7 +49,7 @@ async def put_back(runtime: Runtime, key: str, audio: bytes) -> None:
         pass
 
 
-def cost_of(runtime: Runtime, route: Route, usage: dict[str, Any]) -> str | None:
+def cost_of(runtime: Runtime, route: Route, usage: dict[str, Any]) -> Decimal | None:
     """USD for a transcription: by audio duration (whisper) or by tokens (gpt-4o-transcribe), if known."""
     model = runtime.catalog.get(route.model)
     if model is None or not model.listed:
@@ -55,7 +57,8 @@ def cost_of(runtime: Runtime, route: Route, usage: dict[str, Any]) -> str | None
     if usage.get("type") == "duration" and isinstance(usage.get("seconds"), (int, float)):
         return runtime.catalog.audio_cost(model, usage["seconds"])
     if usage.get("type") == "tokens":
-        return runtime.catalog.cost(model, int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
+        return runtime.catalog.cost(model, {"prompt_tokens": usage.get("input_tokens"),
+                                            "completion_tokens": usage.get("output_tokens")})
     return None
 
 
@@ -80,7 +83,7 @@ def shape(raw: bytes, upstream_type: str, fmt: str, runtime: Runtime, route: Rou
         cost = cost_of(runtime, route, {"type": "duration", "seconds": data["duration"]})
         if cost is not None:
             accounting["cost"] = cost
-    return msgspec.json.encode(data), "application/json", accounting
+    return encode_json(data), "application/json", accounting
 
 
 def _json(raw: bytes) -> dict[str, Any]:

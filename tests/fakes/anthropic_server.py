@@ -3,11 +3,18 @@
 It checks the headers, ``max_tokens``, role alternation, empty text blocks, tool id syntax and tool_use /
 tool_result pairing, answering 400/401 with Anthropic's error body, so an adapter bug fails a test instead of
 production. Failures are scripted per request through ``AnthropicFakeState.failures``.
+
+Extended thinking is as strict as the real API: ``budget_tokens`` of at least 1024 and below
+``max_tokens``, no temperature or top_k with it, no forced tool choice, and a final assistant turn with
+``tool_use`` must start with a thinking block whose ``signature`` is one this server issued. Prompt
+caching checks ``cache_control`` (ephemeral, ttl 5m/1h, at most 4 breakpoints) and reports cache usage;
+``output_config.format`` answers with the scripted JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -44,6 +51,16 @@ class AnthropicFakeState:
     input_tokens: int = 12
     retry_after: str | None = "1"  # sent with 429 and 529
     chunk_chars: int = 5  # characters per text_delta / input_json_delta
+    thinking: str = "Let me think this through step by step."  # sent when the request enables thinking
+    redacted: str | None = None  # also send a redacted_thinking block with this data
+    cache_read_tokens: int = 0  # reported when the request carries cache_control
+    cache_write_tokens: int = 0
+    json_answer: Any = None  # the answer to output_config.format / a forced tool (default: the tool's input)
+
+
+def signature_of(thinking: str) -> str:
+    """The signature this fake issues for a thinking text (the real API's is opaque; ours is checkable)."""
+    return "sig_" + hashlib.sha256(thinking.encode()).hexdigest()[:32]
 
 
 def error_body(error_type: str, message: str) -> dict[str, Any]:
@@ -82,6 +99,58 @@ def _check_block(where: str, block: Any) -> str | None:
             return f"{where}.input: Input should be a valid dictionary"
     if kind == "tool_result" and not _TOOL_ID.fullmatch(str(block.get("tool_use_id") or "")):
         return f"{where}.tool_use_id: String should match pattern '^[a-zA-Z0-9_-]+$'"
+    if kind == "thinking":
+        if not block.get("signature"):
+            return f"{where}.thinking.signature: Field required"
+        if block["signature"] != signature_of(str(block.get("thinking") or "")):
+            return f"{where}: Invalid `signature` in `thinking` block"
+    if kind == "redacted_thinking" and not block.get("data"):
+        return f"{where}.redacted_thinking.data: Field required"
+    return _check_cache_control(where, block)
+
+
+def _check_cache_control(where: str, block: dict[str, Any]) -> str | None:
+    control = block.get("cache_control")
+    if control is None:
+        return None
+    if not isinstance(control, dict) or control.get("type") != "ephemeral":
+        return f"{where}.cache_control.type: Input should be 'ephemeral'"
+    if control.get("ttl") not in (None, "5m", "1h"):
+        return f"{where}.cache_control.ttl: Input should be '5m' or '1h'"
+    return None
+
+
+def _cache_breakpoints(body: dict[str, Any]) -> int:
+    system = body.get("system") if isinstance(body.get("system"), list) else []
+    blocks = [b for m in body.get("messages") or () for b in _blocks(m)] + list(system) + list(body.get("tools") or ())
+    return sum(1 for b in blocks if isinstance(b, dict) and b.get("cache_control"))
+
+
+def thinking_enabled(body: dict[str, Any]) -> bool:
+    return isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled"
+
+
+def _check_thinking(body: dict[str, Any]) -> str | None:
+    if not thinking_enabled(body):
+        return None
+    budget = body["thinking"].get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if budget >= body["max_tokens"]:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    if body.get("temperature") not in (None, 1, 1.0):
+        return "`temperature` may only be set to 1 when thinking is enabled"
+    if body.get("top_k") is not None:
+        return "`top_k` is not supported when thinking is enabled"
+    if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        return "Thinking may not be enabled when tool_choice forces tool use."
+    assistants = [i for i, m in enumerate(body["messages"]) if m.get("role") == "assistant"]
+    if assistants:
+        last = _blocks(body["messages"][assistants[-1]])
+        if any(b.get("type") == "tool_use" for b in last) and last[0].get("type") not in ("thinking", "redacted_thinking"):
+            return (f"messages.{assistants[-1]}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                    f"`{last[0].get('type')}`. When `thinking` is enabled, a final `assistant` message must start "
+                    "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks).")
     return None
 
 
@@ -144,14 +213,39 @@ def validate(body: Any) -> str | None:
     for j, tool in enumerate(body.get("tools") or ()):
         if not tool.get("name") or (tool.get("input_schema") or {}).get("type") != "object":
             return f"tools.{j}: name and input_schema of type object are required"
-    return _check_tool_pairing(messages)
+        problem = _check_cache_control(f"tools.{j}", tool)
+        if problem:
+            return problem
+    for j, block in enumerate(system if isinstance(system, list) else ()):
+        problem = _check_block(f"system.{j}", block)
+        if problem:
+            return problem
+    if _cache_breakpoints(body) > 4:
+        return "A maximum of 4 blocks with cache_control may be provided."
+    fmt = (body.get("output_config") or {}).get("format")
+    if fmt is not None and (fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict)):
+        return "output_config.format: a json_schema format with a schema is required"
+    return _check_thinking(body) or _check_tool_pairing(messages)
 
 
 # ---------------------------------------------------------------- answers
 
 
 def _content(state: AnthropicFakeState, body: dict[str, Any]) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": state.reply}] if state.reply else []
+    blocks: list[dict[str, Any]] = []
+    if thinking_enabled(body):
+        blocks.append({"type": "thinking", "thinking": state.thinking, "signature": signature_of(state.thinking)})
+        if state.redacted:
+            blocks.append({"type": "redacted_thinking", "data": state.redacted})
+    forced = (body.get("tool_choice") or {}).get("name") if (body.get("tool_choice") or {}).get("type") == "tool" else None
+    if forced:
+        call = state.tool_call if isinstance(state.tool_call, dict) else {}
+        answer = state.json_answer if state.json_answer is not None else call.get("input", {})
+        return blocks + [{"type": "tool_use", "id": "toolu_forced01", "name": forced, "input": answer}]
+    if (body.get("output_config") or {}).get("format"):
+        return blocks + [{"type": "text", "text": json.dumps(state.json_answer or {})}]
+    if state.reply:
+        blocks.append({"type": "text", "text": state.reply})
     if state.tool_call and body.get("tools"):
         calls = state.tool_call if isinstance(state.tool_call, list) else [state.tool_call]
         for n, call in enumerate(calls):
@@ -170,7 +264,13 @@ def message_body(state: AnthropicFakeState, body: dict[str, Any]) -> dict[str, A
     return {"id": "msg_fake01", "type": "message", "role": "assistant", "model": body["model"], "content": blocks,
             "stop_reason": stop, "stop_sequence": None,
             "usage": {"input_tokens": state.input_tokens, "output_tokens": _output_tokens(blocks),
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
+                      **_cache_usage(state, body)}}
+
+
+def _cache_usage(state: AnthropicFakeState, body: dict[str, Any]) -> dict[str, int]:
+    cached = _cache_breakpoints(body) > 0
+    return {"cache_creation_input_tokens": state.cache_write_tokens if cached else 0,
+            "cache_read_input_tokens": state.cache_read_tokens if cached else 0}
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -185,6 +285,12 @@ def _block_events(index: int, block: dict[str, Any], size: int) -> list[bytes]:
     if block["type"] == "text":
         start = {"type": "text", "text": ""}
         deltas = [{"type": "text_delta", "text": p} for p in _pieces(block["text"], size)]
+    elif block["type"] == "thinking":
+        start = {"type": "thinking", "thinking": ""}
+        deltas = [{"type": "thinking_delta", "thinking": p} for p in _pieces(block["thinking"], size)]
+        deltas.append({"type": "signature_delta", "signature": block["signature"]})
+    elif block["type"] == "redacted_thinking":
+        start, deltas = dict(block), []
     else:
         start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
         fragments = [""] + _pieces(json.dumps(block["input"]), size)  # the real API often starts with ""
@@ -201,7 +307,8 @@ def _block_events(index: int, block: dict[str, Any], size: int) -> list[bytes]:
 def stream_events(state: AnthropicFakeState, body: dict[str, Any], failure: int | str | None) -> list[bytes]:
     """The whole stream in the documented order, or its scripted broken variant."""
     message = message_body(state, body)
-    start = dict(message, content=[], stop_reason=None, usage={"input_tokens": state.input_tokens, "output_tokens": 1})
+    start = dict(message, content=[], stop_reason=None,
+                 usage={"input_tokens": state.input_tokens, "output_tokens": 1, **_cache_usage(state, body)})
     events = [sse("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message["content"]):
         events += _block_events(index, block, state.chunk_chars)

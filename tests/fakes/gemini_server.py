@@ -100,11 +100,25 @@ def validate(body: dict[str, Any]) -> str | None:
                 return f"* GenerateContentRequest.contents[{n}]: function_response.name: Name cannot be empty."
             if response is not None and not isinstance(response.get("response"), dict):
                 return f"* GenerateContentRequest.contents[{n}]: function_response.response must be an object."
+    thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+    if "thinkingLevel" in thinking and "thinkingBudget" in thinking:
+        return "You can only set one of thinking budget and thinking level."
     for t, tool in enumerate(body.get("tools") or ()):
         for d, declaration in enumerate(tool.get("functionDeclarations") or ()):
             found = _schema_problem(declaration.get("parameters"), f"tools[{t}].function_declarations[{d}].parameters")
             if found:
                 return found
+    return None
+
+
+def signature_problem(model: str, body: dict[str, Any]) -> str | None:
+    """Gemini 3 rejects a model turn whose first function call carries no thought signature."""
+    if "gemini-3" not in model:
+        return None
+    for n, content in enumerate(body.get("contents") or ()):
+        calls = [p for p in content.get("parts") or () if "functionCall" in p]
+        if content.get("role") == "model" and calls and not calls[0].get("thoughtSignature"):
+            return (f"Function call is missing a thought_signature in functionCall parts. (contents[{n}].parts)")
     return None
 
 
@@ -216,7 +230,7 @@ def create_gemini_app(state: GeminiFakeState) -> Starlette:
             return _embed(body)
         if method not in ("generateContent", "streamGenerateContent"):
             return _error(404, "NOT_FOUND", f"Method {method!r} not found for model {model!r}.")
-        problem = validate(body)
+        problem = validate(body) or signature_problem(model, body)
         if problem:
             return _error(400, "INVALID_ARGUMENT", problem)
         if method == "generateContent":

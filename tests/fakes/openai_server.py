@@ -14,6 +14,7 @@ import base64
 import functools
 import hashlib
 import random
+import re
 import struct
 import threading
 import time
@@ -53,6 +54,8 @@ class OpenAIFakeState:
     tool_calls: list[dict[str, Any]] | None = None
     require_key: str | None = None
     usage_in: str = "separate"
+    reasoning: str = ""  # DeepSeek-style reasoning_content sent before the answer (streamed first)
+    cached_tokens: int = 0  # reported in usage.prompt_tokens_details.cached_tokens
     fail_after_tokens: int = 2
     hang_seconds: float = 60.0
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
@@ -272,6 +275,10 @@ def validate_chat(body: Any) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("[] is too short - 'messages'" if messages == [] else "Missing required parameter: 'messages'.", "messages")
+    if "reasoning" in body:  # OpenRouter's object: real OpenAI rejects it
+        raise BadRequest("Unrecognized request argument supplied: reasoning", "reasoning")
+    if body.get("reasoning_effort") not in (None, "minimal", "low", "medium", "high"):
+        raise BadRequest("Invalid value for 'reasoning_effort'.", "reasoning_effort")
     return body
 
 
@@ -284,8 +291,9 @@ class ChatPlan:
     model: str
     tokens: int
     finish_reason: str
-    usage: dict[str, int]
+    usage: dict[str, Any]
     tool_calls: list[dict[str, Any]] | None
+    reasoning: str = ""
 
 
 def plan_chat(state: OpenAIFakeState, body: dict[str, Any], serial: int) -> ChatPlan:
@@ -297,8 +305,11 @@ def plan_chat(state: OpenAIFakeState, body: dict[str, Any], serial: int) -> Chat
     elif isinstance(limit, int) and 0 < limit < tokens:
         tokens, finish = limit, "length"
     prompt = prompt_tokens(body["messages"])
-    usage = {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
-    return ChatPlan(f"chatcmpl-fake{serial}", int(time.time()), body["model"], tokens, finish, usage, tool_calls)
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
+    if state.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(prompt, state.cached_tokens)}
+    return ChatPlan(f"chatcmpl-fake{serial}", int(time.time()), body["model"], tokens, finish, usage, tool_calls,
+                    state.reasoning)
 
 
 def tool_call_objects(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -312,6 +323,8 @@ def chat_completion(plan: ChatPlan, n: int) -> dict[str, Any]:
         message["tool_calls"] = tool_call_objects(plan.tool_calls)
     else:
         message["content"] = "".join(token_text(i) for i in range(plan.tokens))
+    if plan.reasoning:
+        message["reasoning_content"] = plan.reasoning
     choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": plan.finish_reason} for i in range(n)]
     usage = dict(plan.usage)
     usage["completion_tokens"] *= n
@@ -342,9 +355,11 @@ class ChunkWriter:
 
     def opening(self) -> list[bytes]:
         """Role chunk (text) or the role + tool-call fragments (tool calls), as OpenAI streams them."""
+        words = re.findall(r"\S+\s*", self.plan.reasoning)
+        thinking = [self.frame(self.choice({"reasoning_content": word})) for word in words]
         if not self.plan.tool_calls:
-            return [self.frame(self.choice({"role": "assistant", "content": ""}))]
-        return []
+            return [self.frame(self.choice({"role": "assistant", "content": ""}))] + thinking
+        return thinking
 
     def body(self, count: int | None = None) -> list[bytes]:
         if self.plan.tool_calls:

@@ -11,7 +11,11 @@ Anthropic differs from OpenAI in ways that break naive proxies, so each rule her
 - empty text blocks are rejected with a 400, so they are dropped (tool-call-only assistant turns send ``""``);
 - the stream is named events (``message_start`` … ``message_stop``); tool-call deltas are re-keyed by a
   0-based count of tool blocks, since Anthropic's block index also counts text blocks;
-- overload is HTTP 529 ``overloaded_error``, also sent in-band after a 200.
+- overload is HTTP 529 ``overloaded_error``, also sent in-band after a 200;
+- thinking blocks carry a ``signature`` (streamed last, as ``signature_delta``) and may be
+  ``redacted_thinking``: both reach the client in ``reasoning_details`` so they can be sent back intact;
+- a JSON answer forced through ``JSON_TOOL`` is returned as ``message.content``, not as a tool call;
+- the client's ``anthropic-beta`` header is forwarded, joined with any the operator configured.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from workers.providers.base import (
     classify_status,
     retry_after_seconds,
 )
-from workers.providers.anthropic_request import messages_payload
+from workers.providers import reasoning
+from workers.providers.anthropic_request import FORMAT, JSON_TOOL, messages_payload, uses_json_tool
 from workers.providers.openai_compat import auth_headers, join_url
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -75,6 +80,9 @@ def request_headers(up: Upstream) -> dict[str, str]:
             headers["x-api-key"] = up.api_key
     else:
         headers = auth_headers(up)
+    betas = [b for b in (up.headers.get("anthropic-beta"), up.client_headers.get("anthropic-beta")) if b]
+    if betas:
+        headers["anthropic-beta"] = ",".join(betas)
     headers["anthropic-version"] = up.api_version or DEFAULT_VERSION
     headers["content-type"] = "application/json"
     return headers
@@ -86,11 +94,8 @@ def request_headers(up: Upstream) -> dict[str, str]:
 def usage_of(input_tokens: int, output_tokens: int, cache_read: int = 0, cache_creation: int = 0) -> dict[str, Any]:
     """OpenAI usage: Anthropic's ``input_tokens`` excludes cached tokens, OpenAI's ``prompt_tokens`` includes them."""
     prompt = input_tokens + cache_read + cache_creation
-    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": output_tokens,
-                             "total_tokens": prompt + output_tokens}
-    if cache_read:
-        usage["prompt_tokens_details"] = {"cached_tokens": cache_read}
-    return usage
+    return {"prompt_tokens": prompt, "completion_tokens": output_tokens, "total_tokens": prompt + output_tokens,
+            "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_creation}}
 
 
 def _usage_from(raw: Any) -> tuple[int, int, int, int]:
@@ -138,37 +143,47 @@ class AnthropicAdapter:
             headers["accept"] = "text/event-stream"
         return RequestSpec("POST", messages_url(up.base_url), headers=headers, content=msgspec.json.encode(payload))
 
-    def chat_response(self, data: dict[str, Any]) -> dict[str, Any]:
+    def chat_response(self, data: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]:
         if data.get("type") == "error":
             error_type, message = _error_parts(data, "upstream error")
             raise error_from_type(error_type, message)
         if not isinstance(data.get("content"), list):
             raise UpstreamError(502, "upstream returned a message without content", retryable=True)
-        text, reasoning, tool_calls = [], [], []
+        json_tool = _json_tool(request)
+        text, thoughts, details, tool_calls = [], [], [], []
         for block in data["content"]:
             kind = block.get("type")
             if kind == "text":
                 text.append(block.get("text") or "")
             elif kind == "thinking":
-                reasoning.append(block.get("thinking") or "")
+                thoughts.append(block.get("thinking") or "")
+                details.append(reasoning.text_detail(block.get("thinking") or "", FORMAT, len(details),
+                                                     block.get("signature")))
+            elif kind == "redacted_thinking":
+                details.append(reasoning.encrypted_detail(block.get("data") or "", FORMAT, len(details)))
+            elif kind == "tool_use" and json_tool and block.get("name") == JSON_TOOL:
+                text.append(msgspec.json.encode(block.get("input") or {}).decode())
             elif kind == "tool_use":
                 tool_calls.append({"id": block.get("id"), "type": "function", "function": {
                     "name": block.get("name"),
                     "arguments": msgspec.json.encode(block.get("input") or {}).decode()}})
         message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text else None}
-        if reasoning:
-            message["reasoning_content"] = "".join(reasoning)
+        if details:
+            message["reasoning"] = "".join(thoughts)
+            message["reasoning_details"] = details
         if tool_calls:
             message["tool_calls"] = tool_calls
+        finish = _finish_reason(data.get("stop_reason")) or "stop"
+        if json_tool and finish == "tool_calls" and not tool_calls:
+            finish = "stop"
         return {
             "object": "chat.completion",
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": _finish_reason(data.get("stop_reason")) or "stop"}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
             "usage": usage_of(*_usage_from(data.get("usage"))),
         }
 
-    def stream_translator(self) -> "AnthropicStreamTranslator":
-        return AnthropicStreamTranslator()
+    def stream_translator(self, request: dict[str, Any] | None = None) -> "AnthropicStreamTranslator":
+        return AnthropicStreamTranslator(request)
 
     def error(self, status: int, headers: dict[str, str], body: bytes) -> UpstreamError:
         default = f"upstream returned HTTP {status}"
@@ -182,6 +197,11 @@ class AnthropicAdapter:
         return error_from_type(error_type, message, status, headers)
 
 
+def _json_tool(request: dict[str, Any] | None) -> bool:
+    """Whether this request's answer comes as the input of the forced ``JSON_TOOL``."""
+    return request is not None and uses_json_tool(str(request.get("model") or ""), request)
+
+
 # ---------------------------------------------------------------- streams
 
 
@@ -193,9 +213,12 @@ def _chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str,
 class AnthropicStreamTranslator:
     """Anthropic's named events → OpenAI chunks. Holds one stream's state (tool indices, prompt tokens)."""
 
-    def __init__(self) -> None:
+    def __init__(self, request: dict[str, Any] | None = None) -> None:
         self.usage_in = (0, 0, 0)  # input, cache_read, cache_creation from message_start
         self.tool_index: dict[int, int] = {}  # Anthropic block index → OpenAI tool_calls index
+        self.thinking_index: dict[int, int] = {}  # Anthropic block index → reasoning_details index
+        self.json_blocks: set[int] = set()  # blocks of the forced JSON tool: their input is the answer
+        self.json_tool = _json_tool(request)
         self.finished = False  # message_stop was seen
 
     def feed(self, event: str | None, data: str) -> list[dict[str, Any]]:
@@ -223,25 +246,46 @@ class AnthropicStreamTranslator:
 
     def _on_content_block_start(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         block = payload.get("content_block") or {}
-        if block.get("type") == "text" and block.get("text"):
+        kind = block.get("type")
+        at = int(payload.get("index", -1))
+        if kind == "text" and block.get("text"):
             return [_chunk({"content": block["text"]})]
-        if block.get("type") != "tool_use":
+        if kind in ("thinking", "redacted_thinking"):
+            k = self.thinking_index[at] = len(self.thinking_index)
+            if kind == "redacted_thinking":
+                return [_chunk({"reasoning_details": [reasoning.encrypted_detail(block.get("data") or "", FORMAT, k)]})]
+            if block.get("thinking"):
+                return [self._thought(k, block["thinking"])]
             return []
-        k = self.tool_index[int(payload.get("index", -1))] = len(self.tool_index)
+        if kind != "tool_use":
+            return []
+        if self.json_tool and block.get("name") == JSON_TOOL:
+            self.json_blocks.add(at)
+            return []
+        k = self.tool_index[at] = len(self.tool_index)
         initial = block.get("input")
         arguments = msgspec.json.encode(initial).decode() if isinstance(initial, dict) and initial else ""
         return [_chunk({"tool_calls": [{"index": k, "id": block.get("id"), "type": "function",
                                         "function": {"name": block.get("name"), "arguments": arguments}}]})]
 
+    def _thought(self, k: int, text: str) -> dict[str, Any]:
+        return _chunk({"reasoning": text, "reasoning_details": [reasoning.text_detail(text, FORMAT, k)]})
+
     def _on_content_block_delta(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         delta = payload.get("delta") or {}
         kind = delta.get("type")
+        at = int(payload.get("index", -1))
         if kind == "text_delta" and delta.get("text"):
             return [_chunk({"content": delta["text"]})]
         if kind == "thinking_delta" and delta.get("thinking"):
-            return [_chunk({"reasoning_content": delta["thinking"]})]
+            return [self._thought(self.thinking_index.get(at, 0), delta["thinking"])]
+        if kind == "signature_delta" and delta.get("signature"):
+            detail = reasoning.text_detail("", FORMAT, self.thinking_index.get(at, 0), delta["signature"])
+            return [_chunk({"reasoning_details": [detail]})]
         if kind == "input_json_delta" and delta.get("partial_json"):
-            k = self.tool_index.get(int(payload.get("index", -1)))
+            if at in self.json_blocks:
+                return [_chunk({"content": delta["partial_json"]})]
+            k = self.tool_index.get(at)
             if k is None:
                 raise UpstreamError(502, "upstream sent tool input for an unknown block", retryable=True)
             return [_chunk({"tool_calls": [{"index": k, "function": {"arguments": delta["partial_json"]}}]})]
@@ -249,6 +293,8 @@ class AnthropicStreamTranslator:
 
     def _on_message_delta(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         finish = _finish_reason((payload.get("delta") or {}).get("stop_reason")) or "stop"
+        if self.json_blocks and finish == "tool_calls" and not self.tool_index:
+            finish = "stop"
         late_input, output, late_read, late_creation = _usage_from(payload.get("usage"))
         input_tokens, cache_read, cache_creation = self.usage_in
         chunk = _chunk({}, finish)

@@ -4,6 +4,12 @@
 (a user turn in Anthropic's model) and a following user message merge into one turn, tool results first;
 tool ids from other providers are rewritten to Anthropic's alphabet, deterministically; empty text blocks
 are dropped; ``max_tokens`` is always sent.
+
+Reasoning becomes ``thinking: {type: enabled, budget_tokens}`` (below ``max_tokens``, which is raised to
+fit; sampling options Anthropic refuses with thinking are dropped), and thinking blocks a client sends back
+in ``reasoning_details`` are rebuilt first in their assistant turn, signature intact, as Anthropic requires
+before ``tool_use``. ``cache_control`` stays on every block that carries it. ``response_format`` is native
+structured output on the models that have it, else one forced tool whose input is the schema.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from workers.providers import reasoning
 from workers.providers.base import Upstream, UpstreamError
 
 _TOOL_ID_OK = re.compile(r"[a-zA-Z0-9_-]+")
@@ -21,6 +28,16 @@ _TOOL_ID_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _DATA_URL = re.compile(r"data:([^;,]+)((?:;[^;,]*)*?);base64,(.*)", re.DOTALL)
 
 _PASS_THROUGH = ("temperature", "top_p", "top_k", "thinking", "service_tier")
+
+FORMAT = "anthropic-claude-v1"  # the reasoning_details format of Anthropic thinking blocks
+# Thinking budgets per effort (Anthropic's minimum is 1024; "high" matches its extended-thinking examples).
+THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384}
+MIN_THINKING_BUDGET = 1024
+ANSWER_ROOM = 1024  # tokens left for the answer when max_tokens must be raised above the budget
+# The forced tool that carries a JSON answer on models without native structured output.
+JSON_TOOL = "json_response"
+# Models with native structured output (output_config.format): Claude 4.5 and later, and Opus 4.1.
+_NATIVE_JSON = re.compile(r"claude-(?:opus-4-1|(?:opus|sonnet|haiku)-(?:4-[5-9]|[5-9]))")
 
 
 def _invalid(message: str) -> UpstreamError:
@@ -76,7 +93,14 @@ def _image_block(part: dict[str, Any]) -> dict[str, Any]:
         source = {"type": "url", "url": url}
     else:
         raise _invalid("image_url must be a data: or http(s) URL")
-    return {"type": "image", "source": source}
+    return _cached({"type": "image", "source": source}, part)
+
+
+def _cached(block: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Keep the client's ``cache_control`` (with its ``ttl``) on the block built from ``part``."""
+    if isinstance(part.get("cache_control"), dict):
+        block["cache_control"] = part["cache_control"]
+    return block
 
 
 def _file_block(part: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +108,8 @@ def _file_block(part: dict[str, Any]) -> dict[str, Any]:
     match = _DATA_URL.fullmatch(str(file.get("file_data") or ""))
     if not match or match.group(1) != "application/pdf":
         raise _invalid("only base64 PDF file parts can be sent to Anthropic")
-    return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": match.group(3)}}
+    return _cached({"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                                   "data": match.group(3)}}, part)
 
 
 def _content_blocks(content: Any) -> list[dict[str, Any]]:
@@ -128,8 +153,26 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"arguments": value}
 
 
+def thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The assistant's earlier thinking, from its ``reasoning_details``, as Anthropic's own blocks.
+
+    Only blocks Anthropic can verify go back: thinking with its signature, redacted thinking with its
+    data; text from another provider's reasoning (or unsigned) is left out rather than refused.
+    """
+    blocks = []
+    for detail in reasoning.returned_details(message):
+        if detail.get("format") not in (None, FORMAT):
+            continue
+        if detail.get("type") == "reasoning.text" and detail.get("signature"):
+            blocks.append({"type": "thinking", "thinking": detail.get("text") or "",
+                           "signature": detail["signature"]})
+        elif detail.get("type") == "reasoning.encrypted" and detail.get("data"):
+            blocks.append({"type": "redacted_thinking", "data": detail["data"]})
+    return blocks
+
+
 def _assistant_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
-    blocks = _content_blocks(message.get("content"))
+    blocks = thinking_blocks(message) + _content_blocks(message.get("content"))
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         blocks.append({
@@ -177,9 +220,13 @@ def translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, A
     for message in messages:
         role = message.get("role")
         if role in ("system", "developer"):
-            block = _text_block(_text_of(message.get("content")), _cache_part(message.get("content")))
-            if block:
-                system.append(block)
+            content = message.get("content")
+            if isinstance(content, list):  # each part its own block, so each keeps its cache_control
+                system += [b for b in _content_blocks(content) if b["type"] == "text"]
+            else:
+                block = _text_block(_text_of(content))
+                if block:
+                    system.append(block)
         elif role == "user":
             _append_turn(turns, "user", _content_blocks(message.get("content")))
         elif role == "assistant":
@@ -189,14 +236,6 @@ def translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, A
         else:
             raise _invalid(f"message role {role!r} is not supported by Anthropic")
     return system, [_tool_results_first(t) for t in turns]
-
-
-def _cache_part(content: Any) -> dict[str, Any] | None:
-    """The last part carrying ``cache_control`` in a system message, so prompt caching survives the join."""
-    if isinstance(content, list):
-        marked = [p for p in content if isinstance(p, dict) and p.get("cache_control")]
-        return marked[-1] if marked else None
-    return None
 
 
 def _system_field(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]] | None:
@@ -222,7 +261,7 @@ def translate_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         if function.get("description"):
             entry["description"] = function["description"]
-        out.append(entry)
+        out.append(_cached(entry, tool))
     return out
 
 
@@ -269,6 +308,68 @@ def _options(payload: dict[str, Any], body: dict[str, Any]) -> None:
         payload["metadata"] = {"user_id": body["user"]}
 
 
+def _thinking(payload: dict[str, Any], body: dict[str, Any]) -> None:
+    """``reasoning`` / ``reasoning_effort`` → ``thinking``, with the request made valid for it."""
+    asked = reasoning.requested(body)
+    if asked is not None and "thinking" not in payload:
+        budget = max(MIN_THINKING_BUDGET, asked.max_tokens or THINKING_BUDGETS[asked.effort or "medium"])
+        payload["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    thinking = payload.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, int) and payload["max_tokens"] <= budget:
+        payload["max_tokens"] = budget + ANSWER_ROOM  # budget_tokens must stay below max_tokens
+    # With thinking Anthropic accepts no temperature but 1, top_p only from 0.95, and no top_k.
+    payload.pop("temperature", None)
+    payload.pop("top_k", None)
+    if isinstance(payload.get("top_p"), int | float) and payload["top_p"] < 0.95:
+        payload.pop("top_p")
+
+
+def json_schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema ``response_format`` asks for (any object for ``json_object``), or None for text."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt.get("type") == "json_object":
+        return {"type": "object", "additionalProperties": True}
+    schema = (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
+    if not isinstance(schema, dict):
+        raise UpstreamError(400, "response_format must be json_object, or json_schema with a schema",
+                            retryable=False, fallback=False, error_type="invalid_request",
+                            param="response_format")
+    return schema
+
+
+def uses_json_tool(model: str, body: dict[str, Any]) -> bool:
+    """Whether this request's JSON answer travels in the forced ``JSON_TOOL`` (no native structured output)."""
+    return json_schema_of(body) is not None and not _NATIVE_JSON.search(model)
+
+
+def _structured_output(payload: dict[str, Any], model: str, body: dict[str, Any]) -> None:
+    schema = json_schema_of(body)
+    if schema is None:
+        return
+    if _NATIVE_JSON.search(model):
+        payload["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        return
+    # Never dropped silently: where the forced tool cannot work, refuse (another candidate may serve it).
+    if payload.get("tools"):
+        raise _invalid(f"response_format together with tools needs native structured output, which {model} "
+                       "does not have")
+    if "thinking" in payload:
+        raise _invalid(f"response_format together with reasoning needs native structured output, which {model} "
+                       "does not have")
+    if schema.get("type") != "object":  # as OpenAI requires too: a tool's input is an object
+        raise UpstreamError(400, "response_format json_schema must have an object at its root",
+                            retryable=False, fallback=False, error_type="invalid_request",
+                            param="response_format")
+    payload["tools"] = [{"name": JSON_TOOL, "description": "Reply with the answer as this JSON object.",
+                         "input_schema": schema}]
+    payload["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
+
+
 def messages_payload(up: Upstream, model: str, body: dict[str, Any], stream: bool) -> dict[str, Any]:
     """The Anthropic request body for an OpenAI chat body (exposed for tests)."""
     if isinstance(body.get("n"), int) and body["n"] > 1:
@@ -284,6 +385,8 @@ def messages_payload(up: Upstream, model: str, body: dict[str, Any], stream: boo
         if choice is not None:
             payload["tool_choice"] = choice
     _options(payload, body)
+    _thinking(payload, body)
+    _structured_output(payload, model, body)
     if stream:
         payload["stream"] = True
     return payload

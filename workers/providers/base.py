@@ -27,6 +27,8 @@ class Upstream:
     headers: dict[str, str] = field(default_factory=dict)
     quirks: dict[str, Any] = field(default_factory=dict)
     default_max_tokens: int = 4096
+    # Client headers this request forwards where the adapter knows them (Anthropic: ``anthropic-beta``).
+    client_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,11 +106,15 @@ class Adapter(Protocol):
 
     def chat_request(self, up: Upstream, model: str, body: dict[str, Any], stream: bool) -> RequestSpec: ...
 
-    def chat_response(self, data: dict[str, Any]) -> dict[str, Any]:
-        """The upstream's JSON body → an OpenAI ``chat.completion`` dict (id/model are set by the caller)."""
+    def chat_response(self, data: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The upstream's JSON body → an OpenAI ``chat.completion`` dict (id/model are set by the caller).
+
+        ``request`` is the canonical body it answers, its ``model`` the upstream id (for answers whose
+        shape depends on how the request was translated, like Anthropic's forced JSON tool).
+        """
         ...
 
-    def stream_translator(self) -> StreamTranslator: ...
+    def stream_translator(self, request: dict[str, Any] | None = None) -> StreamTranslator: ...
 
     def error(self, status: int, headers: dict[str, str], body: bytes) -> UpstreamError:
         """Classify an upstream HTTP error (status >= 400) into an ``UpstreamError``."""

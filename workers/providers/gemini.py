@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from workers.providers import reasoning
 from workers.providers.base import (
     RequestSpec,
     Upstream,
@@ -58,6 +59,7 @@ _FINISH_REASONS = {
 _BROKEN_CALL_REASONS = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"})
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+FORMAT = "google-gemini-v1"  # reasoning_details format of Gemini thoughts
 
 
 # ---------------------------------------------------------------- URLs and headers
@@ -110,6 +112,29 @@ def _tool_call(part: dict[str, Any], index: int | None = None) -> dict[str, Any]
     return call_out
 
 
+def reasoning_details(thoughts: str, calls: list[dict[str, Any]], text_signatures: list[str],
+                      first_signature: int = 1) -> list[dict[str, Any]]:
+    """Thought text (index 0) and thought signatures (one index each, a call's carrying its ``id``), the way
+    OpenRouter returns them, so clients that keep ``reasoning_details`` round-trip Gemini's signatures."""
+    details = [reasoning.text_detail(thoughts, FORMAT, 0)] if thoughts else []
+    n = first_signature
+    for call in calls:
+        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+        if signature:
+            details.append({**reasoning.encrypted_detail(signature, FORMAT, n), "id": call["id"]})
+            n += 1
+    for signature in text_signatures:
+        details.append(reasoning.encrypted_detail(signature, FORMAT, n))
+        n += 1
+    return details
+
+
+def _text_signatures(parts: list[dict[str, Any]]) -> list[str]:
+    """Signatures Gemini 3 puts on answer text parts (not on function calls)."""
+    return [p["thoughtSignature"] for p in parts if isinstance(p, dict) and "functionCall" not in p
+            and isinstance(p.get("thoughtSignature"), str) and p["thoughtSignature"]]
+
+
 def _split_parts(parts: list[dict[str, Any]]) -> tuple[str, str, list[dict[str, Any]]]:
     """(answer text, thought text, functionCall parts)."""
     text, thoughts, calls = [], [], []
@@ -156,10 +181,14 @@ def _choice(candidate: dict[str, Any], position: int) -> dict[str, Any]:
     parts = (candidate.get("content") or {}).get("parts") or []
     text, thoughts, calls = _split_parts(parts)
     message: dict[str, Any] = {"role": "assistant", "content": text if (text or not calls) else None}
+    tool_calls = [_tool_call(p) for p in calls]
     if thoughts:
-        message["reasoning_content"] = thoughts
+        message["reasoning"] = thoughts
+    details = reasoning_details(thoughts, tool_calls, _text_signatures(parts))
+    if details:
+        message["reasoning_details"] = details
     if calls:
-        message["tool_calls"] = [_tool_call(p) for p in calls]
+        message["tool_calls"] = tool_calls
     return {
         "index": candidate.get("index", position),
         "message": message,
@@ -242,7 +271,7 @@ class GeminiAdapter:
         payload: dict[str, Any] = {"contents": contents}
         if system:
             payload["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
-        config = generation_config(body)
+        config = generation_config(body, model)
         if config:
             payload["generationConfig"] = config
         declarations = function_declarations(body.get("tools"))
@@ -259,7 +288,7 @@ class GeminiAdapter:
             url = model_url(up, model, "generateContent")
         return RequestSpec("POST", url, headers=headers, content=msgspec.json.encode(payload))
 
-    def chat_response(self, data: dict[str, Any]) -> dict[str, Any]:
+    def chat_response(self, data: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]:
         if data.get("error"):
             raise _inband_error(data["error"])
         candidates = data.get("candidates")
@@ -276,7 +305,7 @@ class GeminiAdapter:
             result["usage"] = found
         return result
 
-    def stream_translator(self) -> "GeminiStreamTranslator":
+    def stream_translator(self, request: dict[str, Any] | None = None) -> "GeminiStreamTranslator":
         return GeminiStreamTranslator()
 
     def error(self, status: int, headers: dict[str, str], body: bytes) -> UpstreamError:
@@ -304,6 +333,7 @@ class GeminiStreamTranslator:
     def __init__(self) -> None:
         self.finish: dict[int, str] = {}  # choice index → latest raw finishReason
         self.calls: dict[int, int] = {}  # choice index → tool calls seen so far (next 0-based index)
+        self.signatures = 0  # thought signatures sent so far (each its own reasoning_details index)
         self.usage: dict[str, Any] | None = None
 
     def feed(self, event: str | None, data: str) -> list[dict[str, Any]]:
@@ -342,12 +372,17 @@ class GeminiStreamTranslator:
         delta: dict[str, Any] = {}
         if text:
             delta["content"] = text
-        if thoughts:
-            delta["reasoning_content"] = thoughts
+        tool_calls = []
         if calls:
             first = self.calls.get(index, 0)
-            delta["tool_calls"] = [_tool_call(p, first + k) for k, p in enumerate(calls)]
+            tool_calls = delta["tool_calls"] = [_tool_call(p, first + k) for k, p in enumerate(calls)]
             self.calls[index] = first + len(calls)
+        if thoughts:
+            delta["reasoning"] = thoughts
+        details = reasoning_details(thoughts, tool_calls, _text_signatures(parts), 1 + self.signatures)
+        if details:
+            self.signatures += len(details) - (1 if thoughts else 0)
+            delta["reasoning_details"] = details
         if not delta:
             return None
         return {"object": "chat.completion.chunk", "choices": [{"index": index, "delta": delta, "finish_reason": None}]}

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from workers.providers import reasoning
 from workers.providers.base import UpstreamError
 from workers.providers.gemini_schema import clean_schema
 
@@ -86,18 +87,19 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
 
 def _model_parts(message: dict[str, Any], dummy_signature: bool) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
+    by_call, loose = _returned_signatures(message)
     text = _text_of(message.get("content"))
     if text:
-        parts.append({"text": text})
+        parts.append({"text": text, "thoughtSignature": loose[0]} if loose else {"text": text})
     calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
+    signatures = [_signature_of(c) or by_call.get(str(c.get("id"))) for c in calls]
     for n, call in enumerate(calls):
         function = call.get("function") or {}
         part: dict[str, Any] = {"functionCall": {"name": function.get("name", ""),
                                                  "args": _parse_args(function.get("arguments"))}}
-        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
-        if signature:
-            part["thoughtSignature"] = signature
-        elif n == 0 and dummy_signature and not any(_signature_of(c) for c in calls):
+        if signatures[n]:
+            part["thoughtSignature"] = signatures[n]
+        elif n == 0 and dummy_signature and not any(signatures):
             part["thoughtSignature"] = DUMMY_THOUGHT_SIGNATURE
         parts.append(part)
     return parts
@@ -105,6 +107,22 @@ def _model_parts(message: dict[str, Any], dummy_signature: bool) -> list[dict[st
 
 def _signature_of(call: dict[str, Any]) -> str | None:
     return ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+
+
+def _returned_signatures(message: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Gemini thought signatures a client kept in ``reasoning_details``: (by tool call id, on text)."""
+    by_call: dict[str, str] = {}
+    loose: list[str] = []
+    for detail in reasoning.returned_details(message):
+        if detail.get("type") != "reasoning.encrypted" or detail.get("format") != "google-gemini-v1":
+            continue
+        if not detail.get("data"):
+            continue
+        if detail.get("id"):
+            by_call[str(detail["id"])] = detail["data"]
+        else:
+            loose.append(detail["data"])
+    return by_call, loose
 
 
 def _parse_args(arguments: Any) -> dict[str, Any]:
@@ -176,8 +194,33 @@ def build_contents(messages: list[dict[str, Any]], dummy_signature: bool = True)
 # ---------------------------------------------------------------- request: options
 
 
-def generation_config(body: dict[str, Any]) -> dict[str, Any]:
+# Gemini 2.5 thinks in token budgets; Gemini 3 in levels (it still takes a budget, as a legacy form).
+THINKING_BUDGETS = {"minimal": 512, "low": 2048, "medium": 8192, "high": 24576}
+THINKING_LEVELS = {"minimal": "low", "low": "low", "medium": "high", "high": "high"}
+
+
+def thinking_config(model: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """``reasoning`` / ``reasoning_effort`` → ``thinkingConfig``; thoughts are included unless excluded."""
+    asked = reasoning.requested(body)
+    raw = body.get("reasoning")
+    if asked is None:
+        disabled = (isinstance(raw, dict) and raw.get("enabled") is False) or body.get("reasoning_effort") == "none"
+        return {"thinkingBudget": 0} if disabled and "gemini-3" not in model else None
+    config: dict[str, Any] = {"includeThoughts": not asked.exclude}
+    if asked.max_tokens is not None:
+        config["thinkingBudget"] = asked.max_tokens
+    elif "gemini-3" in model:
+        config["thinkingLevel"] = THINKING_LEVELS[asked.effort or "medium"]
+    else:
+        config["thinkingBudget"] = THINKING_BUDGETS[asked.effort or "medium"]
+    return config
+
+
+def generation_config(body: dict[str, Any], model: str = "") -> dict[str, Any]:
     config: dict[str, Any] = {}
+    thinking = thinking_config(model, body)
+    if thinking:
+        config["thinkingConfig"] = thinking
     for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"), ("seed", "seed"),
                          ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"),
                          ("n", "candidateCount")):

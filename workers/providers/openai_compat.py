@@ -6,7 +6,13 @@ data in the registry (``Upstream.quirks``), applied here:
 - ``max_tokens_field``: ``"max_tokens"`` renames ``max_completion_tokens`` for providers that reject it;
 - ``no_stream_options``: the provider rejects ``stream_options`` (usage is then read where it appears);
 - ``flatten_content``: text-part arrays become plain strings;
-- ``drop_fields``: fields the provider rejects.
+- ``drop_fields``: fields the provider rejects;
+- ``reasoning_object``: the provider takes OpenRouter's ``reasoning`` object and ``reasoning_details``
+  as they are (OpenRouter itself); everyone else gets the flat ``reasoning_effort`` only, and assistant
+  messages lose the reasoning fields OpenAI would reject.
+
+Answers: ``reasoning_content`` (DeepSeek, vLLM) or ``reasoning`` (Groq, Ollama) become the canonical
+``reasoning`` text plus a ``reasoning.text`` detail, streamed as they arrive.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from workers.providers import reasoning
 from workers.providers.base import (
     RequestSpec,
     Upstream,
@@ -25,6 +32,40 @@ from workers.providers.base import (
 )
 
 _GATEWAY_FIELDS = ("models", "provider", "route", "transforms")  # ours (or OpenRouter's), never forwarded
+_REASONING_FIELDS = ("reasoning", "reasoning_details")  # canonical message fields OpenAI does not take
+FORMAT = "openai-compatible"  # reasoning_details format of text reasoning from this family
+
+
+def _effort_for_budget(tokens: int) -> str:
+    """A token budget → the nearest effort, for upstreams that only take ``reasoning_effort``."""
+    return "low" if tokens < 4096 else "medium" if tokens < 16384 else "high"
+
+
+def translate_reasoning(payload: dict[str, Any], quirks: dict[str, Any]) -> None:
+    """``reasoning`` → ``reasoning_effort`` (never the raw object, which OpenAI rejects)."""
+    if quirks.get("reasoning_object"):
+        return
+    asked = reasoning.requested(payload)
+    raw = payload.pop("reasoning", None)
+    if asked is not None and "reasoning_effort" not in payload:
+        payload["reasoning_effort"] = asked.effort or _effort_for_budget(asked.max_tokens or 0)
+    elif asked is None and isinstance(raw, dict) and payload.get("reasoning_effort") not in (None, "none"):
+        payload.pop("reasoning_effort")  # reasoning: {enabled: false} wins over a flat effort
+    if any(isinstance(m, dict) and any(f in m for f in _REASONING_FIELDS) for m in payload.get("messages") or ()):
+        payload["messages"] = [
+            {k: v for k, v in m.items() if k not in _REASONING_FIELDS} if isinstance(m, dict) else m
+            for m in payload["messages"]]
+
+
+def canonical_reasoning(part: dict[str, Any], index: int = 0) -> None:
+    """Add the canonical ``reasoning`` / ``reasoning_details`` to a message or delta that has only a vendor's."""
+    text = part.get("reasoning_content") if isinstance(part.get("reasoning_content"), str) else None
+    if text is None and isinstance(part.get("reasoning"), str):
+        text = part["reasoning"]
+    if not text:
+        return
+    part.setdefault("reasoning", text)
+    part.setdefault("reasoning_details", [reasoning.text_detail(text, FORMAT, index)])
 # Providers whose embeddings endpoint honours encoding_format=base64 (others get asked for floats).
 _BASE64_EMBEDDINGS = frozenset({"openai", "azure"})
 
@@ -63,6 +104,7 @@ class OpenAICompatAdapter:
             payload.pop("stream_options", None)
         if quirks.get("max_tokens_field") == "max_tokens" and "max_completion_tokens" in payload:
             payload.setdefault("max_tokens", payload.pop("max_completion_tokens"))
+        translate_reasoning(payload, quirks)
         for name in quirks.get("drop_fields", ()):
             payload.pop(name, None)
         if quirks.get("flatten_content"):
@@ -79,14 +121,17 @@ class OpenAICompatAdapter:
     def url(self, up: Upstream, path: str, model: str) -> str:
         return join_url(up.base_url, path)
 
-    def chat_response(self, data: dict[str, Any]) -> dict[str, Any]:
+    def chat_response(self, data: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]:
         if not isinstance(data.get("choices"), list):
             if data.get("error"):
                 raise _inband_error(data["error"])
             raise UpstreamError(502, "upstream returned a body without choices", retryable=True)
+        for choice in data["choices"]:
+            if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+                canonical_reasoning(choice["message"])
         return data
 
-    def stream_translator(self) -> "OpenAIStreamTranslator":
+    def stream_translator(self, request: dict[str, Any] | None = None) -> "OpenAIStreamTranslator":
         return OpenAIStreamTranslator()
 
     # -- embeddings and transcriptions: OpenAI paths under the same base URL ------------------------------
@@ -173,6 +218,8 @@ class OpenAIStreamTranslator:
         for choice in chunk.get("choices") or ():
             if choice.get("finish_reason"):
                 self.finished = True
+            if isinstance(choice.get("delta"), dict):
+                canonical_reasoning(choice["delta"])
         return [chunk]
 
     def close(self) -> list[dict[str, Any]]:

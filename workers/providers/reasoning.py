@@ -1,0 +1,85 @@
+"""The canonical reasoning fields every adapter reads and writes (OpenRouter's spelling).
+
+In: ``reasoning: {effort, max_tokens, exclude, enabled}`` or the flat ``reasoning_effort``; one reading of
+both, so adapters only decide how their provider expresses it. Out: ``reasoning`` (text) plus
+``reasoning_details`` (typed list: ``reasoning.text`` with its ``signature``, ``reasoning.encrypted``,
+``reasoning.summary``), built here so every adapter spells them the same. Back: the details a client
+returns on an assistant message, with streamed pieces of one ``index`` joined again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+EFFORTS = ("minimal", "low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """What the client asked for. ``effort`` is None when only a token budget (or nothing) was given."""
+
+    effort: str | None = None
+    max_tokens: int | None = None
+    exclude: bool = False
+
+
+def requested(body: dict[str, Any]) -> Reasoning | None:
+    """The reasoning the request asks for, or None (not asked, or explicitly disabled)."""
+    raw = body.get("reasoning")
+    flat = body.get("reasoning_effort")
+    if not isinstance(raw, dict):
+        raw = {}
+    if raw.get("enabled") is False or raw.get("effort") == "none" or flat == "none":
+        return None
+    effort = raw.get("effort") if raw.get("effort") in EFFORTS else flat if flat in EFFORTS else None
+    budget = raw.get("max_tokens") if isinstance(raw.get("max_tokens"), int) and raw["max_tokens"] > 0 else None
+    if effort is None and budget is None and not raw.get("enabled") and not raw.get("exclude"):
+        return None
+    if effort is None and budget is None:
+        effort = "medium"  # enabled without a size: the providers' own default
+    return Reasoning(effort=effort, max_tokens=budget, exclude=bool(raw.get("exclude")))
+
+
+def excluded(body: dict[str, Any]) -> bool:
+    """``reasoning.exclude``: the model reasons, the answer carries none of it."""
+    raw = body.get("reasoning")
+    return isinstance(raw, dict) and bool(raw.get("exclude"))
+
+
+def text_detail(text: str, fmt: str, index: int, signature: str | None = None) -> dict[str, Any]:
+    return {"type": "reasoning.text", "text": text, "signature": signature, "format": fmt, "index": index}
+
+
+def encrypted_detail(data: str, fmt: str, index: int) -> dict[str, Any]:
+    return {"type": "reasoning.encrypted", "data": data, "format": fmt, "index": index}
+
+
+def returned_details(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """An assistant message's ``reasoning_details``, streamed pieces of one ``index`` joined in order.
+
+    A client that accumulated a stream may send every piece back: texts concatenate, the signature
+    (which arrives last) is kept.
+    """
+    details = message.get("reasoning_details")
+    if not isinstance(details, list):
+        return []
+    joined: list[dict[str, Any]] = []
+    by_index: dict[Any, dict[str, Any]] = {}
+    for detail in details:
+        if not isinstance(detail, dict):
+            continue
+        index = detail.get("index")
+        same = by_index.get(index) if index is not None else None
+        if same is None or same.get("type") != detail.get("type"):
+            entry = dict(detail)
+            joined.append(entry)
+            if index is not None:
+                by_index[index] = entry
+            continue
+        for name in ("text", "data", "summary"):
+            if isinstance(detail.get(name), str):
+                same[name] = (same.get(name) or "") + detail[name]
+        if detail.get("signature"):
+            same["signature"] = detail["signature"]
+    return joined
