@@ -15,26 +15,40 @@ store, which no other process can reach.
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.access import bearer_token
-from api.body import read_json
+from api.body import decode_json, read_body
 from api.gateway import Gateway
 from api.keys import KeyRecord, KeyStore, UsageRow
 from common.errors import GatewayError, invalid
 from common.usage import ANONYMOUS
 
 MAX_USAGE_DAYS = 366
+MAX_KEY_NAME = 200  # characters
+MAX_RPM = 1_000_000
+MAX_MONTHLY_BUDGET = 1_000_000_000.0  # USD
 
 
 class CreateKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    rpm: int | None = None
-    monthly_budget: float | None = None
+    """A new key's settings, bounded: whatever is stored here is later read on every request."""
+
+    name: Annotated[str, msgspec.Meta(max_length=MAX_KEY_NAME)]
+    rpm: Annotated[int, msgspec.Meta(ge=1, le=MAX_RPM)] | None = None
+    monthly_budget: Annotated[float, msgspec.Meta(ge=0, le=MAX_MONTHLY_BUDGET)] | None = None
+
+
+def key_spec(raw: bytes) -> CreateKey:
+    """The validated settings of a new key (``GatewayError`` 400 naming the field otherwise); the admin
+    API and ``megabrain keys create`` both go through here."""
+    spec = decode_json(raw, CreateKey)
+    if not spec.name.strip():
+        raise invalid("name must not be empty.", param="name")
+    return msgspec.structs.replace(spec, name=spec.name.strip())
 
 
 def key_json(record: KeyRecord, month_spend: float | None = None) -> dict[str, Any]:
@@ -94,14 +108,8 @@ def _days(request: Request) -> int:
 async def create_key(request: Request) -> Response:
     require_admin(request)
     gateway: Gateway = request.app.state.gateway
-    _, spec = await read_json(request, CreateKey, gateway.settings.limits.max_body_bytes)
-    if not spec.name.strip():
-        raise invalid("name must not be empty.", param="name")
-    if spec.rpm is not None and spec.rpm < 1:
-        raise invalid("rpm must be at least 1.", param="rpm")
-    if spec.monthly_budget is not None and spec.monthly_budget < 0:
-        raise invalid("monthly_budget must not be negative.", param="monthly_budget")
-    record, plaintext = await _store(request).create(spec.name.strip(), spec.rpm, spec.monthly_budget)
+    spec = key_spec(await read_body(request, gateway.settings.limits.max_body_bytes))
+    record, plaintext = await _store(request).create(spec.name, spec.rpm, spec.monthly_budget)
     return _json({**key_json(record), "key": plaintext}, status=201)
 
 

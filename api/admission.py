@@ -43,6 +43,15 @@ def request_client_ip(request: Request, trusted_hops: int) -> str | None:
     return client_ip(peer, request.headers.getlist("x-forwarded-for"), trusted_hops)
 
 
+def authorization(request: Request) -> str | None:
+    """The ``Authorization`` header, or an ``x-api-key`` as a bearer token: Anthropic clients (Claude Code
+    with ``ANTHROPIC_API_KEY``) send the key there."""
+    header = request.headers.get("authorization")
+    if header is None and (api_key := request.headers.get("x-api-key")):
+        return "Bearer " + api_key
+    return header
+
+
 async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool,
                 worst_case: Callable[[], Decimal] | None = None) -> Admission:
     """Let the request in, or raise ``GatewayError`` (401/402/429/400 in the documented envelope).
@@ -52,7 +61,7 @@ async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool,
     limits = gateway.settings.limits
     result = await check_access(
         access_context(gateway),
-        authorization_header=request.headers.get("authorization"),
+        authorization_header=authorization(request),
         model_is_free=model_is_free,
         client_ip=request_client_ip(request, limits.trusted_proxy_hops),
         limits=limits,

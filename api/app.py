@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import admin, chat, embeddings, listings, lookups, ops, pages, transcriptions
+from api import admin, chat, embeddings, listings, lookups, messages, ops, pages, responses_api, transcriptions
 from api.gateway import Gateway
 from api.responses import error_response
 from common.errors import GatewayError
@@ -31,7 +31,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # (method, path, handler) from each route module: each is served under every base of ``route_bases``
 ROUTES: list[tuple[str, str, Endpoint]] = [
     *chat.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES, *listings.ROUTES, *lookups.ROUTES,
-    *admin.ROUTES, *ops.ROUTES,
+    *admin.ROUTES, *ops.ROUTES, *messages.ROUTES, *responses_api.ROUTES,
 ]
 
 # Bare, OpenAI's /v1 and OpenRouter's /api/v1: tools written for either find every route.

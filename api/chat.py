@@ -12,10 +12,8 @@ from starlette.responses import Response
 from api.body import read_json
 from api.dispatch import Dispatch
 from api.gateway import Gateway
-from api.limits import worst_case_cost
 from common.errors import GatewayError
 from common.wire import ChatRequest
-from router.auto import estimate_prompt_tokens
 from router.plan import plan_for
 from router.preferences import CHECKED_PARAMETERS
 
@@ -25,14 +23,14 @@ async def chat_completions(request: Request) -> Response:
     dispatch = Dispatch(gateway, request, "chat")
     try:
         body, chat = await read_json(request, ChatRequest, gateway.settings.limits.max_body_bytes)
+        dispatch.exchange.model = chat.model or (chat.models[0] if chat.models else "")
         output_tokens = chat.max_completion_tokens or chat.max_tokens
         plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
                         messages=chat.messages, tools=chat.tools, output_tokens=output_tokens,
                         preferences=chat.provider, parameters=request_parameters(chat, body),
                         affinity=caller_affinity(request))
-        await dispatch.admit(plan, lambda: worst_case_cost(
-            gateway.catalog, plan, estimate_prompt_tokens(_builtins(chat.messages), _builtins(chat.tools)),
-            output_tokens))
+        await dispatch.admit(plan, messages=_builtins(chat.messages), tools=_builtins(chat.tools),
+                             output_tokens=output_tokens)
     except GatewayError as error:
         return dispatch.refuse(error)
     stream = bool(chat.stream)

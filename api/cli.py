@@ -30,6 +30,7 @@ def _uvicorn_config(settings: Settings, app: object, **extra: object) -> "object
         # the client address is ours to derive (api/client_ip.py, trusted hops only): uvicorn must not
         # rewrite the peer from X-Forwarded-For
         proxy_headers=False,
+        ws="none",  # no WebSocket routes: an Upgrade header on a POST is answered like any other request
         timeout_graceful_shutdown=int(settings.shutdown_grace),
         lifespan="on",
         **extra,  # type: ignore[arg-type]
@@ -45,7 +46,7 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
     if workers > 1:
         uvicorn.run("api.app:create_app", factory=True, host=settings.host, port=settings.port,
                     workers=workers, log_level="warning", access_log=False, timeout_keep_alive=95, proxy_headers=False,
-                    timeout_graceful_shutdown=int(settings.shutdown_grace))
+                    ws="none", timeout_graceful_shutdown=int(settings.shutdown_grace))
         return
     server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))  # type: ignore[arg-type]
     server.run()

@@ -207,11 +207,15 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
 
 def run_command(backend: Backend, args: argparse.Namespace) -> None:
     if args.keys_command == "create":
-        if args.rpm is not None and args.rpm < 1:
-            raise KeysError("--rpm must be at least 1")
-        if args.monthly_budget is not None and args.monthly_budget < 0:
-            raise KeysError("--monthly-budget must not be negative")
-        created = backend.create(args.name, args.rpm, args.monthly_budget)
+        from api.admin import key_spec
+        from common.errors import GatewayError
+
+        try:  # the admin API's bounds, also when writing to Redis directly
+            spec = key_spec(json.dumps({"name": args.name, "rpm": args.rpm,
+                                        "monthly_budget": args.monthly_budget}).encode())
+        except GatewayError as exc:
+            raise KeysError(exc.message) from None
+        created = backend.create(spec.name, spec.rpm, spec.monthly_budget)
         if args.json:
             print(json.dumps(created))
             return

@@ -7,7 +7,6 @@ share this path, so a change to admission, queueing or cancellation is made once
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -16,33 +15,56 @@ from starlette.responses import Response
 
 from api.admission import Admission, admit
 from api.exchange import Exchange
+from api.formats import WireFormat
+from api.formats.chat_completions import CHAT_COMPLETIONS
 from api.gateway import Gateway
+from api.limits import worst_case_cost
 from api.ids import client_request_id
-from api.responses import error_response, json_response, stream_response
+from api.responses import json_response, refusal, stream_response
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
-from common.usage import release_now
 from common.wire import Job, Route
+from router.auto import estimate_prompt_tokens
+
 
 class Dispatch:
-    """One model request on its way to the pools: its id, response headers and admission."""
+    """One model request on its way to the pools: its exchange, response headers, admission and format.
 
-    def __init__(self, gateway: Gateway, request: Request, route_name: str) -> None:
+    Created first thing in a route, so that every way the request ends, refusals included, goes through
+    its exchange's one finish.
+    """
+
+    def __init__(self, gateway: Gateway, request: Request, route_name: str,
+                 fmt: WireFormat = CHAT_COMPLETIONS) -> None:
         self.gateway = gateway
         self.request = request
-        self.route_name = route_name
-        self.request_id = new_request_id()
+        self.format = fmt
+        request_id = new_request_id()
         self.client_request_id = client_request_id(request)
-        self.headers = {"x-request-id": self.client_request_id or self.request_id}
+        self.exchange = Exchange(gateway, route_name, request_id, self.client_request_id)
+        self.headers = {"x-request-id": self.client_request_id or request_id}
         self.admission = Admission()
 
-    async def admit(self, plan: list[Route], worst_case: Callable[[], Decimal] | None = None) -> None:
+    @property
+    def request_id(self) -> str:
+        return self.exchange.request_id
+
+    async def admit(self, plan: list[Route], *, messages: list[Any] | None = None,
+                    tools: list[Any] | None = None, output_tokens: int | None = None) -> None:
         """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable.
 
-        ``worst_case`` (USD, computed only when a budget applies) is reserved against the key's budget;
+        The request's worst-case cost (its canonical ``messages``/``tools`` and output budget at the
+        dearest candidate; computed only when a budget applies) is reserved against the key's budget, and
         the job carries it to be settled.
         """
-        self.admission = await admit(self.gateway, self.request, model_is_free=plan_is_free(self.gateway, plan),
+        gateway = self.gateway
+        self.exchange.model = plan[0].model if plan else self.exchange.model
+
+        def worst_case() -> Decimal:
+            prompt = estimate_prompt_tokens(messages or [], tools)
+            return worst_case_cost(gateway.catalog, plan, prompt, output_tokens)
+
+        self.admission = await admit(gateway, self.request, model_is_free=plan_is_free(gateway, plan),
                                      worst_case=worst_case)
         self.headers.update(self.admission.headers)
         if not self.gateway.relay.ready.is_set():
@@ -65,38 +87,18 @@ class Dispatch:
             **fields,
         )
 
-    async def release(self, job: Job) -> None:
-        """Give back the budget reservation of a job no worker will see (its expiry covers Redis trouble)."""
-        if job.reserved and self.admission.key_id:
-            try:
-                await release_now(self.gateway.redis, self.gateway.names, self.admission.key_id, job.reserved)
-            except Exception:
-                pass
-
     def refuse(self, error: GatewayError) -> Response:
-        return error_response(error, self.headers)
+        """The refusal in the route's format; the response finishes the exchange when sent."""
+        return refusal(self.exchange, self.format, error, self.headers)
 
     async def answer(self, job: Job) -> Response:
         """Enqueue ``job`` and answer with its stream or its one result (or error)."""
-        gateway = self.gateway
-        exchange = Exchange(gateway, job, gateway.relay.open(job.request_id))
-        exchange.route_name = self.route_name
-        exchange.client_request_id = self.client_request_id
         try:
-            await exchange.submit()
+            await self.exchange.submit(job)
         except GatewayError as error:
-            gateway.relay.close(job.request_id)
-            await self.release(job)
             return self.refuse(error)
-        except Exception:
-            gateway.relay.close(job.request_id)
-            return self.refuse(unavailable("The gateway cannot reach its queue (Redis) right now."))
-
-        def release() -> None:
-            gateway.relay.close(job.request_id)
-
         answer = stream_response if job.stream else json_response
-        return await answer(exchange, self.headers, release, gone=self.request.is_disconnected)
+        return await answer(self.exchange, self.format, self.headers, gone=self.request.is_disconnected)
 
 
 def plan_is_free(gateway: Gateway, plan: list[Route]) -> bool:

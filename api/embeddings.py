@@ -23,6 +23,7 @@ async def create_embeddings(request: Request) -> Response:
     dispatch = Dispatch(gateway, request, "embeddings")
     try:
         body, embed = await read_json(request, EmbeddingRequest, gateway.settings.limits.max_body_bytes)
+        dispatch.exchange.model = embed.model
         check_input(embed.input, gateway.settings.limits.max_embedding_inputs)
         plan = endpoint_plan(gateway, embed.model, modality="embedding", capability="embeddings")
         await dispatch.admit(plan)

@@ -1,29 +1,38 @@
-"""One request's conversation with the worker pools, from enqueue to the last event.
+"""One request's life on the web tier, from its arrival to its single finish.
 
-The exchange enqueues the job, then reads the request's events and keeps every wait bounded:
+The exchange is the one owner of a request: the route creates it first thing, so a refusal (401, 404,
+429, a 503 for no worker) ends in the same ``finish`` as an answer, and every request is counted and
+logged exactly once. ``finish`` is idempotent: it observes (log line, metrics), releases the inbox and,
+if work is still pending, withdraws the queued job or tells the running worker to stop.
+
+Between submit and finish it reads the request's events and keeps every wait bounded:
 
 - *queued*: a worker must announce ``start`` within ``pickup_timeout``. If none does, the job is withdrawn
-  (atomically: it can no longer start) and the next candidate whose pool has a live worker gets it, or
-  the client gets a 503.
-- *running*: the worker speaks at least every few seconds (data or heartbeats). Silence for
-  ``heartbeat_timeout`` means it died: a request that has sent nothing to its client yet is re-run as a
-  new attempt (events of the old one are dropped by the inbox); otherwise it ends with a clear error.
+  (atomically: it can no longer start) and the next candidate gets it (``common/candidates.py``), or the
+  client gets a 503.
+- *running*: the worker's process must stay alive (its liveness key, checked every second by
+  ``LiveWorkers``: a killed worker is noticed within seconds), and the job speaks at least every few
+  seconds (data or heartbeats). A dead worker, or silence for ``heartbeat_timeout``, ends the attempt: a
+  request that has sent nothing to its client yet is re-run as a new attempt (events of the old one are
+  dropped by the inbox); otherwise it ends with a clear error.
 - ``handoff``: a worker passed the job to the next provider's pool; back to *queued* there.
-
-If the client goes away, ``cancel`` withdraws the queued job or tells the running worker to stop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from api import observe
+from common.candidates import enqueue_candidate, job_id
 from common.errors import GatewayError, unavailable
-from common.queue import enqueue, withdraw
-from common.wire import Event, Job, job_encoder
+from common.queue import withdraw
+from common.usage import release_now
+from common.wire import FINAL_KINDS, Event, Job
 
 if TYPE_CHECKING:
     from api.gateway import Gateway
@@ -31,65 +40,70 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("megabrain.exchange")
 
-JOB_FUNCTION = "serve"
 MAX_RESTARTS = 1  # re-runs after a worker died, for requests that sent nothing yet
+CLIENT_GONE = 499  # logged only: the connection is already closed
+
+State = Literal["new", "queued", "running", "settled", "finished"]
+WORKER_CHECK_EVERY = 0.25  # seconds between looks at LiveWorkers' verdict while waiting (memory only)
+CLAIMED_WAIT = 3.0  # a job claimed but not yet announced: its worker's "start" is due within this
 
 
 class Exchange:
-    def __init__(self, gateway: "Gateway", job: Job, inbox: "Inbox") -> None:
+    def __init__(self, gateway: "Gateway", route_name: str, request_id: str,
+                 client_request_id: str | None = None) -> None:
         self.gateway = gateway
-        self.job = job
-        self.inbox = inbox
-        self.state = "new"
+        self.route_name = route_name
+        self.request_id = request_id
+        self.client_request_id = client_request_id
+        self.model = ""  # the requested model, until a job names the candidate
+        self.job: Job | None = None
+        self.inbox: "Inbox | None" = None
+        self.state: State = "new"
         self.pool = ""
         self.job_id = ""
         self.worker: str | None = None
-        self.phase_deadline = 0.0
-        self.client_sent = False  # set by the response writer once bytes went to the client
-        self.finished = False
-        self.restarts = 0
         self.provider: str | None = None
+        self.phase_deadline = 0.0
+        self.restarts = 0
+        self.client_sent = False  # set by the response writer once bytes went to the client
         # for the request log and metrics (api/observe.py)
         self.started = time.monotonic()
         self.first_byte_at: float | None = None
-        self.route_name = "chat"
-        self.client_request_id: str | None = None
-        self.observed = False
         self.queue_ms: float | None = None  # enqueue → pickup, as the worker measured it
+        self.status = CLIENT_GONE  # the outcome so far, recorded by the response writer
+        self.usage: dict[str, Any] | None = None
+        self.reservation_returned = False
 
     # -- enqueue ------------------------------------------------------------------------------------------
 
-    async def submit(self) -> None:
-        """Enqueue on the first candidate whose pool has a live worker, or refuse with a 503 at once."""
-        await self._enqueue_from(self.job.hop)
+    async def submit(self, job: Job) -> None:
+        """Enqueue on the first candidate whose pool can take it, or refuse with a 503 at once."""
+        self.job = job
+        self.inbox = self.gateway.relay.open(job.request_id)
+        try:
+            await self._enqueue_from(job.hop)
+        except GatewayError:
+            raise
+        except Exception:  # Redis trouble
+            raise unavailable("The gateway cannot reach its queue (Redis) right now.") from None
 
     async def _enqueue_from(self, hop: int) -> None:
-        plan = self.job.plan
-        live = self.gateway.live
-        tried: list[str] = []
-        for index in range(hop, len(plan)):
-            pool = plan[index].provider
-            if not await live.has_worker(pool):
-                tried.append(pool)
-                continue
-            job = msgspec.structs.replace(self.job, hop=index, meta={**self.job.meta, "enqueued_at": time.time()})
-            job_id = f"{job.request_id}-{job.attempt}-{index}"
-            ok = await enqueue(
-                self.gateway.redis, self.gateway.names, pool, JOB_FUNCTION, job_id, job_encoder.encode(job),
-                expires_s=max(1.0, job.deadline - time.time()),
-                depth_limit=self.gateway.settings.limits.queue_depth_limit,
-            )
-            if not ok:
-                tried.append(pool)
-                continue
-            self.job, self.pool, self.job_id, self.state = job, pool, job_id, "queued"
-            self.phase_deadline = time.monotonic() + self.gateway.settings.pickup_timeout
-            return
-        raise unavailable(
-            "No worker is serving " + ", ".join(dict.fromkeys(tried)) + " right now (no live worker, or its "
-            "queue is full). Try again shortly.",
-            retry_after=2,
+        assert self.job is not None
+        gateway = self.gateway
+        job, skipped = await enqueue_candidate(
+            gateway.redis, gateway.names, self.job, hop, is_live=gateway.live.has_worker,
+            depth_limit=gateway.settings.limits.queue_depth_limit, pickup_timeout=gateway.settings.pickup_timeout,
         )
+        if job is None:
+            self.state = "settled"  # nothing is queued: nothing to cancel
+            await self._return_reservation()
+            raise unavailable(
+                "No worker is serving " + (", ".join(dict.fromkeys(skipped)) or "this model") + " right now "
+                "(no live worker, or its queue is full). Try again shortly.",
+                retry_after=2,
+            )
+        self.job, self.pool, self.job_id, self.state = job, job.plan[job.hop].provider, job_id(job), "queued"
+        self.phase_deadline = time.monotonic() + gateway.settings.pickup_timeout
 
     # -- events -------------------------------------------------------------------------------------------
 
@@ -98,83 +112,134 @@ class Exchange:
 
         Raises ``GatewayError`` when the request cannot complete (no pickup, dead worker, deadline).
         """
+        assert self.job is not None and self.inbox is not None
         until = time.monotonic() + wait
         while True:
             now = time.monotonic()
             if time.time() >= self.job.deadline:
                 raise GatewayError("upstream_timeout", "The request took longer than the gateway allows.")
-            timeout = min(until, self.phase_deadline) - now
+            timeout = min(until, self.phase_deadline, now + WORKER_CHECK_EVERY) - now
             event = await self.inbox.get(max(0.0, timeout)) if timeout > 0 else None
             if event is None:
                 if time.monotonic() >= self.phase_deadline:
                     await self._phase_expired()
                     continue
-                return None
-            if "worker" in event.meta:  # the worker's hello: on "start", or on its first real event
-                self.state, self.worker = "running", event.meta["worker"]
-                self.provider = event.meta.get("provider")
-                self.queue_ms = event.meta.get("queued_ms")
-            if event.meta.get("abandoned"):  # the worker is shutting down without finishing
+                if self._worker_died():
+                    await self._worker_gone()
+                    continue
+                if time.monotonic() >= until:
+                    return None
+                continue
+            if event.hello is not None:  # on "start", or on the worker's first real event
+                self.state, self.worker = "running", event.hello.worker
+                self.provider, self.queue_ms = event.hello.provider, event.hello.queued_ms
+            kind = event.kind
+            if kind == "abandoned":
                 await self._worker_gone()
-            elif event.kind in ("start", "heartbeat"):
+            elif kind in ("start", "heartbeat"):
                 self._extend()
-            elif event.kind == "handoff":
+            elif kind == "handoff" and event.handoff is not None:
                 self.state, self.worker = "queued", None
-                self.pool, self.job_id = event.meta["pool"], event.meta["job_id"]
-                self.job = msgspec.structs.replace(self.job, hop=event.meta["hop"])
+                self.pool, self.job_id = event.handoff.pool, event.handoff.job_id
+                self.job = msgspec.structs.replace(self.job, hop=event.handoff.hop)
                 self.phase_deadline = time.monotonic() + self.gateway.settings.pickup_timeout
-            elif event.meta.get("relay_lost"):
+            elif kind == "relay_lost":
                 raise unavailable("The gateway lost its connection to its queue. Try again shortly.")
             else:
                 self._extend()
-                if event.kind in ("result", "error", "done"):
-                    self.finished = True
+                if kind in FINAL_KINDS:
+                    self.state = "settled"
                 return event
 
-    def _extend(self) -> None:
-        self.phase_deadline = time.monotonic() + self.gateway.settings.heartbeat_timeout
+    def _extend(self, seconds: float | None = None) -> None:
+        self.phase_deadline = time.monotonic() + (seconds or self.gateway.settings.heartbeat_timeout)
+
+    def _worker_died(self) -> bool:
+        """The running worker's process is gone (SIGKILL, OOM, a lost dyno), by its liveness key."""
+        return self.state == "running" and self.worker is not None and self.gateway.live.gone(self.worker)
 
     async def _phase_expired(self) -> None:
+        assert self.job is not None and self.inbox is not None
         settings = self.gateway.settings
         if self.state == "queued":
             if await withdraw(self.gateway.redis, self.gateway.names, self.pool, self.job_id):
-                log.warning("request %s: no pickup on %s within %.1fs", self.job.request_id, self.pool,
+                log.warning("request %s: no pickup on %s within %.1fs", self.request_id, self.pool,
                             settings.pickup_timeout)
-                self.inbox.new_attempt()
-                self.job = msgspec.structs.replace(self.job, attempt=self.inbox.attempt)
+                self._new_attempt()
                 await self._enqueue_from(self.job.hop + 1)
                 return
             self.state = "running"  # picked up just now; its start event is on the way
-            self._extend()
+            self._extend(min(CLAIMED_WAIT, settings.heartbeat_timeout))
             return
         await self._worker_gone()  # running, and the worker went silent: presume it dead
 
+    def _new_attempt(self) -> None:
+        assert self.job is not None and self.inbox is not None
+        self.job = msgspec.structs.replace(self.job, attempt=self.inbox.new_attempt(), seq=0)
+
     async def _worker_gone(self) -> None:
         """Re-run a request whose worker died or quit, if nothing reached its client yet; else fail it."""
+        assert self.job is not None
         if not self.client_sent and self.restarts < MAX_RESTARTS:
             self.restarts += 1
-            log.warning("request %s: worker %s is gone; re-running", self.job.request_id, self.worker)
-            self.inbox.new_attempt()
-            self.job = msgspec.structs.replace(self.job, attempt=self.inbox.attempt)
+            log.warning("request %s: worker %s is gone; re-running", self.request_id, self.worker)
+            self._new_attempt()
             await self._enqueue_from(self.job.hop)
             return
+        self.state = "settled"
+        await self._return_reservation()
         raise unavailable("The worker serving this request stopped responding. Try again.")
 
-    # -- client gone --------------------------------------------------------------------------------------
+    # -- the end ------------------------------------------------------------------------------------------
 
-    async def cancel(self) -> None:
-        """Stop the work: withdraw a queued job, or ask the running worker to drop it."""
-        if self.finished:
+    def record(self, status: int, usage: dict[str, Any] | None = None) -> None:
+        """Note the outcome the client got; ``finish`` reports it."""
+        self.status = status
+        if usage is not None:
+            self.usage = usage
+
+    def sent(self) -> None:
+        """Bytes of the answer went to the client: from now on the request is never re-run."""
+        if not self.client_sent:
+            self.client_sent = True
+            self.first_byte_at = time.monotonic()
+
+    async def finish(self, status: int | None = None) -> None:
+        """The request's one end: observe, release the inbox, stop pending work. Idempotent."""
+        if self.state == "finished":
             return
-        self.finished = True
+        pending = self.state in ("queued", "running")
+        self.state = "finished"
+        if status is not None:
+            self.status = status
+        observe.finished(self, self.status, self.usage)
+        if self.inbox is not None:
+            self.gateway.relay.close(self.request_id)
+        if pending:  # the client went away, or the gateway gave up: stop the worker and the upstream
+            await asyncio.shield(self._cancel())
+
+    async def _cancel(self) -> None:
+        """Withdraw a queued job, or ask the running worker to drop it."""
         try:
-            if self.state == "queued" and await withdraw(
-                self.gateway.redis, self.gateway.names, self.pool, self.job_id
-            ):
+            if self.pool and await withdraw(self.gateway.redis, self.gateway.names, self.pool, self.job_id):
+                await self._return_reservation()
                 return
             if self.worker:
                 await self.gateway.redis.publish(
-                    self.gateway.names.control_channel(self.worker), f"cancel {self.job.request_id}"
+                    self.gateway.names.control_channel(self.worker), f"cancel {self.request_id}"
                 )
         except Exception as exc:  # Redis trouble: the worker stops anyway when it finds nobody listening
-            log.info("request %s: cancel failed (%s)", self.job.request_id, type(exc).__name__)
+            log.info("request %s: cancel failed (%s)", self.request_id, type(exc).__name__)
+
+    async def _return_reservation(self) -> None:
+        """Give back the budget reservation of a job no worker holds (withdrawn, never queued, or its
+        worker died): a worker that runs the job settles or releases it itself. Once per request; the
+        reservation's expiry covers Redis trouble."""
+        job = self.job
+        if self.reservation_returned or job is None or not job.reserved:
+            return
+        self.reservation_returned = True
+        try:
+            await release_now(self.gateway.redis, self.gateway.names, job.meta.get("key_id", ""), job.reserved)
+        except Exception as exc:
+            log.info("request %s: reservation not returned (%s)", self.request_id, type(exc).__name__)

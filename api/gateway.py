@@ -14,6 +14,7 @@ from arq.connections import ArqRedis
 from api.provider_health import load_snapshot
 from api.relay import Relay
 from common import metrics
+from common.candidates import LIVENESS_TTL, has_live_worker
 from common.names import Names
 from common.redis import connect
 from common.settings import Settings
@@ -23,14 +24,17 @@ from router.providers import Provider, resolve_providers
 
 log = logging.getLogger("megabrain.gateway")
 
-LIVENESS_TTL = 6.0  # must match workers/pool.py: a worker unseen this long is gone
+WATCH_FOR = 5.0  # a worker no request asked about for this long is no longer checked
 
 
 class LiveWorkers:
-    """Which pools have a live worker, refreshed in the background once a second.
+    """Which pools have a live worker, and which workers serving our requests died, refreshed in the
+    background once a second.
 
     A pool the cache thinks is empty is checked once more directly before a request is refused, so a
-    worker that just started is never missed.
+    worker that just started is never missed. Workers that running requests depend on (``gone``) are
+    checked in the same round trip, by their liveness keys (``Names.alive``): one MGET for all of this
+    process's requests, and none while no request is running.
     """
 
     def __init__(self, redis: ArqRedis, names: Names, pools: list[str]) -> None:
@@ -38,23 +42,37 @@ class LiveWorkers:
         self.names = names
         self.pools = pools
         self.counts: dict[str, int] = {}
+        self.watched: dict[str, float] = {}  # worker id -> when a request last asked about it
+        self.dead: frozenset[str] = frozenset()  # watched workers whose liveness key has expired
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
 
+    def gone(self, worker: str) -> bool:
+        """True when ``worker`` is known dead. Asking keeps it watched for the next refreshes."""
+        self.watched[worker] = time.monotonic()
+        return worker in self.dead
+
     async def refresh(self) -> None:
         since = time.time() - LIVENESS_TTL
+        now = time.monotonic()
+        self.watched = {w: at for w, at in self.watched.items() if now - at < WATCH_FOR}
+        workers = list(self.watched)
         async with self.redis.pipeline(transaction=False) as pipe:
             for pool in self.pools:
                 pipe.zcount(self.names.live_workers(pool), since, "+inf")
-            counts = await pipe.execute()
-        self.counts = dict(zip(self.pools, counts))
+            if workers:
+                pipe.mget([self.names.alive(w) for w in workers])
+            replies = await pipe.execute()
+        self.counts = dict(zip(self.pools, replies))
+        alive = replies[len(self.pools)] if workers else []
+        self.dead = frozenset(w for w, value in zip(workers, alive) if value is None)
 
     async def has_worker(self, pool: str) -> bool:
         if self.counts.get(pool):
             return True
-        count = await self.redis.zcount(self.names.live_workers(pool), time.time() - LIVENESS_TTL, "+inf")
-        self.counts[pool] = count
-        return count > 0
+        live = await has_live_worker(self.redis, self.names, pool)
+        self.counts[pool] = int(live)
+        return live
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name="live-workers")
@@ -65,6 +83,7 @@ class LiveWorkers:
                 await self.refresh()
             except Exception as exc:
                 self.counts = {}
+                self.dead = frozenset()  # unknown is not dead: the slow heartbeat timeout still holds
                 log.debug("liveness refresh failed (%s)", type(exc).__name__)
             await asyncio.sleep(1.0)
 

@@ -18,29 +18,29 @@ log = logging.getLogger("megabrain.request")
 
 
 def finished(exchange: "Exchange", status: int, usage: dict[str, Any] | None = None) -> None:
-    """Call exactly once per request, when its response is complete (or the client left)."""
+    """Called exactly once per request, by ``Exchange.finish``: answers and refusals alike."""
     now = time.monotonic()
     seconds = now - exchange.started
     ttft = exchange.first_byte_at - exchange.started if exchange.first_byte_at else None
-    route = exchange.job.plan[exchange.job.hop] if exchange.job.plan else None
-    model = route.model if route else ""
+    job = exchange.job
+    route = job.plan[job.hop] if job is not None and job.plan else None
+    model = route.model if route else exchange.model
     metrics.request_done(exchange.route_name, model, exchange.provider, status, seconds, ttft)
-    queue_ms = getattr(exchange, "queue_ms", None)
-    if queue_ms is not None and route is not None:
-        metrics.queue_wait(route.provider, queue_ms / 1000)
+    if exchange.queue_ms is not None and route is not None:
+        metrics.queue_wait(route.provider, exchange.queue_ms / 1000)
     fields: dict[str, Any] = {
-        "request_id": exchange.job.request_id,
+        "request_id": exchange.request_id,
         "client_request_id": exchange.client_request_id,
         "route": exchange.route_name,
         "model": model,
         "provider": exchange.provider,
         "status": status,
-        "stream": exchange.job.stream,
+        "stream": job.stream if job is not None else None,
         "duration_ms": round(seconds * 1000, 2),
         "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
         "queue_ms": exchange.queue_ms,
-        "attempts": exchange.job.attempt + 1,
-        "hop": exchange.job.hop,
+        "attempts": job.attempt + 1 if job is not None else 0,
+        "hop": job.hop if job is not None else None,
     }
     if usage:
         fields["prompt_tokens"] = usage.get("prompt_tokens")

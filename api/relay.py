@@ -59,7 +59,7 @@ class Inbox:
             return None
 
 
-RELAY_LOST = Event("", 0, 0, "error", b"", 503, {"relay_lost": True})
+RELAY_LOST = Event("", 0, 0, "relay_lost")
 
 
 class Relay:
@@ -131,9 +131,8 @@ class Relay:
         inbox = self.inboxes.get(event.request_id)
         if inbox is not None:
             inbox.deliver(event)
-        sent_at = event.meta.get("t")
-        if sent_at:
-            metrics.relay_event(time.time() - sent_at)
+        if event.hello is not None:
+            metrics.relay_event(time.time() - event.hello.sent_at)
 
     def _fail_all(self) -> None:
         for inbox in self.inboxes.values():

@@ -1,24 +1,29 @@
 """Turning a request's events into HTTP responses: one JSON body, or Server-Sent Events.
 
+This module only writes bytes: the wire format (``api/formats/``) says which bytes, and the exchange
+(``api/exchange.py``) owns the request's end. Every response ends in ``exchange.finish``, run once by
+the response object itself when the ASGI server is done with it, whichever way that happens.
+
 A stream holds its status line for up to ``stream_commit_wait`` seconds: an error before the first token
 then still gets its proper HTTP status (the SDKs raise the right exception), and the first frames go out
 with the headers. If nothing comes by then, the headers and a keep-alive comment go out so proxies (the
 Heroku router wants a first byte within 30 s) keep the connection open; comments then repeat every
-``keepalive_interval``. A stream ends in exactly one of two ways: ``data: [DONE]`` after the finish, or an
-in-band ``data: {"error": ...}`` frame.
+``keepalive_interval``. A stream ends in exactly one of two ways: its format's proper end after the
+finish, or the format's in-band error event.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from api import observe
-from api.exchange import Exchange
+from api.exchange import CLIENT_GONE, Exchange
+from api.formats import StreamEncoder, WireFormat
 from common.errors import GatewayError
 from common.wire import Event
 
@@ -28,39 +33,63 @@ SSE_HEADERS = {
     "connection": "keep-alive",
 }
 KEEPALIVE = b": keep-alive\n\n"
-CLIENT_GONE = 499  # logged only: the connection is already closed
 CLIENT_CHECK_EVERY = 1.0  # seconds between "is the client still there?" checks while waiting
 
 ClientGone = Callable[[], Awaitable[bool]]  # e.g. Request.is_disconnected
 
 
-def _observe(exchange: Exchange, status: int, event: Event | None = None) -> None:
-    if not exchange.observed:
-        exchange.observed = True
-        observe.finished(exchange, status, event.meta.get("usage") if event else None)
+class Finishing:
+    """Mixin: the response finishes its exchange once the ASGI server is done with it (sent, failed or
+    cancelled), so no exit path can skip or repeat the request's end."""
+
+    exchange: Exchange
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)  # type: ignore[misc]
+        finally:
+            await self.exchange.finish()
+
+
+class FinishingResponse(Finishing, Response):
+    def __init__(self, exchange: Exchange, content: bytes, status: int, headers: dict[str, str],
+                 media_type: str = "application/json") -> None:
+        super().__init__(content, status_code=status, media_type=media_type, headers=headers)
+        self.exchange = exchange
+        exchange.record(status)
+
+
+class FinishingStream(Finishing, StreamingResponse):
+    def __init__(self, exchange: Exchange, body: AsyncIterator[bytes], headers: dict[str, str],
+                 media_type: str) -> None:
+        super().__init__(body, media_type=media_type, headers=headers)
+        self.exchange = exchange
 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    """A refusal outside any request's life (unknown route, unexpected error)."""
     return Response(
         error.body(), status_code=error.status, media_type="application/json",
         headers={**error.response_headers(), **(headers or {})},
     )
 
 
-def event_error_response(event: Event, headers: dict[str, str]) -> Response:
-    extra = dict(headers)
-    retry_after = event.meta.get("retry_after")
-    if retry_after is not None:
-        extra["retry-after"] = str(max(1, int(retry_after + 0.999)))
-    return Response(event.data, status_code=event.status, media_type="application/json", headers=extra)
+def refusal(exchange: Exchange, fmt: WireFormat, error: GatewayError, headers: dict[str, str]) -> Response:
+    return FinishingResponse(exchange, fmt.error_body(error.status, error.body()), error.status,
+                             {**error.response_headers(), **headers})
 
 
-def served_headers(exchange: Exchange, event: Event | None, base: dict[str, str]) -> dict[str, str]:
+def _event_error(exchange: Exchange, fmt: WireFormat, event: Event, headers: dict[str, str]) -> Response:
+    extra = served_headers(exchange, None, headers)
+    if event.retry_after is not None:
+        extra["retry-after"] = str(max(1, int(event.retry_after + 0.999)))
+    return FinishingResponse(exchange, fmt.error_body(event.status, event.data), event.status, extra)
+
+
+def served_headers(exchange: Exchange, usage: dict[str, Any] | None, base: dict[str, str]) -> dict[str, str]:
     headers = dict(base)
-    provider = (event.meta.get("provider") if event else None) or exchange.provider
-    if provider:
-        headers["x-megabrain-provider"] = provider
-    usage = event.meta.get("usage") if event else None
+    if exchange.provider:
+        headers["x-megabrain-provider"] = exchange.provider
     if isinstance(usage, dict) and usage.get("cost") is not None:
         headers["x-megabrain-cost"] = str(usage["cost"])  # streams carry it in their usage chunk
     return headers
@@ -75,10 +104,10 @@ def served_headers(exchange: Exchange, event: Event | None, base: dict[str, str]
 # padded (a plain-text transcription is not).
 JSON_KEEPALIVE_AFTER = float(os.environ.get("MEGABRAIN_JSON_KEEPALIVE_AFTER", "20"))
 JSON_KEEPALIVE_EVERY = 10.0
-PADDED_ROUTES = ("chat", "embeddings")
+UNPADDED_ROUTES = ("transcriptions",)
 
 
-async def json_response(exchange: Exchange, headers: dict[str, str], release: Callable[[], None],
+async def json_response(exchange: Exchange, fmt: WireFormat, headers: dict[str, str],
                         gone: ClientGone | None = None) -> Response:
     """Wait for the one result (or error) of a non-streaming request.
 
@@ -86,147 +115,110 @@ async def json_response(exchange: Exchange, headers: dict[str, str], release: Ca
     (Starlette does not cancel a handler whose client hung up); if so, the job is withdrawn or stopped.
     """
     settings = exchange.gateway.settings
-    pad = exchange.route_name in PADDED_ROUTES
+    pad = exchange.route_name not in UNPADDED_ROUTES
     until = time.monotonic() + (JSON_KEEPALIVE_AFTER if pad else settings.request_timeout)
-    handed_over = False
     try:
         while (remaining := until - time.monotonic()) > 0 or not pad:
             event = await exchange.next_event(min(CLIENT_CHECK_EVERY, max(0.0, remaining)))
             if event is None:
                 if gone is not None and await gone():
-                    return Response(status_code=CLIENT_GONE)  # nobody reads it; finally stops the work
+                    await exchange.finish(CLIENT_GONE)  # nobody reads it; stop the work
+                    return Response(status_code=CLIENT_GONE)
                 continue
             if event.kind == "result":
-                exchange.first_byte_at = time.monotonic()
-                _observe(exchange, 200, event)
-                return Response(event.data, media_type=event.meta.get("content_type", "application/json"),
-                                headers=served_headers(exchange, event, headers))
+                exchange.sent()
+                exchange.record(200, event.usage)
+                return FinishingResponse(exchange, fmt.result(event), 200,
+                                         served_headers(exchange, event.usage, headers),
+                                         media_type=event.content_type or "application/json")
             if event.kind == "error":
-                _observe(exchange, event.status)
-                return event_error_response(event, served_headers(exchange, None, headers))
-        handed_over = True
-        return StreamingResponse(_padded_json(exchange, release), media_type="application/json",
-                                 headers=served_headers(exchange, None, headers))
+                return _event_error(exchange, fmt, event, headers)
     except GatewayError as error:
-        _observe(exchange, error.status)
-        return error_response(error, headers)
-    finally:
-        if not handed_over:
-            _observe(exchange, CLIENT_GONE)  # no-op unless the client left before the answer
-            release()
-            if not exchange.finished:  # the client went away
-                await asyncio.shield(exchange.cancel())
+        return refusal(exchange, fmt, error, headers)
+    except BaseException:
+        await exchange.finish(CLIENT_GONE)
+        raise
+    return FinishingStream(exchange, _padded_json(exchange, fmt), served_headers(exchange, None, headers),
+                           "application/json")
 
 
-async def _padded_json(exchange: Exchange, release: Callable[[], None]) -> AsyncIterator[bytes]:
+async def _padded_json(exchange: Exchange, fmt: WireFormat) -> AsyncIterator[bytes]:
     """Spaces while the answer is pending, then the JSON body (or the error envelope)."""
-    status = CLIENT_GONE
-    try:
-        yield b" "
-        while True:
-            try:
-                event = await exchange.next_event(JSON_KEEPALIVE_EVERY)
-            except GatewayError as error:
-                status = error.status
-                yield error.body()
-                return
-            if event is None:
-                yield b" "
-            elif event.kind == "result":
-                exchange.first_byte_at = time.monotonic()
-                status = 200
-                _observe(exchange, 200, event)
-                yield event.data
-                return
-            elif event.kind == "error":
-                status = event.status
-                yield event.data
-                return
-    finally:
-        _observe(exchange, status)
-        release()
-        if not exchange.finished:
-            await asyncio.shield(exchange.cancel())
+    yield b" "
+    while True:
+        try:
+            event = await exchange.next_event(JSON_KEEPALIVE_EVERY)
+        except GatewayError as error:
+            exchange.record(error.status)
+            yield fmt.error_body(error.status, error.body())
+            return
+        if event is None:
+            yield b" "
+        elif event.kind == "result":
+            exchange.sent()
+            exchange.record(200, event.usage)
+            yield fmt.result(event)
+            return
+        elif event.kind == "error":
+            exchange.record(event.status)
+            yield fmt.error_body(event.status, event.data)
+            return
 
 
-async def stream_response(exchange: Exchange, headers: dict[str, str], release: Callable[[], None],
+async def stream_response(exchange: Exchange, fmt: WireFormat, headers: dict[str, str],
                           gone: ClientGone | None = None) -> Response:
     settings = exchange.gateway.settings
-    first: list[bytes] = []
+    encoder = fmt.stream()
+    first = b""
     commit_by = time.monotonic() + settings.stream_commit_wait
-    last_event: Event | None = None
+    done = False
     try:
         while (remaining := commit_by - time.monotonic()) > 0:
             event = await exchange.next_event(min(CLIENT_CHECK_EVERY, remaining))
             if event is None:
                 if gone is not None and await gone():
-                    release()
-                    _observe(exchange, CLIENT_GONE)
-                    await asyncio.shield(exchange.cancel())
+                    await exchange.finish(CLIENT_GONE)
                     return Response(status_code=CLIENT_GONE)
                 continue
-            last_event = event
             if event.kind == "error":
-                release()
-                _observe(exchange, event.status)
-                return event_error_response(event, served_headers(exchange, None, headers))
-            first.append(event.data)
-            break  # data (or done): commit now, the rest follows in the body
+                return _event_error(exchange, fmt, event, headers)
+            first = encoder.frames(event)  # data (or done): commit now, the rest follows in the body
+            done = event.kind == "done"
+            if done:
+                exchange.record(200, event.usage)
+            break
     except GatewayError as error:
-        release()
-        await asyncio.shield(exchange.cancel())
-        _observe(exchange, error.status)
-        return error_response(error, headers)
+        return refusal(exchange, fmt, error, headers)
     except BaseException:
-        release()
-        _observe(exchange, CLIENT_GONE)
-        await asyncio.shield(exchange.cancel())
+        await exchange.finish(CLIENT_GONE)
         raise
-    if not first:
-        first.append(KEEPALIVE)
-    done = last_event is not None and last_event.kind == "done"
-    return StreamingResponse(
-        _frames(exchange, first, done, release),
-        media_type="text/event-stream",
-        headers={**SSE_HEADERS, **served_headers(exchange, last_event, headers)},
+    return FinishingStream(
+        exchange, _frames(exchange, encoder, first or KEEPALIVE, done),
+        {**SSE_HEADERS, **served_headers(exchange, exchange.usage, headers)}, "text/event-stream",
     )
 
 
-async def _frames(
-    exchange: Exchange, first: list[bytes], done: bool, release: Callable[[], None]
-) -> AsyncIterator[bytes]:
+async def _frames(exchange: Exchange, encoder: StreamEncoder, first: bytes, done: bool) -> AsyncIterator[bytes]:
     settings = exchange.gateway.settings
-    status = 200
-    last: Event | None = None
-    try:
-        for chunk in first:
-            if chunk is not KEEPALIVE and not exchange.client_sent:
-                exchange.client_sent = True
-                exchange.first_byte_at = time.monotonic()
-            yield chunk
-        while not done:
-            try:
-                event = await exchange.next_event(settings.keepalive_interval)
-            except GatewayError as error:
-                status = error.status
-                yield b"data: " + error.body() + b"\n\n"
-                return
-            if event is None:
-                yield KEEPALIVE
-                continue
-            if event.kind == "error":
-                status = event.status
-                yield b"data: " + event.data + b"\n\n"
-                return
-            if not exchange.client_sent:
-                exchange.client_sent = True
-                exchange.first_byte_at = time.monotonic()
-            last = event
-            yield event.data
-            done = event.kind == "done"
-    finally:
-        _observe(exchange, status if exchange.finished else CLIENT_GONE, last)
-        release()
-        if not exchange.finished:
-            # the client went away mid-stream: stop the worker and the upstream
-            await asyncio.shield(exchange.cancel())
+    if first is not KEEPALIVE:
+        exchange.sent()
+    yield first
+    while not done:
+        try:
+            event = await exchange.next_event(settings.keepalive_interval)
+        except GatewayError as error:
+            exchange.record(error.status)
+            yield encoder.error(error.status, error.body())
+            return
+        if event is None:
+            yield KEEPALIVE
+            continue
+        if event.kind == "error":
+            exchange.record(event.status)
+            yield encoder.error(event.status, event.data)
+            return
+        exchange.sent()
+        done = event.kind == "done"
+        if done:
+            exchange.record(200, event.usage)
+        yield encoder.frames(event)

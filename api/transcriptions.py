@@ -46,6 +46,7 @@ async def create_transcription(request: Request) -> Response:
     dispatch = Dispatch(gateway, request, "transcriptions")
     try:
         upload = await read_upload(request, gateway.settings.limits.max_upload_bytes)
+        dispatch.exchange.model = upload.fields["model"]
         plan = endpoint_plan(gateway, upload.fields["model"], modality="transcription", capability="transcription")
         await dispatch.admit(plan)
     except GatewayError as error:

@@ -97,7 +97,7 @@ async def _one_job(redis: Any, names: Names, inbox: Inbox, pool: str, route: Rou
     request_id = new_request_id()
     events = inbox.expect(request_id)
     job = Job(kind="chat", request_id=request_id, reply_channel=inbox.channel, attempt=0, plan=[route],
-              deadline=time.time() + 30, body=body, meta={"enqueued_at": time.time()})
+              deadline=time.time() + 30, body=body, enqueued_at=time.time())
     started = time.perf_counter()
     await enqueue(redis, names, pool, JOB_FUNCTION, f"{request_id}-0-0", job_encoder.encode(job), expires_s=30)
     start_ms: float | None = None
@@ -105,9 +105,9 @@ async def _one_job(redis: Any, names: Names, inbox: Inbox, pool: str, route: Rou
     try:
         while True:
             arrived, event = await asyncio.wait_for(events.get(), 30)
-            if "worker" in event.meta and start_ms is None:  # the worker's hello rides on its first event
+            if event.hello is not None and start_ms is None:  # the worker's hello rides on its first event
                 start_ms = (arrived - started) * 1000
-                queued_ms = event.meta.get("queued_ms")
+                queued_ms = event.hello.queued_ms
             if event.kind in FINAL:
                 break
     finally:

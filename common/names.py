@@ -33,6 +33,11 @@ class Names:
         """Sorted set of worker process ids serving a pool, scored by last heartbeat (epoch seconds)."""
         return f"{self.ns}:live:{pool}"
 
+    def alive(self, worker_id: str) -> str:
+        """One worker process's liveness key: set every second with a short TTL, so it vanishes within
+        seconds of the process dying however it dies; web processes watch the workers of their requests."""
+        return f"{self.ns}:alive:{worker_id}"
+
     def blob(self, request_id: str) -> str:
         """Short-lived bytes of an upload (an audio file) on its way to a worker."""
         return f"{self.ns}:blob:{request_id}"

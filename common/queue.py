@@ -31,8 +31,9 @@ async def enqueue(
 ) -> bool:
     """Put ``payload`` on ``pool``'s queue for ``function``. Returns False if the queue is over ``depth_limit``.
 
-    ``expires_s`` bounds how long the job may wait: arq fails an expired job without running it, so a
-    backlog after an outage never runs requests whose clients are gone.
+    ``expires_s`` bounds how long the job may wait (``pickup_window``): an expired job is never run, so a
+    backlog after an outage never runs requests whose clients are gone, and a prompt whose web process
+    died does not sit in Redis beyond its pickup window.
     """
     now_ms = int(time.time() * 1000)
     queue = names.queue(pool)
@@ -67,3 +68,12 @@ async def withdraw(redis: ArqRedis, names: Names, pool: str, job_id: str) -> boo
     """
     removed = await redis.eval(_WITHDRAW, 2, names.queue(pool), job_key_prefix + job_id, job_id)
     return bool(removed)
+
+
+PICKUP_SLACK = 2.0  # seconds a payload outlives its pickup deadline, for a web tier that withdraws late
+
+
+def pickup_window(pickup_timeout: float, deadline: float) -> float:
+    """How long a queued payload may wait for a worker: a job not claimed within ``pickup_timeout`` is
+    withdrawn by the web tier anyway (the next candidate or a 503), and never past the request's deadline."""
+    return max(1.0, min(deadline - time.time(), pickup_timeout + PICKUP_SLACK))

@@ -72,6 +72,7 @@ class ProviderPreferences(msgspec.Struct, forbid_unknown_fields=True):
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]  # echoed in errors and logs: bounded
 
 
 class Reasoning(msgspec.Struct):
@@ -85,7 +86,7 @@ class Reasoning(msgspec.Struct):
 
 class ChatRequest(msgspec.Struct):
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
-    model: Annotated[str, msgspec.Meta(min_length=1)] | None = None  # or ``models`` alone
+    model: ModelId | None = None  # or ``models`` alone
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
@@ -101,7 +102,7 @@ class ChatRequest(msgspec.Struct):
     response_format: dict[str, Any] | None = None
     reasoning: Reasoning | None = None
     reasoning_effort: str | None = None
-    models: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None  # OpenRouter-style fallbacks
+    models: list[ModelId] | None = None  # OpenRouter-style client fallback list
     provider: ProviderPreferences | None = None
 
 
@@ -117,10 +118,22 @@ class Route(msgspec.Struct, array_like=True, frozen=True):
     upstream_model: str  # the id the provider's API expects
 
 
+class Native(msgspec.Struct, kw_only=True):
+    """A client request in a provider's own protocol, sent as-is (model and max_tokens aside) when the
+    serving provider speaks it: no lossy round trip through the canonical (chat-completions) shape.
+
+    ``body`` is still the canonical request, for every other candidate of the plan.
+    """
+
+    protocol: Literal["anthropic_messages"]
+    body: bytes
+    headers: dict[str, str] = {}  # protocol headers to forward (anthropic-beta)
+
+
 class Job(msgspec.Struct, kw_only=True):
     """One request, as a worker receives it. ``hop`` indexes ``plan``; fallbacks re-enqueue with hop+1."""
 
-    kind: Literal["chat", "embeddings", "transcription"]
+    kind: Literal["chat", "embeddings", "transcription", "count_tokens"]
     request_id: str
     reply_channel: str
     attempt: int  # bumped by the web tier when it re-runs a request itself (worker death)
@@ -133,13 +146,44 @@ class Job(msgspec.Struct, kw_only=True):
     blob_key: str | None = None  # for uploads (transcriptions): the Redis key holding the bytes
     anthropic_beta: str | None = None  # the client's ``anthropic-beta`` header, forwarded to Anthropic
     reserved: str = ""  # USD held against the key's budget at admission (decimal string), settled on usage
-    meta: dict[str, Any] = {}
+    enqueued_at: float = 0.0  # epoch seconds of the latest enqueue: the worker reports the queue wait
+    seq: int = 0  # the last event seq of the request so far: a handed-over job continues after it
+    native: Native | None = None  # the client's own request, for a provider that speaks its protocol
+    meta: dict[str, Any] = {}  # route-specific job data (key id, upload fields), never protocol state
 
 
-EventKind = Literal["start", "data", "result", "error", "done", "heartbeat", "handoff"]
+EventKind = Literal[
+    "start",  # a worker picked the job up (carries ``hello``)
+    "heartbeat",  # the worker is alive, nothing to say yet
+    "data",  # stream frames
+    "result",  # the one answer of a non-streaming request
+    "done",  # the closing frames of a stream
+    "error",  # the request failed: an error envelope in ``data``
+    "handoff",  # the job moved to the next candidate's pool (carries ``handoff``)
+    "abandoned",  # the worker is shutting down without finishing the job
+    "relay_lost",  # made up by the web process itself: its subscription dropped, events may be lost
+]
+FINAL_KINDS = frozenset({"result", "done", "error"})
 
 
-class Event(msgspec.Struct, array_like=True):
+class Hello(msgspec.Struct, array_like=True):
+    """Who picked the job up; rides on the first event a worker sends for it."""
+
+    worker: str
+    provider: str
+    queued_ms: float | None  # enqueue → pickup, on the worker's clock
+    sent_at: float  # epoch seconds, for the relay's lag metric
+
+
+class Handoff(msgspec.Struct, array_like=True):
+    """Where a job went after its provider failed before its first token."""
+
+    pool: str
+    hop: int
+    job_id: str
+
+
+class Event(msgspec.Struct, array_like=True, omit_defaults=True):
     """What a worker tells the web tier about one request.
 
     ``attempt`` and ``seq`` let the relay drop events of stale attempts and duplicates, so a re-run job can
@@ -150,9 +194,14 @@ class Event(msgspec.Struct, array_like=True):
     attempt: int
     seq: int
     kind: EventKind
-    data: bytes = b""  # SSE frames ("data"), a JSON body ("result"), or an error envelope ("error")
+    data: bytes = b""  # SSE frames ("data"/"done"), a JSON body ("result"), or an error envelope ("error")
     status: int = 200
-    meta: dict[str, Any] = {}
+    hello: Hello | None = None
+    handoff: Handoff | None = None
+    usage: dict[str, Any] | None = None  # canonical usage of the answer ("result"/"done")
+    retry_after: float | None = None  # seconds, for an "error"
+    content_type: str | None = None  # of a "result" that is not JSON (plain-text transcriptions)
+    native: bool = False  # ``data`` is already in the client's protocol (``Job.native``), not canonical
 
 
 job_encoder = msgspec.msgpack.Encoder()
@@ -170,7 +219,7 @@ EmbeddingInput = str | list[str | int | list[int]]
 
 
 class EmbeddingRequest(msgspec.Struct):
-    model: Annotated[str, msgspec.Meta(min_length=1)]
+    model: ModelId
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveInt | None = None

@@ -59,11 +59,23 @@ def test_create_list_revoke(gw: GatewayHarness) -> None:
 @pytest.mark.parametrize(("payload", "param"), [({}, "name"), ({"name": " "}, "name"),
                                                 ({"name": "x", "rpm": 0}, "rpm"),
                                                 ({"name": "x", "monthly_budget": -1}, "monthly_budget"),
-                                                ({"name": "x", "rpm": "many"}, "rpm")])
+                                                ({"name": "x", "rpm": "many"}, "rpm"),
+                                                ({"name": "x", "rpm": 2**70}, "rpm"),
+                                                ({"name": "x", "rpm": 10**9}, "rpm"),
+                                                ({"name": "x", "monthly_budget": 1e300}, "monthly_budget"),
+                                                ({"name": "k" * 201}, "name"),
+                                                ({"name": "k" * 1_000_000}, "name")])
 def test_create_validates(gw: GatewayHarness, payload: dict[str, Any], param: str) -> None:
     response = call(gw, "POST", "/admin/keys", json=payload)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
+
+
+def test_create_accepts_the_bounds(gw: GatewayHarness) -> None:
+    response = call(gw, "POST", "/admin/keys", json={"name": "k" * 200, "rpm": 1_000_000,
+                                                     "monthly_budget": 1e9})
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "k" * 200
 
 
 def test_usage_per_key_and_anonymous(gw: GatewayHarness) -> None:
@@ -93,3 +105,20 @@ def test_usage_per_key_and_anonymous(gw: GatewayHarness) -> None:
 def test_own_usage_needs_a_valid_key(gw: GatewayHarness, headers: dict[str, str]) -> None:
     response = call(gw, "GET", "/v1/usage", headers=headers)
     assert response.status_code == 401 and response.json()["error_type"] == "authentication_required"
+
+
+@pytest.mark.parametrize("fields", [{"rpm": 2**70}, {"rpm": 0}, {"monthly_budget": -1.0}, {"name": "k" * 201}])
+def test_cli_create_has_the_same_bounds(fields: dict[str, Any]) -> None:
+    """``megabrain keys create`` with REDIS_URL writes to Redis itself: the admin API's bounds hold there too."""
+    import argparse
+
+    from api.cli_keys import KeysError, run_command
+
+    class NeverCalled:
+        def create(self, *args: Any) -> dict[str, Any]:
+            raise AssertionError("a key out of bounds reached the store")
+
+    args = argparse.Namespace(keys_command="create", json=False,
+                              **{"name": "cli", "rpm": None, "monthly_budget": None, **fields})
+    with pytest.raises(KeysError):
+        run_command(NeverCalled(), args)  # type: ignore[arg-type]

@@ -90,6 +90,15 @@ def slow_env(gateway_env: dict[str, str]) -> dict[str, str]:
     return {**gateway_env, "MEGABRAIN_HEARTBEAT_TIMEOUT": "3", "MEGABRAIN_SHUTDOWN_GRACE": "8"}
 
 
+@pytest.fixture
+def patient_env(gateway_env: dict[str, str]) -> dict[str, str]:
+    """Slow safety nets (a 60 s heartbeat timeout) and no byte before the answer, so a client's read timeout
+    bounds the whole wait: a killed worker must be found by its liveness key, in seconds."""
+    return {**gateway_env, "MEGABRAIN_HEARTBEAT_TIMEOUT": "60", "MEGABRAIN_PICKUP_TIMEOUT": "30",
+            "MEGABRAIN_REQUEST_TIMEOUT": "120",
+            "MEGABRAIN_KEEPALIVE_INTERVAL": "100", "MEGABRAIN_JSON_KEEPALIVE_AFTER": "100"}
+
+
 @needs_redis
 def test_sigterm_worker_mid_stream_finishes_the_stream(slow_env: dict[str, str],
                                                        fake_openai: tuple[OpenAIFakeState, str]) -> None:
@@ -131,16 +140,17 @@ def test_sigterm_web_mid_stream_finishes_then_exits(slow_env: dict[str, str],
 
 
 @needs_redis
-def test_sigkill_worker_non_streaming_is_answered_by_another(slow_env: dict[str, str],
+def test_sigkill_worker_non_streaming_is_answered_by_another(patient_env: dict[str, str],
                                                              fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
     state.failures = ["hang"]  # the first worker's upstream call never answers; it is killed meanwhile
-    with ProcessGateway(slow_env, workers=1) as gw:
+    with ProcessGateway(patient_env, workers=1) as gw:
         assert wait_until(lambda: live_workers(gw.url) == 1, 15)
         first = gw.workers[0]
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=40) as client:  # far below the 60 s heartbeat timeout
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                future = pool.submit(client.post, gw.url + "/v1/chat/completions", headers=auth(slow_env), json=BODY)
+                future = pool.submit(client.post, gw.url + "/v1/chat/completions", headers=auth(patient_env),
+                                     json=BODY)
                 assert wait_until(lambda: len(state.requests) >= 1, 10)
                 gw.start_worker()
                 assert wait_until(lambda: live_workers(gw.url) == 2, 15)
@@ -155,14 +165,15 @@ def test_sigkill_worker_non_streaming_is_answered_by_another(slow_env: dict[str,
 
 
 @needs_redis
-def test_sigkill_worker_mid_stream_ends_with_an_error(slow_env: dict[str, str],
+def test_sigkill_worker_mid_stream_ends_with_an_error(patient_env: dict[str, str],
                                                       fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
     state.token_delay = 0.3
-    with ProcessGateway(slow_env, workers=1) as gw:
+    with ProcessGateway(patient_env, workers=1) as gw:
         assert wait_until(lambda: live_workers(gw.url) == 1, 15)
-        # the read timeout bounds the wait: the gateway must end the stream itself (heartbeat timeout 3 s)
-        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(slow_env), timeout=15,
+        # the read timeout bounds the wait: the gateway must end the stream itself, long before the
+        # heartbeat timeout (60 s), by the dead worker's liveness key
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(patient_env), timeout=30,
                           json={**BODY, "stream": True}) as response:
             events = sse_events(response)
             payloads = [next(events), next(events)]

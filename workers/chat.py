@@ -9,6 +9,7 @@ import msgspec
 
 from common.wire import Job, Route
 from router.auto import estimate_prompt_tokens
+from workers import native
 from workers.chunks import ChunkShaper, CostFn, encode_json, finish_completion
 from workers.jobs import handler
 from workers.providers.base import Upstream
@@ -47,12 +48,32 @@ def upstream_for(runtime: Runtime, route: Route, body: dict[str, Any], job: Job 
     return dataclasses.replace(upstream, default_max_tokens=limit)
 
 
+def output_limit(runtime: Runtime, route: Route) -> int | None:
+    model = runtime.catalog.get(route.model)
+    return model.max_output_tokens if model is not None else None
+
+
+def clip_output(body: dict[str, Any], limit: int | None) -> None:
+    """A client's output budget above the serving model's limit (Claude Code asks 32,000 of every model;
+    gpt-4o-mini allows 16,384) is clipped to that limit rather than refused by the upstream."""
+    if not limit:
+        return
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and value > limit:
+            body[name] = limit
+
+
 @handler("chat")
 async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> dict[str, Any] | None:
     adapter = runtime.adapter(route.provider)
     body: dict[str, Any] = msgspec.json.decode(job.body)
     upstream = upstream_for(runtime, route, body, job)
     cost = cost_fn(runtime, route.model)
+    limit = output_limit(runtime, route)
+    if native.speaks_natively(upstream, job):
+        return await native.serve_messages(runtime, job, route, upstream, pub, cost, limit)
+    clip_output(body, limit)
     spec = adapter.chat_request(upstream, route.upstream_model, body, job.stream)
     request = {**body, "model": route.upstream_model}  # what the answer is translated against
     exclude = excluded(body)
@@ -63,8 +84,7 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
             provider=route.provider, cost=cost, exclude_reasoning=exclude,
         )
         usage = completion.get("usage")
-        await pub.send("result", encode_json(completion),
-                       meta={"provider": route.provider, "model": route.model, "usage": usage})
+        await pub.send("result", encode_json(completion), usage=usage)
         choices = completion.get("choices") or [{}]
         return _served(usage, choices[0].get("finish_reason") if isinstance(choices[0], dict) else None)
     shaper = ChunkShaper(request_id=job.request_id, model=route.model, provider=route.provider,
@@ -81,8 +101,7 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
         if frames:
             pub.data(frames)
     # the closing frames (usage chunk if asked, [DONE]) travel with the "done" event itself
-    await pub.send("done", shaper.finish(), meta={"provider": route.provider, "model": route.model,
-                                                  "usage": shaper.usage, "finish_reason": shaper.finish_reason})
+    await pub.send("done", shaper.finish(), usage=shaper.usage)
     return _served(shaper.usage, shaper.finish_reason)
 
 

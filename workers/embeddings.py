@@ -111,6 +111,6 @@ async def serve_embeddings(runtime: Runtime, job: Job, route: Route, pub: Publis
         payload, usage = await asyncio.to_thread(build_body, raw, adapter, body, route, cost)
     else:
         payload, usage = build_body(raw, adapter, body, route, cost)
-    await pub.send("result", payload, meta={"provider": route.provider, "model": route.model, "usage": usage})
+    await pub.send("result", payload, usage=usage)
     return usage
 

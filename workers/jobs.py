@@ -18,8 +18,8 @@ import msgspec
 
 from common import metrics, telemetry
 from common.errors import GatewayError
-from common.queue import enqueue
-from common.wire import Job, Route, job_decoder, job_encoder
+from common.candidates import JOB_FUNCTION, enqueue_candidate, has_live_worker, job_id
+from common.wire import Handoff, Hello, Job, Route, job_decoder
 from workers import accounting, health
 from workers.publisher import Publisher, ReceiverGone
 from workers.providers.base import UpstreamError
@@ -27,8 +27,6 @@ from workers.retry import next_delay
 from workers.runtime import Runtime
 
 log = logging.getLogger("megabrain.worker")
-
-JOB_FUNCTION = "serve"
 
 # kind -> coroutine doing one attempt at one provider; returns the usage it saw; raises UpstreamError
 Handler = Callable[[Runtime, Job, Route, Publisher], Awaitable[dict[str, Any] | None]]
@@ -43,11 +41,23 @@ def handler(kind: str) -> Callable[[Handler], Handler]:
     return register
 
 
+class JobAddress(msgspec.Struct):
+    """Where a job's events go: all a worker needs to refuse a payload it cannot decode as a ``Job``."""
+
+    request_id: str
+    reply_channel: str
+    attempt: int = 0
+
+
 async def serve(ctx: dict[str, Any], payload: bytes) -> None:
     """arq entry point. A cancel from the web tier (client gone) ends this job quietly; any other
     cancellation (the worker shutting down) propagates."""
     runtime: Runtime = ctx["runtime"]
-    job = job_decoder.decode(payload)
+    try:
+        job = job_decoder.decode(payload)
+    except msgspec.MsgspecError as exc:
+        await _refuse_payload(runtime, payload, exc)
+        return
     task = asyncio.current_task()
     assert task is not None
     runtime.active[job.request_id] = task
@@ -65,12 +75,9 @@ async def serve(ctx: dict[str, Any], payload: bytes) -> None:
 
 async def _run(runtime: Runtime, job: Job) -> None:
     route = job.plan[job.hop]
-    enqueued_at = job.meta.get("enqueued_at")
-    hello = {"worker": runtime.worker_id, "provider": route.provider,
-             "queued_ms": round((time.time() - enqueued_at) * 1000, 3) if enqueued_at else None,
-             "t": time.time()}  # for the relay's lag metric
-    pub = Publisher(runtime.redis, job.reply_channel, job.request_id, job.attempt, job.meta.get("seq", 0),
-                    hello=hello)
+    queued_ms = round((time.time() - job.enqueued_at) * 1000, 3) if job.enqueued_at else None
+    pub = Publisher(runtime.redis, job.reply_channel, job.request_id, job.attempt, job.seq,
+                    hello=Hello(runtime.worker_id, route.provider, queued_ms, 0.0))
     runtime.publishers[job.request_id] = pub
     settled = False  # served and accounted, or handed on with its reservation
     try:
@@ -80,15 +87,40 @@ async def _run(runtime: Runtime, job: Job) -> None:
         except UpstreamError as error:
             settled = await _after_failure(runtime, job, pub, error)
         except GatewayError as error:
-            await pub.send("error", error.body(), status=error.status,
-                           meta={"retry_after": error.retry_after})
+            await pub.send("error", error.body(), status=error.status, retry_after=error.retry_after)
     except ReceiverGone:
         log.info("request %s: nobody wants it any more (cancelled, or its web process is gone)", job.request_id)
+    except Exception as exc:  # a bug, or a body the web tier should have refused: answer now, not at a timeout
+        log.error("request %s: job crashed (%s)", job.request_id, type(exc).__name__)  # never the payload
+        await _quiet_error(pub, crashed(exc))
     finally:
         runtime.publishers.pop(job.request_id, None)
         if not settled and job.reserved:
             accounting.release_reservation(runtime, job)
         await pub.close()
+
+
+def crashed(exc: Exception) -> GatewayError:
+    return GatewayError("internal_error", f"The worker could not run this request ({type(exc).__name__}).")
+
+
+async def _refuse_payload(runtime: Runtime, payload: bytes, exc: Exception) -> None:
+    """A payload that is no ``Job``: tell its client at once if it says where, else log and drop it."""
+    try:
+        address = msgspec.msgpack.decode(payload, type=JobAddress)
+    except msgspec.MsgspecError:
+        log.error("dropped a job payload that names no reply channel (%s)", type(exc).__name__)
+        return
+    log.error("request %s: undecodable job (%s)", address.request_id, type(exc).__name__)
+    pub = Publisher(runtime.redis, address.reply_channel, address.request_id, address.attempt)
+    await _quiet_error(pub, crashed(exc))
+
+
+async def _quiet_error(pub: Publisher, error: GatewayError) -> None:
+    try:
+        await pub.send("error", error.body(), status=error.status)
+    except Exception:  # nobody listening, or Redis trouble: the web tier's liveness checks take over
+        pass
 
 
 async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> None:
@@ -131,26 +163,30 @@ async def _outcome(runtime: Runtime, route: Route, ok: bool, seconds: float, sta
 
 
 async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: UpstreamError) -> bool:
-    """Hand the request to the next candidate's pool (True), or tell the client (False)."""
-    next_hop = job.hop + 1
-    if not pub.committed and error.fallback and next_hop < len(job.plan) and time.time() < job.deadline:
-        nxt = job.plan[next_hop]
-        await pub.send("handoff", meta={"pool": nxt.provider, "hop": next_hop,
-                                        "job_id": f"{job.request_id}-{job.attempt}-{next_hop}"})
-        handed = msgspec.structs.replace(job, hop=next_hop,
-                                         meta={**job.meta, "seq": pub.seq, "enqueued_at": time.time()})
-        ok = await enqueue(runtime.redis, runtime.names, nxt.provider, JOB_FUNCTION,
-                           f"{job.request_id}-{job.attempt}-{next_hop}", job_encoder.encode(handed),
-                           expires_s=max(1.0, job.deadline - time.time()))
-        if ok:
-            metrics.fallback(job.plan[job.hop].provider, nxt.provider)
-            log.info("request %s: %s failed, handed to %s", job.request_id, job.plan[job.hop].provider,
-                     nxt.provider)
+    """Hand the request to the next candidate's pool (True; the web tier's own rule), or tell the client
+    (False)."""
+    route = job.plan[job.hop]
+    if not pub.committed and error.fallback:
+        async def announce(candidate: Job, pool: str) -> None:
+            await pub.send("handoff", handoff=Handoff(pool, candidate.hop, job_id(candidate)))
+            candidate.seq = pub.seq  # the next worker's events follow this one's
+
+        redis = runtime.redis
+        handed, _ = await enqueue_candidate(
+            redis, runtime.names, job, job.hop + 1, announce=announce,
+            is_live=lambda pool: has_live_worker(redis, runtime.names, pool),
+            depth_limit=runtime.settings.limits.queue_depth_limit,
+            pickup_timeout=runtime.settings.pickup_timeout,
+        )
+        if handed is not None:
+            nxt = handed.plan[handed.hop]
+            metrics.fallback(route.provider, nxt.provider)
+            log.info("request %s: %s failed, handed to %s", job.request_id, route.provider, nxt.provider)
             return True
     refusal = client_error(error, job)
-    telemetry.report_upstream_failure(job.plan[job.hop].provider, job.plan[job.hop].model, job.plan[job.hop].provider, job.request_id, error.status, error.message)
-    await pub.send("error", refusal.body(), status=refusal.status,
-                   meta={"retry_after": refusal.retry_after, "upstream_status": error.status})
+    telemetry.report_upstream_failure(route.provider, route.model, route.provider, job.request_id,
+                                      error.status, error.message)
+    await pub.send("error", refusal.body(), status=refusal.status, retry_after=refusal.retry_after)
     return False
 
 

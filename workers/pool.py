@@ -7,7 +7,10 @@ per ``poll_delay`` (the safety net for a missed nudge). The same subscription ca
 control channel (cancel a request) so a worker process holds one pub/sub connection in all.
 
 The process also keeps a liveness entry per pool in Redis (a sorted set scored by time), which the web
-tier reads to refuse requests for pools with no live worker at once instead of letting them wait.
+tier reads to refuse requests for pools with no live worker at once instead of letting them wait, and
+one liveness key of its own, rewritten every ``ALIVE_EVERY`` seconds with a TTL of ``ALIVE_TTL``: when the
+process dies (SIGKILL, OOM, a lost dyno) the key is gone within seconds, and the web processes waiting
+on its requests notice at their next check (``api/gateway.py``), with no Redis work per token.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from common.settings import Settings
 from common.telemetry import flush_sentry, init_sentry
 from router.catalog import build_catalog
 from router.providers import resolve_providers
-from workers import chat, embeddings, transcriptions  # noqa: F401  (register their job handlers)
+from workers import chat, embeddings, native, transcriptions  # noqa: F401  (register their job handlers)
 from workers import health
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime
@@ -41,14 +44,18 @@ log = logging.getLogger("megabrain.worker")
 
 LIVENESS_INTERVAL = 2.0  # seconds between liveness writes
 LIVENESS_TTL = 6.0  # a worker unseen for this long is presumed dead
+ALIVE_EVERY = 1.0  # seconds between writes of the process's liveness key
+ALIVE_TTL = 3.0  # that key's TTL: three missed writes and the process counts as dead
 HEARTBEAT_AFTER = 5.0  # a job silent for this long sends a heartbeat event
 TALLY_INTERVAL = 0.25  # seconds between batched counter writes
 START_AFTER = 0.2  # a job that has not answered this soon after pickup announces itself ("start")
 
 
 # Claim up to ARGV[3] ready jobs in one round trip, atomically: take each off the queue, set arq's
-# in-progress marker, and return it with its payload. A job off the queue can no longer be withdrawn,
-# which is what common.queue.withdraw relies on; an empty payload means the job expired or was withdrawn.
+# in-progress marker, and return it with its payload, which leaves Redis here: from now on the prompt
+# lives only in this process (and the web tier, which re-runs from its own copy), so no copy is left
+# behind whatever dies. A job off the queue can no longer be withdrawn, which is what
+# common.queue.withdraw relies on; an empty payload means the job expired or was withdrawn.
 CLAIM_SCRIPT = """
 local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 local claimed = {}
@@ -57,6 +64,7 @@ for i = 1, #ids do
   redis.call('psetex', ARGV[4] .. ids[i], ARGV[2], '1')
   claimed[#claimed + 1] = ids[i]
   claimed[#claimed + 1] = redis.call('get', ARGV[5] .. ids[i]) or ''
+  redis.call('del', ARGV[5] .. ids[i])
 end
 return claimed
 """
@@ -136,7 +144,7 @@ class PoolWorker(Worker):
             self.jobs_failed += 1
             log.error("%s: job %s crashed (%s)", self.queue_name, job_id, type(exc).__name__)
         finally:
-            self.tally.delete(job_key_prefix + job_id, in_progress_key_prefix + job_id)
+            self.tally.delete(in_progress_key_prefix + job_id)  # the payload went with the claim
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         was_full = self.job_counter >= self.max_jobs
@@ -199,10 +207,12 @@ class PoolProcess:
         )
 
     async def start(self) -> None:
+        await self._write_alive()
         await self._write_liveness()
         self.runtime.circuits = await health.read_circuits(self.redis, self.names, self.pools)
         self._tasks = [
             asyncio.create_task(self._listen(), name="pool-listen"),
+            asyncio.create_task(self._alive_loop(), name="pool-alive"),
             asyncio.create_task(self._liveness_loop(), name="pool-liveness"),
             asyncio.create_task(self._heartbeat_loop(), name="pool-heartbeats"),
             asyncio.create_task(self._tally_loop(), name="pool-tally"),
@@ -248,7 +258,7 @@ class PoolProcess:
                         del worker.tasks[job_id]
             await asyncio.sleep(0.05)
         # out of time: tell the web tier these requests are abandoned (it re-runs those that sent nothing)
-        await asyncio.gather(*(_quiet(pub.send("heartbeat", meta={"abandoned": True}))
+        await asyncio.gather(*(_quiet(pub.send("abandoned"))
                                for pub in list(self.runtime.publishers.values())))
         for worker in self.workers:
             worker.closing = True
@@ -262,6 +272,10 @@ class PoolProcess:
         pending = {*self._tasks, *(t for w in self.workers for t in w.tasks.values())}
         if pending:
             await asyncio.wait(pending, timeout=3.0)
+        try:  # nothing of ours runs any more: waiting web processes may stop watching at once
+            await self.redis.delete(self.names.alive(self.runtime.worker_id))
+        except Exception:
+            pass
         try:
             await self.runtime.tally.flush(self.redis)
         except Exception as exc:
@@ -301,6 +315,18 @@ class PoolProcess:
         command, _, request_id = data.decode().partition(" ")
         if command == "cancel":
             self.runtime.cancel(request_id)
+
+    async def _write_alive(self) -> None:
+        await self.redis.set(self.names.alive(self.runtime.worker_id), b"1", px=int(ALIVE_TTL * 1000))
+
+    async def _alive_loop(self) -> None:
+        """The process's own liveness key, also while draining: its jobs still run until stop() ends."""
+        while not any(w.closing for w in self.workers):
+            await asyncio.sleep(ALIVE_EVERY)
+            try:
+                await self._write_alive()
+            except Exception as exc:
+                log.warning("could not write the liveness key (%s)", type(exc).__name__)
 
     async def _write_liveness(self) -> None:
         now = time.time()

@@ -16,7 +16,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from common.wire import Event, EventKind, event_encoder
+from common.wire import Event, EventKind, Hello, event_encoder
 
 
 class ReceiverGone(Exception):
@@ -31,7 +31,7 @@ class Publisher:
     """
 
     def __init__(self, redis: ArqRedis, channel: str, request_id: str, attempt: int, seq: int = 0,
-                 hello: dict[str, Any] | None = None) -> None:
+                 hello: Hello | None = None) -> None:
         self.redis = redis
         self.channel = channel
         self.request_id = request_id
@@ -42,18 +42,21 @@ class Publisher:
         self.last_sent = self.started
         self.committed = False  # stream data reached the client side: no retry or fallback any more
         self.cancelled = False  # set with the job's cancel: also stops a job whose cancel was swallowed
+        self.native = False  # stream data is in the client's own protocol (``Job.native``)
         self._pending: list[bytes] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._lock = asyncio.Lock()  # one PUBLISH at a time, so events arrive in seq order
 
-    async def send(self, kind: EventKind, data: bytes = b"", *, status: int = 200,
-                   meta: dict[str, Any] | None = None) -> None:
-        """Publish one event now (after any stream data still pending, to keep the order)."""
+    async def send(self, kind: EventKind, data: bytes = b"", **fields: Any) -> None:
+        """Publish one event now (after any stream data still pending, to keep the order).
+
+        ``fields`` are the typed ``Event`` fields: ``status``, ``usage``, ``retry_after``, ``handoff``…
+        """
         if self.cancelled:
             raise ReceiverGone()
         await self.flush()
-        await self._publish(kind, data, status, meta or {})
+        await self._publish(kind, data, fields)
 
     def data(self, frames: bytes) -> None:
         """Queue stream frames; they leave at once, or with the next PUBLISH if one is in flight."""
@@ -78,17 +81,18 @@ class Publisher:
             while self._pending:
                 batch = b"".join(self._pending)
                 self._pending.clear()
-                await self._publish("data", batch, 200, {})
+                await self._publish("data", batch, {"native": True} if self.native else {})
         except BaseException as exc:  # surfaced to the job at its next data()/flush()
             self._failure = exc
 
-    async def _publish(self, kind: EventKind, data: bytes, status: int, meta: dict[str, Any]) -> None:
+    async def _publish(self, kind: EventKind, data: bytes, fields: dict[str, Any]) -> None:
         async with self._lock:
             self.seq += 1
             if self.hello is not None:
-                meta = {**self.hello, **meta}
+                self.hello.sent_at = time.time()  # the relay's lag metric: publish → delivery
+                fields["hello"] = self.hello
                 self.hello = None
-            event = Event(self.request_id, self.attempt, self.seq, kind, data, status, meta)
+            event = Event(self.request_id, self.attempt, self.seq, kind, data, **fields)
             receivers = await self.redis.publish(self.channel, event_encoder.encode(event))
             self.last_sent = time.monotonic()
         if receivers == 0:

@@ -117,6 +117,5 @@ async def serve_transcription(runtime: Runtime, job: Job, route: Route, pub: Pub
     fmt = str(fields.get("response_format") or "json")
     body, content_type, usage = shape(response.content, response.headers.get("content-type", ""), fmt,
                                       runtime, route)
-    await pub.send("result", body, meta={"provider": route.provider, "model": route.model,
-                                         "usage": usage or None, "content_type": content_type})
+    await pub.send("result", body, usage=usage or None, content_type=content_type)
     return usage or None

@@ -360,4 +360,41 @@ def create_anthropic_app(state: AnthropicFakeState) -> Starlette:
                                      media_type="text/event-stream")
         return JSONResponse(message_body(state, body))
 
-    return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+    async def count_tokens(request: Request) -> Response:
+        """``/v1/messages/count_tokens``: a deterministic count (words of the JSON), not our estimate."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not valid JSON")
+        state.requests.append({"headers": dict(request.headers), "body": body, "path": "count_tokens"})
+        problem = _check_headers(request, state)
+        if problem is not None:
+            return problem
+        unknown = set(body) - {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
+        if unknown:
+            return _error(400, f"{sorted(unknown)[0]}: Extra inputs are not permitted")
+        counted = {k: body.get(k) for k in ("system", "messages", "tools")}
+        return JSONResponse({"input_tokens": len(json.dumps(counted).split())})
+
+    return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"]),
+                             Route("/v1/messages/count_tokens", count_tokens, methods=["POST"])])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.fakes.anthropic_server --port 9200``: an Anthropic upstream for trying clients
+    (``ANTHROPIC_BASE_URL=http://127.0.0.1:9200``); any ``x-api-key`` is accepted."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Fake Anthropic Messages upstream.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9200)
+    parser.add_argument("--reply", default=AnthropicFakeState.reply)
+    args = parser.parse_args(argv)
+    uvicorn.run(create_anthropic_app(AnthropicFakeState(reply=args.reply)), host=args.host, port=args.port,
+                log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

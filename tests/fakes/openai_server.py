@@ -275,6 +275,11 @@ def validate_chat(body: Any) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("[] is too short - 'messages'" if messages == [] else "Missing required parameter: 'messages'.", "messages")
+    for i, message in enumerate(messages):  # as strict as OpenAI about the parts it reads
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(part, dict) or (part.get("type") == "text" and not isinstance(part.get("text"), str)):
+                raise BadRequest(f"Invalid type for 'messages[{i}].content[{j}]'.", f"messages[{i}].content[{j}]")
     if "reasoning" in body:  # OpenRouter's object: real OpenAI rejects it
         raise BadRequest("Unrecognized request argument supplied: reasoning", "reasoning")
     if body.get("reasoning_effort") not in (None, "minimal", "low", "medium", "high"):

@@ -1,0 +1,451 @@
+"""OpenAI Responses (``POST /v1/responses``), the stateless subset: decoded into the canonical request,
+encoded back into the Response object and its event stream.
+
+Accepted as Codex CLI sends it (README "Codex"): ``input`` as a string or items (``message`` with
+``input_text``/``input_image``/``input_file``, ``function_call``, ``function_call_output``,
+``reasoning``), ``instructions``, ``developer`` messages (sent upstream as system messages, which every
+provider takes), ``function`` tools, ``namespace`` tools (flattened to ``<namespace>__<name>`` for the
+chat-shaped upstream; calls are mapped back to the namespace and name), ``tool_choice``,
+``parallel_tool_calls``, ``max_output_tokens``, ``temperature``, ``top_p``, ``text.format``,
+``reasoning``, ``stream``. Built-in tools (``web_search``, file search…) have no equivalent at a
+chat-completions upstream and are dropped. ``store`` is ignored (nothing is stored) and
+``previous_response_id`` is refused: the client sends the whole conversation.
+
+Reasoning comes back as a ``reasoning`` item; its ``encrypted_content`` carries the upstream's reasoning
+details (signatures, encrypted reasoning) opaquely, so a client that sends the item back (Codex does)
+gives the upstream its reasoning exactly as it produced it.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated, Any
+
+import msgspec
+
+from api.formats import CanonicalStream, envelope_parts, shape_checked, sse
+from common.errors import invalid
+from common.wire import Event
+
+_encode = msgspec.json.encode
+NAMESPACE_SEPARATOR = "__"
+ENCRYPTED_PREFIX = "mb1."  # our encrypted_content: reasoning details as base64url JSON
+
+
+class ResponsesRequest(msgspec.Struct):
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    max_output_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    stream: bool | None = None
+    store: bool | None = None
+    include: list[str] | None = None
+    previous_response_id: str | None = None
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------------------------------------- request
+
+
+def encrypt_details(details: list[dict[str, Any]]) -> str:
+    return ENCRYPTED_PREFIX + base64.urlsafe_b64encode(_encode(details)).decode()
+
+
+def decrypt_details(content: str) -> list[dict[str, Any]]:
+    """Reasoning details back from ``encrypted_content``: ours, or an OpenAI upstream's own blob."""
+    if content.startswith(ENCRYPTED_PREFIX):
+        try:
+            details = msgspec.json.decode(base64.urlsafe_b64decode(content[len(ENCRYPTED_PREFIX):]))
+            if isinstance(details, list):
+                return details
+        except (ValueError, msgspec.DecodeError):
+            pass
+    return [{"type": "reasoning.encrypted", "data": content, "format": "openai-responses-v1"}]
+
+
+def _part(part: dict[str, Any]) -> dict[str, Any] | None:
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text"):
+        return {"type": "text", "text": part.get("text") or ""}
+    if kind == "input_image":
+        url = part.get("image_url") or ""
+        image: dict[str, Any] = {"url": url}
+        if part.get("detail"):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image} if url else None
+    if kind == "input_file":
+        file = {k: part[k] for k in ("file_data", "filename", "file_id") if part.get(k)}
+        return {"type": "file", "file": file} if file else None
+    if kind == "refusal":
+        return {"type": "text", "text": part.get("refusal") or ""}
+    return None
+
+
+def _content(content: Any, role: str) -> Any:
+    if isinstance(content, str):
+        return content
+    parts = [p for p in (_part(x) for x in content or ()) if p is not None]
+    if role in ("system", "assistant") or all(p["type"] == "text" for p in parts):
+        return "".join(p.get("text", "") for p in parts)  # text-only: the form every upstream takes
+    return parts
+
+
+def _call_name(item: dict[str, Any]) -> str:
+    name = str(item.get("name") or "")
+    namespace = item.get("namespace")
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
+
+
+def _messages(request: ResponsesRequest) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if request.instructions:
+        messages.append({"role": "system", "content": request.instructions})
+    if isinstance(request.input, str):
+        messages.append({"role": "user", "content": request.input})
+        return messages
+    pending_details: list[dict[str, Any]] = []
+
+    def assistant() -> dict[str, Any]:
+        """The assistant message being built (calls and reasoning join the latest one)."""
+        nonlocal pending_details
+        if not messages or messages[-1]["role"] != "assistant":
+            messages.append({"role": "assistant", "content": None})
+        message = messages[-1]
+        if pending_details:
+            message.setdefault("reasoning_details", []).extend(pending_details)
+            pending_details = []
+        return message
+
+    for item in request.input:
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind == "message":
+            role = str(item.get("role") or "user")
+            role = "system" if role == "developer" else role
+            if role == "assistant":
+                message = assistant()
+                text = _content(item.get("content"), role)
+                message["content"] = (message["content"] or "") + text if text else message["content"]
+            elif role in ("user", "system"):
+                messages.append({"role": role, "content": _content(item.get("content"), role)})
+            else:
+                raise invalid(f"Unknown message role {role!r}.", param="input")
+        elif kind == "function_call":
+            assistant().setdefault("tool_calls", []).append({
+                "id": item.get("call_id"), "type": "function",
+                "function": {"name": _call_name(item), "arguments": item.get("arguments") or "{}"}})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            text = output if isinstance(output, str) else _content(output, "system")
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
+        elif kind == "reasoning":
+            if item.get("encrypted_content"):
+                pending_details.extend(decrypt_details(str(item["encrypted_content"])))
+            else:
+                summary = "".join(s.get("text") or "" for s in item.get("summary") or ())
+                if summary:
+                    pending_details.append({"type": "reasoning.summary", "summary": summary,
+                                            "format": "openai-responses-v1"})
+        elif kind == "item_reference":
+            raise invalid("item_reference needs stored responses, which this gateway does not keep; send "
+                          "the items themselves.", param="input")
+        # other item types (built-in tool calls) have no canonical form and are skipped
+    return messages
+
+
+def _function(tool: dict[str, Any], name: str) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name, "parameters": tool.get("parameters") or {"type": "object",
+                                                                                     "properties": {}}}
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    if tool.get("strict") is not None:
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
+
+
+def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for tool in tools:
+        if tool.get("type") == "function":
+            out.append(_function(tool, str(tool.get("name"))))
+        elif tool.get("type") == "namespace":
+            for inner in tool.get("tools") or ():
+                if inner.get("type", "function") == "function":
+                    out.append(_function(inner, f"{tool.get('name')}{NAMESPACE_SEPARATOR}{inner.get('name')}"))
+        # built-in tools (web_search, file_search, …) are dropped: a chat-shaped upstream has none
+    return out
+
+
+@shape_checked("OpenAI Responses")
+def canonical_request(request: ResponsesRequest) -> dict[str, Any]:
+    if request.previous_response_id:
+        raise invalid("previous_response_id is not supported: this gateway stores no responses; send the "
+                      "whole conversation in 'input'.", param="previous_response_id")
+    body: dict[str, Any] = {"model": request.model, "messages": _messages(request)}
+    tools = _tools(request.tools or [])
+    if tools:
+        body["tools"] = tools
+        choice = request.tool_choice
+        if isinstance(choice, dict) and choice.get("type") == "function":
+            choice = {"type": "function", "function": {"name": choice.get("name")}}
+        if choice is not None and (isinstance(choice, dict) or choice in ("auto", "none", "required")):
+            body["tool_choice"] = choice
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.max_output_tokens:
+        body["max_tokens"] = request.max_output_tokens
+    for name, value in (("temperature", request.temperature), ("top_p", request.top_p),
+                        ("user", request.user)):
+        if value is not None:
+            body[name] = value
+    fmt = (request.text or {}).get("format") or {}
+    if fmt.get("type") == "json_schema":
+        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+        body["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif fmt.get("type") == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    effort = (request.reasoning or {}).get("effort")
+    if effort in ("minimal", "low", "medium", "high"):
+        body["reasoning"] = {"effort": effort}
+    if request.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+# -------------------------------------------------------------------------------------------- responses
+
+
+def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
+    usage = usage or {}
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    out: dict[str, Any] = {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": int((usage.get("prompt_tokens_details") or {})
+                                                      .get("cached_tokens") or 0)},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": int((usage.get("completion_tokens_details") or {})
+                                                          .get("reasoning_tokens") or 0)},
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+    }
+    if usage.get("cost") is not None:
+        out["cost"] = usage["cost"]
+    return out
+
+
+def _split_name(name: str) -> dict[str, Any]:
+    namespace, sep, inner = name.partition(NAMESPACE_SEPARATOR)
+    return {"name": inner, "namespace": namespace} if sep and namespace and inner else {"name": name}
+
+
+def _response(response_id: str, model: Any, created: int, status: str, output: list[dict[str, Any]],
+              usage: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    return {"id": response_id, "object": "response", "created_at": created, "status": status, "model": model,
+            "output": output, "usage": responses_usage(usage) if usage is not None else None,
+            "error": None, "incomplete_details": None, "parallel_tool_calls": True, "tool_choice": "auto",
+            "tools": [], "store": False, **extra}
+
+
+def _reasoning_item(item_id: str, details: list[dict[str, Any]], text: str) -> dict[str, Any]:
+    summary = text or "".join(d.get("summary") or "" for d in details if d.get("type") == "reasoning.summary")
+    item: dict[str, Any] = {"type": "reasoning", "id": item_id,
+                            "summary": [{"type": "summary_text", "text": summary}] if summary else []}
+    if details:
+        item["encrypted_content"] = encrypt_details(details)
+    return item
+
+
+def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
+    return {"type": "function_call", "id": item_id, "call_id": call_id, **_split_name(name),
+            "arguments": arguments, "status": status}
+
+
+def _incomplete(finish_reason: str | None) -> dict[str, Any]:
+    if finish_reason == "length":
+        return {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}
+    if finish_reason == "content_filter":
+        return {"status": "incomplete", "incomplete_details": {"reason": "content_filter"}}
+    return {}
+
+
+def response_from_completion(completion: dict[str, Any]) -> dict[str, Any]:
+    base = str(completion.get("id") or "").removeprefix("chatcmpl-")
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    output: list[dict[str, Any]] = []
+    details = message.get("reasoning_details") or []
+    text = message.get("reasoning") or message.get("reasoning_content") or ""
+    if details or text:
+        output.append(_reasoning_item(f"rs_{base}", details, text))
+    if message.get("content"):
+        output.append(_message_item(f"msg_{base}", message["content"]))
+    for n, call in enumerate(message.get("tool_calls") or ()):
+        function = call.get("function") or {}
+        output.append(_call_item(f"fc_{base}_{n}", str(call.get("id")), str(function.get("name")),
+                                 function.get("arguments") or ""))
+    response = _response(f"resp_{base}", completion.get("model"), int(completion.get("created") or time.time()),
+                         "completed", output, completion.get("usage"))
+    response.update(_incomplete(choice.get("finish_reason")))
+    return response
+
+
+class OpenAIResponses:
+    def error_body(self, status: int, envelope: bytes) -> bytes:
+        return envelope  # the Responses API's errors are the OpenAI envelope, which is ours
+
+    def result(self, event: Event) -> bytes:
+        return _encode(response_from_completion(msgspec.json.decode(event.data)))
+
+    def stream(self) -> "ResponsesStream":
+        return ResponsesStream()
+
+
+class ResponsesStream(CanonicalStream):
+    """Canonical chunks → Responses events, each with its ``sequence_number``; one open item at a time."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.started = False
+        self.response_id = ""
+        self.base = ""
+        self.model: Any = None
+        self.created = int(time.time())
+        self.output: list[dict[str, Any]] = []  # finished items
+        self.item: dict[str, Any] | None = None  # the open item
+        self.text = ""  # of the open message item / reasoning summary
+        self.details: list[dict[str, Any]] = []
+        self.calls: dict[int, int] = {}  # canonical tool index → output index
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        self.seq += 1
+        return sse(kind, {"type": kind, "sequence_number": self.seq, **fields})
+
+    def _snapshot(self, status: str, **extra: Any) -> dict[str, Any]:
+        return _response(self.response_id, self.model, self.created, status, list(self.output),
+                         self.usage if status == "completed" else None, **extra)
+
+    def begin(self, chunk: dict[str, Any], out: list[bytes]) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.base = str(chunk.get("id") or "").removeprefix("chatcmpl-")
+        self.response_id = f"resp_{self.base}"
+        self.model = chunk.get("model")
+        out.append(self._event("response.created", response=self._snapshot("in_progress")))
+        out.append(self._event("response.in_progress", response=self._snapshot("in_progress")))
+
+    def end(self, out: list[bytes]) -> None:
+        self._close(out)
+        final = self._snapshot("completed")
+        final.update(_incomplete(self.finish_reason))
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        out.append(self._event(kind, response=final))
+
+    def _open(self, item: dict[str, Any], out: list[bytes]) -> None:
+        self._close(out)
+        self.item, self.text = item, ""
+        out.append(self._event("response.output_item.added", output_index=len(self.output), item=item))
+
+    def _close(self, out: list[bytes]) -> None:
+        item = self.item
+        if item is None:
+            return
+        index = len(self.output)
+        if item["type"] == "message":
+            part = {"type": "output_text", "text": self.text, "annotations": []}
+            out.append(self._event("response.output_text.done", item_id=item["id"], output_index=index,
+                                   content_index=0, text=self.text, logprobs=[]))
+            out.append(self._event("response.content_part.done", item_id=item["id"], output_index=index,
+                                   content_index=0, part=part))
+            item = _message_item(item["id"], self.text)
+        elif item["type"] == "function_call":
+            item = {**item, "status": "completed"}
+            out.append(self._event("response.function_call_arguments.done", item_id=item["id"],
+                                   output_index=index, arguments=item["arguments"], name=item["name"]))
+        else:  # reasoning
+            if self.text:
+                out.append(self._event("response.reasoning_summary_text.done", item_id=item["id"],
+                                       output_index=index, summary_index=0, text=self.text))
+            item = _reasoning_item(item["id"], self.details, self.text)
+        out.append(self._event("response.output_item.done", output_index=index, item=item))
+        self.output.append(item)
+        self.item = None
+
+    def delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
+        index = len(self.output)
+        details = delta.get("reasoning_details") or ()
+        thinking = delta.get("reasoning") or delta.get("reasoning_content")
+        if details or thinking:
+            if self.item is None or self.item["type"] != "reasoning":
+                self.details = []
+                self._open({"type": "reasoning", "id": f"rs_{self.base}_{index}", "summary": []}, out)
+                index = len(self.output)
+            _merge_details(self.details, details)
+            piece = thinking or "".join(d.get("text") or d.get("summary") or "" for d in details)
+            if piece:
+                self.text += piece
+                out.append(self._event("response.reasoning_summary_text.delta", item_id=self.item["id"],
+                                       output_index=index, summary_index=0, delta=piece))
+        if delta.get("content"):
+            if self.item is None or self.item["type"] != "message":
+                item = _message_item(f"msg_{self.base}_{index}", "", "in_progress")
+                item["content"] = []
+                self._open(item, out)
+                index = len(self.output)
+                out.append(self._event("response.content_part.added", item_id=item["id"], output_index=index,
+                                       content_index=0, part={"type": "output_text", "text": "",
+                                                              "annotations": []}))
+            self.text += delta["content"]
+            out.append(self._event("response.output_text.delta", item_id=self.item["id"], output_index=index,
+                                   content_index=0, delta=delta["content"], logprobs=[]))
+        for call in delta.get("tool_calls") or ():
+            position = int(call.get("index") or 0)
+            function = call.get("function") or {}
+            if position not in self.calls:
+                self._open(_call_item(f"fc_{self.base}_{position}", str(call.get("id")),
+                                      str(function.get("name")), "", "in_progress"), out)
+                self.calls[position] = len(self.output)
+            if function.get("arguments") and self.item is not None and self.calls[position] == len(self.output):
+                self.item["arguments"] += function["arguments"]
+                out.append(self._event("response.function_call_arguments.delta", item_id=self.item["id"],
+                                       output_index=len(self.output), delta=function["arguments"]))
+
+    def error(self, status: int, envelope: bytes) -> bytes:
+        error_type, message = envelope_parts(envelope)
+        out: list[bytes] = []
+        self.begin({}, out)
+        out.append(self._event("response.failed", response=self._snapshot(
+            "failed", error={"code": error_type, "message": message})))
+        return b"".join(out)
+
+
+def _merge_details(into: list[dict[str, Any]], pieces: Any) -> None:
+    """Streamed reasoning details: pieces with the same ``index`` concatenate (canonical contract)."""
+    for piece in pieces or ():
+        index = piece.get("index")
+        target = next((d for d in into if index is not None and d.get("index") == index), None)
+        if target is None:
+            into.append(dict(piece))
+            continue
+        for key in ("text", "summary", "data"):
+            if piece.get(key):
+                target[key] = (target.get(key) or "") + piece[key]
+        if piece.get("signature"):
+            target["signature"] = piece["signature"]
+
+
+OPENAI_RESPONSES = OpenAIResponses()

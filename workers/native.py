@@ -1,0 +1,101 @@
+"""Anthropic Messages passed through to an Anthropic upstream: no lossy round trip through the canonical
+shape when the client and the provider speak the same protocol.
+
+The client's body goes as it came, with the upstream model id, ``max_tokens`` clipped to the model's
+output limit and the client's ``anthropic-beta`` header forwarded; the answer comes back byte for byte
+(model aside). The adapter's own translator still reads the stream alongside, for usage, for in-band
+errors and to hold the first events back until real content arrives, so that a failure before the
+first token is retried or handed to the next candidate exactly as on the canonical path.
+
+Also ``count_tokens`` jobs: Anthropic's own exact count, or the local estimate if that call fails.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from common.wire import Job, Route
+from router.auto import estimate_prompt_tokens
+from workers.chunks import CostFn, add_cost
+from workers.jobs import handler
+from workers.providers.anthropic import messages_url, request_headers
+from workers.providers.base import RequestSpec, Upstream, UpstreamError
+from workers.publisher import Publisher
+from workers.runtime import Runtime
+from workers.upstream import open_stream, send_json
+
+_encode = msgspec.json.encode
+COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
+
+
+def speaks_natively(up: Upstream, job: Job) -> bool:
+    return job.native is not None and job.native.protocol == "anthropic_messages" and up.kind == "anthropic"
+
+
+def _spec(up: Upstream, job: Job, payload: dict[str, Any], url: str) -> RequestSpec:
+    headers = request_headers(up)  # auth and version, as the adapter sends them
+    assert job.native is not None
+    headers.update(job.native.headers)
+    if payload.get("stream"):
+        headers["accept"] = "text/event-stream"
+    return RequestSpec("POST", url, headers=headers, content=_encode(payload))
+
+
+async def serve_messages(runtime: Runtime, job: Job, route: Route, up: Upstream, pub: Publisher,
+                         cost: CostFn | None, output_limit: int | None) -> dict[str, Any] | None:
+    assert job.native is not None
+    payload: dict[str, Any] = msgspec.json.decode(job.native.body)
+    payload["model"] = route.upstream_model
+    if output_limit:
+        payload["max_tokens"] = min(int(payload.get("max_tokens") or output_limit), output_limit)
+    spec = _spec(up, job, payload, messages_url(up.base_url))
+    adapter = runtime.adapter(route.provider)
+    if not job.stream:
+        data = await send_json(runtime.http, adapter, spec)
+        usage = add_cost(adapter.chat_response(data).get("usage"), cost)  # raises for an error body
+        data["model"] = route.model
+        await pub.send("result", _encode(data), usage=usage, native=True)
+        return usage
+    translator = adapter.stream_translator()
+    usage: dict[str, Any] | None = None
+    held: list[bytes] = []  # events before the first content: not committed, so a retry stays possible
+    pub.native = True
+    async with open_stream(runtime.http, adapter, spec) as events:
+        async for name, data in events:
+            chunks = translator.feed(name, data)
+            for chunk in chunks:
+                usage = chunk.get("usage") or usage
+            if name == "message_start":
+                start = msgspec.json.decode(data)
+                start.get("message", {})["model"] = route.model
+                data = _encode(start).decode()
+            held.append(b"event: " + (name or "message").encode() + b"\ndata: " + data.encode() + b"\n\n")
+            if pub.committed or any(c.get("choices") for c in chunks):
+                pub.data(b"".join(held))
+                held.clear()
+    translator.close()
+    usage = add_cost(usage, cost)
+    await pub.send("done", b"".join(held), usage=usage, native=True)
+    return usage
+
+
+@handler("count_tokens")
+async def serve_count_tokens(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> dict[str, Any] | None:
+    """Anthropic's exact count; the local estimate when it fails (the client asked for a number, and a
+    count is never worth an error)."""
+    assert job.native is not None
+    up = runtime.upstream(route.provider)
+    body = msgspec.json.decode(job.native.body)
+    payload = {k: body[k] for k in COUNT_FIELDS if k in body}
+    payload["model"] = route.upstream_model
+    url = messages_url(up.base_url).rstrip("/") + "/count_tokens"
+    try:
+        data = await send_json(runtime.http, runtime.adapter(route.provider), _spec(up, job, payload, url))
+        count = {"input_tokens": int(data["input_tokens"])}
+    except (UpstreamError, KeyError, TypeError, ValueError):
+        canonical = msgspec.json.decode(job.body)
+        count = {"input_tokens": estimate_prompt_tokens(canonical.get("messages") or [], canonical.get("tools"))}
+    await pub.send("result", _encode(count), native=True)
+    return None
