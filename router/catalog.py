@@ -296,10 +296,14 @@ def model_from_config(cfg: ModelConfig, base: Model | None) -> Model:
 def build_catalog(settings: Settings, providers: dict[str, Provider]) -> Catalog:
     """genai-prices listings for the registered providers, then the config file's add/override/hide.
 
-    A hidden id may be a glob (``openrouter/*``) to hide many models at once.
+    A hidden id may be a glob (``openrouter/*``) to hide many models at once; a visible ``provider/*``
+    entry prices that provider's unlisted ids. A model only the config file defines is taken as the
+    operator wrote it: no canonical id or metadata is guessed from its upstream id (``local/tiny`` serving
+    ``gpt-4o-mini`` on the operator's server is not OpenAI's model).
     """
     models = listed_models(providers) if price_feeds() else {m.id: m for m in DEFAULT_MODELS}
     passthrough: dict[str, Model] = {}
+    operator_defined: set[str] = set()
     for cfg in settings.models:
         if cfg.id.endswith("/*") and not cfg.hidden:
             if "prompt" not in cfg.pricing or "completion" not in cfg.pricing:
@@ -314,9 +318,11 @@ def build_catalog(settings: Settings, providers: dict[str, Provider]) -> Catalog
             else:
                 models.pop(cfg.id, None)
             continue
+        if cfg.id not in models:
+            operator_defined.add(cfg.id)
         models[cfg.id] = model_from_config(cfg, models.get(cfg.id))
     index = SlugIndex([*openrouter_slugs(), *seller_ids("openrouter")])
-    annotated = (annotate(index, model) for model in models.values())
+    annotated = (model if model.id in operator_defined else annotate(index, model) for model in models.values())
     return Catalog(annotated, providers, passthrough)
 
 
