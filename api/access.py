@@ -86,14 +86,9 @@ async def check_access(
     reserve_ttl: int = 3600,
 ) -> AccessResult:
     token = bearer_token(authorization_header)
-    record: KeyRecord | None = None
-    if token is not None:
-        try:
-            record = await ctx.keys.lookup(token) if token else None
-        except (RedisError, OSError, asyncio.TimeoutError):
-            return AccessResult(error=unavailable("Key verification is temporarily unavailable.", 2.0))
-        if record is None or record.revoked:
-            return AccessResult(error=invalid_key_error())
+    record, error = await presented_key(ctx, token)
+    if error is not None:
+        return AccessResult(error=error)
     subject = _subject(client_ip)
     if subject is None and (record is None or model_is_free):
         return AccessResult(
@@ -133,6 +128,19 @@ async def check_access(
         if decision.allowed and reserve:
             return AccessResult(key=record, headers=decision.headers, reserved=reserve)
     return AccessResult(key=record, headers=decision.headers, error=decision.error)
+
+
+async def presented_key(ctx: AccessContext, token: str | None) -> tuple[KeyRecord | None, GatewayError | None]:
+    """The record of the key sent (None when none was), or the refusal of one that is unknown or revoked."""
+    if token is None:
+        return None, None
+    try:
+        record = await ctx.keys.lookup(token) if token else None
+    except (RedisError, OSError, asyncio.TimeoutError):
+        return None, unavailable("Key verification is temporarily unavailable.", 2.0)
+    if record is None or record.revoked:
+        return None, invalid_key_error()
+    return record, None
 
 
 def _counters(

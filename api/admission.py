@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from api.access import AccessContext, build_access_context, check_access
+from api.access import AccessContext, bearer_token, build_access_context, check_access, presented_key
+from common.errors import GatewayError
 from api.client_ip import client_ip
 
 if TYPE_CHECKING:
@@ -74,3 +75,10 @@ async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool,
         raise result.error
     return Admission(key_id=result.key.id if result.key else None, headers=result.headers,
                      reserved=result.reserved)
+
+
+async def refuse_unknown_key(gateway: "Gateway", request: Request, error: GatewayError) -> GatewayError:
+    """The refusal for a request that cannot be planned: 401 if it sent an unknown or revoked key (that
+    answer comes first, so a mistyped key on ``auto-free`` is never a 503), else ``error``."""
+    _, key_error = await presented_key(access_context(gateway), bearer_token(request.headers.get("authorization")))
+    return key_error if key_error is not None and key_error.status == 401 else error

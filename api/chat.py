@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.body import read_json
+from api.admission import refuse_unknown_key
 from api.dispatch import Dispatch
 from api.gateway import Gateway
 from common.errors import GatewayError
@@ -25,10 +26,13 @@ async def chat_completions(request: Request) -> Response:
         body, chat = await read_json(request, ChatRequest, gateway.settings.limits.max_body_bytes)
         dispatch.exchange.model = chat.model or (chat.models[0] if chat.models else "")
         output_tokens = chat.max_completion_tokens or chat.max_tokens
-        plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
-                        messages=chat.messages, tools=chat.tools, output_tokens=output_tokens,
-                        preferences=chat.provider, parameters=request_parameters(chat, body),
-                        affinity=caller_affinity(request))
+        try:
+            plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
+                            messages=chat.messages, tools=chat.tools, output_tokens=output_tokens,
+                            preferences=chat.provider, parameters=request_parameters(chat, body),
+                            affinity=caller_affinity(request))
+        except GatewayError as error:
+            raise await refuse_unknown_key(gateway, request, error) from None
         await dispatch.admit(plan, messages=_builtins(chat.messages), tools=_builtins(chat.tools),
                              output_tokens=output_tokens)
     except GatewayError as error:

@@ -1,8 +1,11 @@
 """The ``megabrain`` command.
 
-- ``megabrain serve``   the API and every configured pool in one process (embedded Redis without REDIS_URL)
+- ``megabrain serve``   the API and every configured pool in one process (embedded store without REDIS_URL)
 - ``megabrain web``     the API tier only, on ``$PORT``
 - ``megabrain worker --providers openai,anthropic``   one worker process serving those pools ('*' = all)
+
+Without ``REDIS_URL`` the store is the data dir's embedded server (common/store.py): ``serve`` owns it,
+the other commands find it there.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 
 from api import cli_catalog, cli_keys, cli_status
@@ -37,10 +41,25 @@ def _uvicorn_config(settings: Settings, app: object, **extra: object) -> "object
     )
 
 
+def _running_store(settings: Settings) -> None:
+    """``web`` and ``worker`` without REDIS_URL join the data dir's running store, or say how to get one."""
+    if settings.redis_url:
+        return
+    from common.store import StoreError, reach
+
+    try:
+        with reach(None, settings.data_dir, start=False) as url:
+            settings.redis_url = os.environ["REDIS_URL"] = url  # the environment too: `web --workers N`
+    except StoreError as exc:
+        sys.exit(f"megabrain: {exc}")
+
+
 def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
+
+    _running_store(settings)
 
     workers = int(args.workers or os.environ.get("WEB_CONCURRENCY") or 1)
     if workers > 1:
@@ -55,25 +74,39 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from workers.pool import resolve_pools, run_pools
 
+    _running_store(settings)
     pools = resolve_pools(settings, args.providers)
     _run(run_pools(settings, pools))
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
-    """API + all configured pools in one process, sharing one (possibly embedded) Redis."""
+    """API + all configured pools in one process; without REDIS_URL, on the embedded store it owns."""
     import uvicorn
 
     from api.app import create_app
+    from common.store import EmbeddedServer, StoreError
     from workers.pool import PoolProcess, resolve_pools
 
     pools = resolve_pools(settings, args.providers)
+    store = None
+    if not settings.redis_url:
+        store = EmbeddedServer(settings.data_dir)
+        try:
+            settings.redis_url = store.start()
+        except StoreError as exc:
+            sys.exit(f"megabrain: {exc}")
 
     async def main() -> None:
         server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))  # type: ignore[arg-type]
+        # uvicorn re-raises the signal that stopped it under the handler it found: make that one harmless,
+        # so the pools and the store below are stopped instead of the process dying on the spot
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
         process = PoolProcess(settings, pools) if pools else None
         if process:
             await process.start()
-        where = "embedded in-memory Redis" if settings.embedded_redis else "Redis at REDIS_URL"
+        where = (f"embedded store in {store.directory}{' (adopted)' if store.adopted else ''}" if store
+                 else "Redis at REDIS_URL")
         print(f"megabrain: serving on http://{settings.host}:{settings.port} "
               f"({where}; pools: {', '.join(pools) or 'none configured'})", file=sys.stderr, flush=True)
         try:
@@ -82,7 +115,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
             if process:
                 await process.stop()
 
-    _run(main())
+    try:
+        _run(main())
+    finally:
+        if store:
+            store.stop()  # after the pools: their last usage writes land first; SHUTDOWN fsyncs the AOF
 
 
 def _run(coro: object) -> None:

@@ -1,13 +1,15 @@
 """``megabrain models`` and ``megabrain providers``: the catalog as this deployment's settings see it.
 
-Built locally from the environment and the config file (no server, no Redis), with the same entries as
-``GET /models`` and ``GET /providers``. Provider health lives in Redis, so here "available" means only
-"configured on this deployment".
+Built locally from the environment and the config file, with the same entries as ``GET /models`` and
+``GET /providers``. Provider health lives in the store: when one is reachable (``REDIS_URL``, or the
+running ``megabrain serve``'s through the data dir) it is read from there, so "available" also means
+"healthy"; without a store "available" means only "configured on this deployment".
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from decimal import Decimal, InvalidOperation
@@ -17,10 +19,13 @@ import msgspec
 
 from api.listings import MODALITIES, model_entry, provider_entry, select_models
 from common.settings import Settings
+from redis.exceptions import RedisError
+
 from router.catalog import Catalog, build_catalog
+from router.health import HealthSnapshot
 from router.providers import resolve_providers
 
-HEALTH_NOTE = "health is not shown here (it lives in Redis): GET /providers on a running gateway has it"
+HEALTH_NOTE = "health is not shown (no store is running: start `megabrain serve`, or set REDIS_URL)"
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -42,13 +47,36 @@ def _catalog(settings: Settings) -> Catalog:
     return build_catalog(settings, resolve_providers(settings))
 
 
+def _health(settings: Settings, catalog: Catalog) -> HealthSnapshot | None:
+    """Provider health from the store, if one is running; None without one (nothing is started for it)."""
+    from api.provider_health import load_snapshot
+    from common.names import Names
+    from common.redis import connect
+    from common.store import StoreError, reach
+
+    async def load(url: str) -> HealthSnapshot:
+        redis = connect(url, max_connections=1)
+        try:
+            configured = [p.id for p in catalog.providers.values() if p.configured]
+            return await asyncio.wait_for(load_snapshot(redis, Names(settings.namespace), configured), 3)
+        finally:
+            await redis.aclose()
+
+    try:
+        with reach(settings.redis_url, settings.data_dir, start=False) as url:
+            return asyncio.run(load(url))
+    except (StoreError, OSError, TimeoutError, RedisError):
+        return None
+
+
 def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
     catalog = _catalog(settings)
     if args.provider and args.provider not in catalog.providers:
         sys.exit(f"megabrain: there is no provider {args.provider!r} (see: megabrain providers)")
+    health = _health(settings, catalog) if args.available else None
     models = select_models(
         catalog, modality=None if args.modality == "all" else args.modality, provider=args.provider,
-        available=args.available, free=True if args.free else None,
+        available=args.available, free=True if args.free else None, health=health,
     )
     entries = [model_entry(m) for m in models]
     if args.json:
@@ -59,14 +87,16 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
     _print_table(["id", "context", "$/M in", "$/M out", "tier", "capabilities"], rows)
     sellers = {m.provider for m in models}
     configured = sum(1 for p in sellers if catalog.providers[p].configured)
-    note = "; available = configured, " + HEALTH_NOTE if args.available else ""
+    note = ("; available = configured and healthy" if health is not None else "; available = configured, "
+            + HEALTH_NOTE) if args.available else ""
     print(f"\n{len(entries)} models from {len(sellers)} providers ({configured} configured here){note}",
           file=sys.stderr)
 
 
 def cmd_providers(settings: Settings, args: argparse.Namespace) -> None:
     catalog = _catalog(settings)
-    entries = [provider_entry(p, catalog, None) for p in catalog.providers.values()]
+    health = _health(settings, catalog)
+    entries = [provider_entry(p, catalog, health) for p in catalog.providers.values()]
     if args.json:
         _print_json({"object": "list", "data": entries})
         return
@@ -77,7 +107,8 @@ def cmd_providers(settings: Settings, args: argparse.Namespace) -> None:
     ]
     _print_table(["id", "name", "kind", "configured", "serves", "models", "needs"], rows)
     configured = sum(1 for e in entries if e["configured"])
-    print(f"\n{len(entries)} providers, {configured} configured here; {HEALTH_NOTE}", file=sys.stderr)
+    print(f"\n{len(entries)} providers, {configured} configured here"
+          f"{'; health from the store: see --json' if health is not None else '; ' + HEALTH_NOTE}", file=sys.stderr)
 
 
 def _print_json(document: Any) -> None:

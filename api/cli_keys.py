@@ -1,9 +1,9 @@
 """``megabrain keys create|list|revoke|usage``.
 
-With ``REDIS_URL`` set the command talks to Redis directly. Without it the keys live in the embedded store
-inside a running ``megabrain serve``, which no other process can open, so the command goes through that
-server's admin API instead (``--url``, default ``http://127.0.0.1:$PORT``, authorised by
-``MEGABRAIN_ADMIN_KEY``). ``--url`` forces the HTTP path in either case.
+The command talks to the store directly: the Redis at ``REDIS_URL``, else the embedded store of the data
+dir (``MEGABRAIN_DATA_DIR``), through its unix socket: the running ``megabrain serve``'s, or one started
+for the length of the command. No admin key is needed there; the socket's file permissions guard it.
+``--url`` goes through a running gateway's admin API instead (authorised by ``MEGABRAIN_ADMIN_KEY``).
 
 Both paths return the admin API's JSON shapes, so the printing below is shared.
 """
@@ -22,16 +22,7 @@ import httpx
 from common.names import Names
 from common.settings import Settings
 
-NO_ADMIN_KEY = """\
-megabrain: no admin key configured.
-Without REDIS_URL the keys live inside the running `megabrain serve`, and this command manages them
-through its admin API. Start the server with an admin key and pass the same key here, for example:
-
-    export MEGABRAIN_ADMIN_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
-    megabrain serve            # in one terminal
-    megabrain keys create --name me    # in another, with the same MEGABRAIN_ADMIN_KEY
-
-(Or set REDIS_URL to manage the keys in that Redis directly.)"""
+NO_ADMIN_KEY = "--url goes through the gateway's admin API: set MEGABRAIN_ADMIN_KEY to the server's admin key"
 
 
 class KeysError(Exception):
@@ -46,7 +37,7 @@ class Backend(Protocol):
 
 
 class RedisBackend:
-    """Direct access to the key store in the Redis at ``REDIS_URL``."""
+    """Direct access to the key store: the Redis at ``REDIS_URL``, or the data dir's embedded store."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -54,15 +45,20 @@ class RedisBackend:
     def _run(self, job: Any) -> Any:
         from api.keys import KeyStore
         from common.redis import connect
+        from common.store import StoreError, reach
 
-        async def main() -> Any:
-            redis = connect(self.settings.redis_url)
+        async def main(url: str) -> Any:
+            redis = connect(url)
             try:
                 return await job(KeyStore(redis, Names(self.settings.namespace)))
             finally:
                 await redis.aclose()
 
-        return asyncio.run(main())
+        try:
+            with reach(self.settings.redis_url, self.settings.data_dir) as url:
+                return asyncio.run(main(url))
+        except StoreError as exc:
+            raise KeysError(str(exc)) from None
 
     def create(self, name: str, rpm: int | None, budget: float | None) -> dict[str, Any]:
         from api.admin import key_json
@@ -107,7 +103,7 @@ class RedisBackend:
 
 
 class HttpBackend:
-    """The admin API of a running gateway (the only way into a ``megabrain serve``'s embedded store)."""
+    """The admin API of a running gateway (``--url``), perhaps on another machine."""
 
     def __init__(self, url: str, admin_key: str) -> None:
         self.url = url.rstrip("/")
@@ -145,11 +141,11 @@ class HttpBackend:
 
 
 def backend_for(settings: Settings, url: str | None) -> Backend:
-    if settings.redis_url and not url:
+    if not url:
         return RedisBackend(settings)
     if not settings.admin_key:
         raise KeysError(NO_ADMIN_KEY)
-    return HttpBackend(url or f"http://127.0.0.1:{settings.port}", settings.admin_key)
+    return HttpBackend(url, settings.admin_key)
 
 
 # --- printing ---------------------------------------------------------------------------------------------
@@ -240,13 +236,13 @@ def run_command(backend: Backend, args: argparse.Namespace) -> None:
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add this module's subcommands to the ``megabrain`` parser."""
-    keys = sub.add_parser("keys", help="manage API keys (Redis at REDIS_URL, or a running server's admin API)")
+    keys = sub.add_parser("keys", help="manage API keys (in REDIS_URL or the data dir's store, or via --url)")
     keys.set_defaults(func=cmd_keys)
     actions = keys.add_subparsers(dest="keys_command", required=True)
 
     def common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument("--url", help="a running gateway's base URL (default without REDIS_URL: "
-                                          "http://127.0.0.1:$PORT); uses MEGABRAIN_ADMIN_KEY")
+        parser.add_argument("--url", help="go through a running gateway's admin API at this base URL "
+                                          "(needs MEGABRAIN_ADMIN_KEY)")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return parser
 

@@ -1,9 +1,8 @@
 """``megabrain status``: pools, their live workers and queue depths.
 
-With ``REDIS_URL`` set it reads Redis directly (the same numbers ``/ready`` and ``/metrics`` show).
-Without it the queues live inside a running ``megabrain serve``'s embedded Redis, which no other process
-can open, so the command asks that server's ``/ready`` (``--url``, default ``http://127.0.0.1:$PORT``).
-``--url`` forces the HTTP path in either case.
+It reads the store directly (the same numbers ``/ready`` and ``/metrics`` show): the Redis at
+``REDIS_URL``, else the running ``megabrain serve``'s embedded store, found through the data dir
+(``MEGABRAIN_DATA_DIR``). ``--url`` asks a running server's ``/ready`` instead.
 """
 
 from __future__ import annotations
@@ -16,26 +15,28 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 
 from common.settings import Settings
+from common.store import StoreError, reach
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add this module's subcommands to the ``megabrain`` parser."""
     status = sub.add_parser("status", help="pools, live workers and queue depths")
-    status.add_argument("--url", help="ask a running server's /ready instead of Redis "
-                                      "(default without REDIS_URL: http://127.0.0.1:$PORT)")
+    status.add_argument("--url", help="ask a running server's /ready instead of the store")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(func=cmd_status)
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
     try:
-        if args.url or settings.embedded_redis:
-            report = from_server(args.url or f"http://127.0.0.1:{settings.port}")
+        if args.url:
+            report = from_server(args.url)
         else:
-            report = asyncio.run(from_redis(settings))
-    except StatusError as exc:
+            with reach(settings.redis_url, settings.data_dir, start=False) as url:
+                report = asyncio.run(from_redis(settings, url))
+    except (StatusError, StoreError) as exc:
         sys.exit(f"megabrain: {exc}")
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -56,21 +57,21 @@ def from_server(url: str) -> dict[str, Any]:
         return response.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise StatusError(
-            f"no gateway answers at {url} ({type(exc).__name__}). Without REDIS_URL the queues live inside "
-            "the running `megabrain serve`; start it, pass its address with --url, or set REDIS_URL."
+            f"no gateway answers at {url} ({type(exc).__name__}); is `megabrain serve` running there?"
         ) from None
 
 
-async def from_redis(settings: Settings) -> dict[str, Any]:
+async def from_redis(settings: Settings, url: str) -> dict[str, Any]:
     from api.gateway import LIVENESS_TTL
     from common.metrics import pool_stats
     from common.names import Names
-    from common.redis import connect, ping
+    from common.redis import Redises, ping
     from router.providers import resolve_providers
 
     names = Names(settings.namespace)
     pools = [p.id for p in resolve_providers(settings).values() if p.configured]
-    redis = connect(settings.redis_url, max_connections=2)
+    redises = Redises(msgspec.structs.replace(settings, redis_url=url), max_connections=2)
+    redis = redises.main
     try:
         if not await ping(redis, timeout=3):
             return {"status": "unavailable", "redis": False, "pools": {}}
@@ -79,9 +80,9 @@ async def from_redis(settings: Settings) -> dict[str, Any]:
             pool = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[-1]
             if pool not in pools:
                 pools.append(pool)
-        stats = await pool_stats(redis, names, sorted(pools), time.time() - LIVENESS_TTL)
+        stats = await pool_stats(redises, names, sorted(pools), time.time() - LIVENESS_TTL)
     finally:
-        await redis.aclose()
+        await redises.aclose()
     return {"status": "ready", "redis": True, "pools": stats}
 
 

@@ -91,7 +91,7 @@ class Exchange:
         assert self.job is not None
         gateway = self.gateway
         job, skipped = await enqueue_candidate(
-            gateway.redis, gateway.names, self.job, hop, is_live=gateway.live.has_worker,
+            gateway.redises.pool, gateway.names, self.job, hop, is_live=gateway.live.has_worker,
             depth_limit=gateway.settings.limits.queue_depth_limit, pickup_timeout=gateway.settings.pickup_timeout,
         )
         if job is None:
@@ -162,7 +162,7 @@ class Exchange:
         assert self.job is not None and self.inbox is not None
         settings = self.gateway.settings
         if self.state == "queued":
-            if await withdraw(self.gateway.redis, self.gateway.names, self.pool, self.job_id):
+            if await withdraw(self.gateway.redises.pool(self.pool), self.gateway.names, self.pool, self.job_id):
                 log.warning("request %s: no pickup on %s within %.1fs", self.request_id, self.pool,
                             settings.pickup_timeout)
                 self._new_attempt()
@@ -221,11 +221,12 @@ class Exchange:
     async def _cancel(self) -> None:
         """Withdraw a queued job, or ask the running worker to drop it."""
         try:
-            if self.pool and await withdraw(self.gateway.redis, self.gateway.names, self.pool, self.job_id):
+            queue = self.gateway.redises.pool(self.pool) if self.pool else None
+            if queue is not None and await withdraw(queue, self.gateway.names, self.pool, self.job_id):
                 await self._return_reservation()
                 return
             if self.worker:
-                await self.gateway.redis.publish(
+                await self.gateway.redises.pool(self.pool).publish(
                     self.gateway.names.control_channel(self.worker), f"cancel {self.request_id}"
                 )
         except Exception as exc:  # Redis trouble: the worker stops anyway when it finds nobody listening

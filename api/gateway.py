@@ -9,14 +9,12 @@ import asyncio
 import logging
 import time
 
-from arq.connections import ArqRedis
-
 from api.provider_health import load_snapshot
 from api.relay import Relay
 from common import metrics
 from common.candidates import LIVENESS_TTL, has_live_worker
 from common.names import Names
-from common.redis import connect
+from common.redis import Redises
 from common.settings import Settings
 from router.catalog import Catalog, build_catalog
 from router.health import HealthSnapshot
@@ -37,8 +35,8 @@ class LiveWorkers:
     process's requests, and none while no request is running.
     """
 
-    def __init__(self, redis: ArqRedis, names: Names, pools: list[str]) -> None:
-        self.redis = redis
+    def __init__(self, redises: Redises, names: Names, pools: list[str]) -> None:
+        self.redises = redises
         self.names = names
         self.pools = pools
         self.counts: dict[str, int] = {}
@@ -57,20 +55,21 @@ class LiveWorkers:
         now = time.monotonic()
         self.watched = {w: at for w, at in self.watched.items() if now - at < WATCH_FOR}
         workers = list(self.watched)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for pool in self.pools:
-                pipe.zcount(self.names.live_workers(pool), since, "+inf")
-            if workers:
-                pipe.mget([self.names.alive(w) for w in workers])
-            replies = await pipe.execute()
-        self.counts = dict(zip(self.pools, replies))
-        alive = replies[len(self.pools)] if workers else []
+        counts: dict[str, int] = {}
+        for redis, pools in self.redises.by_redis(self.pools):  # each pool's liveness is on its own Redis
+            async with redis.pipeline(transaction=False) as pipe:
+                for pool in pools:
+                    pipe.zcount(self.names.live_workers(pool), since, "+inf")
+                counts.update(zip(pools, await pipe.execute()))
+        self.counts = counts
+        # a worker process's own liveness key is on the main Redis, whichever Redis its pools use
+        alive = await self.redises.main.mget([self.names.alive(w) for w in workers]) if workers else []
         self.dead = frozenset(w for w, value in zip(workers, alive) if value is None)
 
     async def has_worker(self, pool: str) -> bool:
         if self.counts.get(pool):
             return True
-        live = await has_live_worker(self.redis, self.names, pool)
+        live = await has_live_worker(self.redises.pool(pool), self.names, pool)
         self.counts[pool] = int(live)
         return live
 
@@ -94,11 +93,13 @@ class Gateway:
         self.names = Names(settings.namespace)
         self.providers: dict[str, Provider] = resolve_providers(settings)
         self.catalog: Catalog = build_catalog(settings, self.providers)
-        self.redis = connect(settings.redis_url, max_connections=64)
-        self.relay = Relay(connect(settings.redis_url, pubsub=True, max_connections=2),
-                           self.names.reply_channel(settings.instance_id))
         configured = [p.id for p in self.providers.values() if p.configured]
-        self.live = LiveWorkers(self.redis, self.names, configured)
+        self.redises = Redises(settings, max_connections=64)
+        self.redis = self.redises.main  # keys, limits, usage, health; a pool's queue is redises.pool(pool)
+        # one subscription per Redis this process enqueues to: workers reply on their pool's Redis
+        subscriptions = Redises(settings, pubsub=True, max_connections=2).by_redis(configured)
+        self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id))
+        self.live = LiveWorkers(self.redises, self.names, configured)
         self.health = HealthSnapshot()
         self.draining = False
         self._health_task: asyncio.Task[None] | None = None
@@ -140,4 +141,4 @@ class Gateway:
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)  # bounded: shutdown must never hang on a Redis call
         await self.relay.stop()
-        await self.redis.aclose()
+        await self.redises.aclose()

@@ -40,7 +40,7 @@ def _live_since() -> float:
 
 async def _pool_stats(gateway: "Gateway") -> dict[str, dict[str, float]]:
     return await asyncio.wait_for(
-        metrics.pool_stats(gateway.redis, gateway.names, gateway.live.pools, _live_since()), REDIS_TIMEOUT
+        metrics.pool_stats(gateway.redises, gateway.names, gateway.live.pools, _live_since()), REDIS_TIMEOUT
     )
 
 

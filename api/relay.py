@@ -1,4 +1,5 @@
-"""The relay: one pub/sub subscription per web process, fanning events out to waiting requests.
+"""The relay: one pub/sub subscription per web process (per Redis it enqueues to), fanning events out to
+waiting requests.
 
 Every job carries this process's reply channel and its request id; workers publish there, and the relay
 hands each event to the request's inbox in memory. One subscription for the whole process means no
@@ -7,7 +8,8 @@ requests are waiting.
 
 Pub/sub delivers at most once: if the subscription drops, events published meanwhile are lost, so every
 waiting request is failed at once (its client gets a clear error instead of a hang) and new requests are
-refused until the subscription is back.
+refused until the subscription is back. With pools on several Redis instances (common/redis.py
+``Redises``) the process subscribes to its one channel on each; it is ready when every subscription is.
 """
 
 from __future__ import annotations
@@ -63,16 +65,17 @@ RELAY_LOST = Event("", 0, 0, "relay_lost")
 
 
 class Relay:
-    def __init__(self, redis: ArqRedis, channel: str) -> None:
-        self.redis = redis
+    def __init__(self, redises: list[ArqRedis], channel: str) -> None:
+        self.redises = redises
         self.channel = channel
         self.inboxes: dict[str, Inbox] = {}
         self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._subscribed: set[int] = set()  # indexes into redises
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
     async def start(self, timeout: float = 5.0) -> None:
-        self._task = asyncio.create_task(self._run(), name="relay")
+        self._tasks = [asyncio.create_task(self._run(i), name=f"relay-{i}") for i in range(len(self.redises))]
         try:
             await asyncio.wait_for(self.ready.wait(), timeout)
         except TimeoutError:
@@ -80,9 +83,10 @@ class Relay:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=2.0)  # bounded, like every shutdown step
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)  # bounded, like every shutdown step
 
     def open(self, request_id: str) -> Inbox:
         inbox = Inbox()
@@ -92,10 +96,17 @@ class Relay:
     def close(self, request_id: str) -> None:
         self.inboxes.pop(request_id, None)
 
-    async def _run(self) -> None:
+    def _mark(self, index: int, subscribed: bool) -> None:
+        (self._subscribed.add if subscribed else self._subscribed.discard)(index)
+        if len(self._subscribed) == len(self.redises):
+            self.ready.set()
+        else:
+            self.ready.clear()
+
+    async def _run(self, index: int) -> None:
         delay = 0.1
         while not self._stopping:
-            pubsub = self.redis.pubsub()
+            pubsub = self.redises[index].pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 # wait for the confirmation: from here on nothing published to us is missed
@@ -103,20 +114,20 @@ class Relay:
                     message = await pubsub.get_message(timeout=5.0)
                     if message and message["type"] == "subscribe":
                         break
-                self.ready.set()
+                self._mark(index, True)
                 delay = 0.1
                 log.info("relay subscribed to %s", self.channel)
                 async for message in pubsub.listen():
                     if message["type"] == "message":
                         self._dispatch(message["data"])
             except asyncio.CancelledError:
-                self.ready.clear()
+                self._mark(index, False)
                 await _close_quietly(pubsub)
                 raise
             except Exception as exc:
-                if self.ready.is_set():
+                if index in self._subscribed:
                     log.warning("relay lost its subscription (%s); failing waiting requests", type(exc).__name__)
-                self.ready.clear()
+                self._mark(index, False)
                 self._fail_all()
                 await _close_quietly(pubsub)
                 await asyncio.sleep(delay)

@@ -34,7 +34,7 @@ async def has_live_worker(redis: ArqRedis, names: Names, pool: str) -> bool:
 
 
 async def enqueue_candidate(
-    redis: ArqRedis,
+    redis_of: Callable[[str], ArqRedis],
     names: Names,
     job: Job,
     first_hop: int,
@@ -44,7 +44,8 @@ async def enqueue_candidate(
     pickup_timeout: float,
     announce: Announce | None = None,
 ) -> tuple[Job | None, list[str]]:
-    """Enqueue ``job`` on the first candidate from ``first_hop`` that can take it.
+    """Enqueue ``job`` on the first candidate from ``first_hop`` that can take it, on the Redis that
+    ``redis_of(pool)`` names (``common.redis.Redises.pool``).
 
     Returns the job as enqueued (its ``hop`` set), or None, and the pools skipped on the way.
     ``announce(job, pool)`` runs just before each enqueue (a worker publishes its ``handoff`` there, so
@@ -61,7 +62,7 @@ async def enqueue_candidate(
         candidate = msgspec.structs.replace(job, hop=hop, enqueued_at=time.time())
         if announce is not None:
             await announce(candidate, pool)
-        if await enqueue(redis, names, pool, JOB_FUNCTION, job_id(candidate), job_encoder.encode(candidate),
+        if await enqueue(redis_of(pool), names, pool, JOB_FUNCTION, job_id(candidate), job_encoder.encode(candidate),
                          expires_s=pickup_window(pickup_timeout, job.deadline), depth_limit=depth_limit):
             return candidate, skipped
         skipped.append(pool)

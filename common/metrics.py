@@ -205,9 +205,18 @@ async def remote_samples(redis: Any, key: str) -> list[Samples]:
 # --------------------------------------------------------------------------- pool gauges (scrape time)
 
 
-async def pool_stats(redis: Any, names: Any, pools: Iterable[str], live_since: float) -> dict[str, dict[str, float]]:
-    """Queue depth, oldest queued job age (s) and live workers of each pool, in one round trip."""
-    pools = list(pools)
+async def pool_stats(redises: Any, names: Any, pools: Iterable[str], live_since: float) -> dict[str, dict[str, float]]:
+    """Queue depth, oldest queued job age (s) and live workers of each pool: one round trip per Redis that
+    serves pools (``common.redis.Redises``)."""
+    groups = [(redis, members) for redis, members in redises.by_redis(list(pools)) if members]
+    stats: dict[str, dict[str, float]] = {}
+    for part in await asyncio.gather(*(_pool_stats_at(redis, names, members, live_since)
+                                       for redis, members in groups)):
+        stats.update(part)
+    return stats
+
+
+async def _pool_stats_at(redis: Any, names: Any, pools: list[str], live_since: float) -> dict[str, dict[str, float]]:
     now = time.time()
     async with redis.pipeline(transaction=False) as pipe:
         for pool in pools:

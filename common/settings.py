@@ -74,6 +74,7 @@ class FileConfig(msgspec.Struct, kw_only=True):
 
 class Settings(msgspec.Struct, kw_only=True):
     redis_url: str | None = None
+    data_dir: str = ".megabrain"  # the embedded store's socket and AOF when REDIS_URL is unset
     host: str = "0.0.0.0"
     port: int = 8000
     mount_prefix: str = ""
@@ -105,10 +106,6 @@ class Settings(msgspec.Struct, kw_only=True):
     env: dict[str, str] = {}
 
     @property
-    def embedded_redis(self) -> bool:
-        return not self.redis_url
-
-    @property
     def signup_url(self) -> str | None:
         """Where API errors send people for a key; None when sign-up is off."""
         if not self.signup:
@@ -118,6 +115,7 @@ class Settings(msgspec.Struct, kw_only=True):
 
 _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "REDIS_URL": ("redis_url", str),
+    "MEGABRAIN_DATA_DIR": ("data_dir", str),
     "HOST": ("host", str),
     "PORT": ("port", int),
     "MEGABRAIN_MOUNT_PREFIX": ("mount_prefix", str),
@@ -180,13 +178,24 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         **values,
         limits=limits,
         providers=file_config.providers,
-        models=file_config.models,
+        models=_mark_free(file_config.models, env.get("MEGABRAIN_FREE_MODELS", "")),
         env=env,
     )
     settings.mount_prefix = settings.mount_prefix.rstrip("/")
     if settings.mount_prefix and not settings.mount_prefix.startswith("/"):
         settings.mount_prefix = "/" + settings.mount_prefix
     return settings
+
+
+def _mark_free(models: list[ModelConfig], ids: str) -> list[ModelConfig]:
+    """``MEGABRAIN_FREE_MODELS=openai/gpt-4o-mini,…``: those models are free (no key needed), as if the
+    config file said ``free = true`` for each."""
+    wanted = [i.strip() for i in ids.split(",") if i.strip()]
+    if not wanted:
+        return models
+    marked = [msgspec.structs.replace(m, free=True) if m.id in wanted else m for m in models]
+    known = {m.id for m in models}
+    return marked + [ModelConfig(id=i, free=True) for i in dict.fromkeys(wanted) if i not in known]
 
 
 _SWITCHES = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False,

@@ -166,7 +166,7 @@ def no_model_available(
         needs.append("image input")
     hint = (
         "Configure a provider that serves free models (for example OPENROUTER_API_KEY for OpenRouter's "
-        "':free' models) or declare one with free = true in the config file"
+        "':free' models), list one in MEGABRAIN_FREE_MODELS, or declare one with free = true in the config file"
         if kind == "auto-free"
         else "Configure another provider's API key"
     )

@@ -1,4 +1,9 @@
-"""Shared fixtures: the Redis the suite uses, fake upstreams as real HTTP servers, and gateways."""
+"""Shared fixtures: the Redis the suite uses, fake upstreams as real HTTP servers, and gateways.
+
+The suite runs on a real Redis in every mode: the one at ``REDIS_URL`` when set (CI sets it), else ONE
+embedded server (common/store.py) started for the session on a temporary data dir. It never touches a
+Redis it was not given or did not start.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +20,28 @@ from arq.connections import ArqRedis
 from api.keys import KeyStore
 from common.names import Names
 from common.redis import connect
+from common.store import EmbeddedServer, StoreError
 
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, env_for
+from tests.harness import GatewayHarness, create_key, env_for
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str | None:
-    """The real Redis when ``REDIS_URL`` is set (CI sets it), else None: the embedded in-memory one."""
-    return os.environ.get("REDIS_URL") or None
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``REDIS_URL``, else the session's own embedded server (a real Valkey/Redis on a unix socket)."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    try:
+        server = EmbeddedServer(tmp_path_factory.mktemp("store"))
+        server.start()
+    except StoreError as exc:
+        pytest.exit(f"no Redis for the tests: {exc}", returncode=2)
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -35,22 +52,12 @@ def fake_openai() -> Iterator[tuple[OpenAIFakeState, str]]:
 
 
 @pytest.fixture
-def gateway_env(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str]) -> dict[str, str]:
+def gateway_env(redis_url: str, fake_openai: tuple[OpenAIFakeState, str]) -> dict[str, str]:
     """The gateway's environment, plus ``MEGABRAIN_TEST_API_KEY``: a real key in its namespace (paid models
     need one; the gateway itself never reads that variable)."""
     _, upstream = fake_openai
     env = env_for(redis_url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test")
-
-    async def create_key() -> str:
-
-        redis = connect(redis_url)  # the embedded server is per process, so the harness shares it
-        try:
-            _, plaintext = await KeyStore(redis, Names(env["MEGABRAIN_NAMESPACE"])).create("tests")
-        finally:
-            await redis.aclose()
-        return plaintext
-
-    env["MEGABRAIN_TEST_API_KEY"] = asyncio.run(create_key())
+    env["MEGABRAIN_TEST_API_KEY"] = create_key(redis_url, env["MEGABRAIN_NAMESPACE"])
     return env
 
 
@@ -66,25 +73,20 @@ def client(gateway: GatewayHarness, gateway_env: dict[str, str]) -> openai.OpenA
                          max_retries=0, timeout=20)
 
 
-# -- Redis-level fixtures (keys, limits, access): each test runs on the real Redis and on the embedded one --
-
-
-@pytest.fixture(params=["real", "embedded"])
-def url(request: pytest.FixtureRequest) -> str | None:
-    return (os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379") if request.param == "real" else None
+# -- Redis-level fixtures (keys, limits, access) ------------------------------------------------------------
 
 
 @pytest.fixture
-async def redis(url: str | None) -> AsyncIterator[ArqRedis]:
-    client = connect(url)
+async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
+    client = connect(redis_url)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def other_redis(url: str | None) -> AsyncIterator[ArqRedis]:
+async def other_redis(redis_url: str) -> AsyncIterator[ArqRedis]:
     """A second independent client: stands for a second API process."""
-    client = connect(url)
+    client = connect(redis_url)
     yield client
     await client.aclose()
 

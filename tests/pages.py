@@ -18,7 +18,7 @@ _CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
 _KEY = re.compile(r"\bmb-[A-Za-z0-9_\-]{20,}")
 
 
-def accounts_env(redis_url: str | None, upstream: str, tmp_path: Path, *, hops: int = 0, anon_per_day: int = 50,
+def accounts_env(redis_url: str, upstream: str, tmp_path: Path, *, hops: int = 0, anon_per_day: int = 50,
                  user_per_day: int = 1000, per_email: int = 5, per_ip: int = 30, signups_per_ip: int = 50,
                  **extra: str) -> dict[str, str]:
     config = tmp_path / "megabrain.toml"

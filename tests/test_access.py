@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from typing import Any
 
@@ -24,7 +23,6 @@ from common.redis import connect
 from common.settings import Limits
 from tests.fakes.server import ThreadedServer
 
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
 pytestmark = pytest.mark.usefixtures("clear_of_window_edge")
 IP = "203.0.113.10"
 LIMITS = Limits(free_requests_per_minute=3, anonymous_requests_per_day=5)
@@ -251,13 +249,13 @@ async def test_no_log_line_contains_a_key_or_its_hash(
 # --- the envelope through HTTP, as the OpenAI SDK sees it -----------------------------------------------
 
 
-def gateway_app(namespace: str, limits: Limits) -> Starlette:
+def gateway_app(redis_url: str, namespace: str, limits: Limits) -> Starlette:
     """A stand-in for the chat route: client IP behind one proxy hop, check_access, the envelope."""
     state: dict[str, AccessContext] = {}
 
     async def chat(request: Request) -> Response:
         if "ctx" not in state:
-            state["ctx"] = build_access_context(connect(REDIS_URL), Names(namespace))
+            state["ctx"] = build_access_context(connect(redis_url), Names(namespace))
         body = await request.json()
         ip = client_ip(request.client.host if request.client else None, request.headers.getlist("x-forwarded-for"), 1)
         result = await check_access(
@@ -279,16 +277,16 @@ def gateway_app(namespace: str, limits: Limits) -> Starlette:
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
 
-async def test_error_rows_through_the_openai_sdk() -> None:
+async def test_error_rows_through_the_openai_sdk(redis_url: str) -> None:
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    redis = connect(REDIS_URL)
+    redis = connect(redis_url)
     store = KeyStore(redis, Names(namespace))
     limits = Limits(free_requests_per_minute=3, anonymous_requests_per_day=3)
     try:
         record, key = await store.create("sdk", monthly_budget=0.1)
         await record_usage(redis, Names(namespace), record.id, "paid/x", 1, 1, "0.2")
         _, good = await store.create("good")
-        with ThreadedServer(gateway_app(namespace, limits)) as server:
+        with ThreadedServer(gateway_app(redis_url, namespace, limits)) as server:
             await asyncio.to_thread(_sdk_rows, server.url + "/v1", key, good)
     finally:
         keys = [k async for k in redis.scan_iter(match=f"{namespace}:*")]

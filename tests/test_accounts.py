@@ -21,7 +21,7 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-def start(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str], tmp_path: Path
+def start(redis_url: str, fake_openai: tuple[OpenAIFakeState, str], tmp_path: Path
           ) -> Iterator[Callable[..., GatewayHarness]]:
     started: list[GatewayHarness] = []
 

@@ -59,7 +59,7 @@ def fakes() -> Fakes:
 
 
 @pytest.fixture(scope="module")
-def stack(redis_url: str | None, fakes: Fakes,
+def stack(redis_url: str, fakes: Fakes,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayHarness, str]]:
     config = tmp_path_factory.mktemp("agents") / "megabrain.toml"
     config.write_text("[limits]\nfree_requests_per_minute = 100000\nanonymous_requests_per_day = 100000\n\n"

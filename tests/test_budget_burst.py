@@ -29,7 +29,7 @@ MESSAGES = [{"role": "user", "content": "Summarise the plot of Hamlet in a sente
 
 
 @pytest.fixture
-def two_web_processes(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str],
+def two_web_processes(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
                       tmp_path: Path) -> Iterator[tuple[ProcessGateway, ProcessGateway]]:
     state, upstream = fake_openai
     state.latency = 0.3  # keeps the burst in flight together: the reservations, not luck, must hold the line

@@ -21,11 +21,11 @@ from tests.fakes.server import ThreadedServer
 from tests.harness import GatewayHarness, env_for
 
 
-def with_test_key(env: dict[str, str], redis_url: str | None) -> dict[str, str]:
+def with_test_key(env: dict[str, str], redis_url: str) -> dict[str, str]:
     """``env`` plus ``MEGABRAIN_TEST_API_KEY``, a key created in its namespace (paid models need one)."""
 
     async def create() -> str:
-        redis = connect(redis_url)  # the embedded server is per process: the harness shares it
+        redis = connect(redis_url)
         try:
             _, plaintext = await KeyStore(redis, Names(env["MEGABRAIN_NAMESPACE"])).create("tests")
         finally:
@@ -140,7 +140,7 @@ def test_upstream_error_is_retried(client: openai.OpenAI, fake_openai: tuple[Ope
 
 
 @pytest.fixture
-def float_only_gateway(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str],
+def float_only_gateway(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
                        tmp_path: Path) -> Iterator[tuple[GatewayHarness, dict[str, str]]]:
     """Together (an OpenAI-compatible provider not known to honour base64) served by the same fake; its
     unlisted ids are allowed at a configured price."""
@@ -166,7 +166,7 @@ def test_float_only_upstream_still_answers_base64(float_only_gateway: tuple[Gate
 
 
 @pytest.fixture
-def gemini_gateway(redis_url: str | None) -> Iterator[tuple[GeminiFakeState, GatewayHarness, dict[str, str]]]:
+def gemini_gateway(redis_url: str) -> Iterator[tuple[GeminiFakeState, GatewayHarness, dict[str, str]]]:
     state = GeminiFakeState()
     with ThreadedServer(create_gemini_app(state)) as server:
         env = with_test_key(env_for(redis_url, GEMINI_BASE_URL=server.url, GEMINI_API_KEY=state.api_key), redis_url)

@@ -62,7 +62,7 @@ def fakes(servers: tuple[Fakes, tuple[str, str]]) -> Fakes:
     return servers[0]
 
 
-def _keys(redis_url: str | None, namespace: str) -> tuple[str, str]:
+def _keys(redis_url: str, namespace: str) -> tuple[str, str]:
     async def create() -> tuple[str, str]:
         redis = connect(redis_url)
         try:
@@ -75,7 +75,7 @@ def _keys(redis_url: str | None, namespace: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def gateway(redis_url: str | None, tmp_path_factory: pytest.TempPathFactory,
+def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
             servers: tuple[Fakes, tuple[str, str]]) -> Iterator[tuple[GatewayHarness, str, str]]:
     config = tmp_path_factory.mktemp("endpoints") / "megabrain.toml"
     config.write_text(CONFIG)

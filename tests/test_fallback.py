@@ -64,7 +64,7 @@ def fakes() -> Iterator[Fakes]:
 
 
 @pytest.fixture
-def gateway(redis_url: str | None, tmp_path: Path, fakes: Fakes) -> Iterator[GatewayHarness]:
+def gateway(redis_url: str, tmp_path: Path, fakes: Fakes) -> Iterator[GatewayHarness]:
     first, second = fakes
     config = tmp_path / "megabrain.toml"
     config.write_text(_config(second.base_url))  # type: ignore[attr-defined]

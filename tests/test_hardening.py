@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
 import socket
 import time
 import uuid
@@ -19,20 +18,16 @@ from typing import Any
 
 import httpx
 import msgspec
-import pytest
 
 from common.names import Names
 from common.queue import enqueue
 from common.redis import connect
 from common.wire import Event, Job, Route, event_decoder, job_encoder
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import GatewayHarness, ProcessGateway
-from tests.test_resilience import auth, live_workers, patient_env, sse_events, stream_text, wait_until
+from tests.harness import GatewayHarness, ProcessGateway, wait_until
+from tests.test_resilience import auth, live_workers, patient_env, sse_events, stream_text
 
 __all__ = ["patient_env"]  # a fixture, imported for the tests below
-
-needs_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
-                                 reason="separate processes need a real Redis (set REDIS_URL)")
 
 # bodies the web tier used to accept and the worker could not decode (or forward): each must be a 400
 UNRUNNABLE = {
@@ -66,7 +61,6 @@ def _post(url: str, path: str, body: bytes, env: dict[str, str], **headers: str)
                       headers={**auth(env), "content-type": "application/json", **headers})
 
 
-@needs_redis
 def test_bodies_the_worker_cannot_run_get_400_through_web_and_worker(
         patient_env: dict[str, str], fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
@@ -150,7 +144,6 @@ async def _run_bad_jobs(redis_url: str, namespace: str) -> list[tuple[str, Event
     return outcomes
 
 
-@needs_redis
 def test_a_worker_that_cannot_run_a_job_says_so_at_once(patient_env: dict[str, str],
                                                        fake_openai: tuple[OpenAIFakeState, str]) -> None:
     """Defence in depth behind the web tier's decode: jobs enqueued directly, bypassing it."""
@@ -170,7 +163,6 @@ def test_a_worker_that_cannot_run_a_job_says_so_at_once(patient_env: dict[str, s
 # --------------------------------------------------------------------------- forwarding headers
 
 
-@needs_redis
 def test_repeated_forwarded_for_headers_cannot_dodge_the_per_ip_limit(gateway_env: dict[str, str], tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Behind one trusted proxy, a client's own X-Forwarded-For line (sent first, varied every time) is
     joined with the proxy's line: the client is still the right-most entry, the one the proxy appended."""
@@ -199,7 +191,6 @@ def test_repeated_forwarded_for_headers_cannot_dodge_the_per_ip_limit(gateway_en
 # --------------------------------------------------------------------------- protocol edges
 
 
-@needs_redis
 def test_a_websocket_upgrade_post_gets_an_answer(gateway_env: dict[str, str],
                                                  fake_openai: tuple[OpenAIFakeState, str]) -> None:
     body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -259,7 +250,6 @@ async def _keys_holding(redis_url: str, needle: bytes) -> list[str]:
     return found
 
 
-@needs_redis
 def test_sigkill_of_every_worker_mid_stream_ends_each_stream_and_leaves_no_prompt(
         patient_env: dict[str, str], fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai

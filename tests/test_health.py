@@ -94,7 +94,7 @@ def names() -> Names:
 
 
 @pytest.fixture
-async def redis(redis_url: str | None, names: Names) -> AsyncIterator[object]:
+async def redis(redis_url: str, names: Names) -> AsyncIterator[object]:
     """The suite's Redis; the test's own keys are removed afterwards (circuits live for a day otherwise)."""
     client = connect(redis_url)
     yield client

@@ -1,4 +1,4 @@
-"""API key store, lookup cache and usage accounting, against the real Redis (and the embedded one)."""
+"""API key store, lookup cache and usage accounting, against the suite's real Redis."""
 
 from __future__ import annotations
 

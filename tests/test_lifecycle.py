@@ -87,7 +87,7 @@ def test_refusals_are_counted_and_logged(gateway: GatewayHarness, caplog: pytest
     assert 'megabrain_requests_total{model="openai/gpt-4o-mini",provider="none",route="chat",status="401"}' in metrics
 
 
-def test_no_worker_503_is_counted(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str],
+def test_no_worker_503_is_counted(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
                                   caplog: pytest.LogCaptureFixture) -> None:
     _, upstream = fake_openai
     env = env_for(redis_url, OPENAI_BASE_URL=upstream, MEGABRAIN_CONFIG=_free_model_config(upstream))
@@ -114,7 +114,7 @@ def test_client_gone_mid_stream_releases_once(gateway: GatewayHarness, gateway_e
     assert spy.closes[request_id] == 1
 
 
-def test_worker_gone_releases_once(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str],
+def test_worker_gone_releases_once(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
                                    caplog: pytest.LogCaptureFixture) -> None:
     """A worker that shuts down mid-job abandons it: the web tier re-runs it (nothing was sent), finds no
     worker any more, and answers 503, releasing the inbox once."""

@@ -146,8 +146,8 @@ async def test_counter_keys_expire(redis, limiter: Limiter) -> None:  # type: ig
     assert 0 < await redis.pttl(counter.key) <= (MINUTE + 1) * 1000
 
 
-async def test_concurrent_requests_through_two_clients(redis, url: str | None, names: Names) -> None:  # type: ignore[no-untyped-def]
-    other = connect(url)  # a second, independent client: as if a second API process
+async def test_concurrent_requests_through_two_clients(redis, redis_url: str, names: Names) -> None:  # type: ignore[no-untyped-def]
+    other = connect(redis_url)  # a second, independent client: as if a second API process
     try:
         limiters = [Limiter(redis, names), Limiter(other, names)]
         decisions = await asyncio.gather(

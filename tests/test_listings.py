@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ SECRET = "sk-listing-secret-4f1c9a"
 
 
 @pytest.fixture
-def listing_gateway(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str]) -> Iterator[GatewayHarness]:
+def listing_gateway(redis_url: str, fake_openai: tuple[OpenAIFakeState, str]) -> Iterator[GatewayHarness]:
     """OpenAI (at the fake) and Groq configured; Groq's key is a secret that must never be shown."""
     _, upstream = fake_openai
     env = env_for(redis_url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test", GROQ_API_KEY=SECRET)
@@ -141,11 +142,20 @@ def test_providers_listing_has_no_secrets(listing_gateway: GatewayHarness) -> No
     assert not any("key" in field for p in providers.values() for field in p)
 
 
-def test_cli_models_and_providers() -> None:
-    env = env_for(None, OPENAI_API_KEY=SECRET)
+def test_cli_models_and_providers(redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With a store (here the suite's Redis) health comes from it; without one the catalog still lists."""
+    env = env_for(redis_url, OPENAI_API_KEY=SECRET)
+    with_store = subprocess.run([sys.executable, "-m", "api.cli", "providers", "--json"],
+                                env=env, capture_output=True, text=True, timeout=60)
+    assert with_store.returncode == 0, with_store.stderr
+    openai_entry = next(p for p in json.loads(with_store.stdout)["data"] if p["id"] == "openai")
+    assert openai_entry["health"]["healthy"] is True
+    env = {k: v for k, v in env.items() if k != "REDIS_URL"}
+    env["MEGABRAIN_DATA_DIR"] = str(tmp_path / "no-store")  # nothing runs there, and nothing is started
     models = subprocess.run([sys.executable, "-m", "api.cli", "models", "--provider", "openai", "--available"],
                             env=env, capture_output=True, text=True, timeout=60, cwd=os.getcwd())
     assert models.returncode == 0, models.stderr
+    assert "no store is running" in models.stderr
     lines = models.stdout.splitlines()
     assert lines[0].split()[:2] == ["id", "context"]
     assert any(line.startswith("openai/gpt-4o-mini ") for line in lines)
@@ -155,3 +165,4 @@ def test_cli_models_and_providers() -> None:
     assert providers.returncode == 0, providers.stderr
     assert SECRET not in providers.stdout
     assert '"id": "openai"' in providers.stdout and '"configured": true' in providers.stdout
+    assert '"health"' not in providers.stdout

@@ -26,7 +26,7 @@ free = true
 
 
 @pytest.fixture(scope="module")
-def gateway(redis_url: str | None,
+def gateway(redis_url: str,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayHarness, AnthropicFakeState]]:
     state = AnthropicFakeState(api_key="sk-ant-test")
     config = tmp_path_factory.mktemp("limits") / "megabrain.toml"

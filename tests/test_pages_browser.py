@@ -44,7 +44,7 @@ def browser() -> Iterator["Browser"]:
 
 
 @pytest.fixture
-def gw(redis_url: str | None, fake_openai: tuple[OpenAIFakeState, str], tmp_path: Path) -> Iterator[GatewayHarness]:
+def gw(redis_url: str, fake_openai: tuple[OpenAIFakeState, str], tmp_path: Path) -> Iterator[GatewayHarness]:
     with GatewayHarness.from_env(accounts_env(redis_url, fake_openai[1], tmp_path)) as harness:
         yield harness
 

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
 
 import httpx
 import openai
-import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import ProcessGateway
 
 EXPECTED = "".join(f"tok{i} " for i in range(16))
-
-pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
-                                reason="separate processes need a real Redis (set REDIS_URL)")
-
 
 def test_web_and_worker_processes(gateway_env: dict[str, str], fake_openai: tuple[OpenAIFakeState, str]) -> None:
     with ProcessGateway(gateway_env, workers=2) as gateway:

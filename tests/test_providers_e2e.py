@@ -78,7 +78,7 @@ def fake_gemini(gemini_server: tuple[GeminiFakeState, str]) -> tuple[GeminiFakeS
 
 
 @pytest.fixture(scope="module")
-def native_gateway(redis_url: str | None, tmp_path_factory: pytest.TempPathFactory,
+def native_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
                    anthropic_server: tuple[AnthropicFakeState, str],
                    gemini_server: tuple[GeminiFakeState, str]) -> Iterator[GatewayHarness]:
     config = tmp_path_factory.mktemp("providers") / "megabrain.toml"

@@ -47,7 +47,7 @@ def servers() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def gateway(redis_url: str | None, tmp_path_factory: pytest.TempPathFactory,
+def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
             servers: dict[str, Any]) -> Iterator[GatewayHarness]:
     config = tmp_path_factory.mktemp("reasoning") / "megabrain.toml"
     config.write_text(CONFIG)

@@ -1,64 +1,33 @@
 """Resilience with real processes: SIGTERM/SIGKILL of workers and the web process, Redis outage, backpressure.
 
 ``megabrain web`` and ``megabrain worker`` run as separate processes (tests/harness.py ProcessGateway), so
-they need a real Redis: these tests skip when ``REDIS_URL`` is unset. The Redis-outage test starts its
-own ``redis-server`` on a free port so it can stop and restart it. Every wait is bounded.
+they share the suite's real Redis (``REDIS_URL`` or the session's embedded server). The Redis-outage test
+starts its own server (tests/harness.py RedisServer) on a free port so it can stop and restart it.
+Every wait is bounded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import json
-import os
-import socket
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.fakes.server import free_port
-from tests.harness import GatewayHarness, ProcessGateway, env_for
+from tests.harness import GatewayHarness, ProcessGateway, RedisServer, create_key, env_for, wait_until
 
 EXPECTED = "".join(f"tok{i} " for i in range(16))
 MESSAGES = [{"role": "user", "content": "hi"}]
 BODY = {"model": "gpt-4o-mini", "messages": MESSAGES}
 
-needs_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
-                                 reason="separate processes need a real Redis (set REDIS_URL)")
-
-
 def auth(env: dict[str, str]) -> dict[str, str]:
     """The test key of tests/conftest.py (gpt-4o-mini is a paid model)."""
     return {"authorization": f"Bearer {env['MEGABRAIN_TEST_API_KEY']}"}
-
-
-async def _create_key(redis_url: str, namespace: str) -> str:
-    from api.keys import KeyStore
-    from common.names import Names
-    from common.redis import connect
-
-    redis = connect(redis_url)
-    try:
-        return (await KeyStore(redis, Names(namespace)).create("resilience"))[1]
-    finally:
-        await redis.aclose()
-
-
-def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def live_workers(url: str) -> int:
@@ -99,7 +68,6 @@ def patient_env(gateway_env: dict[str, str]) -> dict[str, str]:
             "MEGABRAIN_KEEPALIVE_INTERVAL": "100", "MEGABRAIN_JSON_KEEPALIVE_AFTER": "100"}
 
 
-@needs_redis
 def test_sigterm_worker_mid_stream_finishes_the_stream(slow_env: dict[str, str],
                                                        fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
@@ -118,7 +86,6 @@ def test_sigterm_worker_mid_stream_finishes_the_stream(slow_env: dict[str, str],
         assert gw.workers[0].wait(10) == 0
 
 
-@needs_redis
 def test_sigterm_web_mid_stream_finishes_then_exits(slow_env: dict[str, str],
                                                     fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
@@ -139,7 +106,6 @@ def test_sigterm_web_mid_stream_finishes_then_exits(slow_env: dict[str, str],
             httpx.get(gw.url + "/health", timeout=2)
 
 
-@needs_redis
 def test_sigkill_worker_non_streaming_is_answered_by_another(patient_env: dict[str, str],
                                                              fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
@@ -164,7 +130,6 @@ def test_sigkill_worker_non_streaming_is_answered_by_another(patient_env: dict[s
                           in httpx.get(gw.url + "/metrics", timeout=5).text, 12, 0.5)
 
 
-@needs_redis
 def test_sigkill_worker_mid_stream_ends_with_an_error(patient_env: dict[str, str],
                                                       fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
@@ -189,52 +154,21 @@ def test_sigkill_worker_mid_stream_ends_with_an_error(patient_env: dict[str, str
 # --------------------------------------------------------------------------- Redis outage
 
 
-class RedisServer:
-    """A throw-away ``redis-server`` on a free port that a test can stop and start again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_until(self._answers, 10, 0.05), "redis-server did not start"
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
     server = RedisServer()
     server.start()
     yield server
     server.stop()
 
 
-@needs_redis
 def test_redis_outage_gives_fast_503_then_recovers(own_redis: RedisServer,
                                                    fake_openai: tuple[OpenAIFakeState, str]) -> None:
     _, upstream = fake_openai
     # a fast safety-net poll, so the workers' poll loops certainly meet the dead Redis during the outage
     env = env_for(own_redis.url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test",
                   MEGABRAIN_POLL_DELAY="0.3")
-    key = asyncio.run(_create_key(own_redis.url, env["MEGABRAIN_NAMESPACE"]))
+    key = create_key(own_redis.url, env["MEGABRAIN_NAMESPACE"])
     with ProcessGateway(env, workers=1) as gw:
         client = openai.OpenAI(api_key=key, max_retries=0, timeout=10, base_url=gw.url + "/v1")
         assert wait_until(lambda: live_workers(gw.url) == 1, 15)
@@ -247,7 +181,7 @@ def test_redis_outage_gives_fast_503_then_recovers(own_redis: RedisServer,
         assert httpx.get(gw.url + "/ready", timeout=5).status_code == 503
         time.sleep(1.5)  # an outage of several poll rounds, liveness writes and relay reconnect attempts
         own_redis.start()  # same port, empty data: the gateway must find its way back by itself
-        key = asyncio.run(_create_key(own_redis.url, env["MEGABRAIN_NAMESPACE"]))  # the old one was lost
+        key = create_key(own_redis.url, env["MEGABRAIN_NAMESPACE"])  # the old one was lost
         client = client.with_options(api_key=key)
 
         def serves() -> bool:

@@ -35,9 +35,9 @@ def make_wav(seconds: float = 0.25, rate: int = 8000) -> bytes:
 WAV = make_wav()
 
 
-def blob_keys(redis_url: str | None, gateway: GatewayHarness) -> list[bytes]:
+def blob_keys(redis_url: str, gateway: GatewayHarness) -> list[bytes]:
     async def scan() -> list[bytes]:
-        redis = connect(redis_url)  # with the embedded Redis this is the gateway's own in-process server
+        redis = connect(redis_url)
         try:
             return [key async for key in redis.scan_iter(match=f"{gateway.settings.namespace}:blob:*")]
         finally:
@@ -46,7 +46,7 @@ def blob_keys(redis_url: str | None, gateway: GatewayHarness) -> list[bytes]:
     return asyncio.run(scan())
 
 
-def wait_no_blobs(redis_url: str | None, gateway: GatewayHarness) -> list[bytes]:
+def wait_no_blobs(redis_url: str, gateway: GatewayHarness) -> list[bytes]:
     """The blob keys still there once the request's cleanup had a few seconds to run (normally at once)."""
     deadline = time.monotonic() + 5
     keys = blob_keys(redis_url, gateway)
@@ -60,7 +60,7 @@ def upload_of(state: OpenAIFakeState) -> dict:
     return state.requests[-1]["body"]
 
 
-def test_json_transcription(client: openai.OpenAI, gateway: GatewayHarness, redis_url: str | None,
+def test_json_transcription(client: openai.OpenAI, gateway: GatewayHarness, redis_url: str,
                             fake_openai: tuple[OpenAIFakeState, str]) -> None:
     raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=("hello.wav", WAV, "audio/wav"),
                                                                language="en", prompt="a greeting", temperature=0.2)
@@ -79,7 +79,7 @@ def test_json_transcription(client: openai.OpenAI, gateway: GatewayHarness, redi
     ("srt", "1\n00:00:00,000 --> 00:00:01,000\ntranscribed {n} bytes\n\n"),
     ("vtt", "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\ntranscribed {n} bytes\n\n"),
 ])
-def test_text_formats_are_plain_text(client: openai.OpenAI, gateway: GatewayHarness, redis_url: str | None,
+def test_text_formats_are_plain_text(client: openai.OpenAI, gateway: GatewayHarness, redis_url: str,
                                      fmt: str, expected: str) -> None:
     raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=("a.wav", WAV),
                                                                response_format=fmt)
@@ -98,7 +98,7 @@ def test_verbose_json_with_granularities(client: openai.OpenAI, fake_openai: tup
 
 
 def test_upload_over_the_limit_is_refused_unforwarded(gateway: GatewayHarness, gateway_env: dict[str, str],
-                                                      redis_url: str | None,
+                                                      redis_url: str,
                                                       fake_openai: tuple[OpenAIFakeState, str]) -> None:
     big = b"\x00" * (26 * 1024 * 1024)
     response = httpx.post(gateway.url + "/v1/audio/transcriptions", headers=auth(gateway_env), timeout=30,
@@ -110,7 +110,7 @@ def test_upload_over_the_limit_is_refused_unforwarded(gateway: GatewayHarness, g
 
 
 def test_upload_over_the_limit_without_content_length(gateway: GatewayHarness, gateway_env: dict[str, str],
-                                                      redis_url: str | None,
+                                                      redis_url: str,
                                                       fake_openai: tuple[OpenAIFakeState, str]) -> None:
     """A chunked upload has no declared length: the running count stops it."""
     boundary = "testboundary"
@@ -141,7 +141,7 @@ AUDIO = ("a.wav", WAV, "audio/wav")
     ({"model": (None, "whisper-1"), "temperature": (None, "hot"), "file": AUDIO}, "temperature"),
     ({"model": (None, "gpt-4o-mini"), "file": AUDIO}, "model"),
 ])
-def test_invalid_uploads(gateway: GatewayHarness, gateway_env: dict[str, str], redis_url: str | None,
+def test_invalid_uploads(gateway: GatewayHarness, gateway_env: dict[str, str], redis_url: str,
                          fake_openai: tuple[OpenAIFakeState, str], parts: dict, param: str) -> None:
     response = httpx.post(gateway.url + "/v1/audio/transcriptions", headers=auth(gateway_env), timeout=20,
                           files=parts)  # (None, value) parts are plain fields
@@ -152,7 +152,7 @@ def test_invalid_uploads(gateway: GatewayHarness, gateway_env: dict[str, str], r
 
 
 def test_retry_after_upstream_error_resends_the_audio(client: openai.OpenAI, gateway: GatewayHarness,
-                                                      redis_url: str | None,
+                                                      redis_url: str,
                                                       fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
     state.failures = [500]
@@ -163,7 +163,7 @@ def test_retry_after_upstream_error_resends_the_audio(client: openai.OpenAI, gat
     assert wait_no_blobs(redis_url, gateway) == []
 
 
-def test_upstream_error_leaves_nothing(client: openai.OpenAI, gateway: GatewayHarness, redis_url: str | None,
+def test_upstream_error_leaves_nothing(client: openai.OpenAI, gateway: GatewayHarness, redis_url: str,
                                        fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
     state.failures = [503, 503, 503]
@@ -178,7 +178,7 @@ def test_upstream_error_leaves_nothing(client: openai.OpenAI, gateway: GatewayHa
     assert wait_no_blobs(redis_url, gateway) == []
 
 
-def test_client_gone_leaves_nothing(gateway: GatewayHarness, gateway_env: dict[str, str], redis_url: str | None,
+def test_client_gone_leaves_nothing(gateway: GatewayHarness, gateway_env: dict[str, str], redis_url: str,
                                     fake_openai: tuple[OpenAIFakeState, str]) -> None:
     """The client leaves while the worker waits to retry (the audio is back in Redis by then)."""
     state, _ = fake_openai
@@ -194,7 +194,7 @@ def test_client_gone_leaves_nothing(gateway: GatewayHarness, gateway_env: dict[s
 
 
 @pytest.fixture
-def groq_gateway(redis_url: str | None,
+def groq_gateway(redis_url: str,
                  fake_openai: tuple[OpenAIFakeState, str]) -> Iterator[tuple[GatewayHarness, dict[str, str]]]:
     _, upstream = fake_openai
     env = with_test_key(env_for(redis_url, GROQ_BASE_URL=upstream, GROQ_API_KEY="gsk-test"), redis_url)
@@ -202,7 +202,7 @@ def groq_gateway(redis_url: str | None,
         yield harness, env
 
 
-def test_groq_transcription(groq_gateway: tuple[GatewayHarness, dict[str, str]], redis_url: str | None,
+def test_groq_transcription(groq_gateway: tuple[GatewayHarness, dict[str, str]], redis_url: str,
                             fake_openai: tuple[OpenAIFakeState, str]) -> None:
     harness, env = groq_gateway
     result = sdk(harness, env).audio.transcriptions.create(model="groq/whisper-large-v3-turbo",

@@ -76,7 +76,7 @@ async def serve(ctx: dict[str, Any], payload: bytes) -> None:
 async def _run(runtime: Runtime, job: Job) -> None:
     route = job.plan[job.hop]
     queued_ms = round((time.time() - job.enqueued_at) * 1000, 3) if job.enqueued_at else None
-    pub = Publisher(runtime.redis, job.reply_channel, job.request_id, job.attempt, job.seq,
+    pub = Publisher(runtime.redises.pool(route.provider), job.reply_channel, job.request_id, job.attempt, job.seq,
                     hello=Hello(runtime.worker_id, route.provider, queued_ms, 0.0))
     runtime.publishers[job.request_id] = pub
     settled = False  # served and accounted, or handed on with its reservation
@@ -171,10 +171,9 @@ async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: Upst
             await pub.send("handoff", handoff=Handoff(pool, candidate.hop, job_id(candidate)))
             candidate.seq = pub.seq  # the next worker's events follow this one's
 
-        redis = runtime.redis
         handed, _ = await enqueue_candidate(
-            redis, runtime.names, job, job.hop + 1, announce=announce,
-            is_live=lambda pool: has_live_worker(redis, runtime.names, pool),
+            runtime.redises.pool, runtime.names, job, job.hop + 1, announce=announce,
+            is_live=lambda pool: has_live_worker(runtime.redises.pool(pool), runtime.names, pool),
             depth_limit=runtime.settings.limits.queue_depth_limit,
             pickup_timeout=runtime.settings.pickup_timeout,
         )

@@ -28,7 +28,7 @@ from arq.worker import Worker
 
 from common import metrics
 from common.names import Names
-from common.redis import connect, job_deserializer, job_serializer
+from common.redis import Redises, job_deserializer, job_serializer
 from common.settings import Settings
 from common.telemetry import flush_sentry, init_sentry
 from router.catalog import build_catalog
@@ -173,13 +173,19 @@ class PoolProcess:
         self.names = Names(settings.namespace)
         self.pools = pools
         providers = resolve_providers(settings)
-        self.redis = connect(settings.redis_url, max_connections=settings.worker_max_jobs * len(pools) + 10)
-        self.pubsub_redis = connect(settings.redis_url, pubsub=True, max_connections=2)
+        # the main Redis (usage, health, metrics) and each pool's (queue, wake-ups, liveness, events)
+        self.redises = Redises(settings, max_connections=settings.worker_max_jobs * len(pools) + 10)
+        self.redis = self.redises.main
+        self.pubsub_redises = Redises(settings, pubsub=True, max_connections=2)
         self.runtime = Runtime(
             settings=settings, names=self.names, redis=self.redis,
             http=make_http_client(settings, max_connections=settings.worker_max_jobs * max(1, len(pools))),
-            providers=providers, catalog=build_catalog(settings, providers), pools=pools,
+            providers=providers, catalog=build_catalog(settings, providers), pools=pools, redises=self.redises,
         )
+        # batched writes per Redis: usage and health on the main one, a finished job's clean-up on its pool's
+        self.tallies = {id(self.redis): (self.redis, self.runtime.tally)}
+        for redis, _ in self.redises.by_redis(pools):
+            self.tallies.setdefault(id(redis), (redis, Tally()))
         self.wakes = {pool: asyncio.Event() for pool in pools}
         self.workers = [self._make_worker(pool) for pool in pools]
         self._tasks: list[asyncio.Task[Any]] = []
@@ -190,9 +196,9 @@ class PoolProcess:
             functions=[arq.worker.func(serve, name=JOB_FUNCTION, max_tries=1,
                                        timeout=self.settings.request_timeout + 30)],
             queue_name=self.names.queue(pool),
-            redis_pool=self.redis,
+            redis_pool=self.redises.pool(pool),
             wake=self.wakes[pool],
-            tally=self.runtime.tally,
+            tally=self.tallies[id(self.redises.pool(pool))][1],
             handle_signals=False,
             max_jobs=self.settings.worker_max_jobs,
             poll_delay=self.settings.poll_delay,
@@ -211,7 +217,8 @@ class PoolProcess:
         await self._write_liveness()
         self.runtime.circuits = await health.read_circuits(self.redis, self.names, self.pools)
         self._tasks = [
-            asyncio.create_task(self._listen(), name="pool-listen"),
+            *(asyncio.create_task(self._listen(redis, pools), name="pool-listen")
+              for redis, pools in self.pubsub_redises.by_redis(self.pools)),
             asyncio.create_task(self._alive_loop(), name="pool-alive"),
             asyncio.create_task(self._liveness_loop(), name="pool-liveness"),
             asyncio.create_task(self._heartbeat_loop(), name="pool-heartbeats"),
@@ -243,13 +250,14 @@ class PoolProcess:
         for worker in self.workers:
             worker.allow_pick_jobs = False
         # leave the liveness set first, so web processes stop sending us work
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for pool in self.pools:
-                    pipe.zrem(self.names.live_workers(pool), self.runtime.worker_id)
-                await pipe.execute()
-        except Exception:
-            pass
+        for redis, pools in self.redises.by_redis(self.pools):
+            try:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for pool in pools:
+                        pipe.zrem(self.names.live_workers(pool), self.runtime.worker_id)
+                    await pipe.execute()
+            except Exception:
+                pass
         deadline = time.monotonic() + self.settings.shutdown_grace
         while any(w.tasks for w in self.workers) and time.monotonic() < deadline:
             for worker in self.workers:
@@ -277,22 +285,25 @@ class PoolProcess:
         except Exception:
             pass
         try:
-            await self.runtime.tally.flush(self.redis)
+            await self._flush_tallies()
         except Exception as exc:
             log.warning("could not write the last counters (%s)", type(exc).__name__)
         await self.runtime.http.aclose()
-        await self.redis.aclose()
-        await self.pubsub_redis.aclose()
+        await self.redises.aclose()
+        await self.pubsub_redises.aclose()
 
-    async def _listen(self) -> None:
-        """One subscription: wake channels of our pools, and our control channel."""
-        wake_by_channel = {self.names.wake_channel(p).encode(): self.wakes[p] for p in self.pools}
+    async def _flush_tallies(self) -> None:
+        await asyncio.gather(*(tally.flush(redis) for redis, tally in self.tallies.values()))
+
+    async def _listen(self, redis: Any, pools: list[str]) -> None:
+        """One subscription per Redis of our pools: their wake channels, and our control channel."""
+        wake_by_channel = {self.names.wake_channel(p).encode(): self.wakes[p] for p in pools}
         control = self.names.control_channel(self.runtime.worker_id).encode()
         while not self.stopping:
-            pubsub = self.pubsub_redis.pubsub()
+            pubsub = redis.pubsub()
             try:
                 await pubsub.subscribe(*wake_by_channel, control)
-                for event in self.wakes.values():
+                for event in wake_by_channel.values():
                     event.set()  # poll once after (re)subscribing, in case nudges were missed
                 async for message in pubsub.listen():
                     if message["type"] != "message":
@@ -330,13 +341,14 @@ class PoolProcess:
 
     async def _write_liveness(self) -> None:
         now = time.time()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for pool in self.pools:
-                key = self.names.live_workers(pool)
-                pipe.zadd(key, {self.runtime.worker_id: now})
-                pipe.zremrangebyscore(key, "-inf", now - LIVENESS_TTL * 10)
-                pipe.expire(key, int(LIVENESS_TTL * 20))
-            await pipe.execute()
+        for redis, pools in self.redises.by_redis(self.pools):  # each pool's liveness on its own Redis
+            async with redis.pipeline(transaction=False) as pipe:
+                for pool in pools:
+                    key = self.names.live_workers(pool)
+                    pipe.zadd(key, {self.runtime.worker_id: now})
+                    pipe.zremrangebyscore(key, "-inf", now - LIVENESS_TTL * 10)
+                    pipe.expire(key, int(LIVENESS_TTL * 20))
+                await pipe.execute()
 
     async def _liveness_loop(self) -> None:
         """Liveness, and the circuits of our providers (for the health fast path), every couple of seconds."""
@@ -353,7 +365,7 @@ class PoolProcess:
         while not self.stopping:
             await asyncio.sleep(TALLY_INTERVAL)
             try:
-                await self.runtime.tally.flush(self.redis)
+                await self._flush_tallies()
             except Exception as exc:
                 log.warning("could not write counters (%s); keeping them for the next try", type(exc).__name__)
 

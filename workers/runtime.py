@@ -14,6 +14,7 @@ import httpx
 from arq.connections import ArqRedis
 
 from common.names import Names
+from common.redis import Redises
 from common.settings import Settings
 from router.catalog import Catalog
 from router.providers import Provider
@@ -27,11 +28,12 @@ from workers.tally import Tally
 class Runtime:
     settings: Settings
     names: Names
-    redis: ArqRedis
+    redis: ArqRedis  # the main Redis: usage, health, uploads
     http: httpx.AsyncClient
     providers: dict[str, Provider]
     catalog: Catalog
     pools: tuple[str, ...]
+    redises: Redises  # redises.pool(p): pool p's queue and reply events
     worker_id: str = field(default_factory=lambda: secrets.token_hex(6))
     # request id -> the task running it, so a cancel from the web tier can stop it
     active: dict[str, asyncio.Task[Any]] = field(default_factory=dict)

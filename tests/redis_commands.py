@@ -1,0 +1,81 @@
+"""Redis commands per request, measured with ``INFO commandstats`` deltas over N requests.
+
+``python -m tests.redis_commands [N]`` starts its own Redis (the store's binary), the fake upstream and a
+gateway (API and the openai pool in one process, as ``megabrain serve``), sends N JSON and N streaming
+chat requests with a key, and prints the commands each request cost, by command. The background loops
+(liveness, health, metrics, the safety-net poll) are measured over an idle stretch of the same length and
+subtracted. The README's scaling bound comes from these numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import httpx
+import redis as sync_redis
+
+from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
+from tests.fakes.server import ThreadedServer
+from tests.harness import GatewayHarness, RedisServer, create_key, env_for
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def command_counts(client: sync_redis.Redis) -> dict[str, int]:
+    """Calls per command so far (``INFO commandstats``)."""
+    return {name.removeprefix("cmdstat_"): int(stats["calls"]) for name, stats in client.info("commandstats").items()}
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
+
+
+def per_request(harness: GatewayHarness, client: sync_redis.Redis, key: str, n: int, stream: bool) -> dict[str, float]:
+    """Commands per request of ``n`` requests, background activity over the same time subtracted."""
+    body = {**BODY, "stream": stream}
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=harness.url, headers=headers, timeout=30) as http:
+        http.post("/v1/chat/completions", json=body).raise_for_status()  # warm: scripts loaded, key cached
+        time.sleep(0.5)  # the warm-up's batched writes land
+        before, started = command_counts(client), time.monotonic()
+        for _ in range(n):
+            http.post("/v1/chat/completions", json=body).raise_for_status()
+        time.sleep(0.5)  # this run's batched writes land
+        busy = delta(command_counts(client), before)
+        elapsed = time.monotonic() - started
+    idle_before = command_counts(client)
+    time.sleep(elapsed)
+    idle = delta(command_counts(client), idle_before)
+    idle.pop("info", None)
+    busy.pop("info", None)
+    net = {k: (busy.get(k, 0) - idle.get(k, 0)) / n for k in set(busy) | set(idle)}
+    return {k: round(v, 2) for k, v in sorted(net.items()) if abs(v) >= 0.01}
+
+
+def measure(n: int = 100) -> dict[str, Any]:
+    server = RedisServer().start()
+    state = OpenAIFakeState()
+    try:
+        with ThreadedServer(create_openai_app(state)) as upstream:
+            env = env_for(server.url, OPENAI_BASE_URL=upstream.url + "/v1", OPENAI_API_KEY="sk-upstream-test")
+
+            key = create_key(server.url, env["MEGABRAIN_NAMESPACE"], "bench")
+            client = sync_redis.Redis(port=server.port)
+            with GatewayHarness.from_env(env) as harness:
+                result = {}
+                for label, stream in (("json", False), ("stream", True)):
+                    by_command = per_request(harness, client, key, n, stream)
+                    result[label] = {"total": round(sum(by_command.values()), 1), "by_command": by_command}
+                return {"requests": n, **result}
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.getLogger("megabrain").setLevel(logging.WARNING)  # no request log lines between the numbers
+    print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 100), indent=2))
