@@ -139,16 +139,19 @@ async def key_usage(request: Request) -> Response:
     return _json(usage_json(key_id, await store.usage(key_id, days), await store.month_spend(key_id)))
 
 
-async def own_usage(request: Request) -> Response:
-    """The presented key's own usage; uncached, so a revoked key is refused at once."""
+async def presented_key(request: Request, what: str) -> KeyRecord:
+    """The caller's own key record, looked up uncached so a revoked key is refused at once; 401 otherwise."""
     token = bearer_token(request.headers.get("authorization"))
-    store = _store(request)
-    record = await store.lookup(token) if token else None
+    record = await _store(request).lookup(token) if token else None
     if record is None or record.revoked:
-        raise GatewayError(
-            "authentication_required",
-            "Send your API key as 'Authorization: Bearer mb-...' to see its usage.",
-        )
+        raise GatewayError("authentication_required", f"Send your API key as 'Authorization: Bearer mb-...' {what}.")
+    return record
+
+
+async def own_usage(request: Request) -> Response:
+    """The presented key's own usage."""
+    record = await presented_key(request, "to see its usage")
+    store = _store(request)
     days = _days(request)
     return _json(usage_json(record.id, await store.usage(record.id, days), await store.month_spend(record.id)))
 

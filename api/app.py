@@ -1,4 +1,5 @@
-"""The web tier's ASGI app: routes (bare and under ``/v1``, behind an optional mount prefix) and errors.
+"""The web tier's ASGI app: routes (bare, under ``/v1`` and ``/api/v1``, and the same again under an optional
+mount prefix) and errors.
 
 Handlers take the raw Starlette request and validate with msgspec themselves, so no pydantic model sits
 on the hot path; every refusal, including unknown routes, is the documented error envelope.
@@ -15,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import admin, chat, embeddings, listings, messages, ops, pages, responses_api, transcriptions
+from api import admin, chat, embeddings, listings, lookups, messages, ops, pages, responses_api, transcriptions
 from api.gateway import Gateway
 from api.responses import error_response
 from common.errors import GatewayError
@@ -27,11 +28,24 @@ log = logging.getLogger("megabrain.api")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-# (method, path, handler) from each route module: each is served bare and under /v1
+# (method, path, handler) from each route module: each is served under every base of ``route_bases``
 ROUTES: list[tuple[str, str, Endpoint]] = [
-    *chat.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES, *listings.ROUTES, *admin.ROUTES, *ops.ROUTES,
-    *messages.ROUTES, *responses_api.ROUTES,
+    *chat.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES, *listings.ROUTES, *lookups.ROUTES,
+    *admin.ROUTES, *ops.ROUTES, *messages.ROUTES, *responses_api.ROUTES,
 ]
+
+# Bare, OpenAI's /v1 and OpenRouter's /api/v1: tools written for either find every route.
+BASES = ("", "/v1", "/api/v1")
+
+
+def route_bases(mount_prefix: str) -> list[str]:
+    """Where routes are served: always the plain bases, and the same under the mount prefix when set
+    (the prefix adds paths, it never takes the plain ones away)."""
+    prefix = mount_prefix.rstrip("/")
+    bases = list(BASES)
+    if prefix:
+        bases += [prefix + base for base in BASES]
+    return bases
 
 
 def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None) -> FastAPI:
@@ -51,13 +65,13 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
 
     app = FastAPI(title="Megabrain Gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
-    prefix = settings.mount_prefix
+    bases = route_bases(settings.mount_prefix)
     for method, path, endpoint in ROUTES:
-        for base in (prefix, prefix + "/v1"):
+        for base in bases:
             # plain Starlette routes: no dependency solving or pydantic on the hot path
             app.router.add_route(base + path, endpoint, methods=[method], include_in_schema=False)
     for method, path, endpoint in pages.ROUTES:  # browser pages: bare or under the prefix, not /v1
-        app.router.add_route(prefix + path, endpoint, methods=[method], include_in_schema=False)
+        app.router.add_route(settings.mount_prefix + path, endpoint, methods=[method], include_in_schema=False)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:

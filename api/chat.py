@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -15,6 +16,7 @@ from api.gateway import Gateway
 from common.errors import GatewayError
 from common.wire import ChatRequest
 from router.plan import plan_for
+from router.preferences import CHECKED_PARAMETERS
 
 
 async def chat_completions(request: Request) -> Response:
@@ -22,11 +24,13 @@ async def chat_completions(request: Request) -> Response:
     dispatch = Dispatch(gateway, request, "chat")
     try:
         body, chat = await read_json(request, ChatRequest, gateway.settings.limits.max_body_bytes)
-        dispatch.exchange.model = chat.model
+        dispatch.exchange.model = chat.model or (chat.models[0] if chat.models else "")
         output_tokens = chat.max_completion_tokens or chat.max_tokens
         try:
             plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
-                            messages=chat.messages, tools=chat.tools, output_tokens=output_tokens)
+                            messages=chat.messages, tools=chat.tools, output_tokens=output_tokens,
+                            preferences=chat.provider, parameters=request_parameters(chat, body),
+                            affinity=caller_affinity(request))
         except GatewayError as error:
             raise await refuse_unknown_key(gateway, request, error) from None
         await dispatch.admit(plan, messages=_builtins(chat.messages), tools=_builtins(chat.tools),
@@ -41,6 +45,21 @@ async def chat_completions(request: Request) -> Response:
 
 def _builtins(items: list[Any] | None) -> list[Any]:
     return msgspec.to_builtins(items or [])
+
+
+def request_parameters(chat: ChatRequest, body: bytes) -> frozenset[str]:
+    """The optional parameters a request uses, for ``provider.require_parameters``."""
+    used = {name for name in CHECKED_PARAMETERS if getattr(chat, name, None) is not None}
+    if b'"reasoning' in body:  # "reasoning" or "reasoning_effort" (not validated here; adapters read them)
+        used.add("reasoning")
+    return frozenset(used)
+
+
+def caller_affinity(request: Request) -> str:
+    """Who asks, as a short hash (never the key itself): equally good endpoints are chosen per caller and
+    stay chosen, so a key's prompt cache at its provider stays warm."""
+    who = request.headers.get("authorization") or (request.client.host if request.client else "")
+    return hashlib.blake2b(who.encode(), digest_size=8).hexdigest()
 
 
 ROUTES = [("POST", "/chat/completions", chat_completions)]

@@ -1,4 +1,5 @@
-"""``GET /models``, ``/models/{id}``, ``/embedding-models``, ``/transcription-models`` and ``/providers``.
+"""``GET /models``, ``/models/{id}``, ``/models/{id}/endpoints``, ``/embedding-models``,
+``/transcription-models`` and ``/providers``, in OpenAI's list format with OpenRouter's fields.
 
 The lists are built from the catalog once per filter combination and kept as encoded bytes (plus a gzip
 copy, made on first demand), so a repeated request costs a dictionary hit and a header check. Lists that
@@ -23,8 +24,9 @@ from starlette.responses import Response
 
 from api.gateway import Gateway
 from common.errors import GatewayError
-from router.catalog import Catalog, Model
+from router.catalog import AUTO_MODELS, Catalog, Model
 from router.health import HealthSnapshot
+from router.preferences import hidden_free, price_of
 from router.providers import Provider
 
 MODALITIES = ("chat", "embedding", "transcription")
@@ -38,26 +40,119 @@ _encode = msgspec.json.Encoder().encode
 # --- entries (shared with the CLI) ------------------------------------------------------------------------
 
 
-def model_entry(model: Model) -> dict[str, Any]:
-    """One model in OpenAI's list format plus what clients choose by: name, context, prices, kind, tier."""
+def pricing_of(model: Model) -> dict[str, str]:
+    """USD per token as decimal strings; cache rates where the data knows them."""
     pricing: dict[str, str] = {"prompt": model.prompt_price, "completion": model.completion_price}
+    if model.cache_read_price is not None:
+        pricing["input_cache_read"] = model.cache_read_price
+    if model.cache_write_price is not None:
+        pricing["input_cache_write"] = model.cache_write_price
     if model.audio_hour_price is not None:
         pricing["audio_per_hour"] = model.audio_hour_price
+    return pricing
+
+
+def model_entry(model: Model) -> dict[str, Any]:
+    """One endpoint in OpenAI's list format, with OpenRouter's fields (``canonical_slug``,
+    ``architecture``, ``top_provider``, ``supported_parameters``) and what clients choose by."""
+    inputs, outputs = list(model.input_modalities), list(model.output_modalities)
     return {
         "id": model.id,
+        "canonical_slug": model.slug,
         "object": "model",
         "created": model.created,
         "owned_by": model.provider,
         "name": model.name,
+        "description": None,
         "provider": model.provider,
         "modality": model.modality,
+        "architecture": {
+            "modality": "+".join(inputs) + "->" + "+".join(outputs),
+            "input_modalities": inputs,
+            "output_modalities": outputs,
+            "tokenizer": model.family,
+        },
         "context_length": model.context_length,
         "max_output_tokens": model.max_output_tokens,
-        "pricing": pricing,
+        "top_provider": {"context_length": model.context_length, "max_completion_tokens": model.max_output_tokens,
+                         "is_moderated": False},
+        "pricing": pricing_of(model),
+        "supported_parameters": list(model.supported_parameters),
         "capabilities": sorted(model.capabilities),
+        "quantization": model.quantization,
         "free": model.free,
         "tier": model.tier,
         "deprecated": model.deprecated,
+    }
+
+
+def canonical_entry(slug: str, endpoints: list[Model]) -> dict[str, Any]:
+    """A canonical ``author/model`` id, described by its cheapest endpoint (what a default request pays),
+    with its widest limits."""
+    best = min(endpoints, key=price_of)
+    entry = model_entry(best)
+    context = max((m.context_length or 0 for m in endpoints), default=0) or None
+    output = max((m.max_output_tokens or 0 for m in endpoints), default=0) or None
+    entry.update(id=slug, owned_by=slug.split("/", 1)[0], name=_display_name(best, slug), context_length=context,
+                 max_output_tokens=output, endpoints=len(endpoints))
+    entry["top_provider"] = {"context_length": best.context_length, "max_completion_tokens": best.max_output_tokens,
+                             "is_moderated": False}
+    return entry
+
+
+def _display_name(model: Model, slug: str) -> str:
+    return model.name if model.name and "/" not in model.name else slug.split("/", 1)[1]
+
+
+AUTO_DESCRIPTIONS = {
+    "auto": ("Auto (best available)", "frontier", "The best configured, healthy model that fits the request."),
+    "auto-free": ("Auto (free models only)", "free", "Free models only; never a paid fallback."),
+    "auto-balanced": ("Auto (balanced)", "balanced", "Cost-effective capable paid models."),
+    "auto-frontier": ("Auto (frontier)", "frontier", "Frontier paid models only."),
+}
+
+
+def auto_entry(model_id: str) -> dict[str, Any]:
+    """An auto id as a listing: it routes, so it has no price of its own (the chosen model's applies)."""
+    name, tier, description = AUTO_DESCRIPTIONS[model_id]
+    return {
+        "id": model_id, "canonical_slug": model_id, "object": "model", "created": 0, "owned_by": "megabrain",
+        "name": name, "description": description, "provider": None, "modality": "chat",
+        "architecture": {"modality": "text+image->text", "input_modalities": ["text", "image"],
+                         "output_modalities": ["text"], "tokenizer": None},
+        "context_length": None, "max_output_tokens": None, "top_provider": None, "pricing": {},
+        "supported_parameters": [], "capabilities": [], "quantization": None,
+        "free": model_id == "auto-free", "tier": tier, "deprecated": False,
+    }
+
+
+def endpoint_entry(model: Model, provider: Provider | None, health: HealthSnapshot | None) -> dict[str, Any]:
+    """One endpoint of a model as OpenRouter's ``/models/{author}/{slug}/endpoints`` lists it, with its
+    live health (last minute: ``uptime`` = share of answered calls, ``latency`` = mean ms)."""
+    name = provider.name if provider else model.provider
+    error_rate = health.error_rate(model.provider, model.id) if health is not None else None
+    latency = health.latency(model.provider, model.id) if health is not None else None
+    circuit = circuit_state(health, model.provider, model.id) if health is not None else "closed"
+    return {
+        "name": f"{name} | {model.upstream_id}",
+        "id": model.id,
+        "model_name": model.name,
+        "provider_name": name,
+        "tag": model.provider,
+        "upstream_id": model.upstream_id,
+        "configured": bool(provider and provider.configured),
+        "context_length": model.context_length,
+        "max_completion_tokens": model.max_output_tokens,
+        "max_prompt_tokens": None,
+        "pricing": pricing_of(model),
+        "quantization": model.quantization,
+        "supported_parameters": list(model.supported_parameters),
+        "data_collection": provider.data_collection if provider else "unknown",
+        "status": -1 if circuit == "open" else 0,
+        "circuit": circuit,
+        "uptime_last_30m": None if error_rate is None else round(100 * (1 - error_rate), 2),
+        "latency_last_30m": None if latency is None else round(latency * 1000),
+        "health_window_seconds": 60,
     }
 
 
@@ -108,6 +203,23 @@ def select_models(
             continue
         chosen.append(model)
     return chosen
+
+
+def list_entries(catalog: Catalog, models: list[Model], *, modality: str | None, provider: str | None,
+                 free: bool | None) -> list[dict[str, Any]]:
+    """The listing: each endpoint, then (unless filtered by provider) each canonical id that is not an
+    endpoint id itself, described by the endpoints that passed the filters, then the auto ids."""
+    entries = [model_entry(m) for m in models]
+    if provider is not None:
+        return entries
+    groups: dict[str, list[Model]] = {}
+    for model in models:
+        if model.canonical and model.canonical not in catalog.models and not hidden_free(model):
+            groups.setdefault(model.canonical, []).append(model)
+    entries += [canonical_entry(slug, group) for slug, group in groups.items()]
+    if modality in (None, "chat"):
+        entries += [auto_entry(a) for a in AUTO_MODELS if free is None or free == (a == "auto-free")]
+    return entries
 
 
 def _available(catalog: Catalog, model: Model, health: HealthSnapshot | None) -> bool:
@@ -242,7 +354,8 @@ def _list_response(request: Request, default_modality: str) -> Response:
     def build() -> object:
         models = select_models(catalog, modality=modality, provider=provider, available=available, free=free,
                                health=health)
-        return {"object": "list", "data": [model_entry(m) for m in models]}
+        return {"object": "list", "data": list_entries(catalog, models, modality=modality, provider=provider,
+                                                       free=free)}
 
     encoded = cache_for(catalog).get(("models", modality, provider, available, free), health, build)
     return send(request, encoded, LIVE_CACHE_CONTROL if available else STATIC_CACHE_CONTROL)
@@ -261,17 +374,55 @@ async def list_transcription_models(request: Request) -> Response:
     return _list_response(request, "transcription")
 
 
+def _not_listed(catalog: Catalog, model_id: str) -> GatewayError:
+    suggestions = catalog.suggest(model_id) if model_id else []
+    hint = f" Did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+    return GatewayError("model_not_found", f"The model {model_id!r} is not listed here.{hint}", param="model")
+
+
 async def get_model(request: Request) -> Response:
-    """One listed model by id or alias; the entry names its canonical id."""
+    """One listed model by endpoint id, canonical id, alias or auto id."""
     catalog = _gateway(request).catalog
     model_id = request.path_params.get("model_id", "")
-    model = catalog.get(model_id) if model_id else None
+    if model_id in AUTO_MODELS:
+        encoded = cache_for(catalog).get(("model", model_id), None, lambda: auto_entry(model_id))
+        return send(request, encoded, STATIC_CACHE_CONTROL)
+    model = catalog.models.get(model_id)
+    slug = catalog.canonical(model_id) if model is None else None
+    if slug is not None:
+        group = [m for m in catalog.endpoints_of(slug) if m.listed and not hidden_free(m)]
+        if group:
+            encoded = cache_for(catalog).get(("canonical", slug), None, lambda: canonical_entry(slug, group))
+            return send(request, encoded, STATIC_CACHE_CONTROL)
+    model = model or (catalog.get(model_id) if model_id else None)
     if model is None or not model.listed:
-        suggestions = catalog.suggest(model_id) if model_id else []
-        hint = f" Did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        raise GatewayError("model_not_found", f"The model {model_id!r} is not listed here.{hint}", param="model")
+        raise _not_listed(catalog, model_id)
     encoded = cache_for(catalog).get(("model", model.id), None, lambda: model_entry(model))
     return send(request, encoded, STATIC_CACHE_CONTROL)
+
+
+async def list_endpoints(request: Request) -> Response:
+    """``GET /models/{author}/{slug}/endpoints``: every endpoint of a model, cheapest first, with price,
+    limits and live health. An endpoint id lists its canonical model's endpoints."""
+    gateway = _gateway(request)
+    catalog = gateway.catalog
+    model_id = request.path_params.get("model_id", "")
+    slug = catalog.canonical(model_id)
+    if slug is None:
+        model = catalog.get(model_id)
+        if model is None or not model.listed:
+            raise _not_listed(catalog, model_id)
+        slug = model.slug
+    group = sorted(catalog.endpoints_of(slug), key=lambda m: (price_of(m), m.id))
+    health = gateway.health
+
+    def build() -> object:
+        head = canonical_entry(slug, [m for m in group if not hidden_free(m)] or group)
+        head["endpoints"] = [endpoint_entry(m, catalog.providers.get(m.provider), health) for m in group]
+        return {"data": head}
+
+    encoded = cache_for(catalog).get(("endpoints", slug), health, build)
+    return send(request, encoded, LIVE_CACHE_CONTROL)
 
 
 async def list_providers(request: Request) -> Response:
@@ -288,6 +439,7 @@ async def list_providers(request: Request) -> Response:
 
 ROUTES = [
     ("GET", "/models", list_models),
+    ("GET", "/models/{model_id:path}/endpoints", list_endpoints),
     ("GET", "/models/{model_id:path}", get_model),
     ("GET", "/embedding-models", list_embedding_models),
     ("GET", "/transcription-models", list_transcription_models),

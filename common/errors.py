@@ -23,6 +23,7 @@ STATUS_BY_TYPE: dict[str, int] = {
     "permission_denied": 403,
     "model_not_found": 404,
     "not_found": 404,
+    "no_endpoints_found": 404,
     "method_not_allowed": 405,
     "payload_too_large": 413,
     "unsupported_media_type": 415,

@@ -46,6 +46,10 @@ class Names:
         """Failure/latency counters of a provider or a provider+model (circuit breaker state)."""
         return f"{self.ns}:health:{scope}"
 
+    def generation(self, request_id: str) -> str:
+        """One served request's record for ``GET /api/v1/generation`` (msgpack, kept 30+ days)."""
+        return f"{self.ns}:gen:{request_id}"
+
     def account(self, account_id: str) -> str:
         """One account's msgpack record (email, Argon2id password hash, created)."""
         return f"{self.ns}:account:{account_id}"

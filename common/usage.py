@@ -7,6 +7,7 @@ spend for budgets. Living in ``common`` lets both import it without the worker i
     usage:<key id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n   requests, tokens, cost per UTC day and model
     spend:<key id>:<YYYY-MM>     float                          month-to-date cost in USD
     reserved:<key id>            float                          worst cases of requests in flight (api/limits.py)
+    gen:<request id>             msgpack ``Generation``          one served request, for its key to look up
 
 Requests without a key are counted under the id ``anonymous`` (real key ids are 8 hex digits).
 """
@@ -17,11 +18,41 @@ import datetime as dt
 import time
 from typing import Any
 
+import msgspec
+
 from common.names import Names
 
 ANONYMOUS = "anonymous"
 USAGE_TTL_SECONDS = 400 * 86400
 USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost")
+
+
+GENERATION_TTL_SECONDS = 31 * 86400  # OpenRouter keeps generations looked up for at least 30 days
+
+
+class Generation(msgspec.Struct, kw_only=True):
+    """What ``GET /api/v1/generation?id=`` tells the key that made a request about it."""
+
+    id: str  # the answer's id (``chatcmpl-<request id>``)
+    key_id: str  # only this key may read it; ``anonymous`` records are readable by nobody
+    model: str  # the endpoint that answered, ``provider/model``
+    canonical: str  # its canonical ``author/model`` id
+    provider: str
+    created: float  # epoch seconds when the answer finished
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: str = "0"  # USD, exact decimal string
+    latency_ms: int = 0  # the upstream call, first byte sent to last byte received
+    finish_reason: str | None = None
+    streamed: bool = False
+    upstream_model: str = ""
+
+
+generation_encoder = msgspec.msgpack.Encoder()
+generation_decoder = msgspec.msgpack.Decoder(Generation)
 
 
 def utc_day(now: float | None = None) -> str:

@@ -42,6 +42,33 @@ class Message(msgspec.Struct):
     reasoning_details: list[dict[str, Any]] | None = None  # its typed reasoning (signatures), sent back intact
 
 
+class MaxPrice(msgspec.Struct, forbid_unknown_fields=True):
+    """OpenRouter's ``provider.max_price``: USD per million tokens."""
+
+    prompt: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    completion: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+ProviderName = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class ProviderPreferences(msgspec.Struct, forbid_unknown_fields=True):
+    """OpenRouter's ``provider`` object: which endpoints of a model may serve, in which order.
+
+    Unknown fields are refused rather than ignored: a preference the gateway does not honour must not
+    look honoured."""
+
+    order: list[ProviderName] | None = None
+    only: list[ProviderName] | None = None
+    ignore: list[ProviderName] | None = None
+    allow_fallbacks: bool = True
+    sort: Literal["price", "throughput", "latency"] | None = None
+    require_parameters: bool = False
+    max_price: MaxPrice | None = None
+    data_collection: Literal["allow", "deny"] = "allow"
+    quantizations: list[ProviderName] | None = None
+
+
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -58,8 +85,8 @@ class Reasoning(msgspec.Struct):
 
 
 class ChatRequest(msgspec.Struct):
-    model: ModelId
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    model: ModelId | None = None  # or ``models`` alone
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
@@ -76,6 +103,7 @@ class ChatRequest(msgspec.Struct):
     reasoning: Reasoning | None = None
     reasoning_effort: str | None = None
     models: list[ModelId] | None = None  # OpenRouter-style client fallback list
+    provider: ProviderPreferences | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from decimal import Decimal
 import msgspec
 
 from common.errors import GatewayError
-from common.settings import ModelConfig, Settings
+from common.settings import ConfigError, ModelConfig, Settings
+from router.canonical import SlugIndex, canonical_of, openrouter_slugs, quantization_of
+from router.metadata import enrich, seller_ids
 from router.model import Model
 from router.providers import Provider
 from router.sources import listed_models, price_feeds
@@ -62,12 +64,15 @@ _HINT_POOL = 400  # at most this many names go through difflib for one unknown i
 
 
 class Catalog:
-    """Models by id and alias. Build once; never mutated afterwards."""
+    """Models by id and alias, and endpoints by canonical id. Build once; never mutated afterwards."""
 
-    def __init__(self, models: Iterable[Model], providers: dict[str, Provider]) -> None:
+    def __init__(self, models: Iterable[Model], providers: dict[str, Provider],
+                 passthrough: dict[str, Model] | None = None) -> None:
         self.providers = providers
         self.models: dict[str, Model] = {}
         self.aliases: dict[str, str] = {}
+        # provider id -> the configured price for ids it serves that the catalog does not list
+        self.passthrough: dict[str, Model] = dict(passthrough or {})
         for model in models:
             self.models[model.id] = model
         for model in self.models.values():
@@ -76,12 +81,17 @@ class Catalog:
         self._by_tail: dict[str, list[Model]] = {}
         for model in self.models.values():
             self._by_tail.setdefault(_tail(model.id), []).append(model)
+        # canonical id -> its endpoints, registry order (the planner orders them per request)
+        grouped: dict[str, list[Model]] = {}
+        for model in self.models.values():
+            grouped.setdefault(model.slug, []).append(model)
+        self.endpoints = {slug: tuple(group) for slug, group in grouped.items()}
         order = {pid: i for i, pid in enumerate(providers)}
         for tail, group in self._by_tail.items():
             if tail not in self.aliases:
                 self.aliases[tail] = min(group, key=lambda m: _default_rank(m, tail, order)).id
         self._lower: dict[str, str] = {}
-        for name in (*self.models, *self.aliases):
+        for name in (*self.models, *self.aliases, *self.endpoints):
             self._lower.setdefault(name.lower(), name)
         self._hint_index: dict[str, list[str]] = {}
         for name in self._lower.values():
@@ -93,33 +103,76 @@ class Catalog:
         return len(self.models)
 
     def get(self, model_id: str) -> Model | None:
+        """The endpoint an id names: an endpoint id, an alias, or a configured pass-through id."""
         model = self.models.get(model_id)
         if model is None:
             target = self.aliases.get(model_id)
             if target is None:
                 exact = self._lower.get(model_id.lower())
                 if exact is None:
-                    return None
+                    return self._passthrough(model_id)
                 target = self.aliases.get(exact, exact)
             model = self.models.get(target)
         return model
 
+    def canonical(self, model_id: str) -> str | None:
+        """The canonical id ``model_id`` names when it is one (any case), else None."""
+        if model_id in self.endpoints:
+            return model_id
+        exact = self._lower.get(model_id.lower())
+        return exact if exact is not None and exact in self.endpoints else None
+
+    def endpoints_of(self, slug: str) -> tuple[Model, ...]:
+        return self.endpoints.get(slug, ())
+
+    def _passthrough(self, model_id: str) -> Model | None:
+        """``provider/anything`` at a provider whose unlisted ids are allowed: a local server (the
+        operator's own machine, nothing to bill) or one with a configured ``provider/*`` price."""
+        provider_id, sep, upstream = model_id.partition("/")
+        provider = self.providers.get(provider_id)
+        if not (sep and upstream and provider is not None):
+            return None
+        template = self.passthrough.get(provider_id)
+        if template is not None:
+            return msgspec.structs.replace(template, id=model_id, name=upstream, upstream_id=upstream,
+                                           canonical="")
+        if provider.local:
+            return Model(id=model_id, name=upstream, provider=provider_id, upstream_id=upstream, listed=False,
+                         pricing_source="local", auto=False)
+        return None
+
+    def snapshot(self, model_id: str) -> tuple[Model, str] | None:
+        """A dated snapshot the catalog does not list (``…-20991231``): (its undated entry, the upstream
+        id to send). Priced as the undated model, never free by accident."""
+        match = _DATED.match(model_id)
+        if match is None:
+            return None
+        base = self.get(match.group(1))
+        if base is None:
+            return None
+        return base, base.upstream_id + match.group(2)
+
     def resolve(self, model_id: str) -> Model:
-        """The model for a client's id, or a 404 ``model_not_found`` in the envelope."""
+        """The endpoint for a client's id, or a 404 ``model_not_found`` in the envelope.
+
+        A canonical id resolves to its first endpoint (the planner picks among all of them)."""
         model = self.get(model_id)
         if model is not None:
             return model
-        provider_id, sep, upstream = model_id.partition("/")
-        if sep and upstream and provider_id in self.providers:
-            return Model(
-                id=model_id, name=upstream, provider=provider_id, upstream_id=upstream, listed=False
-            )
+        slug = self.canonical(model_id)
+        if slug is not None:
+            return self.endpoints[slug][0]
+        dated = self.snapshot(model_id)
+        if dated is not None:
+            return dated[0]
         suggestions = self.suggest(model_id)
         hint = f" Did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
         raise GatewayError(
             "model_not_found",
             f"The model {model_id!r} does not exist or is not served here.{hint} "
-            "Use a 'provider/model' id from GET /models, or one of: " + ", ".join(AUTO_MODELS) + ".",
+            "Use an 'author/model' or 'provider/model' id from GET /models, or one of: "
+            + ", ".join(AUTO_MODELS) + ". Ids a provider serves but the catalog does not list need a "
+            "configured price ([[models]] id = \"provider/*\" with pricing).",
             param="model",
         )
 
@@ -137,8 +190,11 @@ class Catalog:
         return [m for m in self.models.values() if m.listed and (modality is None or m.modality == modality)]
 
     def serving(self, model: Model) -> list[Model]:
-        """The same model at every provider that lists it (same upstream id after the provider prefix)."""
-        return [m for m in self._by_tail.get(_tail(model.id), ()) if m.modality == model.modality]
+        """The same model at every provider that lists it: its canonical id's endpoints, and listings with
+        the same id after the provider prefix (config-file models the data cannot name)."""
+        found = list(self.endpoints.get(model.slug, ()))
+        found += [m for m in self._by_tail.get(_tail(model.id), ()) if m not in found]
+        return [m for m in found if m.modality == model.modality]
 
     def by_provider(self, provider_id: str) -> list[Model]:
         return [m for m in self.models.values() if m.provider == provider_id]
@@ -168,6 +224,9 @@ class Catalog:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
+
+
+_DATED = re.compile(r"^(.+?)(-\d{8}|-\d{4}-\d{2}-\d{2})$")
 
 
 def _tail(model_id: str) -> str:
@@ -237,10 +296,21 @@ def model_from_config(cfg: ModelConfig, base: Model | None) -> Model:
 def build_catalog(settings: Settings, providers: dict[str, Provider]) -> Catalog:
     """genai-prices listings for the registered providers, then the config file's add/override/hide.
 
-    A hidden id may be a glob (``openrouter/*``) to hide many models at once.
+    A hidden id may be a glob (``openrouter/*``) to hide many models at once; a visible ``provider/*``
+    entry prices that provider's unlisted ids. A model only the config file defines is taken as the
+    operator wrote it: no canonical id or metadata is guessed from its upstream id (``local/tiny`` serving
+    ``gpt-4o-mini`` on the operator's server is not OpenAI's model).
     """
     models = listed_models(providers) if price_feeds() else {m.id: m for m in DEFAULT_MODELS}
+    passthrough: dict[str, Model] = {}
+    operator_defined: set[str] = set()
     for cfg in settings.models:
+        if cfg.id.endswith("/*") and not cfg.hidden:
+            if "prompt" not in cfg.pricing or "completion" not in cfg.pricing:
+                raise ConfigError(f"[[models]] {cfg.id!r} needs pricing.prompt and pricing.completion: ids a "
+                                  "provider serves unlisted are billed at the price configured here.")
+            passthrough[cfg.id[:-2]] = model_from_config(cfg, None)
+            continue
         if cfg.hidden:
             if any(ch in cfg.id for ch in "*?["):
                 for model_id in fnmatch.filter(list(models), cfg.id):
@@ -248,5 +318,25 @@ def build_catalog(settings: Settings, providers: dict[str, Provider]) -> Catalog
             else:
                 models.pop(cfg.id, None)
             continue
+        if cfg.id not in models:
+            operator_defined.add(cfg.id)
         models[cfg.id] = model_from_config(cfg, models.get(cfg.id))
-    return Catalog(models.values(), providers)
+    index = SlugIndex([*openrouter_slugs(), *seller_ids("openrouter")])
+    annotated = (model if model.id in operator_defined else annotate(index, model) for model in models.values())
+    return Catalog(annotated, providers, passthrough)
+
+
+def annotate(index: SlugIndex, model: Model) -> Model:
+    """An endpoint with its canonical id, quantization and models.dev metadata filled in."""
+    fields: dict[str, object] = {}
+    if not model.canonical:
+        slug = canonical_of(index, model.provider, model.upstream_id, vendor_of)
+        if slug is not None and slug != model.id:
+            fields["canonical"] = slug
+    if model.quantization is None:
+        quantization = quantization_of(model.upstream_id)
+        if quantization is not None:
+            fields["quantization"] = quantization
+    if fields:
+        model = msgspec.structs.replace(model, **fields)
+    return enrich(model)

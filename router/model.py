@@ -6,6 +6,8 @@ import msgspec
 
 
 class Model(msgspec.Struct, frozen=True, kw_only=True):
+    """One endpoint: a model as one provider serves it. Endpoints of the same weights share ``canonical``."""
+
     id: str  # "provider/model"
     name: str
     provider: str
@@ -33,3 +35,16 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     # False for listings we cannot know are served (a local server runs whatever the operator loaded):
     # they resolve and route when asked for by id, but auto-* never picks them.
     auto: bool = True
+    # The model's canonical id, ``author/model`` as OpenRouter spells it (router/canonical.py); "" = ``id``.
+    canonical: str = ""
+    # Metadata from the models.dev dataset (router/metadata.py), where it knows the model.
+    input_modalities: tuple[str, ...] = ("text",)
+    output_modalities: tuple[str, ...] = ("text",)
+    supported_parameters: tuple[str, ...] = ()
+    family: str | None = None
+    quantization: str | None = None  # fp8, bf16, … where the seller's id says so
+
+    @property
+    def slug(self) -> str:
+        """The canonical id (the endpoint's own id for a model only one provider serves)."""
+        return self.canonical or self.id

@@ -51,6 +51,10 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True):
     api_version: str | None = None
     headers: dict[str, str] = {}
     needs: tuple[str, ...] = ()  # environment variables its base URL still waits for
+    local: bool = False  # the operator's own server: its unlisted model ids route, with nothing to bill
+    # "deny": the provider's terms say API prompts are neither trained on nor kept (OpenRouter's
+    # ``provider.data_collection: "deny"`` keeps only these); "unknown" otherwise.
+    data_collection: str = "unknown"
 
     def __repr__(self) -> str:
         # Providers end up in logs and tracebacks; the key must not.
@@ -212,6 +216,13 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     _local("jan", "Jan", "http://localhost:1337/v1", "JAN_API_KEY"),
 )
 
+# Providers whose API terms say prompts are not used for training (their published data policies, as
+# OpenRouter's provider list records them). Local servers never send prompts anywhere.
+NO_TRAINING = frozenset({
+    "openai", "azure", "anthropic", "vertex", "bedrock", "groq", "together", "fireworks", "deepinfra",
+    "cerebras",
+})
+
 _KIND_AUTH = {"anthropic": "x-api-key", "gemini": "x-goog-api-key", "azure": "api-key"}
 _PLACEHOLDER = re.compile(r"\{([A-Z][A-Z0-9_]*)\}")
 
@@ -295,4 +306,6 @@ def _resolve(spec: ProviderSpec, env: Mapping[str, str], cfg: ProviderConfig | N
         api_version=api_version or spec.api_version,
         headers=dict(cfg.headers) if cfg else {},
         needs=needs,
+        local=spec.local,
+        data_collection="deny" if spec.local or spec.id in NO_TRAINING else "unknown",
     )

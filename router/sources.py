@@ -49,6 +49,8 @@ def tier_for(prompt: Decimal, completion: Decimal, free: bool) -> str:
 _NOT_ROUTABLE = re.compile(
     r"tts|image|realtime|(^|[-/._])live([-._]|$)|moderation|ocr|rerank|dall-e|computer-use|sonic|orpheus"
     r"|deep-research|prompt-guard|robotics|^ft:|\.ft-|:extended|[-.]$"
+    # legacy completion-only models (no chat endpoint)
+    r"|(^|/)(text-)?(ada|babbage|curie|davinci)(-|$)|gpt-3\.5-turbo-instruct"
 )
 # Chat-shaped but not general assistants (safety classifiers): listed, but auto-* never picks them.
 _NOT_GENERAL = re.compile(r"guard|safety|safeguard|moderation")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncio
 import struct
 from collections.abc import Iterator
@@ -138,11 +140,16 @@ def test_upstream_error_is_retried(client: openai.OpenAI, fake_openai: tuple[Ope
 
 
 @pytest.fixture
-def float_only_gateway(redis_url: str,
-                       fake_openai: tuple[OpenAIFakeState, str]) -> Iterator[tuple[GatewayHarness, dict[str, str]]]:
-    """Together (an OpenAI-compatible provider not known to honour base64) served by the same fake."""
+def float_only_gateway(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
+                       tmp_path: Path) -> Iterator[tuple[GatewayHarness, dict[str, str]]]:
+    """Together (an OpenAI-compatible provider not known to honour base64) served by the same fake; its
+    unlisted ids are allowed at a configured price."""
     _, upstream = fake_openai
-    env = with_test_key(env_for(redis_url, TOGETHER_BASE_URL=upstream, TOGETHER_API_KEY="sk-together"), redis_url)
+    config = tmp_path / "megabrain.toml"
+    config.write_text('[[models]]\nid = "together/*"\nmodality = "embedding"\n'
+                      'pricing = { prompt = "0.00000001", completion = "0" }\n')
+    env = with_test_key(env_for(redis_url, TOGETHER_BASE_URL=upstream, TOGETHER_API_KEY="sk-together",
+                                MEGABRAIN_CONFIG=str(config)), redis_url)
     with GatewayHarness.from_env(env, pools=("together",)) as harness:
         yield harness, env
 

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from router.catalog import AUTO_MODELS
 from router.health import HealthSnapshot
 from tests.harness import GatewayHarness, env_for
 from tests.fakes.openai_server import OpenAIFakeState
@@ -75,9 +76,10 @@ def test_filters(listing_gateway: GatewayHarness) -> None:
     groq = _get(listing_gateway, "/models?provider=groq").json()["data"]
     assert groq and {e["provider"] for e in groq} == {"groq"}
     available = _get(listing_gateway, "/models?available=true").json()["data"]
-    assert available and {e["provider"] for e in available} == {"openai", "groq"}
+    assert available and {e["provider"] for e in available if e["id"] not in AUTO_MODELS} == {"openai", "groq"}
     free = _get(listing_gateway, "/models?free=true").json()["data"]
-    assert free and all(e["free"] and e["pricing"] == {"prompt": "0", "completion": "0"} for e in free)
+    assert free and all(e["free"] for e in free)
+    assert all((e["pricing"]["prompt"], e["pricing"]["completion"]) == ("0", "0") for e in free if e["provider"])
     everything = _get(listing_gateway, "/models?modality=all").json()["data"]
     assert {e["modality"] for e in everything} == {"chat", "embedding", "transcription"}
     unknown = _get(listing_gateway, "/models?provider=nope")
@@ -92,7 +94,7 @@ def test_available_skips_providers_with_an_open_circuit(listing_gateway: Gateway
     listing_gateway.run(app_gateway.pin_health(
         HealthSnapshot(open_circuits=frozenset({"groq"}), error_rates={"groq": 0.9})))
     available = _get(listing_gateway, "/models?available=true").json()["data"]
-    assert {e["provider"] for e in available} == {"openai"}
+    assert {e["provider"] for e in available if e["id"] not in AUTO_MODELS} == {"openai"}
     providers = {p["id"]: p for p in _get(listing_gateway, "/providers").json()["data"]}
     assert providers["groq"]["health"] == {"healthy": False, "circuit": "open", "error_rate": 0.9, "latency": None}
     assert providers["openai"]["health"]["healthy"] is True

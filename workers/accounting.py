@@ -8,18 +8,22 @@ settles the request's budget reservation (api/limits.py), or gives it back when 
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from common.usage import ANONYMOUS, add_usage, release
+from common.usage import ANONYMOUS, GENERATION_TTL_SECONDS, Generation, add_usage, generation_encoder, release
 from common.wire import Job, Route
 from workers.runtime import Runtime
 
 
-async def record(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None) -> None:
-    """Count one served request (tokens, cost) for its API key (``job.meta['key_id']``), day and model."""
+async def record(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None,
+                 seconds: float = 0.0) -> None:
+    """Count one served request (tokens, cost) for its API key (``job.meta['key_id']``), day and model,
+    and keep its generation record for the key to look up (same batched write)."""
     key_id = str(job.meta.get("key_id") or ANONYMOUS)
     usage = usage or {}
+    cost = _cost(usage.get("cost"))
     add_usage(
         runtime.tally,
         runtime.names,
@@ -27,8 +31,30 @@ async def record(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any]
         route.model,
         _count(usage.get("prompt_tokens")),
         _count(usage.get("completion_tokens")),
-        _cost(usage.get("cost")),
+        cost,
         reserved=job.reserved,
+    )
+    if key_id != ANONYMOUS and job.kind == "chat":
+        runtime.tally.set(runtime.names.generation(job.request_id),
+                          generation_encoder.encode(generation(runtime, job, route, usage, cost, seconds)),
+                          GENERATION_TTL_SECONDS)
+
+
+def generation(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any], cost: str,
+               seconds: float) -> Generation:
+    model = runtime.catalog.get(route.model)
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Generation(
+        id=f"chatcmpl-{job.request_id}", key_id=str(job.meta.get("key_id")), model=route.model,
+        canonical=model.slug if model is not None else route.model, provider=route.provider,
+        created=time.time(), prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        cached_tokens=_count(prompt_details.get("cached_tokens")),
+        cache_write_tokens=_count(prompt_details.get("cache_write_tokens")),
+        reasoning_tokens=_count(completion_details.get("reasoning_tokens")), cost=cost,
+        latency_ms=round(seconds * 1000), finish_reason=usage.get("finish_reason"), streamed=job.stream,
+        upstream_model=route.upstream_model,
     )
 
 

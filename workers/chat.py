@@ -85,7 +85,8 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
         )
         usage = completion.get("usage")
         await pub.send("result", encode_json(completion), usage=usage)
-        return usage
+        choices = completion.get("choices") or [{}]
+        return _served(usage, choices[0].get("finish_reason") if isinstance(choices[0], dict) else None)
     shaper = ChunkShaper(request_id=job.request_id, model=route.model, provider=route.provider,
                          include_usage=job.include_usage, cost=cost, exclude_reasoning=exclude)
     translator = adapter.stream_translator(request)
@@ -101,4 +102,9 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
             pub.data(frames)
     # the closing frames (usage chunk if asked, [DONE]) travel with the "done" event itself
     await pub.send("done", shaper.finish(), usage=shaper.usage)
-    return shaper.usage
+    return _served(shaper.usage, shaper.finish_reason)
+
+
+def _served(usage: dict[str, Any] | None, finish_reason: str | None) -> dict[str, Any]:
+    """What accounting keeps of a served answer: its usage and why it ended (for the generation record)."""
+    return {**(usage or {}), "finish_reason": finish_reason}

@@ -148,7 +148,7 @@ async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) ->
         else:
             await _outcome(runtime, route, True, time.monotonic() - started, 200)
             try:
-                await accounting.record(runtime, job, route, usage)
+                await accounting.record(runtime, job, route, usage, time.monotonic() - started)
             except Exception as exc:  # accounting must never fail a request that was served
                 log.warning("usage accounting failed (%s)", type(exc).__name__)
             return

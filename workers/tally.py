@@ -2,7 +2,8 @@
 
 Usage accounting and provider-health successes are plain increments: nobody needs them the same
 millisecond, and sending them per request was most of a worker's Redis round trips. The tally takes the
-same calls as a redis-py pipeline (``hincrby``, ``hincrbyfloat``, ``incrbyfloat``, ``expire``), sums the
+same calls as a redis-py pipeline (``hincrby``, ``hincrbyfloat``, ``incrbyfloat``, ``expire``, and ``set``
+with a TTL for generation records), sums the
 increments, and the pool's ticker flushes them. A failed
 flush keeps the sums for the next one, so a Redis blip loses no counts (a flush cut off half-way may
 count some twice).
@@ -20,9 +21,14 @@ class Tally:
         self._ints: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._floats: defaultdict[tuple[str, str | None], Decimal] = defaultdict(Decimal)
         self._expires: dict[str, int] = {}
+        self._sets: dict[str, tuple[bytes, int]] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._ints or self._floats)
+        return bool(self._ints or self._floats or self._sets)
+
+    def set(self, key: str, value: bytes, ex: int) -> None:
+        """A whole value with a TTL (the last one queued for a key wins)."""
+        self._sets[key] = (value, int(ex))
 
     def hincrby(self, key: str, field: str, amount: int = 1) -> None:
         self._ints[(key, field)] += int(amount)
@@ -40,8 +46,8 @@ class Tally:
         """Write everything summed so far in one round trip."""
         if not self:
             return
-        ints, floats, expires = self._ints, self._floats, self._expires
-        self._ints, self._floats, self._expires = defaultdict(int), defaultdict(Decimal), {}
+        ints, floats, expires, sets = self._ints, self._floats, self._expires, self._sets
+        self._ints, self._floats, self._expires, self._sets = defaultdict(int), defaultdict(Decimal), {}, {}
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 for (key, field), amount in ints.items():
@@ -53,9 +59,13 @@ class Tally:
                         pipe.hincrbyfloat(key, field, format(total, "f"))
                 for key, seconds in expires.items():
                     pipe.expire(key, seconds)
+                for key, (value, seconds) in sets.items():
+                    pipe.set(key, value, ex=seconds)
                 await pipe.execute()
         except BaseException:
             self._merge(ints, floats, expires)
+            for key, item in sets.items():
+                self._sets.setdefault(key, item)
             raise
 
     def _merge(self, ints: dict[tuple[str, str], int], floats: dict[tuple[str, str | None], Decimal],
