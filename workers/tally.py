@@ -3,8 +3,7 @@
 Usage accounting and provider-health successes are plain increments: nobody needs them the same
 millisecond, and sending them per request was most of a worker's Redis round trips. The tally takes the
 same calls as a redis-py pipeline (``hincrby``, ``hincrbyfloat``, ``incrbyfloat``, ``expire``, and ``set``
-with a TTL for generation records), sums the
-increments, and the pool's ticker flushes them. A failed
+with a TTL for generation records), sums the increments, and the pool's ticker flushes them. A failed
 flush keeps the sums for the next one, so a Redis blip loses no counts (a flush cut off half-way may
 count some twice).
 """
