@@ -137,10 +137,9 @@ def init_sentry(settings: Any, role: str) -> bool:
 
     integrations: list[Any] = [LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)]
     try:
-        from sentry_sdk.integrations.fastapi import FastApiIntegration
         from sentry_sdk.integrations.starlette import StarletteIntegration
 
-        integrations += [StarletteIntegration(), FastApiIntegration()]
+        integrations += [StarletteIntegration()]
     except Exception:  # the web framework is not installed in this process's environment
         pass
     sentry_sdk.init(
