@@ -1,8 +1,10 @@
 """Publishing a request's events to the web process that waits for them.
 
-Each event is one PUBLISH on that process's reply channel. Stream data is coalesced without delay: the
-first frames go out at once, and whatever arrives while a PUBLISH is in flight goes out in the next one,
-so a fast upstream costs a handful of messages instead of one per token.
+Each event is one PUBLISH on that process's reply channel. Stream data is coalesced with a bounded delay:
+the first frames go out at once (time to first token never waits), later ones at most one PUBLISH per
+``FLUSH_INTERVAL``, and frames still waiting when the stream ends ride on its ``done`` event. A fast
+upstream's answer is then two messages (first token, rest + done) instead of one per token, and a slow
+one's tokens, spaced wider than the interval, still go out the moment they arrive.
 
 PUBLISH returns how many subscribers got the message: zero means the web process is gone, and the job
 stops instead of generating tokens nobody will read.
@@ -17,6 +19,9 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from common.wire import Event, EventKind, Hello, event_encoder
+
+
+FLUSH_INTERVAL = 0.002  # seconds: the most a stream frame waits for company (issue 15: ≤ 2 ms)
 
 
 class ReceiverGone(Exception):
@@ -45,45 +50,78 @@ class Publisher:
         self.native = False  # stream data is in the client's own protocol (``Job.native``)
         self._pending: list[bytes] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the next data PUBLISH, when one went out just now
         self._failure: BaseException | None = None
         self._lock = asyncio.Lock()  # one PUBLISH at a time, so events arrive in seq order
 
     async def send(self, kind: EventKind, data: bytes = b"", **fields: Any) -> None:
-        """Publish one event now (after any stream data still pending, to keep the order).
+        """Publish one event now, after any stream data still pending, to keep the order.
 
+        Pending frames ride on a ``done`` (its data is frames too) instead of a PUBLISH of their own.
         ``fields`` are the typed ``Event`` fields: ``status``, ``usage``, ``retry_after``, ``handoff``…
         """
         if self.cancelled:
             raise ReceiverGone()
+        held = self._take_pending()
         await self.flush()
+        if held and kind == "done":
+            data = held + data
+        elif held:
+            await self._publish("data", held, self._data_fields())
         await self._publish(kind, data, fields)
 
     def data(self, frames: bytes) -> None:
-        """Queue stream frames; they leave at once, or with the next PUBLISH if one is in flight."""
+        """Queue stream frames: the first leave at once, later ones within ``FLUSH_INTERVAL``."""
         if self._failure is not None:
             raise ReceiverGone() from self._failure
         if self.cancelled:
             raise ReceiverGone()
+        first = not self.committed
         self.committed = True
         self._pending.append(frames)
-        if self._flusher is None or self._flusher.done():
+        if self._timer is not None or (self._flusher is not None and not self._flusher.done()):
+            return  # already on its way: the running PUBLISH or the timer takes these too
+        wait = 0.0 if first else self.last_sent + FLUSH_INTERVAL - time.monotonic()
+        if wait <= 0:
             self._flusher = asyncio.create_task(self._drain())
+        else:
+            self._timer = asyncio.get_running_loop().call_later(wait, self._start_drain)
 
     async def flush(self) -> None:
+        """Wait for the PUBLISH in flight (frames still pending stay pending)."""
         if self._flusher is not None:
             await self._flusher
             self._flusher = None
         if self._failure is not None:
             raise ReceiverGone() from self._failure
 
+    def _take_pending(self) -> bytes:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held = b"".join(self._pending)
+        self._pending.clear()
+        return held
+
+    def _start_drain(self) -> None:
+        self._timer = None
+        if self._pending and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.create_task(self._drain())
+
+    def _data_fields(self) -> dict[str, Any]:
+        return {"native": True} if self.native else {}
+
     async def _drain(self) -> None:
+        batch = self._take_pending()
+        if not batch:  # a send() took the frames first, to ride on its event
+            return
         try:
-            while self._pending:
-                batch = b"".join(self._pending)
-                self._pending.clear()
-                await self._publish("data", batch, {"native": True} if self.native else {})
+            await self._publish("data", batch, self._data_fields())
         except BaseException as exc:  # surfaced to the job at its next data()/flush()
             self._failure = exc
+            return
+        if self._pending:  # arrived during the PUBLISH: next interval
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._start_drain)
 
     async def _publish(self, kind: EventKind, data: bytes, fields: dict[str, Any]) -> None:
         async with self._lock:
@@ -108,6 +146,7 @@ class Publisher:
 
     async def close(self) -> None:
         """Stop the background flusher without sending (the job is being abandoned)."""
+        self._take_pending()
         if self._flusher is not None and not self._flusher.done():
             self._flusher.cancel()
             try:
