@@ -222,7 +222,8 @@ class Limiter:
         for c in counters:
             args += [c.limit, c.window]
         try:
-            reply = await asyncio.wait_for(self._script(keys=keys, args=args), self.timeout)
+            async with asyncio.timeout(self.timeout):  # no task per call, unlike wait_for
+                reply = await self._script(keys=keys, args=args)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             log.warning("rate limiter unavailable: %s", type(exc).__name__)
             return LimitDecision(False, unavailable("Rate limiting is temporarily unavailable.", 2.0))
