@@ -15,6 +15,7 @@ Requests without a key are counted under the id ``anonymous`` (real key ids are 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from typing import Any
 
@@ -56,7 +57,13 @@ generation_decoder = msgspec.msgpack.Decoder(Generation)
 
 
 def utc_day(now: float | None = None) -> str:
-    return _utc(now).strftime("%Y-%m-%d")
+    return _day_name(int((time.time() if now is None else now) // 86400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day_name(day: int) -> str:
+    """A day's name, worked out once per day: every request's usage write asks for it."""
+    return _utc(day * 86400.0).strftime("%Y-%m-%d")
 
 
 def utc_month(now: float | None = None) -> str:
