@@ -458,7 +458,8 @@ class ChatEndpoint(Endpoint):
             await self.write_frames(send, frames, state.token_delay)
             done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            state.count("streams_completed")
+            if not gone.is_set():  # the watcher may see the client leave while the last frames go out
+                state.count("streams_completed")
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise
