@@ -10,6 +10,9 @@ One data dir, one server: whoever starts or adopts the server holds an exclusive
 SIGKILL leaves its server running (the lock goes with the process); the next owner finds it by the pid
 file and adopts it if it answers, else stops it before starting anew, so two servers never share one AOF.
 An owner stops its server with SHUTDOWN, which fsyncs the AOF on the way out.
+
+Synchronous on purpose, sleeps included: it runs before an event loop starts (``serve``, ``web``,
+``worker``, the CLI, the test session) and after it has ended, never on one.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from arq.jobs import deserialize_job_raw
 from arq.worker import Worker
 
 from common import metrics
+from common.candidates import LIVENESS_TTL  # a pool member unseen this long is presumed dead
 from common.names import Names
 from common.redis import Redises, job_deserializer, job_serializer
 from common.settings import Settings
@@ -43,7 +44,6 @@ from workers.upstream import make_http_client
 log = logging.getLogger("megabrain.worker")
 
 LIVENESS_INTERVAL = 2.0  # seconds between liveness writes
-LIVENESS_TTL = 6.0  # a worker unseen for this long is presumed dead
 ALIVE_EVERY = 1.0  # seconds between writes of the process's liveness key
 ALIVE_TTL = 3.0  # that key's TTL: three missed writes and the process counts as dead
 HEARTBEAT_AFTER = 5.0  # a job silent for this long sends a heartbeat event
