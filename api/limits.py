@@ -39,6 +39,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from common.errors import GatewayError, unavailable
+from common.mux import Script, mux_of
 from common.names import Names
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ class Limiter:
         self.redis = redis
         self.names = LimitNames(names)
         self.timeout = timeout
-        self._script = redis.register_script(_SCRIPT)
+        self._script = Script(_SCRIPT)
 
     def ip_minute(self, subject: str, limit: int) -> Counter:
         return Counter(IP_MINUTE, self.names.ip_minute(subject), limit, MINUTE)
@@ -223,7 +224,7 @@ class Limiter:
             args += [c.limit, c.window]
         try:
             async with asyncio.timeout(self.timeout):  # no task per call, unlike wait_for
-                reply = await self._script(keys=keys, args=args)
+                reply = await mux_of(self.redis).evalsha(self._script, keys, args)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             log.warning("rate limiter unavailable: %s", type(exc).__name__)
             return LimitDecision(False, unavailable("Rate limiting is temporarily unavailable.", 2.0))

@@ -22,6 +22,7 @@ import msgspec
 from arq.connections import ArqRedis
 
 from common import metrics
+from common.subscription import subscribe
 from common.wire import Event, event_decoder
 
 log = logging.getLogger("megabrain.relay")
@@ -105,35 +106,28 @@ class Relay:
 
     async def _run(self, index: int) -> None:
         delay = 0.1
+
+        def subscribed() -> None:  # confirmed: from here on nothing published to us is missed
+            nonlocal delay
+            self._mark(index, True)
+            delay = 0.1
+            log.info("relay subscribed to %s", self.channel)
+
         while not self._stopping:
-            pubsub = self.redises[index].pubsub()
             try:
-                await pubsub.subscribe(self.channel)
-                # wait for the confirmation: from here on nothing published to us is missed
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
-                    if message and message["type"] == "subscribe":
-                        break
-                self._mark(index, True)
-                delay = 0.1
-                log.info("relay subscribed to %s", self.channel)
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self._dispatch(message["data"])
+                await subscribe(self.redises[index], [self.channel], self._dispatch, subscribed)
             except asyncio.CancelledError:
                 self._mark(index, False)
-                await _close_quietly(pubsub)
                 raise
             except Exception as exc:
                 if index in self._subscribed:
                     log.warning("relay lost its subscription (%s); failing waiting requests", type(exc).__name__)
                 self._mark(index, False)
                 self._fail_all()
-                await _close_quietly(pubsub)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _dispatch(self, data: bytes) -> None:
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
         try:
             event = event_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -149,9 +143,3 @@ class Relay:
         for inbox in self.inboxes.values():
             inbox.queue.put_nowait(RELAY_LOST)
 
-
-async def _close_quietly(pubsub: object) -> None:
-    try:
-        await pubsub.aclose()  # type: ignore[attr-defined]
-    except Exception:
-        pass

@@ -16,6 +16,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 
+from common.mux import Script, mux_of
 from common.names import Names
 from common.redis import job_serializer
 
@@ -40,26 +41,26 @@ async def enqueue(
     now_ms = int(time.time() * 1000)
     queue = names.queue(pool)
     job = serialize_job(function, (payload,), {}, None, now_ms, serializer=job_serializer)
-    async with redis.pipeline(transaction=False) as pipe:
-        if depth_limit is not None:
-            pipe.zcard(queue)
-        pipe.psetex(job_key_prefix + job_id, max(1, int(expires_s * 1000)), job)
-        pipe.zadd(queue, {job_id: now_ms})
-        pipe.publish(names.wake_channel(pool), b"")
-        results = await pipe.execute()
+    commands: list[tuple[object, ...]] = [] if depth_limit is None else [("ZCARD", queue)]
+    commands += [
+        ("PSETEX", job_key_prefix + job_id, max(1, int(expires_s * 1000)), job),
+        ("ZADD", queue, now_ms, job_id),
+        ("PUBLISH", names.wake_channel(pool), b""),
+    ]
+    results = await mux_of(redis).pipeline(commands)
     if depth_limit is not None and results[0] >= depth_limit:
         await withdraw(redis, names, pool, job_id)
         return False
     return True
 
 
-_WITHDRAW = """
+_WITHDRAW = Script("""
 if redis.call('zrem', KEYS[1], ARGV[1]) == 1 then
   redis.call('del', KEYS[2])
   return 1
 end
 return 0
-"""
+""")
 
 
 async def withdraw(redis: ArqRedis, names: Names, pool: str, job_id: str) -> bool:
@@ -68,7 +69,7 @@ async def withdraw(redis: ArqRedis, names: Names, pool: str, job_id: str) -> boo
     Workers take a job off the queue when they claim it (``workers/pool.py``), so "still queued" means
     "not started"; the script makes the check and the removal one atomic step.
     """
-    removed = await redis.eval(_WITHDRAW, 2, names.queue(pool), job_key_prefix + job_id, job_id)
+    removed = await mux_of(redis).evalsha(_WITHDRAW, [names.queue(pool), job_key_prefix + job_id], [job_id])
     return bool(removed)
 
 

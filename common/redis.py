@@ -22,6 +22,8 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
+from common.mux import close_mux
+
 if TYPE_CHECKING:
     from common.settings import Settings
 
@@ -125,6 +127,7 @@ class Redises:
 
     async def aclose(self) -> None:
         for client in list(self._clients.values()):
+            await close_mux(client)
             await client.aclose()
 
 

@@ -28,7 +28,9 @@ from arq.worker import Worker
 
 from common import metrics
 from common.candidates import LIVENESS_TTL  # a pool member unseen this long is presumed dead
+from common.mux import Script, mux_of
 from common.names import Names
+from common.subscription import subscribe
 from common.redis import Redises, job_deserializer, job_serializer
 from common.settings import Settings
 from common.telemetry import flush_sentry, init_sentry
@@ -86,7 +88,7 @@ class PoolWorker(Worker):
         super().__init__(*args, **kwargs)
         self.wake = wake
         self.closing = False  # a flag as well as a cancel: Python 3.11's wait_for can swallow a cancel
-        self._claim = self.pool.register_script(CLAIM_SCRIPT)
+        self._claim = Script(CLAIM_SCRIPT)
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -107,10 +109,8 @@ class PoolWorker(Worker):
     async def _poll_iteration(self) -> None:
         free = self.max_jobs - self.job_counter
         if self.allow_pick_jobs and free > 0:
-            claimed = await self._claim(
-                keys=[self.queue_name],
-                args=[int(time.time() * 1000), free, job_key_prefix],
-            )
+            claimed = await mux_of(self.pool).evalsha(
+                self._claim, [self.queue_name], [int(time.time() * 1000), free, job_key_prefix])
             for i in range(0, len(claimed), 2):
                 job_id = claimed[i].decode()
                 await self.sem.acquire()
@@ -293,27 +293,25 @@ class PoolProcess:
         """One subscription per Redis of our pools: their wake channels, and our control channel."""
         wake_by_channel = {self.names.wake_channel(p).encode(): self.wakes[p] for p in pools}
         control = self.names.control_channel(self.runtime.worker_id).encode()
+
+        def on_message(channel: bytes, data: bytes) -> None:
+            wake = wake_by_channel.get(channel)
+            if wake is not None:
+                wake.set()
+            elif channel == control:
+                self._control(data)
+
+        def subscribed() -> None:
+            for event in wake_by_channel.values():
+                event.set()  # poll once after (re)subscribing, in case nudges were missed
+
         while not self.stopping:
-            pubsub = redis.pubsub()
             try:
-                await pubsub.subscribe(*wake_by_channel, control)
-                for event in wake_by_channel.values():
-                    event.set()  # poll once after (re)subscribing, in case nudges were missed
-                async for message in pubsub.listen():
-                    if message["type"] != "message":
-                        continue
-                    channel = message["channel"]
-                    wake = wake_by_channel.get(channel)
-                    if wake is not None:
-                        wake.set()
-                    elif channel == control:
-                        self._control(message["data"])
+                await subscribe(redis, [*wake_by_channel, control], on_message, subscribed)
             except asyncio.CancelledError:
-                await pubsub.aclose()
                 raise
             except Exception as exc:
                 log.warning("worker pub/sub connection lost (%s); reconnecting", type(exc).__name__)
-                await pubsub.aclose()
                 await asyncio.sleep(0.5)
 
     def _control(self, data: bytes) -> None:

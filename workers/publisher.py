@@ -18,6 +18,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
+from common.mux import mux_of
 from common.wire import Event, EventKind, Hello, event_encoder
 
 
@@ -131,7 +132,7 @@ class Publisher:
                 fields["hello"] = self.hello
                 self.hello = None
             event = Event(self.request_id, self.attempt, self.seq, kind, data, **fields)
-            receivers = await self.redis.publish(self.channel, event_encoder.encode(event))
+            receivers = await mux_of(self.redis).execute("PUBLISH", self.channel, event_encoder.encode(event))
             self.last_sent = time.monotonic()
         if receivers == 0:
             raise ReceiverGone()
