@@ -23,6 +23,7 @@ import asyncio
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -32,6 +33,7 @@ from api.keys import KeyCache, KeyNames, KeyRecord, KeyStore, utc_month
 from api.limits import Counter, Limiter, invalid_key_error
 from common.errors import GatewayError, unavailable
 from common.names import Names
+from common.queue import JobWrite
 from common.settings import Limits
 from common.usage import reserved_key
 
@@ -53,6 +55,7 @@ class AccessResult:
     headers: dict[str, str] = field(default_factory=dict)  # add to the response, success or error
     error: GatewayError | None = None
     reserved: Decimal | None = None  # USD held against the key's budget until the worker settles
+    enqueued: bool | None = None  # AccessCheck.run(enqueue=...): the job was queued with the check
 
     @property
     def allowed(self) -> bool:
@@ -74,7 +77,37 @@ def bearer_token(authorization_header: str | None) -> str | None:
     return token.strip()
 
 
-async def check_access(
+@dataclass
+class AccessCheck:
+    """A request's access, decided as far as it can be without Redis; ``run`` makes the one Redis call
+    (the limit script), on its own or with the request's first enqueue (``api/exchange.py``)."""
+
+    ctx: AccessContext
+    token: str | None
+    record: KeyRecord | None
+    counters: list[Counter]
+    options: dict[str, Any]  # Limiter.check's keyword arguments for this key
+    reserve: Decimal | None  # what an admitted request holds against its key's budget
+    signup_url: str | None
+    result: AccessResult | None = None  # once run
+
+    async def run(self, enqueue: JobWrite | None = None, depth_limit: int | None = None) -> AccessResult:
+        """The decision, counted. With ``enqueue``, an admitted request's job is queued in the same script:
+        ``result.enqueued`` says whether it was (False: its queue was full)."""
+        decision = await self.ctx.limiter.check(self.counters, **self.options, enqueue=enqueue,
+                                                depth_limit=depth_limit)
+        error = decision.error
+        if error is not None and error.error_type == "promotion_limit_reached":
+            error.message = with_signup(error.message, self.signup_url)
+        if decision.revoked and self.token:
+            self.ctx.keys.forget(self.token)
+        self.result = AccessResult(key=self.record, headers=decision.headers, error=error,
+                                   reserved=self.reserve if decision.allowed else None,
+                                   enqueued=decision.enqueued)
+        return self.result
+
+
+async def prepare_access(
     ctx: AccessContext,
     *,
     authorization_header: str | None,
@@ -84,7 +117,8 @@ async def check_access(
     signup_url: str | None = None,
     worst_case: Callable[[], Decimal] | None = None,
     reserve_ttl: int = 3600,
-) -> AccessResult:
+) -> AccessCheck | AccessResult:
+    """Steps 1–3 of the table (an ``AccessResult`` with the refusal), or the ``AccessCheck`` of step 4."""
     token = bearer_token(authorization_header)
     record, error = await presented_key(ctx, token)
     if error is not None:
@@ -104,15 +138,12 @@ async def check_access(
                                code="PAID_MODEL_AUTH_REQUIRED")
         )
     counters = _counters(ctx.limiter, record, model_is_free, subject, limits)
-    if record is None:
-        decision = await ctx.limiter.check(counters)
-        if decision.error is not None and decision.error.error_type == "promotion_limit_reached":
-            decision.error.message = with_signup(decision.error.message, signup_url)
-    else:
+    options: dict[str, Any] = {}
+    reserve = None
+    if record is not None:
         budget = record.monthly_budget if not model_is_free else None
         reserve = (worst_case() or None) if budget is not None and worst_case is not None else None
-        decision = await ctx.limiter.check(
-            counters,
+        options = dict(
             key_id=record.id,
             revoked_key=ctx.key_names.revoked,
             used_key=ctx.key_names.used,
@@ -123,11 +154,13 @@ async def check_access(
             reserve_ttl=reserve_ttl,
             touch=ctx.keys.touch_due(record.id),
         )
-        if decision.revoked and token:
-            ctx.keys.forget(token)
-        if decision.allowed and reserve:
-            return AccessResult(key=record, headers=decision.headers, reserved=reserve)
-    return AccessResult(key=record, headers=decision.headers, error=decision.error)
+    return AccessCheck(ctx, token, record, counters, options, reserve, signup_url)
+
+
+async def check_access(ctx: AccessContext, **request: Any) -> AccessResult:
+    """``prepare_access`` and, unless that already refused, its check run on its own."""
+    check = await prepare_access(ctx, **request)
+    return check if isinstance(check, AccessResult) else await check.run()
 
 
 async def presented_key(ctx: AccessContext, token: str | None) -> tuple[KeyRecord | None, GatewayError | None]:

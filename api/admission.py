@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from api.access import AccessContext, bearer_token, build_access_context, check_access, presented_key
+from api.access import (AccessCheck, AccessContext, AccessResult, bearer_token, build_access_context, prepare_access,
+                        presented_key)
 from common.errors import GatewayError
 from api.client_ip import client_ip
 
@@ -53,14 +54,12 @@ def authorization(request: Request) -> str | None:
     return header
 
 
-async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool,
-                worst_case: Callable[[], Decimal] | None = None) -> Admission:
-    """Let the request in, or raise ``GatewayError`` (401/402/429/400 in the documented envelope).
-
-    The ``X-RateLimit-*`` headers of the limits that applied go on the response either way.
-    """
+async def prepare(gateway: "Gateway", request: Request, *, model_is_free: bool,
+                  worst_case: Callable[[], Decimal] | None = None) -> AccessCheck:
+    """Everything of the request's admission short of the limit script: refuses (``GatewayError``) an
+    unknown key, a paid model without one, an unknown client address; else the check to ``run``."""
     limits = gateway.settings.limits
-    result = await check_access(
+    check = await prepare_access(
         access_context(gateway),
         authorization_header=authorization(request),
         model_is_free=model_is_free,
@@ -70,11 +69,32 @@ async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool,
         worst_case=worst_case,
         reserve_ttl=int(gateway.settings.request_timeout) + 60,
     )
+    if isinstance(check, AccessResult):
+        raise refused(check)
+    return check
+
+
+def admitted(result: AccessResult) -> Admission:
+    """The admission of a checked request, or its refusal raised (``GatewayError``: 401/402/429/503 in the
+    documented envelope). The ``X-RateLimit-*`` headers of the limits that applied go on the response
+    either way."""
     if result.error is not None:
-        result.error.headers = {**result.headers, **result.error.headers}
-        raise result.error
+        raise refused(result)
     return Admission(key_id=result.key.id if result.key else None, headers=result.headers,
                      reserved=result.reserved)
+
+
+def refused(result: AccessResult) -> GatewayError:
+    assert result.error is not None
+    result.error.headers = {**result.headers, **result.error.headers}
+    return result.error
+
+
+async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool,
+                worst_case: Callable[[], Decimal] | None = None) -> Admission:
+    """Let the request in now, or raise ``GatewayError``."""
+    check = await prepare(gateway, request, model_is_free=model_is_free, worst_case=worst_case)
+    return admitted(await check.run())
 
 
 async def refuse_unknown_key(gateway: "Gateway", request: Request, error: GatewayError) -> GatewayError:

@@ -34,7 +34,7 @@ async def chat_completions(request: Request) -> Response:
         except GatewayError as error:
             raise await refuse_unknown_key(gateway, request, error) from None
         await dispatch.admit(plan, messages=_builtins(chat.messages), tools=_builtins(chat.tools),
-                             output_tokens=output_tokens)
+                             output_tokens=output_tokens, with_enqueue=True)
     except GatewayError as error:
         return dispatch.refuse(error)
     stream = bool(chat.stream)

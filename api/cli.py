@@ -22,11 +22,11 @@ from common.settings import ConfigError, Settings, load_settings
 from common.telemetry import setup_logging
 
 
-def _uvicorn_config(settings: Settings, app: object, **extra: object) -> "object":
-    import uvicorn
+def uvicorn_options(settings: Settings) -> dict[str, object]:
+    """How every web process runs uvicorn (one process or ``--workers N``)."""
+    from api.http_protocol import OneWriteProtocol
 
-    return uvicorn.Config(
-        app,
+    return dict(
         host=settings.host,
         port=settings.port,
         log_level="warning",
@@ -36,10 +36,15 @@ def _uvicorn_config(settings: Settings, app: object, **extra: object) -> "object
         # rewrite the peer from X-Forwarded-For
         proxy_headers=False,
         ws="none",  # no WebSocket routes: an Upgrade header on a POST is answered like any other request
+        http=OneWriteProtocol,  # httptools, a response's head and body in one write
         timeout_graceful_shutdown=int(settings.shutdown_grace),
-        lifespan="on",
-        **extra,  # type: ignore[arg-type]
     )
+
+
+def _uvicorn_config(settings: Settings, app: object, **extra: object) -> "object":
+    import uvicorn
+
+    return uvicorn.Config(app, lifespan="on", **uvicorn_options(settings), **extra)  # type: ignore[arg-type]
 
 
 def _running_store(settings: Settings) -> None:
@@ -64,9 +69,7 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
 
     workers = int(args.workers or os.environ.get("WEB_CONCURRENCY") or 1)
     if workers > 1:
-        uvicorn.run("api.app:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=workers, log_level="warning", access_log=False, timeout_keep_alive=95, proxy_headers=False,
-                    ws="none", timeout_graceful_shutdown=int(settings.shutdown_grace))
+        uvicorn.run("api.app:create_app", factory=True, workers=workers, **uvicorn_options(settings))  # type: ignore[arg-type]
         return
     server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))  # type: ignore[arg-type]
     server.run()

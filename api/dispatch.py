@@ -13,7 +13,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.admission import Admission, admit
+from api.access import AccessCheck
+from api.admission import Admission, admitted, prepare
 from api.exchange import Exchange
 from api.formats import WireFormat
 from api.formats.chat_completions import CHAT_COMPLETIONS
@@ -44,18 +45,23 @@ class Dispatch:
         self.exchange = Exchange(gateway, route_name, request_id, self.client_request_id)
         self.headers = {"x-request-id": self.client_request_id or request_id}
         self.admission = Admission()
+        self.pending: AccessCheck | None = None  # admit(with_enqueue=True): run by the first enqueue
 
     @property
     def request_id(self) -> str:
         return self.exchange.request_id
 
     async def admit(self, plan: list[Route], *, messages: list[Any] | None = None,
-                    tools: list[Any] | None = None, output_tokens: int | None = None) -> None:
+                    tools: list[Any] | None = None, output_tokens: int | None = None,
+                    with_enqueue: bool = False) -> None:
         """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable.
 
         The request's worst-case cost (its canonical ``messages``/``tools`` and output budget at the
         dearest candidate; computed only when a budget applies) is reserved against the key's budget, and
         the job carries it to be settled.
+
+        ``with_enqueue``: the limits are checked and counted by the job's first enqueue, in the same Redis
+        round trip (``answer``; a refusal comes from there). The route must then answer with a job.
         """
         gateway = self.gateway
         self.exchange.model = plan[0].model if plan else self.exchange.model
@@ -64,9 +70,13 @@ class Dispatch:
             prompt = estimate_prompt_tokens(messages or [], tools)
             return worst_case_cost(gateway.catalog, plan, prompt, output_tokens)
 
-        self.admission = await admit(gateway, self.request, model_is_free=plan_is_free(gateway, plan),
-                                     worst_case=worst_case)
-        self.headers.update(self.admission.headers)
+        check = await prepare(gateway, self.request, model_is_free=plan_is_free(gateway, plan), worst_case=worst_case)
+        if with_enqueue:
+            self.pending = check
+            self.admission = Admission(key_id=check.record.id if check.record else None, reserved=check.reserve)
+        else:
+            self.admission = admitted(await check.run())
+            self.headers.update(self.admission.headers)
         if not self.gateway.relay.ready.is_set():
             raise unavailable("The gateway cannot reach its queue (Redis) right now.", retry_after=2)
 
@@ -94,9 +104,12 @@ class Dispatch:
     async def answer(self, job: Job) -> Response:
         """Enqueue ``job`` and answer with its stream or its one result (or error)."""
         try:
-            await self.exchange.submit(job)
+            await self.exchange.submit(job, admission=self.pending)
         except GatewayError as error:
             return self.refuse(error)
+        finally:
+            if self.pending is not None and self.pending.result is not None:
+                self.headers.update(self.pending.result.headers)
         answer = stream_response if job.stream else json_response
         return await answer(self.exchange, self.format, self.headers, gone=self.request.is_disconnected)
 

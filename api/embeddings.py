@@ -26,7 +26,7 @@ async def create_embeddings(request: Request) -> Response:
         dispatch.exchange.model = embed.model
         check_input(embed.input, gateway.settings.limits.max_embedding_inputs)
         plan = endpoint_plan(gateway, embed.model, modality="embedding", capability="embeddings")
-        await dispatch.admit(plan)
+        await dispatch.admit(plan, with_enqueue=True)
     except GatewayError as error:
         return dispatch.refuse(error)
     return await dispatch.answer(dispatch.job("embeddings", plan, body=body))

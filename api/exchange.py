@@ -28,13 +28,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from api import observe
+from api.admission import admitted
 from common.candidates import enqueue_candidate, job_id
 from common.errors import GatewayError, unavailable
-from common.queue import withdraw
+from common.queue import JobWrite, withdraw, write_job
 from common.usage import release_now
 from common.wire import FINAL_KINDS, Event, Job
 
 if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+    from api.access import AccessCheck
     from api.gateway import Gateway
     from api.relay import Inbox
 
@@ -73,12 +77,17 @@ class Exchange:
         self.status = CLIENT_GONE  # the outcome so far, recorded by the response writer
         self.usage: dict[str, Any] | None = None
         self.reservation_returned = False
+        self.admission: "AccessCheck | None" = None  # run by the first enqueue (submit)
 
     # -- enqueue ------------------------------------------------------------------------------------------
 
-    async def submit(self, job: Job) -> None:
-        """Enqueue on the first candidate whose pool can take it, or refuse with a 503 at once."""
+    async def submit(self, job: Job, admission: "AccessCheck | None" = None) -> None:
+        """Enqueue on the first candidate whose pool can take it, or refuse with a 503 at once.
+
+        ``admission`` (not yet run) is run with the first enqueue: one round trip when that pool's queue is
+        on the main Redis, where the limits live. Its refusal (401/402/429) is raised from here."""
         self.job = job
+        self.admission = admission
         self.inbox = self.gateway.relay.open(job.request_id)
         try:
             await self._enqueue_from(job.hop)
@@ -93,6 +102,7 @@ class Exchange:
         job, skipped = await enqueue_candidate(
             gateway.redises.pool, gateway.names, self.job, hop, is_live=gateway.live.has_worker,
             depth_limit=gateway.settings.limits.queue_depth_limit, pickup_timeout=gateway.settings.pickup_timeout,
+            write=self._admit_and_write if self.admission is not None else write_job,
         )
         if job is None:
             self.state = "settled"  # nothing is queued: nothing to cancel
@@ -104,6 +114,19 @@ class Exchange:
             )
         self.job, self.pool, self.job_id, self.state = job, job.plan[job.hop].provider, job_id(job), "queued"
         self.phase_deadline = time.monotonic() + gateway.settings.pickup_timeout
+
+    async def _admit_and_write(self, redis: "ArqRedis", write: JobWrite, depth_limit: int) -> bool:
+        """The first write of a request admitted with its enqueue: the limit script queues the job itself
+        when the pool's queue shares the limits' Redis; elsewhere the script runs first, then the write."""
+        check, self.admission = self.admission, None
+        if check is None:
+            return await write_job(redis, write, depth_limit)
+        if redis is self.gateway.redis:
+            result = await check.run(enqueue=write, depth_limit=depth_limit)
+            admitted(result)  # raises the refusal
+            return bool(result.enqueued)
+        admitted(await check.run())
+        return await write_job(redis, write, depth_limit)
 
     # -- events -------------------------------------------------------------------------------------------
 
@@ -237,8 +260,8 @@ class Exchange:
         worker died): a worker that runs the job settles or releases it itself. Once per request; the
         reservation's expiry covers Redis trouble."""
         job = self.job
-        if self.reservation_returned or job is None or not job.reserved:
-            return
+        if self.reservation_returned or job is None or not job.reserved or self.admission is not None:
+            return  # (an admission not run yet has reserved nothing)
         self.reservation_returned = True
         try:
             await release_now(self.gateway.redis, self.gateway.names, job.meta.get("key_id", ""), job.reserved)

@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 from common.errors import GatewayError, unavailable
 from common.mux import Script, mux_of
 from common.names import Names
+from common.queue import JobWrite
 
 if TYPE_CHECKING:
     from common.wire import Route
@@ -60,10 +61,11 @@ SIGNUP_DAY = "signup_day"  # accounts created from one client IP
 
 OK, REVOKED, BUDGET, LIMITED = 0, 1, 2, 3
 
-_SCRIPT = """
--- KEYS: revoked set, last-used hash, spend key, reserved key, counter hashes...
+_LIMITS = """
+-- KEYS: revoked set, last-used hash, spend key, reserved key, n counter hashes[, queue, job key]
 -- ARGV: key id ('' = anonymous), touch ('1'/'0'), budget ('' = none), worst-case cost to reserve ('' = none),
---       reservation ttl seconds, then limit, window seconds per counter
+--       reservation ttl seconds, n, then limit, window seconds per counter[, the job: see _ENQUEUE]
+local n = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -82,9 +84,9 @@ if key_id ~= '' then
 end
 local out = {0, 0}
 local state = {}
-for i = 1, #KEYS - 4 do
-  local limit = tonumber(ARGV[4 + 2 * i])
-  local window_ms = tonumber(ARGV[5 + 2 * i]) * 1000
+for i = 1, n do
+  local limit = tonumber(ARGV[5 + 2 * i])
+  local window_ms = tonumber(ARGV[6 + 2 * i]) * 1000
   local w = math.floor(now_ms / window_ms)
   local reset_ms = math.floor((w + 1) * window_ms - now_ms)
   local h = redis.call('HMGET', KEYS[4 + i], 'w', 'n')
@@ -126,8 +128,28 @@ if out[1] == 0 and reserve > 0 then
   end
   redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
 end
-return out
 """
+
+# The admitted request's job, written in the same script (common/queue.py's JobWrite, in write_job's
+# order): the reply gets one more element, 1 if the job was queued, 0 if the queue was over its depth
+# limit (the request still counts, as when the depth check fails after a separate admission).
+_ENQUEUE = """
+if out[1] == 0 then
+  local e = 6 + 2 * n  -- ARGV after the counters: depth limit ('' = none), ttl ms, job, score, id, wake channel
+  local depth = tonumber(ARGV[e + 1])
+  if depth and redis.call('ZCARD', KEYS[5 + n]) >= depth then
+    out[#out + 1] = 0
+  else
+    redis.call('PSETEX', KEYS[6 + n], ARGV[e + 2], ARGV[e + 3])
+    redis.call('ZADD', KEYS[5 + n], ARGV[e + 4], ARGV[e + 5])
+    redis.call('PUBLISH', ARGV[e + 6], '')
+    out[#out + 1] = 1
+  end
+end
+"""
+
+LIMITS_SCRIPT = Script(_LIMITS + "return out\n")
+ADMIT_AND_ENQUEUE_SCRIPT = Script(_LIMITS + _ENQUEUE + "return out\n")
 
 
 @dataclass(frozen=True)
@@ -153,6 +175,7 @@ class LimitDecision:
     error: GatewayError | None = None
     headers: dict[str, str] = field(default_factory=dict)
     revoked: bool = False
+    enqueued: bool | None = None  # with ``check(enqueue=...)``: the job was queued (False: queue full)
 
 
 class LimitNames:
@@ -176,7 +199,6 @@ class Limiter:
         self.redis = redis
         self.names = LimitNames(names)
         self.timeout = timeout
-        self._script = Script(_SCRIPT)
 
     def ip_minute(self, subject: str, limit: int) -> Counter:
         return Counter(IP_MINUTE, self.names.ip_minute(subject), limit, MINUTE)
@@ -206,29 +228,41 @@ class Limiter:
         reserve: Decimal | None = None,
         reserve_ttl: int = 3600,
         touch: bool = False,
+        enqueue: JobWrite | None = None,
+        depth_limit: int | None = None,
     ) -> LimitDecision:
         """Check and count every counter at once; also the key's revocation and budget when given.
 
         ``counters`` are checked in order and the first full one is reported. ``reserve`` (USD) is held
-        against the budget when the request is admitted. Redis errors become a 503 (fail closed; see the
-        module docstring).
+        against the budget when the request is admitted. With ``enqueue``, an admitted request's job is
+        queued by the same script (its queue must be on this Redis), unless the queue holds ``depth_limit``
+        jobs already. Redis errors become a 503 (fail closed; see the module docstring).
         """
         placeholder = self.names.names.key("rl:none")
         keys = [revoked_key or placeholder, used_key or placeholder, spend_key or placeholder,
                 reserved_key or placeholder]
         keys += [c.key for c in counters]
         held = "" if not reserve or not reserved_key else format(reserve, "f")
-        args: list[str | int] = [key_id or "", "1" if touch else "0", "" if budget is None else repr(budget),
-                                 held, reserve_ttl]
+        args: list[str | int | bytes] = [key_id or "", "1" if touch else "0", "" if budget is None else repr(budget),
+                                         held, reserve_ttl, len(counters)]
         for c in counters:
             args += [c.limit, c.window]
+        script = LIMITS_SCRIPT
+        if enqueue is not None:
+            script = ADMIT_AND_ENQUEUE_SCRIPT
+            keys += [enqueue.queue, enqueue.job_key]
+            args += ["" if depth_limit is None else depth_limit, enqueue.ttl_ms, enqueue.data, enqueue.score_ms,
+                     enqueue.job_id, enqueue.wake_channel]
         try:
             async with asyncio.timeout(self.timeout):  # no task per call, unlike wait_for
-                reply = await mux_of(self.redis).evalsha(self._script, keys, args)
+                reply = await mux_of(self.redis).evalsha(script, keys, args)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             log.warning("rate limiter unavailable: %s", type(exc).__name__)
             return LimitDecision(False, unavailable("Rate limiting is temporarily unavailable.", 2.0))
-        return decide(counters, [int(x) for x in reply], budget, reserve)
+        decision = decide(counters, [int(x) for x in reply], budget, reserve)
+        if enqueue is not None and decision.allowed:
+            decision.enqueued = reply[-1] == 1
+        return decision
 
 
 def decide(counters: list[Counter], reply: list[int], budget: float | None,

@@ -59,7 +59,7 @@ async def create_message(request: Request) -> Response:
         if message.max_tokens is None:
             raise invalid("max_tokens: this field is required", param="max_tokens")
         await dispatch.admit(plan, messages=canonical["messages"], tools=canonical.get("tools"),
-                             output_tokens=message.max_tokens)
+                             output_tokens=message.max_tokens, with_enqueue=True)
     except GatewayError as error:
         return dispatch.refuse(error)
     stream = bool(message.stream)

@@ -15,7 +15,7 @@ import msgspec
 from arq.connections import ArqRedis
 
 from common.names import Names
-from common.queue import enqueue, pickup_window
+from common.queue import JobWrite, job_write, pickup_window, write_job
 from common.wire import Job, job_encoder
 
 JOB_FUNCTION = "serve"  # the arq function every pool runs (workers/jobs.py)
@@ -23,6 +23,7 @@ LIVENESS_TTL = 6.0  # a worker unseen this long is gone (workers/pool.py writes 
 
 IsLive = Callable[[str], Awaitable[bool]]
 Announce = Callable[[Job, str], Awaitable[None]]
+WriteJob = Callable[[ArqRedis, JobWrite, int], Awaitable[bool]]  # common.queue.write_job's shape
 
 
 def job_id(job: Job) -> str:
@@ -43,13 +44,15 @@ async def enqueue_candidate(
     depth_limit: int,
     pickup_timeout: float,
     announce: Announce | None = None,
+    write: WriteJob = write_job,
 ) -> tuple[Job | None, list[str]]:
     """Enqueue ``job`` on the first candidate from ``first_hop`` that can take it, on the Redis that
     ``redis_of(pool)`` names (``common.redis.Redises.pool``).
 
     Returns the job as enqueued (its ``hop`` set), or None, and the pools skipped on the way.
     ``announce(job, pool)`` runs just before each enqueue (a worker publishes its ``handoff`` there, so
-    the web tier hears of the move before the new worker's first event).
+    the web tier hears of the move before the new worker's first event). ``write`` writes each attempt
+    (the web tier's first one also runs the request's admission: ``api/exchange.py``).
     """
     skipped: list[str] = []
     for hop in range(first_hop, len(job.plan)):
@@ -62,8 +65,9 @@ async def enqueue_candidate(
         candidate = msgspec.structs.replace(job, hop=hop, enqueued_at=time.time())
         if announce is not None:
             await announce(candidate, pool)
-        if await enqueue(redis_of(pool), names, pool, JOB_FUNCTION, job_id(candidate), job_encoder.encode(candidate),
-                         expires_s=pickup_window(pickup_timeout, job.deadline), depth_limit=depth_limit):
+        planned = job_write(names, pool, JOB_FUNCTION, job_id(candidate), job_encoder.encode(candidate),
+                            expires_s=pickup_window(pickup_timeout, job.deadline))
+        if await write(redis_of(pool), planned, depth_limit):
             return candidate, skipped
         skipped.append(pool)
     return None, skipped

@@ -11,6 +11,7 @@ after both, and a job that fails the depth check is withdrawn like any other.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
@@ -21,37 +22,59 @@ from common.names import Names
 from common.redis import job_serializer
 
 
-async def enqueue(
-    redis: ArqRedis,
-    names: Names,
-    pool: str,
-    function: str,
-    job_id: str,
-    payload: bytes,
-    *,
-    expires_s: float,
-    depth_limit: int | None = None,
-) -> bool:
-    """Put ``payload`` on ``pool``'s queue for ``function``. Returns False if the queue is over ``depth_limit``.
+@dataclass(frozen=True)
+class JobWrite:
+    """What enqueueing one job writes, in arq's layout: the serialized job under ``job_key`` with the pickup
+    window as its TTL, ``job_id`` in the ``queue`` sorted set (scored by enqueue time), and a nudge on the
+    pool's ``wake_channel``. Written by ``write_job``, or by the admission script in the same round trip as
+    the request's limits (``api/limits.py``, which keeps this order)."""
 
-    ``expires_s`` bounds how long the job may wait (``pickup_window``): an expired job is never run, so a
-    backlog after an outage never runs requests whose clients are gone, and a prompt whose web process
-    died does not sit in Redis beyond its pickup window.
-    """
+    queue: str
+    job_key: str
+    job_id: str
+    data: bytes
+    score_ms: int
+    ttl_ms: int
+    wake_channel: str
+
+
+def job_write(names: Names, pool: str, function: str, job_id: str, payload: bytes, *, expires_s: float) -> JobWrite:
+    """``payload`` for ``function`` on ``pool``'s queue. ``expires_s`` bounds how long the job may wait
+    (``pickup_window``): an expired job is never run, so a backlog after an outage never runs requests whose
+    clients are gone, and a prompt whose web process died does not sit in Redis beyond its pickup window."""
     now_ms = int(time.time() * 1000)
-    queue = names.queue(pool)
-    job = serialize_job(function, (payload,), {}, None, now_ms, serializer=job_serializer)
-    commands: list[tuple[object, ...]] = [] if depth_limit is None else [("ZCARD", queue)]
+    return JobWrite(
+        queue=names.queue(pool),
+        job_key=job_key_prefix + job_id,
+        job_id=job_id,
+        data=serialize_job(function, (payload,), {}, None, now_ms, serializer=job_serializer),
+        score_ms=now_ms,
+        ttl_ms=max(1, int(expires_s * 1000)),
+        wake_channel=names.wake_channel(pool),
+    )
+
+
+async def write_job(redis: ArqRedis, write: JobWrite, depth_limit: int | None = None) -> bool:
+    """Enqueue ``write`` in one round trip. Returns False (nothing left queued) if the queue is over
+    ``depth_limit``."""
+    commands: list[tuple[object, ...]] = [] if depth_limit is None else [("ZCARD", write.queue)]
     commands += [
-        ("PSETEX", job_key_prefix + job_id, max(1, int(expires_s * 1000)), job),
-        ("ZADD", queue, now_ms, job_id),
-        ("PUBLISH", names.wake_channel(pool), b""),
+        ("PSETEX", write.job_key, write.ttl_ms, write.data),
+        ("ZADD", write.queue, write.score_ms, write.job_id),
+        ("PUBLISH", write.wake_channel, b""),
     ]
     results = await mux_of(redis).pipeline(commands)
     if depth_limit is not None and results[0] >= depth_limit:
-        await withdraw(redis, names, pool, job_id)
+        await _withdraw(redis, write.queue, write.job_key, write.job_id)
         return False
     return True
+
+
+async def enqueue(redis: ArqRedis, names: Names, pool: str, function: str, job_id: str, payload: bytes, *,
+                  expires_s: float, depth_limit: int | None = None) -> bool:
+    """``job_write`` and ``write_job`` in one call."""
+    write = job_write(names, pool, function, job_id, payload, expires_s=expires_s)
+    return await write_job(redis, write, depth_limit)
 
 
 _WITHDRAW = Script("""
@@ -69,8 +92,11 @@ async def withdraw(redis: ArqRedis, names: Names, pool: str, job_id: str) -> boo
     Workers take a job off the queue when they claim it (``workers/pool.py``), so "still queued" means
     "not started"; the script makes the check and the removal one atomic step.
     """
-    removed = await mux_of(redis).evalsha(_WITHDRAW, [names.queue(pool), job_key_prefix + job_id], [job_id])
-    return bool(removed)
+    return await _withdraw(redis, names.queue(pool), job_key_prefix + job_id, job_id)
+
+
+async def _withdraw(redis: ArqRedis, queue: str, job_key: str, job_id: str) -> bool:
+    return bool(await mux_of(redis).evalsha(_WITHDRAW, [queue, job_key], [job_id]))
 
 
 PICKUP_SLACK = 2.0  # seconds a payload outlives its pickup deadline, for a web tier that withdraws late

@@ -19,6 +19,7 @@ import httpx
 import uvicorn
 
 from api.app import create_app
+from api.cli import uvicorn_options
 from common.settings import Settings, load_settings
 from tests.fakes.server import free_port
 from workers.pool import PoolProcess
@@ -107,8 +108,9 @@ class GatewayHarness:
             self.process = PoolProcess(self.settings, self.pools)
             await self.process.start()
         if self.api:
-            config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.settings.port,
-                                    log_level="warning", lifespan="on", proxy_headers=False)
+            # the web process's own uvicorn options (api/cli.py), on loopback
+            options = {**uvicorn_options(self.settings), "host": "127.0.0.1"}
+            config = uvicorn.Config(create_app(self.settings), lifespan="on", **options)  # type: ignore[arg-type]
             self.server = uvicorn.Server(config)
             self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             task = asyncio.create_task(self.server.serve())
