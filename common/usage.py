@@ -67,7 +67,13 @@ def _day_name(day: int) -> str:
 
 
 def utc_month(now: float | None = None) -> str:
-    return _utc(now).strftime("%Y-%m")
+    return _month_name(int((time.time() if now is None else now) // 86400))
+
+
+@functools.lru_cache(maxsize=4)
+def _month_name(day: int) -> str:
+    """The month of a day, worked out once per day (every request's usage write and budget check ask)."""
+    return _utc(day * 86400.0).strftime("%Y-%m")
 
 
 def _utc(now: float | None) -> dt.datetime:
