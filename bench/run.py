@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"install LiteLLM proxy {litellm.VERSION} into {litellm.VENV} and exit")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out even when installed")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment of the gateway's processes, e.g. MEGABRAIN_UPSTREAM_TRANSPORT=httpcore")
+                        help="extra environment of the gateway's processes, e.g. MEGABRAIN_LOG_LEVEL=debug")
     parser.add_argument("--pickup-jobs", type=int, help="enqueue->pickup samples (300)")
     parser.add_argument("--tokens", type=int, default=16, help="tokens the fake upstream answers with")
     parser.add_argument("--redis-url", help="use this Redis instead of starting a private redis-server "

@@ -99,7 +99,6 @@ class Settings(msgspec.Struct, kw_only=True):
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 120.0
     upstream_max_retries: int = 2
-    upstream_transport: str = "aiohttp"  # the worker's httpx transport: "aiohttp" or "httpcore" (workers/upstream.py)
     default_max_tokens: int = 4096
     limits: Limits = msgspec.field(default_factory=Limits)
     providers: dict[str, ProviderConfig] = {}
@@ -138,7 +137,6 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "MEGABRAIN_SHUTDOWN_GRACE": ("shutdown_grace", float),
     "MEGABRAIN_UPSTREAM_MAX_RETRIES": ("upstream_max_retries", int),
     "MEGABRAIN_UPSTREAM_READ_TIMEOUT": ("upstream_read_timeout", float),
-    "MEGABRAIN_UPSTREAM_TRANSPORT": ("upstream_transport", str),
 }
 
 _LIMIT_ENV: dict[str, tuple[str, type]] = {

@@ -282,7 +282,7 @@ class PoolProcess:
             await self._flush_tallies()
         except Exception as exc:
             log.warning("could not write the last counters (%s)", type(exc).__name__)
-        await self.runtime.http.aclose()
+        await self.runtime.http.close()
         await self.redises.aclose()
         await self.pubsub_redises.aclose()
 

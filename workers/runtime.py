@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from arq.connections import ArqRedis
 
 from common.names import Names
@@ -29,7 +29,7 @@ class Runtime:
     settings: Settings
     names: Names
     redis: ArqRedis  # the main Redis: usage, health, uploads
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession  # upstream calls (workers/upstream.py)
     providers: dict[str, Provider]
     catalog: Catalog
     pools: tuple[str, ...]

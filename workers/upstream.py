@@ -1,4 +1,7 @@
-"""Sending requests upstream: one shared httpx client per worker process, and an SSE reader.
+"""Sending requests upstream: one shared aiohttp session per worker process, and an SSE reader.
+
+aiohttp is used directly, not under httpx: httpx's own layer over it (request and header objects, its
+response streams and auth flow) was 12-15 % of a worker's CPU at 16-token answers.
 
 Transport failures become ``UpstreamError`` here, so the retry logic only ever sees one exception type.
 HTTP errors are classified by the provider's own adapter (``Adapter.error``).
@@ -7,125 +10,145 @@ HTTP errors are classified by the provider's own adapter (``Adapter.error``).
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
-import httpx
 import msgspec
+import yarl
 
 from common.settings import Settings
 from workers.providers.base import Adapter, RequestSpec, UpstreamError
+from workers.sse import Event, SSEDecoder
+
+# How long a request may wait for a free connection of the pool, on top of connecting: the pool holds one
+# connection per job slot, so waiting at all means connections leak, and a job should fail, not hang.
+POOL_WAIT = 10.0
+
+# What a failed exchange with an upstream raises: aiohttp's errors (its timeouts are TimeoutErrors too).
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
-class _NoCookies(httpx.Cookies):
-    """A jar that stays empty: what an upstream sets must never ride along on other callers' requests."""
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """A whole upstream answer: what the callers read of it, and nothing they would have to close."""
 
-    def extract_cookies(self, response: httpx.Response) -> None:
-        pass
-
-
-class UpstreamClient(httpx.AsyncClient):
-    """httpx's client without a cookie jar: one client serves every caller, so a provider's ``Set-Cookie``
-    (a load balancer's affinity cookie, say) must not be sent back for someone else; and parsing each
-    response's cookies into a jar was ~4% of a worker's CPU."""
-
-    _no_cookies = _NoCookies()
-
-    @property  # type: ignore[override]
-    def cookies(self) -> httpx.Cookies:
-        return self._no_cookies
-
-    @cookies.setter
-    def cookies(self, value: Any) -> None:
-        raise TypeError("the upstream client keeps no cookies")
+    status_code: int
+    headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
+    content: bytes
 
 
-def make_http_client(settings: Settings, max_connections: int = 200) -> httpx.AsyncClient:
-    """The process-wide client: pooled keep-alive connections and explicit timeouts.
+def make_http_client(settings: Settings, max_connections: int = 200) -> aiohttp.ClientSession:
+    """The process-wide session: pooled HTTP/1.1 keep-alive connections and explicit timeouts.
 
-    ``read`` bounds the gap between two bytes of a response (a stalled stream), not the whole call; the
-    whole call is bounded by the request's deadline.
-
-    The transport is aiohttp's (``httpx-aiohttp``, as the OpenAI SDK does) unless ``upstream_transport``
-    says ``httpcore``: same httpx API, TLS verification and HTTP/1.1 keep-alive, but its connection pool and
-    parser (C-accelerated) cost far less CPU per request than httpcore's on anyio (bench/README.md).
+    Call it inside the running event loop (aiohttp binds the session to it); ``PoolProcess`` is built there.
+    ``sock_read`` bounds the gap between two reads of a response (a stalled stream), not the whole call; the
+    whole call is bounded by the request's deadline. TLS is verified against the default CA store. No
+    cookie jar: one session serves every caller, so a provider's ``Set-Cookie`` (a load balancer's affinity
+    cookie, say) must not ride along on someone else's request. ``trust_env=False``: no proxy or netrc from
+    the environment.
     """
-    timeout = httpx.Timeout(
-        connect=settings.upstream_connect_timeout,
-        read=settings.upstream_read_timeout,
-        write=30.0,
-        pool=10.0,
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=POOL_WAIT + settings.upstream_connect_timeout,
+        sock_connect=settings.upstream_connect_timeout,
+        sock_read=settings.upstream_read_timeout,
     )
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                          keepalive_expiry=60.0)
-    transport = None
-    if settings.upstream_transport == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        transport = AiohttpTransport(limits=limits, trust_env=False)
-    elif settings.upstream_transport != "httpcore":
-        raise ValueError(f"unknown upstream transport {settings.upstream_transport!r} (aiohttp or httpcore)")
-    return UpstreamClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False,
-                          transport=transport)
+    connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=60.0)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
+                                 trust_env=False)
 
 
 @functools.lru_cache(maxsize=4096)
-def _parsed_url(url: str) -> httpx.URL:
+def _parsed_url(url: str) -> yarl.URL:
     """Upstream URLs repeat (one per provider, or per model): parse each once, not per request."""
-    return httpx.URL(url)
+    return yarl.URL(url)
 
 
-def _build(client: httpx.AsyncClient, spec: RequestSpec) -> httpx.Request:
-    kwargs: dict[str, Any] = {"headers": spec.headers, "params": spec.params}
+def _url(spec: RequestSpec) -> yarl.URL:
+    """``spec.url`` with ``spec.params`` merged into its query as httpx merged them: a param replaces the
+    URL's own values of that name, the rest keep their order, the query encoded as ``urlencode`` does."""
+    url = _parsed_url(spec.url)
+    if not spec.params:
+        return url
+    merged: dict[str, list[str]] = {}
+    for name, value in parse_qsl(url.raw_query_string, keep_blank_values=True):
+        merged.setdefault(name, []).append(value)
+    merged.update((name, [str(value)]) for name, value in spec.params.items())
+    query = urlencode([(name, value) for name, values in merged.items() for value in values])
+    return yarl.URL(f"{url.with_query(None)}?{query}", encoded=True)
+
+
+def _form(spec: RequestSpec) -> aiohttp.FormData:
+    """``spec.data`` fields (a list value repeats its field) then ``spec.files`` as
+    ``(name, (filename, bytes, content type))``, in that order, as httpx wrote them. Field values are
+    written as given: ``quote_fields=False`` keeps a filename's spaces and non-ASCII letters."""
+    form = aiohttp.FormData(quote_fields=False)
+    for name, value in (spec.data or {}).items():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            form.add_field(name, str(item))  # form fields are text (bytes would become a file)
+    files = spec.files.items() if isinstance(spec.files, dict) else spec.files or ()
+    for name, (filename, content, content_type) in files:
+        form.add_field(name, content, filename=filename, content_type=content_type)
+    return form
+
+
+def _has_content_type(headers: Mapping[str, str]) -> bool:
+    return any(name.lower() == "content-type" for name in headers)
+
+
+async def _request(session: aiohttp.ClientSession, spec: RequestSpec) -> aiohttp.ClientResponse:
+    """Send the request and read the status line and headers; the body is left to the caller."""
+    headers: Mapping[str, str] = spec.headers
+    kwargs: dict[str, Any] = {}
     if spec.content is not None:
-        kwargs["content"] = spec.content
+        kwargs["data"] = spec.content
+        if not _has_content_type(headers):  # httpx sent raw bytes without one; aiohttp would add octet-stream
+            kwargs["skip_auto_headers"] = ("Content-Type",)
     elif spec.json is not None:
-        kwargs["content"] = msgspec.json.encode(spec.json)
-        kwargs["headers"] = {"content-type": "application/json", **spec.headers}
+        kwargs["data"] = msgspec.json.encode(spec.json)
+        headers = {"content-type": "application/json", **headers}
     elif spec.files is not None or spec.data is not None:
-        kwargs["files"] = spec.files
-        kwargs["data"] = spec.data
-    return client.build_request(spec.method, _parsed_url(spec.url), **kwargs)
+        kwargs["data"] = _form(spec)
+    return await session.request(spec.method, _url(spec), headers=headers, allow_redirects=False, **kwargs)
 
 
-# What a failed exchange with an upstream raises: httpx's errors, and aiohttp's own that httpx-aiohttp lets
-# through unmapped (a malformed response, say).
-TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError)
-
-
-def _timed_out(exc: BaseException) -> bool:
-    """httpx-aiohttp maps every aiohttp connection error, a server that hung up included, to ConnectTimeout:
-    under it, only an aiohttp timeout (those are TimeoutErrors) counts as one."""
-    if isinstance(exc, TimeoutError):
-        return True
-    if not isinstance(exc, httpx.TimeoutException):
-        return False
-    cause = exc.__cause__
-    return not isinstance(cause, aiohttp.ClientError) or isinstance(cause, TimeoutError)
+def _header_dict(headers: Mapping[str, str]) -> dict[str, str]:
+    """Lower-case names, repeated headers joined by ", ": the dict ``Adapter.error`` reads."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        name = name.lower()
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
 
 
 def transport_error(exc: BaseException) -> UpstreamError:
-    if _timed_out(exc):
+    if isinstance(exc, TimeoutError):
         return UpstreamError(0, f"upstream timed out ({type(exc).__name__})", retryable=True,
                              error_type="upstream_timeout")
     return UpstreamError(0, f"could not reach the upstream ({type(exc).__name__})", retryable=True)
 
 
-async def send(client: httpx.AsyncClient, adapter: Adapter, spec: RequestSpec) -> httpx.Response:
+async def send(session: aiohttp.ClientSession, adapter: Adapter, spec: RequestSpec) -> UpstreamResponse:
     """Send and read the whole response; raise ``UpstreamError`` for transport failures and HTTP errors."""
     try:
-        response = await client.send(_build(client, spec))
+        response = await _request(session, spec)
+        try:
+            content = await response.read()  # at the end of the body the connection goes back to the pool
+        finally:
+            response.release()  # cut short (a failure, a cancelled job): closes the connection instead
     except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
-    if response.status_code >= 400:
-        raise adapter.error(response.status_code, dict(response.headers), response.content)
-    return response
+    if response.status >= 400:
+        raise adapter.error(response.status, _header_dict(response.headers), content)
+    return UpstreamResponse(response.status, response.headers, content)
 
 
-async def send_json(client: httpx.AsyncClient, adapter: Adapter, spec: RequestSpec) -> Any:
-    response = await send(client, adapter, spec)
+async def send_json(session: aiohttp.ClientSession, adapter: Adapter, spec: RequestSpec) -> Any:
+    response = await send(session, adapter, spec)
     try:
         return msgspec.json.decode(response.content)
     except msgspec.DecodeError:
@@ -134,47 +157,37 @@ async def send_json(client: httpx.AsyncClient, adapter: Adapter, spec: RequestSp
 
 @asynccontextmanager
 async def open_stream(
-    client: httpx.AsyncClient, adapter: Adapter, spec: RequestSpec
-) -> AsyncIterator[AsyncIterator[tuple[str | None, str]]]:
+    session: aiohttp.ClientSession, adapter: Adapter, spec: RequestSpec
+) -> AsyncIterator[AsyncIterator[Event]]:
     """Open a streaming request; yields an iterator of server-sent events ``(event name, data)``.
 
-    Leaving the block closes the upstream connection, which is how a cancelled job (client gone) stops
-    the provider from generating further.
+    Leaving the block before the body's end closes the upstream connection, which is how a cancelled job
+    (client gone) stops the provider from generating further; after the end, the connection is kept.
     """
     try:
-        response = await client.send(_build(client, spec), stream=True)
+        response = await _request(session, spec)
     except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
     try:
-        if response.status_code >= 400:
+        if response.status >= 400:
             try:
-                body = await response.aread()
+                body = await response.read()
             except TRANSPORT_ERRORS:
                 body = b""
-            raise adapter.error(response.status_code, dict(response.headers), body)
+            raise adapter.error(response.status, _header_dict(response.headers), body)
         yield _events(response)
     finally:
-        await response.aclose()
+        response.release()
 
 
-async def _events(response: httpx.Response) -> AsyncIterator[tuple[str | None, str]]:
-    """Server-sent events from a response body; LF, CRLF and CR line ends; comments skipped."""
-    event: str | None = None
-    data: list[str] = []
+async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
+    """The response body's server-sent events, decoded chunk by chunk as they arrive (workers/sse.py)."""
+    decoder = SSEDecoder()
     try:
-        async for line in response.aiter_lines():
-            if not line:
-                if data:
-                    yield event, "\n".join(data)
-                event, data = None, []
-                continue
-            if line.startswith("data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(" ") else value)
-            elif line.startswith("event:"):
-                event = line[6:].strip()
-            # ":" comments (keep-alives, OpenRouter's processing notes), id: and retry: are ignored
-        if data:
-            yield event, "\n".join(data)
+        async for chunk in response.content.iter_any():
+            for event in decoder.feed(chunk):
+                yield event
     except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
+    for event in decoder.close():
+        yield event

@@ -40,8 +40,8 @@ class RequestSpec:
     headers: dict[str, str] = field(default_factory=dict)
     json: Any = None
     content: bytes | None = None
-    files: Any = None  # httpx multipart files
-    data: Any = None  # httpx multipart form fields
+    files: Any = None  # multipart files: [(field name, (filename, bytes, content type))]
+    data: Any = None  # multipart form fields: {name: value or list of values}
     params: dict[str, str] | None = None
 
 

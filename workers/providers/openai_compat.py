@@ -176,7 +176,7 @@ class OpenAICompatAdapter:
         """Multipart like the client's: its fields (``[]`` arrays repeated), the file under its own name.
 
         The filename keeps its extension, which some providers (Groq) use to tell the audio format.
-        httpx writes a fresh boundary and the matching content-type header.
+        The shared client writes a fresh boundary and the matching content-type header.
         """
         form = {k: v for k, v in fields.items() if k not in ("model", "stream")}
         form["model"] = model
