@@ -24,7 +24,7 @@ from api.gateway import Gateway
 from api.responses import error_response
 from common.errors import GatewayError
 from common.settings import Settings, load_settings
-from common.telemetry import init_sentry, setup_logging
+from common.telemetry import init_sentry, settle_heap, setup_logging
 
 log = logging.getLogger("megabrain.api")
 
@@ -51,9 +51,10 @@ def route_bases(mount_prefix: str) -> list[str]:
     return bases
 
 
-def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None, settle: bool = True) -> Starlette:
     """A plain Starlette app: FastAPI's extra middleware layers cost CPU on every request and we use none of
-    them (no dependencies, no schema)."""
+    them (no dependencies, no schema). ``settle``: once started, the process's long-lived objects leave the
+    garbage collector's view (``common.telemetry.settle_heap``; off for apps inside a test process)."""
     settings = settings or load_settings()
     setup_logging(settings.log_level)
     init_sentry(settings, "web")
@@ -63,6 +64,8 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         gw = gateway or Gateway(settings)
         app.state.gateway = gw
         await gw.start()
+        if settle:
+            settle_heap()
         try:
             yield
         finally:

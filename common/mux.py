@@ -138,7 +138,7 @@ class Mux:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         parser = hiredis.Reader(notEnoughData=_INCOMPLETE)
-        waiting = self._waiting
+        waiting = self._waiting  # this connection's (``_drop`` gives the next one a new deque)
         try:
             while True:
                 data = await reader.read(READ_SIZE)
@@ -162,22 +162,26 @@ class Mux:
             self._drop(exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc)))
 
     def _drop(self, error: Exception) -> None:
-        """Forget the connection and fail every command waiting on it."""
+        """Forget the connection and fail every command waiting on it (also when its event loop is gone
+        already: a test's loop, or a process shutting down)."""
         self._writer = None
         task, self._reader_task = self._reader_task, None
         connection, self._connection = self._connection, None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        if task is not None and task is not _current_task():
-            task.cancel()
-        if connection is not None:
-            close_streams(connection)
+        watchdog, self._watchdog = self._watchdog, None
+        waiting, self._waiting = self._waiting, deque()
         self._out.clear()
-        while self._waiting:
-            future = self._waiting.popleft().future
-            if not future.done():
-                future.set_exception(error)
+        try:
+            if watchdog is not None:
+                watchdog.cancel()
+            if task is not None and task is not _current_task():
+                task.cancel()
+            if connection is not None:
+                close_streams(connection)
+            for waiter in waiting:
+                if not waiter.future.done():
+                    waiter.future.set_exception(error)
+        except RuntimeError:  # "Event loop is closed": nobody is left to tell
+            pass
 
     async def aclose(self) -> None:
         self._drop(ConnectionError("closed"))

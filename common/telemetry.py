@@ -55,6 +55,16 @@ def setup_logging(level: str = "info") -> None:
     _configured = True
 
 
+def settle_heap() -> None:
+    """Called once a process has built what it keeps for its lifetime (catalog, models.dev metadata,
+    settings): those objects leave the cyclic garbage collector's view (``gc.freeze``), so its full
+    collections (~20 ms with them) no longer rescan them while requests wait."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 # --------------------------------------------------------------------------- Sentry
 #
 # Off unless SENTRY_DSN is set. What may leave the process is decided in one place, ``scrub``: no request

@@ -110,7 +110,7 @@ class GatewayHarness:
         if self.api:
             # the web process's own uvicorn options (api/cli.py), on loopback
             options = {**uvicorn_options(self.settings), "host": "127.0.0.1"}
-            config = uvicorn.Config(create_app(self.settings), lifespan="on", **options)  # type: ignore[arg-type]
+            config = uvicorn.Config(create_app(self.settings, settle=False), lifespan="on", **options)  # type: ignore[arg-type]
             self.server = uvicorn.Server(config)
             self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             task = asyncio.create_task(self.server.serve())

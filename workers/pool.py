@@ -33,7 +33,7 @@ from common.names import Names
 from common.subscription import subscribe
 from common.redis import Redises, job_deserializer, job_serializer
 from common.settings import Settings
-from common.telemetry import flush_sentry, init_sentry
+from common.telemetry import flush_sentry, init_sentry, settle_heap
 from router.catalog import build_catalog
 from router.providers import resolve_providers
 from workers import chat, embeddings, native, transcriptions  # noqa: F401  (register their job handlers)
@@ -233,6 +233,7 @@ class PoolProcess:
             except (NotImplementedError, RuntimeError):
                 pass
         await self.start()
+        settle_heap()
         await stop.wait()
         await self.stop()
 
