@@ -30,9 +30,9 @@ from common import metrics
 from common.candidates import LIVENESS_TTL  # a pool member unseen this long is presumed dead
 from common.mux import Script, mux_of
 from common.names import Names
-from common.subscription import subscribe
 from common.redis import Redises, job_deserializer, job_serializer
 from common.settings import Settings
+from common.subscription import subscribe
 from common.telemetry import flush_sentry, init_sentry, settle_heap
 from router.catalog import build_catalog
 from router.providers import resolve_providers
