@@ -13,7 +13,8 @@ The order is the issue's decision table:
 
 The day allowance is checked before the minute limit: when both are used up, "sign in" is the useful
 answer, since waiting a minute would not help. Budgets only guard paid models (free ones cost nothing).
-A request with a cached key costs one Redis round trip (the limit script, which also sees revocations).
+A request with a cached key costs one Redis round trip (the limit script, which also sees revocations; for
+a model request it also queues the job: ``AccessCheck.run(enqueue=...)``).
 The two "you need a key" answers name the sign-up page, the way in for a new user.
 """
 

@@ -11,7 +11,8 @@ on the time and every key the script touches is passed in ``KEYS``.
 
 The same call also answers "is this key revoked?" (``SISMEMBER``) and "does this request fit in its monthly
 budget?" and records the key's last use when the caller asks, so a request with a cached key costs exactly
-one round trip.
+one round trip. For a model request the same script also queues the job once the request is admitted
+(``_ENQUEUE``, ``common.queue.JobWrite``): admission and enqueue are one round trip together.
 
 Budgets hold under bursts because the check reserves: each admitted request adds its worst-case cost
 (prompt estimate plus maximum output, at the model's prices) to the key's ``reserved`` total, and a
