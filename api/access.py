@@ -57,6 +57,7 @@ class AccessResult:
     error: GatewayError | None = None
     reserved: Decimal | None = None  # USD held against the key's budget until the worker settles
     enqueued: bool | None = None  # AccessCheck.run(enqueue=...): the job was queued with the check
+    handed_to: str | None = None  # ... or handed straight to this idle worker process (api/limits.py)
 
     @property
     def allowed(self) -> bool:
@@ -94,7 +95,8 @@ class AccessCheck:
 
     async def run(self, enqueue: JobWrite | None = None, depth_limit: int | None = None) -> AccessResult:
         """The decision, counted. With ``enqueue``, an admitted request's job is queued in the same script:
-        ``result.enqueued`` says whether it was (False: its queue was full)."""
+        ``result.enqueued`` says whether it was (False: its queue was full), ``result.handed_to`` which idle
+        worker process took it directly, if one did."""
         decision = await self.ctx.limiter.check(self.counters, **self.options, enqueue=enqueue,
                                                 depth_limit=depth_limit)
         error = decision.error
@@ -104,7 +106,7 @@ class AccessCheck:
             self.ctx.keys.forget(self.token)
         self.result = AccessResult(key=self.record, headers=decision.headers, error=error,
                                    reserved=self.reserve if decision.allowed else None,
-                                   enqueued=decision.enqueued)
+                                   enqueued=decision.enqueued, handed_to=decision.handed_to)
         return self.result
 
 

@@ -16,6 +16,11 @@ Between submit and finish it reads the request's events and keeps every wait bou
   request that has sent nothing to its client yet is re-run as a new attempt (events of the old one are
   dropped by the inbox); otherwise it ends with a clear error.
 - ``handoff``: a worker passed the job to the next provider's pool; back to *queued* there.
+
+A first write that the admission script handed straight to an idle worker process (``api/limits.py``)
+starts in *running* with that worker known, as a job claimed but not yet announced: its ``start`` is due
+within ``CLAIMED_WAIT``, its death is noticed by its liveness key, and a cancel goes to its control channel
+(there is no queue entry to withdraw).
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class Exchange:
         self.usage: dict[str, Any] | None = None
         self.reservation_returned = False
         self.admission: "AccessCheck | None" = None  # run by the first enqueue (submit)
+        self.handed_to: str | None = None  # the worker the last enqueue handed its job to directly
 
     # -- enqueue ------------------------------------------------------------------------------------------
 
@@ -99,6 +105,7 @@ class Exchange:
     async def _enqueue_from(self, hop: int) -> None:
         assert self.job is not None
         gateway = self.gateway
+        self.handed_to = None
         job, skipped = await enqueue_candidate(
             gateway.redises.pool, gateway.names, self.job, hop, is_live=gateway.live.has_worker,
             depth_limit=gateway.settings.limits.queue_depth_limit, pickup_timeout=gateway.settings.pickup_timeout,
@@ -112,18 +119,25 @@ class Exchange:
                 "(no live worker, or its queue is full). Try again shortly.",
                 retry_after=2,
             )
-        self.job, self.pool, self.job_id, self.state = job, job.plan[job.hop].provider, job_id(job), "queued"
-        self.phase_deadline = time.monotonic() + gateway.settings.pickup_timeout
+        self.job, self.pool, self.job_id = job, job.plan[job.hop].provider, job_id(job)
+        if self.handed_to is not None:  # an idle worker has it already: as if claimed, its start is due soon
+            self.state, self.worker = "running", self.handed_to
+            self._extend(min(CLAIMED_WAIT, gateway.settings.heartbeat_timeout))
+        else:
+            self.state = "queued"
+            self.phase_deadline = time.monotonic() + gateway.settings.pickup_timeout
 
     async def _admit_and_write(self, redis: "ArqRedis", write: JobWrite, depth_limit: int) -> bool:
         """The first write of a request admitted with its enqueue: the limit script queues the job itself
-        when the pool's queue shares the limits' Redis; elsewhere the script runs first, then the write."""
+        when the pool's queue shares the limits' Redis (or hands it to an idle worker: ``self.handed_to``);
+        elsewhere the script runs first, then the write."""
         check, self.admission = self.admission, None
         if check is None:
             return await write_job(redis, write, depth_limit)
         if redis is self.gateway.redis:
             result = await check.run(enqueue=write, depth_limit=depth_limit)
             admitted(result)  # raises the refusal
+            self.handed_to = result.handed_to
             return bool(result.enqueued)
         admitted(await check.run())
         return await write_job(redis, write, depth_limit)

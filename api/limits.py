@@ -42,7 +42,7 @@ from redis.exceptions import RedisError
 from common.errors import GatewayError, unavailable
 from common.mux import Script, mux_of
 from common.names import Names
-from common.queue import JobWrite
+from common.queue import IDLE_FRESH, JobWrite
 
 if TYPE_CHECKING:
     from common.wire import Route
@@ -61,6 +61,7 @@ ACCOUNT_DAY = "account_day"  # free models through a signed-in user's keys
 SIGNUP_DAY = "signup_day"  # accounts created from one client IP
 
 OK, REVOKED, BUDGET, LIMITED = 0, 1, 2, 3
+NOT_QUEUED, QUEUED, HANDED = 0, 1, 2  # the admission+enqueue script's last element (_ENQUEUE)
 
 _LIMITS = """
 -- KEYS: revoked set, last-used hash, spend key, reserved key, n counter hashes[, queue, job key]
@@ -133,18 +134,49 @@ end
 
 # The admitted request's job, written in the same script (common/queue.py's JobWrite, in write_job's
 # order): the reply gets one more element, 1 if the job was queued, 0 if the queue was over its depth
-# limit (the request still counts, as when the depth check fails after a separate admission).
+# limit (the request still counts, as when the depth check fails after a separate admission), or 2 and
+# the worker id when an idle worker process of the pool took the job directly (a hand-off: nothing is
+# queued, the job went out on that process's control channel, and the worker's wake-up, claim and payload
+# read are saved). The depth check comes first: a full queue refuses whether or not a worker is idle.
+# The liveness key of a popped worker is named from its id (a prefix in ARGV), like the claim script's
+# payload keys: it cannot be known before the pop. A popped registration is consumed whatever follows;
+# the worker registers again when it has a free slot (workers/pool.py).
 _ENQUEUE = """
 if out[1] == 0 then
-  local e = 6 + 2 * n  -- ARGV after the counters: depth limit ('' = none), ttl ms, job, score, id, wake channel
+  -- ARGV after the counters: depth limit ('' = none), ttl ms, job, score, id, wake channel,
+  --   idle freshness seconds, liveness key prefix, control channel prefix, pool
+  local e = 6 + 2 * n
   local depth = tonumber(ARGV[e + 1])
   if depth and redis.call('ZCARD', KEYS[5 + n]) >= depth then
     out[#out + 1] = 0
   else
-    redis.call('PSETEX', KEYS[6 + n], ARGV[e + 2], ARGV[e + 3])
-    redis.call('ZADD', KEYS[5 + n], ARGV[e + 4], ARGV[e + 5])
-    redis.call('PUBLISH', ARGV[e + 6], '')
-    out[#out + 1] = 1
+    -- 1. an idle worker of the pool, oldest registration first, up to three tries
+    local handed = nil
+    for _ = 1, 3 do
+      local popped = redis.call('ZPOPMIN', KEYS[7 + n])
+      if #popped == 0 then break end
+      local worker = popped[1]
+      -- 2. only a recent registration of a process that is alive (a dead one's entry is dropped here)
+      if now - tonumber(popped[2]) <= tonumber(ARGV[e + 7])
+          and redis.call('EXISTS', ARGV[e + 8] .. worker) == 1 then
+        -- 3. the job on its control channel: 'job <pool> <job id> <serialized job>'; a subscriber got it
+        local message = 'job ' .. ARGV[e + 10] .. ' ' .. ARGV[e + 5] .. ' ' .. ARGV[e + 3]
+        if redis.call('PUBLISH', ARGV[e + 9] .. worker, message) >= 1 then
+          handed = worker
+          break
+        end
+      end
+    end
+    if handed then
+      out[#out + 1] = 2
+      out[#out + 1] = handed
+    else
+      -- 4. nobody idle: the shared queue, as write_job writes it
+      redis.call('PSETEX', KEYS[6 + n], ARGV[e + 2], ARGV[e + 3])
+      redis.call('ZADD', KEYS[5 + n], ARGV[e + 4], ARGV[e + 5])
+      redis.call('PUBLISH', ARGV[e + 6], '')
+      out[#out + 1] = 1
+    end
   end
 end
 """
@@ -177,6 +209,7 @@ class LimitDecision:
     headers: dict[str, str] = field(default_factory=dict)
     revoked: bool = False
     enqueued: bool | None = None  # with ``check(enqueue=...)``: the job was queued (False: queue full)
+    handed_to: str | None = None  # ... or, enqueued too, handed straight to this idle worker process
 
 
 class LimitNames:
@@ -237,7 +270,7 @@ class Limiter:
         ``counters`` are checked in order and the first full one is reported. ``reserve`` (USD) is held
         against the budget when the request is admitted. With ``enqueue``, an admitted request's job is
         queued by the same script (its queue must be on this Redis), unless the queue holds ``depth_limit``
-        jobs already. Redis errors become a 503 (fail closed; see the module docstring).
+        jobs already, or handed to an idle worker process of its pool (``LimitDecision.handed_to``). Redis errors become a 503 (fail closed; see the module docstring).
         """
         placeholder = self.names.names.key("rl:none")
         keys = [revoked_key or placeholder, used_key or placeholder, spend_key or placeholder,
@@ -251,18 +284,23 @@ class Limiter:
         script = LIMITS_SCRIPT
         if enqueue is not None:
             script = ADMIT_AND_ENQUEUE_SCRIPT
-            keys += [enqueue.queue, enqueue.job_key]
+            keys += [enqueue.queue, enqueue.job_key, enqueue.idle_workers]
             args += ["" if depth_limit is None else depth_limit, enqueue.ttl_ms, enqueue.data, enqueue.score_ms,
-                     enqueue.job_id, enqueue.wake_channel]
+                     enqueue.job_id, enqueue.wake_channel, IDLE_FRESH, self.names.names.alive(""),
+                     self.names.names.control_channel(""), enqueue.pool]
         try:
             async with asyncio.timeout(self.timeout):  # no task per call, unlike wait_for
                 reply = await mux_of(self.redis).evalsha(script, keys, args)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             log.warning("rate limiter unavailable: %s", type(exc).__name__)
             return LimitDecision(False, unavailable("Rate limiting is temporarily unavailable.", 2.0))
+        handed_to = None
+        if enqueue is not None and reply[0] == OK and int(reply[2 + 3 * len(counters)]) == HANDED:
+            handed_to = reply.pop().decode()  # the worker id after the marker; the rest is all numbers
         decision = decide(counters, [int(x) for x in reply], budget, reserve)
         if enqueue is not None and decision.allowed:
-            decision.enqueued = reply[-1] == 1
+            decision.enqueued = reply[-1] in (QUEUED, HANDED)
+            decision.handed_to = handed_to
         return decision
 
 

@@ -33,6 +33,11 @@ class Names:
         """Sorted set of worker process ids serving a pool, scored by last heartbeat (epoch seconds)."""
         return f"{self.ns}:live:{pool}"
 
+    def idle_workers(self, pool: str) -> str:
+        """Sorted set of worker process ids with a free slot on a pool, scored by registration time (epoch
+        seconds): the admission script pops one and hands it the job directly (``api/limits.py``)."""
+        return f"{self.ns}:idle:{pool}"
+
     def alive(self, worker_id: str) -> str:
         """One worker process's liveness key: set every second with a short TTL, so it vanishes within
         seconds of the process dying however it dies; web processes watch the workers of their requests."""

@@ -27,7 +27,8 @@ class JobWrite:
     """What enqueueing one job writes, in arq's layout: the serialized job under ``job_key`` with the pickup
     window as its TTL, ``job_id`` in the ``queue`` sorted set (scored by enqueue time), and a nudge on the
     pool's ``wake_channel``. Written by ``write_job``, or by the admission script in the same round trip as
-    the request's limits (``api/limits.py``, which keeps this order)."""
+    the request's limits (``api/limits.py``, which keeps this order), which first tries to hand the job to
+    an idle worker of ``pool`` (one of ``idle_workers``) instead."""
 
     queue: str
     job_key: str
@@ -36,6 +37,8 @@ class JobWrite:
     score_ms: int
     ttl_ms: int
     wake_channel: str
+    pool: str
+    idle_workers: str
 
 
 def job_write(names: Names, pool: str, function: str, job_id: str, payload: bytes, *, expires_s: float) -> JobWrite:
@@ -51,6 +54,8 @@ def job_write(names: Names, pool: str, function: str, job_id: str, payload: byte
         score_ms=now_ms,
         ttl_ms=max(1, int(expires_s * 1000)),
         wake_channel=names.wake_channel(pool),
+        pool=pool,
+        idle_workers=names.idle_workers(pool),
     )
 
 
@@ -98,6 +103,9 @@ async def withdraw(redis: ArqRedis, names: Names, pool: str, job_id: str) -> boo
 async def _withdraw(redis: ArqRedis, queue: str, job_key: str, job_id: str) -> bool:
     return bool(await mux_of(redis).evalsha(_WITHDRAW, [queue, job_key], [job_id]))
 
+
+IDLE_FRESH = 30  # seconds: an idle worker's registration older than this is dropped, not trusted (its
+# worker refreshes it every couple of seconds: workers/pool.py)
 
 PICKUP_SLACK = 2.0  # seconds a payload outlives its pickup deadline, for a web tier that withdraws late
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tests.redis_commands import measure
 
-BOUND = 16  # commands per request (INFO commandstats, Lua-internal calls included); README: 12.2 / 13.2 measured
+BOUND = 16  # commands per request (INFO commandstats, Lua-internal calls included); README: 10.2 / 10.5 measured
+# (sequential requests: each handed directly to the idle worker; ~14 through the queue)
 
 
 def test_redis_commands_per_request_stay_within_the_documented_bound() -> None:
@@ -12,5 +13,5 @@ def test_redis_commands_per_request_stay_within_the_documented_bound() -> None:
     for label in ("json", "stream"):
         by_command = result[label]["by_command"]
         assert by_command.get("publish", 0) >= 1  # the measurement saw the requests at all
-        assert by_command.get("evalsha", 0) >= 2  # the limits check and the worker's claim
+        assert by_command.get("evalsha", 0) >= 1  # the limits check (the claim too, for a queued job)
         assert 0 < result[label]["total"] <= BOUND, result

@@ -6,6 +6,14 @@ worker waits on an event that a single pub/sub subscription sets when a job is e
 per ``poll_delay`` (the safety net for a missed nudge). The same subscription carries this process's
 control channel (cancel a request) so a worker process holds one pub/sub connection in all.
 
+A pool whose queue is on the main Redis also takes jobs without the queue: while its worker has a free
+slot, the process is registered in the pool's idle set (``Names.idle_workers``), and the web tier's
+admission script pops one registration and publishes the job itself on that process's control channel
+(``api/limits.py``). Wake-up, claim and payload read (two hops) are saved when a worker is idle; busy
+pools, split pools, re-runs and hand-offs between pools use the queue as before. A registration is
+consumed by exactly one hand-off, and made again only with a free slot, so a pool runs at most one job
+over ``max_jobs`` (a registration made while free, used after queue claims filled the slots).
+
 The process also keeps a liveness entry per pool in Redis (a sorted set scored by time), which the web
 tier reads to refuse requests for pools with no live worker at once instead of letting them wait, and
 one liveness key of its own, rewritten every ``ALIVE_EVERY`` seconds with a TTL of ``ALIVE_TTL``: when the
@@ -30,6 +38,7 @@ from common import metrics
 from common.candidates import LIVENESS_TTL  # a pool member unseen this long is presumed dead
 from common.mux import Script, mux_of
 from common.names import Names
+from common.queue import IDLE_FRESH
 from common.redis import Redises, job_deserializer, job_serializer
 from common.settings import Settings
 from common.subscription import subscribe
@@ -84,11 +93,56 @@ class PoolWorker(Worker):
     - runs the job function, with nothing left to clean up afterwards.
     """
 
-    def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, wake: asyncio.Event, worker_id: str = "", idle_key: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.wake = wake
         self.closing = False  # a flag as well as a cancel: Python 3.11's wait_for can swallow a cancel
         self._claim = Script(CLAIM_SCRIPT)
+        self.worker_id = worker_id  # the process's id: its idle registration's member
+        self.idle_key = idle_key  # the pool's idle set, or None: no direct hand-offs (a split pool)
+        self.registered = False  # our registration is in the idle set, as far as we know
+        self._registering: set[asyncio.Task[None]] = set()
+
+    def register_if_free(self) -> None:
+        """Offer this pool's free slot for a direct hand-off, unless already offered. The ZADD goes out on
+        the pool's multiplexed connection in the background (never awaited on a job's critical path)."""
+        if (self.idle_key is None or self.registered or self.closing or not self.allow_pick_jobs
+                or self.job_counter >= self.max_jobs):
+            return
+        self.registered = True
+        task = asyncio.get_running_loop().create_task(self._register(self.idle_key))
+        self._registering.add(task)
+        task.add_done_callback(self._registering.discard)
+
+    async def _register(self, idle_key: str) -> None:
+        if self.closing or not self.allow_pick_jobs:  # stop() began meanwhile: its ZREM must stay last
+            self.registered = False
+            return
+        try:
+            await mux_of(self.pool).execute("ZADD", idle_key, time.time(), self.worker_id)
+        except Exception as exc:  # Redis trouble: try again with the next freed slot or resubscription
+            self.registered = False
+            log.warning("%s: could not register as idle (%s)", self.queue_name, type(exc).__name__)
+
+    def start_handed(self, job_id: str, raw: bytes) -> None:
+        """Run a job the admission script handed us directly, like a claimed one but without waiting on
+        the semaphore: it is here already (see the module docstring for the bound), also while the process
+        is stopping (it is in flight; the grace period covers it). Its registration was consumed."""
+        self.registered = False
+        self.job_counter += 1
+        task = self.loop.create_task(self._serve_claimed(job_id, raw))
+        task.add_done_callback(lambda _: self._handed_done())
+        self.tasks[job_id] = task
+        self.register_if_free()  # after the job's task: the ZADD rides the mux's next write
+
+    def _handed_done(self) -> None:
+        """A handed job took no semaphore slot: free only its count."""
+        was_full = self.job_counter >= self.max_jobs
+        self.job_counter -= 1
+        if was_full:
+            self.wake.set()
+        self.register_if_free()
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -146,6 +200,7 @@ class PoolWorker(Worker):
         super()._release_sem_dec_counter_on_complete()
         if was_full:
             self.wake.set()
+        self.register_if_free()
 
 
 def resolve_pools(settings: Settings, requested: str) -> tuple[str, ...]:
@@ -183,6 +238,7 @@ class PoolProcess:
             self.tallies.setdefault(id(redis), (redis, Tally()))
         self.wakes = {pool: asyncio.Event() for pool in pools}
         self.workers = [self._make_worker(pool) for pool in pools]
+        self.worker_of = dict(zip(pools, self.workers))
         self._tasks: list[asyncio.Task[Any]] = []
         self.stopping = False
 
@@ -193,6 +249,9 @@ class PoolProcess:
             queue_name=self.names.queue(pool),
             redis_pool=self.redises.pool(pool),
             wake=self.wakes[pool],
+            worker_id=self.runtime.worker_id,
+            # direct hand-offs only where the admission script runs: a pool on the main Redis
+            idle_key=self.names.idle_workers(pool) if self.redises.pool(pool) is self.redis else None,
             handle_signals=False,
             max_jobs=self.settings.worker_max_jobs,
             poll_delay=self.settings.poll_delay,
@@ -244,13 +303,14 @@ class PoolProcess:
         self.stopping = True
         for worker in self.workers:
             worker.allow_pick_jobs = False
-        # leave the liveness set first, so web processes stop sending us work
+        # leave the liveness and idle sets first, so web processes stop sending us work; on the
+        # multiplexed connection, so after any idle registration already on its way
         for redis, pools in self.redises.by_redis(self.pools):
             try:
-                async with redis.pipeline(transaction=False) as pipe:
-                    for pool in pools:
-                        pipe.zrem(self.names.live_workers(pool), self.runtime.worker_id)
-                    await pipe.execute()
+                await mux_of(redis).pipeline(
+                    [command for pool in pools for command in (
+                        ("ZREM", self.names.live_workers(pool), self.runtime.worker_id),
+                        ("ZREM", self.names.idle_workers(pool), self.runtime.worker_id))])
             except Exception:
                 pass
         deadline = time.monotonic() + self.settings.shutdown_grace
@@ -305,6 +365,10 @@ class PoolProcess:
         def subscribed() -> None:
             for event in wake_by_channel.values():
                 event.set()  # poll once after (re)subscribing, in case nudges were missed
+            for pool in pools:  # hand-offs reach us from now on; one published meanwhile used up our entry
+                worker = self.worker_of[pool]
+                worker.registered = False
+                worker.register_if_free()
 
         while not self.stopping:
             try:
@@ -316,6 +380,16 @@ class PoolProcess:
                 await asyncio.sleep(0.5)
 
     def _control(self, data: bytes) -> None:
+        """``job <pool> <job id> <serialized job>`` (a direct hand-off: binary, and neither the pool nor the
+        job id holds a space) or ``cancel <request id>``."""
+        if data.startswith(b"job "):
+            _, pool, job_id, raw = data.split(b" ", 3)
+            worker = self.worker_of.get(pool.decode())
+            if worker is None:  # not a pool of ours: cannot happen unless ids collide; the web re-runs it
+                log.error("handed a job for pool %r, which this process does not serve", pool)
+                return
+            worker.start_handed(job_id.decode(), raw)
+            return
         command, _, request_id = data.decode().partition(" ")
         if command == "cancel":
             self.runtime.cancel(request_id)
@@ -341,6 +415,12 @@ class PoolProcess:
                     pipe.zadd(key, {self.runtime.worker_id: now})
                     pipe.zremrangebyscore(key, "-inf", now - LIVENESS_TTL * 10)
                     pipe.expire(key, int(LIVENESS_TTL * 20))
+                    if self.worker_of[pool].idle_key is not None:
+                        # keep our idle registration fresh (XX: never re-add one a hand-off consumed, or a
+                        # second job could be on its way), and drop dead processes' stale ones
+                        idle = self.names.idle_workers(pool)
+                        pipe.zadd(idle, {self.runtime.worker_id: now}, xx=True)
+                        pipe.zremrangebyscore(idle, "-inf", now - IDLE_FRESH * 2)
                 await pipe.execute()
 
     async def _liveness_loop(self) -> None:
