@@ -7,7 +7,8 @@ increments all of them, so a request refused by one limit consumes none of the o
 
 Counters are fixed windows aligned to the epoch (a minute; a UTC day, since epoch days start at UTC
 midnight), each one Redis hash ``{w: window index, n: count}`` with a TTL, so its key name does not depend
-on the time and every key the script touches is passed in ``KEYS``.
+on the time and every key the script touches is passed in ``KEYS`` (but for the liveness key of an idle
+worker it pops, which is named from the popped id: see ``_ENQUEUE``).
 
 The same call also answers "is this key revoked?" (``SISMEMBER``) and "does this request fit in its monthly
 budget?" and records the key's last use when the caller asks, so a request with a cached key costs exactly
