@@ -62,10 +62,10 @@ ACCOUNT_DAY = "account_day"  # free models through a signed-in user's keys
 SIGNUP_DAY = "signup_day"  # accounts created from one client IP
 
 OK, REVOKED, BUDGET, LIMITED = 0, 1, 2, 3
-NOT_QUEUED, QUEUED, HANDED = 0, 1, 2  # the admission+enqueue script's last element (_ENQUEUE)
+QUEUED, HANDED = 1, 2  # the admission+enqueue script's last element (_ENQUEUE; 0: the queue was full)
 
 _LIMITS = """
--- KEYS: revoked set, last-used hash, spend key, reserved key, n counter hashes[, queue, job key]
+-- KEYS: revoked set, last-used hash, spend key, reserved key, n counter hashes[, queue, job key, idle set]
 -- ARGV: key id ('' = anonymous), touch ('1'/'0'), budget ('' = none), worst-case cost to reserve ('' = none),
 --       reservation ttl seconds, n, then limit, window seconds per counter[, the job: see _ENQUEUE]
 local n = tonumber(ARGV[6])
@@ -234,6 +234,8 @@ class Limiter:
         self.redis = redis
         self.names = LimitNames(names)
         self.timeout = timeout
+        # the script names a popped idle worker's liveness key and control channel from these and its id
+        self._alive_prefix, self._control_prefix = names.alive(""), names.control_channel("")
 
     def ip_minute(self, subject: str, limit: int) -> Counter:
         return Counter(IP_MINUTE, self.names.ip_minute(subject), limit, MINUTE)
@@ -271,7 +273,8 @@ class Limiter:
         ``counters`` are checked in order and the first full one is reported. ``reserve`` (USD) is held
         against the budget when the request is admitted. With ``enqueue``, an admitted request's job is
         queued by the same script (its queue must be on this Redis), unless the queue holds ``depth_limit``
-        jobs already, or handed to an idle worker process of its pool (``LimitDecision.handed_to``). Redis errors become a 503 (fail closed; see the module docstring).
+        jobs already, or handed to an idle worker process of its pool (``LimitDecision.handed_to``). Redis
+        errors become a 503 (fail closed; see the module docstring).
         """
         placeholder = self.names.names.key("rl:none")
         keys = [revoked_key or placeholder, used_key or placeholder, spend_key or placeholder,
@@ -287,8 +290,8 @@ class Limiter:
             script = ADMIT_AND_ENQUEUE_SCRIPT
             keys += [enqueue.queue, enqueue.job_key, enqueue.idle_workers]
             args += ["" if depth_limit is None else depth_limit, enqueue.ttl_ms, enqueue.data, enqueue.score_ms,
-                     enqueue.job_id, enqueue.wake_channel, IDLE_FRESH, self.names.names.alive(""),
-                     self.names.names.control_channel(""), enqueue.pool]
+                     enqueue.job_id, enqueue.wake_channel, IDLE_FRESH, self._alive_prefix, self._control_prefix,
+                     enqueue.pool]
         try:
             async with asyncio.timeout(self.timeout):  # no task per call, unlike wait_for
                 reply = await mux_of(self.redis).evalsha(script, keys, args)

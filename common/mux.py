@@ -137,15 +137,11 @@ class Mux:
             self._reader_task = loop.create_task(self._read(reader), name="redis-mux-reader")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        parser = hiredis.Reader(notEnoughData=_INCOMPLETE)
+        replies = ReplyReader(reader)
         waiting = self._waiting  # this connection's (``_drop`` gives the next one a new deque)
         try:
             while True:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    raise ConnectionError("Redis closed the connection")
-                parser.feed(data)
-                while (reply := parser.gets()) is not _INCOMPLETE:
+                for reply in await replies.read():
                     if not waiting:
                         raise ConnectionError("a reply nobody asked for")
                     waiter = waiting[0]
@@ -185,6 +181,25 @@ class Mux:
 
     async def aclose(self) -> None:
         self._drop(ConnectionError("closed"))
+
+
+class ReplyReader:
+    """The replies on a stream, parsed in C by hiredis: all those complete after each read of the socket."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._parser = hiredis.Reader(notEnoughData=_INCOMPLETE)
+
+    async def read(self) -> list[Any]:
+        """The replies the next read completes (maybe none); ``ConnectionError`` when Redis hung up."""
+        data = await self._reader.read(READ_SIZE)
+        if not data:
+            raise ConnectionError("Redis closed the connection")
+        self._parser.feed(data)
+        replies = []
+        while (reply := self._parser.gets()) is not _INCOMPLETE:
+            replies.append(reply)
+        return replies
 
 
 class Script:

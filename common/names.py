@@ -26,7 +26,7 @@ class Names:
         return f"{self.ns}:reply:{instance_id}"
 
     def control_channel(self, worker_id: str) -> str:
-        """One worker process's control channel (cancel a request's job)."""
+        """One worker process's control channel: cancels, and jobs handed to it directly (``api/limits.py``)."""
         return f"{self.ns}:ctl:{worker_id}"
 
     def live_workers(self, pool: str) -> str:

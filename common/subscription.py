@@ -21,11 +21,9 @@ import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError
 
-from common.mux import close_streams, open_streams
+from common.mux import ReplyReader, close_streams, open_streams
 
 PING_EVERY = 15.0  # seconds of silence before a PING (redis-py's health_check_interval for our clients)
-READ_SIZE = 65536
-_INCOMPLETE = object()
 
 OnMessage = Callable[[bytes, bytes], None]  # (channel, data)
 
@@ -52,18 +50,18 @@ async def subscribe(client: Redis, channels: Sequence[str | bytes], on_message: 
             writer.write(hiredis.pack_command(("PING",)))
         watchdog = loop.call_later(ping_every, watch)
 
-    parser = hiredis.Reader(notEnoughData=_INCOMPLETE)
+    replies = ReplyReader(reader)
     unconfirmed = {c.encode() if isinstance(c, str) else c for c in channels}
     try:
         writer.write(hiredis.pack_command(("SUBSCRIBE", *channels)))
         watchdog = loop.call_later(ping_every, watch)
         while True:
-            data = await reader.read(READ_SIZE)
-            if not data:
-                raise ConnectionError(failed[0] if failed else "Redis closed the subscription")
+            try:
+                batch = await replies.read()
+            except ConnectionError:
+                raise ConnectionError(failed[0] if failed else "Redis closed the subscription") from None
             last_read = loop.time()
-            parser.feed(data)
-            while (reply := parser.gets()) is not _INCOMPLETE:
+            for reply in batch:
                 if isinstance(reply, hiredis.ReplyError):
                     raise ConnectionError(f"subscription refused: {reply}")
                 kind = reply[0]

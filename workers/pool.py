@@ -132,14 +132,17 @@ class PoolWorker(Worker):
         self.registered = False
         self.job_counter += 1
         task = self.loop.create_task(self._serve_claimed(job_id, raw))
-        task.add_done_callback(lambda _: self._handed_done())
+        task.add_done_callback(lambda _: self._job_done(took_slot=False))
         self.tasks[job_id] = task
         self.register_if_free()  # after the job's task: the ZADD rides the mux's next write
 
-    def _handed_done(self) -> None:
-        """A handed job took no semaphore slot: free only its count."""
+    def _job_done(self, took_slot: bool) -> None:
+        """A job ended: its count, and its semaphore slot unless it was handed to us, are free again; a pool
+        that was full polls at once, and offers the freed slot for a hand-off."""
         was_full = self.job_counter >= self.max_jobs
         self.job_counter -= 1
+        if took_slot:
+            self.sem.release()
         if was_full:
             self.wake.set()
         self.register_if_free()
@@ -170,7 +173,7 @@ class PoolWorker(Worker):
                 await self.sem.acquire()
                 self.job_counter += 1
                 task = self.loop.create_task(self._serve_claimed(job_id, claimed[i + 1]))
-                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                task.add_done_callback(lambda _: self._job_done(took_slot=True))
                 self.tasks[job_id] = task
         for job_id, task in list(self.tasks.items()):
             if task.done():
@@ -195,12 +198,8 @@ class PoolWorker(Worker):
             self.jobs_failed += 1
             log.error("%s: job %s crashed (%s)", self.queue_name, job_id, type(exc).__name__)
 
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        was_full = self.job_counter >= self.max_jobs
-        super()._release_sem_dec_counter_on_complete()
-        if was_full:
-            self.wake.set()
-        self.register_if_free()
+    def _release_sem_dec_counter_on_complete(self) -> None:  # arq's name, for a claimed job
+        self._job_done(took_slot=True)
 
 
 def resolve_pools(settings: Settings, requested: str) -> tuple[str, ...]:
