@@ -19,9 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api import admin, chat, embeddings, listings, lookups, messages, ops, pages, responses_api, transcriptions
+from api import pages
+from api.routes import admin, chat, embeddings, listings, lookups, messages, ops, responses, transcriptions
 from api.gateway import Gateway
-from api.responses import error_response
+from api.exchange.answer import error_response
 from common.errors import GatewayError
 from common.settings import Settings, load_settings
 from common.telemetry import init_sentry, settle_heap, setup_logging
@@ -34,7 +35,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # (method, path, handler) from each route module: each is served under every base of ``route_bases``
 ROUTES: list[tuple[str, str, Endpoint]] = [
     *chat.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES, *listings.ROUTES, *lookups.ROUTES,
-    *admin.ROUTES, *ops.ROUTES, *messages.ROUTES, *responses_api.ROUTES,
+    *admin.ROUTES, *ops.ROUTES, *messages.ROUTES, *responses.ROUTES,
 ]
 
 # Bare, OpenAI's /v1 and OpenRouter's /api/v1: tools written for either find every route.

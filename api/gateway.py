@@ -10,7 +10,7 @@ import logging
 import time
 
 from api.provider_health import load_snapshot
-from api.relay import Relay
+from api.exchange.relay import Relay
 from common import metrics
 from common.candidates import LIVENESS_TTL, has_live_worker
 from common.names import Names

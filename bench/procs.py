@@ -145,7 +145,7 @@ def redis_server_argv(port: int) -> list[str]:
 
 
 def megabrain_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "api.cli", *args]
+    return [sys.executable, "-m", "api.cli.main", *args]
 
 
 def fake_upstream_argv(port: int, tokens: int) -> list[str]:

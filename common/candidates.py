@@ -52,7 +52,7 @@ async def enqueue_candidate(
     Returns the job as enqueued (its ``hop`` set), or None, and the pools skipped on the way.
     ``announce(job, pool)`` runs just before each enqueue (a worker publishes its ``handoff`` there, so
     the web tier hears of the move before the new worker's first event). ``write`` writes each attempt
-    (the web tier's first one also runs the request's admission: ``api/exchange.py``).
+    (the web tier's first one also runs the request's admission: ``api/exchange/exchange.py``).
     """
     skipped: list[str] = []
     for hop in range(first_hop, len(job.plan)):

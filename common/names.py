@@ -26,7 +26,7 @@ class Names:
         return f"{self.ns}:reply:{instance_id}"
 
     def control_channel(self, worker_id: str) -> str:
-        """One worker process's control channel: cancels, and jobs handed to it directly (``api/limits.py``)."""
+        """One worker process's control channel: cancels, and jobs handed to it directly (``api/access/limits.py``)."""
         return f"{self.ns}:ctl:{worker_id}"
 
     def live_workers(self, pool: str) -> str:
@@ -35,7 +35,7 @@ class Names:
 
     def idle_workers(self, pool: str) -> str:
         """Sorted set of worker process ids with a free slot on a pool, scored by registration time (epoch
-        seconds): the admission script pops one and hands it the job directly (``api/limits.py``)."""
+        seconds): the admission script pops one and hands it the job directly (``api/access/limits.py``)."""
         return f"{self.ns}:idle:{pool}"
 
     def alive(self, worker_id: str) -> str:

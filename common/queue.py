@@ -27,7 +27,7 @@ class JobWrite:
     """What enqueueing one job writes, in arq's layout: the serialized job under ``job_key`` with the pickup
     window as its TTL, ``job_id`` in the ``queue`` sorted set (scored by enqueue time), and a nudge on the
     pool's ``wake_channel``. Written by ``write_job``, or by the admission script in the same round trip as
-    the request's limits (``api/limits.py``, which keeps this order), which first tries to hand the job to
+    the request's limits (``api/access/limits.py``, which keeps this order), which first tries to hand the job to
     an idle worker of ``pool`` (one of ``idle_workers``) instead."""
 
     queue: str

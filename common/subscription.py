@@ -1,6 +1,6 @@
 """A Redis pub/sub subscription whose messages go straight to a callback as they are parsed.
 
-Each web process reads every event of its requests through one of these (``api/relay.py``), and each
+Each web process reads every event of its requests through one of these (``api/exchange/relay.py``), and each
 worker process its wake-ups and cancels (``workers/pool.py``). redis-py's ``PubSub`` hands messages out
 through an async iterator with a timeout and a dict per message: ~20 µs of CPU each, for the most frequent
 message of the system. Here a read of the socket is parsed in C (hiredis) and every complete message is

@@ -6,7 +6,7 @@ spend for budgets. Living in ``common`` lets both import it without the worker i
 
     usage:<key id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n   requests, tokens, cost per UTC day and model
     spend:<key id>:<YYYY-MM>     float                          month-to-date cost in USD
-    reserved:<key id>            float                          worst cases of requests in flight (api/limits.py)
+    reserved:<key id>            float                          worst cases of requests in flight (api/access/limits.py)
     gen:<request id>             msgpack ``Generation``          one served request, for its key to look up
 
 Requests without a key are counted under the id ``anonymous`` (real key ids are 8 hex digits).

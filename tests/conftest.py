@@ -17,7 +17,7 @@ import openai
 import pytest
 from arq.connections import ArqRedis
 
-from api.keys import KeyStore
+from api.access.keys import KeyStore
 from common.names import Names
 from common.redis import connect
 from common.store import EmbeddedServer, StoreError

@@ -19,7 +19,7 @@ import httpx
 import uvicorn
 
 from api.app import create_app
-from api.cli import uvicorn_options
+from api.cli.main import uvicorn_options
 from common.settings import Settings, load_settings
 from tests.fakes.server import free_port
 from workers.pool import PoolProcess
@@ -46,7 +46,7 @@ def env_for(redis_url: str, namespace: str | None = None, **extra: str) -> dict[
 
 def create_key(redis_url: str, namespace: str, name: str = "tests") -> str:
     """A real API key in ``namespace`` of the Redis at ``redis_url`` (paid models need one)."""
-    from api.keys import KeyStore
+    from api.access.keys import KeyStore
     from common.names import Names
     from common.redis import connect
 
@@ -108,7 +108,7 @@ class GatewayHarness:
             self.process = PoolProcess(self.settings, self.pools)
             await self.process.start()
         if self.api:
-            # the web process's own uvicorn options (api/cli.py), on loopback
+            # the web process's own uvicorn options (api/cli/main.py), on loopback
             options = {**uvicorn_options(self.settings), "host": "127.0.0.1"}
             config = uvicorn.Config(create_app(self.settings, settle=False), lifespan="on", **options)  # type: ignore[arg-type]
             self.server = uvicorn.Server(config)
@@ -174,7 +174,7 @@ class ProcessGateway:
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "api.cli", *args], env=self.env,
+        return subprocess.Popen([sys.executable, "-m", "api.cli.main", *args], env=self.env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def start_worker(self) -> subprocess.Popen[bytes]:

@@ -56,7 +56,7 @@ def main() -> None:
 
 
 async def _earlier_days(env: dict[str, str], key: str) -> None:
-    from api.keys import KeyStore
+    from api.access.keys import KeyStore
 
     redis = connect(env.get("REDIS_URL"))
     try:

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api.access import PAID_MODEL_MESSAGE, AccessContext, bearer_token, build_access_context, check_access
-from api.client_ip import client_ip
-from api.keys import KeyStore, hash_key
+from api.access.check import PAID_MODEL_MESSAGE, AccessContext, bearer_token, build_access_context, check_access
+from api.access.client_ip import client_ip
+from api.access.keys import KeyStore, hash_key
 from common.usage import record_usage
 from common.names import Names
 from common.redis import connect

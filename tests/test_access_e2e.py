@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from api.keys import hash_key
+from api.access.keys import hash_key
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import GatewayHarness, env_for
 
@@ -259,7 +259,7 @@ def test_spoofed_forwarded_for_cannot_dodge_the_per_ip_limit(two_apis: tuple[Gat
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "api.cli", "keys", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "api.cli.main", "keys", *args], env=env, capture_output=True,
                           text=True, timeout=30)
 
 

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from api.accounts import normalize_email
+from api.access.accounts import normalize_email
 from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import GatewayHarness

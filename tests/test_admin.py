@@ -112,7 +112,7 @@ def test_cli_create_has_the_same_bounds(fields: dict[str, Any]) -> None:
     """``megabrain keys create`` with REDIS_URL writes to Redis itself: the admin API's bounds hold there too."""
     import argparse
 
-    from api.cli_keys import KeysError, run_command
+    from api.cli.keys import KeysError, run_command
 
     class NeverCalled:
         def create(self, *args: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""A chat request's limits and its enqueue run as one script (api/exchange.py ``_admit_and_write``): what
+"""A chat request's limits and its enqueue run as one script (api/exchange/exchange.py ``_admit_and_write``): what
 the limits refuse is never queued, what they admit is queued and counted once, a full queue still counts."""
 
 from __future__ import annotations

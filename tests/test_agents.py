@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from api.keys import KeyStore
+from api.access.keys import KeyStore
 from common.names import Names
 from common.redis import connect
 from tests.fakes.anthropic_server import AnthropicFakeState, create_anthropic_app

@@ -8,7 +8,7 @@ import logging
 import httpx
 import pytest
 
-import api.chat
+import api.routes.chat
 from tests.harness import GatewayHarness
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -29,7 +29,7 @@ def test_an_unexpected_error_on_a_model_route_is_the_envelope(gateway: GatewayHa
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in planning")
 
-    monkeypatch.setattr(api.chat, "plan_for", broken)
+    monkeypatch.setattr(api.routes.chat, "plan_for", broken)
     headers = {"authorization": f"Bearer {gateway_env['MEGABRAIN_TEST_API_KEY']}"}
     with caplog.at_level(logging.ERROR, logger="megabrain.api"), \
             httpx.Client(base_url=gateway.url, headers=headers, timeout=20) as http:

@@ -1,11 +1,11 @@
-"""The web tier's one strict decode (api/body.py): what it accepts, the worker can run."""
+"""The web tier's one strict decode (api/exchange/body.py): what it accepts, the worker can run."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
-from api.body import MAX_DEPTH, decode_json
+from api.exchange.body import MAX_DEPTH, decode_json
 from common.errors import GatewayError
 from common.wire import ChatRequest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.client_ip import client_ip, normalize_ip, rate_limit_subject
+from api.access.client_ip import client_ip, normalize_ip, rate_limit_subject
 
 
 def test_peer_is_the_client_without_trusted_hops() -> None:

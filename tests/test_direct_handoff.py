@@ -1,5 +1,5 @@
 """Direct hand-off: the admission script gives an idle worker process its job on the worker's control
-channel (``api/limits.py``, ``workers/pool.py``), and every failure of that path ends in the queue."""
+channel (``api/access/limits.py``, ``workers/pool.py``), and every failure of that path ends in the queue."""
 
 from __future__ import annotations
 

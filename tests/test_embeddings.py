@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from api.keys import KeyStore
+from api.access.keys import KeyStore
 from common.names import Names
 from common.redis import connect
 from tests.fakes.gemini_server import GeminiFakeState, create_gemini_app

@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from api.keys import KeyStore
+from api.access.keys import KeyStore
 from common.names import Names
 from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
@@ -216,11 +216,11 @@ def test_the_cli_finds_a_server_that_runs_with_a_mount_prefix(gateway: tuple[Gat
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(MEGABRAIN_ADMIN_KEY=ADMIN_KEY, MEGABRAIN_CONFIG=os.devnull)
     for url in (harness.url, harness.url + "/gw"):
-        listed = subprocess.run([sys.executable, "-m", "api.cli", "keys", "list", "--url", url], env=env,
+        listed = subprocess.run([sys.executable, "-m", "api.cli.main", "keys", "list", "--url", url], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert listed.returncode == 0, listed.stderr
         assert "alice" in listed.stdout and "bob" in listed.stdout
-        status = subprocess.run([sys.executable, "-m", "api.cli", "status", "--url", url], env=env,
+        status = subprocess.run([sys.executable, "-m", "api.cli.main", "status", "--url", url], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and "redis: ok" in status.stdout, status.stdout + status.stderr
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from api.keys import KeyCache, KeyNames, KeyStore, hash_key
+from api.access.keys import KeyCache, KeyNames, KeyStore, hash_key
 from common.usage import record_usage
 from common.names import Names
 

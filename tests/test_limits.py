@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from api.limits import DAY, MINUTE, Counter, CounterState, Limiter, budget_error, decide, rate_limit_headers, usd
+from api.access.limits import DAY, MINUTE, Counter, CounterState, Limiter, budget_error, decide, rate_limit_headers, usd
 from common.names import Names
 from common.redis import connect
 

@@ -145,14 +145,14 @@ def test_providers_listing_has_no_secrets(listing_gateway: GatewayHarness) -> No
 def test_cli_models_and_providers(redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """With a store (here the suite's Redis) health comes from it; without one the catalog still lists."""
     env = env_for(redis_url, OPENAI_API_KEY=SECRET)
-    with_store = subprocess.run([sys.executable, "-m", "api.cli", "providers", "--json"],
+    with_store = subprocess.run([sys.executable, "-m", "api.cli.main", "providers", "--json"],
                                 env=env, capture_output=True, text=True, timeout=60)
     assert with_store.returncode == 0, with_store.stderr
     openai_entry = next(p for p in json.loads(with_store.stdout)["data"] if p["id"] == "openai")
     assert openai_entry["health"]["healthy"] is True
     env = {k: v for k, v in env.items() if k != "REDIS_URL"}
     env["MEGABRAIN_DATA_DIR"] = str(tmp_path / "no-store")  # nothing runs there, and nothing is started
-    models = subprocess.run([sys.executable, "-m", "api.cli", "models", "--provider", "openai", "--available"],
+    models = subprocess.run([sys.executable, "-m", "api.cli.main", "models", "--provider", "openai", "--available"],
                             env=env, capture_output=True, text=True, timeout=60, cwd=os.getcwd())
     assert models.returncode == 0, models.stderr
     assert "no store is running" in models.stderr
@@ -160,7 +160,7 @@ def test_cli_models_and_providers(redis_url: str, tmp_path) -> None:  # type: ig
     assert lines[0].split()[:2] == ["id", "context"]
     assert any(line.startswith("openai/gpt-4o-mini ") for line in lines)
     assert all(line.startswith("openai/") for line in lines[1:])
-    providers = subprocess.run([sys.executable, "-m", "api.cli", "providers", "--json"],
+    providers = subprocess.run([sys.executable, "-m", "api.cli.main", "providers", "--json"],
                                env=env, capture_output=True, text=True, timeout=60)
     assert providers.returncode == 0, providers.stderr
     assert SECRET not in providers.stdout

@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api import responses
-from api.keys import KeyStore
+from api.exchange import answer
+from api.access.keys import KeyStore
 from common import metrics, telemetry
 from common.settings import load_settings
 from tests.fakes.openai_server import OpenAIFakeState
@@ -232,8 +232,8 @@ def auth(client: openai.OpenAI) -> dict[str, str]:
 
 @pytest.fixture
 def quick_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(responses, "JSON_KEEPALIVE_AFTER", 0.3)
-    monkeypatch.setattr(responses, "JSON_KEEPALIVE_EVERY", 0.2)
+    monkeypatch.setattr(answer, "JSON_KEEPALIVE_AFTER", 0.3)
+    monkeypatch.setattr(answer, "JSON_KEEPALIVE_EVERY", 0.2)
 
 
 def test_slow_json_answer_is_padded_with_whitespace(quick_keepalive: None, gateway: GatewayHarness,
@@ -270,7 +270,7 @@ def test_error_after_padding_is_the_error_envelope(quick_keepalive: None, gatewa
 
 
 def test_status_command_reads_a_running_server(gateway: GatewayHarness, capsys: pytest.CaptureFixture[str]) -> None:
-    from api.cli import main
+    from api.cli.main import main
 
     main(["status", "--url", gateway.url])
     lines = capsys.readouterr().out.splitlines()

@@ -36,7 +36,7 @@ def store_env(data_dir: Path, upstream: str = "") -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "api.cli.main", *args], env=env, capture_output=True, text=True,
                           timeout=60)
 
 
@@ -66,7 +66,7 @@ class Serve:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Serve":
-        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli.main", "serve"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if not wait_until(self._ready, 30):
             self.proc.kill()
@@ -169,7 +169,7 @@ def test_one_owner_per_data_dir(data_dir: Path, fake_openai: tuple[OpenAIFakeSta
     env = store_env(data_dir, fake_openai[1])
     first = Serve(env).start()
     try:
-        other = subprocess.run([sys.executable, "-m", "api.cli", "serve"], env=dict(env, PORT=str(free_port())),
+        other = subprocess.run([sys.executable, "-m", "api.cli.main", "serve"], env=dict(env, PORT=str(free_port())),
                                capture_output=True, text=True, timeout=60)
         assert other.returncode != 0
         assert "owns the store" in other.stderr and str(first.proc.pid) in other.stderr  # type: ignore[union-attr]

@@ -42,7 +42,7 @@ def _live_workers(url: str) -> int:
 def test_worker_processes_serve_and_stop_together(gateway_env: dict[str, str]) -> None:
     env = {**gateway_env, "MEGABRAIN_WORKER_PROCESSES": "2"}  # the default --processes comes from here
     with ProcessGateway(env, workers=0) as gateway:
-        parent = subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--providers", "openai"],
+        parent = subprocess.Popen([sys.executable, "-m", "api.cli.main", "worker", "--providers", "openai"],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             assert wait_until(lambda: _live_workers(gateway.url) == 2, 30)  # two processes, two worker ids

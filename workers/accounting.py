@@ -2,7 +2,7 @@
 
 Per API key (``job.meta['key_id']``), UTC day and model: requests, prompt/completion tokens and cost
 (layout in common/usage.py), summed in the process's tally and written with the next flush. The same flush
-settles the request's budget reservation (api/limits.py), or gives it back when the request failed. Requests without a key are counted under the
+settles the request's budget reservation (api/access/limits.py), or gives it back when the request failed. Requests without a key are counted under the
 ``anonymous`` id, so operators can see what the free tier serves (``megabrain keys usage anonymous``).
 """
 

@@ -9,7 +9,7 @@ control channel (cancel a request) so a worker process holds one pub/sub connect
 A pool whose queue is on the main Redis also takes jobs without the queue: while its worker has a free
 slot, the process is registered in the pool's idle set (``Names.idle_workers``), and the web tier's
 admission script pops one registration and publishes the job itself on that process's control channel
-(``api/limits.py``). Wake-up, claim and payload read (two hops) are saved when a worker is idle; busy
+(``api/access/limits.py``). Wake-up, claim and payload read (two hops) are saved when a worker is idle; busy
 pools, split pools, re-runs and hand-offs between pools use the queue as before. A registration is
 consumed by exactly one hand-off, and made again only with a free slot, so a pool runs at most one job
 over ``max_jobs`` (a registration made while free, used after queue claims filled the slots).

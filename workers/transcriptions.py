@@ -25,7 +25,7 @@ from workers.publisher import Publisher
 from workers.runtime import Runtime
 from workers.upstream import send
 
-BLOB_TTL_S = 120  # must match api/transcriptions.py: how long unclaimed audio may sit in Redis
+BLOB_TTL_S = 120  # must match api/routes/transcriptions.py: how long unclaimed audio may sit in Redis
 TEXT_FORMATS = frozenset({"text", "srt", "vtt"})
 TEXT_TYPE = "text/plain; charset=utf-8"
 

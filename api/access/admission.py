@@ -1,6 +1,6 @@
 """Admission: who may make this request (API keys, anonymous free use, per-IP and per-key limits).
 
-The decision itself is api/access.py; this module binds it to a live request: the gateway's Redis, the
+The decision itself is api/access/check.py; this module binds it to a live request: the gateway's Redis, the
 client address as far as the trusted proxies vouch for it, and the response headers.
 """
 
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from api.access import (AccessCheck, AccessContext, AccessResult, bearer_token, build_access_context, prepare_access,
+from api.access.check import (AccessCheck, AccessContext, AccessResult, bearer_token, build_access_context, prepare_access,
                         presented_key)
 from common.errors import GatewayError
-from api.client_ip import client_ip
+from api.access.client_ip import client_ip
 
 if TYPE_CHECKING:
     from api.gateway import Gateway

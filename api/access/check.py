@@ -29,9 +29,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from api.client_ip import rate_limit_subject
-from api.keys import KeyCache, KeyNames, KeyRecord, KeyStore, utc_month
-from api.limits import Counter, Limiter, invalid_key_error
+from api.access.client_ip import rate_limit_subject
+from api.access.keys import KeyCache, KeyNames, KeyRecord, KeyStore, utc_month
+from api.access.limits import Counter, Limiter, invalid_key_error
 from common.errors import GatewayError, unavailable
 from common.names import Names
 from common.queue import JobWrite
@@ -57,7 +57,7 @@ class AccessResult:
     error: GatewayError | None = None
     reserved: Decimal | None = None  # USD held against the key's budget until the worker settles
     enqueued: bool | None = None  # AccessCheck.run(enqueue=...): the job was queued with the check
-    handed_to: str | None = None  # ... or handed straight to this idle worker process (api/limits.py)
+    handed_to: str | None = None  # ... or handed straight to this idle worker process (api/access/limits.py)
 
     @property
     def allowed(self) -> bool:
@@ -82,7 +82,7 @@ def bearer_token(authorization_header: str | None) -> str | None:
 @dataclass
 class AccessCheck:
     """A request's access, decided as far as it can be without Redis; ``run`` makes the one Redis call
-    (the limit script), on its own or with the request's first enqueue (``api/exchange.py``)."""
+    (the limit script), on its own or with the request's first enqueue (``api/exchange/exchange.py``)."""
 
     ctx: AccessContext
     token: str | None

@@ -6,7 +6,7 @@ Redis layout (all under the deployment's namespace):
     apikey:ids               hash  id -> sha256 hex        list / revoke by id
     apikey:revoked           set of revoked ids            read by the rate-limit script on every request
     apikey:used              hash  id -> epoch seconds     last use, written by the rate-limit script
-    account:keys:<account>   set of key ids                the keys a signed-in user owns (api/accounts.py)
+    account:keys:<account>   set of key ids                the keys a signed-in user owns (api/access/accounts.py)
     usage:<id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n  requests, tokens, cost per UTC day and model
     spend:<id>:<YYYY-MM>     float                         month-to-date cost, read for budgets
 
@@ -250,7 +250,7 @@ class KeyCache:
     """Per-process cache of key lookups, so a request with a known key costs no extra round trip.
 
     Why a cache TTL does not delay revocation: the rate-limit script that runs on every keyed request
-    checks ``apikey:revoked`` inside the same call (see api/limits.py), so a revoke is seen by every
+    checks ``apikey:revoked`` inside the same call (see api/access/limits.py), so a revoke is seen by every
     process on its very next request with no extra round trip and no pub/sub. The TTL only bounds how
     stale the rpm/budget fields may be. Unknown keys are cached too (a random key cannot become valid
     later), with a size cap so junk keys cannot grow memory without bound.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from api.accounts import email_hash, normalize_email
+from api.access.accounts import email_hash, normalize_email
 from common.names import Names
 
 WINDOW = 15 * 60

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from api.listings import MODALITIES, model_entry, provider_entry, select_models
+from api.routes.listings import MODALITIES, model_entry, provider_entry, select_models
 from common.settings import Settings
 from redis.exceptions import RedisError
 

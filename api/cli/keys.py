@@ -43,7 +43,7 @@ class RedisBackend:
         self.settings = settings
 
     def _run(self, job: Any) -> Any:
-        from api.keys import KeyStore
+        from api.access.keys import KeyStore
         from common.redis import connect
         from common.store import StoreError, reach
 
@@ -61,7 +61,7 @@ class RedisBackend:
             raise KeysError(str(exc)) from None
 
     def create(self, name: str, rpm: int | None, budget: float | None) -> dict[str, Any]:
-        from api.admin import key_json
+        from api.routes.admin import key_json
 
         async def job(store: Any) -> dict[str, Any]:
             record, plaintext = await store.create(name, rpm, budget)
@@ -70,7 +70,7 @@ class RedisBackend:
         return self._run(job)
 
     def list(self) -> list[dict[str, Any]]:
-        from api.admin import key_json
+        from api.routes.admin import key_json
 
         async def job(store: Any) -> list[dict[str, Any]]:
             records = await store.list()
@@ -88,7 +88,7 @@ class RedisBackend:
         return {"id": key_id, "revoked": True}
 
     def usage(self, key_id: str, days: int) -> dict[str, Any]:
-        from api.admin import usage_json
+        from api.routes.admin import usage_json
         from common.usage import ANONYMOUS
 
         async def job(store: Any) -> dict[str, Any] | None:
@@ -203,7 +203,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
 
 def run_command(backend: Backend, args: argparse.Namespace) -> None:
     if args.keys_command == "create":
-        from api.admin import key_spec
+        from api.routes.admin import key_spec
         from common.errors import GatewayError
 
         try:  # the admin API's bounds, also when writing to Redis directly

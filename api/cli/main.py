@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 
-from api import cli_catalog, cli_keys, cli_status
+from api.cli import catalog, keys, status
 from common.settings import ConfigError, Settings, load_settings
 from common.telemetry import setup_logging
 
@@ -32,7 +32,7 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         log_level="warning",
         access_log=False,
         timeout_keep_alive=95,  # longer than the Heroku router's 90 s keep-alive
-        # the client address is ours to derive (api/client_ip.py, trusted hops only): uvicorn must not
+        # the client address is ours to derive (api/access/client_ip.py, trusted hops only): uvicorn must not
         # rewrite the peer from X-Forwarded-For
         proxy_headers=False,
         ws="none",  # no WebSocket routes: an Upgrade header on a POST is answered like any other request
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker processes, one per core (default: $MEGABRAIN_WORKER_PROCESSES or 1)")
     worker.set_defaults(func=cmd_worker)
 
-    for module in (cli_keys, cli_catalog, cli_status):
+    for module in (keys, catalog, status):
         module.register(sub)
     return parser
 

@@ -1,7 +1,7 @@
 """Turning a request's events into HTTP responses: one JSON body, or Server-Sent Events.
 
 This module only writes bytes: the wire format (``api/formats/``) says which bytes, and the exchange
-(``api/exchange.py``) owns the request's end. Every response ends in ``exchange.finish``, run once by
+(``api/exchange/exchange.py``) owns the request's end. Every response ends in ``exchange.finish``, run once by
 the response object itself when the ASGI server is done with it, whichever way that happens.
 
 A stream holds its status line for up to ``stream_commit_wait`` seconds: an error before the first token
@@ -22,7 +22,7 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from api.exchange import CLIENT_GONE, Exchange
+from api.exchange.exchange import CLIENT_GONE, Exchange
 from api.formats import StreamEncoder, WireFormat
 from common.errors import GatewayError
 from common.wire import Event

@@ -13,15 +13,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.access import AccessCheck
-from api.admission import Admission, admitted, prepare
-from api.exchange import Exchange
+from api.access.check import AccessCheck
+from api.access.admission import Admission, admitted, prepare
+from api.exchange.exchange import Exchange
 from api.formats import WireFormat
 from api.formats.chat_completions import CHAT_COMPLETIONS
 from api.gateway import Gateway
-from api.limits import worst_case_cost
-from api.ids import client_request_id
-from api.responses import json_response, refusal, stream_response
+from api.access.limits import worst_case_cost
+from api.exchange.ids import client_request_id
+from api.exchange.answer import json_response, refusal, stream_response
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
 from common.wire import Job, Route

@@ -17,7 +17,7 @@ Between submit and finish it reads the request's events and keeps every wait bou
   dropped by the inbox); otherwise it ends with a clear error.
 - ``handoff``: a worker passed the job to the next provider's pool; back to *queued* there.
 
-A first write that the admission script handed straight to an idle worker process (``api/limits.py``)
+A first write that the admission script handed straight to an idle worker process (``api/access/limits.py``)
 starts in *running* with that worker known, as a job claimed but not yet announced: its ``start`` is due
 within ``CLAIMED_WAIT``, its death is noticed by its liveness key, and a cancel goes to its control channel
 (there is no queue entry to withdraw).
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from api import observe
-from api.admission import admitted
+from api.exchange import observe
+from api.access.admission import admitted
 from common.candidates import enqueue_candidate, job_id
 from common.errors import GatewayError, unavailable
 from common.queue import JobWrite, withdraw, write_job
@@ -43,9 +43,9 @@ from common.wire import FINAL_KINDS, Event, Job
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
-    from api.access import AccessCheck
+    from api.access.check import AccessCheck
     from api.gateway import Gateway
-    from api.relay import Inbox
+    from api.exchange.relay import Inbox
 
 log = logging.getLogger("megabrain.exchange")
 
@@ -75,7 +75,7 @@ class Exchange:
         self.phase_deadline = 0.0
         self.restarts = 0
         self.client_sent = False  # set by the response writer once bytes went to the client
-        # for the request log and metrics (api/observe.py)
+        # for the request log and metrics (api/exchange/observe.py)
         self.started = time.monotonic()
         self.first_byte_at: float | None = None
         self.queue_ms: float | None = None  # enqueue → pickup, as the worker measured it

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from common import metrics
 
 if TYPE_CHECKING:
-    from api.exchange import Exchange
+    from api.exchange.exchange import Exchange
 
 log = logging.getLogger("megabrain.request")
 

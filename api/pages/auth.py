@@ -10,13 +10,13 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.accounts import AccountError
-from api.admission import access_context
-from api.keys import KeyStore
-from api.login_guard import LoginGuard
+from api.access.accounts import AccountError
+from api.access.admission import access_context
+from api.access.keys import KeyStore
+from api.access.login_guard import LoginGuard
 from api.pages.forms import Visitor, form_endpoint, visitor
 from api.pages.profile import render_profile
-from api.sessions import COOKIE, clear_cookie
+from api.access.sessions import COOKIE, clear_cookie
 
 WRONG_CREDENTIALS = "The email or the password is wrong."
 TAKEN = "This email cannot be used to sign up. If you already have an account, log in."

@@ -1,6 +1,6 @@
 """What every page shares: templates, the signed-in user, form bodies, CSRF and Origin checks.
 
-Why two kinds of CSRF token: forms of a signed-in user carry the session's own token (api/sessions.py);
+Why two kinds of CSRF token: forms of a signed-in user carry the session's own token (api/access/sessions.py);
 the sign-up and log-in forms come before any session, so they carry a random token that is also set as
 an ``HttpOnly`` cookie (double submit) — a foreign site can make a browser send the cookie, but cannot
 read it to put it in the form. Either way a form from a foreign ``Origin`` is refused as well.
@@ -23,12 +23,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from api.accounts import Account, AccountStore
-from api.admission import request_client_ip
-from api.body import read_body
-from api.client_ip import rate_limit_subject
+from api.access.accounts import Account, AccountStore
+from api.access.admission import request_client_ip
+from api.exchange.body import read_body
+from api.access.client_ip import rate_limit_subject
 from api.gateway import Gateway
-from api.sessions import COOKIE, Session, SessionStore, clear_cookie, is_https, set_cookie
+from api.access.sessions import COOKIE, Session, SessionStore, clear_cookie, is_https, set_cookie
 
 FORM_COOKIE = "mb_form"  # the pre-session CSRF token of the sign-up and log-in forms
 MAX_FORM_BYTES = 8192

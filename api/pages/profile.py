@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.keys import KeyRecord, KeyStore, UsageRow, utc_day
+from api.access.keys import KeyRecord, KeyStore, UsageRow, utc_day
 from api.pages.forms import Visitor, form_endpoint, visitor
 
 USAGE_DAYS = 30

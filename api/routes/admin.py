@@ -21,10 +21,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.access import bearer_token
-from api.body import decode_json, read_body
+from api.access.check import bearer_token
+from api.exchange.body import decode_json, read_body
 from api.gateway import Gateway
-from api.keys import KeyRecord, KeyStore, UsageRow
+from api.access.keys import KeyRecord, KeyStore, UsageRow
 from common.errors import GatewayError, invalid
 from common.usage import ANONYMOUS
 

@@ -9,9 +9,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.body import read_json
-from api.admission import refuse_unknown_key
-from api.dispatch import Dispatch
+from api.exchange.body import read_json
+from api.access.admission import refuse_unknown_key
+from api.exchange.dispatch import Dispatch
 from api.gateway import Gateway
 from common.errors import GatewayError
 from common.wire import ChatRequest

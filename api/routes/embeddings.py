@@ -11,8 +11,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.body import read_json
-from api.dispatch import Dispatch
+from api.exchange.body import read_json
+from api.exchange.dispatch import Dispatch
 from api.gateway import Gateway
 from common.errors import GatewayError, invalid
 from common.wire import EmbeddingRequest, Route

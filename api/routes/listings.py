@@ -6,7 +6,7 @@ copy, made on first demand), so a repeated request costs a dictionary hit and a 
 depend on provider health (``?available=true``, ``/providers``) are rebuilt when the gateway loads a new
 health snapshot, never in between. Every list carries a weak ETag; ``If-None-Match`` gets a 304.
 
-The same entries back ``megabrain models`` / ``megabrain providers`` (api/cli_catalog.py).
+The same entries back ``megabrain models`` / ``megabrain providers`` (api/cli/catalog.py).
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.admin import presented_key
+from api.routes.admin import presented_key
 from api.gateway import Gateway
-from api.keys import KeyStore
+from api.access.keys import KeyStore
 from common.errors import GatewayError, invalid
 from common.usage import Generation, generation_decoder
 

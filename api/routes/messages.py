@@ -13,11 +13,11 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.body import read_json
-from api.dispatch import Dispatch
+from api.exchange.body import read_json
+from api.exchange.dispatch import Dispatch
 from api.formats.anthropic_messages import ANTHROPIC_MESSAGES, MessagesRequest, canonical_request
 from api.gateway import Gateway
-from api.responses import FinishingResponse
+from api.exchange.answer import FinishingResponse
 from common.errors import GatewayError, invalid
 from common.wire import Native, Route
 from router.auto import estimate_prompt_tokens

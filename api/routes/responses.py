@@ -11,8 +11,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.body import read_json
-from api.dispatch import Dispatch
+from api.exchange.body import read_json
+from api.exchange.dispatch import Dispatch
 from api.formats.openai_responses import OPENAI_RESPONSES, ResponsesRequest, canonical_request
 from api.gateway import Gateway
 from common.errors import GatewayError

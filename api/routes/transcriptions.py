@@ -20,8 +20,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from api.dispatch import Dispatch
-from api.embeddings import endpoint_plan
+from api.exchange.dispatch import Dispatch
+from api.routes.embeddings import endpoint_plan
 from api.gateway import Gateway
 from common.errors import GatewayError, invalid, unavailable
 
