@@ -59,18 +59,23 @@ def tracked_copy(dest: Path) -> Path:
 def install_from_lock(uv: str, app: Path, venv: Path) -> float:
     """A fresh virtualenv, then the buildpack's install from the lock (non-editable); returns the seconds it
     took. uv's own cache is reused, as a rebuild's is on the platform."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UV_") and k != "VIRTUAL_ENV"}
+    # the caller's uv settings stay (cache, index, offline), except those that would pick another environment
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "UV_PYTHON", "UV_SYSTEM_PYTHON")}
     env.update(UV_PROJECT_ENVIRONMENT=str(venv), UV_NO_MANAGED_PYTHON="1", UV_PYTHON_DOWNLOADS="never")
     started = time.monotonic()
     for command in ([uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
-                    [uv, "sync", "--locked", "--no-default-groups", "--no-editable"]):
+                    [uv, "sync", "--locked", "--no-default-groups", "--no-editable"],
+                    # every installed package's own requirements are installed too: a lock that lost an
+                    # edge (aiohttp → yarl) still syncs, and would fail only at import, or later
+                    [uv, "pip", "check", "--python", str(venv / "bin" / "python")]):
         try:
             result = subprocess.run(command, cwd=app, env=env, capture_output=True, text=True,
                                     timeout=INSTALL_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise BuildError(f"{' '.join(command[:2])} took more than {INSTALL_TIMEOUT:.0f} s") from None
         if result.returncode != 0:
-            raise BuildError(f"{' '.join(command)} failed:\n{result.stderr.strip()}")
+            raise BuildError(f"{' '.join(command)} failed:\n{(result.stderr + result.stdout).strip()}")
     return time.monotonic() - started
 
 
@@ -173,6 +178,10 @@ class Formation:
         uvicorn's supervisor and its workers, for ``worker_openai.1`` the one worker process."""
         group = self.groups[name]
         return [pid for pid in alive_in_groups([group]) if pid != group]
+
+    def exited(self) -> bool:
+        """honcho is gone: one of the formation's processes exited, so honcho stopped them all."""
+        return self.honcho is not None and self.honcho.poll() is not None
 
     def alive(self) -> list[int]:
         return alive_in_groups(list(self.groups.values()))
