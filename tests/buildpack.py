@@ -39,14 +39,19 @@ class BuildError(Exception):
     """The build failed the way a platform build would (its output is the message)."""
 
 
+def tracked_files() -> list[str]:
+    """What git tracks (what ``git push`` sends), or [] outside a git checkout or without git."""
+    try:
+        listing = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True)
+    except OSError:
+        return []
+    return [os.fsdecode(raw) for raw in listing.stdout.split(b"\0") if raw] if listing.returncode == 0 else []
+
+
 def tracked_copy(dest: Path) -> Path:
     """The files git tracks, as they are in the work tree, copied under ``dest`` (nothing untracked or
     ignored: no .venv, no egg-info, no __pycache__)."""
-    listing = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for raw in listing.split(b"\0"):
-        if not raw:
-            continue
-        name = os.fsdecode(raw)
+    for name in tracked_files():
         src = REPO / name
         if not src.exists() and not src.is_symlink():
             continue  # deleted in the work tree, not yet committed

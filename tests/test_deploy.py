@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -37,19 +37,12 @@ BOOT_TIMEOUT = 60.0  # Heroku's R10: a web process that has not bound $PORT with
 CLIENT_IP = "203.0.113.7"  # what the Heroku router appends to X-Forwarded-For
 
 
-def tracked_files() -> list[str]:
-    import subprocess
-
-    listing = subprocess.run(["git", "ls-files"], cwd=buildpack.REPO, capture_output=True, text=True)
-    return listing.stdout.splitlines() if listing.returncode == 0 else []
-
-
 @pytest.fixture(scope="module")
 def built_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(the app's directory, its virtualenv): the platform's build of this checkout."""
     if not sys.platform.startswith("linux"):
         pytest.skip("the deploy check reads /proc to follow the formation's processes (Linux only)")
-    if shutil.which("git") is None or not tracked_files():
+    if not buildpack.tracked_files():
         pytest.skip("the deploy check builds from what git tracks: this is not a git checkout, or git is missing")
     try:
         from uv import find_uv_bin
@@ -115,14 +108,15 @@ def test_app_json_meets_its_schema() -> None:
 def test_the_wheel_carries_every_package_and_data_file(built_app: tuple[Path, Path]) -> None:
     """Every tracked file of every shipped package (modules, templates, any data) is in the installed wheel."""
     app, venv = built_app
-    packages = {path.split("/", 1)[0] for path in tracked_files()
+    tracked = buildpack.tracked_files()
+    packages = {path.split("/", 1)[0] for path in tracked
                 if path.count("/") == 1 and path.endswith("/__init__.py")} - NOT_SHIPPED
     assert {"api", "workers", "router", "common"} <= packages
     installed = site_packages(venv)
-    missing = [path for path in tracked_files()
+    missing = [path for path in tracked
                if path.split("/", 1)[0] in packages and not (installed / path).is_file()]
     assert not missing, f"the wheel leaves out {len(missing)} tracked file(s), e.g. {missing[:8]}"
-    assert not (installed / "__editable__.megabrain_gateway-0.1.0.pth").exists()
+    assert not list(installed.glob("__editable__*")), "the project went in editable, not as a wheel"
     assert (venv / "bin" / "megabrain").exists(), "the console script the Procfile runs is not installed"
 
 
@@ -238,8 +232,6 @@ def _ready(base: str, pool: str) -> bool:
 
 def _create_key(venv: Path, env: dict[str, str]) -> str:
     """``megabrain keys create``, as an operator runs it in a one-off dyno (``heroku run``)."""
-    import subprocess
-
     result = subprocess.run([str(venv / "bin" / "megabrain"), "keys", "create", "--name", "deploy-check"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
