@@ -158,6 +158,7 @@ def test_the_procfile_formation_serves_and_stops(built_app: tuple[Path, Path], r
                                default_headers={"X-Forwarded-For": CLIENT_IP})
         answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": marker}])
         assert answer.choices[0].message.content == EXPECTED
+        assert (answer.model_extra or {}).get("provider") == "openai"
         assert any(marker in json.dumps(entry) for entry in state.requests), "the fake upstream never saw the call"
 
         # which process made the upstream call: each process's metrics snapshot is keyed by its pid
