@@ -304,6 +304,10 @@ def response_from_completion(completion: dict[str, Any]) -> dict[str, Any]:
 
 
 class OpenAIResponses:
+    @classmethod
+    def for_request(cls, request):
+        return cls()
+
     def error_body(self, status: int, envelope: bytes) -> bytes:
         return envelope  # the Responses API's errors are the OpenAI envelope, which is ours
 
