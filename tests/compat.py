@@ -2,11 +2,11 @@
 
 **Recording (the whole API).** A test that proves one cell says so with a marker::
 
-    @pytest.mark.compat(client="Claude Code", package="@anthropic-ai/claude-code",
+    @pytest.mark.compat(client="Claude Code", npm="@anthropic-ai/claude-code",
                         protocol="Anthropic Messages", family="Claude")
 
-(or ``pytest.param(..., marks=pytest.mark.compat(...))`` per parameter). ``package`` is the npm or PyPI
-package whose installed version the row names; ``family`` is the model family behind the gateway
+(or ``pytest.param(..., marks=pytest.mark.compat(...))`` per parameter). ``npm=`` or ``pypi=`` names the
+package whose installed version the row shows; ``family`` is the model family behind the gateway
 ("Claude", "OpenAI chat", "OpenAI reasoning", "Gemini"). This plugin (``conftest.py`` loads it) writes
 each marked test's outcome (pass, fail with its first line, or skip with its reason) to
 ``.results/compat.json`` (gitignored) at the end of the run, merged with earlier runs' rows, so a
@@ -41,20 +41,19 @@ _outcomes: dict[str, dict[str, Any]] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "compat(client, protocol, family, package=None): a compatibility table cell "
-                                       "(tests/compat.py)")
+    config.addinivalue_line("markers", "compat(client, protocol, family, npm=None, pypi=None): a compatibility "
+                                       "table cell (tests/compat.py)")
 
 
-def version_of(package: str | None) -> str:
-    if not package:
-        return ""
-    from tests.agent_clients import module_path, package_version
+def version_of(row: dict[str, Any]) -> str:
+    """The installed version of the row's ``npm`` or ``pypi`` package ("" when unknown)."""
+    if row.get("npm"):
+        from tests.agent_clients import module_path, package_version
 
-    location = module_path(package)
-    if location is not None:
-        return package_version(location)
+        location = module_path(row["npm"])
+        return package_version(location) if location is not None else ""
     try:
-        return metadata.version(package)
+        return metadata.version(row["pypi"]) if row.get("pypi") else ""
     except metadata.PackageNotFoundError:
         return ""
 
@@ -74,7 +73,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             status, detail = "pass", ""
         else:
             status, detail = "fail", _first_line(report)
-        row.update(status=status, detail=detail[:300], test=item.nodeid, version=version_of(row.get("package")),
+        row.update(status=status, detail=detail[:300], test=item.nodeid, version=version_of(row),
                    at=int(time.time()))
         _outcomes[_key(row)] = row
 

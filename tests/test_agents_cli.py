@@ -29,7 +29,7 @@ def stack(redis_url: str) -> Iterator[AgentStack]:
 
 
 def compat(client: str, package: str, protocol: str, model: str) -> pytest.MarkDecorator:
-    return pytest.mark.compat(client=client, package=package, protocol=protocol, family=FAMILY[model])
+    return pytest.mark.compat(client=client, npm=package, protocol=protocol, family=FAMILY[model])
 
 
 def assert_session(session: AgentSession, task: AgentTask, output: str) -> None:
