@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.fakes import agent_anthropic, agent_openai
 from tests.fakes.agent_script import AgentSession, AgentTask, serve
@@ -22,9 +24,30 @@ from tests.harness import GatewayHarness, create_key, env_for
 CLAUDE = "claude-sonnet-4-5"
 GPT = "gpt-4o-mini"
 REASONING = "gpt-5-mini"
-FAMILY = {CLAUDE: "Claude", GPT: "OpenAI chat", REASONING: "OpenAI reasoning"}
 SESSION_TIMEOUT = float(os.environ.get("MEGABRAIN_AGENT_TIMEOUT", "180"))  # seconds per CLI session
 CONTENT = "hello from the agent"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One scripted fake behind the gateway: the pool that calls it, its app, and the gateway's settings
+    that point that provider at it (base URL → environment)."""
+
+    pool: str
+    create_app: Callable[[AgentSession], Any]
+    call_prefix: str
+    env: Callable[[str], dict[str, str]]
+
+
+# A Gemini fake plugs in with one more entry (its pool "google", GEMINI_BASE_URL) and its models below.
+UPSTREAMS = (
+    Upstream("openai", agent_openai.create_app, "call_mb",
+             lambda url: {"OPENAI_BASE_URL": url + "/v1", "OPENAI_API_KEY": "sk-agent-fake"}),
+    Upstream("anthropic", agent_anthropic.create_app, "toolu_mb",
+             lambda url: {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "sk-ant-agent-fake"}),
+)
+MODELS = {CLAUDE: ("anthropic", "Claude"), GPT: ("openai", "OpenAI chat"), REASONING: ("openai", "OpenAI reasoning")}
+FAMILY = {model: family for model, (_, family) in MODELS.items()}
 
 
 class AgentStack:
@@ -32,21 +55,21 @@ class AgentStack:
 
     def __init__(self, redis_url: str) -> None:
         placeholder = AgentTask(path="/nonexistent", content=CONTENT)
-        self.openai = AgentSession(placeholder, call_prefix="call_mb")
-        self.anthropic = AgentSession(placeholder, call_prefix="toolu_mb")
+        self.sessions = {u.pool: AgentSession(placeholder, call_prefix=u.call_prefix) for u in UPSTREAMS}
         self.redis_url = redis_url
         self._exit = ExitStack()
         self.gateway: GatewayHarness | None = None
         self.key = ""
 
     def __enter__(self) -> "AgentStack":
-        openai_url = self._exit.enter_context(serve(agent_openai.create_app(self.openai)))
-        anthropic_url = self._exit.enter_context(serve(agent_anthropic.create_app(self.anthropic)))
-        env = env_for(self.redis_url, OPENAI_BASE_URL=openai_url + "/v1", OPENAI_API_KEY="sk-agent-fake",
-                      ANTHROPIC_BASE_URL=anthropic_url, ANTHROPIC_API_KEY="sk-ant-agent-fake",
-                      MEGABRAIN_UPSTREAM_MAX_RETRIES="0", MEGABRAIN_REQUEST_TIMEOUT="120")
+        env_extra: dict[str, str] = {"MEGABRAIN_UPSTREAM_MAX_RETRIES": "0", "MEGABRAIN_REQUEST_TIMEOUT": "120"}
+        for upstream in UPSTREAMS:
+            url = self._exit.enter_context(serve(upstream.create_app(self.sessions[upstream.pool])))
+            env_extra.update(upstream.env(url))
+        env = env_for(self.redis_url, **env_extra)
         self.key = create_key(self.redis_url, env["MEGABRAIN_NAMESPACE"], "agents")
-        self.gateway = self._exit.enter_context(GatewayHarness.from_env(env, pools=("openai", "anthropic")))
+        pools = tuple(u.pool for u in UPSTREAMS)
+        self.gateway = self._exit.enter_context(GatewayHarness.from_env(env, pools=pools))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -57,14 +80,22 @@ class AgentStack:
         assert self.gateway is not None
         return self.gateway.url
 
+    @property
+    def openai(self) -> AgentSession:
+        return self.sessions["openai"]
+
+    @property
+    def anthropic(self) -> AgentSession:
+        return self.sessions["anthropic"]
+
     def begin(self, workdir: Path) -> AgentTask:
         task = AgentTask(path=str(workdir / "hello.txt"), content=CONTENT)
-        self.openai.reset(task)
-        self.anthropic.reset(task)
+        for session in self.sessions.values():
+            session.reset(task)
         return task
 
     def session_for(self, model: str) -> AgentSession:
-        return self.anthropic if model == CLAUDE else self.openai
+        return self.sessions[MODELS[model][0]]
 
 
 @dataclass

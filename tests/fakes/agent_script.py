@@ -11,7 +11,9 @@ Each upstream format is one module beside this one (``agent_openai.py``, ``agent
 Gemini one plugs in the same way): it decodes its wire format into ``Seen`` (tool names offered,
 tool results present), asks ``AgentSession.decide``, encodes the ``Turn`` in its format, and refuses
 what its provider refuses with that provider's own error (``AgentSession.refuse`` records it, so a test
-can say why a session failed). ``serve(app)`` runs any of them as a real local HTTP server.
+can say why a session failed). ``serve(app)`` runs any of them as a real local HTTP server, and one
+entry in ``tests/agent_stack.py`` (``UPSTREAMS``, ``MODELS``) puts it behind the gateway of the CLI and
+SDK tests. ``tests/test_agent_fakes.py`` holds each fake to its provider's refusals.
 """
 
 from __future__ import annotations
