@@ -258,11 +258,14 @@ def echo_of(request: ResponsesRequest | None) -> dict[str, Any]:
     request left out (API reference, "The response object"; a recorded o3 stream). Built once per request.
 
     ``tools`` are echoed as sent, built-in ones included (they are dropped on the way upstream; README
-    "Codex"); ``store`` is always false: nothing is stored, whatever the request asked."""
+    "Codex"); ``store`` is always false: nothing is stored, whatever the request asked. The bulky fields
+    (an agent's tools and instructions run to tens of kilobytes) are encoded here once, as ``Raw`` JSON,
+    not again in each of a stream's three snapshots."""
     r = request or ResponsesRequest(model="-", input="")
     reasoning = r.reasoning or {}
     return {
-        "background": False, "instructions": r.instructions, "max_output_tokens": r.max_output_tokens,
+        "background": False, "instructions": msgspec.Raw(_encode(r.instructions)),
+        "max_output_tokens": r.max_output_tokens,
         "max_tool_calls": r.max_tool_calls, "metadata": r.metadata or {},
         "parallel_tool_calls": True if r.parallel_tool_calls is None else r.parallel_tool_calls,
         "previous_response_id": None, "prompt_cache_key": r.prompt_cache_key,
@@ -270,7 +273,7 @@ def echo_of(request: ResponsesRequest | None) -> dict[str, Any]:
         "safety_identifier": r.safety_identifier, "store": False,
         "temperature": 1.0 if r.temperature is None else r.temperature,
         "text": r.text or {"format": {"type": "text"}}, "tool_choice": r.tool_choice or "auto",
-        "tools": r.tools or [], "top_logprobs": r.top_logprobs or 0, "top_p": 1.0 if r.top_p is None else r.top_p,
+        "tools": msgspec.Raw(_encode(r.tools or [])), "top_logprobs": r.top_logprobs or 0, "top_p": 1.0 if r.top_p is None else r.top_p,
         "truncation": r.truncation or "disabled", "user": r.user,
     }
 
