@@ -48,6 +48,8 @@ def claude_code(stack: AgentStack, tmp_path: Path, model: str) -> tuple[AgentTas
     workdir = tmp_path / "work"
     workdir.mkdir()
     task = stack.begin(workdir)
+    # Claude Code's background requests (titles, summaries) use a Haiku model: the model under test
+    # serves them too, so the session needs one model only.
     env = clean_env(tmp_path / "home", ANTHROPIC_BASE_URL=stack.url, ANTHROPIC_API_KEY=stack.key,
                     ANTHROPIC_DEFAULT_HAIKU_MODEL=model, DISABLE_TELEMETRY="1", DISABLE_AUTOUPDATER="1",
                     CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
