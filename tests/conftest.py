@@ -22,6 +22,7 @@ from common.names import Names
 from common.redis import connect
 from common.store import EmbeddedServer, StoreError
 
+from tests.compat import pytest_configure, pytest_runtest_makereport, pytest_sessionfinish  # noqa: F401 (hooks)
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
 from tests.harness import GatewayHarness, create_key, env_for

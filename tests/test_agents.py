@@ -19,6 +19,7 @@ from common.redis import connect
 from tests.fakes.anthropic_server import AnthropicFakeState, create_anthropic_app
 from tests.fakes.gemini_server import GeminiFakeState, create_gemini_app
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
+from tests import responses_grammar
 from tests.fakes.server import ThreadedServer
 from tests.harness import GatewayHarness, env_for
 
@@ -282,7 +283,8 @@ def test_responses_stream(oai: openai.OpenAI, fakes: Fakes, model: str) -> None:
     for name in ("response.output_item.added", "response.content_part.added", "response.output_text.delta",
                  "response.output_text.done", "response.content_part.done", "response.output_item.done"):
         assert name in kinds
-    assert [e.sequence_number for e in events] == list(range(1, len(events) + 1))
+    assert [e.sequence_number for e in events] == list(range(len(events)))  # from 0, as OpenAI counts
+    responses_grammar.check([e.model_dump(mode="json") for e in events])
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == expected_text(model, fakes) == events[-1].response.output_text
     assert events[-1].response.usage.output_tokens > 0
@@ -349,7 +351,7 @@ def test_responses_mid_stream_failure_is_response_failed(oai: openai.OpenAI, fak
     assert "response.output_text.delta" in [e.type for e in events]
     assert events[-1].type == "response.failed"
     assert events[-1].response.status == "failed" and events[-1].response.error.message
-    assert [e.sequence_number for e in events] == list(range(1, len(events) + 1))
+    assert [e.sequence_number for e in events] == list(range(len(events)))  # from 0, as OpenAI counts
 
 
 # ------------------------------------------------------------------------------ thinking / reasoning
@@ -381,6 +383,7 @@ def test_responses_reasoning_item(oai: openai.OpenAI, fakes: Fakes) -> None:
     events = list(oai.responses.create(model=GEMINI, input="Hi", stream=True))
     kinds = [e.type for e in events]
     assert "response.reasoning_summary_text.delta" in kinds
+    responses_grammar.check([e.model_dump(mode="json") for e in events])
     items = events[-1].response.output
     assert [item.type for item in items] == ["reasoning", "message"]
 

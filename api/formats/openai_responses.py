@@ -51,6 +51,12 @@ class ResponsesRequest(msgspec.Struct):
     previous_response_id: str | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
+    # echoed in the Response object only (OpenAI's own defaults otherwise)
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    truncation: str | None = None
+    max_tool_calls: int | None = None
+    top_logprobs: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------- request
@@ -247,12 +253,39 @@ def _split_name(name: str) -> dict[str, Any]:
     return {"name": inner, "namespace": namespace} if sep and namespace and inner else {"name": name}
 
 
+def echo_of(request: ResponsesRequest | None) -> dict[str, Any]:
+    """The request's settings as the Response object restates them, with OpenAI's values for what the
+    request left out (API reference, "The response object"; a recorded o3 stream). Built once per request.
+
+    ``tools`` are echoed as sent, built-in ones included (they are dropped on the way upstream; README
+    "Codex"); ``store`` is always false: nothing is stored, whatever the request asked. The bulky fields
+    (an agent's tools and instructions run to tens of kilobytes) are encoded here once, as ``Raw`` JSON,
+    not again in each of a stream's three snapshots."""
+    r = request or ResponsesRequest(model="-", input="")
+    reasoning = r.reasoning or {}
+    return {
+        "background": False, "instructions": msgspec.Raw(_encode(r.instructions)),
+        "max_output_tokens": r.max_output_tokens,
+        "max_tool_calls": r.max_tool_calls, "metadata": r.metadata or {},
+        "parallel_tool_calls": True if r.parallel_tool_calls is None else r.parallel_tool_calls,
+        "previous_response_id": None, "prompt_cache_key": r.prompt_cache_key,
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        "safety_identifier": r.safety_identifier, "store": False,
+        "temperature": 1.0 if r.temperature is None else r.temperature,
+        "text": r.text or {"format": {"type": "text"}}, "tool_choice": r.tool_choice or "auto",
+        "tools": msgspec.Raw(_encode(r.tools or [])), "top_logprobs": r.top_logprobs or 0, "top_p": 1.0 if r.top_p is None else r.top_p,
+        "truncation": r.truncation or "disabled", "user": r.user,
+    }
+
+
+_NO_ECHO = echo_of(None)
+
+
 def _response(response_id: str, model: Any, created: int, status: str, output: list[dict[str, Any]],
-              usage: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-    return {"id": response_id, "object": "response", "created_at": created, "status": status, "model": model,
-            "output": output, "usage": responses_usage(usage) if usage is not None else None,
-            "error": None, "incomplete_details": None, "parallel_tool_calls": True, "tool_choice": "auto",
-            "tools": [], "store": False, **extra}
+              usage: dict[str, Any] | None, echo: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"id": response_id, "object": "response", "created_at": created, "status": status, "error": None,
+            "incomplete_details": None, "model": model, "output": output, **(echo or _NO_ECHO),
+            "usage": responses_usage(usage) if usage is not None else None, **extra}
 
 
 def _reasoning_item(item_id: str, details: list[dict[str, Any]], text: str) -> dict[str, Any]:
@@ -282,7 +315,7 @@ def _incomplete(finish_reason: str | None) -> dict[str, Any]:
     return {}
 
 
-def response_from_completion(completion: dict[str, Any]) -> dict[str, Any]:
+def response_from_completion(completion: dict[str, Any], echo: dict[str, Any] | None = None) -> dict[str, Any]:
     base = str(completion.get("id") or "").removeprefix("chatcmpl-")
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
@@ -298,27 +331,41 @@ def response_from_completion(completion: dict[str, Any]) -> dict[str, Any]:
         output.append(_call_item(f"fc_{base}_{n}", str(call.get("id")), str(function.get("name")),
                                  function.get("arguments") or ""))
     response = _response(f"resp_{base}", completion.get("model"), int(completion.get("created") or time.time()),
-                         "completed", output, completion.get("usage"))
+                         "completed", output, completion.get("usage"), echo)
     response.update(_incomplete(choice.get("finish_reason")))
     return response
 
 
 class OpenAIResponses:
+    """The Responses wire format. ``OPENAI_RESPONSES`` answers refusals before the request is read; the
+    route then uses ``for_request``, whose answers restate the request's settings (``echo_of``)."""
+
+    def __init__(self, echo: dict[str, Any] | None = None) -> None:
+        self.echo = echo or _NO_ECHO
+
+    @classmethod
+    def for_request(cls, request: ResponsesRequest) -> "OpenAIResponses":
+        return cls(echo_of(request))
+
     def error_body(self, status: int, envelope: bytes) -> bytes:
         return envelope  # the Responses API's errors are the OpenAI envelope, which is ours
 
     def result(self, event: Event) -> bytes:
-        return _encode(response_from_completion(msgspec.json.decode(event.data)))
+        return _encode(response_from_completion(msgspec.json.decode(event.data), self.echo))
 
     def stream(self) -> "ResponsesStream":
-        return ResponsesStream()
+        return ResponsesStream(self.echo)
 
 
 class ResponsesStream(CanonicalStream):
-    """Canonical chunks → Responses events, each with its ``sequence_number``; one open item at a time."""
+    """Canonical chunks → Responses events in OpenAI's order (``tests/responses_grammar.py`` states it):
+    one open item at a time, each event with its ``sequence_number`` counted from 0, a reasoning item's
+    summary text inside one summary part (the OpenAI Node SDK's ``responses.stream()`` indexes
+    ``summary[summary_index]`` on every summary delta)."""
 
-    def __init__(self) -> None:
-        self.seq = 0
+    def __init__(self, echo: dict[str, Any] | None = None) -> None:
+        self.echo = echo or _NO_ECHO
+        self.seq = -1
         self.started = False
         self.response_id = ""
         self.base = ""
@@ -327,6 +374,7 @@ class ResponsesStream(CanonicalStream):
         self.output: list[dict[str, Any]] = []  # finished items
         self.item: dict[str, Any] | None = None  # the open item
         self.text = ""  # of the open message item / reasoning summary
+        self.part_open = False  # the open item's content part / summary part was announced
         self.details: list[dict[str, Any]] = []
         self.calls: dict[int, int] = {}  # canonical tool index → output index
 
@@ -336,7 +384,7 @@ class ResponsesStream(CanonicalStream):
 
     def _snapshot(self, status: str, **extra: Any) -> dict[str, Any]:
         return _response(self.response_id, self.model, self.created, status, list(self.output),
-                         self.usage if status == "completed" else None, **extra)
+                         self.usage if status == "completed" else None, self.echo, **extra)
 
     def begin(self, chunk: dict[str, Any], out: list[bytes]) -> None:
         if self.started:
@@ -357,7 +405,7 @@ class ResponsesStream(CanonicalStream):
 
     def _open(self, item: dict[str, Any], out: list[bytes]) -> None:
         self._close(out)
-        self.item, self.text = item, ""
+        self.item, self.text, self.part_open = item, "", False
         out.append(self._event("response.output_item.added", output_index=len(self.output), item=item))
 
     def _close(self, out: list[bytes]) -> None:
@@ -365,64 +413,77 @@ class ResponsesStream(CanonicalStream):
         if item is None:
             return
         index = len(self.output)
+        ids = {"item_id": item["id"], "output_index": index}
         if item["type"] == "message":
             part = {"type": "output_text", "text": self.text, "annotations": []}
-            out.append(self._event("response.output_text.done", item_id=item["id"], output_index=index,
-                                   content_index=0, text=self.text, logprobs=[]))
-            out.append(self._event("response.content_part.done", item_id=item["id"], output_index=index,
-                                   content_index=0, part=part))
+            out.append(self._event("response.output_text.done", **ids, content_index=0, text=self.text,
+                                   logprobs=[]))
+            out.append(self._event("response.content_part.done", **ids, content_index=0, part=part))
             item = _message_item(item["id"], self.text)
         elif item["type"] == "function_call":
             item = {**item, "status": "completed"}
-            out.append(self._event("response.function_call_arguments.done", item_id=item["id"],
-                                   output_index=index, arguments=item["arguments"], name=item["name"]))
+            out.append(self._event("response.function_call_arguments.done", **ids, arguments=item["arguments"],
+                                   name=item["name"]))
         else:  # reasoning
-            if self.text:
-                out.append(self._event("response.reasoning_summary_text.done", item_id=item["id"],
-                                       output_index=index, summary_index=0, text=self.text))
+            if self.part_open:
+                out.append(self._event("response.reasoning_summary_text.done", **ids, summary_index=0,
+                                       text=self.text))
+                out.append(self._event("response.reasoning_summary_part.done", **ids, summary_index=0,
+                                       part={"type": "summary_text", "text": self.text}))
             item = _reasoning_item(item["id"], self.details, self.text)
         out.append(self._event("response.output_item.done", output_index=index, item=item))
         self.output.append(item)
         self.item = None
 
     def delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
-        index = len(self.output)
         details = delta.get("reasoning_details") or ()
         thinking = delta.get("reasoning") or delta.get("reasoning_content")
         if details or thinking:
-            if self.item is None or self.item["type"] != "reasoning":
-                self.details = []
-                self._open({"type": "reasoning", "id": f"rs_{self.base}_{index}", "summary": []}, out)
-                index = len(self.output)
-            _merge_details(self.details, details)
-            piece = thinking or "".join(d.get("text") or d.get("summary") or "" for d in details)
-            if piece:
-                self.text += piece
-                out.append(self._event("response.reasoning_summary_text.delta", item_id=self.item["id"],
-                                       output_index=index, summary_index=0, delta=piece))
+            self._reasoning(details, thinking, out)
         if delta.get("content"):
-            if self.item is None or self.item["type"] != "message":
-                item = _message_item(f"msg_{self.base}_{index}", "", "in_progress")
-                item["content"] = []
-                self._open(item, out)
-                index = len(self.output)
-                out.append(self._event("response.content_part.added", item_id=item["id"], output_index=index,
-                                       content_index=0, part={"type": "output_text", "text": "",
-                                                              "annotations": []}))
-            self.text += delta["content"]
-            out.append(self._event("response.output_text.delta", item_id=self.item["id"], output_index=index,
-                                   content_index=0, delta=delta["content"], logprobs=[]))
+            self._text(delta["content"], out)
         for call in delta.get("tool_calls") or ():
-            position = int(call.get("index") or 0)
-            function = call.get("function") or {}
-            if position not in self.calls:
-                self._open(_call_item(f"fc_{self.base}_{position}", str(call.get("id")),
-                                      str(function.get("name")), "", "in_progress"), out)
-                self.calls[position] = len(self.output)
-            if function.get("arguments") and self.item is not None and self.calls[position] == len(self.output):
-                self.item["arguments"] += function["arguments"]
-                out.append(self._event("response.function_call_arguments.delta", item_id=self.item["id"],
-                                       output_index=len(self.output), delta=function["arguments"]))
+            self._call(call, out)
+
+    def _reasoning(self, details: Any, thinking: str | None, out: list[bytes]) -> None:
+        if self.item is None or self.item["type"] != "reasoning":
+            self.details = []
+            self._open({"id": f"rs_{self.base}_{len(self.output)}", "type": "reasoning", "summary": []}, out)
+        _merge_details(self.details, details)
+        piece = thinking or "".join(d.get("text") or d.get("summary") or "" for d in details)
+        if not piece:
+            return  # signature or encrypted reasoning only: carried by the item, no summary text
+        ids = {"item_id": self.item["id"], "output_index": len(self.output), "summary_index": 0}  # type: ignore[index]
+        if not self.part_open:
+            self.part_open = True
+            out.append(self._event("response.reasoning_summary_part.added", **ids,
+                                   part={"type": "summary_text", "text": ""}))
+        self.text += piece
+        out.append(self._event("response.reasoning_summary_text.delta", **ids, delta=piece))
+
+    def _text(self, text: str, out: list[bytes]) -> None:
+        if self.item is None or self.item["type"] != "message":
+            item = _message_item(f"msg_{self.base}_{len(self.output)}", "", "in_progress")
+            item["content"] = []
+            self._open(item, out)
+            self.part_open = True
+            out.append(self._event("response.content_part.added", item_id=item["id"], output_index=len(self.output),
+                                   content_index=0, part={"type": "output_text", "text": "", "annotations": []}))
+        self.text += text
+        out.append(self._event("response.output_text.delta", item_id=self.item["id"],  # type: ignore[index]
+                               output_index=len(self.output), content_index=0, delta=text, logprobs=[]))
+
+    def _call(self, call: dict[str, Any], out: list[bytes]) -> None:
+        position = int(call.get("index") or 0)
+        function = call.get("function") or {}
+        if position not in self.calls:
+            self._open(_call_item(f"fc_{self.base}_{position}", str(call.get("id")), str(function.get("name")),
+                                  "", "in_progress"), out)
+            self.calls[position] = len(self.output)
+        if function.get("arguments") and self.item is not None and self.calls[position] == len(self.output):
+            self.item["arguments"] += function["arguments"]
+            out.append(self._event("response.function_call_arguments.delta", item_id=self.item["id"],
+                                   output_index=len(self.output), delta=function["arguments"]))
 
     def error(self, status: int, envelope: bytes) -> bytes:
         error_type, message = envelope_parts(envelope)

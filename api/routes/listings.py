@@ -6,22 +6,27 @@ copy, made on first demand), so a repeated request costs a dictionary hit and a 
 depend on provider health (``?available=true``, ``/providers``) are rebuilt when the gateway loads a new
 health snapshot, never in between. Every list carries a weak ETag; ``If-None-Match`` gets a 304.
 
-The same entries back ``megabrain models`` / ``megabrain providers`` (api/cli/catalog.py).
+A client that sends ``anthropic-version`` (the Anthropic SDKs) gets ``/models`` and ``/models/{id}`` in
+Anthropic's shape instead, paginated (``api/formats/anthropic_models.py``), and refusals in Anthropic's
+error shape. The same entries back ``megabrain models`` / ``megabrain providers`` (api/cli/catalog.py).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.formats.anthropic_messages import ANTHROPIC_MESSAGES
+from api.formats.anthropic_models import ModelPages, model_info, wants_anthropic
 from api.gateway import Gateway
 from common.errors import GatewayError
 from router.catalog import AUTO_MODELS, Catalog, Model
@@ -35,6 +40,7 @@ STATIC_CACHE_CONTROL = "public, max-age=300"  # the catalog changes only when th
 LIVE_CACHE_CONTROL = "no-cache"  # health-dependent: clients revalidate (cheap, thanks to the ETag)
 
 _encode = msgspec.json.Encoder().encode
+T = TypeVar("T")
 
 
 # --- entries (shared with the CLI) ------------------------------------------------------------------------
@@ -86,13 +92,17 @@ def model_entry(model: Model) -> dict[str, Any]:
     }
 
 
-def canonical_entry(slug: str, endpoints: list[Model]) -> dict[str, Any]:
-    """A canonical ``author/model`` id, described by its cheapest endpoint (what a default request pays),
-    with its widest limits."""
-    best = min(endpoints, key=price_of)
+def canonical_entry(slug: str, endpoints: list[Model], catalog: Catalog) -> dict[str, Any]:
+    """A canonical ``author/model`` id, described by the endpoint a request for it goes to first: the
+    cheapest at a configured provider (``router/plan.py`` plans configured endpoints only, cheapest
+    first), so its ``provider``, ``pricing`` and ``free`` are what a caller meets — never an unconfigured
+    local server's zero price. Only when no configured provider serves the model (a request is then
+    refused), the cheapest of all describes it. Limits: the widest among those same endpoints."""
+    served = [m for m in endpoints if _configured(catalog, m)] or endpoints
+    best = min(served, key=lambda m: (price_of(m), m.id))
     entry = model_entry(best)
-    context = max((m.context_length or 0 for m in endpoints), default=0) or None
-    output = max((m.max_output_tokens or 0 for m in endpoints), default=0) or None
+    context = max((m.context_length or 0 for m in served), default=0) or None
+    output = max((m.max_output_tokens or 0 for m in served), default=0) or None
     entry.update(id=slug, owned_by=slug.split("/", 1)[0], name=_display_name(best, slug), context_length=context,
                  max_output_tokens=output, endpoints=len(endpoints))
     entry["top_provider"] = {"context_length": best.context_length, "max_completion_tokens": best.max_output_tokens,
@@ -113,14 +123,18 @@ AUTO_DESCRIPTIONS = {
 
 
 def auto_entry(model_id: str) -> dict[str, Any]:
-    """An auto id as a listing: it routes, so it has no price of its own (the chosen model's applies)."""
+    """An auto id as a listing: it routes, so it has no price of its own (the chosen model's applies).
+    Its ``pricing`` says so as OpenRouter lists its router (``openrouter/auto``: ``"-1"``), so a client that
+    reads every entry's price finds one; ``auto-free`` only ever picks free models: ``"0"``."""
+    price = "0" if model_id == "auto-free" else "-1"
     name, tier, description = AUTO_DESCRIPTIONS[model_id]
     return {
         "id": model_id, "canonical_slug": model_id, "object": "model", "created": 0, "owned_by": "megabrain",
         "name": name, "description": description, "provider": None, "modality": "chat",
         "architecture": {"modality": "text+image->text", "input_modalities": ["text", "image"],
                          "output_modalities": ["text"], "tokenizer": None},
-        "context_length": None, "max_output_tokens": None, "top_provider": None, "pricing": {},
+        "context_length": None, "max_output_tokens": None, "top_provider": None,
+        "pricing": {"prompt": price, "completion": price},
         "supported_parameters": [], "capabilities": [], "quantization": None,
         "free": model_id == "auto-free", "tier": tier, "deprecated": False,
     }
@@ -207,24 +221,48 @@ def select_models(
 
 def list_entries(catalog: Catalog, models: list[Model], *, modality: str | None, provider: str | None,
                  free: bool | None) -> list[dict[str, Any]]:
-    """The listing: each endpoint, then (unless filtered by provider) each canonical id that is not an
-    endpoint id itself, described by the endpoints that passed the filters, then the auto ids."""
+    """The listing: each endpoint, then (unless filtered by provider) each canonical id of those endpoints
+    that is not an endpoint id itself (in any case: ``minimax/minimax-m2`` is ``minimax/MiniMax-M2``), then
+    the auto ids. A canonical id is described by all its endpoints (``canonical_entry``) and kept when that
+    description passes the ``free`` filter."""
     entries = [model_entry(m) for m in models]
     if provider is not None:
         return entries
-    groups: dict[str, list[Model]] = {}
-    for model in models:
-        if model.canonical and model.canonical not in catalog.models and not hidden_free(model):
-            groups.setdefault(model.canonical, []).append(model)
-    entries += [canonical_entry(slug, group) for slug, group in groups.items()]
+    endpoint_ids = _lowercase_ids(catalog)
+    slugs = dict.fromkeys(m.canonical for m in models if m.canonical and not hidden_free(m)
+                          and m.canonical.lower() not in endpoint_ids)
+    for slug in slugs:
+        entry = canonical_entry(slug, served_group(catalog, slug), catalog)
+        if free is None or entry["free"] == free:
+            entries.append(entry)
     if modality in (None, "chat"):
         entries += [auto_entry(a) for a in AUTO_MODELS if free is None or free == (a == "auto-free")]
     return entries
 
 
-def _available(catalog: Catalog, model: Model, health: HealthSnapshot | None) -> bool:
+def served_group(catalog: Catalog, slug: str) -> list[Model]:
+    """A canonical id's listed endpoints, without OpenRouter-style ``:free`` copies (they serve only the
+    ``:free`` variant, ``router/preferences.py``)."""
+    return [m for m in catalog.endpoints_of(slug) if m.listed and not hidden_free(m)]
+
+
+_LOWER_IDS: "weakref.WeakKeyDictionary[Catalog, frozenset[str]]" = weakref.WeakKeyDictionary()
+
+
+def _lowercase_ids(catalog: Catalog) -> frozenset[str]:
+    ids = _LOWER_IDS.get(catalog)
+    if ids is None:
+        ids = _LOWER_IDS[catalog] = frozenset(model_id.lower() for model_id in catalog.models)
+    return ids
+
+
+def _configured(catalog: Catalog, model: Model) -> bool:
     seller = catalog.providers.get(model.provider)
-    if seller is None or not seller.configured:
+    return seller is not None and seller.configured
+
+
+def _available(catalog: Catalog, model: Model, health: HealthSnapshot | None) -> bool:
+    if not _configured(catalog, model):
         return False
     return health is None or circuit_state(health, model.provider, model.id) != "open"
 
@@ -254,15 +292,19 @@ class ListingCache:
     snapshot they were built from and are rebuilt when the gateway swaps in a new one."""
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[Any, ...], tuple[object | None, Encoded]] = {}
+        self.entries: dict[tuple[Any, ...], tuple[object | None, Any]] = {}
 
     def get(self, key: tuple[Any, ...], health: object | None, build: Callable[[], object]) -> Encoded:
+        return self.get_object(("encoded", *key), health, lambda: Encoded.of(build()))
+
+    def get_object(self, key: tuple[Any, ...], health: object | None, build: Callable[[], T]) -> T:
+        """Whatever ``build`` makes, kept like the encoded lists (the Anthropic-shaped pages, an entry)."""
         hit = self.entries.get(key)
         if hit is not None and hit[0] is health:
-            return hit[1]
-        encoded = Encoded.of(build())
-        self.entries[key] = (health, encoded)
-        return encoded
+            return hit[1]  # type: ignore[return-value]
+        made = build()
+        self.entries[key] = (health, made)
+        return made
 
 
 _caches: "weakref.WeakKeyDictionary[Catalog, ListingCache]" = weakref.WeakKeyDictionary()
@@ -350,17 +392,37 @@ def _list_response(request: Request, default_modality: str) -> Response:
     available = bool(_flag(request, "available"))
     free = _flag(request, "free")
     health = gateway.health if available else None
+    key = (modality, provider, available, free)
 
-    def build() -> object:
+    def entries() -> list[dict[str, Any]]:
         models = select_models(catalog, modality=modality, provider=provider, available=available, free=free,
                                health=health)
-        return {"object": "list", "data": list_entries(catalog, models, modality=modality, provider=provider,
-                                                       free=free)}
+        return list_entries(catalog, models, modality=modality, provider=provider, free=free)
 
-    encoded = cache_for(catalog).get(("models", modality, provider, available, free), health, build)
+    if wants_anthropic(request.headers):
+        pages = cache_for(catalog).get_object(("anthropic", *key), health, lambda: ModelPages(entries()))
+        return Response(_encode(pages.page(request.query_params)), media_type="application/json")
+    encoded = cache_for(catalog).get(("models", *key), health, lambda: {"object": "list", "data": entries()})
     return send(request, encoded, LIVE_CACHE_CONTROL if available else STATIC_CACHE_CONTROL)
 
 
+def anthropic_shaped(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A listing asked for by an Anthropic client gets its refusals in Anthropic's error shape."""
+
+    @functools.wraps(handler)
+    async def handle(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except GatewayError as error:
+            if not wants_anthropic(request.headers):
+                raise
+            return Response(ANTHROPIC_MESSAGES.error_body(error.status, error.body()), status_code=error.status,
+                            media_type="application/json")
+
+    return handle
+
+
+@anthropic_shaped
 async def list_models(request: Request) -> Response:
     """Chat models by default (``?modality=embedding|transcription|all`` for the others)."""
     return _list_response(request, "chat")
@@ -380,25 +442,34 @@ def _not_listed(catalog: Catalog, model_id: str) -> GatewayError:
     return GatewayError("model_not_found", f"The model {model_id!r} is not listed here.{hint}", param="model")
 
 
+@anthropic_shaped
 async def get_model(request: Request) -> Response:
-    """One listed model by endpoint id, canonical id, alias or auto id."""
+    """One listed model by endpoint id, canonical id, alias or auto id (as Anthropic's ``ModelInfo`` for
+    an Anthropic client)."""
     catalog = _gateway(request).catalog
     model_id = request.path_params.get("model_id", "")
+    key, build = _one_model(catalog, model_id)
+    if wants_anthropic(request.headers):
+        return Response(_encode(model_info(cache_for(catalog).get_object(key, None, build))),
+                        media_type="application/json")
+    return send(request, cache_for(catalog).get(key, None, build), STATIC_CACHE_CONTROL)
+
+
+def _one_model(catalog: Catalog, model_id: str) -> tuple[tuple[str, str], Callable[[], dict[str, Any]]]:
+    """The cache key and builder of one model's entry, or the 404."""
     if model_id in AUTO_MODELS:
-        encoded = cache_for(catalog).get(("model", model_id), None, lambda: auto_entry(model_id))
-        return send(request, encoded, STATIC_CACHE_CONTROL)
+        return ("model", model_id), lambda: auto_entry(model_id)
     model = catalog.models.get(model_id)
     slug = catalog.canonical(model_id) if model is None else None
     if slug is not None:
-        group = [m for m in catalog.endpoints_of(slug) if m.listed and not hidden_free(m)]
+        group = served_group(catalog, slug)
         if group:
-            encoded = cache_for(catalog).get(("canonical", slug), None, lambda: canonical_entry(slug, group))
-            return send(request, encoded, STATIC_CACHE_CONTROL)
+            return ("canonical", slug), lambda: canonical_entry(slug, group, catalog)
     model = model or (catalog.get(model_id) if model_id else None)
     if model is None or not model.listed:
         raise _not_listed(catalog, model_id)
-    encoded = cache_for(catalog).get(("model", model.id), None, lambda: model_entry(model))
-    return send(request, encoded, STATIC_CACHE_CONTROL)
+    found = model
+    return ("model", found.id), lambda: model_entry(found)
 
 
 async def list_endpoints(request: Request) -> Response:
@@ -417,7 +488,7 @@ async def list_endpoints(request: Request) -> Response:
     health = gateway.health
 
     def build() -> object:
-        head = canonical_entry(slug, [m for m in group if not hidden_free(m)] or group)
+        head = canonical_entry(slug, [m for m in group if not hidden_free(m)] or group, catalog)
         head["endpoints"] = [endpoint_entry(m, catalog.providers.get(m.provider), health) for m in group]
         return {"data": head}
 

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from api.exchange.body import read_json
 from api.exchange.dispatch import Dispatch
-from api.formats.openai_responses import OPENAI_RESPONSES, ResponsesRequest, canonical_request
+from api.formats.openai_responses import OPENAI_RESPONSES, OpenAIResponses, ResponsesRequest, canonical_request
 from api.gateway import Gateway
 from common.errors import GatewayError
 from router.plan import plan_for
@@ -25,6 +25,7 @@ async def create_response(request: Request) -> Response:
     try:
         _, parsed = await read_json(request, ResponsesRequest, gateway.settings.limits.max_body_bytes)
         dispatch.exchange.model = parsed.model
+        dispatch.format = OpenAIResponses.for_request(parsed)  # its answers restate the request's settings
         canonical = canonical_request(parsed)
         plan = plan_for(gateway.catalog, parsed.model, health=gateway.health, messages=canonical["messages"],
                         tools=canonical.get("tools"), output_tokens=parsed.max_output_tokens)
