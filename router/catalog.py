@@ -25,6 +25,7 @@ from router.canonical import SlugIndex, canonical_of, openrouter_slugs, quantiza
 from router.metadata import enrich, seller_ids
 from router.model import Model
 from router.providers import Provider
+from router.shaping import EndpointShape, shape_of, supported_parameters
 from router.sources import listed_models, price_feeds
 
 AUTO_MODELS = ("auto", "auto-free", "auto-balanced", "auto-frontier")
@@ -73,8 +74,17 @@ class Catalog:
         self.aliases: dict[str, str] = {}
         # provider id -> the configured price for ids it serves that the catalog does not list
         self.passthrough: dict[str, Model] = dict(passthrough or {})
+        # model id -> what that endpoint takes (router/shaping.py), folded once here: a request pays a
+        # dictionary hit. Its supported_parameters leave out what the provider's rules say it refuses, so
+        # ``provider.require_parameters`` and the listings tell the truth about it.
+        self.shapes: dict[str, EndpointShape] = {}
         for model in models:
+            shape = self._shape_of(model)
+            trimmed = supported_parameters(model, shape)
+            if trimmed != model.supported_parameters:
+                model = msgspec.structs.replace(model, supported_parameters=trimmed)
             self.models[model.id] = model
+            self.shapes[model.id] = shape
         for model in self.models.values():
             for alias in model.aliases:
                 self.aliases.setdefault(alias, model.id)
@@ -121,6 +131,15 @@ class Catalog:
             return model_id
         exact = self._lower.get(model_id.lower())
         return exact if exact is not None and exact in self.endpoints else None
+
+    def shape(self, model: Model) -> EndpointShape:
+        """What ``model``'s endpoint takes (worked out on the spot for a pass-through id)."""
+        shape = self.shapes.get(model.id)
+        return shape if shape is not None else self._shape_of(model)
+
+    def _shape_of(self, model: Model) -> EndpointShape:
+        provider = self.providers.get(model.provider)
+        return shape_of(model, provider.kind if provider else "openai", bool(provider and provider.local))
 
     def endpoints_of(self, slug: str) -> tuple[Model, ...]:
         return self.endpoints.get(slug, ())
