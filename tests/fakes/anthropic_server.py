@@ -8,7 +8,9 @@ Extended thinking is as strict as the real API: ``budget_tokens`` of at least 10
 ``max_tokens``, no temperature or top_k with it, no forced tool choice, and a final assistant turn with
 ``tool_use`` must start with a thinking block whose ``signature`` is one this server issued. Prompt
 caching checks ``cache_control`` (ephemeral, ttl 5m/1h, at most 4 breakpoints) and reports cache usage;
-``output_config.format`` answers with the scripted JSON.
+``output_config.format`` answers with the scripted JSON. Per model family (``tests/fakes/strict.py``):
+unknown fields, thinking on a model without it, temperature with top_p where refused, sampling and budgets
+on adaptive-only models, whitespace-only text, ``max_tokens`` above the model's output limit.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.strict import ANTHROPIC_RULES, first_refusal
 
 _TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
 
@@ -225,6 +229,9 @@ def validate(body: Any) -> str | None:
     fmt = (body.get("output_config") or {}).get("format")
     if fmt is not None and (fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict)):
         return "output_config.format: a json_schema format with a schema is required"
+    found = first_refusal(ANTHROPIC_RULES, str(body["model"]), body)  # per model family (tests/fakes/strict.py)
+    if found is not None:
+        return found[0]
     return _check_thinking(body) or _check_tool_pairing(messages)
 
 

@@ -2,7 +2,8 @@
 
 It rejects what Google rejects and gateways get wrong: a bad key (HTTP 400 ``API_KEY_INVALID``, not 401),
 JSON-Schema keys that are not in Gemini's schema subset, a ``functionResponse`` without a name, empty parts
-and unknown roles. Streams are ``data:``-only SSE with CRLF separators and no terminator; intermediate
+and unknown roles; per model family (``tests/fakes/strict.py``), unknown fields and ``generationConfig`` keys,
+thinking budgets out of the model's range (``0`` to 2.5 Pro) and outputs above its limit. Streams are ``data:``-only SSE with CRLF separators and no terminator; intermediate
 chunks carry partial usage, the last one ``finishReason`` and the full usage.
 """
 
@@ -16,6 +17,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.strict import GEMINI_RULES, first_refusal
 
 REJECTED_SCHEMA_KEYS = frozenset({"additionalProperties", "$schema", "$ref", "$defs", "const", "oneOf", "allOf"})
 
@@ -230,7 +233,8 @@ def create_gemini_app(state: GeminiFakeState) -> Starlette:
             return _embed(body)
         if method not in ("generateContent", "streamGenerateContent"):
             return _error(404, "NOT_FOUND", f"Method {method!r} not found for model {model!r}.")
-        problem = validate(body) or signature_problem(model, body)
+        refusal = first_refusal(GEMINI_RULES, model, body)  # per model family (tests/fakes/strict.py)
+        problem = validate(body) or signature_problem(model, body) or (refusal[0] if refusal else None)
         if problem:
             return _error(400, "INVALID_ARGUMENT", problem)
         if method == "generateContent":
