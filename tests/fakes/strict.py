@@ -163,7 +163,7 @@ ANTHROPIC_FIELDS = frozenset({
 })
 ANTHROPIC_OUTPUT_LIMITS = ((r"claude-3-5-haiku|claude-3-5-sonnet", 8192), (r"claude-3-haiku|claude-3-opus", 4096),
                            (r"claude-opus-4-[01]", 32000), (r"claude-(?:sonnet|haiku)-4|claude-3-7", 64000),
-                           (r"claude-opus-4-[5-9]", 64000))
+                           (r"claude-opus-4-5", 64000), (r"claude-opus-4-[6-9]", 128000))
 
 
 @_rule("anthropic-unknown-field", ANY, "https://docs.claude.com/en/api/messages")
