@@ -106,6 +106,14 @@ class ChatRequest(msgspec.Struct):
     thinking: dict[str, Any] | None = None  # Anthropic's own form, taken for Claude models
     models: list[ModelId] | None = None  # OpenRouter-style client fallback list
     provider: ProviderPreferences | None = None
+    # Read in this one decode because they may change the price (router/forwarding.py refuse_priced).
+    service_tier: str | None = None
+    plugins: list[Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+
+    def priced(self) -> dict[str, Any]:
+        return {"service_tier": self.service_tier, "plugins": self.plugins,
+                "web_search_options": self.web_search_options}
 
 
 # ---------------------------------------------------------------------------------------------------------

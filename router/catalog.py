@@ -22,6 +22,7 @@ import msgspec
 from common.errors import GatewayError
 from common.settings import ConfigError, ModelConfig, Settings
 from router.canonical import SlugIndex, canonical_of, openrouter_slugs, quantization_of
+from router.forwarding import per_use_cost
 from router.metadata import enrich, seller_ids
 from router.model import Model
 from router.providers import Provider
@@ -219,7 +220,8 @@ class Catalog:
         return [m for m in self.models.values() if m.provider == provider_id]
 
     def cost(self, model: Model, usage: dict[str, Any]) -> Decimal:
-        """USD for one request's canonical usage, exact: the one place every route prices tokens.
+        """USD for one request's canonical usage, exact: the one place every route prices tokens (and the
+        server tool uses an answer reports, such as Anthropic's web searches: ``router/forwarding.py``).
 
         ``prompt_tokens`` counts all input (OpenAI semantics); the cached and cache-written part of it is
         billed at the cache rates where the provider lists them, the rest at the prompt rate.
@@ -232,7 +234,7 @@ class Catalog:
         read_rate = Decimal(model.cache_read_price) if model.cache_read_price is not None else rate
         write_rate = Decimal(model.cache_write_price) if model.cache_write_price is not None else rate
         return (rate * (prompt - cached - written) + read_rate * cached + write_rate * written
-                + Decimal(model.completion_price) * _count(usage.get("completion_tokens")))
+                + Decimal(model.completion_price) * _count(usage.get("completion_tokens")) + per_use_cost(usage))
 
     def audio_cost(self, model: Model, seconds: float) -> Decimal:
         """USD for a transcription priced by audio time (0 when the model is priced by tokens only)."""

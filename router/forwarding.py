@@ -9,9 +9,14 @@ never get paid extras; the gateway's cost and budget reservation know token pric
 
 - OpenAI's ``service_tier`` ``priority`` (and ``scale``): billed above the list price;
 - OpenAI's ``web_search_options`` and OpenRouter's ``plugins`` (``web`` is billed per result);
-- Anthropic's server tools that bill per use or per container hour (``web_search_*``, ``code_execution_*``),
-  the ``container`` and ``mcp_servers`` fields, and betas that change the price (``context-1m-*``: long
-  context at a higher rate).
+- Anthropic's server tools billed per container hour (``code_execution_*``) or not known here, the
+  ``container`` and ``mcp_servers`` fields, and betas that change the price (``context-1m-*``: long context
+  at a higher rate).
+
+Anthropic's ``web_search`` server tool is priced instead (Claude Code's WebSearch tool asks for it): with
+its ``max_uses`` bound, admission reserves ``max_uses`` × the per-search price on top of the tokens, and
+``Catalog.cost`` bills the searches the answer reports (``usage.server_tool_use.web_search_requests``).
+Without ``max_uses`` (unbounded), or on a free model, it is refused with a 400 naming it.
 
 ``anthropic-beta`` values Claude Code and the SDKs send (prompt caching, interleaved thinking, context
 management, effort, …) pass; unknown ones are left out rather than refused, so a client that adds a beta
@@ -20,8 +25,8 @@ keeps working (the feature is simply not switched on upstream).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 from common.errors import GatewayError
@@ -70,8 +75,10 @@ PRICED_BETAS = {"context-1m-": "the 1M-token context window is billed at a highe
                 "code-execution-": "code execution is billed per container hour",
                 "mcp-client-": "the MCP connector calls remote servers on the operator's account",
                 "files-api-": "files are stored on the operator's account"}
-PRICED_SERVER_TOOLS = {"web_search_": "web search is billed per search",
-                       "code_execution_": "code execution is billed per container hour"}
+PRICED_SERVER_TOOLS = {"code_execution_": "code execution is billed per container hour"}
+# Server tools billed per use, priced here (USD per use): tool type prefix -> (price, the usage count's name).
+# Anthropic: "$10 per 1,000 searches" (https://docs.claude.com/en/docs/agents-and-tools/tool-use/web-search-tool).
+PRICED_PER_USE = {"web_search_": (Decimal("0.01"), "web_search_requests")}
 PRICED_FIELDS = {"web_search_options": "web search is billed per call",
                  "container": "code execution containers are billed per hour",
                  "mcp_servers": "the MCP connector calls remote servers on the operator's account"}
@@ -90,15 +97,6 @@ def fields_for(kind: str, provider: str, local: bool = False) -> frozenset[str] 
     if provider == "openrouter":
         return OPENAI_FIELDS | COMPAT_EXTRAS | OPENROUTER_EXTRAS
     return OPENAI_FIELDS | COMPAT_EXTRAS
-
-
-# A body is decoded again for ``refuse_priced`` only when one of these names appears in it: a plain request
-# pays one substring search.
-_MAY_BE_PRICED = re.compile(rb'"(?:service_tier|plugins|' + "|".join(PRICED_FIELDS).encode() + rb')"')
-
-
-def may_be_priced(raw: bytes) -> bool:
-    return _MAY_BE_PRICED.search(raw) is not None
 
 
 def _refused(param: str, why: str) -> GatewayError:
@@ -123,16 +121,42 @@ def refuse_priced(body: Mapping[str, Any]) -> None:
                                "account (web search is billed per result)")
 
 
-def refuse_server_tools(tools: Iterable[Any] | None) -> None:
-    """A 400 naming the first Anthropic server tool of a Messages request that is not let through."""
+def server_tools_worst_case(tools: Iterable[Any] | None, *, free: bool) -> Decimal:
+    """The most a Messages request's server tools can add to its price (what admission reserves on top of
+    the tokens); a 400 naming the first server tool that is not let through: unknown or billed by the hour,
+    billed per use without a ``max_uses`` bound, or any priced one on a free model."""
+    worst = Decimal(0)
     for n, tool in enumerate(tools or ()):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if not isinstance(kind, str) or kind == "custom" or kind.startswith(ANTHROPIC_CLIENT_TOOLS):
             continue
+        per_use = next((price for prefix, (price, _) in PRICED_PER_USE.items() if kind.startswith(prefix)), None)
+        if per_use is not None and not free:
+            uses = tool.get("max_uses")
+            if not isinstance(uses, int) or isinstance(uses, bool) or uses < 1:
+                raise _refused(f"tools[{n}].max_uses", f"{kind!r} is billed per use: bound it with max_uses")
+            worst += per_use * uses
+            continue
+        if per_use is not None:
+            raise _refused(f"tools[{n}].type", f"{kind!r} is billed per use, which free models never get")
         why = next((why for prefix, why in PRICED_SERVER_TOOLS.items() if kind.startswith(prefix)),
                    "server tools other than the client-run ones (bash, text editor, computer, memory) are not "
                    "forwarded")
         raise _refused(f"tools[{n}].type", f"{kind!r}: {why}")
+    return worst
+
+
+def per_use_cost(usage: Mapping[str, Any]) -> Decimal:
+    """USD for the server tool uses an answer reports (canonical ``usage.server_tool_use``)."""
+    uses = usage.get("server_tool_use")
+    if not isinstance(uses, dict):
+        return Decimal(0)
+    total = Decimal(0)
+    for price, name in PRICED_PER_USE.values():
+        count = uses.get(name)
+        if isinstance(count, int) and count > 0:
+            total += price * count
+    return total
 
 
 def anthropic_betas(header: str | None, *, refuse: bool = True) -> str | None:

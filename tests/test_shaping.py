@@ -15,7 +15,9 @@ import pytest
 from common.errors import GatewayError
 from common.settings import load_settings
 from router.catalog import Catalog, build_catalog
-from router.forwarding import anthropic_betas, fields_for, refuse_priced, refuse_server_tools
+from decimal import Decimal
+
+from router.forwarding import anthropic_betas, fields_for, refuse_priced, server_tools_worst_case
 from router.providers import resolve_providers
 from router.rules import RULES
 from router.shaping import output_plan, shape_request, short_user
@@ -178,9 +180,24 @@ def test_priced_extras() -> None:
             refuse_priced(body)
         assert refused.value.param == param and refused.value.status == 400
     refuse_priced({"service_tier": "auto"})
-    refuse_server_tools([{"name": "x", "input_schema": {}}, {"type": "bash_20250124", "name": "bash"}])
-    with pytest.raises(GatewayError):
-        refuse_server_tools([{"type": "web_search_20250305", "name": "web_search"}])
+
+
+def test_server_tools_priced_or_refused(catalog: Catalog) -> None:
+    """Anthropic's web search is billed per search: reserved as max_uses searches, billed as reported;
+    unbounded, on a free model, or a tool billed by the hour: a 400 naming it."""
+    client_run = [{"name": "x", "input_schema": {}}, {"type": "bash_20250124", "name": "bash"}]
+    assert server_tools_worst_case(client_run, free=False) == 0
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 8}
+    assert server_tools_worst_case([search], free=False) == Decimal("0.08")
+    for tools, free, param in (([{**search, "max_uses": None}], False, "tools[0].max_uses"),
+                               ([search], True, "tools[0].type"),
+                               ([{"type": "code_execution_20250825", "name": "code"}], False, "tools[0].type")):
+        with pytest.raises(GatewayError) as refused:
+            server_tools_worst_case(tools, free=free)
+        assert refused.value.param == param
+    sonnet = catalog.get("anthropic/claude-sonnet-4-5")
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "server_tool_use": {"web_search_requests": 3}}
+    assert catalog.cost(sonnet, usage) == Decimal("0.03")
 
 
 def test_betas() -> None:

@@ -281,10 +281,25 @@ def test_priced_fields_are_refused(gw: dict[str, Any], fakes: Fakes, extra: dict
     assert fakes.openai.requests == []
 
 
+def test_web_search_is_priced_natively(gw: dict[str, Any], fakes: Fakes) -> None:
+    """Claude Code's WebSearch asks Anthropic's server web_search tool: reserved as max_uses searches
+    ($0.01 each) on top of the tokens, billed as the answer reports; unbounded, a 400 naming max_uses."""
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": HI,
+            "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]}
+    assert messages(gw, body, key="cent").status_code == 402  # 100 tokens + 3 searches > $0.01
+    served = messages(gw, body, key="five")
+    assert served.status_code == 200, served.text
+    assert fakes.anthropic.requests[-1]["body"]["tools"][0]["type"] == "web_search_20250305"
+    cost = Decimal(served.headers["x-megabrain-cost"])  # the native body is Anthropic's own: no cost in it
+    assert Decimal("0.01") < cost < Decimal("0.01") + 100 * Decimal("0.000015") + Decimal("0.001")
+    unbounded = messages(gw, {**body, "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+    assert unbounded.status_code == 400 and "max_uses" in unbounded.json()["error"]["message"]
+
+
 def test_priced_anthropic_extras_are_refused(gw: dict[str, Any], fakes: Fakes) -> None:
     body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": HI}
-    searching = {**body, "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]}
-    response = messages(gw, searching)
+    running = {**body, "tools": [{"type": "code_execution_20250825", "name": "code_execution"}]}
+    response = messages(gw, running)
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
     assert "tools[0].type" in response.json()["error"]["message"]
     long_context = messages(gw, body, beta="claude-code-20250219,context-1m-2025-08-07")

@@ -55,14 +55,15 @@ class Dispatch:
 
     async def admit(self, plan: list[Route], *, messages: list[Any] | None = None,
                     tools: list[Any] | None = None, request: Mapping[str, Any] | None = None,
-                    with_enqueue: bool = False) -> None:
+                    extra_cost: Decimal | None = None, with_enqueue: bool = False) -> None:
         """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable.
 
         The request's worst-case cost (its canonical ``messages``/``tools``, and the output its canonical
         ``request`` can make each candidate generate, from the output plan the worker sends: cap, thinking
         budget, ``n``; at the dearest candidate; computed only when a budget applies) is reserved against the
-        key's budget, and the job carries it to be settled. A free plan answers one choice per request: the
-        free allowance counts requests, so ``n`` > 1 there is refused.
+        key's budget, and the job carries it to be settled; ``extra_cost`` is what else the request can add
+        (server tools billed per use, at most). A free plan answers one choice per request: the free
+        allowance counts requests, so ``n`` > 1 there is refused.
 
         ``with_enqueue``: the limits are checked and counted by the job's first enqueue, in the same Redis
         round trip (``answer``; a refusal comes from there). The route must then answer with a job.
@@ -77,7 +78,8 @@ class Dispatch:
 
         def worst_case() -> Decimal:
             prompt = estimate_prompt_tokens(messages or [], tools)
-            return worst_case_cost(gateway.catalog, plan, prompt, asked, gateway.settings.default_max_tokens)
+            worst = worst_case_cost(gateway.catalog, plan, prompt, asked, gateway.settings.default_max_tokens)
+            return worst + extra_cost if extra_cost else worst
 
         check = await prepare(gateway, self.request, model_is_free=free, worst_case=worst_case)
         if with_enqueue:

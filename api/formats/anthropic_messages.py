@@ -51,6 +51,13 @@ class MessagesRequest(msgspec.Struct):
     thinking: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
     stream: bool | None = None
+    # Read in this one decode because they may change the price (router/forwarding.py refuse_priced).
+    service_tier: str | None = None
+    container: Any = None
+    mcp_servers: list[Any] | None = None
+
+    def priced(self) -> dict[str, Any]:
+        return {"service_tier": self.service_tier, "container": self.container, "mcp_servers": self.mcp_servers}
 
 
 EFFORTS = {"minimal": "minimal", "low": "low", "medium": "medium", "high": "high", "max": "high"}

@@ -15,7 +15,7 @@ from api.exchange.dispatch import Dispatch
 from api.gateway import Gateway
 from common.errors import GatewayError
 from common.wire import ChatRequest, Route
-from router.forwarding import anthropic_betas, may_be_priced, refuse_priced
+from router.forwarding import anthropic_betas, refuse_priced
 from router.plan import plan_for
 from router.preferences import CHECKED_PARAMETERS
 
@@ -34,8 +34,7 @@ async def chat_completions(request: Request) -> Response:
                             affinity=caller_affinity(request))
         except GatewayError as error:
             raise await refuse_unknown_key(gateway, request, error) from None
-        if may_be_priced(body):
-            refuse_priced(msgspec.json.decode(body))
+        refuse_priced(chat.priced())
         beta = anthropic_betas(request.headers.get("anthropic-beta")) if _to_anthropic(gateway, plan) else None
         await dispatch.admit(plan, messages=_builtins(chat.messages), tools=_builtins(chat.tools),
                              request=output_request(chat), with_enqueue=True)
