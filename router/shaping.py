@@ -221,13 +221,11 @@ def output_plan(shape: EndpointShape, body: Mapping[str, Any], prompt_tokens: in
             budget = shape.effort_budgets.get(wanted.effort or "medium")
         if budget is not None:
             low, high = shape.budget_range or (1, None)
-            if shape.budget_below_cap and limit:
-                high = min(high or limit, limit - ANSWER_ROOM)
             budget = max(low, min(budget, high) if high else budget)
-            if shape.budget_below_cap:
-                if cap is None or cap <= budget:
-                    cap = budget + ANSWER_ROOM if not limit else min(budget + ANSWER_ROOM, limit)
-                budget = min(budget, cap - 1)
+            if shape.budget_below_cap and (cap is None or cap <= budget):
+                # raised above the budget with room for the answer, within the model's limit
+                cap = budget + ANSWER_ROOM if not limit else min(budget + ANSWER_ROOM, limit)
+                budget = max(low, min(budget, cap - ANSWER_ROOM))
     return OutputPlan(cap, budget, choices(body))
 
 

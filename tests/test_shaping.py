@@ -119,6 +119,9 @@ def test_output_plan_covers_the_thinking_budget(catalog: Catalog) -> None:
     plan = output_plan(sonnet, {"max_tokens": 1, "reasoning": {"max_tokens": 200000}})
     assert plan.cap == 64000 and plan.budget == 64000 - 1024  # within the model's limit
     assert output_plan(sonnet, {"max_tokens": 100, "reasoning_effort": "low"}) == (3072, 2048, 1)
+    opus = shape(catalog, "anthropic/claude-opus-4-1")  # limit 32,000: Claude Code's own pair is kept
+    assert output_plan(opus, {"max_tokens": 32000, "thinking": {"type": "enabled", "budget_tokens": 31999}}) == \
+        (32000, 31999, 1)
     haiku = shape(catalog, "anthropic/claude-3-5-haiku-latest")
     assert output_plan(haiku, {"max_tokens": 1, "reasoning": {"max_tokens": 60000}}) == (1, None, 1)
     assert output_plan(shape(catalog, "openai/gpt-4o-mini"), {"n": 3, "best_of": 5}).choices == 5

@@ -125,6 +125,12 @@ class Dispatch:
         return await answer(self.exchange, self.format, self.headers, gone=self.request.is_disconnected)
 
 
+def plan_reaches(gateway: Gateway, plan: list[Route], kind: str) -> bool:
+    """Whether a candidate of the plan speaks protocol ``kind`` (``anthropic``: the only one an
+    ``anthropic-beta`` header, a Messages body or a server tool reaches)."""
+    return any(gateway.providers[route.provider].kind == kind for route in plan)
+
+
 def plan_is_free(gateway: Gateway, plan: list[Route]) -> bool:
     """A request is free when every candidate is a free model (auto-free never falls back to paid ones)."""
     for route in plan:

@@ -11,10 +11,10 @@ from starlette.responses import Response
 
 from api.exchange.body import read_json
 from api.access.admission import refuse_unknown_key
-from api.exchange.dispatch import Dispatch
+from api.exchange.dispatch import Dispatch, plan_reaches
 from api.gateway import Gateway
 from common.errors import GatewayError
-from common.wire import ChatRequest, Route
+from common.wire import ChatRequest
 from router.forwarding import anthropic_betas, refuse_priced
 from router.plan import plan_for
 from router.preferences import CHECKED_PARAMETERS
@@ -35,7 +35,8 @@ async def chat_completions(request: Request) -> Response:
         except GatewayError as error:
             raise await refuse_unknown_key(gateway, request, error) from None
         refuse_priced(chat.priced())
-        beta = anthropic_betas(request.headers.get("anthropic-beta")) if _to_anthropic(gateway, plan) else None
+        beta = anthropic_betas(request.headers.get("anthropic-beta")) if plan_reaches(gateway, plan, "anthropic") \
+            else None
         await dispatch.admit(plan, messages=_builtins(chat.messages), tools=_builtins(chat.tools),
                              request=output_request(chat), with_enqueue=True)
     except GatewayError as error:
@@ -48,11 +49,6 @@ async def chat_completions(request: Request) -> Response:
 
 def _builtins(items: list[Any] | None) -> list[Any]:
     return msgspec.to_builtins(items or [])
-
-
-def _to_anthropic(gateway: Gateway, plan: list[Route]) -> bool:
-    """Whether a candidate speaks Anthropic's protocol (the only one an ``anthropic-beta`` header reaches)."""
-    return any(gateway.providers[route.provider].kind == "anthropic" for route in plan)
 
 
 def output_request(chat: ChatRequest) -> dict[str, Any]:

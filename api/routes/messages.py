@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.exchange.body import read_json
-from api.exchange.dispatch import Dispatch, plan_is_free
+from api.exchange.dispatch import Dispatch, plan_is_free, plan_reaches
 from api.formats.anthropic_messages import ANTHROPIC_MESSAGES, MessagesRequest, canonical_request
 from api.gateway import Gateway
 from api.exchange.answer import FinishingResponse
@@ -31,14 +31,10 @@ def _native(gateway: Gateway, request: Request, body: bytes, plan: list[Route],
             *, refuse: bool = True) -> Native | None:
     """The client's own body for the plan's Anthropic candidates, with the ``anthropic-beta`` values that
     may pass; a priced beta is a 400 naming it (router/forwarding.py)."""
-    if not _to_anthropic(gateway, plan):
+    if not plan_reaches(gateway, plan, "anthropic"):
         return None
     beta = anthropic_betas(request.headers.get("anthropic-beta"), refuse=refuse)
     return Native(protocol="anthropic_messages", body=body, headers={"anthropic-beta": beta} if beta else {})
-
-
-def _to_anthropic(gateway: Gateway, plan: list[Route]) -> bool:
-    return any(gateway.providers[route.provider].kind == "anthropic" for route in plan)
 
 
 async def _decode(dispatch: Dispatch, request: Request,
