@@ -82,8 +82,11 @@ def _openai_part_properties(model: str, body: dict[str, Any]) -> Problem | None:
     for i, message in enumerate(body.get("messages") or ()):
         content = message.get("content") if isinstance(message, dict) else None
         for j, part in enumerate(content if isinstance(content, list) else ()):
-            allowed = OPENAI_PART_KEYS.get(part.get("type") if isinstance(part, dict) else "", set())
-            extra = sorted(set(part) - allowed) if isinstance(part, dict) and allowed else []
+            kind = part.get("type") if isinstance(part, dict) else None
+            if not isinstance(kind, str) or kind not in OPENAI_PART_KEYS:
+                return (f"Invalid value: {kind!r}. Supported values are: {', '.join(map(repr, OPENAI_PART_KEYS))}.",
+                        f"messages[{i}].content[{j}].type", "invalid_value")
+            extra = sorted(set(part) - OPENAI_PART_KEYS[kind])
             if extra:
                 return (f"Additional properties are not allowed ('{extra[0]}' was unexpected) - "
                         f"'messages.{i}.content.{j}'", f"messages[{i}].content[{j}]", None)
@@ -254,10 +257,13 @@ def _gemini_unknown_field(model: str, body: dict[str, Any]) -> Problem | None:
         if name not in GEMINI_FIELDS:
             return _unknown_name(name)
     config = body.get("generationConfig") or {}
+    thinking = config.get("thinkingConfig") or {} if isinstance(config, dict) else {}
+    if not isinstance(config, dict) or not isinstance(thinking, dict):
+        return "Invalid JSON payload received. generation_config must be an object.", None, None
     for name in config:
         if name not in GENERATION_CONFIG_KEYS:
             return _unknown_name(name, "generation_config")
-    for name in config.get("thinkingConfig") or {}:
+    for name in thinking:
         if name not in THINKING_CONFIG_KEYS:
             return _unknown_name(name, "generation_config.thinking_config")
     return None
