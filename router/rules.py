@@ -76,6 +76,11 @@ RULES: tuple[Rule, ...] = (
              "logprobs, top_logprobs, logit_bias (400 \"Unsupported value: 'temperature' does not support 0.5 "
              "with this model. Only the default (1) value is supported.\")",
          source="https://learn.microsoft.com/en-us/azure/ai-foundry/openai/how-to/reasoning#not-supported"),
+    rule("openai-o-series-efforts", kinds=("openai", "azure"), providers=("openai", "azure"), models=r"^o[1-9]",
+         efforts=("low", "medium", "high"),
+         why="o-series models support reasoning_effort low, medium and high; minimal is GPT-5's (400 "
+             "\"Unsupported value: 'reasoning_effort' does not support 'minimal' with this model.\")",
+         source="https://platform.openai.com/docs/api-reference/chat/create#chat-create-reasoning_effort"),
     rule("openai-user-length", providers=("openai", "azure"), user_max=64,
          why="400 \"Invalid 'user': string too long. Expected a string with maximum length 64\" "
              "(code string_above_max_length); Claude Code's metadata.user_id is ~150 characters",
@@ -103,7 +108,7 @@ RULES: tuple[Rule, ...] = (
              "both be specified for this model. Please use only one.\" on Sonnet/Haiku 4.5, Opus 4.1 and later)",
          source="https://docs.claude.com/en/api/messages#body-top-p"),
     rule("anthropic-adaptive-only", kinds=("anthropic",), models=_CLAUDE_ADAPTIVE_ONLY, drops=SAMPLING,
-         thinking="adaptive", budget_below_cap=False,
+         thinking="adaptive", budget_below_cap=False, efforts=("low", "medium", "high"),
          why="Opus 4.7 and later: temperature, top_p and top_k are removed and thinking.budget_tokens is "
              "refused; thinking is {type: adaptive} with output_config.effort",
          source="https://platform.claude.com/docs/en/about-claude/models/migration-guide#migrating-to-claude-opus-4-7"),

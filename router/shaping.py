@@ -54,6 +54,7 @@ class EndpointShape:
     budget_below_cap: bool = False  # the thinking budget lies inside the output cap, which must exceed it
     budget_range: tuple[int, int | None] | None = None  # (lowest, highest) thinking budget it accepts
     effort_budgets: Mapping[str, int] | None = None  # effort -> budget where it thinks in budgets
+    efforts: tuple[str, ...] | None = None  # the reasoning efforts it takes (None: every one of EFFORTS)
     fields: frozenset[str] | None = None  # top-level fields forwarded (router/forwarding.py); None: all
     rules: tuple[str, ...] = field(default=(), compare=False)  # ids of the rules that made it (for tests, logs)
 
@@ -251,6 +252,8 @@ def shape_request(shape: EndpointShape, body: dict[str, Any], *, prompt_tokens: 
             body.pop(name, None)
     if shape.one_sampler and "temperature" in body and "top_p" in body:
         del body["top_p"]  # the client's temperature wins; the model refuses the pair
+    if shape.efforts is not None:
+        _fit_effort(body, shape.efforts)
     plan = output_plan(shape, body, prompt_tokens, reserved_default)
     _write_cap(shape, body, plan.cap)
     if plan.budget is not None:
@@ -264,6 +267,22 @@ def shape_request(shape: EndpointShape, body: dict[str, Any], *, prompt_tokens: 
     if not shape.cache_control and cache_control:
         strip_cache_control(body)
     return plan
+
+
+def _fit_effort(body: dict[str, Any], efforts: tuple[str, ...]) -> None:
+    """An effort this endpoint does not take becomes the nearest one it does, upwards first (o3 has no
+    ``minimal``: it gets ``low``)."""
+    def fit(effort: Any) -> Any:
+        if effort not in EFFORTS or effort in efforts:
+            return effort
+        above = EFFORTS[EFFORTS.index(effort):]
+        return next((e for e in above if e in efforts), efforts[-1])
+
+    if "reasoning_effort" in body:
+        body["reasoning_effort"] = fit(body["reasoning_effort"])
+    raw = body.get("reasoning")
+    if isinstance(raw, dict) and "effort" in raw:
+        body["reasoning"] = {**raw, "effort": fit(raw["effort"])}
 
 
 def _write_cap(shape: EndpointShape, body: dict[str, Any], cap: int | None) -> None:

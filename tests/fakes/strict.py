@@ -121,6 +121,15 @@ def _openai_reasoning_sampling(model: str, body: dict[str, Any]) -> Problem | No
     return None
 
 
+@_rule("openai-o-series-efforts", r"^o[1-9]",
+       "https://platform.openai.com/docs/api-reference/chat/create#chat-create-reasoning_effort")
+def _openai_o_series_efforts(model: str, body: dict[str, Any]) -> Problem | None:
+    if body.get("reasoning_effort") not in (None, "low", "medium", "high"):
+        return (f"Unsupported value: 'reasoning_effort' does not support {body['reasoning_effort']!r} with this "
+                "model. Supported values are: 'low', 'medium', and 'high'.", "reasoning_effort", "unsupported_value")
+    return None
+
+
 @_rule("openai-no-reasoning-effort", OPENAI_NON_REASONING, "https://platform.openai.com/docs/guides/reasoning")
 def _openai_no_reasoning_effort(model: str, body: dict[str, Any]) -> Problem | None:
     if body.get("reasoning_effort") is not None:
@@ -150,7 +159,7 @@ def _openai_output_limit(model: str, body: dict[str, Any]) -> Problem | None:
 
 
 OPENAI_RULES = (_openai_unknown_field, _openai_part_properties, _openai_reasoning_max_tokens,
-                _openai_reasoning_sampling, _openai_no_reasoning_effort, _openai_user_length, _openai_output_limit)
+                _openai_reasoning_sampling, _openai_o_series_efforts, _openai_no_reasoning_effort, _openai_user_length, _openai_output_limit)
 
 
 # ============================================================================================ Anthropic
@@ -201,6 +210,9 @@ def _anthropic_adaptive_only(model: str, body: dict[str, Any]) -> Problem | None
     if isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled":
         return ("thinking.type.enabled is not supported for this model. Use thinking.type.adaptive and "
                 "output_config.effort instead.", "thinking", None)
+    effort = (body.get("output_config") or {}).get("effort")
+    if effort is not None and effort not in ("low", "medium", "high", "xhigh", "max"):
+        return (f"output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'", None, None)
     return None
 
 
