@@ -20,9 +20,6 @@ from starlette.routing import Route
 
 from tests.fakes.strict import GEMINI_RULES, first_refusal
 
-REJECTED_SCHEMA_KEYS = frozenset({"additionalProperties", "$schema", "$ref", "$defs", "const", "oneOf", "allOf"})
-
-
 @dataclass
 class GeminiFakeState:
     """What the fake answers. Tests mutate it between requests.
@@ -65,28 +62,6 @@ def _status_error(status: int, state: GeminiFakeState) -> JSONResponse:
     return _error(status, rpc, f"The model is overloaded. ({rpc})")
 
 
-def _schema_problem(schema: Any, where: str) -> str | None:
-    if isinstance(schema, dict):
-        for key, value in schema.items():
-            if key in REJECTED_SCHEMA_KEYS:
-                return f'Invalid JSON payload received. Unknown name "{key}" at \'{where}\': Cannot find field.'
-            if key == "properties" and isinstance(value, dict):
-                for name, sub in value.items():
-                    found = _schema_problem(sub, f"{where}.properties[{name}].value")
-                    if found:
-                        return found
-            elif key == "items":
-                found = _schema_problem(value, f"{where}.items")
-                if found:
-                    return found
-            elif key == "anyOf" and isinstance(value, list):
-                for n, sub in enumerate(value):
-                    found = _schema_problem(sub, f"{where}.any_of[{n}]")
-                    if found:
-                        return found
-    return None
-
-
 def validate(body: dict[str, Any]) -> str | None:
     """The first reason the real API would reject this body, or None."""
     contents = body.get("contents")
@@ -106,11 +81,6 @@ def validate(body: dict[str, Any]) -> str | None:
     thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
     if "thinkingLevel" in thinking and "thinkingBudget" in thinking:
         return "You can only set one of thinking budget and thinking level."
-    for t, tool in enumerate(body.get("tools") or ()):
-        for d, declaration in enumerate(tool.get("functionDeclarations") or ()):
-            found = _schema_problem(declaration.get("parameters"), f"tools[{t}].function_declarations[{d}].parameters")
-            if found:
-                return found
     return None
 
 

@@ -310,4 +310,43 @@ def _gemini_output_limit(model: str, body: dict[str, Any]) -> Problem | None:
     return None
 
 
-GEMINI_RULES = (_gemini_unknown_field, _gemini_thinking_budget, _gemini_output_limit)
+# JSON-Schema keys outside Gemini's OpenAPI subset: "Unknown name ... Cannot find field" (field-lessons.md).
+REJECTED_SCHEMA_KEYS = frozenset({"additionalProperties", "$schema", "$ref", "$defs", "const", "oneOf", "allOf"})
+
+
+def schema_problem(schema: Any, where: str) -> str | None:
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in REJECTED_SCHEMA_KEYS:
+                return f'Invalid JSON payload received. Unknown name "{key}" at \'{where}\': Cannot find field.'
+            if key == "properties" and isinstance(value, dict):
+                for name, sub in value.items():
+                    found = schema_problem(sub, f"{where}.properties[{name}].value")
+                    if found:
+                        return found
+            elif key == "items":
+                found = schema_problem(value, f"{where}.items")
+                if found:
+                    return found
+            elif key == "anyOf" and isinstance(value, list):
+                for n, sub in enumerate(value):
+                    found = schema_problem(sub, f"{where}.any_of[{n}]")
+                    if found:
+                        return found
+    return None
+
+
+@_rule("gemini-schema-keys", ANY, "https://ai.google.dev/api/caching#Schema")
+def _gemini_schema_keys(model: str, body: dict[str, Any]) -> Problem | None:
+    for t, tool in enumerate(body.get("tools") or ()):
+        for d, declaration in enumerate(tool.get("functionDeclarations") or ()):
+            found = schema_problem(declaration.get("parameters"), f"tools[{t}].function_declarations[{d}].parameters")
+            if found:
+                return found, None, None
+    config = body.get("generationConfig")
+    found = schema_problem(config.get("responseSchema"), "generation_config.response_schema") \
+        if isinstance(config, dict) else None
+    return (found, None, None) if found else None
+
+
+GEMINI_RULES = (_gemini_unknown_field, _gemini_schema_keys, _gemini_thinking_budget, _gemini_output_limit)
