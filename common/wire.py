@@ -95,6 +95,7 @@ class ChatRequest(msgspec.Struct):
     max_completion_tokens: PositiveInt | None = None
     stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    best_of: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None  # vLLM-style servers generate this many
     seed: int | None = None
     user: str | None = None
     tools: list[Tool] | None = None
@@ -102,8 +103,17 @@ class ChatRequest(msgspec.Struct):
     response_format: dict[str, Any] | None = None
     reasoning: Reasoning | None = None
     reasoning_effort: str | None = None
+    thinking: dict[str, Any] | None = None  # Anthropic's own form, taken for Claude models
     models: list[ModelId] | None = None  # OpenRouter-style client fallback list
     provider: ProviderPreferences | None = None
+    # Read in this one decode because they may change the price (router/forwarding.py refuse_priced).
+    service_tier: str | None = None
+    plugins: list[Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+
+    def priced(self) -> dict[str, Any]:
+        return {"service_tier": self.service_tier, "plugins": self.plugins,
+                "web_search_options": self.web_search_options}
 
 
 # ---------------------------------------------------------------------------------------------------------

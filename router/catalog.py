@@ -22,9 +22,11 @@ import msgspec
 from common.errors import GatewayError
 from common.settings import ConfigError, ModelConfig, Settings
 from router.canonical import SlugIndex, canonical_of, openrouter_slugs, quantization_of
+from router.forwarding import per_use_cost
 from router.metadata import enrich, seller_ids
 from router.model import Model
 from router.providers import Provider
+from router.shaping import EndpointShape, shape_of, supported_parameters
 from router.sources import listed_models, price_feeds
 
 AUTO_MODELS = ("auto", "auto-free", "auto-balanced", "auto-frontier")
@@ -73,8 +75,17 @@ class Catalog:
         self.aliases: dict[str, str] = {}
         # provider id -> the configured price for ids it serves that the catalog does not list
         self.passthrough: dict[str, Model] = dict(passthrough or {})
+        # model id -> what that endpoint takes (router/shaping.py), folded once here: a request pays a
+        # dictionary hit. Its supported_parameters leave out what the provider's rules say it refuses, so
+        # ``provider.require_parameters`` and the listings tell the truth about it.
+        self.shapes: dict[str, EndpointShape] = {}
         for model in models:
+            shape = self._shape_of(model)
+            trimmed = supported_parameters(model, shape)
+            if trimmed != model.supported_parameters:
+                model = msgspec.structs.replace(model, supported_parameters=trimmed)
             self.models[model.id] = model
+            self.shapes[model.id] = shape
         for model in self.models.values():
             for alias in model.aliases:
                 self.aliases.setdefault(alias, model.id)
@@ -121,6 +132,15 @@ class Catalog:
             return model_id
         exact = self._lower.get(model_id.lower())
         return exact if exact is not None and exact in self.endpoints else None
+
+    def shape(self, model: Model) -> EndpointShape:
+        """What ``model``'s endpoint takes (worked out on the spot for a pass-through id)."""
+        shape = self.shapes.get(model.id)
+        return shape if shape is not None else self._shape_of(model)
+
+    def _shape_of(self, model: Model) -> EndpointShape:
+        provider = self.providers.get(model.provider)
+        return shape_of(model, provider.kind if provider else "openai", bool(provider and provider.local))
 
     def endpoints_of(self, slug: str) -> tuple[Model, ...]:
         return self.endpoints.get(slug, ())
@@ -200,7 +220,8 @@ class Catalog:
         return [m for m in self.models.values() if m.provider == provider_id]
 
     def cost(self, model: Model, usage: dict[str, Any]) -> Decimal:
-        """USD for one request's canonical usage, exact: the one place every route prices tokens.
+        """USD for one request's canonical usage, exact: the one place every route prices tokens (and the
+        server tool uses an answer reports, such as Anthropic's web searches: ``router/forwarding.py``).
 
         ``prompt_tokens`` counts all input (OpenAI semantics); the cached and cache-written part of it is
         billed at the cache rates where the provider lists them, the rest at the prompt rate.
@@ -213,7 +234,7 @@ class Catalog:
         read_rate = Decimal(model.cache_read_price) if model.cache_read_price is not None else rate
         write_rate = Decimal(model.cache_write_price) if model.cache_write_price is not None else rate
         return (rate * (prompt - cached - written) + read_rate * cached + write_rate * written
-                + Decimal(model.completion_price) * _count(usage.get("completion_tokens")))
+                + Decimal(model.completion_price) * _count(usage.get("completion_tokens")) + per_use_cost(usage))
 
     def audio_cost(self, model: Model, seconds: float) -> Decimal:
         """USD for a transcription priced by audio time (0 when the model is priced by tokens only)."""

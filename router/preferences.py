@@ -98,19 +98,21 @@ def select(
         wanted = _names(prefs.quantizations)
         steps.append(("provider.quantizations", f"provider.quantizations {sorted(wanted)}",
                       lambda m: (m.quantization or "unknown") in wanted))
-    if prefs.require_parameters:
-        needed = parameters & CHECKED_PARAMETERS
-        if needed:
-            steps.append(("provider.require_parameters",
-                          f"provider.require_parameters (the request uses {', '.join(sorted(needed))})",
-                          lambda m: needed <= set(m.supported_parameters)))
+    needed = parameters & CHECKED_PARAMETERS if prefs.require_parameters else frozenset()
+    if needed:
+        steps.append(("provider.require_parameters",
+                      f"provider.require_parameters (the request uses {', '.join(sorted(needed))})",
+                      lambda m: needed <= set(m.supported_parameters)))
     if prefs.max_price is not None:
         ceiling = prefs.max_price
         steps.append(("provider.max_price", "provider.max_price", lambda m: _within(m, ceiling.prompt,
                                                                                      ceiling.completion)))
     kept = endpoints
     for param, what, keep in steps:
+        before = kept
         kept = [m for m in kept if keep(m)]
+        if not kept and param == "provider.require_parameters":
+            raise unsupported_parameter(model_id, needed, before)
         if not kept:
             raise GatewayError(
                 "no_endpoints_found",
@@ -119,6 +121,21 @@ def select(
                 param=param,
             )
     return kept
+
+
+def unsupported_parameter(model_id: str, needed: frozenset[str], endpoints: list[Model]) -> GatewayError:
+    """The client required parameters no endpoint takes: a 400 naming the first one, never an upstream 400
+    it cannot act on (and never a silent drop: it asked explicitly)."""
+    missing = sorted(p for p in needed if not any(p in m.supported_parameters for m in endpoints))
+    name = (missing or sorted(needed))[0]
+    which = "no endpoint" if missing else "no single endpoint"
+    return GatewayError(
+        "invalid_request",
+        f"{which.capitalize()} of {model_id!r} takes {', '.join(repr(p) for p in (missing or sorted(needed)))}, "
+        f"which the request uses with provider.require_parameters ({len(endpoints)} endpoint(s) considered). "
+        "Leave the parameter out, or drop require_parameters to let endpoints ignore what they do not take.",
+        param=name,
+    )
 
 
 def _within(model: Model, prompt: float | None, completion: float | None) -> bool:

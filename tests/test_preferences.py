@@ -122,7 +122,9 @@ def test_require_parameters(catalog: Catalog) -> None:
         "deepinfra", "novita", "groq", "together"]  # cerebras does not list tools
     assert providers(catalog, parameters=tools) == BY_PRICE  # only when asked for
     error = refused(catalog, preferences=prefs(require_parameters=True, only=["cerebras"]), parameters=tools)
-    assert error.param == "provider.require_parameters" and "tools" in error.message
+    # explicitly required and taken by no endpoint left: a 400 naming the parameter (issue 21, item 1)
+    assert (error.status, error.error_type, error.param) == (400, "invalid_request", "tools")
+    assert "require_parameters" in error.message
 
 
 def test_max_price_per_million(catalog: Catalog) -> None:

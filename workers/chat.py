@@ -9,6 +9,7 @@ import msgspec
 
 from common.wire import Job, Route
 from router.auto import estimate_prompt_tokens
+from router.shaping import EndpointShape, OutputPlan, asked_cap, kind_shape, output_plan, shape_request
 from workers import native
 from workers.chunks import ChunkShaper, CostFn, encode_json, finish_completion
 from workers.jobs import handler
@@ -29,51 +30,44 @@ def cost_fn(runtime: Runtime, model_id: str) -> CostFn | None:
     return lambda usage: catalog.cost(model, usage)
 
 
-def upstream_for(runtime: Runtime, route: Route, body: dict[str, Any], job: Job | None = None) -> Upstream:
-    """The provider's connection, with ``max_tokens`` defaulting to this model's own output limit.
-
-    Providers that require ``max_tokens`` (Anthropic) get the model's maximum output, clipped so prompt
-    plus output fits the context window, instead of a fixed number that truncates long answers.
-    """
+def upstream_for(runtime: Runtime, route: Route, job: Job | None = None) -> Upstream:
+    """The provider's connection for this request: what the serving endpoint takes, and the client's
+    ``anthropic-beta`` header (already reduced to the values that may pass, by the web tier)."""
     upstream = runtime.upstream(route.provider)
-    if job is not None and job.anthropic_beta:
-        upstream = dataclasses.replace(upstream, client_headers={"anthropic-beta": job.anthropic_beta})
     model = runtime.catalog.get(route.model)
-    if model is None or not model.max_output_tokens:
-        return upstream
-    limit = model.max_output_tokens
-    if model.context_length:
+    shape = runtime.catalog.shape(model) if model is not None else kind_shape(upstream.kind, upstream.provider)
+    headers = {"anthropic-beta": job.anthropic_beta} if job is not None and job.anthropic_beta else {}
+    return dataclasses.replace(upstream, shape=shape, client_headers=headers)
+
+
+def plan_output(runtime: Runtime, shape: EndpointShape, body: dict[str, Any], job: Job,
+                shape_body: bool = True) -> OutputPlan:
+    """Shape the canonical body for this endpoint (``router/shaping.py``) and return its output plan.
+
+    The prompt is estimated only where a default cap clipped to the context needs it. A budgeted request
+    (``job.reserved``) to a model whose output limit is unknown is sent the cap admission reserved for.
+    """
+    prompt = 0
+    if shape.requires_cap and shape.context_length and asked_cap(body) is None:
         prompt = estimate_prompt_tokens(body.get("messages") or [], body.get("tools"))
-        limit = max(256, min(limit, model.context_length - prompt))
-    return dataclasses.replace(upstream, default_max_tokens=limit)
-
-
-def output_limit(runtime: Runtime, route: Route) -> int | None:
-    model = runtime.catalog.get(route.model)
-    return model.max_output_tokens if model is not None else None
-
-
-def clip_output(body: dict[str, Any], limit: int | None) -> None:
-    """A client's output budget above the serving model's limit (Claude Code asks 32,000 of every model;
-    gpt-4o-mini allows 16,384) is clipped to that limit rather than refused by the upstream."""
-    if not limit:
-        return
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and value > limit:
-            body[name] = limit
+    default = runtime.settings.default_max_tokens if job.reserved and not shape.output_limit else None
+    if not shape_body:
+        return output_plan(shape, body, prompt, default)
+    return shape_request(shape, body, prompt_tokens=prompt, reserved_default=default,
+                         cache_control=b"cache_control" in job.body)
 
 
 @handler("chat")
 async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> dict[str, Any] | None:
     adapter = runtime.adapter(route.provider)
     body: dict[str, Any] = msgspec.json.decode(job.body)
-    upstream = upstream_for(runtime, route, body, job)
+    upstream = upstream_for(runtime, route, job)
+    assert upstream.shape is not None
     cost = cost_fn(runtime, route.model)
-    limit = output_limit(runtime, route)
     if native.speaks_natively(upstream, job):
-        return await native.serve_messages(runtime, job, route, upstream, pub, cost, limit)
-    clip_output(body, limit)
+        plan = plan_output(runtime, upstream.shape, body, job, shape_body=False)
+        return await native.serve_messages(runtime, job, route, upstream, pub, cost, plan)
+    plan_output(runtime, upstream.shape, body, job)
     spec = adapter.chat_request(upstream, route.upstream_model, body, job.stream)
     request = {**body, "model": route.upstream_model}  # what the answer is translated against
     exclude = excluded(body)

@@ -1,9 +1,11 @@
 """Anthropic Messages passed through to an Anthropic upstream: no lossy round trip through the canonical
 shape when the client and the provider speak the same protocol.
 
-The client's body goes as it came, with the upstream model id, ``max_tokens`` clipped to the model's
-output limit and the client's ``anthropic-beta`` header forwarded; the answer comes back byte for byte
-(model aside). The adapter's own translator still reads the stream alongside, for usage, for in-band
+The client's body goes as it came, but for what this model does not take (``shape_native``: the same
+endpoint shape and output plan as the translated path and admission), with the upstream model id and the
+client's ``anthropic-beta`` header (reduced to the values that may pass) forwarded; the answer comes back
+byte for byte but for its ``model``, which is the id the client sent: Claude Code drops signed thinking
+blocks from turns whose model differs from the one it asked for. The adapter's own translator still reads the stream alongside, for usage, for in-band
 errors and to hold the first events back until real content arrives, so that a failure before the
 first token is retried or handed to the next candidate exactly as on the canonical path.
 
@@ -18,6 +20,8 @@ import msgspec
 
 from common.wire import Job, Route
 from router.auto import estimate_prompt_tokens
+from router.forwarding import native_messages_body
+from router.shaping import EndpointShape, OutputPlan, kind_shape
 from workers.chunks import CostFn, add_cost
 from workers.jobs import handler
 from workers.providers.anthropic import messages_url, request_headers
@@ -43,19 +47,46 @@ def _spec(up: Upstream, job: Job, payload: dict[str, Any], url: str) -> RequestS
     return RequestSpec("POST", url, headers=headers, content=_encode(payload))
 
 
+def shape_native(shape: EndpointShape, payload: dict[str, Any], plan: OutputPlan) -> None:
+    """A client's Messages body made what this Claude model takes, in place: the fields Anthropic documents
+    only, the output cap and thinking budget of the request's plan (admission reserved for exactly these),
+    no thinking for a model without it, no sampling it refuses."""
+    for name in shape.drops:
+        payload.pop(name, None)
+    if shape.one_sampler and "temperature" in payload and "top_p" in payload:
+        del payload["top_p"]
+    if plan.cap is not None:
+        payload["max_tokens"] = plan.cap
+    thinking = payload.get("thinking")
+    if not shape.reasoning:
+        payload.pop("thinking", None)
+        config = payload.get("output_config")
+        if isinstance(config, dict) and "effort" in config:
+            config = {k: v for k, v in config.items() if k != "effort"}
+            if config:
+                payload["output_config"] = config
+            else:
+                del payload["output_config"]
+    elif isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        if shape.thinking == "adaptive":  # budgets are refused there: the model sizes its own thinking
+            payload["thinking"] = {"type": "adaptive"}
+        elif plan.budget is not None:
+            payload["thinking"] = {**thinking, "budget_tokens": plan.budget}
+
+
 async def serve_messages(runtime: Runtime, job: Job, route: Route, up: Upstream, pub: Publisher,
-                         cost: CostFn | None, output_limit: int | None) -> dict[str, Any] | None:
+                         cost: CostFn | None, plan: OutputPlan) -> dict[str, Any] | None:
     assert job.native is not None
-    payload: dict[str, Any] = msgspec.json.decode(job.native.body)
+    payload: dict[str, Any] = native_messages_body(msgspec.json.decode(job.native.body))
+    echo = payload.get("model") or route.model  # the id the client sent, answered back as its model
     payload["model"] = route.upstream_model
-    if output_limit:
-        payload["max_tokens"] = min(int(payload.get("max_tokens") or output_limit), output_limit)
+    shape_native(up.shape or kind_shape(up.kind, up.provider), payload, plan)
     spec = _spec(up, job, payload, messages_url(up.base_url))
     adapter = runtime.adapter(route.provider)
     if not job.stream:
         data = await send_json(runtime.http, adapter, spec)
         usage = add_cost(adapter.chat_response(data).get("usage"), cost)  # raises for an error body
-        data["model"] = route.model
+        data["model"] = echo
         await pub.send("result", _encode(data), usage=usage, native=True)
         return usage
     translator = adapter.stream_translator()
@@ -69,7 +100,7 @@ async def serve_messages(runtime: Runtime, job: Job, route: Route, up: Upstream,
                 usage = chunk.get("usage") or usage
             if name == "message_start":
                 start = msgspec.json.decode(data)
-                start.get("message", {})["model"] = route.model
+                start.get("message", {})["model"] = echo
                 data = _encode(start).decode()
             held.append(b"event: " + (name or "message").encode() + b"\ndata: " + data.encode() + b"\n\n")
             if pub.committed or any(c.get("choices") for c in chunks):

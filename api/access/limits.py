@@ -32,10 +32,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -44,6 +44,7 @@ from common.errors import GatewayError, unavailable
 from common.mux import Script, mux_of
 from common.names import Names
 from common.queue import IDLE_FRESH, JobWrite
+from router.shaping import DEFAULT_OUTPUT, output_plan
 
 if TYPE_CHECKING:
     from common.wire import Route
@@ -382,19 +383,24 @@ def budget_error(budget: float, reserve: Decimal | None = None) -> GatewayError:
 
 
 def worst_case_cost(catalog: "Catalog", plan: Iterable["Route"], prompt_tokens: int,
-                    max_output: int | None, default_output: int = 4096) -> Decimal:
+                    request: Mapping[str, Any], default_output: int = DEFAULT_OUTPUT) -> Decimal:
     """The most this request can cost at any candidate of its plan: what admission reserves.
 
-    Output is the client's ``max_tokens``, else the model's output limit, else ``default_output`` (what
-    the adapters send when neither is known).
+    Output comes from the same function the worker sends it by (``router.shaping.output_plan``): the
+    client's cap clipped to the model's limit, raised above a thinking budget where the provider counts
+    thinking inside the cap (Anthropic), times every answer asked for (``n``, ``best_of``); with no cap at
+    all, the model's output limit, else ``default_output`` (which the worker then sends as the cap).
     """
     worst = Decimal(0)
     for route in plan:
         model = catalog.get(route.model)
         if model is None or model.free:
             continue
-        output = max_output or model.max_output_tokens or default_output
-        worst = max(worst, catalog.cost(model, {"prompt_tokens": prompt_tokens, "completion_tokens": output}))
+        shape = catalog.shape(model)
+        output = output_plan(shape, request, prompt_tokens,
+                             None if model.max_output_tokens else default_output)
+        tokens = output.worst_output(model.max_output_tokens or default_output)
+        worst = max(worst, catalog.cost(model, {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}))
     return worst
 
 

@@ -7,6 +7,7 @@ share this path, so a change to admission, queueing or cancellation is made once
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +27,7 @@ from common.errors import GatewayError, unavailable
 from common.names import new_request_id
 from common.wire import Job, Route
 from router.auto import estimate_prompt_tokens
+from router.shaping import choices
 
 
 class Dispatch:
@@ -52,25 +54,34 @@ class Dispatch:
         return self.exchange.request_id
 
     async def admit(self, plan: list[Route], *, messages: list[Any] | None = None,
-                    tools: list[Any] | None = None, output_tokens: int | None = None,
-                    with_enqueue: bool = False) -> None:
+                    tools: list[Any] | None = None, request: Mapping[str, Any] | None = None,
+                    extra_cost: Decimal | None = None, with_enqueue: bool = False) -> None:
         """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable.
 
-        The request's worst-case cost (its canonical ``messages``/``tools`` and output budget at the
-        dearest candidate; computed only when a budget applies) is reserved against the key's budget, and
-        the job carries it to be settled.
+        The request's worst-case cost (its canonical ``messages``/``tools``, and the output its canonical
+        ``request`` can make each candidate generate, from the output plan the worker sends: cap, thinking
+        budget, ``n``; at the dearest candidate; computed only when a budget applies) is reserved against the
+        key's budget, and the job carries it to be settled; ``extra_cost`` is what else the request can add
+        (server tools billed per use, at most). A free plan answers one choice per request: the free
+        allowance counts requests, so ``n`` > 1 there is refused.
 
         ``with_enqueue``: the limits are checked and counted by the job's first enqueue, in the same Redis
         round trip (``answer``; a refusal comes from there). The route must then answer with a job.
         """
         gateway = self.gateway
         self.exchange.model = plan[0].model if plan else self.exchange.model
+        asked = request or {}
+        free = plan_is_free(gateway, plan)
+        if free and choices(asked) > 1:
+            raise GatewayError("invalid_request", "Free models answer one choice per request: send n (or "
+                               "best_of) of 1, or use a paid model with an API key.", param="n")
 
         def worst_case() -> Decimal:
             prompt = estimate_prompt_tokens(messages or [], tools)
-            return worst_case_cost(gateway.catalog, plan, prompt, output_tokens)
+            worst = worst_case_cost(gateway.catalog, plan, prompt, asked, gateway.settings.default_max_tokens)
+            return worst + extra_cost if extra_cost else worst
 
-        check = await prepare(gateway, self.request, model_is_free=plan_is_free(gateway, plan), worst_case=worst_case)
+        check = await prepare(gateway, self.request, model_is_free=free, worst_case=worst_case)
         if with_enqueue:
             self.pending = check
             self.admission = Admission(key_id=check.record.id if check.record else None, reserved=check.reserve)
@@ -112,6 +123,12 @@ class Dispatch:
                 self.headers.update(self.pending.result.headers)
         answer = stream_response if job.stream else json_response
         return await answer(self.exchange, self.format, self.headers, gone=self.request.is_disconnected)
+
+
+def plan_reaches(gateway: Gateway, plan: list[Route], kind: str) -> bool:
+    """Whether a candidate of the plan speaks protocol ``kind`` (``anthropic``: the only one an
+    ``anthropic-beta`` header, a Messages body or a server tool reaches)."""
+    return any(gateway.providers[route.provider].kind == kind for route in plan)
 
 
 def plan_is_free(gateway: Gateway, plan: list[Route]) -> bool:

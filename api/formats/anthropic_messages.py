@@ -51,6 +51,13 @@ class MessagesRequest(msgspec.Struct):
     thinking: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
     stream: bool | None = None
+    # Read in this one decode because they may change the price (router/forwarding.py refuse_priced).
+    service_tier: str | None = None
+    container: Any = None
+    mcp_servers: list[Any] | None = None
+
+    def priced(self) -> dict[str, Any]:
+        return {"service_tier": self.service_tier, "container": self.container, "mcp_servers": self.mcp_servers}
 
 
 EFFORTS = {"minimal": "minimal", "low": "low", "medium": "medium", "high": "high", "max": "high"}
@@ -268,7 +275,8 @@ def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
-def message_from_completion(completion: dict[str, Any]) -> dict[str, Any]:
+def message_from_completion(completion: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+    """A Messages answer for a canonical completion; ``model`` is the id the client asked for (echoed)."""
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     content = _thinking_blocks(message)
@@ -284,29 +292,41 @@ def message_from_completion(completion: dict[str, Any]) -> dict[str, Any]:
                         "input": arguments if isinstance(arguments, dict) else {}})
     return {
         "id": "msg_" + str(completion.get("id") or "").removeprefix("chatcmpl-"),
-        "type": "message", "role": "assistant", "model": completion.get("model"), "content": content,
+        "type": "message", "role": "assistant", "model": model or completion.get("model"), "content": content,
         "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
         "stop_sequence": None, "usage": anthropic_usage(completion.get("usage")),
     }
 
 
 class AnthropicMessages:
+    """The Messages wire format. ``model``: the id the client sent, which every answer names as its model
+    (Claude Code drops signed thinking blocks from a turn whose model differs from the one it asked for);
+    None names the serving model (``provider/model``), as chat completions do."""
+
+    def __init__(self, model: str | None = None) -> None:
+        self.model = model
+
+    def answering(self, model: str) -> "AnthropicMessages":
+        """This format for one request that asked for ``model``."""
+        return AnthropicMessages(model)
+
     def error_body(self, status: int, envelope: bytes) -> bytes:
         return _encode(error_body(status, envelope))
 
     def result(self, event: Event) -> bytes:
         if event.native:
             return event.data
-        return _encode(message_from_completion(msgspec.json.decode(event.data)))
+        return _encode(message_from_completion(msgspec.json.decode(event.data), self.model))
 
     def stream(self) -> "MessagesStream":
-        return MessagesStream()
+        return MessagesStream(self.model)
 
 
 class MessagesStream(CanonicalStream):
     """Canonical chunks → Anthropic's events for one stream: one open content block at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str | None = None) -> None:
+        self.model = model
         self.started = False
         self.index = -1  # of the open block
         self.open: str | None = None  # "text" | "thinking" | "redacted" | "tool_use"
@@ -318,7 +338,7 @@ class MessagesStream(CanonicalStream):
         self.started = True
         out.append(sse("message_start", {"type": "message_start", "message": {
             "id": "msg_" + str(chunk.get("id") or "").removeprefix("chatcmpl-"), "type": "message",
-            "role": "assistant", "model": chunk.get("model"), "content": [], "stop_reason": None,
+            "role": "assistant", "model": self.model or chunk.get("model"), "content": [], "stop_reason": None,
             "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}}))
 
     def end(self, out: list[bytes]) -> None:

@@ -11,10 +11,11 @@ from starlette.responses import Response
 
 from api.exchange.body import read_json
 from api.access.admission import refuse_unknown_key
-from api.exchange.dispatch import Dispatch
+from api.exchange.dispatch import Dispatch, plan_reaches
 from api.gateway import Gateway
 from common.errors import GatewayError
 from common.wire import ChatRequest
+from router.forwarding import anthropic_betas, refuse_priced
 from router.plan import plan_for
 from router.preferences import CHECKED_PARAMETERS
 
@@ -33,18 +34,28 @@ async def chat_completions(request: Request) -> Response:
                             affinity=caller_affinity(request))
         except GatewayError as error:
             raise await refuse_unknown_key(gateway, request, error) from None
+        refuse_priced(chat.priced())
+        beta = anthropic_betas(request.headers.get("anthropic-beta")) if plan_reaches(gateway, plan, "anthropic") \
+            else None
         await dispatch.admit(plan, messages=_builtins(chat.messages), tools=_builtins(chat.tools),
-                             output_tokens=output_tokens, with_enqueue=True)
+                             request=output_request(chat), with_enqueue=True)
     except GatewayError as error:
         return dispatch.refuse(error)
     stream = bool(chat.stream)
     include_usage = bool(stream and chat.stream_options and chat.stream_options.include_usage)
     return await dispatch.answer(dispatch.job("chat", plan, body=body, stream=stream, include_usage=include_usage,
-                                              anthropic_beta=request.headers.get("anthropic-beta")))
+                                              anthropic_beta=beta))
 
 
 def _builtins(items: list[Any] | None) -> list[Any]:
     return msgspec.to_builtins(items or [])
+
+
+def output_request(chat: ChatRequest) -> dict[str, Any]:
+    """The fields the output plan reads (router/shaping.py ``output_plan``), for admission's worst case."""
+    return {"max_tokens": chat.max_tokens, "max_completion_tokens": chat.max_completion_tokens, "n": chat.n,
+            "best_of": chat.best_of, "reasoning_effort": chat.reasoning_effort, "thinking": chat.thinking,
+            "reasoning": msgspec.structs.asdict(chat.reasoning) if chat.reasoning is not None else None}
 
 
 def request_parameters(chat: ChatRequest, body: bytes) -> frozenset[str]:

@@ -14,22 +14,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.exchange.body import read_json
-from api.exchange.dispatch import Dispatch
+from api.exchange.dispatch import Dispatch, plan_is_free, plan_reaches
 from api.formats.anthropic_messages import ANTHROPIC_MESSAGES, MessagesRequest, canonical_request
 from api.gateway import Gateway
 from api.exchange.answer import FinishingResponse
 from common.errors import GatewayError, invalid
 from common.wire import Native, Route
 from router.auto import estimate_prompt_tokens
+from router.forwarding import anthropic_betas, refuse_priced, server_tools_worst_case
 from router.plan import plan_for
 
 _encode = msgspec.json.encode
 
 
-def _native(gateway: Gateway, request: Request, body: bytes, plan: list[Route]) -> Native | None:
-    if not any(gateway.providers[route.provider].kind == "anthropic" for route in plan):
+def _native(gateway: Gateway, request: Request, body: bytes, plan: list[Route],
+            *, refuse: bool = True) -> Native | None:
+    """The client's own body for the plan's Anthropic candidates, with the ``anthropic-beta`` values that
+    may pass; a priced beta is a 400 naming it (router/forwarding.py)."""
+    if not plan_reaches(gateway, plan, "anthropic"):
         return None
-    beta = request.headers.get("anthropic-beta")
+    beta = anthropic_betas(request.headers.get("anthropic-beta"), refuse=refuse)
     return Native(protocol="anthropic_messages", body=body, headers={"anthropic-beta": beta} if beta else {})
 
 
@@ -58,13 +62,18 @@ async def create_message(request: Request) -> Response:
         body, message, canonical, plan = await _decode(dispatch, request)
         if message.max_tokens is None:
             raise invalid("max_tokens: this field is required", param="max_tokens")
+        refuse_priced(message.priced())
+        native = _native(gateway, request, body, plan)
+        # Server tools reach Anthropic only (the canonical body has none): priced there, or refused.
+        extra = server_tools_worst_case(message.tools, free=plan_is_free(gateway, plan)) if native else None
         await dispatch.admit(plan, messages=canonical["messages"], tools=canonical.get("tools"),
-                             output_tokens=message.max_tokens, with_enqueue=True)
+                             request=canonical, extra_cost=extra, with_enqueue=True)
     except GatewayError as error:
         return dispatch.refuse(error)
+    dispatch.format = ANTHROPIC_MESSAGES.answering(message.model)  # the id the client sent, echoed back
     stream = bool(message.stream)
     job = dispatch.job("chat", plan, body=_encode(canonical), stream=stream, include_usage=stream,
-                       native=_native(gateway, request, body, plan))
+                       native=native)
     return await dispatch.answer(job)
 
 
@@ -82,7 +91,7 @@ async def count_tokens(request: Request) -> Response:
         return dispatch.refuse(error)
     anthropic = [route for route in plan if gateway.providers[route.provider].kind == "anthropic"]
     if anthropic and await gateway.live.has_worker(anthropic[0].provider):
-        native = _native(gateway, request, body, anthropic)
+        native = _native(gateway, request, body, anthropic, refuse=False)
         return await dispatch.answer(dispatch.job("count_tokens", anthropic[:1], body=_encode(canonical),
                                                   native=native))
     estimate = estimate_prompt_tokens(canonical["messages"], canonical.get("tools"))

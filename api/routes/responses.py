@@ -30,7 +30,7 @@ async def create_response(request: Request) -> Response:
         plan = plan_for(gateway.catalog, parsed.model, health=gateway.health, messages=canonical["messages"],
                         tools=canonical.get("tools"), output_tokens=parsed.max_output_tokens)
         await dispatch.admit(plan, messages=canonical["messages"], tools=canonical.get("tools"),
-                             output_tokens=parsed.max_output_tokens, with_enqueue=True)
+                             request=canonical, with_enqueue=True)
     except GatewayError as error:
         return dispatch.refuse(error)
     stream = bool(parsed.stream)

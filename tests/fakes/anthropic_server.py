@@ -8,7 +8,9 @@ Extended thinking is as strict as the real API: ``budget_tokens`` of at least 10
 ``max_tokens``, no temperature or top_k with it, no forced tool choice, and a final assistant turn with
 ``tool_use`` must start with a thinking block whose ``signature`` is one this server issued. Prompt
 caching checks ``cache_control`` (ephemeral, ttl 5m/1h, at most 4 breakpoints) and reports cache usage;
-``output_config.format`` answers with the scripted JSON.
+``output_config.format`` answers with the scripted JSON. Per model family (``tests/fakes/strict.py``):
+unknown fields, thinking on a model without it, temperature with top_p where refused, sampling and budgets
+on adaptive-only models, whitespace-only text, ``max_tokens`` above the model's output limit.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes.strict import ANTHROPIC_RULES, first_refusal
+
 _TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
+SERVER_TOOLS = ("web_search_", "web_fetch_", "code_execution_", "bash_", "text_editor_", "computer_", "memory_")
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -211,6 +216,8 @@ def validate(body: Any) -> str | None:
     if system is not None and not isinstance(system, str | list):
         return "system: Input should be a valid string or list"
     for j, tool in enumerate(body.get("tools") or ()):
+        if str(tool.get("type") or "").startswith(SERVER_TOOLS):  # Anthropic's own tools: no input_schema
+            continue
         if not tool.get("name") or (tool.get("input_schema") or {}).get("type") != "object":
             return f"tools.{j}: name and input_schema of type object are required"
         problem = _check_cache_control(f"tools.{j}", tool)
@@ -225,6 +232,9 @@ def validate(body: Any) -> str | None:
     fmt = (body.get("output_config") or {}).get("format")
     if fmt is not None and (fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict)):
         return "output_config.format: a json_schema format with a schema is required"
+    found = first_refusal(ANTHROPIC_RULES, str(body["model"]), body)  # per model family (tests/fakes/strict.py)
+    if found is not None:
+        return found[0]
     return _check_thinking(body) or _check_tool_pairing(messages)
 
 
@@ -264,7 +274,14 @@ def message_body(state: AnthropicFakeState, body: dict[str, Any]) -> dict[str, A
     return {"id": "msg_fake01", "type": "message", "role": "assistant", "model": body["model"], "content": blocks,
             "stop_reason": stop, "stop_sequence": None,
             "usage": {"input_tokens": state.input_tokens, "output_tokens": _output_tokens(blocks),
-                      **_cache_usage(state, body)}}
+                      **_cache_usage(state, body), **_server_tool_use(body)}}
+
+
+def _server_tool_use(body: dict[str, Any]) -> dict[str, Any]:
+    """One web search per request that offers the tool, reported as Anthropic bills it."""
+    if any(str(t.get("type") or "").startswith("web_search_") for t in body.get("tools") or ()):
+        return {"server_tool_use": {"web_search_requests": 1}}
+    return {}
 
 
 def _cache_usage(state: AnthropicFakeState, body: dict[str, Any]) -> dict[str, int]:
@@ -319,7 +336,8 @@ def stream_events(state: AnthropicFakeState, body: dict[str, Any], failure: int 
         return events
     events.append(sse("message_delta", {"type": "message_delta",
                                         "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                                        "usage": {"output_tokens": message["usage"]["output_tokens"]}}))
+                                        "usage": {"output_tokens": message["usage"]["output_tokens"],
+                                                  **_server_tool_use(body)}}))
     events.append(sse("message_stop", {"type": "message_stop"}))
     return events
 

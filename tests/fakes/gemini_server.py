@@ -2,7 +2,8 @@
 
 It rejects what Google rejects and gateways get wrong: a bad key (HTTP 400 ``API_KEY_INVALID``, not 401),
 JSON-Schema keys that are not in Gemini's schema subset, a ``functionResponse`` without a name, empty parts
-and unknown roles. Streams are ``data:``-only SSE with CRLF separators and no terminator; intermediate
+and unknown roles; per model family (``tests/fakes/strict.py``), unknown fields and ``generationConfig`` keys,
+thinking budgets out of the model's range (``0`` to 2.5 Pro) and outputs above its limit. Streams are ``data:``-only SSE with CRLF separators and no terminator; intermediate
 chunks carry partial usage, the last one ``finishReason`` and the full usage.
 """
 
@@ -17,8 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-REJECTED_SCHEMA_KEYS = frozenset({"additionalProperties", "$schema", "$ref", "$defs", "const", "oneOf", "allOf"})
-
+from tests.fakes.strict import GEMINI_RULES, first_refusal
 
 @dataclass
 class GeminiFakeState:
@@ -62,28 +62,6 @@ def _status_error(status: int, state: GeminiFakeState) -> JSONResponse:
     return _error(status, rpc, f"The model is overloaded. ({rpc})")
 
 
-def _schema_problem(schema: Any, where: str) -> str | None:
-    if isinstance(schema, dict):
-        for key, value in schema.items():
-            if key in REJECTED_SCHEMA_KEYS:
-                return f'Invalid JSON payload received. Unknown name "{key}" at \'{where}\': Cannot find field.'
-            if key == "properties" and isinstance(value, dict):
-                for name, sub in value.items():
-                    found = _schema_problem(sub, f"{where}.properties[{name}].value")
-                    if found:
-                        return found
-            elif key == "items":
-                found = _schema_problem(value, f"{where}.items")
-                if found:
-                    return found
-            elif key == "anyOf" and isinstance(value, list):
-                for n, sub in enumerate(value):
-                    found = _schema_problem(sub, f"{where}.any_of[{n}]")
-                    if found:
-                        return found
-    return None
-
-
 def validate(body: dict[str, Any]) -> str | None:
     """The first reason the real API would reject this body, or None."""
     contents = body.get("contents")
@@ -103,11 +81,6 @@ def validate(body: dict[str, Any]) -> str | None:
     thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
     if "thinkingLevel" in thinking and "thinkingBudget" in thinking:
         return "You can only set one of thinking budget and thinking level."
-    for t, tool in enumerate(body.get("tools") or ()):
-        for d, declaration in enumerate(tool.get("functionDeclarations") or ()):
-            found = _schema_problem(declaration.get("parameters"), f"tools[{t}].function_declarations[{d}].parameters")
-            if found:
-                return found
     return None
 
 
@@ -230,7 +203,8 @@ def create_gemini_app(state: GeminiFakeState) -> Starlette:
             return _embed(body)
         if method not in ("generateContent", "streamGenerateContent"):
             return _error(404, "NOT_FOUND", f"Method {method!r} not found for model {model!r}.")
-        problem = validate(body) or signature_problem(model, body)
+        refusal = first_refusal(GEMINI_RULES, model, body)  # per model family (tests/fakes/strict.py)
+        problem = validate(body) or signature_problem(model, body) or (refusal[0] if refusal else None)
         if problem:
             return _error(400, "INVALID_ARGUMENT", problem)
         if method == "generateContent":

@@ -1,6 +1,7 @@
 """A fake OpenAI upstream that speaks OpenAI's documented wire format, with a scriptable failure queue.
 
-Used by the gateway's tests (through ``ThreadedServer``) and by the benchmark (through the CLI), so the
+Strict per model family (``tests/fakes/strict.py``): a parameter, pair or field OpenAI refuses gets OpenAI's
+own 400. Used by the gateway's tests (through ``ThreadedServer``) and by the benchmark (through the CLI), so the
 streaming path precomputes its bytes and the endpoints are raw ASGI: a test must be able to see a client
 disconnect (``streams_closed_early``) and to drop a connection without any response (``"reset"``).
 See reference/provider-formats.md sections 1 and 2 for the shapes reproduced here.
@@ -26,6 +27,8 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.routing import Route
+
+from tests.fakes.strict import OPENAI_RULES, first_refusal
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -60,6 +63,7 @@ class OpenAIFakeState:
     hang_seconds: float = 60.0
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     requests: list[dict[str, Any]] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)  # the 400 messages this fake answered, in order
     streams_open: int = 0
     streams_closed_early: int = 0
     streams_completed: int = 0
@@ -157,26 +161,27 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
 }
 
 
-def error_body(status: int, message: str | None = None, param: str | None = None) -> dict[str, Any]:
+def error_body(status: int, message: str | None = None, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
     """OpenAI's error object; all four keys present, as the spec requires."""
-    kind, code, default = _ERRORS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None, f"HTTP {status}"))
-    return {"error": {"message": message or default, "type": kind, "param": param, "code": code}}
+    kind, default_code, default = _ERRORS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None, f"HTTP {status}"))
+    return {"error": {"message": message or default, "type": kind, "param": param, "code": code or default_code}}
 
 
 async def send_error(send: Send, state: OpenAIFakeState, serial: int, status: int,
-                     message: str | None = None, param: str | None = None) -> None:
+                     message: str | None = None, param: str | None = None, code: str | None = None) -> None:
     headers = base_headers(serial, b"application/json")
     if state.retry_after is not None and (status == 429 or status >= 500):
         headers.append((b"retry-after", str(state.retry_after).encode()))
-    await send_bytes(send, status, _encode(error_body(status, message, param)), headers)
+    await send_bytes(send, status, _encode(error_body(status, message, param, code)), headers)
 
 
 class BadRequest(Exception):
     """A 400 the endpoint answers with OpenAI's invalid_request_error body."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.param = message, param
+        self.message, self.param, self.code = message, param, code
 
 
 # --------------------------------------------------------------------------- endpoint base
@@ -205,7 +210,8 @@ class Endpoint:
                 raise body
             await self.handle(scope, receive, send, serial, body, failure)
         except BadRequest as exc:
-            await send_error(send, state, serial, 400, exc.message, exc.param)
+            state.refusals.append(exc.message)
+            await send_error(send, state, serial, 400, exc.message, exc.param, exc.code)
 
     async def read(self, scope: Scope, receive: Receive) -> Any:
         """The decoded JSON body (None if empty), or a BadRequest to answer after logging."""
@@ -280,10 +286,11 @@ def validate_chat(body: Any) -> dict[str, Any]:
         for j, part in enumerate(content if isinstance(content, list) else []):
             if not isinstance(part, dict) or (part.get("type") == "text" and not isinstance(part.get("text"), str)):
                 raise BadRequest(f"Invalid type for 'messages[{i}].content[{j}]'.", f"messages[{i}].content[{j}]")
-    if "reasoning" in body:  # OpenRouter's object: real OpenAI rejects it
-        raise BadRequest("Unrecognized request argument supplied: reasoning", "reasoning")
     if body.get("reasoning_effort") not in (None, "minimal", "low", "medium", "high"):
         raise BadRequest("Invalid value for 'reasoning_effort'.", "reasoning_effort")
+    problem = first_refusal(OPENAI_RULES, body["model"], body)  # per model family, as OpenAI refuses
+    if problem is not None:
+        raise BadRequest(*problem)
     return body
 
 
@@ -676,6 +683,7 @@ def main(argv: list[str] | None = None) -> None:
     state = OpenAIFakeState(tokens=args.tokens, latency=args.latency, token_delay=args.token_delay,
                             usage_in=args.usage_in, require_key=args.require_key)
     state.requests = _NoLog()
+    state.refusals = _NoLog()
     uvicorn.run(create_openai_app(state), host=args.host, port=args.port, loop="uvloop", http="httptools",
                 log_level="warning", access_log=False)
 

@@ -98,6 +98,16 @@ def usage_of(input_tokens: int, output_tokens: int, cache_read: int = 0, cache_c
             "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_creation}}
 
 
+def with_server_tools(usage: dict[str, Any], raw: Any) -> dict[str, Any]:
+    """The canonical usage plus Anthropic's count of server tool uses billed per use (web searches), which
+    ``Catalog.cost`` prices (router/forwarding.py ``PRICED_PER_USE``)."""
+    uses = (raw.get("server_tool_use") or {}) if isinstance(raw, dict) else {}
+    searches = uses.get("web_search_requests") if isinstance(uses, dict) else None
+    if isinstance(searches, int) and searches > 0:
+        usage["server_tool_use"] = {"web_search_requests": searches}
+    return usage
+
+
 def _usage_from(raw: Any) -> tuple[int, int, int, int]:
     raw = raw if isinstance(raw, dict) else {}
     return (int(raw.get("input_tokens") or 0), int(raw.get("output_tokens") or 0),
@@ -179,7 +189,7 @@ class AnthropicAdapter:
         return {
             "object": "chat.completion",
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": usage_of(*_usage_from(data.get("usage"))),
+            "usage": with_server_tools(usage_of(*_usage_from(data.get("usage"))), data.get("usage")),
         }
 
     def stream_translator(self, request: dict[str, Any] | None = None) -> "AnthropicStreamTranslator":
@@ -299,8 +309,8 @@ class AnthropicStreamTranslator:
         input_tokens, cache_read, cache_creation = self.usage_in
         chunk = _chunk({}, finish)
         # message_delta's usage is cumulative; newer API versions repeat the input counts there too.
-        chunk["usage"] = usage_of(max(input_tokens, late_input), output,
-                                  max(cache_read, late_read), max(cache_creation, late_creation))
+        chunk["usage"] = with_server_tools(usage_of(max(input_tokens, late_input), output, max(cache_read, late_read),
+                                                    max(cache_creation, late_creation)), payload.get("usage"))
         return [chunk]
 
     def _on_message_stop(self, payload: dict[str, Any]) -> list[dict[str, Any]]:

@@ -2,11 +2,13 @@
 
 ``system``/``developer`` messages become the top-level ``system``; roles must alternate, so tool results
 (a user turn in Anthropic's model) and a following user message merge into one turn, tool results first;
-tool ids from other providers are rewritten to Anthropic's alphabet, deterministically; empty text blocks
-are dropped; ``max_tokens`` is always sent.
+tool ids from other providers are rewritten to Anthropic's alphabet, deterministically; empty and
+whitespace-only text blocks are dropped; ``max_tokens`` is always sent.
 
 Reasoning becomes ``thinking: {type: enabled, budget_tokens}`` (below ``max_tokens``, which is raised to
-fit; sampling options Anthropic refuses with thinking are dropped), and thinking blocks a client sends back
+fit: ``router/shaping.py``'s ``output_plan``, the computation admission reserves for; sampling options
+Anthropic refuses with thinking are dropped), or ``{type: adaptive}`` plus ``output_config.effort`` on the
+models that think only that way; thinking blocks a client sends back
 in ``reasoning_details`` are rebuilt first in their assistant turn, signature intact, as Anthropic requires
 before ``tool_use``. ``cache_control`` stays on every block that carries it. ``response_format`` is native
 structured output on the models that have it, else one forced tool whose input is the schema.
@@ -20,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from router.shaping import EndpointShape, kind_shape, output_plan
 from workers.providers import reasoning
 from workers.providers.base import Upstream, UpstreamError
 
@@ -27,13 +30,11 @@ _TOOL_ID_OK = re.compile(r"[a-zA-Z0-9_-]+")
 _TOOL_ID_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _DATA_URL = re.compile(r"data:([^;,]+)((?:;[^;,]*)*?);base64,(.*)", re.DOTALL)
 
-_PASS_THROUGH = ("temperature", "top_p", "top_k", "thinking", "service_tier")
+_PASS_THROUGH = ("temperature", "top_p", "top_k")
+# Anthropic's own service tiers; OpenAI's values (default, flex) have no meaning there and are not sent.
+_SERVICE_TIERS = ("auto", "standard_only")
 
 FORMAT = "anthropic-claude-v1"  # the reasoning_details format of Anthropic thinking blocks
-# Thinking budgets per effort (Anthropic's minimum is 1024; "high" matches its extended-thinking examples).
-THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384}
-MIN_THINKING_BUDGET = 1024
-ANSWER_ROOM = 1024  # tokens left for the answer when max_tokens must be raised above the budget
 # The forced tool that carries a JSON answer on models without native structured output.
 JSON_TOOL = "json_response"
 # Models with native structured output (output_config.format): Claude 4.5 and later, and Opus 4.1.
@@ -71,8 +72,8 @@ def _text_of(content: Any) -> str:
 
 
 def _text_block(text: str, part: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    if not text:
-        return None  # Anthropic rejects empty text blocks
+    if not text or text.isspace():
+        return None  # "text content blocks must contain non-whitespace text" (Anthropic's 400)
     block: dict[str, Any] = {"type": "text", "text": text}
     if part and part.get("cache_control"):
         block["cache_control"] = part["cache_control"]
@@ -284,19 +285,13 @@ def translate_tool_choice(choice: Any, parallel_tool_calls: Any) -> dict[str, An
     return result
 
 
-def _max_tokens(up: Upstream, body: dict[str, Any]) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and value > 0:
-            return value
-    return up.default_max_tokens
-
-
 def _options(payload: dict[str, Any], body: dict[str, Any]) -> None:
-    """Sampling, stop sequences and the end-user id."""
+    """Sampling, stop sequences, the service tier and the end-user id."""
     for name in _PASS_THROUGH:
         if body.get(name) is not None:
             payload[name] = body[name]
+    if body.get("service_tier") in _SERVICE_TIERS:
+        payload["service_tier"] = body["service_tier"]
     if isinstance(payload.get("temperature"), int | float):
         payload["temperature"] = min(float(payload["temperature"]), 1.0)  # OpenAI allows 0–2, Anthropic 0–1
     stop = body.get("stop")
@@ -308,18 +303,20 @@ def _options(payload: dict[str, Any], body: dict[str, Any]) -> None:
         payload["metadata"] = {"user_id": body["user"]}
 
 
-def _thinking(payload: dict[str, Any], body: dict[str, Any]) -> None:
-    """``reasoning`` / ``reasoning_effort`` → ``thinking``, with the request made valid for it."""
-    asked = reasoning.requested(body)
-    if asked is not None and "thinking" not in payload:
-        budget = max(MIN_THINKING_BUDGET, asked.max_tokens or THINKING_BUDGETS[asked.effort or "medium"])
-        payload["thinking"] = {"type": "enabled", "budget_tokens": budget}
-    thinking = payload.get("thinking")
-    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+def _thinking(payload: dict[str, Any], body: dict[str, Any], shape: EndpointShape, budget: int | None) -> None:
+    """``reasoning`` / ``reasoning_effort`` (or Anthropic's own ``thinking``) → ``thinking``, with the request
+    made valid for it. ``budget`` comes from the request's output plan, as ``max_tokens`` does."""
+    asked = reasoning.requested(body) if shape.reasoning else None
+    if asked is None:
         return
-    budget = thinking.get("budget_tokens")
-    if isinstance(budget, int) and payload["max_tokens"] <= budget:
-        payload["max_tokens"] = budget + ANSWER_ROOM  # budget_tokens must stay below max_tokens
+    if shape.thinking == "adaptive":
+        payload["thinking"] = {"type": "adaptive"}
+        if asked.effort:
+            payload["output_config"] = {**payload.get("output_config", {}), "effort": asked.effort}
+    elif budget is not None:
+        payload["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    else:
+        return
     # With thinking Anthropic accepts no temperature but 1, top_p only from 0.95, and no top_k.
     payload.pop("temperature", None)
     payload.pop("top_k", None)
@@ -352,7 +349,8 @@ def _structured_output(payload: dict[str, Any], model: str, body: dict[str, Any]
     if schema is None:
         return
     if _NATIVE_JSON.search(model):
-        payload["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        payload["output_config"] = {**payload.get("output_config", {}),
+                                    "format": {"type": "json_schema", "schema": schema}}
         return
     # Never dropped silently: where the forced tool cannot work, refuse (another candidate may serve it).
     if payload.get("tools"):
@@ -374,8 +372,10 @@ def messages_payload(up: Upstream, model: str, body: dict[str, Any], stream: boo
     """The Anthropic request body for an OpenAI chat body (exposed for tests)."""
     if isinstance(body.get("n"), int) and body["n"] > 1:
         raise _invalid("n > 1 is not supported by Anthropic")
+    shape = up.shape or kind_shape("anthropic", up.provider)
+    plan = output_plan(shape, body, default=up.default_max_tokens)  # as shaped: the plan admission reserved
     system, turns = translate_messages(body.get("messages") or [])
-    payload: dict[str, Any] = {"model": model, "max_tokens": _max_tokens(up, body), "messages": turns}
+    payload: dict[str, Any] = {"model": model, "max_tokens": plan.cap or up.default_max_tokens, "messages": turns}
     system_field = _system_field(system)
     if system_field is not None:
         payload["system"] = system_field
@@ -385,7 +385,7 @@ def messages_payload(up: Upstream, model: str, body: dict[str, Any], stream: boo
         if choice is not None:
             payload["tool_choice"] = choice
     _options(payload, body)
-    _thinking(payload, body)
+    _thinking(payload, body, shape, plan.budget)
     _structured_output(payload, model, body)
     if stream:
         payload["stream"] = True

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from router.shaping import EndpointShape
+
 
 @dataclass(frozen=True)
 class Upstream:
@@ -29,6 +31,8 @@ class Upstream:
     default_max_tokens: int = 4096
     # Client headers this request forwards where the adapter knows them (Anthropic: ``anthropic-beta``).
     client_headers: dict[str, str] = field(default_factory=dict)
+    # What the serving endpoint takes (router/shaping.py), set per request; None: the protocol's defaults.
+    shape: EndpointShape | None = None
 
 
 @dataclass

@@ -9,36 +9,12 @@ returns on an assistant message, with streamed pieces of one ``index`` joined ag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-EFFORTS = ("minimal", "low", "medium", "high")
+from router.shaping import EFFORTS, Reasoning, requested
 
-
-@dataclass(frozen=True)
-class Reasoning:
-    """What the client asked for. ``effort`` is None when only a token budget (or nothing) was given."""
-
-    effort: str | None = None
-    max_tokens: int | None = None
-    exclude: bool = False
-
-
-def requested(body: dict[str, Any]) -> Reasoning | None:
-    """The reasoning the request asks for, or None (not asked, or explicitly disabled)."""
-    raw = body.get("reasoning")
-    flat = body.get("reasoning_effort")
-    if not isinstance(raw, dict):
-        raw = {}
-    if raw.get("enabled") is False or raw.get("effort") == "none" or flat == "none":
-        return None
-    effort = raw.get("effort") if raw.get("effort") in EFFORTS else flat if flat in EFFORTS else None
-    budget = raw.get("max_tokens") if isinstance(raw.get("max_tokens"), int) and raw["max_tokens"] > 0 else None
-    if effort is None and budget is None and not raw.get("enabled") and not raw.get("exclude"):
-        return None
-    if effort is None and budget is None:
-        effort = "medium"  # enabled without a size: the providers' own default
-    return Reasoning(effort=effort, max_tokens=budget, exclude=bool(raw.get("exclude")))
+# What a request asks for is read in one place, shared with admission's output plan (router/shaping.py).
+__all__ = ["EFFORTS", "Reasoning", "requested", "excluded", "text_detail", "encrypted_detail", "returned_details"]
 
 
 def excluded(body: dict[str, Any]) -> bool:
