@@ -34,7 +34,7 @@ from common.server_secret import SECRET_FILE, server_secret
 from common.settings import ConfigError, Settings
 from common.usage import record_usage
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import TEST_SECRET, GatewayHarness, env_for, wait_until
+from tests.harness import TEST_SECRET, GatewayHarness, RedisServer, env_for, wait_until
 from tests.pages import ADMIN_KEY, PAID, PASSWORD, Browser, accounts_env, keys_in
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -108,8 +108,21 @@ def command_calls(url: str) -> dict[str, int]:
         client.close()
 
 
-def test_the_profile_reads_usage_once_however_many_keys(start: Callable[..., GatewayHarness]) -> None:
-    gw = start(pools=("openai",))
+@pytest.fixture
+def own_redis() -> Iterator[str]:
+    """A Redis of this test's own: its command counts are this gateway's alone."""
+    server = RedisServer().start()
+    yield server.url
+    server.stop()
+
+
+def test_the_profile_reads_usage_once_however_many_keys(own_redis: str, fake_openai: tuple[OpenAIFakeState, str],
+                                                        tmp_path: Path) -> None:
+    with GatewayHarness.from_env(accounts_env(own_redis, fake_openai[1], tmp_path)) as gw:
+        profile_reads(gw)
+
+
+def profile_reads(gw: GatewayHarness) -> None:
     browser = Browser(gw.url)
     first = keys_in(browser.join("hoarder@example.org").text)[0]
     second = keys_in(browser.submit("/profile", "/profile/keys", {"name": "second"}).text)
@@ -131,7 +144,7 @@ def test_the_profile_reads_usage_once_however_many_keys(start: Callable[..., Gat
             await redis.aclose()
 
     gw.run(more_keys(), timeout=60)
-    assert wait_until(lambda: "gpt-4o" in browser.get("/profile").text, 15)  # the worker's batched write
+    assert wait_until(lambda: "gpt-4o" in browser.get("/profile").text, 30)  # the worker's batched write
     before = command_calls(gw.settings.redis_url or "")
     page = browser.get("/profile")
     after = command_calls(gw.settings.redis_url or "")

@@ -1,10 +1,10 @@
 """Who may make this request: the decision the model routes ask before enqueueing anything.
 
-Admission comes in two steps. First, before the body is planned (before any catalog search), ``identify``
-says who calls: a key sent but unknown or revoked is refused, a keyless caller without a client address
-too, and a caller this process already saw use up its limit for the window (its key's rpm; without a
-valid key, its IP's per-minute limit) is refused at once, without a Redis call (``Limiter.refused_early``).
-Then, once the request is planned, the decision table:
+Admission comes in two steps. First, before the body is read or planned (before any catalog search),
+``identify`` says who calls: a key sent but unknown or revoked is refused, a keyless caller without a
+client address too, and a caller this process already saw use up its limit for the window (its key's
+rpm; without a valid key, its IP's per-minute limit or day allowance) is refused at once, without a Redis
+call (``Limiter.refused_early``). Then, once the request is planned, the decision table:
 
 1. a key was sent but is unknown or revoked   → 401 authentication_required (free model or not)
 2. the client IP is needed but unknown        → 400 missing_client_ip
