@@ -9,12 +9,14 @@ import asyncio
 import logging
 import time
 
+from api.access.accounts import AccountStore, HashingSlots
 from api.provider_health import load_snapshot
 from api.exchange.relay import Relay
 from common import metrics
 from common.candidates import LIVENESS_TTL, has_live_worker
 from common.names import Names
 from common.redis import Redises
+from common.server_secret import check_web_secrets
 from common.settings import Settings
 from router.catalog import Catalog, build_catalog
 from router.health import HealthSnapshot
@@ -90,6 +92,8 @@ class LiveWorkers:
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.secret = check_web_secrets(settings)  # ConfigError: refuses to start (common/server_secret.py)
+        self.hashing = HashingSlots()  # Argon2 work of this process's log-ins and sign-ups, bounded
         self.names = Names(settings.namespace)
         self.providers: dict[str, Provider] = resolve_providers(settings)
         self.catalog: Catalog = build_catalog(settings, self.providers)
@@ -107,6 +111,10 @@ class Gateway:
         self._metrics_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        try:
+            await AccountStore(self.redis, self.names, self.secret, self.hashing).migrate()
+        except Exception as exc:  # Redis not there yet: the next start migrates
+            log.warning("account migration skipped (%s)", type(exc).__name__)
         await self.relay.start()
         self.live.start()
         self._health_task = asyncio.create_task(self._refresh_health(), name="provider-health")

@@ -104,6 +104,7 @@ def start_all(args: argparse.Namespace, procs_: procs.Processes, workdir: Path) 
         "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1", "OPENAI_API_KEY": "sk-bench",
         "MEGABRAIN_CONFIG": str(config), "MEGABRAIN_NAMESPACE": namespace,
         "MEGABRAIN_LOG_LEVEL": args.log_level, "WEB_CONCURRENCY": "1",
+        "MEGABRAIN_SECRET": secrets.token_urlsafe(32),  # the web tier needs one on REDIS_URL
         **dict(item.split("=", 1) for item in args.gateway_env),
     }
     out: dict[str, Any] = {"namespace": namespace, "upstream_port": upstream_port, "web_port": web_port,

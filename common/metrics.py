@@ -3,6 +3,11 @@
 Each hook is a dictionary hit and an increment: label children are cached by their label values, so
 the hot path never walks prometheus_client's label machinery.
 
+Every label value comes from a bounded set, never straight from a client: routes, providers and pools are
+the gateway's own names, model ids arrive as ``Catalog.label`` made them (a listed id, ``provider/*`` for a
+provider's unlisted ids, else ``unknown``), statuses are HTTP codes (an upstream's outside 100–599 is 0).
+So neither the series count nor the snapshot every process writes to Redis grows with what clients send.
+
 How the numbers of every process reach one ``GET /metrics``: each process (web or worker) writes a
 snapshot of its own samples into one Redis hash (``<ns>:metrics``, field = process id) every few
 seconds; a scrape of any web process merges its live local samples with the other processes' snapshots
@@ -86,7 +91,7 @@ def upstream_attempt(provider: str, model: str, status: int, seconds: float, ok:
     """One upstream call made by a worker, successful or not (status 0 = transport failure)."""
     _child(UPSTREAM_SECONDS, provider, "ok" if ok else "error").observe(seconds)
     if not ok:
-        _child(UPSTREAM_ERRORS, provider, model, str(status)).inc()
+        _child(UPSTREAM_ERRORS, provider, model, str(status) if 100 <= status <= 599 else "0").inc()
 
 
 def upstream_retry(provider: str) -> None:

@@ -59,21 +59,30 @@ class Names:
         """One account's msgpack record (email, Argon2id password hash, created)."""
         return f"{self.ns}:account:{account_id}"
 
-    def account_email(self, email_hash: str) -> str:
-        """Account id by the SHA-256 of the normalised email: uniqueness, without emails in key names."""
-        return f"{self.ns}:account:email:{email_hash}"
+    def account_email(self, email_key: str) -> str:
+        """Account id by the keyed hash (HMAC) of the normalised email: uniqueness, without emails in the store."""
+        return f"{self.ns}:account:emailh:{email_key}"
+
+    def account_email_legacy(self, email_sha256: str) -> str:
+        """The index of stores made before the keyed one (a bare SHA-256), rewritten at start-up."""
+        return f"{self.ns}:account:email:{email_sha256}"
 
     def account_keys(self, account_id: str) -> str:
-        """Set of the ids of the API keys an account owns."""
+        """Set of the ids of the API keys an account holds (revoked ones leave it)."""
         return f"{self.ns}:account:keys:{account_id}"
+
+    def account_revoked_keys(self, account_id: str) -> str:
+        """Sorted set of an account's latest revoked key ids, by revocation time (bounded)."""
+        return f"{self.ns}:account:revoked:{account_id}"
 
     def session(self, session_hash: str) -> str:
         """A signed-in browser session by the SHA-256 of its cookie value (never the value itself)."""
         return f"{self.ns}:session:{session_hash}"
 
-    def login_failures(self, scope: str) -> str:
-        """Failed log-ins of a client IP or an account in the current window (``ip:…`` / ``email:…``)."""
-        return f"{self.ns}:login:fail:{scope}"
+    def attempts(self, scope: str) -> str:
+        """Attempts counted before they are checked (log-ins, admin keys) in the current window: the limit
+        script's hash, ``<kind>:<IP subject and/or keyed email hash>`` (``api/access/login_guard.py``)."""
+        return f"{self.ns}:rl:att:{scope}"
 
     def signup_day(self, subject: str) -> str:
         """Sign-ups from one client IP (or IPv6 /64) today (the limit script's hash)."""

@@ -21,8 +21,12 @@ class Limits(msgspec.Struct, kw_only=True):
     free_requests_per_minute: int = 20
     anonymous_requests_per_day: int = 50
     user_requests_per_day: int = 1000  # free-model allowance of a signed-in user's keys (all of them together)
-    login_failures_per_email: int = 5  # failed log-ins per 15 minutes before 429 (api/access/login_guard.py)
+    # failed log-ins per 15 minutes before 429 (api/access/login_guard.py): at one email from one client IP,
+    # at one email from anywhere (far higher, so a stranger cannot lock the owner out), from one client IP
+    login_failures_per_email_ip: int = 5
+    login_failures_per_email: int = 100
     login_failures_per_ip: int = 30
+    keys_per_account: int = 20  # API keys an account may hold at once (revoked ones do not count)
     signups_per_ip_per_day: int = 10
     trusted_proxy_hops: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
@@ -82,7 +86,9 @@ class Settings(msgspec.Struct, kw_only=True):
     instance_id: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex[:12])
     sentry_dsn: str | None = None
     sentry_traces_sample_rate: float = 0.0
-    admin_key: str | None = None
+    admin_key: str | None = None  # at least 32 characters (common/server_secret.py)
+    metrics_key: str | None = None  # reads GET /metrics (the admin key does too)
+    secret: str | None = None  # keys the account email index (common/server_secret.py)
     log_level: str = "info"
     public_url: str | None = None  # e.g. https://gw.example.com: makes the sign-up link in API errors absolute
     signup: bool = True  # MEGABRAIN_SIGNUP=off: no self-service accounts (private deployments)
@@ -123,6 +129,8 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "SENTRY_DSN": ("sentry_dsn", str),
     "SENTRY_TRACES_SAMPLE_RATE": ("sentry_traces_sample_rate", float),
     "MEGABRAIN_ADMIN_KEY": ("admin_key", str),
+    "MEGABRAIN_METRICS_KEY": ("metrics_key", str),
+    "MEGABRAIN_SECRET": ("secret", str),
     "MEGABRAIN_LOG_LEVEL": ("log_level", str),
     "MEGABRAIN_PUBLIC_URL": ("public_url", str),
     "MEGABRAIN_SIGNUP": ("signup", bool),
@@ -146,6 +154,7 @@ _LIMIT_ENV: dict[str, tuple[str, type]] = {
     "MEGABRAIN_TRUSTED_PROXY_HOPS": ("trusted_proxy_hops", int),
     "MEGABRAIN_MAX_BODY_BYTES": ("max_body_bytes", int),
     "MEGABRAIN_QUEUE_DEPTH_LIMIT": ("queue_depth_limit", int),
+    "MEGABRAIN_KEYS_PER_ACCOUNT": ("keys_per_account", int),
 }
 
 

@@ -5,6 +5,8 @@ tier reads them (``megabrain keys usage``, ``GET /usage``) and the rate-limit sc
 spend for budgets. Living in ``common`` lets both import it without the worker importing the web tier.
 
     usage:<key id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n   requests, tokens, cost per UTC day and model
+    usage:acct:<account>:<day>   hash  the same, summed over the keys of a signed-in user's account (its
+                                       Profile reads 30 of these, however many keys it has)
     spend:<key id>:<YYYY-MM>     float                          month-to-date cost in USD
     reserved:<key id>            float                          worst cases of requests in flight (api/access/limits.py)
     gen:<request id>             msgpack ``Generation``          one served request, for its key to look up
@@ -84,6 +86,10 @@ def usage_key(names: Names, key_id: str, day: str) -> str:
     return names.key(f"usage:{key_id}:{day}")
 
 
+def account_usage_key(names: Names, account_id: str, day: str) -> str:
+    return names.key(f"usage:acct:{account_id}:{day}")
+
+
 def spend_key(names: Names, key_id: str, month: str) -> str:
     return names.key(f"spend:{key_id}:{month}")
 
@@ -114,19 +120,23 @@ def add_usage(
     cost: str,
     now: float | None = None,
     reserved: str = "",
+    account: str | None = None,
 ) -> None:
     """Queue the usage writes of one finished request on a pipeline the caller sends.
 
     ``cost`` is a decimal string in USD (HINCRBYFLOAT/INCRBYFLOAT take it as is, no float rounding).
     ``reserved`` is the request's budget reservation, settled in the same flush, after the spend.
+    ``account``: the key's owner, whose day totals are kept as well (the worker's tally sums them).
     """
-    day_key = usage_key(names, key_id, utc_day(now))
+    day = utc_day(now)
+    day_keys = [usage_key(names, key_id, day)] + ([account_usage_key(names, account, day)] if account else [])
+    for day_key in day_keys:
+        pipe.hincrby(day_key, f"{model}|requests", 1)
+        pipe.hincrby(day_key, f"{model}|prompt_tokens", int(prompt_tokens))
+        pipe.hincrby(day_key, f"{model}|completion_tokens", int(completion_tokens))
+        pipe.hincrbyfloat(day_key, f"{model}|cost", cost)
+        pipe.expire(day_key, USAGE_TTL_SECONDS)
     month_key = spend_key(names, key_id, utc_month(now))
-    pipe.hincrby(day_key, f"{model}|requests", 1)
-    pipe.hincrby(day_key, f"{model}|prompt_tokens", int(prompt_tokens))
-    pipe.hincrby(day_key, f"{model}|completion_tokens", int(completion_tokens))
-    pipe.hincrbyfloat(day_key, f"{model}|cost", cost)
-    pipe.expire(day_key, USAGE_TTL_SECONDS)
     pipe.incrbyfloat(month_key, cost)
     pipe.expire(month_key, USAGE_TTL_SECONDS)
     release(pipe, names, key_id, reserved)

@@ -24,6 +24,11 @@ from common.settings import Settings, load_settings
 from tests.fakes.server import free_port
 from workers.pool import PoolProcess
 
+# The web tier's secrets (common/server_secret.py): every gateway a test starts has them.
+TEST_SECRET = "test-secret-" + "s" * 32
+METRICS_KEY = "metrics-" + "m" * 32
+METRICS_HEADERS = {"authorization": f"Bearer {METRICS_KEY}"}
+
 FAST_TIMEOUTS = {
     "MEGABRAIN_PICKUP_TIMEOUT": "1.5",
     "MEGABRAIN_HEARTBEAT_TIMEOUT": "8",
@@ -39,6 +44,8 @@ def env_for(redis_url: str, namespace: str | None = None, **extra: str) -> dict[
     env["REDIS_URL"] = redis_url
     env["MEGABRAIN_NAMESPACE"] = namespace or f"t{uuid.uuid4().hex[:10]}"
     env["MEGABRAIN_CONFIG"] = extra.pop("MEGABRAIN_CONFIG", os.devnull)
+    env["MEGABRAIN_SECRET"] = TEST_SECRET
+    env["MEGABRAIN_METRICS_KEY"] = METRICS_KEY
     env.update(FAST_TIMEOUTS)
     env.update(extra)
     return env

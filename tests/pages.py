@@ -19,15 +19,17 @@ _KEY = re.compile(r"\bmb-[A-Za-z0-9_\-]{20,}")
 
 
 def accounts_env(redis_url: str, upstream: str, tmp_path: Path, *, hops: int = 0, anon_per_day: int = 50,
-                 user_per_day: int = 1000, per_email: int = 5, per_ip: int = 30, signups_per_ip: int = 50,
-                 **extra: str) -> dict[str, str]:
+                 user_per_day: int = 1000, per_email_ip: int = 5, per_email: int = 100, per_ip: int = 30,
+                 signups_per_ip: int = 50, keys_per_account: int = 20, **extra: str) -> dict[str, str]:
     config = tmp_path / "megabrain.toml"
     config.write_text(
         "[limits]\n"
         f"trusted_proxy_hops = {hops}\n"
         f"anonymous_requests_per_day = {anon_per_day}\n"
         f"user_requests_per_day = {user_per_day}\n"
+        f"login_failures_per_email_ip = {per_email_ip}\n"
         f"login_failures_per_email = {per_email}\n"
+        f"keys_per_account = {keys_per_account}\n"
         f"login_failures_per_ip = {per_ip}\n"
         f"signups_per_ip_per_day = {signups_per_ip}\n"
         f'\n[[models]]\nid = "{FREE}"\nfree = true\n'
@@ -63,7 +65,14 @@ class Browser:
         return self.http.post(action, data={"csrf_token": token, **fields}, **kwargs)
 
     def signup(self, email: str, password: str = PASSWORD) -> httpx.Response:
+        """The sign-up form alone: it answers "now log in" whether or not the email had an account."""
         return self.submit("/signup", "/signup", {"email": email, "password": password})
+
+    def join(self, email: str, password: str = PASSWORD) -> httpx.Response:
+        """Sign up, then log in as a person would: the answer is the Profile with the first key, once."""
+        signed_up = self.signup(email, password)
+        assert signed_up.status_code == 200, signed_up.text
+        return self.login(email, password)
 
     def login(self, email: str, password: str = PASSWORD) -> httpx.Response:
         return self.submit("/login", "/login", {"email": email, "password": password})

@@ -41,6 +41,8 @@ def main() -> None:
             page.get_by_label("Password").fill(PASSWORD)
             page.screenshot(path=str(DOCS / "signup.png"))
             page.get_by_role("button", name="Sign up").click()
+            page.get_by_label("Password").fill(PASSWORD)  # sign-up says "now log in"; the email is filled in
+            page.get_by_role("button", name="Log in", exact=True).click()
             key = page.get_by_label("New API key").inner_text().strip()
             client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
             for model in (PAID, PAID, FREE):
@@ -66,7 +68,7 @@ async def _earlier_days(env: dict[str, str], key: str) -> None:
         for days_ago, requests in [(1, 9), (2, 14), (3, 6), (5, 11), (6, 18), (8, 4), (9, 12), (12, 7)]:
             for _ in range(requests):
                 await record_usage(redis, names, record.id, PAID, 40, 120, "0.00131",
-                                   now=time.time() - days_ago * 86400)
+                                   now=time.time() - days_ago * 86400, account=record.owner)
     finally:
         await redis.aclose()
 

@@ -144,11 +144,13 @@ def test_error_table_as_the_sdk_sees_it(two_apis: tuple[GatewayHarness, GatewayH
     error = sdk_error(lambda: create(sdk(gw, ip=None)))  # behind a proxy, but no X-Forwarded-For
     assert_envelope(error, openai.BadRequestError, 400, "missing_client_ip")
 
-    for key, model in ((UNKNOWN_KEY, FREE), (UNKNOWN_KEY, PAID), ("sk-someone-elses-openai-key", FREE)):
-        error = sdk_error(lambda: create(sdk(gw, key), model))
+    # refusals count against the caller's per-IP minute limit (3 here) like requests: one address each
+    rows = ((UNKNOWN_KEY, FREE), (UNKNOWN_KEY, PAID), ("sk-someone-elses-openai-key", FREE))
+    for n, (key, model) in enumerate(rows):
+        error = sdk_error(lambda: create(sdk(gw, key, ip=f"198.51.100.2{n}"), model))
         assert_envelope(error, openai.AuthenticationError, 401, "authentication_required")
 
-    error = sdk_error(lambda: create(sdk(gw), PAID))
+    error = sdk_error(lambda: create(sdk(gw, ip="198.51.100.30"), PAID))
     body = assert_envelope(error, openai.AuthenticationError, 401, "paid_model_auth_required")
     assert body["error"]["code"] == "PAID_MODEL_AUTH_REQUIRED"
     assert body["error"]["message"] == "You need to sign in to use this model. Create a free account and get your API key at /signup"

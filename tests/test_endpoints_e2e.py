@@ -45,7 +45,7 @@ hidden = true
 """
 
 Fakes = tuple[OpenAIFakeState, OpenAIFakeState]
-ADMIN_KEY = "admin-endpoints-test"
+ADMIN_KEY = "admin-endpoints-test-" + "e" * 32
 
 
 @pytest.fixture(scope="module")

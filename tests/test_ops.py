@@ -25,7 +25,7 @@ from common import metrics, telemetry
 from common.settings import load_settings
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness
+from tests.harness import METRICS_HEADERS, GatewayHarness
 
 EXPECTED = "".join(f"tok{i} " for i in range(16))
 PROMPT = "zebra-marmalade-4417 is my secret prompt"
@@ -34,7 +34,7 @@ UPSTREAM_KEY = "sk-upstream-test"  # tests/conftest.py gateway_env
 
 def scrape(url: str) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
     """``/metrics`` parsed: family -> {(sample name, labels): value}."""
-    response = httpx.get(url + "/metrics", timeout=5)
+    response = httpx.get(url + "/metrics", timeout=5, headers=METRICS_HEADERS)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     out: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}

@@ -1,6 +1,6 @@
 """The account pages in a real browser: Playwright driving Debian's Chromium against a real gateway.
 
-Sign up → the key is shown → it works through the OpenAI SDK → its usage shows on the Profile page →
+Sign up → log in → the key is shown → it works through the OpenAI SDK → its usage shows on the Profile page →
 log out → a wrong password is refused → log in → the key is not shown again → create and revoke keys →
 the revoked key gets 401. Browser downloads are impossible here, so Playwright is pointed at the system
 Chromium; without it these tests are skipped, saying so.
@@ -64,6 +64,15 @@ def fill_and_submit(page: "Page", email: str, password: str, button: str) -> Non
     page.get_by_role("button", name=button, exact=True).click()
 
 
+def sign_up_and_log_in(page: "Page", email: str) -> None:
+    """Sign-up answers "now log in" (the same for a taken email), with the email filled in; the first log-in
+    shows the first key."""
+    fill_and_submit(page, email, PASSWORD, "Sign up")
+    expect(page.get_by_role("status")).to_contain_text("Now log in")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in", exact=True).click()
+
+
 def wait_for_usage(page: "Page", model: str, seconds: float = 15.0) -> str:
     """Reload the Profile page until the worker's usage write for ``model`` shows (it is batched)."""
     deadline = time.monotonic() + seconds
@@ -81,7 +90,7 @@ def test_a_new_user_signs_up_uses_the_key_and_manages_keys(browser: "Browser", g
 
     page.goto(gw.url + "/")
     page.get_by_role("link", name="Create a free account").click()
-    fill_and_submit(page, email, PASSWORD, "Sign up")
+    sign_up_and_log_in(page, email)
     key = page.get_by_label("New API key").inner_text().strip()
     assert key.startswith("mb-")
     expect(page.get_by_text("shown only this once")).to_be_visible()
@@ -126,6 +135,6 @@ def test_pages_work_without_javascript(browser: "Browser", gw: GatewayHarness) -
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
     page.goto(gw.url + "/signup")
-    fill_and_submit(page, "nojs@example.org", PASSWORD, "Sign up")
+    sign_up_and_log_in(page, "nojs@example.org")
     assert page.get_by_label("New API key").inner_text().startswith("mb-")
     context.close()

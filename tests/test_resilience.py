@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import GatewayHarness, ProcessGateway, RedisServer, create_key, env_for, wait_until
+from tests.harness import METRICS_HEADERS, GatewayHarness, ProcessGateway, RedisServer, create_key, env_for, wait_until
 
 EXPECTED = "".join(f"tok{i} " for i in range(16))
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -127,7 +127,7 @@ def test_sigkill_worker_non_streaming_is_answered_by_another(patient_env: dict[s
         assert len(state.requests) == 2  # the dead worker's call, then the other worker's
         # the surviving worker's metrics reach the web tier's /metrics through Redis (pushed every 5 s)
         assert wait_until(lambda: 'megabrain_upstream_duration_seconds_count{outcome="ok",provider="openai"} 1.0'
-                          in httpx.get(gw.url + "/metrics", timeout=5).text, 30, 0.5)  # generous: a loaded CI machine
+                          in httpx.get(gw.url + "/metrics", timeout=5, headers=METRICS_HEADERS).text, 30, 0.5)  # generous: a loaded CI machine
 
 
 def test_sigkill_worker_mid_stream_ends_with_an_error(patient_env: dict[str, str],

@@ -1,7 +1,8 @@
 """Usage accounting, done in the worker so counting never slows the web tier's request path.
 
 Per API key (``job.meta['key_id']``), UTC day and model: requests, prompt/completion tokens and cost
-(layout in common/usage.py), summed in the process's tally and written with the next flush. The same flush
+(layout in common/usage.py), and the same per account for a signed-in user's key (``job.meta['account']``),
+summed in the process's tally and written with the next flush. The same flush
 settles the request's budget reservation (api/access/limits.py), or gives it back when the request failed. Requests without a key are counted under the
 ``anonymous`` id, so operators can see what the free tier serves (``megabrain keys usage anonymous``).
 """
@@ -33,6 +34,7 @@ async def record(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any]
         _count(usage.get("completion_tokens")),
         cost,
         reserved=job.reserved,
+        account=job.meta.get("account") or None,
     )
     if key_id != ANONYMOUS and job.kind == "chat":
         runtime.tally.set(runtime.names.generation(job.request_id),

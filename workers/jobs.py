@@ -155,7 +155,7 @@ async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) ->
 
 
 async def _outcome(runtime: Runtime, route: Route, ok: bool, seconds: float, status: int) -> None:
-    metrics.upstream_attempt(route.provider, route.model, status, seconds, ok)
+    metrics.upstream_attempt(route.provider, runtime.catalog.label(route.model), status, seconds, ok)
     try:
         await health.record(runtime, route, ok, seconds, status)
     except Exception as exc:  # health bookkeeping must never fail a request

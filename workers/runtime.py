@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import yarl
 from arq.connections import ArqRedis
 
 from common.names import Names
@@ -50,7 +51,7 @@ class Runtime:
         if up is None:
             p = self.providers[provider_id]
             up = Upstream(
-                provider=p.id, kind=p.kind, base_url=p.base_url, api_key=p.api_key, auth=p.auth,
+                provider=p.id, kind=p.kind, base_url=encoded_url(p.base_url), api_key=p.api_key, auth=p.auth,
                 api_version=p.api_version, headers=dict(p.headers), quirks=dict(p.quirks),
                 default_max_tokens=self.settings.default_max_tokens,
             )
@@ -70,3 +71,8 @@ class Runtime:
             publisher.cancelled = True  # in case the cancel below is swallowed (Python 3.11 wait_for)
         task.cancel()
         return True
+
+
+def encoded_url(url: str) -> str:
+    """A configured base URL, percent-encoded once (upstream URLs are sent as written: ``RequestSpec``)."""
+    return str(yarl.URL(url)) if url else url

@@ -64,8 +64,10 @@ def make_http_client(settings: Settings, max_connections: int = 200) -> aiohttp.
 
 @functools.lru_cache(maxsize=4096)
 def _parsed_url(url: str) -> yarl.URL:
-    """Upstream URLs repeat (one per provider, or per model): parse each once, not per request."""
-    return yarl.URL(url)
+    """Upstream URLs repeat (one per provider, or per model): parse each once, not per request. They are
+    encoded already (``RequestSpec``): parsed as such, so an escaped ``%3A`` or ``%2E%2E`` in a model id's
+    segment is neither decoded nor normalised away."""
+    return yarl.URL(url, encoded=True)
 
 
 def _url(spec: RequestSpec) -> yarl.URL:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from api.access.check import (AccessCheck, AccessContext, AccessResult, bearer_token, build_access_context, prepare_access,
-                        presented_key)
+from api.access.check import (AccessCheck, AccessContext, AccessResult, Caller, build_access_context, count_refusal,
+                              identify, prepare_access)
 from common.errors import GatewayError
 from api.access.client_ip import client_ip
 
@@ -29,6 +29,7 @@ _contexts: "weakref.WeakKeyDictionary[Gateway, AccessContext]" = weakref.WeakKey
 @dataclass
 class Admission:
     key_id: str | None = None
+    account: str | None = None  # the key's owner (a signed-in user), whose usage totals the worker keeps
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers for the response
     reserved: Decimal | None = None  # USD held against the key's budget (settled by the worker)
 
@@ -54,17 +55,23 @@ def authorization(request: Request) -> str | None:
     return header
 
 
-async def prepare(gateway: "Gateway", request: Request, *, model_is_free: bool,
+async def caller_of(gateway: "Gateway", request: Request) -> Caller:
+    """Who sends ``request``, before anything of it is read or planned (``api/access/check.py``)."""
+    limits = gateway.settings.limits
+    return await identify(access_context(gateway), authorization_header=authorization(request),
+                          client_ip=request_client_ip(request, limits.trusted_proxy_hops), limits=limits,
+                          signup_url=gateway.settings.signup_url)
+
+
+async def prepare(gateway: "Gateway", caller: Caller, *, model_is_free: bool,
                   worst_case: Callable[[], Decimal] | None = None) -> AccessCheck:
     """Everything of the request's admission short of the limit script: refuses (``GatewayError``) an
     unknown key, a paid model without one, an unknown client address; else the check to ``run``."""
-    limits = gateway.settings.limits
     check = await prepare_access(
         access_context(gateway),
-        authorization_header=authorization(request),
+        caller=caller,
         model_is_free=model_is_free,
-        client_ip=request_client_ip(request, limits.trusted_proxy_hops),
-        limits=limits,
+        limits=gateway.settings.limits,
         signup_url=gateway.settings.signup_url,
         worst_case=worst_case,
         reserve_ttl=int(gateway.settings.request_timeout) + 60,
@@ -80,7 +87,8 @@ def admitted(result: AccessResult) -> Admission:
     either way."""
     if result.error is not None:
         raise refused(result)
-    return Admission(key_id=result.key.id if result.key else None, headers=result.headers,
+    return Admission(key_id=result.key.id if result.key else None,
+                     account=result.key.owner if result.key else None, headers=result.headers,
                      reserved=result.reserved)
 
 
@@ -90,15 +98,15 @@ def refused(result: AccessResult) -> GatewayError:
     return result.error
 
 
-async def admit(gateway: "Gateway", request: Request, *, model_is_free: bool,
-                worst_case: Callable[[], Decimal] | None = None) -> Admission:
-    """Let the request in now, or raise ``GatewayError``."""
-    check = await prepare(gateway, request, model_is_free=model_is_free, worst_case=worst_case)
-    return admitted(await check.run())
+NOT_COUNTED = frozenset({"rate_limit_exceeded", "promotion_limit_reached", "budget_exceeded", "missing_client_ip",
+                         "temporarily_unavailable"})
 
 
-async def refuse_unknown_key(gateway: "Gateway", request: Request, error: GatewayError) -> GatewayError:
-    """The refusal for a request that cannot be planned: 401 if it sent an unknown or revoked key (that
-    answer comes first, so a mistyped key on ``auto-free`` is never a 503), else ``error``."""
-    _, key_error = await presented_key(access_context(gateway), bearer_token(request.headers.get("authorization")))
-    return key_error if key_error is not None and key_error.status == 401 else error
+async def counted_refusal(gateway: "Gateway", caller: Caller, error: GatewayError) -> GatewayError:
+    """A refusal that came before the request's limit script, counted against the caller's own limits: the
+    429 once they are used up, else ``error``. Refusals by the limits themselves, for want of a client
+    address or of Redis count nothing."""
+    if error.error_type in NOT_COUNTED:
+        return error
+    limited = await count_refusal(access_context(gateway), caller, gateway.settings.limits)
+    return limited or error

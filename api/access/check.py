@@ -1,6 +1,10 @@
-"""Who may make this request: the decision the chat route asks before enqueueing anything.
+"""Who may make this request: the decision the model routes ask before enqueueing anything.
 
-The order is the issue's decision table:
+Admission comes in two steps. First, before the body is read or planned (before any catalog search),
+``identify`` says who calls: a key sent but unknown or revoked is refused, a keyless caller without a
+client address too, and a caller this process already saw use up its limit for the window (its key's
+rpm; without a valid key, its IP's per-minute limit or day allowance) is refused at once, without a Redis
+call (``Limiter.refused_early``). Then, once the request is planned, the decision table:
 
 1. a key was sent but is unknown or revoked   → 401 authentication_required (free model or not)
 2. the client IP is needed but unknown        → 400 missing_client_ip
@@ -16,6 +20,11 @@ answer, since waiting a minute would not help. Budgets only guard paid models (f
 A request with a cached key costs one Redis round trip (the limit script, which also sees revocations; for
 a model request it also queues the job: ``AccessCheck.run(enqueue=...)``).
 The two "you need a key" answers name the sign-up page, the way in for a new user.
+
+A request refused before that one call (an unknown model, a paid model without a key, a bad body, an
+unknown key) still counts: ``count_refusal`` runs the caller's own limits (the IP's minute without a valid
+key, the key's rpm) on their own, so refusals cannot be sent without bound, and the caller's next request
+past the limit is refused before planning. Only refused requests pay that round trip.
 """
 
 from __future__ import annotations
@@ -64,6 +73,16 @@ class AccessResult:
         return self.error is None
 
 
+@dataclass
+class Caller:
+    """Who sent a request, as far as is known before it is planned (``identify``)."""
+
+    token: str | None  # the presented key (None: none sent)
+    record: KeyRecord | None  # its record when the key is valid
+    subject: str | None  # the per-IP limit subject, when the client address is known
+    error: GatewayError | None = None  # refused already: unknown key, no client address, limit used up
+
+
 def bearer_token(authorization_header: str | None) -> str | None:
     """The presented key: None when none was sent, "" when the header is not a usable bearer.
 
@@ -110,31 +129,68 @@ class AccessCheck:
         return self.result
 
 
+async def identify(ctx: AccessContext, *, authorization_header: str | None, client_ip: str | None,
+                   limits: Limits, signup_url: str | None = None) -> Caller:
+    """The caller, before anything of the request is planned: its key (a dictionary hit once cached), or
+    its refusal (``Caller.error``): an unknown or revoked key, a keyless caller without a client address,
+    or a limit this process saw used up for the current window (no Redis call)."""
+    token = bearer_token(authorization_header)
+    record, error = await presented_key(ctx, token)
+    caller = Caller(token, record, _subject(client_ip), error)
+    if caller.error is None and record is None and caller.subject is None:
+        caller.error = missing_client_ip()
+    if caller.error is None:
+        caller.error = ctx.limiter.refused_early(_early_counters(ctx.limiter, caller, limits))
+        if caller.error is not None and caller.error.error_type == "promotion_limit_reached":
+            caller.error.message = with_signup(caller.error.message, signup_url)
+    return caller
+
+
+def _early_counters(limiter: Limiter, caller: Caller, limits: Limits) -> list[Counter]:
+    """What ``identify`` looks up in this process's memory: the caller's own limits and, without a key,
+    the IP's day allowance first (when both are used up, "sign in" is the useful answer)."""
+    counters = caller_counters(limiter, caller, limits)
+    if caller.record is None and caller.subject:
+        counters.insert(0, limiter.ip_day(caller.subject, limits.anonymous_requests_per_day))
+    return counters
+
+
+def caller_counters(limiter: Limiter, caller: Caller, limits: Limits) -> list[Counter]:
+    """The limits every request of this caller counts against, whatever it asks for: without a valid key,
+    its IP's per-minute limit; with one, the key's rpm (if it has one)."""
+    if caller.record is not None:
+        return [limiter.key_minute(caller.record.id, caller.record.rpm)] if caller.record.rpm is not None else []
+    return [limiter.ip_minute(caller.subject, limits.free_requests_per_minute)] if caller.subject else []
+
+
+async def count_refusal(ctx: AccessContext, caller: Caller, limits: Limits) -> GatewayError | None:
+    """Count a request refused before its limit script ran against the caller's own limits (one round trip,
+    refusals only); the 429 when that used them up, else None (the request's own refusal stands)."""
+    counters = caller_counters(ctx.limiter, caller, limits)
+    if not counters:
+        return None
+    decision = await ctx.limiter.check(counters)
+    if decision.error is not None and decision.error.error_type == "rate_limit_exceeded":
+        return decision.error
+    return None
+
+
 async def prepare_access(
     ctx: AccessContext,
     *,
-    authorization_header: str | None,
+    caller: Caller,
     model_is_free: bool,
-    client_ip: str | None,
     limits: Limits,
     signup_url: str | None = None,
     worst_case: Callable[[], Decimal] | None = None,
     reserve_ttl: int = 3600,
 ) -> AccessCheck | AccessResult:
     """Steps 1–3 of the table (an ``AccessResult`` with the refusal), or the ``AccessCheck`` of step 4."""
-    token = bearer_token(authorization_header)
-    record, error = await presented_key(ctx, token)
-    if error is not None:
-        return AccessResult(error=error)
-    subject = _subject(client_ip)
+    token, record, subject = caller.token, caller.record, caller.subject
+    if caller.error is not None and caller.error.error_type != "missing_client_ip":
+        return AccessResult(error=caller.error, headers=dict(caller.error.headers))
     if subject is None and (record is None or model_is_free):
-        return AccessResult(
-            error=GatewayError(
-                "missing_client_ip",
-                "The client address could not be determined (no peer address, or a request that did not "
-                "come through the trusted proxy).",
-            )
-        )
+        return AccessResult(error=missing_client_ip())
     if record is None and not model_is_free:
         return AccessResult(
             error=GatewayError("paid_model_auth_required", with_signup(PAID_MODEL_MESSAGE, signup_url),
@@ -160,9 +216,20 @@ async def prepare_access(
     return AccessCheck(ctx, token, record, counters, options, reserve, signup_url)
 
 
-async def check_access(ctx: AccessContext, **request: Any) -> AccessResult:
-    """``prepare_access`` and, unless that already refused, its check run on its own."""
-    check = await prepare_access(ctx, **request)
+def missing_client_ip() -> GatewayError:
+    return GatewayError(
+        "missing_client_ip",
+        "The client address could not be determined (no peer address, or a request that did not "
+        "come through the trusted proxy).",
+    )
+
+
+async def check_access(ctx: AccessContext, *, authorization_header: str | None, client_ip: str | None,
+                       limits: Limits, **request: Any) -> AccessResult:
+    """``identify``, ``prepare_access`` and, unless either refused, its check run on its own."""
+    caller = await identify(ctx, authorization_header=authorization_header, client_ip=client_ip, limits=limits,
+                            signup_url=request.get("signup_url"))
+    check = await prepare_access(ctx, caller=caller, limits=limits, **request)
     return check if isinstance(check, AccessResult) else await check.run()
 
 

@@ -6,7 +6,9 @@ Redis layout (all under the deployment's namespace):
     apikey:ids               hash  id -> sha256 hex        list / revoke by id
     apikey:revoked           set of revoked ids            read by the rate-limit script on every request
     apikey:used              hash  id -> epoch seconds     last use, written by the rate-limit script
-    account:keys:<account>   set of key ids                the keys a signed-in user owns (api/access/accounts.py)
+    account:keys:<account>   set of key ids                the keys a signed-in user holds (at most
+                                                           ``keys_per_account``; revoking removes one)
+    account:revoked:<account> zset id -> revoked at        its revoked keys, the newest ``REVOKED_SHOWN`` kept
     usage:<id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n  requests, tokens, cost per UTC day and model
     spend:<id>:<YYYY-MM>     float                         month-to-date cost, read for budgets
 
@@ -24,17 +26,23 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
 from common.names import Names
-from common.usage import USAGE_FIELDS, spend_key, usage_key, utc_day, utc_month
+from common.usage import USAGE_FIELDS, account_usage_key, spend_key, usage_key, utc_day, utc_month
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "mb-"
+REVOKED_SHOWN = 20  # revoked keys an account's Profile lists (the operator's listing has them all)
+
+
+class KeyLimitError(ValueError):
+    """The account holds as many keys as it may (``Limits.keys_per_account``)."""
 
 
 class KeyRecord(msgspec.Struct, kw_only=True):
@@ -102,15 +110,22 @@ class KeyStore:
         self.k = KeyNames(names)
 
     async def create(
-        self, name: str, rpm: int | None = None, monthly_budget: float | None = None, *, owner: str | None = None
+        self, name: str, rpm: int | None = None, monthly_budget: float | None = None, *, owner: str | None = None,
+        max_owned: int | None = None,
     ) -> tuple[KeyRecord, str]:
-        """A new key. The plaintext is returned once and exists nowhere else afterwards."""
+        """A new key. The plaintext is returned once and exists nowhere else afterwards.
+
+        With ``owner`` and ``max_owned``, an account already holding that many keys gets ``KeyLimitError``
+        (checked and claimed in one transaction, so concurrent creations cannot pass it together)."""
         plaintext = new_plaintext_key()
         key_hash = hash_key(plaintext)
         while True:
             key_id = secrets.token_hex(4)
             if await self.redis.hsetnx(self.k.ids, key_id, key_hash):
                 break
+        if owner is not None and max_owned is not None and not await self._claim_slot(owner, key_id, max_owned):
+            await self.redis.hdel(self.k.ids, key_id)
+            raise KeyLimitError(f"An account may hold {max_owned} keys at once; revoke one to make another.")
         record = KeyRecord(
             id=key_id,
             name=name,
@@ -127,6 +142,18 @@ class KeyStore:
             await pipe.execute()
         log.info("api key created id=%s name=%s owner=%s", key_id, name, owner or "-")
         return record, plaintext
+
+    async def _claim_slot(self, owner: str, key_id: str, max_owned: int) -> bool:
+        """Add ``key_id`` to the account's keys unless that makes more than ``max_owned``. MULTI/EXEC runs
+        the add and the count as one, so of two concurrent creations at the limit at most one stays."""
+        held = self.k.names.account_keys(owner)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(held, key_id).scard(held)
+            _, count = await pipe.execute()
+        if count <= max_owned:
+            return True
+        await self.redis.srem(held, key_id)
+        return False
 
     async def lookup(self, plaintext: str) -> KeyRecord | None:
         """The record of a presented key (revoked ones included), or None. One GET."""
@@ -148,13 +175,23 @@ class KeyStore:
         return record
 
     async def owned(self, owner: str) -> list[KeyRecord]:
-        """The keys an account owns, oldest first (its Profile page). Three round trips."""
-        key_ids = sorted(_text(k) for k in await self.redis.smembers(self.k.names.account_keys(owner)))
+        """The keys an account holds and its latest revoked ones, oldest first (its Profile page): at most
+        ``keys_per_account`` + ``REVOKED_SHOWN``, in three round trips."""
+        held, revoked = self.k.names.account_keys(owner), self.k.names.account_revoked_keys(owner)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(held).zrange(revoked, 0, -1)
+            active, gone = await pipe.execute()
+        key_ids = sorted({_text(k) for k in (*active, *gone)})
         if not key_ids:
             return []
         hashes = await self.redis.hmget(self.k.ids, key_ids)
-        records = await self._records({i: _text(h) for i, h in zip(key_ids, hashes) if h})
-        return [r for r in records if r.owner == owner]
+        records = [r for r in await self._records({i: _text(h) for i, h in zip(key_ids, hashes) if h})
+                   if r.owner == owner]
+        held_ids = {_text(k) for k in active}
+        for record in records:  # revoked before revoking moved keys out of the account's set
+            if record.revoked and record.id in held_ids:
+                await self._move_to_revoked(owner, record)
+        return records
 
     async def _records(self, ids: dict[str, str]) -> list[KeyRecord]:
         """The records of ``{key id: key hash}`` with last use filled in, oldest first, in one round trip."""
@@ -186,24 +223,41 @@ class KeyStore:
             return False
         record_key = self.k.record(_text(key_hash))
         raw = await self.redis.get(record_key)
+        record = _record_decoder.decode(raw) if raw else None
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(self.k.revoked, key_id)
-            if raw:
-                record = _record_decoder.decode(raw)
-                if not record.revoked:
-                    record.revoked, record.revoked_at = True, time.time()
-                    pipe.set(record_key, msgspec.msgpack.encode(record))
+            if record is not None and not record.revoked:
+                record.revoked, record.revoked_at = True, time.time()
+                pipe.set(record_key, msgspec.msgpack.encode(record))
             await pipe.execute()
+        if record is not None and record.owner is not None:
+            await self._move_to_revoked(record.owner, record)
         log.info("api key revoked id=%s", key_id)
         return True
 
+    async def _move_to_revoked(self, owner: str, record: KeyRecord) -> None:
+        """A revoked key leaves the keys its account holds (freeing a slot) for its bounded revoked list."""
+        revoked = self.k.names.account_revoked_keys(owner)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(self.k.names.account_keys(owner), record.id)
+            pipe.zadd(revoked, {record.id: record.revoked_at or time.time()})
+            pipe.zremrangebyrank(revoked, 0, -REVOKED_SHOWN - 1)
+            await pipe.execute()
+
     async def usage(self, key_id: str, days: int = 30, now: float | None = None) -> list[UsageRow]:
         """Per-day, per-model usage of the last ``days`` UTC days (today included), newest first."""
+        return await self._usage(lambda day: self.k.usage(key_id, day), days, now)
+
+    async def account_usage(self, account_id: str, days: int = 30, now: float | None = None) -> list[UsageRow]:
+        """The same, summed over an account's keys (written so by the worker): one read however many keys."""
+        return await self._usage(lambda day: account_usage_key(self.k.names, account_id, day), days, now)
+
+    async def _usage(self, key_of: Callable[[str], str], days: int, now: float | None) -> list[UsageRow]:
         base = time.time() if now is None else now
         day_names = [utc_day(base - i * 86400) for i in range(max(1, days))]
         async with self.redis.pipeline(transaction=False) as pipe:
             for day in day_names:
-                pipe.hgetall(self.k.usage(key_id, day))
+                pipe.hgetall(key_of(day))
             results = await pipe.execute()
         rows: list[UsageRow] = []
         for day, fields in zip(day_names, results):
@@ -262,6 +316,18 @@ class KeyCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, KeyRecord | None]] = OrderedDict()
         self._touched: dict[str, float] = {}
+
+    async def _claim_slot(self, owner: str, key_id: str, max_owned: int) -> bool:
+        """Add ``key_id`` to the account's keys unless that makes more than ``max_owned``. MULTI/EXEC runs
+        the add and the count as one, so of two concurrent creations at the limit at most one stays."""
+        held = self.k.names.account_keys(owner)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(held, key_id).scard(held)
+            _, count = await pipe.execute()
+        if count <= max_owned:
+            return True
+        await self.redis.srem(held, key_id)
+        return False
 
     async def lookup(self, plaintext: str) -> KeyRecord | None:
         if not looks_like_key(plaintext):

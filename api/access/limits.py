@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -61,6 +62,11 @@ IP_DAY = "ip_day"
 KEY_MINUTE = "key_minute"
 ACCOUNT_DAY = "account_day"  # free models through a signed-in user's keys
 SIGNUP_DAY = "signup_day"  # accounts created from one client IP
+LOGIN_EMAIL_IP = "login_email_ip"  # log-in attempts at one email from one client IP (api/access/login_guard.py)
+LOGIN_EMAIL = "login_email"  # ... at one email from anywhere
+LOGIN_IP = "login_ip"  # ... from one client IP at any email
+ADMIN_IP = "admin_ip"  # admin-key attempts from one client IP (api/access/admin_auth.py)
+EARLY_KINDS = frozenset({IP_MINUTE, IP_DAY, KEY_MINUTE})  # remembered used up per process (refused_early)
 
 OK, REVOKED, BUDGET, LIMITED = 0, 1, 2, 3
 QUEUED, HANDED = 1, 2  # the admission+enqueue script's last element (_ENQUEUE; 0: the queue was full)
@@ -184,6 +190,21 @@ end
 """
 
 LIMITS_SCRIPT = Script(_LIMITS + "return out\n")
+
+# Taking back one count of each counter, in its current window only (an attempt that turned out not to be
+# one that counts: a right password, the right admin key).
+GIVE_BACK_SCRIPT = Script("""
+-- KEYS: counter hashes; ARGV: window seconds of each
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i, key in ipairs(KEYS) do
+  local h = redis.call('HMGET', key, 'w', 'n')
+  if tonumber(h[1]) == math.floor(now_ms / (tonumber(ARGV[i]) * 1000)) and (tonumber(h[2]) or 0) > 0 then
+    redis.call('HINCRBY', key, 'n', -1)
+  end
+end
+return 0
+""")
 ADMIT_AND_ENQUEUE_SCRIPT = Script(_LIMITS + _ENQUEUE + "return out\n")
 
 
@@ -228,13 +249,22 @@ class LimitNames:
         return self.names.key(f"rl:key:{key_id}")
 
 
+MAX_MARKS = 10_000  # counters remembered as used up, per process (callers choose IPs and keys)
+
+
 class Limiter:
-    """Runs the limit script. One instance per process (it holds the registered script)."""
+    """Runs the limit script. One instance per process (it holds the registered script).
+
+    It also remembers, until their window ends, the counters a reply showed used up (``_full``), so a caller
+    past its limit is refused before its next request is planned, without a Redis call
+    (``refused_early``). Redis stays the judge: a process that has not seen the counter full asks it.
+    """
 
     def __init__(self, redis: Redis, names: Names, *, timeout: float = 2.0) -> None:
         self.redis = redis
         self.names = LimitNames(names)
         self.timeout = timeout
+        self._full: dict[str, float] = {}  # counter key -> monotonic time its window ends
         # the script names a popped idle worker's liveness key and control channel from these and its id
         self._alive_prefix, self._control_prefix = names.alive(""), names.control_channel("")
 
@@ -252,6 +282,18 @@ class Limiter:
 
     def signup_day(self, subject: str, limit: int) -> Counter:
         return Counter(SIGNUP_DAY, self.names.names.signup_day(subject), limit, DAY)
+
+    def attempts(self, kind: str, scope: str, limit: int, window: int) -> Counter:
+        """A counter of attempts (log-ins, admin keys) of ``kind`` for ``scope`` (an IP subject, an email's
+        keyed hash, or both)."""
+        return Counter(kind, self.names.names.attempts(f"{kind}:{scope}"), limit, window)
+
+    async def give_back(self, counters: list[Counter]) -> None:
+        """Take one count back from each counter (current window only): the attempt did not count."""
+        if counters:
+            async with asyncio.timeout(self.timeout):
+                await mux_of(self.redis).evalsha(GIVE_BACK_SCRIPT, [c.key for c in counters],
+                                                 [c.window for c in counters])
 
     async def check(
         self,
@@ -302,11 +344,43 @@ class Limiter:
         handed_to = None
         if enqueue is not None and reply[0] == OK and int(reply[2 + 3 * len(counters)]) == HANDED:
             handed_to = reply.pop().decode()  # the worker id after the marker; the rest is all numbers
-        decision = decide(counters, [int(x) for x in reply], budget, reserve)
+        numbers = [int(x) for x in reply]
+        self._remember_full(counters, numbers)
+        decision = decide(counters, numbers, budget, reserve)
         if enqueue is not None and decision.allowed:
             decision.enqueued = reply[-1] in (QUEUED, HANDED)
             decision.handed_to = handed_to
         return decision
+
+    def _remember_full(self, counters: list[Counter], reply: list[int]) -> None:
+        """Note the counters this reply shows used up (none on a revoked key or budget refusal)."""
+        if reply[0] not in (OK, LIMITED) or len(reply) < 2 + 3 * len(counters):
+            return
+        now = time.monotonic()
+        for i, counter in enumerate(counters):
+            if counter.kind in EARLY_KINDS and reply[2 + 3 * i + 1] <= 0:
+                if len(self._full) >= MAX_MARKS:
+                    self._full = {k: until for k, until in self._full.items() if until > now}
+                    if len(self._full) >= MAX_MARKS:
+                        self._full.clear()
+                self._full[counter.key] = now + reply[2 + 3 * i + 2] / 1000.0
+
+    def refused_early(self, counters: list[Counter]) -> GatewayError | None:
+        """The refusal of the first of ``counters`` this process saw used up in its current window, or None.
+        No Redis call: a dictionary hit per counter."""
+        if not self._full:
+            return None
+        now = time.monotonic()
+        for counter in counters:
+            until = self._full.get(counter.key)
+            if until is None:
+                continue
+            if until <= now:
+                del self._full[counter.key]
+                continue
+            state = CounterState(counter, 0, until - now)
+            return limit_error(state, rate_limit_headers(state))
+        return None
 
 
 def decide(counters: list[Counter], reply: list[int], budget: float | None,
@@ -349,6 +423,10 @@ def limit_error(state: CounterState, headers: dict[str, str]) -> GatewayError:
         )
     if c.kind == SIGNUP_DAY:
         message = "Too many sign-ups from this network today. Try again tomorrow (UTC)."
+    elif c.kind in (LOGIN_EMAIL_IP, LOGIN_EMAIL, LOGIN_IP):
+        message = f"Too many log-in attempts. Try again in {max(1, round(wait / 60))} min."
+    elif c.kind == ADMIN_IP:
+        message = f"Too many attempts with a wrong admin key from this address. Retry in {wait} s."
     elif c.kind == ACCOUNT_DAY:
         message = (f"Your account's free allowance of {c.limit} free-model requests per day is used up. "
                    "It resets at midnight UTC; paid models are not affected.")

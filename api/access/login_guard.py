@@ -1,57 +1,56 @@
-"""Failed log-ins counted per client IP and per email; past the limit, 429 until the window ends.
+"""Log-in attempts, counted before the password is checked, in one atomic step; past a limit, 429.
 
-Both counters matter: per email stops guessing one person's password from many addresses, per IP stops
-one client trying a few passwords on many accounts. Only failures count, so a person who types their
-password right is never slowed down by their own earlier successes. Unknown emails are counted like
+Why before: counted after a failed check, N guesses sent at once all pass the check before any of them
+counts (an audit sent 60 at once against a limit of 5: all 60 were tried). So each attempt is counted by
+the limit script first (``api/access/limits.py``: all three counters checked, then all counted, or none),
+only attempts it lets through reach Argon2, and an attempt that turns out right is given back: only
+failures use up the allowance, as before.
+
+Three counters, 15-minute windows:
+
+- per email *and* client IP (``login_failures_per_email_ip``, 5): the lockout a guesser meets; it is theirs
+  alone, so a stranger's failures from elsewhere never lock the owner out;
+- per email from anywhere (``login_failures_per_email``, 100, far higher): bounds guessing one password from
+  many addresses;
+- per client IP at any email (``login_failures_per_ip``, 30): bounds trying a few passwords on many accounts.
+
+Counters are keyed by the email's keyed hash (``email_key``), never the email; unknown emails count like
 known ones, so the limit does not tell which emails have accounts.
-
-    login:fail:ip:<subject>      count, expires WINDOW seconds after the first failure
-    login:fail:email:<sha256>    likewise
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
-from api.access.accounts import email_hash, normalize_email
-from common.names import Names
+from api.access.accounts import email_key
+from api.access.limits import LOGIN_EMAIL, LOGIN_EMAIL_IP, LOGIN_IP, Counter, Limiter
+from common.errors import GatewayError
+from common.settings import Limits
 
 WINDOW = 15 * 60
 
 
 @dataclass
 class LoginGuard:
-    redis: Redis
-    names: Names
-    per_email: int  # Limits.login_failures_per_email
-    per_ip: int
+    limiter: Limiter
+    limits: Limits
+    secret: bytes
     window: int = WINDOW
 
-    def _keys(self, ip_subject: str, email: str) -> list[str]:
-        return [self.names.login_failures(f"ip:{ip_subject}"),
-                self.names.login_failures(f"email:{email_hash(normalize_email(email))}")]
+    def counters(self, ip_subject: str, email: str) -> list[Counter]:
+        key = email_key(self.secret, email)
+        return [
+            self.limiter.attempts(LOGIN_EMAIL_IP, f"{key}:{ip_subject}", self.limits.login_failures_per_email_ip,
+                                  self.window),
+            self.limiter.attempts(LOGIN_EMAIL, key, self.limits.login_failures_per_email, self.window),
+            self.limiter.attempts(LOGIN_IP, ip_subject, self.limits.login_failures_per_ip, self.window),
+        ]
 
-    async def blocked_for(self, ip_subject: str, email: str) -> int:
-        """Seconds until another attempt is allowed; 0 when it is allowed now."""
-        ip_key, email_key = self._keys(ip_subject, email)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(ip_key).get(email_key).ttl(ip_key).ttl(email_key)
-            ip_count, email_count, ip_ttl, email_ttl = await pipe.execute()
-        waits = []
-        if int(ip_count or 0) >= self.per_ip:
-            waits.append(ip_ttl)
-        if int(email_count or 0) >= self.per_email:
-            waits.append(email_ttl)
-        return max((max(1, int(w)) for w in waits), default=0)
+    async def attempt(self, counters: list[Counter]) -> GatewayError | None:
+        """Count this attempt, or its refusal (429 with ``Retry-After``; 503 when Redis cannot say)."""
+        return (await self.limiter.check(counters)).error
 
-    async def failed(self, ip_subject: str, email: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for key in self._keys(ip_subject, email):
-                pipe.set(key, 0, ex=self.window, nx=True).incr(key)  # the window starts at the first failure
-            await pipe.execute()
-
-    async def succeeded(self, email: str) -> None:
-        """A right password clears the email's failures (not the IP's: others may share it)."""
-        await self.redis.delete(self._keys("-", email)[1])
+    async def succeeded(self, counters: list[Counter]) -> None:
+        """A right password: the attempt is given back, and this address's failures at this email forgotten."""
+        await self.limiter.give_back(counters[1:])
+        await self.limiter.redis.delete(counters[0].key)

@@ -60,12 +60,23 @@ def _running_store(settings: Settings) -> None:
         sys.exit(f"megabrain: {exc}")
 
 
+def _check_secrets(settings: Settings) -> None:
+    """The web tier's secrets, checked before anything starts: a clear line and exit status 2 otherwise."""
+    from common.server_secret import check_web_secrets
+
+    try:
+        check_web_secrets(settings)
+    except ConfigError as exc:
+        sys.exit(f"megabrain: {exc}")
+
+
 def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
 
     _running_store(settings)
+    _check_secrets(settings)
 
     workers = int(args.workers or os.environ.get("WEB_CONCURRENCY") or 1)
     if workers > 1:
@@ -98,6 +109,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     from workers.pool import PoolProcess, resolve_pools
 
     pools = resolve_pools(settings, args.providers)
+    if settings.redis_url:
+        _check_secrets(settings)
     store = None
     if not settings.redis_url:
         store = EmbeddedServer(settings.data_dir)
@@ -105,6 +118,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
             settings.redis_url = store.start()
         except StoreError as exc:
             sys.exit(f"megabrain: {exc}")
+        try:
+            _check_secrets(settings)
+        except SystemExit:
+            store.stop()
+            raise
 
     async def main() -> None:
         server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))  # type: ignore[arg-type]

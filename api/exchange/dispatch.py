@@ -14,8 +14,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.access.check import AccessCheck
-from api.access.admission import Admission, admitted, prepare
+from api.access.check import AccessCheck, Caller
+from api.access.admission import Admission, admitted, caller_of, counted_refusal, prepare
 from api.exchange.exchange import Exchange
 from api.formats import WireFormat
 from api.formats.chat_completions import CHAT_COMPLETIONS
@@ -47,11 +47,23 @@ class Dispatch:
         self.exchange = Exchange(gateway, route_name, request_id, self.client_request_id)
         self.headers = {"x-request-id": self.client_request_id or request_id}
         self.admission = Admission()
+        self.caller: Caller | None = None  # identify()
+        self.limits_ran = False  # the request's limit script ran (it counted the request, or refused it)
         self.pending: AccessCheck | None = None  # admit(with_enqueue=True): run by the first enqueue
 
     @property
     def request_id(self) -> str:
         return self.exchange.request_id
+
+    async def identify(self) -> Caller:
+        """Who calls, first thing, before the body is read or planned: refuses (``GatewayError``) an unknown
+        key, a keyless caller without a client address, and a caller this process saw use up its limit
+        for the current window (no Redis call for that; ``api/access/check.py``)."""
+        if self.caller is None:
+            self.caller = await caller_of(self.gateway, self.request)
+        if self.caller.error is not None:
+            raise self.caller.error
+        return self.caller
 
     async def admit(self, plan: list[Route], *, messages: list[Any] | None = None,
                     tools: list[Any] | None = None, request: Mapping[str, Any] | None = None,
@@ -81,12 +93,16 @@ class Dispatch:
             worst = worst_case_cost(gateway.catalog, plan, prompt, asked, gateway.settings.default_max_tokens)
             return worst + extra_cost if extra_cost else worst
 
-        check = await prepare(gateway, self.request, model_is_free=free, worst_case=worst_case)
+        check = await prepare(gateway, await self.identify(), model_is_free=free, worst_case=worst_case)
         if with_enqueue:
             self.pending = check
-            self.admission = Admission(key_id=check.record.id if check.record else None, reserved=check.reserve)
+            self.admission = Admission(key_id=check.record.id if check.record else None,
+                                       account=check.record.owner if check.record else None,
+                                       reserved=check.reserve)
         else:
-            self.admission = admitted(await check.run())
+            result = await check.run()
+            self.limits_ran = True
+            self.admission = admitted(result)
             self.headers.update(self.admission.headers)
         if not self.gateway.relay.ready.is_set():
             raise unavailable("The gateway cannot reach its queue (Redis) right now.", retry_after=2)
@@ -95,6 +111,8 @@ class Dispatch:
         meta = dict(meta or {})
         if self.admission.key_id:
             meta["key_id"] = self.admission.key_id
+        if self.admission.account:
+            meta["account"] = self.admission.account
         if self.admission.reserved:
             fields["reserved"] = format(self.admission.reserved, "f")
         return Job(
@@ -108,8 +126,15 @@ class Dispatch:
             **fields,
         )
 
-    def refuse(self, error: GatewayError) -> Response:
-        """The refusal in the route's format; the response finishes the exchange when sent."""
+    async def refuse(self, error: GatewayError) -> Response:
+        """The refusal in the route's format; the response finishes the exchange when sent.
+
+        A request refused before its limit script ran (bad body, unknown model, paid model without a key,
+        unknown key) is counted against the caller's own limits here, so refusals are limited like
+        requests: past the limit the answer is the 429 (``api/access/admission.py``)."""
+        ran = self.limits_ran or (self.pending is not None and self.pending.result is not None)
+        if self.caller is not None and not ran:
+            error = await counted_refusal(self.gateway, self.caller, error)
         return refusal(self.exchange, self.format, error, self.headers)
 
     async def answer(self, job: Job) -> Response:
@@ -117,7 +142,7 @@ class Dispatch:
         try:
             await self.exchange.submit(job, admission=self.pending)
         except GatewayError as error:
-            return self.refuse(error)
+            return await self.refuse(error)
         finally:
             if self.pending is not None and self.pending.result is not None:
                 self.headers.update(self.pending.result.headers)

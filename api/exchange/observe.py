@@ -1,6 +1,8 @@
 """What the web tier records when a request ends: one structured log line and the request metrics.
 
-Never a key or message content: ids, model, provider, status, timings and token counts only.
+Never a key or message content: ids, model, provider, status, timings and token counts only. Every metric
+label comes from a bounded set (``Catalog.label``: a model id the client made up is ``unknown``), so
+refused requests cannot mint new series; the log line keeps the id as sent (at most ``LOGGED_ID`` characters).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("megabrain.request")
 
+LOGGED_ID = 256
+
 
 def finished(exchange: "Exchange", status: int, usage: dict[str, Any] | None = None) -> None:
     """Called exactly once per request, by ``Exchange.finish``: answers and refusals alike."""
@@ -25,14 +29,15 @@ def finished(exchange: "Exchange", status: int, usage: dict[str, Any] | None = N
     job = exchange.job
     route = job.plan[job.hop] if job is not None and job.plan else None
     model = route.model if route else exchange.model
-    metrics.request_done(exchange.route_name, model, exchange.provider, status, seconds, ttft)
+    label = exchange.gateway.catalog.label(model) if model else "none"
+    metrics.request_done(exchange.route_name, label, exchange.provider, status, seconds, ttft)
     if exchange.queue_ms is not None and route is not None:
         metrics.queue_wait(route.provider, exchange.queue_ms / 1000)
     fields: dict[str, Any] = {
         "request_id": exchange.request_id,
         "client_request_id": exchange.client_request_id,
         "route": exchange.route_name,
-        "model": model,
+        "model": model[:LOGGED_ID],
         "provider": exchange.provider,
         "status": status,
         "stream": job.stream if job is not None else None,

@@ -1,8 +1,10 @@
 """Sign up, log in, log out, and the landing page.
 
-Sign-up signs the person in and creates their first key, shown once on the Profile page it answers
-with (the key exists only in that response). A wrong password and an unknown email get the same answer;
-a taken email is refused without saying more than that it cannot be used.
+Sign-up answers the same whether or not the email already has an account (the same page, status and
+hashing work): "log in now". It creates the account when the email is free, and the first log-in of a new
+account creates its first key, shown once on the Profile page that log-in answers with (the key exists
+only in that response). Telling a taken email apart is for the email itself, once addresses are verified
+by mail. A wrong password and an unknown email get the same answer too.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from api.access.login_guard import LoginGuard
 from api.pages.forms import Visitor, form_endpoint, visitor
 from api.pages.profile import render_profile
 from api.access.sessions import COOKIE, clear_cookie
+from common.errors import GatewayError
 
 WRONG_CREDENTIALS = "The email or the password is wrong."
-TAKEN = "This email cannot be used to sign up. If you already have an account, log in."
+SIGNED_UP = ("Now log in with this email and password. If the email had no account here, it has one now, "
+             "and your first API key is shown when you log in; if it had one, log in with its password.")
 FIRST_KEY_NAME = "default"
 
 
@@ -48,17 +52,12 @@ async def signup(who: Visitor, fields: dict[str, str]) -> Response:
         return response
     email = fields.get("email", "")
     try:
-        account = await who.accounts().create(email, fields.get("password", ""))
+        await who.accounts().create(email, fields.get("password", ""))  # None for a taken email: same answer
     except AccountError as exc:
         return who.render_anonymous_form("signup.html", status=400, error=str(exc), email=email)
-    if account is None:
-        return who.render_anonymous_form("signup.html", status=400, error=TAKEN, email=email)
-    await who.sign_in(account)
-    record, plaintext = await KeyStore(who.gateway.redis, who.gateway.names).create(FIRST_KEY_NAME,
-                                                                                   owner=account.id)
-    response = await render_profile(who, new_key=(record, plaintext), status=201)
-    who.set_session_cookie(response)
-    return response
+    except GatewayError as exc:  # every hashing slot busy
+        return _refused(who, "signup.html", exc, email)
+    return who.render_anonymous_form("login.html", notice=SIGNED_UP, email=email)
 
 
 async def login_page(request: Request) -> Response:
@@ -71,24 +70,34 @@ async def login_page(request: Request) -> Response:
 @form_endpoint(signed_in=False)
 async def login(who: Visitor, fields: dict[str, str]) -> Response:
     email, password = fields.get("email", ""), fields.get("password", "")
-    limits = who.gateway.settings.limits
-    guard = LoginGuard(who.gateway.redis, who.gateway.names, limits.login_failures_per_email,
-                       limits.login_failures_per_ip)
-    wait = await guard.blocked_for(who.ip_subject, email)
-    if wait:
-        response = who.render_anonymous_form(
-            "login.html", status=429, email=email,
-            error=f"Too many failed log-ins. Try again in {max(1, round(wait / 60))} min.")
-        response.headers["retry-after"] = str(wait)
-        return response
-    account = await who.accounts().authenticate(email, password)
+    guard = LoginGuard(access_context(who.gateway).limiter, who.gateway.settings.limits, who.gateway.secret)
+    counters = guard.counters(who.ip_subject, email)
+    try:
+        refusal = await guard.attempt(counters)  # counted before the password is looked at
+        if refusal is not None:
+            return _refused(who, "login.html", refusal, email)
+        account = await who.accounts().authenticate(email, password)
+    except GatewayError as exc:  # every hashing slot busy
+        return _refused(who, "login.html", exc, email)
     if account is None:
-        await guard.failed(who.ip_subject, email)
         return who.render_anonymous_form("login.html", status=401, error=WRONG_CREDENTIALS, email=email)
-    await guard.succeeded(email)
+    await guard.succeeded(counters)
     await who.sign_in(account)
-    response = who.redirect("/profile")
+    if not account.first_key_issued:  # the first log-in after sign-up: the account's first key, shown once
+        await who.accounts().mark_first_key_issued(account)
+        created = await KeyStore(who.gateway.redis, who.gateway.names).create(
+            FIRST_KEY_NAME, owner=account.id, max_owned=who.gateway.settings.limits.keys_per_account)
+        response = await render_profile(who, new_key=created)
+    else:
+        response = who.redirect("/profile")
     who.set_session_cookie(response)
+    return response
+
+
+def _refused(who: Visitor, template: str, error: GatewayError, email: str) -> Response:
+    """A limit or a busy process, on the form's own page, with ``Retry-After``."""
+    response = who.render_anonymous_form(template, status=error.status, email=email, error=error.message)
+    response.headers.update(error.response_headers())
     return response
 
 

@@ -80,7 +80,7 @@ class Visitor:
         return SessionStore(self.gateway.redis, self.gateway.names, self.gateway.settings.session_ttl)
 
     def accounts(self) -> AccountStore:
-        return AccountStore(self.gateway.redis, self.gateway.names)
+        return AccountStore(self.gateway.redis, self.gateway.names, self.gateway.secret, self.gateway.hashing)
 
     def render(self, template: str, status: int = 200, **context: Any) -> Response:
         context.setdefault("csrf", self.session.csrf if self.session else "")

@@ -1,7 +1,9 @@
 """The Profile page: the user's keys (create → shown once, revoke), 30 days of usage, spend, allowance.
 
-Usage is read from the per-key counters the worker writes (common/usage.py) and summed over the user's
-keys per day and model; the chart is an SVG drawn here, so the page needs no script.
+Usage is read from the account's day totals the worker keeps beside each key's (common/usage.py): 30
+hashes in one round trip, however many keys the account has (reading every key's 30 days made one
+account with hundreds of keys slow everyone's requests). The chart is an SVG drawn here, so the page
+needs no script. Keys are bounded per account (``keys_per_account``), so the key table is too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.access.keys import KeyRecord, KeyStore, UsageRow, utc_day
+from api.access.keys import KeyLimitError, KeyRecord, KeyStore, UsageRow, utc_day
 from api.pages.forms import Visitor, form_endpoint, visitor
 
 USAGE_DAYS = 30
@@ -42,7 +44,7 @@ class DayModel:
 
 
 def merge_usage(per_key: list[list[UsageRow]]) -> list[DayModel]:
-    """Rows of several keys summed per (day, model), newest day first."""
+    """Rows (of one or several sources) summed per (day, model), newest day first."""
     merged: dict[tuple[str, str], DayModel] = {}
     for rows in per_key:
         for row in rows:
@@ -87,12 +89,12 @@ async def render_profile(who: Visitor, *, new_key: tuple[KeyRecord, str] | None 
     store = KeyStore(who.gateway.redis, who.gateway.names)
     keys = await store.owned(who.account.id)
     now = time.time()
-    per_key, spends, used_today = await asyncio.gather(
-        asyncio.gather(*(store.usage(k.id, USAGE_DAYS, now) for k in keys)),
+    usage, spends, used_today = await asyncio.gather(
+        store.account_usage(who.account.id, USAGE_DAYS, now),
         store.month_spends([k.id for k in keys], now),
         free_used_today(who),
     )
-    rows = merge_usage(list(per_key))
+    rows = merge_usage([usage])
     limits = who.gateway.settings.limits
     return who.render(
         "profile.html", status=status, error=error,
@@ -120,7 +122,11 @@ async def create_key(who: Visitor, fields: dict[str, str]) -> Response:
     name = " ".join(fields.get("name", "").split())
     if not name or len(name) > MAX_KEY_NAME:
         return await render_profile(who, status=400, error=f"Give the key a name of 1 to {MAX_KEY_NAME} characters.")
-    created = await KeyStore(who.gateway.redis, who.gateway.names).create(name, owner=who.account.id)
+    try:
+        created = await KeyStore(who.gateway.redis, who.gateway.names).create(
+            name, owner=who.account.id, max_owned=who.gateway.settings.limits.keys_per_account)
+    except KeyLimitError as exc:
+        return await render_profile(who, status=400, error=str(exc))
     return await render_profile(who, new_key=created, status=201)
 
 

@@ -2,7 +2,7 @@
 
 The admin routes exist only when ``MEGABRAIN_ADMIN_KEY`` is set (404 otherwise, so a deployment without
 one shows no admin surface at all) and want ``Authorization: Bearer <admin key>``, compared in constant
-time. This is also how ``megabrain keys …`` manages keys of a ``megabrain serve`` running on the embedded
+time, wrong keys limited per client IP and logged (``api/access/admin_auth.py``). This is also how ``megabrain keys …`` manages keys of a ``megabrain serve`` running on the embedded
 store, which no other process can reach.
 
     POST   /admin/keys                {"name": "...", "rpm": 60, "monthly_budget": 10}  → the key, once
@@ -14,13 +14,13 @@ store, which no other process can reach.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.access.admin_auth import require_key
 from api.access.check import bearer_token
 from api.exchange.body import decode_json, read_body
 from api.gateway import Gateway
@@ -84,18 +84,11 @@ def _store(request: Request) -> KeyStore:
     return KeyStore(gateway.redis, gateway.names)
 
 
-def require_admin(request: Request) -> None:
-    """404 when no admin key is configured; 401 unless the caller presents it."""
+async def require_admin(request: Request) -> None:
+    """404 when no admin key is configured; 401 unless the caller presents it; 429 after too many wrong
+    keys from its address (``api/access/admin_auth.py``)."""
     gateway: Gateway = request.app.state.gateway
-    admin_key = gateway.settings.admin_key
-    if not admin_key:
-        raise GatewayError("not_found", f"There is no route {request.url.path}.")
-    presented = bearer_token(request.headers.get("authorization")) or ""
-    if not hmac.compare_digest(presented.encode(), admin_key.encode()):
-        raise GatewayError(
-            "authentication_required",
-            "This route needs the admin key: send 'Authorization: Bearer $MEGABRAIN_ADMIN_KEY'.",
-        )
+    await require_key(gateway, request, [gateway.settings.admin_key], "the admin key ($MEGABRAIN_ADMIN_KEY)")
 
 
 def _days(request: Request) -> int:
@@ -106,7 +99,7 @@ def _days(request: Request) -> int:
 
 
 async def create_key(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     gateway: Gateway = request.app.state.gateway
     spec = key_spec(await read_body(request, gateway.settings.limits.max_body_bytes))
     record, plaintext = await _store(request).create(spec.name, spec.rpm, spec.monthly_budget)
@@ -114,7 +107,7 @@ async def create_key(request: Request) -> Response:
 
 
 async def list_keys(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     store = _store(request)
     records = await store.list()
     spends = await store.month_spends([r.id for r in records])
@@ -122,7 +115,7 @@ async def list_keys(request: Request) -> Response:
 
 
 async def revoke_key(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     key_id = request.path_params["key_id"]
     if not await _store(request).revoke(key_id):
         raise GatewayError("not_found", f"There is no key with id {key_id!r}.")
@@ -130,7 +123,7 @@ async def revoke_key(request: Request) -> Response:
 
 
 async def key_usage(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     key_id = request.path_params["key_id"]
     store = _store(request)
     days = _days(request)

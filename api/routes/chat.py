@@ -10,7 +10,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.exchange.body import read_json
-from api.access.admission import refuse_unknown_key
 from api.exchange.dispatch import Dispatch, plan_reaches
 from api.gateway import Gateway
 from common.errors import GatewayError
@@ -24,23 +23,21 @@ async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     dispatch = Dispatch(gateway, request, "chat")
     try:
+        await dispatch.identify()  # who calls, before the body is read or planned
         body, chat = await read_json(request, ChatRequest, gateway.settings.limits.max_body_bytes)
         dispatch.exchange.model = chat.model or (chat.models[0] if chat.models else "")
         output_tokens = chat.max_completion_tokens or chat.max_tokens
-        try:
-            plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
-                            messages=chat.messages, tools=chat.tools, output_tokens=output_tokens,
-                            preferences=chat.provider, parameters=request_parameters(chat, body),
-                            affinity=caller_affinity(request))
-        except GatewayError as error:
-            raise await refuse_unknown_key(gateway, request, error) from None
+        plan = plan_for(gateway.catalog, chat.model, extra_models=chat.models, health=gateway.health,
+                        messages=chat.messages, tools=chat.tools, output_tokens=output_tokens,
+                        preferences=chat.provider, parameters=request_parameters(chat, body),
+                        affinity=caller_affinity(request))
         refuse_priced(chat.priced())
         beta = anthropic_betas(request.headers.get("anthropic-beta")) if plan_reaches(gateway, plan, "anthropic") \
             else None
         await dispatch.admit(plan, messages=_builtins(chat.messages), tools=_builtins(chat.tools),
                              request=output_request(chat), with_enqueue=True)
     except GatewayError as error:
-        return dispatch.refuse(error)
+        return await dispatch.refuse(error)
     stream = bool(chat.stream)
     include_usage = bool(stream and chat.stream_options and chat.stream_options.include_usage)
     return await dispatch.answer(dispatch.job("chat", plan, body=body, stream=stream, include_usage=include_usage,

@@ -22,13 +22,14 @@ async def create_embeddings(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     dispatch = Dispatch(gateway, request, "embeddings")
     try:
+        await dispatch.identify()  # who calls, before the body is read or planned
         body, embed = await read_json(request, EmbeddingRequest, gateway.settings.limits.max_body_bytes)
         dispatch.exchange.model = embed.model
         check_input(embed.input, gateway.settings.limits.max_embedding_inputs)
         plan = endpoint_plan(gateway, embed.model, modality="embedding", capability="embeddings")
         await dispatch.admit(plan, with_enqueue=True)
     except GatewayError as error:
-        return dispatch.refuse(error)
+        return await dispatch.refuse(error)
     return await dispatch.answer(dispatch.job("embeddings", plan, body=body))
 
 

@@ -42,6 +42,7 @@ async def _decode(dispatch: Dispatch, request: Request,
     """The raw body, the validated request, its canonical body and its plan (empty for a model nobody
     serves when ``any_model``: a local count needs no provider)."""
     gateway = dispatch.gateway
+    await dispatch.identify()  # who calls, before the body is read or planned
     body, message = await read_json(request, MessagesRequest, gateway.settings.limits.max_body_bytes)
     dispatch.exchange.model = message.model
     canonical = canonical_request(message, stream=bool(message.stream))
@@ -69,7 +70,7 @@ async def create_message(request: Request) -> Response:
         await dispatch.admit(plan, messages=canonical["messages"], tools=canonical.get("tools"),
                              request=canonical, extra_cost=extra, with_enqueue=True)
     except GatewayError as error:
-        return dispatch.refuse(error)
+        return await dispatch.refuse(error)
     dispatch.format = ANTHROPIC_MESSAGES.answering(message.model)  # the id the client sent, echoed back
     stream = bool(message.stream)
     job = dispatch.job("chat", plan, body=_encode(canonical), stream=stream, include_usage=stream,
@@ -88,7 +89,7 @@ async def count_tokens(request: Request) -> Response:
         body, _, canonical, plan = await _decode(dispatch, request, any_model=True)
         await dispatch.admit(plan)
     except GatewayError as error:
-        return dispatch.refuse(error)
+        return await dispatch.refuse(error)
     anthropic = [route for route in plan if gateway.providers[route.provider].kind == "anthropic"]
     if anthropic and await gateway.live.has_worker(anthropic[0].provider):
         native = _native(gateway, request, body, anthropic, refuse=False)

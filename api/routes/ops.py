@@ -3,7 +3,9 @@
 ``/health`` checks nothing (the process answers). ``/ready`` checks what a request needs: Redis answers
 within a second and the relay holds its subscription; it also says which pools have live workers and
 how deep their queues are (``megabrain status`` reads it). ``/metrics`` is the Prometheus text format of
-every process of the deployment (see ``common/metrics.py``) plus per-pool gauges computed at scrape time.
+every process of the deployment (see ``common/metrics.py``) plus per-pool gauges computed at scrape time;
+it wants ``Authorization: Bearer`` with ``MEGABRAIN_METRICS_KEY`` (or the admin key), and does not exist
+without either: it names the models and providers in use and the traffic they see.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from api.access.admin_auth import require_key
 from common import metrics
 from common.redis import ping
 
@@ -63,6 +66,8 @@ async def ready(request: Request) -> Response:
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text format. Without Redis it still answers, with this process's own samples only."""
     gateway: Gateway = request.app.state.gateway
+    await require_key(gateway, request, [gateway.settings.metrics_key, gateway.settings.admin_key],
+                      "the metrics key ($MEGABRAIN_METRICS_KEY) or the admin key")
     parts: list[metrics.Samples] = [metrics.local_samples()]
     try:
         parts += await asyncio.wait_for(metrics.remote_samples(gateway.redis, metrics_key(gateway)), REDIS_TIMEOUT)

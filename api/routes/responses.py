@@ -23,6 +23,7 @@ async def create_response(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     dispatch = Dispatch(gateway, request, "responses", OPENAI_RESPONSES)
     try:
+        await dispatch.identify()  # who calls, before the body is read or planned
         _, parsed = await read_json(request, ResponsesRequest, gateway.settings.limits.max_body_bytes)
         dispatch.exchange.model = parsed.model
         dispatch.format = OpenAIResponses.for_request(parsed)  # its answers restate the request's settings
@@ -32,7 +33,7 @@ async def create_response(request: Request) -> Response:
         await dispatch.admit(plan, messages=canonical["messages"], tools=canonical.get("tools"),
                              request=canonical, with_enqueue=True)
     except GatewayError as error:
-        return dispatch.refuse(error)
+        return await dispatch.refuse(error)
     stream = bool(parsed.stream)
     job = dispatch.job("chat", plan, body=msgspec.json.encode(canonical), stream=stream, include_usage=stream)
     return await dispatch.answer(job)

@@ -1,7 +1,11 @@
 """``POST /audio/transcriptions``: a multipart upload, handed to a worker through a short-lived Redis key.
 
-The upload is bounded while it streams in (the declared length first, then a running count), so an
-oversized file is refused with 413 without being read whole or forwarded. The audio travels to the worker
+Nothing of a refused upload is read: the caller is identified before the body (an unknown key, a caller
+past its limit: refused at once), and the model is planned and admitted when the file part begins, from
+the fields before it (OpenAI's SDKs send ``model`` first), so an unknown model, a paid model without a
+key or a limit used up is refused before the audio streams in. (A ``model`` field after the file is
+checked once the upload is read.) The upload is bounded while it streams in (the declared length first,
+then a running count), so an oversized file is refused with 413 without being read whole or forwarded. The audio travels to the worker
 once, as raw bytes under ``Names.blob(request_id)`` with a short TTL (the job carries only the key, no
 base64 inflation); the worker takes it with GETDEL, and this route deletes the key when the request ends
 in any way, so no copy is left behind.
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,7 @@ from api.exchange.dispatch import Dispatch
 from api.routes.embeddings import endpoint_plan
 from api.gateway import Gateway
 from common.errors import GatewayError, invalid, unavailable
+from common.wire import Route
 
 BLOB_TTL_S = 120  # must match workers/transcriptions.py
 FORM_OVERHEAD = 1024 * 1024  # room for the text fields and multipart framing around the file
@@ -44,19 +49,28 @@ class Upload:
 async def create_transcription(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     dispatch = Dispatch(gateway, request, "transcriptions")
-    try:
-        upload = await read_upload(request, gateway.settings.limits.max_upload_bytes)
-        dispatch.exchange.model = upload.fields["model"]
-        plan = endpoint_plan(gateway, upload.fields["model"], modality="transcription", capability="transcription")
+    plan: list[Route] = []
+
+    async def admit(fields: dict[str, Any]) -> None:
+        """Plan and admit the request from its text fields (before the audio when ``model`` comes first)."""
+        nonlocal plan
+        dispatch.exchange.model = fields["model"]
+        plan = endpoint_plan(gateway, fields["model"], modality="transcription", capability="transcription")
         await dispatch.admit(plan)
+
+    try:
+        await dispatch.identify()  # who calls, before a byte of the upload is read
+        upload = await read_upload(request, gateway.settings.limits.max_upload_bytes, before_file=admit)
+        if not plan:  # the model came after the file
+            await admit(upload.fields)
     except GatewayError as error:
-        return dispatch.refuse(error)
+        return await dispatch.refuse(error)
     blob_key = gateway.names.blob(dispatch.request_id)
     try:
         try:
             await gateway.redis.set(blob_key, upload.audio, ex=BLOB_TTL_S)
         except Exception:
-            return dispatch.refuse(unavailable("The gateway cannot reach its queue (Redis) right now."))
+            return await dispatch.refuse(unavailable("The gateway cannot reach its queue (Redis) right now."))
         meta = {"fields": upload.fields, "filename": upload.filename, "content_type": upload.content_type}
         del upload  # the bytes now live in Redis only, until a worker takes them
         return await dispatch.answer(dispatch.job("transcription", plan, blob_key=blob_key, meta=meta))
@@ -72,16 +86,44 @@ async def _forget(gateway: Gateway, key: str) -> None:
 # -- reading the upload --------------------------------------------------------------------------------------
 
 
-async def read_upload(request: Request, limit: int) -> Upload:
-    """Parse the multipart body, refusing a file over ``limit`` bytes while it streams in."""
+class _Parser(MultiPartParser):
+    """Starlette's parser, noting the text fields received when the file part begins."""
+
+    fields_before_file: list[tuple[str, Any]] | None = None
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        if self._current_part.file is not None and self.fields_before_file is None:
+            self.fields_before_file = list(self.items)
+
+
+async def read_upload(request: Request, limit: int,
+                      before_file: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> Upload:
+    """Parse the multipart body, refusing a file over ``limit`` bytes while it streams in.
+
+    ``before_file`` gets the text fields that came before the file part as soon as it begins, if they
+    include ``model`` (at most one more chunk of the body is read by then); raising there stops the upload."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise invalid("Send the audio as multipart/form-data with 'file' and 'model' fields.", param="file")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
         raise too_large(limit)
-    parser = MultiPartParser(request.headers, _bounded(request.stream(), limit + FORM_OVERHEAD),
-                             max_files=1, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    parser: _Parser
+
+    async def watched(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        checked = before_file is None
+        async for chunk in stream:
+            if not checked and parser.fields_before_file is not None:
+                checked = True
+                fields = text_fields(parser.fields_before_file, require_model=False)
+                if fields.get("model"):
+                    assert before_file is not None
+                    await before_file(fields)
+            yield chunk
+
+    parser = _Parser(request.headers, watched(_bounded(request.stream(), limit + FORM_OVERHEAD)),
+                     max_files=1, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -117,7 +159,7 @@ def too_large(limit: int) -> GatewayError:
                         f"The audio file is larger than the {limit // (1024 * 1024)} MB allowed.", param="file")
 
 
-def text_fields(items: list[tuple[str, Any]]) -> dict[str, Any]:
+def text_fields(items: list[tuple[str, Any]], require_model: bool = True) -> dict[str, Any]:
     """The form's text fields, validated; ``name[]`` fields (e.g. ``timestamp_granularities[]``) are lists."""
     fields: dict[str, Any] = {}
     for name, value in items:
@@ -129,7 +171,7 @@ def text_fields(items: list[tuple[str, Any]]) -> dict[str, Any]:
             fields.setdefault(name, []).append(value)
         else:
             fields[name] = value
-    if not fields.get("model"):
+    if require_model and not fields.get("model"):
         raise invalid("Missing required parameter: 'model'.", param="model")
     fmt = fields.get("response_format")
     if fmt is not None and fmt not in RESPONSE_FORMATS:

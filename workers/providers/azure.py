@@ -10,9 +10,9 @@ errors are OpenAI's, so everything else is inherited.
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
-from workers.providers.base import Upstream
+from workers.providers.base import Upstream, path_segment
 from workers.providers.openai_compat import OpenAICompatAdapter, join_url
 
 DEFAULT_API_VERSION = "2024-10-21"  # the latest GA data-plane version when this was written
@@ -32,7 +32,7 @@ class AzureAdapter(OpenAICompatAdapter):
     def url(self, up: Upstream, path: str, model: str) -> str:
         if is_v1_api(up.base_url):
             return join_url(up.base_url, path)
-        deployment = quote(model, safe="")
+        deployment = path_segment(model, "deployment")
         query = urlencode({"api-version": up.api_version or DEFAULT_API_VERSION})
         return f"{endpoint_root(up.base_url)}/openai/deployments/{deployment}/{path.lstrip('/')}?{query}"
 

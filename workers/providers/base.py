@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import msgspec
 
@@ -37,7 +38,10 @@ class Upstream:
 
 @dataclass
 class RequestSpec:
-    """An HTTP request for the shared client to send. Exactly one of json/content/files may be set."""
+    """An HTTP request for the shared client to send. Exactly one of json/content/files may be set.
+
+    ``url`` is percent-encoded and sent as written: built from the provider's base URL (encoded once, in
+    ``workers/runtime.py``), fixed paths and, where an id goes into the path, ``path_segment``."""
 
     method: str
     url: str
@@ -47,6 +51,24 @@ class RequestSpec:
     files: Any = None  # multipart files: [(field name, (filename, bytes, content type))]
     data: Any = None  # multipart form fields: {name: value or list of values}
     params: dict[str, str] | None = None
+
+
+MAX_SEGMENT = 256
+
+
+def path_segment(value: str, what: str = "model") -> str:
+    """``value`` (a model id, a deployment name) as exactly one segment of an upstream URL path.
+
+    Every character outside the unreserved set is percent-escaped, so ``/`` cannot add segments, ``?`` and
+    ``#`` cannot start a query or fragment, ``:`` cannot name another method (Gemini's ``model:method``) and
+    ``%`` cannot smuggle an escape; ``.`` and ``..``, which URL normalisation would resolve, and control
+    characters are refused (400 ``invalid_request``: no provider has such a model). The URL is sent as
+    written (``workers/upstream.py`` parses it as encoded)."""
+    if (not value or value in (".", "..") or len(value) > MAX_SEGMENT
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)):
+        raise UpstreamError(400, f"The {what} id {value[:80]!r} cannot be sent to this provider.", retryable=False,
+                            fallback=False, error_type="invalid_request", param="model")
+    return quote(value, safe="")
 
 
 class UpstreamError(Exception):

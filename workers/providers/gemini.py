@@ -31,6 +31,7 @@ from workers.providers.base import (
     Upstream,
     UpstreamError,
     classify_status,
+    path_segment,
     retry_after_seconds,
 )
 from workers.providers.gemini_request import (
@@ -74,8 +75,10 @@ def api_root(up: Upstream) -> str:
 
 
 def model_url(up: Upstream, model: str, method: str) -> str:
+    """``{root}/models/{model}:{method}``, the model id escaped into one segment (``path_segment``: with a
+    configured price for ``google/*`` a client chooses it, and ``x:delete?`` must not name another method)."""
     name = model[len("models/"):] if model.startswith("models/") else model
-    return f"{api_root(up)}/models/{name}:{method}"
+    return f"{api_root(up)}/models/{path_segment(name)}:{method}"
 
 
 def gemini_headers(up: Upstream) -> dict[str, str]:
