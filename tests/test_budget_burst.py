@@ -7,7 +7,6 @@ across the processes, the key's spend never passes its budget; the worker settle
 from __future__ import annotations
 
 import asyncio
-import os
 from decimal import Decimal
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,6 @@ import redis
 
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import ProcessGateway, env_for
-
-pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
-                                reason="separate web and worker processes need a shared Redis (REDIS_URL)")
 
 ADMIN_KEY = "admin-" + "b" * 32
 PAID = "openai/gpt-4o"  # $2.50 in, $10 out per million tokens
@@ -40,7 +36,7 @@ def two_web_processes(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
 
 
 def test_twenty_concurrent_requests_never_overspend(two_web_processes: tuple[ProcessGateway, ProcessGateway],
-                                                    fake_openai: tuple[OpenAIFakeState, str]) -> None:
+                                                    redis_url: str) -> None:
     first, second = two_web_processes
     created = httpx.post(first.url + "/admin/keys", json={"name": "burst", "monthly_budget": 0.001},
                          headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
@@ -73,7 +69,7 @@ def test_twenty_concurrent_requests_never_overspend(two_web_processes: tuple[Pro
         usage = httpx.get(second.url + "/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=10).json()
         return Decimal(str(usage["month_spend"]))
 
-    store = redis.Redis.from_url(os.environ["REDIS_URL"])
+    store = redis.Redis.from_url(redis_url)
     reserved = [k for k in store.scan_iter(match=f"*reserved:{key_id}")]
     assert len(reserved) == 1
     for _ in range(100):  # the workers settle within their next flush
