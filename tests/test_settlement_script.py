@@ -12,8 +12,8 @@ from arq.connections import ArqRedis
 from common.names import Names
 from common.redis import connect
 from common.settlement import REFUSED, REPEAT, SETTLED, Settlement, close, settle, supersede
-from common.usage import generation_encoder, held_key, holds_key, spend_key, unbilled_key, usage_key, utc_day, utc_month
-from common.usage import Generation
+from common.usage import (Generation, account_usage_key, generation_encoder, held_key, holds_key, spend_key,
+                          unbilled_key, usage_key, utc_day, utc_month)
 
 MODEL = "openai/gpt-4o-mini"
 
@@ -46,11 +46,13 @@ async def test_a_settlement_bills_once_however_often_it_runs(redis: ArqRedis, na
     await hold(redis, names)
     record = generation_encoder.encode(Generation(id="chatcmpl-r1", key_id="k", model=MODEL, canonical=MODEL,
                                                   provider="openai", created=time.time(), cost="0.25"))
-    first = await settle(redis, names, bill(generation=record))
-    again = await settle(redis, names, bill(generation=record))  # a retry after a lost reply
+    first = await settle(redis, names, bill(generation=record, account="a1"))
+    again = await settle(redis, names, bill(generation=record, account="a1"))  # a retry after a lost reply
     assert (first.status, again.status) == (SETTLED, REPEAT)
     assert await ledger(redis, names) == (1, Decimal("0.25"), Decimal(0), 0)
     assert await redis.hget(usage_key(names, "k", utc_day()), f"{MODEL}|completion_tokens") == b"5"
+    account_day = await redis.hgetall(account_usage_key(names, "a1", utc_day()))  # the user's keys summed
+    assert (account_day[f"{MODEL}|requests".encode()], account_day[f"{MODEL}|cost".encode()]) == (b"1", b"0.25")
     assert await redis.get(names.generation("r1")) == record
     assert 0 < await redis.ttl(usage_key(names, "k", utc_day()))
 
