@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.redis_commands import measure
 
 # Commands per request (INFO commandstats, Lua-internal calls included), sequential requests (each handed
-# directly to the idle worker; ~4 more through the queue). README: 18.2 / 18.4 measured, 28.2 / 28.3 with a
+# directly to the idle worker; ~4 more through the queue). README: 18.2 / 18.2–18.4 measured, 28.2–28.4 with a
 # monthly budget (its reservation held and returned): the settlement writes usage, spend, the generation
 # record and the fence with the answer, in the worker's one round trip (common/settlement.py).
 BOUNDS = {"json": 21, "stream": 21, "json_budget": 31, "stream_budget": 31}
