@@ -60,6 +60,9 @@ FALLBACKS = Counter("megabrain_fallbacks", "Requests handed to the next candidat
                     ("from_provider", "to_provider"), registry=REGISTRY)
 QUEUE_WAIT = Histogram("megabrain_queue_wait_seconds", "Enqueue to pickup by a worker, per pool.", ("pool",),
                        buckets=_LAG_BUCKETS + (5, 10, 30), registry=REGISTRY)
+UNBILLED = Counter("megabrain_unbilled_attempts", "Attempts whose upstream work nobody is charged for (a "
+                   "superseded or ended attempt's refused settlement; see common/settlement.py).",
+                   ("provider", "reason"), registry=REGISTRY)
 RELAY_LAG = Histogram("megabrain_relay_lag_seconds", "Worker publish to web relay delivery.",
                       buckets=_LAG_BUCKETS, registry=REGISTRY)
 
@@ -102,6 +105,11 @@ def upstream_retry(provider: str) -> None:
 def fallback(from_provider: str, to_provider: str) -> None:
     """A request moved to the next candidate provider."""
     _child(FALLBACKS, from_provider, to_provider).inc()
+
+
+def unbilled(provider: str, reason: str) -> None:
+    """A worker's settlement was refused (``superseded``, ``closed``, ``late``): the upstream worked for free."""
+    _child(UNBILLED, provider, reason).inc()
 
 
 def queue_wait(pool: str, seconds: float) -> None:

@@ -43,6 +43,11 @@ class Names:
         seconds of the process dying however it dies; web processes watch the workers of their requests."""
         return f"{self.ns}:alive:{worker_id}"
 
+    def fence(self, request_id: str) -> str:
+        """Which attempt of a request may still settle it, or that it is settled or closed
+        (``common/settlement.py``): a superseded attempt can neither answer nor bill."""
+        return f"{self.ns}:fence:{request_id}"
+
     def blob(self, request_id: str) -> str:
         """Short-lived bytes of an upload (an audio file) on its way to a worker."""
         return f"{self.ns}:blob:{request_id}"

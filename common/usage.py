@@ -1,15 +1,19 @@
 """Usage counters per API key, UTC day and model: the Redis layout both tiers share.
 
-The worker writes them after a served request (``add_usage`` on a pipeline, one round trip); the web
-tier reads them (``megabrain keys usage``, ``GET /usage``) and the rate-limit script reads the month's
-spend for budgets. Living in ``common`` lets both import it without the worker importing the web tier.
+The worker writes them in the request's settlement, the one script that also publishes its answer
+(``common/settlement.py``); the web tier reads them (``megabrain keys usage``, ``GET /usage``) and the
+admission script reads the month's spend and what is held for budgets. Living in ``common`` lets both
+import it without the worker importing the web tier.
 
     usage:<key id>:<YYYY-MM-DD>  hash  "<model>|<field>" -> n   requests, tokens, cost per UTC day and model
     usage:acct:<account>:<day>   hash  the same, summed over the keys of a signed-in user's account (its
                                        Profile reads 30 of these, however many keys it has)
     spend:<key id>:<YYYY-MM>     float                          month-to-date cost in USD
-    reserved:<key id>            float                          worst cases of requests in flight (api/access/limits.py)
+    holds:<key id>               zset  "<request id>|<USD>"     each request's reservation, scored by its deadline (ms)
+    held:<key id>                float                          the sum of those holds (api/access/limits.py)
     gen:<request id>             msgpack ``Generation``          one served request, for its key to look up
+    unbilled:<YYYY-MM-DD>        hash  "<reason>|<model>|<field>" upstream work nobody is charged for:
+                                       superseded, closed, late, failed, unreceived (common/settlement.py)
 
 Requests without a key are counted under the id ``anonymous`` (real key ids are 8 hex digits).
 """
@@ -19,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from typing import Any
 
 import msgspec
 
@@ -94,56 +97,13 @@ def spend_key(names: Names, key_id: str, month: str) -> str:
     return names.key(f"spend:{key_id}:{month}")
 
 
-def reserved_key(names: Names, key_id: str) -> str:
-    return names.key(f"reserved:{key_id}")
+def held_key(names: Names, key_id: str) -> str:
+    return names.key(f"held:{key_id}")
 
 
-def release(pipe: Any, names: Names, key_id: str, reserved: str) -> None:
-    """Queue taking back a request's budget reservation (after its spend landed, or when it failed)."""
-    if reserved and key_id != ANONYMOUS:
-        pipe.incrbyfloat(reserved_key(names, key_id), "-" + reserved)
+def holds_key(names: Names, key_id: str) -> str:
+    return names.key(f"holds:{key_id}")
 
 
-async def release_now(redis: Any, names: Names, key_id: str, reserved: str) -> None:
-    """``release`` sent on its own: a request the web tier refused after admitting it."""
-    if reserved and key_id != ANONYMOUS:
-        await redis.incrbyfloat(reserved_key(names, key_id), "-" + reserved)
-
-
-def add_usage(
-    pipe: Any,
-    names: Names,
-    key_id: str,
-    model: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cost: str,
-    now: float | None = None,
-    reserved: str = "",
-    account: str | None = None,
-) -> None:
-    """Queue the usage writes of one finished request on a pipeline the caller sends.
-
-    ``cost`` is a decimal string in USD (HINCRBYFLOAT/INCRBYFLOAT take it as is, no float rounding).
-    ``reserved`` is the request's budget reservation, settled in the same flush, after the spend.
-    ``account``: the key's owner, whose day totals are kept as well (the worker's tally sums them).
-    """
-    day = utc_day(now)
-    day_keys = [usage_key(names, key_id, day)] + ([account_usage_key(names, account, day)] if account else [])
-    for day_key in day_keys:
-        pipe.hincrby(day_key, f"{model}|requests", 1)
-        pipe.hincrby(day_key, f"{model}|prompt_tokens", int(prompt_tokens))
-        pipe.hincrby(day_key, f"{model}|completion_tokens", int(completion_tokens))
-        pipe.hincrbyfloat(day_key, f"{model}|cost", cost)
-        pipe.expire(day_key, USAGE_TTL_SECONDS)
-    month_key = spend_key(names, key_id, utc_month(now))
-    pipe.incrbyfloat(month_key, cost)
-    pipe.expire(month_key, USAGE_TTL_SECONDS)
-    release(pipe, names, key_id, reserved)
-
-
-async def record_usage(redis: Any, *usage: Any, **options: Any) -> None:
-    """``add_usage(pipe, *usage)`` sent on its own, in one pipelined round trip."""
-    async with redis.pipeline(transaction=False) as pipe:
-        add_usage(pipe, *usage, **options)
-        await pipe.execute()
+def unbilled_key(names: Names, day: str) -> str:
+    return names.key(f"unbilled:{day}")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -51,20 +53,24 @@ def env_for(redis_url: str, namespace: str | None = None, **extra: str) -> dict[
     return env
 
 
-def create_key(redis_url: str, namespace: str, name: str = "tests") -> str:
-    """A real API key in ``namespace`` of the Redis at ``redis_url`` (paid models need one)."""
+def create_key(redis_url: str, namespace: str, name: str = "tests", *, with_id: bool = False,
+               **options: Any) -> Any:
+    """A real API key in ``namespace`` of the Redis at ``redis_url`` (paid models need one); ``options``
+    are ``KeyStore.create``'s (``monthly_budget``, ``rpm``). With ``with_id``: ``(key, key id)``."""
     from api.access.keys import KeyStore
     from common.names import Names
     from common.redis import connect
 
-    async def create() -> str:
+    async def create() -> tuple[str, str]:
         redis = connect(redis_url)
         try:
-            return (await KeyStore(redis, Names(namespace)).create(name))[1]
+            record, key = await KeyStore(redis, Names(namespace)).create(name, **options)
+            return key, record.id
         finally:
             await redis.aclose()
 
-    return asyncio.run(create())
+    key, key_id = asyncio.run(create())
+    return (key, key_id) if with_id else key
 
 
 def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
@@ -179,10 +185,21 @@ class ProcessGateway:
         self.worker_count = workers
         self.web: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[int, Any] = {}
 
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "api.cli.main", *args], env=self.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # stderr to a file, not a pipe: a busy process's log lines would fill a pipe nobody reads and block it
+        log = tempfile.TemporaryFile()
+        proc = subprocess.Popen([sys.executable, "-m", "api.cli.main", *args], env=self.env,
+                                stdout=subprocess.DEVNULL, stderr=log)
+        self._logs[proc.pid] = log
+        return proc
+
+    def log(self, proc: subprocess.Popen[bytes], tail: int = 3000) -> str:
+        """The last ``tail`` characters ``proc`` wrote to stderr."""
+        log = self._logs[proc.pid]
+        log.seek(0)
+        return log.read().decode(errors="replace")[-tail:]
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         proc = self._spawn("worker", "--providers", self.worker_providers)
@@ -196,7 +213,7 @@ class ProcessGateway:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.web.poll() is not None:
-                raise RuntimeError("web process exited: " + (self.web.stderr.read() or b"").decode()[-2000:])
+                raise RuntimeError("web process exited: " + self.log(self.web, 2000))
             if self._workers_ready():
                 return self
             time.sleep(0.1)
@@ -218,14 +235,16 @@ class ProcessGateway:
         for proc in [self.web, *self.workers]:
             if proc and proc.poll() is None:
                 proc.terminate()
+                proc.send_signal(signal.SIGCONT)  # a test's SIGSTOP must not leave it deaf to the SIGTERM
         for proc in [self.web, *self.workers]:
             if proc:
                 try:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-                if proc.stderr:
-                    proc.stderr.close()
+                    proc.wait(5)
+        for log in self._logs.values():
+            log.close()
 
     def __enter__(self) -> "ProcessGateway":
         return self.start()

@@ -2,7 +2,8 @@
 
 ``python -m tests.redis_commands [N]`` starts its own Redis (the store's binary), the fake upstream and a
 gateway (API and the openai pool in one process, as ``megabrain serve``), sends N JSON and N streaming
-chat requests with a key, and prints the commands each request cost, by command. The background loops
+chat requests with a key, and prints the commands each request cost, by command; then the same with a key
+that has a monthly budget (each request also holds and returns a reservation). The background loops
 (liveness, health, metrics, the safety-net poll) are measured over an idle stretch of the same length and
 subtracted. The README's scaling bound comes from these numbers.
 """
@@ -55,7 +56,7 @@ def per_request(harness: GatewayHarness, client: sync_redis.Redis, key: str, n: 
     return {k: round(v, 2) for k, v in sorted(net.items()) if abs(v) >= 0.01}
 
 
-def measure(n: int = 100) -> dict[str, Any]:
+def measure(n: int = 100, budgets: bool = True) -> dict[str, Any]:
     server = RedisServer().start()
     state = OpenAIFakeState()
     try:
@@ -63,11 +64,15 @@ def measure(n: int = 100) -> dict[str, Any]:
             env = env_for(server.url, OPENAI_BASE_URL=upstream.url + "/v1", OPENAI_API_KEY="sk-upstream-test")
 
             key = create_key(server.url, env["MEGABRAIN_NAMESPACE"], "bench")
+            budgeted = create_key(server.url, env["MEGABRAIN_NAMESPACE"], "budget", monthly_budget=1000.0)
             client = sync_redis.Redis(port=server.port)
             with GatewayHarness.from_env(env) as harness:
                 result = {}
-                for label, stream in (("json", False), ("stream", True)):
-                    by_command = per_request(harness, client, key, n, stream)
+                runs = (("json", key, False), ("stream", key, True))
+                if budgets:
+                    runs += (("json_budget", budgeted, False), ("stream_budget", budgeted, True))
+                for label, api_key, stream in runs:
+                    by_command = per_request(harness, client, api_key, n, stream)
                     result[label] = {"total": round(sum(by_command.values()), 1), "by_command": by_command}
                 return {"requests": n, **result}
     finally:

@@ -19,7 +19,7 @@ from playwright.sync_api import sync_playwright
 
 from common.names import Names
 from common.redis import connect
-from common.usage import record_usage
+from common.settlement import record_usage
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
 from tests.harness import GatewayHarness

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from api.access.check import PAID_MODEL_MESSAGE, AccessContext, bearer_token, build_access_context, check_access
 from api.access.client_ip import client_ip
 from api.access.keys import KeyStore, hash_key
-from common.usage import record_usage
+from common.settlement import record_usage
 from common.names import Names
 from common.redis import connect
 from common.settings import Limits

@@ -1,13 +1,13 @@
 """Budgets that hold under bursts: 20 concurrent paid requests of one key through two real web processes.
 
 Each admitted request reserves its worst case in the admission script, so however the burst interleaves
-across the processes, the key's spend never passes its budget; the worker settles every reservation.
+across the processes, the key's spend never passes its budget; every reservation is settled with its
+answer (common/settlement.py), so the spend is exact the moment the last client has its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from decimal import Decimal
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +17,10 @@ import openai
 import pytest
 import redis
 
+from common.names import Names
+from common.usage import held_key, holds_key
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import ProcessGateway, env_for
-
-pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
-                                reason="separate web and worker processes need a shared Redis (REDIS_URL)")
 
 ADMIN_KEY = "admin-" + "b" * 32
 PAID = "openai/gpt-4o"  # $2.50 in, $10 out per million tokens
@@ -40,7 +39,7 @@ def two_web_processes(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
 
 
 def test_twenty_concurrent_requests_never_overspend(two_web_processes: tuple[ProcessGateway, ProcessGateway],
-                                                    fake_openai: tuple[OpenAIFakeState, str]) -> None:
+                                                    redis_url: str) -> None:
     first, second = two_web_processes
     created = httpx.post(first.url + "/admin/keys", json={"name": "burst", "monthly_budget": 0.001},
                          headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
@@ -73,18 +72,12 @@ def test_twenty_concurrent_requests_never_overspend(two_web_processes: tuple[Pro
         usage = httpx.get(second.url + "/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=10).json()
         return Decimal(str(usage["month_spend"]))
 
-    store = redis.Redis.from_url(os.environ["REDIS_URL"])
-    reserved = [k for k in store.scan_iter(match=f"*reserved:{key_id}")]
-    assert len(reserved) == 1
-    for _ in range(100):  # the workers settle within their next flush
-        if abs(spend() - sum(costs)) <= Decimal("1e-12") and held(store, reserved[0]) <= Decimal("1e-12"):
-            break
-        asyncio.run(asyncio.sleep(0.1))
-    assert abs(spend() - sum(costs)) <= Decimal("1e-12") and spend() <= budget
-    assert abs(held(store, reserved[0])) <= Decimal("1e-12")  # every reservation settled or released
-    store.close()
-
-
-def held(store: redis.Redis, key: bytes) -> Decimal:
-    value = store.get(key)
-    return Decimal(value.decode()) if value is not None else Decimal(0)
+    # settled before each answer reached its client: nothing left to wait for
+    assert spend() == sum(costs) and spend() <= budget
+    names = Names(first.env["MEGABRAIN_NAMESPACE"])
+    store = redis.Redis.from_url(redis_url)
+    try:
+        assert store.zcard(holds_key(names, key_id)) == 0  # every reservation settled or released
+        assert store.get(held_key(names, key_id)) is None
+    finally:
+        store.close()

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from api.access.keys import KeyCache, KeyNames, KeyStore, hash_key
-from common.usage import record_usage
+from common.settlement import record_usage
 from common.names import Names
 
 

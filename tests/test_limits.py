@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import asyncio
+import time
+from decimal import Decimal
 
 import pytest
 
 from api.access.limits import DAY, MINUTE, Counter, CounterState, Limiter, budget_error, decide, rate_limit_headers, usd
 from common.names import Names
 from common.redis import connect
+from common.settlement import SETTLE_GRACE, SETTLED, Settlement, close, settle, settle_by_ms
+from common.usage import held_key, holds_key, spend_key, utc_month
 
 pytestmark = pytest.mark.usefixtures("clear_of_window_edge")
 
@@ -107,23 +109,57 @@ async def test_budget(redis, names: Names, limiter: Limiter) -> None:  # type: i
     assert (refused.error.status, refused.error.error_type) == (402, "budget_exceeded")
 
 
-async def test_reservations_hold_the_budget_until_settled(redis, names: Names,  # type: ignore[no-untyped-def]
-                                                         limiter: Limiter) -> None:
-    spend, reserved = names.key("spend"), names.key("reserved")
-    kw = {"key_id": "k", "spend_key": spend, "reserved_key": reserved, "budget": 1.0}
-    for _ in range(3):
-        assert (await limiter.check([], reserve=Decimal("0.3"), **kw)).allowed
-    refused = await limiter.check([], reserve=Decimal("0.3"), **kw)  # 0.9 held + 0.3 > 1.0
+def _budget(names: Names, budget: float = 1.0, until: float = 600.0) -> dict[str, object]:
+    """Limiter.check's budget arguments for key ``k``, holds ending ``until`` seconds from now."""
+    return {"key_id": "k", "spend_key": spend_key(names, "k", utc_month()), "held_key": held_key(names, "k"),
+            "holds_key": holds_key(names, "k"), "budget": budget, "hold_until_ms": settle_by_ms(time.time() + until)}
+
+
+async def _held(redis, names: Names) -> Decimal:  # type: ignore[no-untyped-def]
+    return Decimal((await redis.get(held_key(names, "k")) or b"0").decode())
+
+
+async def test_reservations_hold_the_budget_until_returned(redis, names: Names,  # type: ignore[no-untyped-def]
+                                                          limiter: Limiter) -> None:
+    kw = _budget(names)
+    deadline = time.time() + 600
+    for i in range(3):
+        assert (await limiter.check([], reserve=Decimal("0.3"), hold_id=f"r{i}", **kw)).allowed
+    refused = await limiter.check([], reserve=Decimal("0.3"), hold_id="r3", **kw)  # 0.9 held + 0.3 > 1.0
     assert refused.error is not None and refused.error.status == 402
     assert "$0.30 " in refused.error.message and "$1.00" in refused.error.message
-    assert abs(Decimal((await redis.get(reserved)).decode()) - Decimal("0.9")) < Decimal("1e-12")  # refused: none held
-    assert 0 < await redis.ttl(reserved) <= 3600
-    await redis.incrbyfloat(spend, "0.1")  # one settles: its real cost lands, its reservation goes back
-    await redis.incrbyfloat(reserved, "-0.3")
-    assert (await limiter.check([], reserve=Decimal("0.3"), **kw)).allowed  # 0.1 + 0.6 + 0.3 <= 1.0
-    await redis.set(reserved, "-0.5")  # settled after the total expired: no credit for it
-    assert (await limiter.check([], reserve=Decimal("0.3"), **kw)).allowed
-    assert abs(Decimal((await redis.get(reserved)).decode()) - Decimal("0.3")) < Decimal("1e-12")
+    assert await _held(redis, names) == Decimal("0.9")  # refused: none held
+    assert await redis.zcard(holds_key(names, "k")) == 3
+    # r0 is answered: its real cost lands and its hold goes back, in its settlement
+    assert (await settle(redis, names, Settlement(request_id="r0", attempt=0, key_id="k", model="m",
+                                                   deadline=deadline, cost="0.1", reserved="0.3"))).status == SETTLED
+    assert (await limiter.check([], reserve=Decimal("0.3"), hold_id="r4", **kw)).allowed  # 0.1 + 0.6 + 0.3 <= 1.0
+    # r1 fails on the web tier: closing it returns its hold, once
+    assert await close(redis, names, "r1", "k", "0.3", deadline)
+    assert await close(redis, names, "r1", "k", "0.3", deadline)
+    assert await _held(redis, names) == Decimal("0.6")
+    for request_id in ("r2", "r4"):
+        await close(redis, names, request_id, "k", "0.3", deadline)
+    assert await redis.get(held_key(names, "k")) is None  # no hold left: no total to drift
+    assert await redis.zcard(holds_key(names, "k")) == 0
+
+
+async def test_a_lost_hold_ends_at_its_own_deadline_whatever_the_traffic(redis, names: Names,  # type: ignore[no-untyped-def]
+                                                                         limiter: Limiter) -> None:
+    """A hold nobody returns (its worker and web process both lost) ends at its deadline: steady admissions
+    of the same key, each holding and returning its own reservation, do not extend it."""
+    lost = _budget(names, until=0.3 - SETTLE_GRACE)  # this hold's deadline is 0.3 s away
+    assert (await limiter.check([], reserve=Decimal("0.5"), hold_id="lost", **lost)).allowed
+    steady = _budget(names)
+    n = 0
+    while await redis.zscore(holds_key(names, "k"), "lost|0.5") is not None:
+        n += 1
+        assert n < 200, "the lost hold outlived its deadline"
+        assert (await limiter.check([], reserve=Decimal("0.4"), hold_id=f"s{n}", **steady)).allowed
+        await close(redis, names, f"s{n}", "k", "0.4", time.time() + 600)
+        await asyncio.sleep(0.02)
+    assert n >= 2  # traffic went on while the lost hold was due
+    assert await _held(redis, names) == 0  # and nothing else is held
 
 
 def test_money_is_shown_as_money() -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from tests.redis_commands import measure
 
-BOUND = 16  # commands per request (INFO commandstats, Lua-internal calls included); README: 10.2 / 10.5 measured
-# (sequential requests: each handed directly to the idle worker; ~14 through the queue)
+# Commands per request (INFO commandstats, Lua-internal calls included), sequential requests (each handed
+# directly to the idle worker; ~4 more through the queue). README: 18.2 / 18.2–18.4 measured, 28.2–28.4 with a
+# monthly budget (its reservation held and returned): the settlement writes usage, spend, the generation
+# record and the fence with the answer, in the worker's one round trip (common/settlement.py).
+BOUNDS = {"json": 21, "stream": 21, "json_budget": 31, "stream_budget": 31}
 
 
 def test_redis_commands_per_request_stay_within_the_documented_bound() -> None:
     result = measure(20)
-    for label in ("json", "stream"):
+    for label, bound in BOUNDS.items():
         by_command = result[label]["by_command"]
         assert by_command.get("publish", 0) >= 1  # the measurement saw the requests at all
-        assert by_command.get("evalsha", 0) >= 1  # the limits check (the claim too, for a queued job)
-        assert 0 < result[label]["total"] <= BOUND, result
+        assert by_command.get("evalsha", 0) >= 1.5  # the limits check (the claim too, if queued), the settlement
+        assert 0 < result[label]["total"] <= bound, result

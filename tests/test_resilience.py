@@ -195,7 +195,7 @@ def test_redis_outage_gives_fast_503_then_recovers(own_redis: RedisServer,
             for proc in gw.workers:
                 proc.terminate()
             pytest.fail("no recovery after Redis came back: " + httpx.get(gw.url + "/ready", timeout=5).text
-                        + "\nworker log:\n" + b"".join(p.stderr.read() for p in gw.workers if p.stderr).decode()[-3000:])
+                        + "\nworker log:\n" + "".join(gw.log(p) for p in gw.workers))
         assert httpx.get(gw.url + "/ready", timeout=5).status_code == 200
 
 

@@ -1,10 +1,11 @@
-"""Usage accounting, done in the worker so counting never slows the web tier's request path.
+"""What settles a job: the bill of a served request, or the release of a failed one (``common/settlement.py``).
 
-Per API key (``job.meta['key_id']``), UTC day and model: requests, prompt/completion tokens and cost
-(layout in common/usage.py), and the same per account for a signed-in user's key (``job.meta['account']``),
-summed in the process's tally and written with the next flush. The same flush
-settles the request's budget reservation (api/access/limits.py), or gives it back when the request failed. Requests without a key are counted under the
-``anonymous`` id, so operators can see what the free tier serves (``megabrain keys usage anonymous``).
+Per API key (``job.meta['key_id']``), UTC day and model: requests, prompt/completion tokens and cost (layout
+in common/usage.py), the same per account for a signed-in user's key (``job.meta['account']``), and the
+generation record a key looks up, all written by the script that publishes the answer. A failed request is
+not charged: its reservation goes back and what the upstream did is counted as unbilled work for the
+operator. Requests without a key are counted under the ``anonymous`` id, so operators can see what the free
+tier serves (``megabrain keys usage anonymous``).
 """
 
 from __future__ import annotations
@@ -13,37 +14,43 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from common.usage import ANONYMOUS, GENERATION_TTL_SECONDS, Generation, add_usage, generation_encoder, release
+from common.settlement import Settlement
+from common.usage import ANONYMOUS, Generation, generation_encoder
 from common.wire import Job, Route
 from workers.runtime import Runtime
 
 
-async def record(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None,
-                 seconds: float = 0.0) -> None:
-    """Count one served request (tokens, cost) for its API key (``job.meta['key_id']``), day and model,
-    and keep its generation record for the key to look up (same batched write)."""
+def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None, seconds: float = 0.0,
+         finish_reason: str | None = None) -> Settlement:
+    """The settlement of a served request: its tokens and cost for its key, day and model, and (a chat with
+    a key) its generation record."""
     key_id = str(job.meta.get("key_id") or ANONYMOUS)
     usage = usage or {}
     cost = _cost(usage.get("cost"))
-    add_usage(
-        runtime.tally,
-        runtime.names,
-        key_id,
-        route.model,
-        _count(usage.get("prompt_tokens")),
-        _count(usage.get("completion_tokens")),
-        cost,
-        reserved=job.reserved,
-        account=job.meta.get("account") or None,
-    )
+    record = b""
     if key_id != ANONYMOUS and job.kind == "chat":
-        runtime.tally.set(runtime.names.generation(job.request_id),
-                          generation_encoder.encode(generation(runtime, job, route, usage, cost, seconds)),
-                          GENERATION_TTL_SECONDS)
+        record = generation_encoder.encode(generation(runtime, job, route, usage, cost, seconds, finish_reason))
+    return Settlement(
+        request_id=job.request_id, attempt=job.attempt, key_id=key_id, model=route.model, deadline=job.deadline,
+        prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
+        cost=cost, reserved=job.reserved, generation=record, account=str(job.meta.get("account") or ""),
+    )
+
+
+def failed(job: Job, usage: dict[str, Any] | None = None) -> Settlement:
+    """The settlement of a request its client gets an error for: nothing charged, the reservation returned,
+    and what is known of the upstream's work (``usage``) counted as unbilled."""
+    usage = usage or {}
+    return Settlement(
+        request_id=job.request_id, attempt=job.attempt, key_id=str(job.meta.get("key_id") or ANONYMOUS),
+        model=job.plan[job.hop].model, deadline=job.deadline, outcome="failed",
+        prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
+        cost=_cost(usage.get("cost")), reserved=job.reserved,
+    )
 
 
 def generation(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any], cost: str,
-               seconds: float) -> Generation:
+               seconds: float, finish_reason: str | None = None) -> Generation:
     model = runtime.catalog.get(route.model)
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
@@ -55,14 +62,9 @@ def generation(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any], 
         cached_tokens=_count(prompt_details.get("cached_tokens")),
         cache_write_tokens=_count(prompt_details.get("cache_write_tokens")),
         reasoning_tokens=_count(completion_details.get("reasoning_tokens")), cost=cost,
-        latency_ms=round(seconds * 1000), finish_reason=usage.get("finish_reason"), streamed=job.stream,
+        latency_ms=round(seconds * 1000), finish_reason=finish_reason, streamed=job.stream,
         upstream_model=route.upstream_model,
     )
-
-
-def release_reservation(runtime: Runtime, job: Job) -> None:
-    """A request that ends without usage (failed, cancelled) gives its budget reservation back."""
-    release(runtime.tally, runtime.names, str(job.meta.get("key_id") or ANONYMOUS), job.reserved)
 
 
 def _count(value: Any) -> int:

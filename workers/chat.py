@@ -12,7 +12,7 @@ from router.auto import estimate_prompt_tokens
 from router.shaping import EndpointShape, OutputPlan, asked_cap, kind_shape, output_plan, shape_request
 from workers import native
 from workers.chunks import ChunkShaper, CostFn, encode_json, finish_completion
-from workers.jobs import handler
+from workers.jobs import Answer, handler
 from workers.providers.base import Upstream
 from workers.providers.reasoning import excluded
 from workers.publisher import Publisher
@@ -58,7 +58,7 @@ def plan_output(runtime: Runtime, shape: EndpointShape, body: dict[str, Any], jo
 
 
 @handler("chat")
-async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> dict[str, Any] | None:
+async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> Answer:
     adapter = runtime.adapter(route.provider)
     body: dict[str, Any] = msgspec.json.decode(job.body)
     upstream = upstream_for(runtime, route, job)
@@ -77,10 +77,9 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
             adapter.chat_response(data, request), request_id=job.request_id, model=route.model,
             provider=route.provider, cost=cost, exclude_reasoning=exclude,
         )
-        usage = completion.get("usage")
-        await pub.send("result", encode_json(completion), usage=usage)
         choices = completion.get("choices") or [{}]
-        return _served(usage, choices[0].get("finish_reason") if isinstance(choices[0], dict) else None)
+        reason = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+        return Answer("result", encode_json(completion), completion.get("usage"), reason)
     shaper = ChunkShaper(request_id=job.request_id, model=route.model, provider=route.provider,
                          include_usage=job.include_usage, cost=cost, exclude_reasoning=exclude)
     translator = adapter.stream_translator(request)
@@ -95,10 +94,4 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
         if frames:
             pub.data(frames)
     # the closing frames (usage chunk if asked, [DONE]) travel with the "done" event itself
-    await pub.send("done", shaper.finish(), usage=shaper.usage)
-    return _served(shaper.usage, shaper.finish_reason)
-
-
-def _served(usage: dict[str, Any] | None, finish_reason: str | None) -> dict[str, Any]:
-    """What accounting keeps of a served answer: its usage and why it ended (for the generation record)."""
-    return {**(usage or {}), "finish_reason": finish_reason}
+    return Answer("done", shaper.finish(), shaper.usage, shaper.finish_reason)

@@ -20,7 +20,7 @@ import msgspec
 from common.wire import Job, Route
 from workers.chat import cost_fn
 from workers.chunks import CostFn, add_cost, encode_json
-from workers.jobs import handler
+from workers.jobs import Answer, handler
 from workers.providers.base import UpstreamError
 from workers.publisher import Publisher
 from workers.runtime import Runtime
@@ -98,7 +98,7 @@ def _tokens(usage: dict[str, Any] | None, estimated: int) -> int:
 
 
 @handler("embeddings")
-async def serve_embeddings(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> dict[str, Any] | None:
+async def serve_embeddings(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> Answer:
     adapter = runtime.adapter(route.provider)
     if not hasattr(adapter, "embeddings_request"):
         raise UpstreamError(400, f"the provider {route.provider} serves no embeddings", retryable=False,
@@ -111,6 +111,5 @@ async def serve_embeddings(runtime: Runtime, job: Job, route: Route, pub: Publis
         payload, usage = await asyncio.to_thread(build_body, raw, adapter, body, route, cost)
     else:
         payload, usage = build_body(raw, adapter, body, route, cost)
-    await pub.send("result", payload, usage=usage)
-    return usage
+    return Answer("result", payload, usage)
 

@@ -1,9 +1,14 @@
 """The arq job every pool runs: serve one request at one provider, retrying, then handing it on.
 
 Flow of a job: announce ``start`` (the web tier now knows a live worker has it), call the provider with
-bounded retries, then either publish the answer, hand the job to the next candidate's pool (only while
-nothing has reached the client), or publish one error. Any failure after stream data was sent ends the
-stream with an error event: a stream is never silently restarted.
+bounded retries, then either settle and publish the answer, hand the job to the next candidate's pool
+(only while nothing has reached the client), or settle it as failed and publish one error. Any failure
+after stream data was sent ends the stream with an error event: a stream is never silently restarted.
+
+A job ends in at most one settlement (``common/settlement.py``), which carries its final event: the bill
+with the answer, the reservation's release with the error. A job the web tier cancelled or superseded is
+refused there (what its upstream did is counted as unbilled, never charged); a job abandoned at shutdown
+settles nothing, since the web tier re-runs it or ends it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -19,7 +25,8 @@ import msgspec
 from common import metrics, telemetry
 from common.errors import GatewayError
 from common.candidates import JOB_FUNCTION, enqueue_candidate, has_live_worker, job_id
-from common.wire import Handoff, Hello, Job, Route, job_decoder
+from common.settlement import Settled, Settlement, settle
+from common.wire import EventKind, Handoff, Hello, Job, Route, job_decoder
 from workers import accounting, health
 from workers.publisher import Publisher, ReceiverGone
 from workers.providers.base import UpstreamError
@@ -28,8 +35,20 @@ from workers.runtime import Runtime
 
 log = logging.getLogger("megabrain.worker")
 
-# kind -> coroutine doing one attempt at one provider; returns the usage it saw; raises UpstreamError
-Handler = Callable[[Runtime, Job, Route, Publisher], Awaitable[dict[str, Any] | None]]
+@dataclass
+class Answer:
+    """What one served attempt produced, for the job to settle and publish in one step: the final event
+    (``result``, or a stream's closing ``done``), the usage that bills it and why it ended."""
+
+    kind: EventKind
+    data: bytes
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)  # more of the event: ``native``, ``content_type``
+
+
+# kind -> coroutine doing one attempt at one provider; returns its answer; raises UpstreamError
+Handler = Callable[[Runtime, Job, Route, Publisher], Awaitable[Answer]]
 HANDLERS: dict[str, Handler] = {}
 
 
@@ -50,8 +69,9 @@ class JobAddress(msgspec.Struct):
 
 
 async def serve(ctx: dict[str, Any], payload: bytes) -> None:
-    """arq entry point. A cancel from the web tier (client gone) ends this job quietly; any other
-    cancellation (the worker shutting down) propagates."""
+    """arq entry point. A cancel from the web tier (client gone, or the request re-run elsewhere) ends this
+    job quietly, after counting it where it is refused; any other cancellation (the worker shutting down)
+    propagates."""
     runtime: Runtime = ctx["runtime"]
     try:
         job = job_decoder.decode(payload)
@@ -60,44 +80,74 @@ async def serve(ctx: dict[str, Any], payload: bytes) -> None:
         return
     task = asyncio.current_task()
     assert task is not None
-    runtime.active[job.request_id] = task
+    attempt = (job.request_id, job.attempt)
+    runtime.active[attempt] = task
     try:
         await _run(runtime, job)
     except asyncio.CancelledError:
-        if job.request_id not in runtime.cancelled:
+        if attempt not in runtime.cancelled:
             raise
         task.uncancel()
-        log.info("request %s cancelled by the web tier", job.request_id)
+        log.info("request %s attempt %d cancelled by the web tier", job.request_id, job.attempt)
+        # the web tier closed or superseded it first: this is refused, and counted as unbilled upstream work
+        await _quiet_settle(runtime, job, accounting.failed(job))
     finally:
-        runtime.active.pop(job.request_id, None)
-        runtime.cancelled.discard(job.request_id)
+        runtime.active.pop(attempt, None)
+        runtime.cancelled.discard(attempt)
 
 
 async def _run(runtime: Runtime, job: Job) -> None:
     route = job.plan[job.hop]
     queued_ms = round((time.time() - job.enqueued_at) * 1000, 3) if job.enqueued_at else None
     pub = Publisher(runtime.redises.pool(route.provider), job.reply_channel, job.request_id, job.attempt, job.seq,
-                    hello=Hello(runtime.worker_id, route.provider, queued_ms, 0.0))
-    runtime.publishers[job.request_id] = pub
-    settled = False  # served and accounted, or handed on with its reservation
+                    hello=Hello(runtime.worker_id, route.provider, queued_ms, 0.0), settler=runtime.redis,
+                    names=runtime.names)
+    runtime.publishers[(job.request_id, job.attempt)] = pub
     try:
         try:
             await _attempts(runtime, job, route, pub)
-            settled = True
         except UpstreamError as error:
-            settled = await _after_failure(runtime, job, pub, error)
+            await _after_failure(runtime, job, pub, error)
         except GatewayError as error:
-            await pub.send("error", error.body(), status=error.status, retry_after=error.retry_after)
+            await _fail(runtime, job, pub, error)
     except ReceiverGone:
         log.info("request %s: nobody wants it any more (cancelled, or its web process is gone)", job.request_id)
+        await _quiet_settle(runtime, job, accounting.failed(job))  # its reservation goes back now
     except Exception as exc:  # a bug, or a body the web tier should have refused: answer now, not at a timeout
         log.error("request %s: job crashed (%s)", job.request_id, type(exc).__name__)  # never the payload
-        await _quiet_error(pub, crashed(exc))
+        try:
+            await _fail(runtime, job, pub, crashed(exc))
+        except Exception:  # nobody listening, or Redis trouble: the web tier's liveness checks take over
+            pass
     finally:
-        runtime.publishers.pop(job.request_id, None)
-        if not settled and job.reserved:
-            accounting.release_reservation(runtime, job)
+        runtime.publishers.pop((job.request_id, job.attempt), None)
         await pub.close()
+
+
+async def _fail(runtime: Runtime, job: Job, pub: Publisher, error: GatewayError) -> None:
+    """Tell the client ``error``, in the settlement that releases the request's reservation."""
+    result = await pub.finish("error", error.body(), accounting.failed(job), status=error.status,
+                              retry_after=error.retry_after)
+    _refused(runtime, job, result)
+
+
+async def _quiet_settle(runtime: Runtime, job: Job, settlement: Settlement) -> None:
+    """Settle without an event (nobody can be told); Redis trouble is left to the hold's deadline."""
+    try:
+        _refused(runtime, job, await settle(runtime.redis, runtime.names, settlement))
+    except Exception as exc:
+        log.warning("request %s: settlement failed (%s)", job.request_id, type(exc).__name__)
+
+
+def _refused(runtime: Runtime, job: Job, result: Settled) -> None:
+    """A settlement refused: this attempt was superseded or ended by the web tier (or came too late). The
+    upstream's work is counted as unbilled in Redis by the script; here it is logged and measured."""
+    if not result.refused:
+        return
+    route = job.plan[job.hop]
+    metrics.unbilled(route.provider, result.reason)
+    log.warning("request %s attempt %d: settlement refused (%s); its upstream work on %s is not billed",
+                job.request_id, job.attempt, result.reason, route.provider)
 
 
 def crashed(exc: Exception) -> GatewayError:
@@ -132,7 +182,7 @@ async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) ->
                                 error_type="upstream_timeout")
         started = time.monotonic()
         try:
-            usage = await serve_once(runtime, job, route, pub)
+            answer = await serve_once(runtime, job, route, pub)
         except UpstreamError as error:
             await _outcome(runtime, route, False, time.monotonic() - started, error.status)
             if pub.committed:
@@ -146,11 +196,11 @@ async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) ->
             retry += 1
             await asyncio.sleep(delay)
         else:
-            await _outcome(runtime, route, True, time.monotonic() - started, 200)
-            try:
-                await accounting.record(runtime, job, route, usage, time.monotonic() - started)
-            except Exception as exc:  # accounting must never fail a request that was served
-                log.warning("usage accounting failed (%s)", type(exc).__name__)
+            seconds = time.monotonic() - started
+            await _outcome(runtime, route, True, seconds, 200)
+            settlement = accounting.bill(runtime, job, route, answer.usage, seconds, answer.finish_reason)
+            result = await pub.finish(answer.kind, answer.data, settlement, usage=answer.usage, **answer.fields)
+            _refused(runtime, job, result)
             return
 
 
@@ -162,9 +212,9 @@ async def _outcome(runtime: Runtime, route: Route, ok: bool, seconds: float, sta
         log.debug("health record failed (%s)", type(exc).__name__)
 
 
-async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: UpstreamError) -> bool:
-    """Hand the request to the next candidate's pool (True; the web tier's own rule), or tell the client
-    (False)."""
+async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: UpstreamError) -> None:
+    """Hand the request to the next candidate's pool (the web tier's own rule: only while nothing reached
+    the client), or tell the client, settling the request as failed."""
     route = job.plan[job.hop]
     if not pub.committed and error.fallback:
         async def announce(candidate: Job, pool: str) -> None:
@@ -181,12 +231,11 @@ async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: Upst
             nxt = handed.plan[handed.hop]
             metrics.fallback(route.provider, nxt.provider)
             log.info("request %s: %s failed, handed to %s", job.request_id, route.provider, nxt.provider)
-            return True
+            return
     refusal = client_error(error, job)
     telemetry.report_upstream_failure(route.provider, route.model, route.provider, job.request_id,
                                       error.status, error.message)
-    await pub.send("error", refusal.body(), status=refusal.status, retry_after=refusal.retry_after)
-    return False
+    await _fail(runtime, job, pub, refusal)
 
 
 def client_error(error: UpstreamError, job: Job) -> GatewayError:

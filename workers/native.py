@@ -23,7 +23,7 @@ from router.auto import estimate_prompt_tokens
 from router.forwarding import native_messages_body
 from router.shaping import EndpointShape, OutputPlan, kind_shape
 from workers.chunks import CostFn, add_cost
-from workers.jobs import handler
+from workers.jobs import Answer, handler
 from workers.providers.anthropic import messages_url, request_headers
 from workers.providers.base import RequestSpec, Upstream, UpstreamError
 from workers.publisher import Publisher
@@ -75,7 +75,7 @@ def shape_native(shape: EndpointShape, payload: dict[str, Any], plan: OutputPlan
 
 
 async def serve_messages(runtime: Runtime, job: Job, route: Route, up: Upstream, pub: Publisher,
-                         cost: CostFn | None, plan: OutputPlan) -> dict[str, Any] | None:
+                         cost: CostFn | None, plan: OutputPlan) -> Answer:
     assert job.native is not None
     payload: dict[str, Any] = native_messages_body(msgspec.json.decode(job.native.body))
     echo = payload.get("model") or route.model  # the id the client sent, answered back as its model
@@ -87,8 +87,7 @@ async def serve_messages(runtime: Runtime, job: Job, route: Route, up: Upstream,
         data = await send_json(runtime.http, adapter, spec)
         usage = add_cost(adapter.chat_response(data).get("usage"), cost)  # raises for an error body
         data["model"] = echo
-        await pub.send("result", _encode(data), usage=usage, native=True)
-        return usage
+        return Answer("result", _encode(data), usage, fields={"native": True})
     translator = adapter.stream_translator()
     usage: dict[str, Any] | None = None
     held: list[bytes] = []  # events before the first content: not committed, so a retry stays possible
@@ -107,13 +106,11 @@ async def serve_messages(runtime: Runtime, job: Job, route: Route, up: Upstream,
                 pub.data(b"".join(held))
                 held.clear()
     translator.close()
-    usage = add_cost(usage, cost)
-    await pub.send("done", b"".join(held), usage=usage, native=True)
-    return usage
+    return Answer("done", b"".join(held), add_cost(usage, cost), fields={"native": True})
 
 
 @handler("count_tokens")
-async def serve_count_tokens(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> dict[str, Any] | None:
+async def serve_count_tokens(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> Answer:
     """Anthropic's exact count; the local estimate when it fails (the client asked for a number, and a
     count is never worth an error)."""
     assert job.native is not None
@@ -128,5 +125,4 @@ async def serve_count_tokens(runtime: Runtime, job: Job, route: Route, pub: Publ
     except (UpstreamError, KeyError, TypeError, ValueError):
         canonical = msgspec.json.decode(job.body)
         count = {"input_tokens": estimate_prompt_tokens(canonical.get("messages") or [], canonical.get("tools"))}
-    await pub.send("result", _encode(count), native=True)
-    return None
+    return Answer("result", _encode(count), fields={"native": True})

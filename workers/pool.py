@@ -49,7 +49,6 @@ from workers import chat, embeddings, native, transcriptions  # noqa: F401  (reg
 from workers import health
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime
-from workers.tally import Tally
 from workers.upstream import make_http_client
 
 log = logging.getLogger("megabrain.worker")
@@ -58,7 +57,7 @@ LIVENESS_INTERVAL = 2.0  # seconds between liveness writes
 ALIVE_EVERY = 1.0  # seconds between writes of the process's liveness key
 ALIVE_TTL = 3.0  # that key's TTL: three missed writes and the process counts as dead
 HEARTBEAT_AFTER = 5.0  # a job silent for this long sends a heartbeat event
-TALLY_INTERVAL = 0.25  # seconds between batched counter writes
+TALLY_INTERVAL = 0.25  # seconds between batched writes of what may wait (health counts), never billing
 START_AFTER = 0.2  # a job that has not answered this soon after pickup announces itself ("start")
 
 
@@ -231,10 +230,6 @@ class PoolProcess:
             http=make_http_client(settings, max_connections=settings.worker_max_jobs * max(1, len(pools))),
             providers=providers, catalog=build_catalog(settings, providers), pools=pools, redises=self.redises,
         )
-        # batched writes per Redis: usage and health on the main one, a finished job's clean-up on its pool's
-        self.tallies = {id(self.redis): (self.redis, self.runtime.tally)}
-        for redis, _ in self.redises.by_redis(pools):
-            self.tallies.setdefault(id(redis), (redis, Tally()))
         self.wakes = {pool: asyncio.Event() for pool in pools}
         self.workers = [self._make_worker(pool) for pool in pools]
         self.worker_of = dict(zip(pools, self.workers))
@@ -347,7 +342,7 @@ class PoolProcess:
         await self.pubsub_redises.aclose()
 
     async def _flush_tallies(self) -> None:
-        await asyncio.gather(*(tally.flush(redis) for redis, tally in self.tallies.values()))
+        await self.runtime.tally.flush(self.redis)  # health counts, on the main Redis
 
     async def _listen(self, redis: Any, pools: list[str]) -> None:
         """One subscription per Redis of our pools: their wake channels, and our control channel."""
@@ -380,7 +375,7 @@ class PoolProcess:
 
     def _control(self, data: bytes) -> None:
         """``job <pool> <job id> <serialized job>`` (a direct hand-off: binary, and neither the pool nor the
-        job id holds a space) or ``cancel <request id>``."""
+        job id holds a space) or ``cancel <request id> <attempt>``."""
         if data.startswith(b"job "):
             _, pool, job_id, raw = data.split(b" ", 3)
             worker = self.worker_of.get(pool.decode())
@@ -389,9 +384,10 @@ class PoolProcess:
                 return
             worker.start_handed(job_id.decode(), raw)
             return
-        command, _, request_id = data.decode().partition(" ")
-        if command == "cancel":
-            self.runtime.cancel(request_id)
+        command, _, rest = data.decode().partition(" ")
+        request_id, _, attempt = rest.partition(" ")
+        if command == "cancel" and attempt.isdigit():
+            self.runtime.cancel(request_id, int(attempt))
 
     async def _write_alive(self) -> None:
         await self.redis.set(self.names.alive(self.runtime.worker_id), b"1", px=int(ALIVE_TTL * 1000))
@@ -433,7 +429,7 @@ class PoolProcess:
                 log.warning("could not write worker liveness (%s)", type(exc).__name__)
 
     async def _tally_loop(self) -> None:
-        """Write the batched counters (usage, health successes) a few times a second."""
+        """Write the batched counters (provider-health successes) a few times a second."""
         while not self.stopping:
             await asyncio.sleep(TALLY_INTERVAL)
             try:

@@ -8,6 +8,11 @@ one's tokens, spaced wider than the interval, still go out the moment they arriv
 
 PUBLISH returns how many subscribers got the message: zero means the web process is gone, and the job
 stops instead of generating tokens nobody will read.
+
+A request's final event (its answer, the closing frames of a stream, or its error) is published by its
+settlement instead (``finish``): the script that bills it or releases its reservation publishes it in the
+same atomic step, so nothing can see an answer that is not billed yet, and a superseded attempt's final
+event is never published at all (``common/settlement.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from common.mux import mux_of
+from common.names import Names
+from common.settlement import REPEAT, Settled, Settlement, settle
 from common.wire import Event, EventKind, Hello, event_encoder
 
 
@@ -37,8 +44,10 @@ class Publisher:
     """
 
     def __init__(self, redis: ArqRedis, channel: str, request_id: str, attempt: int, seq: int = 0,
-                 hello: Hello | None = None) -> None:
+                 hello: Hello | None = None, *, settler: ArqRedis | None = None, names: Names | None = None) -> None:
         self.redis = redis
+        self.settler = settler or redis  # where settlements run: the main Redis (usage, budgets)
+        self.names = names
         self.channel = channel
         self.request_id = request_id
         self.attempt = attempt
@@ -70,6 +79,28 @@ class Publisher:
         elif held:
             await self._publish("data", held, self._data_fields())
         await self._publish(kind, data, fields)
+
+    async def finish(self, kind: EventKind, data: bytes, settlement: Settlement, **fields: Any) -> Settled:
+        """Publish the final event inside ``settlement`` (after any stream data still pending, as ``send``).
+
+        Refused (a superseded attempt, a request the web tier ended): nothing is published. With the pool on
+        its own Redis the settlement runs first on the main one and the event is published after it."""
+        assert self.names is not None, "a publisher that settles needs the key names"
+        held = self._take_pending()
+        await self.flush()
+        if held and kind == "done":
+            data = held + data
+        elif held:
+            await self._publish("data", held, self._data_fields())
+        async with self._lock:
+            self.seq += 1
+            event = event_encoder.encode(self._event(kind, data, fields))
+            here = self.settler is self.redis
+            result = await settle(self.settler, self.names, settlement, self.channel if here else "", event)
+            if not here and not result.refused and result.status != REPEAT:
+                await mux_of(self.redis).execute("PUBLISH", self.channel, event)
+            self.last_sent = time.monotonic()
+        return result
 
     def data(self, frames: bytes) -> None:
         """Queue stream frames: the first leave at once, later ones within ``FLUSH_INTERVAL``."""
@@ -124,14 +155,18 @@ class Publisher:
         if self._pending:  # arrived during the PUBLISH: next interval
             self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._start_drain)
 
+    def _event(self, kind: EventKind, data: bytes, fields: dict[str, Any]) -> Event:
+        """The next event (its ``seq`` taken already), with ``hello`` if it is the job's first."""
+        if self.hello is not None:
+            self.hello.sent_at = time.time()  # the relay's lag metric: publish → delivery
+            fields["hello"] = self.hello
+            self.hello = None
+        return Event(self.request_id, self.attempt, self.seq, kind, data, **fields)
+
     async def _publish(self, kind: EventKind, data: bytes, fields: dict[str, Any]) -> None:
         async with self._lock:
             self.seq += 1
-            if self.hello is not None:
-                self.hello.sent_at = time.time()  # the relay's lag metric: publish → delivery
-                fields["hello"] = self.hello
-                self.hello = None
-            event = Event(self.request_id, self.attempt, self.seq, kind, data, **fields)
+            event = self._event(kind, data, fields)
             receivers = await mux_of(self.redis).execute("PUBLISH", self.channel, event_encoder.encode(event))
             self.last_sent = time.monotonic()
         if receivers == 0:

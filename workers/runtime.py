@@ -36,11 +36,12 @@ class Runtime:
     pools: tuple[str, ...]
     redises: Redises  # redises.pool(p): pool p's queue and reply events
     worker_id: str = field(default_factory=lambda: secrets.token_hex(6))
-    # request id -> the task running it, so a cancel from the web tier can stop it
-    active: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
-    cancelled: set[str] = field(default_factory=set)  # requests the web tier asked us to drop
-    publishers: dict[str, Publisher] = field(default_factory=dict)
-    # counters written in batches by the pool's ticker (usage accounting, health successes)
+    # (request id, attempt) -> the task running it, so a cancel from the web tier can stop that attempt (a
+    # request re-run on this same process has two: a cancel of the old one must not stop the new one)
+    active: dict[tuple[str, int], asyncio.Task[Any]] = field(default_factory=dict)
+    cancelled: set[tuple[str, int]] = field(default_factory=set)  # attempts the web tier asked us to drop
+    publishers: dict[tuple[str, int], Publisher] = field(default_factory=dict)
+    # counters that may wait, written in batches by the pool's ticker (provider-health successes)
     tally: Tally = field(default_factory=Tally)
     # provider -> its circuit fields in Redis, as last read (refreshed by the pool every couple of seconds)
     circuits: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -61,12 +62,13 @@ class Runtime:
     def adapter(self, provider_id: str) -> Adapter:
         return adapter_for(self.providers[provider_id].kind)
 
-    def cancel(self, request_id: str) -> bool:
-        task = self.active.get(request_id)
+    def cancel(self, request_id: str, attempt: int) -> bool:
+        key = (request_id, attempt)
+        task = self.active.get(key)
         if task is None or task.done():
             return False
-        self.cancelled.add(request_id)
-        publisher = self.publishers.get(request_id)
+        self.cancelled.add(key)
+        publisher = self.publishers.get(key)
         if publisher is not None:
             publisher.cancelled = True  # in case the cancel below is swallowed (Python 3.11 wait_for)
         task.cancel()

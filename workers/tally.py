@@ -1,7 +1,8 @@
 """Redis writes that can wait, buffered in memory and sent in one pipeline every fraction of a second.
 
-Usage accounting and provider-health successes are plain increments: nobody needs them the same
-millisecond, and sending them per request was most of a worker's Redis round trips. The tally takes the
+Provider-health successes are plain increments: nobody needs them the same millisecond, and losing a
+quarter second of them with a killed worker costs nothing. What bills a request never waits here: it is
+written by the request's settlement, with its answer (``common/settlement.py``). The tally takes the
 same calls as a redis-py pipeline (``hincrby``, ``hincrbyfloat``, ``incrbyfloat``, ``expire``, and ``set``
 with a TTL for generation records), sums the increments, and the pool's ticker flushes them. A failed
 flush keeps the sums for the next one, so a Redis blip loses no counts (a flush cut off half-way may

@@ -19,7 +19,7 @@ import msgspec
 from common.errors import GatewayError
 from common.wire import Job, Route
 from workers.chunks import encode_json
-from workers.jobs import handler
+from workers.jobs import Answer, handler
 from workers.providers.base import UpstreamError
 from workers.publisher import Publisher
 from workers.runtime import Runtime
@@ -97,7 +97,7 @@ def _json(raw: bytes) -> dict[str, Any]:
 
 
 @handler("transcription")
-async def serve_transcription(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> dict[str, Any] | None:
+async def serve_transcription(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> Answer:
     adapter = runtime.adapter(route.provider)
     if not hasattr(adapter, "transcription_request") or not job.blob_key:
         raise UpstreamError(400, f"the provider {route.provider} serves no transcriptions", retryable=False,
@@ -117,5 +117,4 @@ async def serve_transcription(runtime: Runtime, job: Job, route: Route, pub: Pub
     fmt = str(fields.get("response_format") or "json")
     body, content_type, usage = shape(response.content, response.headers.get("content-type", ""), fmt,
                                       runtime, route)
-    await pub.send("result", body, usage=usage or None, content_type=content_type)
-    return usage or None
+    return Answer("result", body, usage or None, fields={"content_type": content_type})

@@ -6,6 +6,7 @@ client address as far as the trusted proxies vouch for it, and the response head
 
 from __future__ import annotations
 
+import time
 import weakref
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from api.access.check import (AccessCheck, AccessContext, AccessResult, Caller, build_access_context, count_refusal,
                               identify, prepare_access)
 from common.errors import GatewayError
+from common.settlement import settle_by_ms
 from api.access.client_ip import client_ip
 
 if TYPE_CHECKING:
@@ -64,9 +66,13 @@ async def caller_of(gateway: "Gateway", request: Request) -> Caller:
 
 
 async def prepare(gateway: "Gateway", caller: Caller, *, model_is_free: bool,
-                  worst_case: Callable[[], Decimal] | None = None) -> AccessCheck:
+                  worst_case: Callable[[], Decimal] | None = None, request_id: str = "",
+                  deadline: float | None = None) -> AccessCheck:
     """Everything of the request's admission short of the limit script: refuses (``GatewayError``) an
-    unknown key, a paid model without one, an unknown client address; else the check to ``run``."""
+    unknown key, a paid model without one, an unknown client address; else the check to ``run``.
+
+    A reservation is held under ``request_id`` until the request's ``deadline`` (epoch seconds) plus
+    the settlement's grace (``common/settlement.py``)."""
     check = await prepare_access(
         access_context(gateway),
         caller=caller,
@@ -74,7 +80,8 @@ async def prepare(gateway: "Gateway", caller: Caller, *, model_is_free: bool,
         limits=gateway.settings.limits,
         signup_url=gateway.settings.signup_url,
         worst_case=worst_case,
-        reserve_ttl=int(gateway.settings.request_timeout) + 60,
+        request_id=request_id,
+        hold_until_ms=settle_by_ms(deadline if deadline is not None else time.time() + gateway.settings.request_timeout),
     )
     if isinstance(check, AccessResult):
         raise refused(check)

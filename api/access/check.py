@@ -45,7 +45,7 @@ from common.errors import GatewayError, unavailable
 from common.names import Names
 from common.queue import JobWrite
 from common.settings import Limits
-from common.usage import reserved_key
+from common.usage import held_key, holds_key
 
 PAID_MODEL_MESSAGE = "You need to sign in to use this model."
 
@@ -183,9 +183,13 @@ async def prepare_access(
     limits: Limits,
     signup_url: str | None = None,
     worst_case: Callable[[], Decimal] | None = None,
-    reserve_ttl: int = 3600,
+    request_id: str = "",
+    hold_until_ms: int = 0,
 ) -> AccessCheck | AccessResult:
-    """Steps 1–3 of the table (an ``AccessResult`` with the refusal), or the ``AccessCheck`` of step 4."""
+    """Steps 1–3 of the table (an ``AccessResult`` with the refusal), or the ``AccessCheck`` of step 4.
+
+    A request with a budget holds its worst case under ``request_id`` until ``hold_until_ms`` (epoch ms),
+    unless settled or released before (``common/settlement.py``)."""
     token, record, subject = caller.token, caller.record, caller.subject
     if caller.error is not None and caller.error.error_type != "missing_client_ip":
         return AccessResult(error=caller.error, headers=dict(caller.error.headers))
@@ -207,10 +211,12 @@ async def prepare_access(
             revoked_key=ctx.key_names.revoked,
             used_key=ctx.key_names.used,
             spend_key=ctx.key_names.spend(record.id, utc_month()) if budget is not None else "",
-            reserved_key=reserved_key(ctx.key_names.names, record.id) if reserve else "",
+            held_key=held_key(ctx.key_names.names, record.id) if budget is not None else "",
+            holds_key=holds_key(ctx.key_names.names, record.id) if budget is not None else "",
             budget=budget,
             reserve=reserve,
-            reserve_ttl=reserve_ttl,
+            hold_id=request_id,
+            hold_until_ms=hold_until_ms,
             touch=ctx.keys.touch_due(record.id),
         )
     return AccessCheck(ctx, token, record, counters, options, reserve, signup_url)

@@ -15,12 +15,14 @@ budget?" and records the key's last use when the caller asks, so a request with 
 one round trip. For a model request the same script also queues the job once the request is admitted
 (``_ENQUEUE``, ``common.queue.JobWrite``): admission and enqueue are one round trip together.
 
-Budgets hold under bursts because the check reserves: each admitted request adds its worst-case cost
-(prompt estimate plus maximum output, at the model's prices) to the key's ``reserved`` total, and a
-request is refused when month-to-date spend plus what is reserved plus its own worst case exceeds the
-budget. The worker settles (adds the real cost to the spend and takes the reservation back, in one
-flush) or releases on failure; the total expires a while after the last admission, so a reservation a
-crashed worker never settled cannot block a key for longer than that.
+Budgets hold under bursts because the check reserves: each admitted request holds its worst-case cost
+(prompt estimate plus maximum output, at the model's prices) as one entry of the key's holds, with its own
+deadline, and a request is refused when month-to-date spend plus what is held plus its own worst case
+exceeds the budget. The request's settlement (``common/settlement.py``: the real cost added to the spend
+as its answer is published) or its failure returns the hold; a hold nobody returned (its worker and web
+process both lost) ends at its own deadline, returned by the next admission of the key, so however
+steady the key's traffic, a lost reservation blocks nothing for longer than the request's deadline plus
+``SETTLE_GRACE``.
 
 When Redis cannot be reached we fail closed for every request (503 ``temporarily_unavailable``), not
 only for paid models: the job queue lives in the same Redis, so a free request let through could not be
@@ -45,6 +47,7 @@ from common.errors import GatewayError, unavailable
 from common.mux import Script, mux_of
 from common.names import Names
 from common.queue import IDLE_FRESH, JobWrite
+from common.settlement import RETURN_HOLD, hold_member
 from router.shaping import DEFAULT_OUTPUT, output_plan
 
 if TYPE_CHECKING:
@@ -71,35 +74,36 @@ EARLY_KINDS = frozenset({IP_MINUTE, IP_DAY, KEY_MINUTE})  # remembered used up p
 OK, REVOKED, BUDGET, LIMITED = 0, 1, 2, 3
 QUEUED, HANDED = 1, 2  # the admission+enqueue script's last element (_ENQUEUE; 0: the queue was full)
 
-_LIMITS = """
--- KEYS: revoked set, last-used hash, spend key, reserved key, n counter hashes[, queue, job key, idle set]
--- ARGV: key id ('' = anonymous), touch ('1'/'0'), budget ('' = none), worst-case cost to reserve ('' = none),
---       reservation ttl seconds, n, then limit, window seconds per counter[, the job: see _ENQUEUE]
-local n = tonumber(ARGV[6])
+_LIMITS = RETURN_HOLD + """
+-- KEYS: revoked set, last-used hash, spend key, held total, holds, n counter hashes[, queue, job key, idle set]
+-- ARGV: key id ('' = anonymous), touch ('1'/'0'), budget ('' = none), worst-case cost to hold ('' = none),
+--       the hold's deadline (epoch ms), its member ('<request id>|<USD>'), n, then limit, window seconds
+--       per counter[, the job: see _ENQUEUE]
+local n = tonumber(ARGV[7])
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
 local key_id = ARGV[1]
 local reserve = tonumber(ARGV[4]) or 0
-local stored = 0
 if key_id ~= '' then
   if redis.call('SISMEMBER', KEYS[1], key_id) == 1 then return {1, 0} end
   if ARGV[3] ~= '' then
     local budget = tonumber(ARGV[3])
     local spent = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
     if spent >= budget then return {2, 0} end
-    stored = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
-    if spent + math.max(stored, 0) + reserve > budget then return {2, 1} end
+    return_overdue(KEYS[5], KEYS[4], now_ms)  -- holds past their deadline go back first, whoever held them
+    local held = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
+    if spent + held + reserve > budget then return {2, 1} end
   end
 end
 local out = {0, 0}
 local state = {}
 for i = 1, n do
-  local limit = tonumber(ARGV[5 + 2 * i])
-  local window_ms = tonumber(ARGV[6 + 2 * i]) * 1000
+  local limit = tonumber(ARGV[6 + 2 * i])
+  local window_ms = tonumber(ARGV[7 + 2 * i]) * 1000
   local w = math.floor(now_ms / window_ms)
   local reset_ms = math.floor((w + 1) * window_ms - now_ms)
-  local h = redis.call('HMGET', KEYS[4 + i], 'w', 'n')
+  local h = redis.call('HMGET', KEYS[5 + i], 'w', 'n')
   local count = 0
   local same = tonumber(h[1]) == w
   if same then count = tonumber(h[2]) or 0 end
@@ -115,10 +119,10 @@ for i = 1, #state do
   if out[1] == 0 then
     count = count + 1
     if s[5] then
-      redis.call('HSET', KEYS[4 + i], 'n', count)
+      redis.call('HSET', KEYS[5 + i], 'n', count)
     else  -- a new window: its TTL (end of the window + 1 s) is set once, by its first request
-      redis.call('HSET', KEYS[4 + i], 'w', s[1], 'n', count)
-      redis.call('PEXPIRE', KEYS[4 + i], s[3] + 1000)
+      redis.call('HSET', KEYS[5 + i], 'w', s[1], 'n', count)
+      redis.call('PEXPIRE', KEYS[5 + i], s[3] + 1000)
     end
   end
   local remaining = s[4] - count
@@ -131,12 +135,12 @@ if out[1] == 0 and key_id ~= '' and ARGV[2] == '1' then
   redis.call('HSET', KEYS[2], key_id, now)
 end
 if out[1] == 0 and reserve > 0 then
-  if stored < 0 then
-    redis.call('SET', KEYS[4], ARGV[4])  -- driven below zero by a late settlement: start again from here
-  else
-    redis.call('INCRBYFLOAT', KEYS[4], ARGV[4])  -- Redis' own decimal formatting: 0.3 + 0.3 + 0.3 is 0.9
-  end
-  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
+  -- the request's own hold, ending at its own deadline; the keys' TTL only collects what nobody uses
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[6])
+  redis.call('INCRBYFLOAT', KEYS[4], ARGV[4])  -- Redis' own decimal formatting: 0.3 + 0.3 + 0.3 is 0.9
+  local keep = tonumber(ARGV[5]) - now_ms + 60000
+  redis.call('PEXPIRE', KEYS[5], keep)
+  redis.call('PEXPIRE', KEYS[4], keep)
 end
 """
 
@@ -153,15 +157,15 @@ _ENQUEUE = """
 if out[1] == 0 then
   -- ARGV after the counters: depth limit ('' = none), ttl ms, job, score, id, wake channel,
   --   idle freshness seconds, liveness key prefix, control channel prefix, pool
-  local e = 6 + 2 * n
+  local e = 7 + 2 * n
   local depth = tonumber(ARGV[e + 1])
-  if depth and redis.call('ZCARD', KEYS[5 + n]) >= depth then
+  if depth and redis.call('ZCARD', KEYS[6 + n]) >= depth then
     out[#out + 1] = 0
   else
     -- 1. an idle worker of the pool, oldest registration first, up to three tries
     local handed = nil
     for _ = 1, 3 do
-      local popped = redis.call('ZPOPMIN', KEYS[7 + n])
+      local popped = redis.call('ZPOPMIN', KEYS[8 + n])
       if #popped == 0 then break end
       local worker = popped[1]
       -- 2. only a recent registration of a process that is alive (a dead one's entry is dropped here)
@@ -180,8 +184,8 @@ if out[1] == 0 then
       out[#out + 1] = handed
     else
       -- 4. nobody idle: the shared queue, as write_job writes it
-      redis.call('PSETEX', KEYS[6 + n], ARGV[e + 2], ARGV[e + 3])
-      redis.call('ZADD', KEYS[5 + n], ARGV[e + 4], ARGV[e + 5])
+      redis.call('PSETEX', KEYS[7 + n], ARGV[e + 2], ARGV[e + 3])
+      redis.call('ZADD', KEYS[6 + n], ARGV[e + 4], ARGV[e + 5])
       redis.call('PUBLISH', ARGV[e + 6], '')
       out[#out + 1] = 1
     end
@@ -303,10 +307,12 @@ class Limiter:
         revoked_key: str = "",
         used_key: str = "",
         spend_key: str = "",
-        reserved_key: str = "",
+        held_key: str = "",
+        holds_key: str = "",
         budget: float | None = None,
         reserve: Decimal | None = None,
-        reserve_ttl: int = 3600,
+        hold_id: str = "",
+        hold_until_ms: int = 0,
         touch: bool = False,
         enqueue: JobWrite | None = None,
         depth_limit: int | None = None,
@@ -314,18 +320,19 @@ class Limiter:
         """Check and count every counter at once; also the key's revocation and budget when given.
 
         ``counters`` are checked in order and the first full one is reported. ``reserve`` (USD) is held
-        against the budget when the request is admitted. With ``enqueue``, an admitted request's job is
+        against the budget when the request is admitted, as the hold ``hold_id`` (the request id) that
+        ends at ``hold_until_ms`` (epoch ms; ``common/settlement.py``). With ``enqueue``, an admitted request's job is
         queued by the same script (its queue must be on this Redis), unless the queue holds ``depth_limit``
         jobs already, or handed to an idle worker process of its pool (``LimitDecision.handed_to``). Redis
         errors become a 503 (fail closed; see the module docstring).
         """
         placeholder = self.names.names.key("rl:none")
         keys = [revoked_key or placeholder, used_key or placeholder, spend_key or placeholder,
-                reserved_key or placeholder]
+                held_key or placeholder, holds_key or placeholder]
         keys += [c.key for c in counters]
-        held = "" if not reserve or not reserved_key else format(reserve, "f")
+        held = "" if not reserve or not held_key or not hold_id else format(reserve, "f")
         args: list[str | int | bytes] = [key_id or "", "1" if touch else "0", "" if budget is None else repr(budget),
-                                         held, reserve_ttl, len(counters)]
+                                         held, hold_until_ms, hold_member(hold_id, held), len(counters)]
         for c in counters:
             args += [c.limit, c.window]
         script = LIMITS_SCRIPT

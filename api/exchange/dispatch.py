@@ -46,6 +46,8 @@ class Dispatch:
         self.client_request_id = client_request_id(request)
         self.exchange = Exchange(gateway, route_name, request_id, self.client_request_id)
         self.headers = {"x-request-id": self.client_request_id or request_id}
+        # from arrival: the job's deadline, and with it when its reservation's hold ends (common/settlement.py)
+        self.deadline = time.time() + gateway.settings.request_timeout
         self.admission = Admission()
         self.caller: Caller | None = None  # identify()
         self.limits_ran = False  # the request's limit script ran (it counted the request, or refused it)
@@ -93,7 +95,10 @@ class Dispatch:
             worst = worst_case_cost(gateway.catalog, plan, prompt, asked, gateway.settings.default_max_tokens)
             return worst + extra_cost if extra_cost else worst
 
-        check = await prepare(gateway, await self.identify(), model_is_free=free, worst_case=worst_case)
+        check = await prepare(gateway, await self.identify(), model_is_free=free, worst_case=worst_case,
+                              request_id=self.request_id, deadline=self.deadline)
+        if not self.gateway.relay.ready.is_set():  # before the check runs: a refused request holds nothing
+            raise unavailable("The gateway cannot reach its queue (Redis) right now.", retry_after=2)
         if with_enqueue:
             self.pending = check
             self.admission = Admission(key_id=check.record.id if check.record else None,
@@ -104,8 +109,6 @@ class Dispatch:
             self.limits_ran = True
             self.admission = admitted(result)
             self.headers.update(self.admission.headers)
-        if not self.gateway.relay.ready.is_set():
-            raise unavailable("The gateway cannot reach its queue (Redis) right now.", retry_after=2)
 
     def job(self, kind: str, plan: list[Route], *, meta: dict[str, Any] | None = None, **fields: Any) -> Job:
         meta = dict(meta or {})
@@ -121,7 +124,7 @@ class Dispatch:
             reply_channel=self.gateway.relay.channel,
             attempt=0,
             plan=plan,
-            deadline=time.time() + self.gateway.settings.request_timeout,
+            deadline=self.deadline,
             meta=meta,
             **fields,
         )

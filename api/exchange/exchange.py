@@ -17,6 +17,13 @@ Between submit and finish it reads the request's events and keeps every wait bou
   dropped by the inbox); otherwise it ends with a clear error.
 - ``handoff``: a worker passed the job to the next provider's pool; back to *queued* there.
 
+Money (``common/settlement.py``): a worker settles a request with its final event, in one script. Before
+the exchange re-runs a request it *supersedes* the running attempt (moves the request's fence past it and
+tells its worker to stop), and before it fails a request, or when its client leaves, it *closes* it (the
+fence shut, the reservation's hold returned): either way the old attempt can no longer answer or bill.
+Either move loses to a settlement that came first; then the answer is already on its way, and the
+exchange waits for it (``ANSWER_WAIT``) instead of re-running or failing the request.
+
 A first write that the admission script handed straight to an idle worker process (``api/access/limits.py``)
 starts in *running* with that worker known, as a job claimed but not yet announced: its ``start`` is due
 within ``CLAIMED_WAIT``, its death is noticed by its liveness key, and a cancel goes to its control channel
@@ -37,7 +44,7 @@ from api.access.admission import admitted
 from common.candidates import enqueue_candidate, job_id
 from common.errors import GatewayError, unavailable
 from common.queue import JobWrite, withdraw, write_job
-from common.usage import release_now
+from common.settlement import close, supersede
 from common.wire import FINAL_KINDS, Event, Job
 
 if TYPE_CHECKING:
@@ -55,6 +62,7 @@ CLIENT_GONE = 499  # logged only: the connection is already closed
 State = Literal["new", "queued", "running", "settled", "finished"]
 WORKER_CHECK_EVERY = 0.25  # seconds between looks at LiveWorkers' verdict while waiting (memory only)
 CLAIMED_WAIT = 3.0  # a job claimed but not yet announced: its worker's "start" is due within this
+ANSWER_WAIT = 5.0  # a request found settled as we ended or re-ran it: its answer (published with it) is due
 
 
 class Exchange:
@@ -81,7 +89,8 @@ class Exchange:
         self.queue_ms: float | None = None  # enqueue → pickup, as the worker measured it
         self.status = CLIENT_GONE  # the outcome so far, recorded by the response writer
         self.usage: dict[str, Any] | None = None
-        self.reservation_returned = False
+        self.closed: bool | None = None  # our close of the request (common/settlement.py), once: did it win?
+        self.answer_due = False  # a settlement beat our close or re-run: its answer is on the way
         self.admission: "AccessCheck | None" = None  # run by the first enqueue (submit)
         self.handed_to: str | None = None  # the worker the last enqueue handed its job to directly
 
@@ -113,7 +122,7 @@ class Exchange:
         )
         if job is None:
             self.state = "settled"  # nothing is queued: nothing to cancel
-            await self._return_reservation()
+            await self._close()
             raise unavailable(
                 "No worker is serving " + (", ".join(dict.fromkeys(skipped)) or "this model") + " right now "
                 "(no live worker, or its queue is full). Try again shortly.",
@@ -153,8 +162,9 @@ class Exchange:
         until = time.monotonic() + wait
         while True:
             now = time.monotonic()
-            if time.time() >= self.job.deadline:
-                raise GatewayError("upstream_timeout", "The request took longer than the gateway allows.")
+            if time.time() >= self.job.deadline and not self.answer_due:
+                await self._fail(GatewayError("upstream_timeout", "The request took longer than the gateway allows."))
+                continue
             timeout = min(until, self.phase_deadline, now + WORKER_CHECK_EVERY) - now
             event = await self.inbox.get(max(0.0, timeout)) if timeout > 0 else None
             if event is None:
@@ -180,7 +190,9 @@ class Exchange:
                 self.pool, self.job_id = event.handoff.pool, event.handoff.job_id
                 self.job = msgspec.structs.replace(self.job, hop=event.handoff.hop)
                 self.phase_deadline = time.monotonic() + self.gateway.settings.pickup_timeout
-            elif kind == "relay_lost":
+            elif kind == "relay_lost":  # an answer published meanwhile is lost with it: the request ends here
+                await self._close()
+                self.state = "settled"
                 raise unavailable("The gateway lost its connection to its queue. Try again shortly.")
             else:
                 self._extend()
@@ -198,6 +210,10 @@ class Exchange:
     async def _phase_expired(self) -> None:
         assert self.job is not None and self.inbox is not None
         settings = self.gateway.settings
+        if self.answer_due:  # settled, but its answer never came: only a lost pub/sub message does that
+            log.warning("request %s: settled, but its answer did not arrive", self.request_id)
+            self.state = "settled"
+            raise unavailable("The answer to this request was lost on its way. Try again.")
         if self.state == "queued":
             if await withdraw(self.gateway.redises.pool(self.pool), self.gateway.names, self.pool, self.job_id):
                 log.warning("request %s: no pickup on %s within %.1fs", self.request_id, self.pool,
@@ -216,16 +232,39 @@ class Exchange:
 
     async def _worker_gone(self) -> None:
         """Re-run a request whose worker died or quit, if nothing reached its client yet; else fail it."""
-        assert self.job is not None
+        assert self.job is not None and self.inbox is not None
         if not self.client_sent and self.restarts < MAX_RESTARTS:
+            try:
+                moved = await supersede(self.gateway.redis, self.gateway.names, self.request_id,
+                                        self.inbox.attempt + 1, self.job.deadline)
+            except Exception:  # Redis trouble: without the fence moved, a re-run could be billed twice
+                self.state = "settled"
+                raise unavailable("The gateway cannot reach its queue (Redis) right now.") from None
+            if not moved:
+                self._await_answer()
+                return
             self.restarts += 1
             log.warning("request %s: worker %s is gone; re-running", self.request_id, self.worker)
+            await self._stop_worker()
             self._new_attempt()
             await self._enqueue_from(self.job.hop)
             return
+        await self._fail(unavailable("The worker serving this request stopped responding. Try again."))
+
+    async def _fail(self, error: GatewayError) -> None:
+        """End the request with ``error``, unless it settled meanwhile (then wait for its answer instead)."""
+        if not await self._close():
+            self._await_answer()
+            return
         self.state = "settled"
-        await self._return_reservation()
-        raise unavailable("The worker serving this request stopped responding. Try again.")
+        await self._stop_worker()
+        raise error
+
+    def _await_answer(self) -> None:
+        """A settlement beat our close or re-run: the answer, published by the same script, is on its way."""
+        self.answer_due = True
+        self.state, self.worker = "running", None  # its worker's fate no longer matters
+        self._extend(ANSWER_WAIT)
 
     # -- the end ------------------------------------------------------------------------------------------
 
@@ -256,28 +295,40 @@ class Exchange:
             await asyncio.shield(self._cancel())
 
     async def _cancel(self) -> None:
-        """Withdraw a queued job, or ask the running worker to drop it."""
+        """Withdraw a queued job, or close the request and ask the running worker to drop it."""
         try:
             queue = self.gateway.redises.pool(self.pool) if self.pool else None
             if queue is not None and await withdraw(queue, self.gateway.names, self.pool, self.job_id):
-                await self._return_reservation()
+                await self._close()
                 return
-            if self.worker:
-                await self.gateway.redises.pool(self.pool).publish(
-                    self.gateway.names.control_channel(self.worker), f"cancel {self.request_id}"
-                )
+            if await self._close():  # else it settled: nothing left to stop
+                await self._stop_worker()
         except Exception as exc:  # Redis trouble: the worker stops anyway when it finds nobody listening
             log.info("request %s: cancel failed (%s)", self.request_id, type(exc).__name__)
 
-    async def _return_reservation(self) -> None:
-        """Give back the budget reservation of a job no worker holds (withdrawn, never queued, or its
-        worker died): a worker that runs the job settles or releases it itself. Once per request; the
-        reservation's expiry covers Redis trouble."""
-        job = self.job
-        if self.reservation_returned or job is None or not job.reserved or self.admission is not None:
-            return  # (an admission not run yet has reserved nothing)
-        self.reservation_returned = True
+    async def _stop_worker(self) -> None:
+        """Ask the running attempt's worker to drop it (its settlement would be refused anyway)."""
+        if not self.worker or self.job is None:
+            return
         try:
-            await release_now(self.gateway.redis, self.gateway.names, job.meta.get("key_id", ""), job.reserved)
+            await self.gateway.redises.pool(self.pool).publish(
+                self.gateway.names.control_channel(self.worker), f"cancel {self.request_id} {self.job.attempt}")
         except Exception as exc:
-            log.info("request %s: reservation not returned (%s)", self.request_id, type(exc).__name__)
+            log.info("request %s: cancel not sent (%s)", self.request_id, type(exc).__name__)
+
+    async def _close(self) -> bool:
+        """Close the request: no attempt may settle it from now on, and its reservation's hold goes back.
+        Once per request. False: an attempt settled it first (its answer is on the way). Redis trouble
+        counts as closed: the hold's own deadline returns it."""
+        job = self.job
+        if self.closed is None:
+            if job is None or self.admission is not None:  # (an admission not run yet has admitted nothing)
+                self.closed = True
+                return True
+            try:
+                self.closed = await close(self.gateway.redis, self.gateway.names, self.request_id,
+                                          job.meta.get("key_id", ""), job.reserved, job.deadline)
+            except Exception as exc:
+                log.info("request %s: not closed (%s)", self.request_id, type(exc).__name__)
+                self.closed = True
+        return self.closed

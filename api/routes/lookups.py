@@ -1,7 +1,8 @@
 """OpenRouter's lookups for the calling key: ``GET /api/v1/generation?id=`` and ``GET /api/v1/key``.
 
-A generation record is written by the worker with the request's usage (workers/accounting.py, layout in
-common/usage.py) and is readable only by the key that made the request: any other caller gets the same
+A generation record is written with the request's usage, by the settlement that publishes its answer
+(common/settlement.py; layout in common/usage.py), so it exists before the client has the answer's end.
+It is readable only by the key that made the request: any other caller gets the same
 404 as for an id that never existed, so ids cannot be probed.
 """
 
@@ -71,8 +72,8 @@ async def get_generation(request: Request) -> Response:
         except msgspec.DecodeError:
             record = None
     if record is None or record.key_id != record_key.id:
-        raise GatewayError("not_found", f"There is no generation {raw_id!r} for this key (records appear a "
-                           "moment after the answer and are kept for 31 days).", param="id")
+        raise GatewayError("not_found", f"There is no generation {raw_id!r} for this key (records of "
+                           "answered requests are kept for 31 days).", param="id")
     return _json({"data": generation_json(record)})
 
 

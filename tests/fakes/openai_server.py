@@ -61,6 +61,7 @@ class OpenAIFakeState:
     cached_tokens: int = 0  # reported in usage.prompt_tokens_details.cached_tokens
     fail_after_tokens: int = 2
     hang_seconds: float = 60.0
+    hold_answers: bool = False  # non-streaming answers wait while True (a test releases them all at once)
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     requests: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)  # the 400 messages this fake answered, in order
@@ -423,6 +424,8 @@ class ChatEndpoint(Endpoint):
             return
         if self.state.latency:
             await asyncio.sleep(self.state.latency)
+        while self.state.hold_answers:
+            await asyncio.sleep(0.01)
         n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
         if failure == "cut":
             payload = _encode(chat_completion(plan, n))

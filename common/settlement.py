@@ -1,0 +1,286 @@
+"""Settlement: the one atomic write that bills a request, and the fence that keeps it to one.
+
+Why one script: the record that bills a request (usage counters, the month's spend, the budget
+reservation's return, the generation record) must be in Redis *before* the client can see the answer's
+end, and exactly once, whatever process dies when. So the worker's final event is published from inside
+the script that writes them (``SETTLE``): the answer and its bill become visible together, or neither
+does. A request the client does not get an answer for is never billed; its reservation goes back.
+
+Contract (the worker calls ``settle``; the web tier calls ``supersede`` and ``close``):
+
+- **The fence** ``fence:<request id>`` says which attempt of a request may still settle. Absent: attempt
+  0 (or any later one: a withdrawn job never ran, so a re-queued attempt needs no fence move). A number
+  ``n``: attempts below ``n`` are superseded (``supersede``: the web tier re-runs the request after its
+  worker went silent). ``c``: the web tier ended the request itself (``close``: it failed it, or its client
+  left). ``s<n>``: attempt ``n`` settled it; nothing else will. Every check and move of the fence happens
+  inside the script that acts on it, so "settle" and "supersede"/"close" cannot both win.
+- **Settling** (``SETTLE``, by the worker): refused when the fence names a later attempt, ``c``, another
+  attempt's ``s``, or when Redis' clock is past the request's ``settle_by`` (its deadline plus
+  ``SETTLE_GRACE``): then nothing is billed or published, and what the upstream did is counted under
+  ``unbilled:<day>`` as ``superseded``/``closed``/``late`` (the operator paid for it). Otherwise the
+  fence becomes ``s<attempt>``, the reservation's hold is returned, and either the request is billed
+  (``bill``: usage, spend, generation record) or counted as ``failed`` unbilled work (``failed``: the
+  client gets an error), and the final event is published. A ``bill`` whose PUBLISH reached no subscriber
+  (the web process is gone: nobody can get this answer) is counted as ``unreceived`` instead of billed.
+  Running it again for the same attempt does nothing and says so (``REPEAT``): a retry after a lost
+  reply never bills twice.
+- **Superseding** (``SUPERSEDE``, web tier, before a re-run): moves the fence to the new attempt, unless
+  the request settled already, in which case its answer is on its way and is not re-run.
+- **Closing** (``CLOSE``, web tier, when it fails a request or its client leaves): the fence becomes ``c``
+  and the hold is returned, unless the request settled already.
+
+Reservations are **holds**: each admitted request's worst case is one member ``<request id>|<USD>`` of
+``holds:<key id>``, scored by its own deadline (``settle_by``), and ``held:<key id>`` is their sum.
+A hold is returned once, by whoever ZREMs it (settlement, close, or the admission script once its
+deadline passed: ``RETURN_HOLD``/``RETURN_OVERDUE``, shared with ``api/access/limits.py``), so a hold a
+lost worker kept ends at its own deadline however busy the key is, and the total never goes below zero
+(it is deleted when the last hold goes, so it cannot drift from the holds it sums).
+
+Extending it (prepaid credits): a balance spent by the same reservation is one more total beside
+``held``, moved in the ``bill`` branch of ``SETTLE`` next to the spend, and its ledger entry written
+there too — inside the fence check, so it inherits "once, atomically, before the answer".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+
+from common.mux import Script, mux_of
+from common.names import Names, new_request_id
+from common.usage import (ANONYMOUS, GENERATION_TTL_SECONDS, USAGE_TTL_SECONDS, account_usage_key, held_key,
+                          holds_key, spend_key, unbilled_key, usage_key, utc_day, utc_month)
+
+SETTLE_GRACE = 60.0  # seconds past a request's deadline that its settlement (and its hold) may come
+SETTLED_KEEP_MS = 30_000  # how long a first attempt's "settled" fence refuses a repeat (retries come in ms)
+UNBILLED_TTL_SECONDS = 400 * 86400
+
+SETTLED, REPEAT, REFUSED = 1, 2, 0
+
+# Return one hold (KEYS-free helpers, so the admission script can share them). ZREM decides: a hold is
+# returned once, whoever gets there first; the total follows it, or goes when no hold is left.
+RETURN_HOLD = """
+local function return_hold(holds, total, member)
+  if member == '' or redis.call('ZREM', holds, member) == 0 then return end
+  if redis.call('ZCARD', holds) == 0 then
+    redis.call('DEL', total)
+  else
+    redis.call('INCRBYFLOAT', total, '-' .. string.match(member, '|(.*)$'))
+  end
+end
+local function return_overdue(holds, total, now_ms)
+  local overdue = redis.call('ZRANGEBYSCORE', holds, '-inf', now_ms, 'LIMIT', 0, 100)
+  for i = 1, #overdue do return_hold(holds, total, overdue[i]) end
+end
+"""
+
+_SETTLE = RETURN_HOLD + """
+-- KEYS: fence, usage day hash, month spend, holds, held total, generation, unbilled day hash,
+--       the account's usage day hash (a signed-in user's key; else unused)
+-- ARGV: attempt, outcome ('bill'|'failed'), hold member ('' = none), settle-by (epoch ms), model,
+--       prompt tokens, completion tokens, cost (USD decimal), generation record ('' = none),
+--       reply channel ('' = the caller publishes), final event, '1' when the account's day counts too
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local attempt = tonumber(ARGV[1])
+local settle_by = tonumber(ARGV[4])
+-- claim the fence for this attempt, reading what it held (one command); put back below if refused.
+-- A first attempt's claim only has to stop a repeat; a later one's outlives every attempt before it.
+local keep = @SETTLED_KEEP_MS@
+if attempt > 0 then keep = math.max(keep, settle_by - now_ms + 1000) end
+local fence = redis.call('SET', KEYS[1], 's' .. ARGV[1], 'PX', keep, 'GET')
+if fence == 's' .. ARGV[1] then return {2, 0} end  -- this attempt settled already: a repeat
+local refused = nil
+if fence then
+  local head = string.sub(fence, 1, 1)
+  if head == 's' then refused = 'superseded'
+  elseif head == 'c' then refused = 'closed'
+  elseif tonumber(fence) > attempt then refused = 'superseded' end
+end
+if not refused and now_ms > settle_by then refused = 'late' end
+
+local function unbilled(reason)
+  local prefix = reason .. '|' .. ARGV[5] .. '|'
+  redis.call('HINCRBY', KEYS[7], prefix .. 'requests', 1)
+  if ARGV[6] ~= '0' then redis.call('HINCRBY', KEYS[7], prefix .. 'prompt_tokens', ARGV[6]) end
+  if ARGV[7] ~= '0' then redis.call('HINCRBY', KEYS[7], prefix .. 'completion_tokens', ARGV[7]) end
+  if ARGV[8] ~= '0' then redis.call('HINCRBYFLOAT', KEYS[7], prefix .. 'cost', ARGV[8]) end
+  redis.call('EXPIRE', KEYS[7], @UNBILLED_TTL@)
+end
+
+if refused then
+  if fence then
+    redis.call('SET', KEYS[1], fence, 'PX', math.max(keep, settle_by - now_ms + 1000))
+  else
+    redis.call('DEL', KEYS[1])
+  end
+  unbilled(refused)
+  return {0, refused}
+end
+-- the request's current attempt: this is its one settlement (the fence says so from now on)
+return_hold(KEYS[4], KEYS[5], ARGV[3])
+local receivers = 1
+if ARGV[10] ~= '' then receivers = redis.call('PUBLISH', ARGV[10], ARGV[11]) end
+local outcome = ARGV[2]
+if outcome == 'bill' and receivers == 0 then outcome = 'unreceived' end
+if outcome ~= 'bill' then
+  unbilled(outcome)
+  return {1, receivers}
+end
+local model = ARGV[5]
+redis.call('INCRBYFLOAT', KEYS[3], ARGV[8])
+local function count(day)
+  if redis.call('HINCRBY', day, model .. '|requests', 1) == 1 then  -- the day's first: it gets its TTL
+    redis.call('EXPIRE', day, @USAGE_TTL@)
+    redis.call('EXPIRE', KEYS[3], @USAGE_TTL@)
+  end
+  if ARGV[6] ~= '0' then redis.call('HINCRBY', day, model .. '|prompt_tokens', ARGV[6]) end
+  if ARGV[7] ~= '0' then redis.call('HINCRBY', day, model .. '|completion_tokens', ARGV[7]) end
+  if ARGV[8] ~= '0' then redis.call('HINCRBYFLOAT', day, model .. '|cost', ARGV[8]) end
+end
+count(KEYS[2])
+if ARGV[12] == '1' then count(KEYS[8]) end
+if ARGV[9] ~= '' then redis.call('SET', KEYS[6], ARGV[9], 'EX', @GENERATION_TTL@) end
+return {1, receivers}
+"""
+
+_CONSTANTS = {"@SETTLED_KEEP_MS@": SETTLED_KEEP_MS, "@UNBILLED_TTL@": UNBILLED_TTL_SECONDS,
+              "@USAGE_TTL@": USAGE_TTL_SECONDS, "@GENERATION_TTL@": GENERATION_TTL_SECONDS}
+for _name, _value in _CONSTANTS.items():
+    _SETTLE = _SETTLE.replace(_name, str(_value))
+SETTLE = Script(_SETTLE)
+
+# KEYS: fence. ARGV: the new attempt, fence TTL ms. 1: moved; 0: the request settled (or was closed).
+SUPERSEDE = Script("""
+local fence = redis.call('GET', KEYS[1])
+if fence then
+  local head = string.sub(fence, 1, 1)
+  if head == 's' or head == 'c' then return 0 end
+  if tonumber(fence) >= tonumber(ARGV[1]) then return 1 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+""")
+
+# KEYS: fence, holds, held total. ARGV: hold member ('' = none), fence TTL ms.
+# 1: closed (the hold is back); 0: the request settled already.
+CLOSE = Script(RETURN_HOLD + """
+local fence = redis.call('GET', KEYS[1])
+if fence and string.sub(fence, 1, 1) == 's' then return 0 end
+redis.call('SET', KEYS[1], 'c', 'PX', ARGV[2])
+return_hold(KEYS[2], KEYS[3], ARGV[1])
+return 1
+""")
+
+
+def settle_by_ms(deadline: float) -> int:
+    """The last moment (epoch ms) a request with this deadline may settle, and when its hold ends."""
+    return int((deadline + SETTLE_GRACE) * 1000)
+
+
+def hold_member(request_id: str, reserved: str) -> str:
+    """A request's member of its key's holds (empty: it holds nothing)."""
+    return f"{request_id}|{reserved}" if reserved else ""
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What settles one attempt of a request: ``bill`` it with its usage, or count it as ``failed``."""
+
+    request_id: str
+    attempt: int
+    key_id: str  # ``anonymous`` for keyless requests
+    model: str  # the endpoint that served, ``provider/model``
+    deadline: float  # the job's (epoch seconds): ``settle_by_ms``
+    outcome: str = "bill"  # or "failed": the client gets an error, the key is not charged
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: str = "0"  # USD, a decimal string INCRBYFLOAT takes as is
+    reserved: str = ""  # the hold the request made at admission (USD decimal string), returned here
+    generation: bytes = b""  # the msgpack record behind GET /api/v1/generation ('' = none)
+    account: str = ""  # a signed-in user's key: its account's day totals count the request too
+
+    def command(self, names: Names, channel: str, event: bytes, now: float | None = None) -> tuple[list[str], list[Any]]:
+        """``SETTLE``'s keys and arguments."""
+        key_id = self.key_id or ANONYMOUS
+        held = self.reserved if key_id != ANONYMOUS else ""
+        keys = [
+            names.fence(self.request_id),
+            usage_key(names, key_id, utc_day(now)),
+            spend_key(names, key_id, utc_month(now)),
+            holds_key(names, key_id),
+            held_key(names, key_id),
+            names.generation(self.request_id),
+            unbilled_key(names, utc_day(now)),
+            account_usage_key(names, self.account, utc_day(now)) if self.account else names.key("acct:none"),
+        ]
+        args: list[Any] = [self.attempt, self.outcome, hold_member(self.request_id, held),
+                           settle_by_ms(self.deadline), self.model, self.prompt_tokens, self.completion_tokens,
+                           self.cost, self.generation, channel, event, "1" if self.account else "0"]
+        return keys, args
+
+
+@dataclass(frozen=True)
+class Settled:
+    """``settle``'s answer: ``status`` is SETTLED, REPEAT or REFUSED (then ``reason`` says why)."""
+
+    status: int
+    receivers: int = 0
+    reason: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.status == REFUSED
+
+
+async def settle(redis: Any, names: Names, settlement: Settlement, channel: str = "", event: bytes = b"",
+                 *, retries: int = 2, now: float | None = None) -> Settled:
+    """Run ``SETTLE`` in one round trip, publishing ``event`` on ``channel`` inside it (empty: the caller
+    publishes afterwards, on another Redis). A connection lost on the way is retried: the fence makes a
+    repeat harmless. ``now`` names the day and month the usage counts for (default: today)."""
+    keys, args = settlement.command(names, channel, event, now)
+    for attempt in range(retries + 1):
+        try:
+            reply = await mux_of(redis).evalsha(SETTLE, keys, args)
+            break
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            if attempt == retries:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    status = int(reply[0])
+    if status == REFUSED:
+        reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        return Settled(REFUSED, 0, reason)
+    return Settled(status, int(reply[1]))
+
+
+def _fence_ttl_ms(deadline: float) -> int:
+    return max(1000, settle_by_ms(deadline) - int(time.time() * 1000) + 1000)
+
+
+async def supersede(redis: Any, names: Names, request_id: str, attempt: int, deadline: float) -> bool:
+    """Let only ``attempt`` (and later) settle from now on. False: the request settled already."""
+    return bool(await mux_of(redis).evalsha(SUPERSEDE, [names.fence(request_id)],
+                                            [attempt, _fence_ttl_ms(deadline)]))
+
+
+async def close(redis: Any, names: Names, request_id: str, key_id: str, reserved: str, deadline: float) -> bool:
+    """End a request no attempt may settle any more, returning its hold. False: it settled already."""
+    key_id = key_id or ANONYMOUS
+    held = reserved if key_id != ANONYMOUS else ""
+    keys = [names.fence(request_id), holds_key(names, key_id), held_key(names, key_id)]
+    return bool(await mux_of(redis).evalsha(CLOSE, keys, [hold_member(request_id, held), _fence_ttl_ms(deadline)]))
+
+
+async def record_usage(redis: Any, names: Names, key_id: str, model: str, prompt_tokens: int,
+                       completion_tokens: int, cost: str, now: float | None = None,
+                       account: str | None = None) -> None:
+    """One served request billed directly, through the same script (for seeding: tests, screenshots)."""
+    settlement = Settlement(request_id=new_request_id(), attempt=0, key_id=key_id, model=model,
+                            deadline=time.time() + 3600, prompt_tokens=prompt_tokens,
+                            completion_tokens=completion_tokens, cost=cost, account=account or "")
+    await settle(redis, names, settlement, now=now)
