@@ -95,6 +95,7 @@ def test_generate_content(client: "genai.Client", fakes: Fakes, model: str) -> N
     usage = response.usage_metadata
     assert usage.prompt_token_count > 0 and usage.candidates_token_count > 0
     assert usage.total_token_count >= usage.prompt_token_count + usage.candidates_token_count
+    assert float(response.sdk_http_response.headers["x-megabrain-cost"]) > 0  # billed, on both paths
     if model == GEMINI:  # natively: the client's body, at the upstream's model id
         sent = fakes.gemini.requests[-1]
         assert sent["model"] == "gemini-2.5-flash" and sent["method"] == "generateContent"
