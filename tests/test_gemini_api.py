@@ -161,9 +161,11 @@ def _stop_tool_calls(fakes: Fakes) -> None:
     fakes.anthropic.tool_call = None
 
 
+@pytest.mark.parametrize("include_thoughts", [True, False], ids=["thoughts", "no-thoughts"])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("model", [GEMINI3, GPT, CLAUDE])
-def test_function_calling_loop(client: "genai.Client", fakes: Fakes, model: str, stream: bool) -> None:
+def test_function_calling_loop(client: "genai.Client", fakes: Fakes, model: str, stream: bool,
+                               include_thoughts: bool) -> None:
     """By hand, as Google's docs show it: send tools, run the call, append the model's content as it came
     (signatures included) and the function response, ask again. The Gemini 3 fake refuses a call turn
     whose signature is missing or altered; the Claude fake one whose signed thinking block is missing."""
@@ -171,7 +173,7 @@ def test_function_calling_loop(client: "genai.Client", fakes: Fakes, model: str,
     _script_tool_call(fakes, model, task)
     config = types.GenerateContentConfig(
         tools=[types.Tool(function_declarations=[WRITE_FILE])],
-        thinking_config=types.ThinkingConfig(include_thoughts=True, thinking_budget=2048))
+        thinking_config=types.ThinkingConfig(include_thoughts=include_thoughts, thinking_budget=2048))
     contents: list[types.Content] = [types.Content(role="user", parts=[types.Part(text=task.prompt())])]
 
     def generate() -> types.Content:
@@ -187,6 +189,8 @@ def test_function_calling_loop(client: "genai.Client", fakes: Fakes, model: str,
     assert len(calls) == 1, first
     if model != GPT:
         assert any(p.thought_signature for p in first.parts), "a thinking model's call carries a signature"
+    if model == CLAUDE:  # Gemini's rule: thought text only when asked for (the signature always)
+        assert any(p.thought for p in first.parts) is include_thoughts
     result = _run_tool(calls[0])
     assert Path(task.path).read_text() == "hi there"
     _stop_tool_calls(fakes)
