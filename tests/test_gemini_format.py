@@ -113,11 +113,11 @@ def test_media_parts() -> None:
 @pytest.mark.parametrize("config, reasoning, include", [
     ({"includeThoughts": True}, None, True),  # Gemini CLI, to every model: shows thoughts, asks for none
     ({"includeThoughts": True, "thinkingBudget": 8192}, {"max_tokens": 8192}, True),
-    ({"thinkingBudget": 1024}, {"max_tokens": 1024, "exclude": True}, False),
+    ({"thinkingBudget": 1024}, {"max_tokens": 1024}, False),  # thinks; the answer shows no thought text
     ({"thinkingBudget": 0}, {"enabled": False}, False),
     ({"thinkingBudget": -1, "includeThoughts": True}, {"enabled": True}, True),
     ({"thinkingLevel": "HIGH", "includeThoughts": True}, {"effort": "high"}, True),
-    ({"thinking_level": "low"}, {"effort": "low", "exclude": True}, False),
+    ({"thinking_level": "low"}, {"effort": "low"}, False),
 ])
 def test_thinking_config(config: dict[str, Any], reasoning: dict[str, Any] | None, include: bool) -> None:
     decoded = canonical_request({"contents": [USER], "generationConfig": {"thinkingConfig": config}}, "m", stream=False)

@@ -349,10 +349,11 @@ def check_part(value: Any, where: str) -> dict[str, Any]:
     return part
 
 
-def check_content(value: Any, where: str, *, roles: tuple[str, ...] = ("user", "model")) -> tuple[str, list[dict[str, Any]]]:
+def check_content(value: Any, where: str, *, roles: tuple[str, ...] | None) -> tuple[str, list[dict[str, Any]]]:
+    """A content's role (any, when ``roles`` is None: a system instruction's is ignored) and its parts."""
     content = fields(value, CONTENT_FIELDS, where)
     role = content.get("role") or "user"  # "Useful to set for multi-turn conversations, otherwise can be left unset"
-    if role not in roles:
+    if roles is not None and role not in roles:
         raise invalid(f"Please use a valid role: {', '.join(roles)}. ({where}.role)", param=f"{where}.role")
     parts = content.get("parts")
     if isinstance(parts, dict):  # proto JSON reads a lone object as a one-element list (Google's curl samples)
@@ -371,7 +372,7 @@ def messages(request: dict[str, Any]) -> list[dict[str, Any]]:
         if isinstance(system, str):  # some clients send the text alone
             text = system
         else:
-            _, parts = check_content(system, "systemInstruction", roles=("user", "model", "system"))
+            _, parts = check_content(system, "systemInstruction", roles=None)
             text = "\n\n".join(p["text"] for p in parts if isinstance(p.get("text"), str) and p["text"])
         if text:
             out.append({"role": "system", "content": text})
@@ -477,11 +478,9 @@ def _reasoning(config: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
             raise invalid(f"Invalid value at 'generationConfig.thinkingConfig.thinkingLevel': \"{level}\".",
                           param="generationConfig.thinkingConfig.thinkingLevel")
         reasoning = {"effort": effort}
-    if not reasoning:
-        return None, include
-    if not include:
-        reasoning["exclude"] = True  # Gemini thinks, but shows thoughts only when asked
-    return reasoning, include
+    # Without includeThoughts Gemini still thinks but shows no thoughts: the encoder leaves out the thought
+    # text, never the reasoning itself (``exclude`` would drop the signatures a tool loop must send back).
+    return reasoning or None, include
 
 
 def generation_config(request: dict[str, Any], body: dict[str, Any]) -> bool:
