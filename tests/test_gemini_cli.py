@@ -18,7 +18,10 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,47 +55,40 @@ def gemini_cli() -> str:
                 "to a node_modules directory holding @google/gemini-cli")
 
 
-def openai_agent_fake():  # type: ignore[no-untyped-def]
-    """The scripted strict OpenAI chat fake of the agent conformance suite."""
+def openai_agent_fake() -> Any:
+    """The conformance suite's scripted strict OpenAI chat fake (``tests/fakes/agent_openai.py``), or None."""
     try:
         from tests.fakes import agent_openai, agent_script
     except ImportError:
-        pytest.skip("the scripted OpenAI agent fake (tests/fakes/agent_openai.py) is not in this tree")
+        return None
     return agent_openai, agent_script
 
 
+@dataclass
 class Stack:
-    def __init__(self, gateway: GatewayHarness, key: str, gemini: GeminiAgentSession, openai: object) -> None:
-        self.gateway, self.key, self.gemini, self.openai = gateway, key, gemini, openai
+    gateway: GatewayHarness
+    key: str
+    gemini: GeminiAgentSession
+    openai: Any  # agent_script.AgentSession, when the OpenAI fake is in the tree
 
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str) -> Iterator[Stack]:
     gemini = GeminiAgentSession(AgentTask("/nonexistent", CONTENT))
-    servers = [ThreadedServer(gemini_agent_app(gemini))]
-    openai = None
-    extra: dict[str, str] = {}
-    try:
-        from tests.fakes import agent_openai, agent_script
-    except ImportError:
-        agent_openai = None
-    if agent_openai is not None:
-        openai = agent_script.AgentSession(agent_script.AgentTask("/nonexistent", CONTENT))
-        servers.append(ThreadedServer(agent_openai.create_app(openai)))
-    for server in servers:
-        server.start()
-    try:
-        if openai is not None:
-            extra = {"OPENAI_BASE_URL": servers[1].url + "/v1", "OPENAI_API_KEY": "sk-agent-fake"}
-        env = env_for(redis_url, GEMINI_BASE_URL=servers[0].url, GEMINI_API_KEY="test-gemini-key",
+    fake = openai_agent_fake()
+    openai = fake[1].AgentSession(fake[1].AgentTask("/nonexistent", CONTENT)) if fake else None
+    with ExitStack() as running:
+        gemini_url = running.enter_context(ThreadedServer(gemini_agent_app(gemini))).url
+        extra = {}
+        if fake:
+            openai_url = running.enter_context(ThreadedServer(fake[0].create_app(openai))).url
+            extra = {"OPENAI_BASE_URL": openai_url + "/v1", "OPENAI_API_KEY": "sk-agent-fake"}
+        env = env_for(redis_url, GEMINI_BASE_URL=gemini_url, GEMINI_API_KEY="test-gemini-key",
                       MEGABRAIN_UPSTREAM_MAX_RETRIES="0", MEGABRAIN_REQUEST_TIMEOUT="120", **extra)
         key = create_key(redis_url, env["MEGABRAIN_NAMESPACE"], "gemini-cli")
-        pools = ("google", "openai") if openai is not None else ("google",)
-        with GatewayHarness.from_env(env, pools=pools) as gateway:
-            yield Stack(gateway, key, gemini, openai)
-    finally:
-        for server in servers:
-            server.stop()
+        pools = ("google", "openai") if fake else ("google",)
+        gateway = running.enter_context(GatewayHarness.from_env(env, pools=pools))
+        yield Stack(gateway, key, gemini, openai)
 
 
 def run_cli(binary: str, model: str, prompt: str, *, url: str, key: str, home: Path, cwd: Path) -> tuple[int | None, str]:
@@ -132,17 +128,16 @@ def test_gemini_cli_tool_session_native(stack: Stack, tmp_path: Path) -> None:
 
 def test_gemini_cli_tool_session_translated(stack: Stack, tmp_path: Path) -> None:
     binary = gemini_cli()
-    if stack.openai is None:
-        openai_agent_fake()
-    agent_script = openai_agent_fake()[1]
+    fake = openai_agent_fake()
+    if fake is None:
+        pytest.skip("the scripted OpenAI agent fake (tests/fakes/agent_openai.py) is not in this tree")
     workdir = tmp_path / "project"
     workdir.mkdir()
-    task = agent_script.AgentTask(str(workdir / "hello.txt"), CONTENT)
-    stack.openai.reset(task)  # type: ignore[attr-defined]
+    task = fake[1].AgentTask(str(workdir / "hello.txt"), CONTENT)
+    stack.openai.reset(task)
     code, output = run_cli(binary, GPT, task.prompt(), url=stack.gateway.url, key=stack.key,
                            home=tmp_path / "home", cwd=workdir)
-    session = stack.openai
-    assert code == 0, output[-3000:] + "\n" + session.explain()  # type: ignore[attr-defined]
+    assert code == 0, output[-3000:] + "\n" + stack.openai.explain()
     assert Path(task.path).read_text() == CONTENT
-    assert session.completed, session.explain()  # type: ignore[attr-defined]
-    assert agent_script.FINAL_TEXT in output
+    assert stack.openai.completed, stack.openai.explain()
+    assert fake[1].FINAL_TEXT in output

@@ -336,3 +336,18 @@ def test_native_body_clips_output_and_drops_our_signatures() -> None:
     assert parts[0] == {"text": "x"}
     assert parts[1]["thoughtSignature"] == "skip_thought_signature_validator"
     assert parts[2]["thoughtSignature"] == "R29vZ2xl"
+
+
+def test_several_candidates() -> None:
+    completion = {"choices": [{"index": 0, "message": {"content": "A"}, "finish_reason": "stop"},
+                              {"index": 1, "message": {"content": "B"}, "finish_reason": "length"}]}
+    candidates = response_from_completion(completion, include_thoughts=False)["candidates"]
+    assert [(c["index"], c["content"]["parts"], c["finishReason"]) for c in candidates] == [
+        (0, [{"text": "A"}], "STOP"), (1, [{"text": "B"}], "MAX_TOKENS")]
+    stream = GeminiStream(include_thoughts=False)
+    frames = frames_of(stream.frames(Event("r", 0, 1, "done", canonical_frames(
+        {"choices": [{"index": 1, "delta": {"content": "B"}}]}, {"choices": [{"index": 0, "delta": {"content": "A"}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"},
+                     {"index": 1, "delta": {}, "finish_reason": "length"}]}))))
+    assert [f["candidates"][0]["index"] for f in frames[:2]] == [1, 0]
+    assert [(c["index"], c["finishReason"]) for c in frames[-1]["candidates"]] == [(0, "STOP"), (1, "MAX_TOKENS")]
