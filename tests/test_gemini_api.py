@@ -339,3 +339,36 @@ def test_listing_shape_follows_the_client(stack: tuple[GatewayHarness, str, Fake
     assert openai_shaped["object"] == "list" and openai_shaped["data"]
     goog = httpx.get(harness.url + "/v1/models", headers={"x-goog-api-client": "google-genai-sdk/3"}, timeout=20).json()
     assert "models" in goog and "data" not in goog
+
+
+# ------------------------------------------------------------------------------- the SDK's own loops
+
+
+@pytest.mark.parametrize("model", [GEMINI3, GPT])
+def test_chat_with_automatic_function_calling(client: "genai.Client", fakes: Fakes, model: str) -> None:
+    """The SDK runs the loop itself (``chats`` with a Python function as the tool): it calls the function,
+    sends its result back with the model's turn as it came, and returns the final answer."""
+    task = fakes.gemini.task
+    _script_tool_call(fakes, model, task)
+
+    def write_file(file_path: str, content: str) -> dict[str, str]:
+        """Write a file."""
+        Path(file_path).write_text(content)
+        _stop_tool_calls(fakes)  # the OpenAI fake answers with a call for as long as it is told to
+        return {"output": f"Wrote {file_path}"}
+
+    chat = client.chats.create(model=model, config=types.GenerateContentConfig(tools=[write_file]))
+    answer = chat.send_message(task.prompt())
+    assert Path(task.path).read_text() == "hi there"
+    assert answer.text == {GEMINI3: FINAL_TEXT}.get(model, _openai_text(fakes))
+    if model == GEMINI3:
+        assert fakes.gemini.completed, fakes.gemini.explain()
+
+
+async def test_async_stream(client: "genai.Client", fakes: Fakes) -> None:
+    """The async client reads streams with its own parser (aiohttp here)."""
+    fakes.openai.latency = 2.5  # past the commit wait: the stream opens with a keep-alive line
+    text = ""
+    async for chunk in await client.aio.models.generate_content_stream(model=GPT, contents="Hello"):
+        text += chunk.text or ""
+    assert text == _openai_text(fakes)
