@@ -260,6 +260,15 @@ def test_thoughts_only_when_asked() -> None:
         {"text": "Hi"}]
 
 
+def test_unsigned_reasoning_text_is_not_carried_in_a_signature() -> None:
+    """Only what a provider verifies travels back (a signed thinking block, encrypted reasoning): plain
+    reasoning text (DeepSeek's, Qwen's) would only make every later request bigger."""
+    details = [{"type": "reasoning.text", "text": "long musing " * 50, "format": "openai-compatible", "index": 0}]
+    completion = {"choices": [{"message": {"content": "Hi", "reasoning_details": details}, "finish_reason": "stop"}]}
+    assert response_from_completion(completion, include_thoughts=False)["candidates"][0]["content"]["parts"] == [
+        {"text": "Hi"}]
+
+
 # -------------------------------------------------------------------------------------------- streams
 
 

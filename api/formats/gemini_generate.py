@@ -110,7 +110,7 @@ def _attach(parts: list[dict[str, Any]], signature: str) -> None:
 
 def sign(parts: list[dict[str, Any]], details: list[dict[str, Any]]) -> None:
     """Put the answer's reasoning details on its parts: Google's signatures where they belong, everyone
-    else's reasoning in one signature of ours."""
+    else's signed or encrypted reasoning in one signature of ours."""
     by_call: dict[str, str] = {}
     loose: list[str] = []
     ours: list[dict[str, Any]] = []
@@ -122,8 +122,8 @@ def sign(parts: list[dict[str, Any]], details: list[dict[str, Any]]) -> None:
                 by_call[str(detail["id"])] = detail["data"]
             else:
                 loose.append(detail["data"])
-        else:
-            ours.append(detail)
+        elif detail.get("signature") or detail.get("type") == "reasoning.encrypted":
+            ours.append(detail)  # what its provider verifies; unsigned reasoning text need not travel back
     for part in parts:
         call = part.get("functionCall")
         if call is not None and "thoughtSignature" not in part and by_call.get(call.get("id")):
