@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import agent_clients
-from tests.agent_stack import CLAUDE, FAMILY, GPT, REASONING, AgentStack, clean_env, run_agent
+from tests.agent_stack import CLAUDE, FAMILY, GEMINI, GPT, REASONING, AgentStack, clean_env, run_agent
 from tests.fakes.agent_script import AgentSession, AgentTask
 
 
@@ -130,3 +130,35 @@ def test_opencode_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -
     session = stack.session_for(model)
     assert_session(session, task, run.output)
     assert set(session.calls.values()) == {"write"}
+
+
+# ------------------------------------------------------------------------------ Gemini CLI
+
+# Headless Gemini CLI 0.61 against a gateway (README "Gemini CLI"): "gemini-api-key" auth (with
+# GOOGLE_GEMINI_BASE_URL alone it picks the "gateway" auth type, which its headless start refuses: "Invalid
+# auth method selected"), and no usage statistics or telemetry (they go to Google, not to the base URL).
+GEMINI_SETTINGS = {"security": {"auth": {"selectedType": "gemini-api-key"}},
+                   "privacy": {"usageStatisticsEnabled": False}, "telemetry": {"enabled": False},
+                   "general": {"disableAutoUpdate": True, "disableUpdateNag": True}}
+
+
+@pytest.mark.parametrize("model", [
+    pytest.param(m, marks=compat("Gemini CLI", "@google/gemini-cli", "Gemini API", m))
+    for m in (GEMINI, GPT, REASONING, CLAUDE)])
+def test_gemini_cli_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -> None:
+    """``--skip-trust``: in an untrusted folder it forces approval prompts; ``--yolo`` approves its write."""
+    gemini = agent_clients.require_cli("gemini")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    task = stack.begin(workdir)
+    home = tmp_path / "home"
+    (home / ".gemini").mkdir(parents=True)
+    (home / ".gemini" / "settings.json").write_text(json.dumps(GEMINI_SETTINGS))
+    env = clean_env(home, GOOGLE_GEMINI_BASE_URL=stack.url, GEMINI_API_KEY=stack.key)
+    run = run_agent([gemini, "-p", task.prompt(), "-m", model, "--yolo", "--skip-trust"], env=env, cwd=workdir)
+    session = stack.session_for(model)
+    assert_session(session, task, run.output)
+    assert set(session.calls.values()) == {"write_file"}
+    assert "Done" in run.output  # it prints the final answer
+    if model == GEMINI:  # natively: the CLI's own requests, streamed, thought signatures back on each call
+        assert {r["path"] for r in session.requests} == {f"/v1beta/models/{GEMINI}:streamGenerateContent"}

@@ -9,24 +9,24 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.agent_gemini import DUMMY_SIGNATURE, FINAL_TEXT, AgentTask, GeminiAgentSession, create_app
+from tests.fakes.agent_gemini import API_KEY as KEY, DUMMY_SIGNATURE, create_app
+from tests.fakes.agent_script import FINAL_TEXT, AgentSession, AgentTask
 from tests.fakes.server import ThreadedServer
 
-KEY = "test-gemini-key"
 TOOLS = [{"functionDeclarations": [{"name": "write_file", "parametersJsonSchema": {
     "type": "object", "properties": {"file_path": {"type": "string"}, "content": {"type": "string"}}}}]}]
 USER = {"role": "user", "parts": [{"text": "Create hello.txt"}]}
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, GeminiAgentSession]]:
-    session = GeminiAgentSession(AgentTask("/tmp/x/hello.txt", "hi"))
+def server() -> Iterator[tuple[str, AgentSession]]:
+    session = AgentSession(AgentTask("/tmp/x/hello.txt", "hi"))
     with ThreadedServer(create_app(session)) as running:
         yield running.url, session
 
 
 @pytest.fixture
-def fake(server: tuple[str, GeminiAgentSession]) -> tuple[str, GeminiAgentSession]:
+def fake(server: tuple[str, AgentSession]) -> tuple[str, AgentSession]:
     server[1].reset(AgentTask("/tmp/x/hello.txt", "hi"))
     return server
 
@@ -50,7 +50,7 @@ def answer(call_part: dict[str, Any]) -> dict[str, Any]:
     return {"role": "user", "parts": [{"functionResponse": response}]}
 
 
-def test_the_scripted_session(fake: tuple[str, GeminiAgentSession]) -> None:
+def test_the_scripted_session(fake: tuple[str, AgentSession]) -> None:
     url, session = fake
     model_turn = first_turn(url, "gemini-3-flash-preview")
     (part,) = model_turn["parts"]
@@ -65,7 +65,7 @@ def test_the_scripted_session(fake: tuple[str, GeminiAgentSession]) -> None:
     (None, "missing a `thought_signature`"),
     ("forged", "Corrupted thought signature"),
 ])
-def test_gemini_3_wants_its_signature_back(fake: tuple[str, GeminiAgentSession], signature: str | None,
+def test_gemini_3_wants_its_signature_back(fake: tuple[str, AgentSession], signature: str | None,
                                            message: str) -> None:
     url, session = fake
     model_turn = first_turn(url, "gemini-3-flash-preview")
@@ -79,7 +79,7 @@ def test_gemini_3_wants_its_signature_back(fake: tuple[str, GeminiAgentSession],
     assert response.json()["error"]["status"] == "INVALID_ARGUMENT" and not session.completed
 
 
-def test_googles_placeholder_signature_and_older_models_pass(fake: tuple[str, GeminiAgentSession]) -> None:
+def test_googles_placeholder_signature_and_older_models_pass(fake: tuple[str, AgentSession]) -> None:
     url, _ = fake
     model_turn = first_turn(url, "gemini-3-flash-preview")
     part = {**model_turn["parts"][0], "thoughtSignature": DUMMY_SIGNATURE}
@@ -107,14 +107,14 @@ def test_googles_placeholder_signature_and_older_models_pass(fake: tuple[str, Ge
     ({"contents": [USER], "tools": [{"functionDeclarations": [{"name": "f", "parameters": {
         "type": "object", "additionalProperties": False}}]}]}, 'Unknown name "additionalProperties"'),
 ])
-def test_refusals(fake: tuple[str, GeminiAgentSession], body: dict[str, Any], message: str) -> None:
+def test_refusals(fake: tuple[str, AgentSession], body: dict[str, Any], message: str) -> None:
     url, session = fake
     response = generate(url, "gemini-2.5-flash", body)
     assert response.status_code == 400 and message in response.json()["error"]["message"], response.text
     assert session.refusals
 
 
-def test_pro_cannot_turn_thinking_off_and_a_bad_key_is_a_400(fake: tuple[str, GeminiAgentSession]) -> None:
+def test_pro_cannot_turn_thinking_off_and_a_bad_key_is_a_400(fake: tuple[str, AgentSession]) -> None:
     url, _ = fake
     off = {"contents": [USER], "generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}
     assert generate(url, "gemini-2.5-pro", off).status_code == 400

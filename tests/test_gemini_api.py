@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.agent_gemini import FINAL_TEXT, AgentTask, GeminiAgentSession, create_app as gemini_agent_app
+from tests.fakes.agent_gemini import create_app as gemini_agent_app
+from tests.fakes.agent_script import FINAL_TEXT, AgentSession, AgentTask
 from tests.fakes.anthropic_server import AnthropicFakeState, create_anthropic_app
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
@@ -38,7 +39,7 @@ WRITE_FILE = types.FunctionDeclaration(
 
 class Fakes:
     def __init__(self, tmp: Path) -> None:
-        self.gemini = GeminiAgentSession(AgentTask(str(tmp / "hello.txt"), "hi there"))
+        self.gemini = AgentSession(AgentTask(str(tmp / "hello.txt"), "hi there"), call_prefix="gem_call")
         self.openai = OpenAIFakeState()
         self.anthropic = AnthropicFakeState(api_key="sk-ant-test")
 
@@ -74,6 +75,13 @@ def client(stack: tuple[GatewayHarness, str, Fakes], fakes: Fakes) -> "genai.Cli
     return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=harness.url, timeout=20_000))
 
 
+def gemini_sent(fakes: Fakes, n: int = -1) -> tuple[str, str, dict[str, Any]]:
+    """(upstream model, method, body) of a request the Gemini fake received."""
+    request = fakes.gemini.requests[n]
+    model, _, method = request["path"].removeprefix("/v1beta/models/").rpartition(":")
+    return model, method, request["body"]
+
+
 def _openai_text(fakes: Fakes) -> str:
     return "".join(f"tok{i} " for i in range(fakes.openai.tokens))
 
@@ -97,10 +105,10 @@ def test_generate_content(client: "genai.Client", fakes: Fakes, model: str) -> N
     assert usage.total_token_count >= usage.prompt_token_count + usage.candidates_token_count
     assert float(response.sdk_http_response.headers["x-megabrain-cost"]) > 0  # billed, on both paths
     if model == GEMINI:  # natively: the client's body, at the upstream's model id
-        sent = fakes.gemini.requests[-1]
-        assert sent["model"] == "gemini-2.5-flash" and sent["method"] == "generateContent"
-        assert sent["body"]["systemInstruction"]["parts"][0]["text"] == "Be brief."
-        assert sent["body"]["generationConfig"] == {"temperature": 0.3, "maxOutputTokens": 300}
+        upstream_model, method, sent = gemini_sent(fakes)
+        assert upstream_model == "gemini-2.5-flash" and method == "generateContent"
+        assert sent["systemInstruction"]["parts"][0]["text"] == "Be brief."
+        assert sent["generationConfig"] == {"temperature": 0.3, "maxOutputTokens": 300}
     elif model == GPT:
         sent = fakes.openai.requests[-1]["body"]
         assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
@@ -116,7 +124,7 @@ def test_generate_content_stream(client: "genai.Client", fakes: Fakes, model: st
     assert last.candidates[0].finish_reason == types.FinishReason.STOP
     assert last.usage_metadata.candidates_token_count > 0
     if model == GEMINI:
-        assert fakes.gemini.requests[-1]["method"] == "streamGenerateContent"
+        assert gemini_sent(fakes)[1] == "streamGenerateContent"
 
 
 def test_model_version_names_the_serving_model(client: "genai.Client", fakes: Fakes) -> None:
@@ -131,8 +139,8 @@ def test_count_tokens(client: "genai.Client", fakes: Fakes, model: str) -> None:
     counted = client.models.count_tokens(model=model, contents=contents)
     assert counted.total_tokens > 10
     if model == GEMINI:  # Gemini's own count, of the client's own body
-        assert fakes.gemini.requests[-1]["method"] == "countTokens"
-        assert fakes.gemini.requests[-1]["body"]["contents"][0]["parts"][0]["text"] == contents
+        _, method, sent = gemini_sent(fakes)
+        assert method == "countTokens" and sent["contents"][0]["parts"][0]["text"] == contents
     else:
         assert not fakes.openai.requests  # estimated here: OpenAI has no count endpoint
 
@@ -217,7 +225,7 @@ def test_native_request_keeps_what_only_gemini_reads(client: "genai.Client", fak
     config = types.GenerateContentConfig(safety_settings=[types.SafetySetting(
         category=types.HarmCategory.HARM_CATEGORY_HARASSMENT, threshold=types.HarmBlockThreshold.BLOCK_ONLY_HIGH)])
     client.models.generate_content(model=GEMINI, contents="Hello", config=config)
-    assert fakes.gemini.requests[-1]["body"]["safetySettings"] == [
+    assert gemini_sent(fakes)[2]["safetySettings"] == [
         {"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]
     assert client.models.generate_content(model=GPT, contents="Hello", config=config).text == _openai_text(fakes)
 
