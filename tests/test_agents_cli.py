@@ -63,6 +63,7 @@ def claude_code(stack: AgentStack, tmp_path: Path, model: str) -> tuple[AgentTas
     pytest.param(GPT, marks=compat("Claude Code", "@anthropic-ai/claude-code", "Anthropic Messages", GPT)),
     pytest.param(REASONING, marks=compat("Claude Code", "@anthropic-ai/claude-code", "Anthropic Messages",
                                          REASONING)),
+    pytest.param(GEMINI, marks=compat("Claude Code", "@anthropic-ai/claude-code", "Anthropic Messages", GEMINI)),
 ])
 def test_claude_code_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -> None:
     task, output = claude_code(stack, tmp_path, model)
@@ -80,6 +81,7 @@ def test_claude_code_writes_a_file(stack: AgentStack, tmp_path: Path, model: str
 @pytest.mark.parametrize("model", [
     pytest.param(GPT, marks=compat("Codex CLI", "@openai/codex", "OpenAI Responses", GPT)),
     pytest.param(REASONING, marks=compat("Codex CLI", "@openai/codex", "OpenAI Responses", REASONING)),
+    pytest.param(GEMINI, marks=compat("Codex CLI", "@openai/codex", "OpenAI Responses", GEMINI)),
 ])
 def test_codex_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -> None:
     codex = agent_clients.require_cli("codex")
@@ -91,8 +93,9 @@ def test_codex_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -> N
     run = run_agent([codex, "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
                      "-c", "model_provider=mb", "-c", f"model_providers.mb={provider}", "-m", model, task.prompt()],
                     env=env, cwd=workdir)
-    assert_session(stack.openai, task, run.output)
-    assert set(stack.openai.calls.values()) == {"exec_command"}
+    session = stack.session_for(model)
+    assert_session(session, task, run.output)
+    assert set(session.calls.values()) == {"exec_command"}
     assert "Done" in run.output  # Codex prints the final message
 
 
@@ -115,6 +118,7 @@ def opencode_config(base_url: str, model: str) -> dict[str, object]:
 @pytest.mark.parametrize("model", [
     pytest.param(GPT, marks=compat("opencode", "opencode-ai", "OpenAI Chat Completions", GPT)),
     pytest.param(CLAUDE, marks=compat("opencode", "opencode-ai", "OpenAI Chat Completions", CLAUDE)),
+    pytest.param(GEMINI, marks=compat("opencode", "opencode-ai", "OpenAI Chat Completions", GEMINI)),
 ])
 def test_opencode_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -> None:
     opencode = agent_clients.require_cli("opencode")

@@ -90,7 +90,7 @@ def chat_loop(client: openai.OpenAI, model: str, task: AgentTask, **extra: Any) 
 
 
 @pytest.mark.parametrize("model", [row("OpenAI Python SDK", "openai", "OpenAI Chat Completions", m)
-                                   for m in (GPT, REASONING, CLAUDE)])
+                                   for m in (GPT, REASONING, CLAUDE, GEMINI)])
 def test_python_openai_chat_loop(stack: AgentStack, task: AgentTask, model: str) -> None:
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key=stack.key, max_retries=0, timeout=60)
     check(stack, model, task, chat_loop(client, model, task, max_tokens=2000))
@@ -116,7 +116,7 @@ def responses_loop(client: openai.OpenAI, model: str, task: AgentTask, **extra: 
 
 
 @pytest.mark.parametrize("model", [row("OpenAI Python SDK", "openai", "OpenAI Responses", m)
-                                   for m in (GPT, REASONING, CLAUDE)])
+                                   for m in (GPT, REASONING, CLAUDE, GEMINI)])
 def test_python_openai_responses_loop(stack: AgentStack, task: AgentTask, model: str) -> None:
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key=stack.key, max_retries=0, timeout=60)
     extra: dict[str, Any] = {"max_output_tokens": 4000}
@@ -145,7 +145,7 @@ def messages_loop(client: "anthropic.Anthropic", model: str, task: AgentTask, **
 
 
 @pytest.mark.parametrize("model", [row("Anthropic Python SDK", "anthropic", "Anthropic Messages", m)
-                                   for m in (CLAUDE, GPT, REASONING)])
+                                   for m in (CLAUDE, GPT, REASONING, GEMINI)])
 def test_python_anthropic_messages_loop(stack: AgentStack, task: AgentTask, model: str) -> None:
     client = anthropic.Anthropic(base_url=stack.url, api_key=stack.key, max_retries=0, timeout=60)
     extra: dict[str, Any] = {"max_tokens": 4096}
@@ -206,7 +206,7 @@ def test_python_genai_loop(stack: AgentStack, task: AgentTask, model: str) -> No
     pytest.param(api, protocol, model, id=f"{api}-{model}", marks=pytest.mark.compat(
         client="OpenAI Node SDK", npm="openai", protocol=protocol, family=FAMILY[model]))
     for api, protocol in (("chat", "OpenAI Chat Completions"), ("responses", "OpenAI Responses"))
-    for model in (GPT, REASONING)])
+    for model in (GPT, REASONING, GEMINI)])
 def test_node_openai_loop(stack: AgentStack, task: AgentTask, api: str, protocol: str, model: str) -> None:
     extra = {"max_tokens": 2000} if api == "chat" else {"max_output_tokens": 4000}
     payload = {"baseURL": stack.url + "/v1", "apiKey": stack.key, "model": model, "api": api,
