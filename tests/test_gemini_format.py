@@ -15,6 +15,7 @@ from api.formats.gemini_generate import (GeminiGenerate, GeminiStream, response_
 from api.formats.gemini_request import canonical_request, count_request
 from common.errors import GatewayError
 from common.wire import Event, Job, Native
+from router.shaping import OutputPlan
 from workers.native_gemini import request_body
 from workers.providers.base import Upstream
 from workers.providers.gemini import model_url
@@ -339,8 +340,8 @@ def test_native_body_clips_output_and_drops_our_signatures() -> None:
                 {"functionCall": {"name": "g", "args": {}}, "thoughtSignature": "R29vZ2xl"}]}]}
     job = Job(kind="chat", request_id="r", reply_channel="c", attempt=0, plan=[], deadline=0,
               native=Native(protocol="gemini_generate", body=msgspec.json.encode(body)))
-    sent = request_body(job, 8192)
-    assert "model" not in sent and sent["generation_config"]["max_output_tokens"] == 8192
+    sent = request_body(job, OutputPlan(cap=8192, budget=None, choices=1))
+    assert "model" not in sent and sent["generation_config"] == {"maxOutputTokens": 8192}  # the plan's cap
     parts = sent["contents"][1]["parts"]
     assert parts[0] == {"text": "x"}
     assert parts[1]["thoughtSignature"] == "skip_thought_signature_validator"
