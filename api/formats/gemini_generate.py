@@ -30,6 +30,7 @@ import msgspec
 from api.formats import canonical_chunks, envelope_parts
 from common.errors import invalid
 from common.wire import GEMINI_SIGNATURE_MAGIC as SIGNATURE_MAGIC, Event
+from router.shaping import joined_details
 
 _encode = msgspec.json.encode
 GOOGLE_FORMAT = "google-gemini-v1"  # reasoning_details format of Gemini's own signatures and thoughts
@@ -65,29 +66,6 @@ def signature_details(signature: str) -> list[dict[str, Any]] | None:
         raise invalid("A thoughtSignature issued by this gateway was altered; send it back exactly as received.",
                       param="thoughtSignature")
     return details
-
-
-def joined_details(details: list[Any]) -> list[dict[str, Any]]:
-    """Streamed pieces of one detail (same ``index``) joined: texts concatenated, the signature kept."""
-    joined: list[dict[str, Any]] = []
-    by_index: dict[Any, dict[str, Any]] = {}
-    for detail in details:
-        if not isinstance(detail, dict):
-            continue
-        index = detail.get("index")
-        same = by_index.get(index) if index is not None else None
-        if same is None or same.get("type") != detail.get("type"):
-            entry = dict(detail)
-            joined.append(entry)
-            if index is not None:
-                by_index[index] = entry
-            continue
-        for name in ("text", "data", "summary"):
-            if isinstance(detail.get(name), str):
-                same[name] = (same.get(name) or "") + detail[name]
-        if detail.get("signature"):
-            same["signature"] = detail["signature"]
-    return joined
 
 
 def _google_signature(call: dict[str, Any]) -> str | None:
