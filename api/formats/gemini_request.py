@@ -16,9 +16,10 @@ here serves every other provider:
   penalties, ``seed``, ``response_format`` (from ``responseMimeType`` and a schema), ``reasoning`` (from
   ``thinkingConfig``: a budget, a level, or 0 for none; ``includeThoughts`` alone asks for nothing);
 - ``functionDeclarations`` → function tools (OpenAPI-subset schemas become JSON Schema), ``toolConfig``
-  → ``tool_choice`` (the options: ``gemini_options.py``). Google's own tools that cost only tokens (code execution, URL context, computer use),
-  ``safetySettings``, ``labels``, ``serviceTier`` and the other output modalities have no equivalent and
-  are dropped when translating (a Gemini upstream gets them). Refused for every model, as the other
+  → ``tool_choice`` (these options: ``gemini_options.py``). Google's own tools that cost only tokens
+  (code execution, URL context, computer use), ``safetySettings``, ``labels``, ``serviceTier`` and the
+  other output modalities have no equivalent and are dropped when translating (a Gemini upstream gets
+  them). Refused for every model, as the other
   routes refuse what changes a request's price: Google Search and Maps grounding (billed per request),
   file search, retrieval and MCP servers (the operator's account), ``serviceTier: priority``, and
   ``cachedContent`` (this gateway serves no cachedContents).
