@@ -6,7 +6,7 @@ It never calls an upstream. Its rooms, and the one direction their imports run
 - ``routes/``   one module per HTTP surface: validate, plan, hand over;
 - ``exchange/`` one request's life, from admission to its single, idempotent finish;
 - ``access/``   who may do what, and how much: keys, limits, accounts, sessions, client IP;
-- ``formats/``  the client wire formats (chat completions, Anthropic Messages, OpenAI Responses);
+- ``formats/``  the client wire formats (chat completions, Anthropic Messages, OpenAI Responses, Gemini);
 - ``pages/``    the server-rendered browser pages (templates in ``templates/``);
 - ``cli/``      the ``megabrain`` command: the processes and the operator's tools.
 

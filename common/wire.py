@@ -135,9 +135,14 @@ class Native(msgspec.Struct, kw_only=True):
     ``body`` is still the canonical request, for every other candidate of the plan.
     """
 
-    protocol: Literal["anthropic_messages"]
+    protocol: Literal["anthropic_messages", "gemini_generate"]
     body: bytes
     headers: dict[str, str] = {}  # protocol headers to forward (anthropic-beta)
+
+
+# Gemini thought signatures the gateway issues itself carry another provider's reasoning (api/formats/
+# gemini_generate.py); they start with these bytes, so a Gemini upstream is never sent one (workers/native_gemini.py).
+GEMINI_SIGNATURE_MAGIC = b"mbgw1:"
 
 
 class Job(msgspec.Struct, kw_only=True):

@@ -313,3 +313,28 @@ def strip_cache_control(body: dict[str, Any]) -> None:
     for tool in body.get("tools") or ():
         if isinstance(tool, dict):
             tool.pop("cache_control", None)
+
+
+def joined_details(details: list[Any]) -> list[dict[str, Any]]:
+    """Canonical ``reasoning_details`` with the streamed pieces of one ``index`` joined in order: texts
+    concatenate, the signature (which arrives last) is kept. For the adapters reading what a client sent
+    back, and for the wire formats that carry a stream's reasoning to the client in one piece (Gemini's)."""
+    joined: list[dict[str, Any]] = []
+    by_index: dict[Any, dict[str, Any]] = {}
+    for detail in details:
+        if not isinstance(detail, dict):
+            continue
+        index = detail.get("index")
+        same = by_index.get(index) if index is not None else None
+        if same is None or same.get("type") != detail.get("type"):
+            entry = dict(detail)
+            joined.append(entry)
+            if index is not None:
+                by_index[index] = entry
+            continue
+        for name in ("text", "data", "summary"):
+            if isinstance(detail.get(name), str):
+                same[name] = (same.get(name) or "") + detail[name]
+        if detail.get("signature"):
+            same["signature"] = detail["signature"]
+    return joined

@@ -3,7 +3,8 @@ Anthropic's upstreams, a whole gateway in front of them (``megabrain serve`` in 
 Redis), a key, and a way to run a real agent CLI against it with a bounded time.
 
 The models (bare ids, as users type them): ``claude-sonnet-4-5`` (Anthropic, extended thinking: the
-native path), ``gpt-4o-mini`` (an OpenAI chat model) and ``gpt-5-mini`` (an OpenAI reasoning model).
+native path), ``gpt-4o-mini`` (an OpenAI chat model), ``gpt-5-mini`` (an OpenAI reasoning model) and
+``gemini-3-flash-preview`` (Gemini 3: thought signatures required back on every call).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.fakes import agent_anthropic, agent_openai
+from tests.fakes import agent_anthropic, agent_gemini, agent_openai
 from tests.fakes.agent_script import AgentSession, AgentTask, serve
 from tests.harness import GatewayHarness, create_key, env_for
 
 CLAUDE = "claude-sonnet-4-5"
 GPT = "gpt-4o-mini"
 REASONING = "gpt-5-mini"
+GEMINI = "gemini-3-flash-preview"
 SESSION_TIMEOUT = float(os.environ.get("MEGABRAIN_AGENT_TIMEOUT", "180"))  # seconds per CLI session
 CONTENT = "hello from the agent"
 
@@ -39,14 +41,16 @@ class Upstream:
     env: Callable[[str], dict[str, str]]
 
 
-# A Gemini fake plugs in with one more entry (its pool "google", GEMINI_BASE_URL) and its models below.
 UPSTREAMS = (
     Upstream("openai", agent_openai.create_app, "call_mb",
              lambda url: {"OPENAI_BASE_URL": url + "/v1", "OPENAI_API_KEY": "sk-agent-fake"}),
     Upstream("anthropic", agent_anthropic.create_app, "toolu_mb",
              lambda url: {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "sk-ant-agent-fake"}),
+    Upstream("google", agent_gemini.create_app, "gem_call",
+             lambda url: {"GEMINI_BASE_URL": url, "GEMINI_API_KEY": agent_gemini.API_KEY}),
 )
-MODELS = {CLAUDE: ("anthropic", "Claude"), GPT: ("openai", "OpenAI chat"), REASONING: ("openai", "OpenAI reasoning")}
+MODELS = {CLAUDE: ("anthropic", "Claude"), GPT: ("openai", "OpenAI chat"), REASONING: ("openai", "OpenAI reasoning"),
+          GEMINI: ("google", "Gemini")}
 FAMILY = {model: family for model, (_, family) in MODELS.items()}
 
 
@@ -88,6 +92,10 @@ class AgentStack:
     def anthropic(self) -> AgentSession:
         return self.sessions["anthropic"]
 
+    @property
+    def gemini(self) -> AgentSession:
+        return self.sessions["google"]
+
     def begin(self, workdir: Path) -> AgentTask:
         task = AgentTask(path=str(workdir / "hello.txt"), content=CONTENT)
         for session in self.sessions.values():
@@ -121,7 +129,8 @@ def run_agent(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a CLI: a throwaway HOME, no provider keys or base URLs of the caller's."""
     env = {k: v for k, v in os.environ.items()
-           if not k.endswith(("_API_KEY", "_BASE_URL", "_AUTH_TOKEN")) and not k.startswith(("ANTHROPIC_", "OPENAI_"))}
+           if not k.endswith(("_API_KEY", "_BASE_URL", "_AUTH_TOKEN"))
+           and not k.startswith(("ANTHROPIC_", "OPENAI_", "GEMINI_", "GOOGLE_"))}
     home.mkdir(parents=True, exist_ok=True)
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_DATA_HOME=str(home / ".local/share"),
                XDG_STATE_HOME=str(home / ".local/state"), NO_COLOR="1", **extra)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import agent_clients
-from tests.agent_stack import CLAUDE, FAMILY, GPT, REASONING, AgentStack, clean_env, run_agent
+from tests.agent_stack import CLAUDE, FAMILY, GEMINI, GPT, REASONING, AgentStack, clean_env, run_agent
 from tests.fakes.agent_script import AgentSession, AgentTask
 
 
@@ -63,6 +63,7 @@ def claude_code(stack: AgentStack, tmp_path: Path, model: str) -> tuple[AgentTas
     pytest.param(GPT, marks=compat("Claude Code", "@anthropic-ai/claude-code", "Anthropic Messages", GPT)),
     pytest.param(REASONING, marks=compat("Claude Code", "@anthropic-ai/claude-code", "Anthropic Messages",
                                          REASONING)),
+    pytest.param(GEMINI, marks=compat("Claude Code", "@anthropic-ai/claude-code", "Anthropic Messages", GEMINI)),
 ])
 def test_claude_code_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -> None:
     task, output = claude_code(stack, tmp_path, model)
@@ -80,6 +81,7 @@ def test_claude_code_writes_a_file(stack: AgentStack, tmp_path: Path, model: str
 @pytest.mark.parametrize("model", [
     pytest.param(GPT, marks=compat("Codex CLI", "@openai/codex", "OpenAI Responses", GPT)),
     pytest.param(REASONING, marks=compat("Codex CLI", "@openai/codex", "OpenAI Responses", REASONING)),
+    pytest.param(GEMINI, marks=compat("Codex CLI", "@openai/codex", "OpenAI Responses", GEMINI)),
 ])
 def test_codex_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -> None:
     codex = agent_clients.require_cli("codex")
@@ -91,8 +93,9 @@ def test_codex_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -> N
     run = run_agent([codex, "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
                      "-c", "model_provider=mb", "-c", f"model_providers.mb={provider}", "-m", model, task.prompt()],
                     env=env, cwd=workdir)
-    assert_session(stack.openai, task, run.output)
-    assert set(stack.openai.calls.values()) == {"exec_command"}
+    session = stack.session_for(model)
+    assert_session(session, task, run.output)
+    assert set(session.calls.values()) == {"exec_command"}
     assert "Done" in run.output  # Codex prints the final message
 
 
@@ -115,6 +118,7 @@ def opencode_config(base_url: str, model: str) -> dict[str, object]:
 @pytest.mark.parametrize("model", [
     pytest.param(GPT, marks=compat("opencode", "opencode-ai", "OpenAI Chat Completions", GPT)),
     pytest.param(CLAUDE, marks=compat("opencode", "opencode-ai", "OpenAI Chat Completions", CLAUDE)),
+    pytest.param(GEMINI, marks=compat("opencode", "opencode-ai", "OpenAI Chat Completions", GEMINI)),
 ])
 def test_opencode_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -> None:
     opencode = agent_clients.require_cli("opencode")
@@ -130,3 +134,35 @@ def test_opencode_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -
     session = stack.session_for(model)
     assert_session(session, task, run.output)
     assert set(session.calls.values()) == {"write"}
+
+
+# ------------------------------------------------------------------------------ Gemini CLI
+
+# Headless Gemini CLI 0.61 against a gateway (README "Gemini CLI"): "gemini-api-key" auth (with
+# GOOGLE_GEMINI_BASE_URL alone it picks the "gateway" auth type, which its headless start refuses: "Invalid
+# auth method selected"), and no usage statistics or telemetry (they go to Google, not to the base URL).
+GEMINI_SETTINGS = {"security": {"auth": {"selectedType": "gemini-api-key"}},
+                   "privacy": {"usageStatisticsEnabled": False}, "telemetry": {"enabled": False},
+                   "general": {"disableAutoUpdate": True, "disableUpdateNag": True}}
+
+
+@pytest.mark.parametrize("model", [
+    pytest.param(m, marks=compat("Gemini CLI", "@google/gemini-cli", "Gemini API", m))
+    for m in (GEMINI, GPT, REASONING, CLAUDE)])
+def test_gemini_cli_writes_a_file(stack: AgentStack, tmp_path: Path, model: str) -> None:
+    """``--skip-trust``: in an untrusted folder it forces approval prompts; ``--yolo`` approves its write."""
+    gemini = agent_clients.require_cli("gemini")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    task = stack.begin(workdir)
+    home = tmp_path / "home"
+    (home / ".gemini").mkdir(parents=True)
+    (home / ".gemini" / "settings.json").write_text(json.dumps(GEMINI_SETTINGS))
+    env = clean_env(home, GOOGLE_GEMINI_BASE_URL=stack.url, GEMINI_API_KEY=stack.key)
+    run = run_agent([gemini, "-p", task.prompt(), "-m", model, "--yolo", "--skip-trust"], env=env, cwd=workdir)
+    session = stack.session_for(model)
+    assert_session(session, task, run.output)
+    assert set(session.calls.values()) == {"write_file"}
+    assert "Done" in run.output  # it prints the final answer
+    if model == GEMINI:  # natively: the CLI's own requests, streamed, thought signatures back on each call
+        assert {r["path"] for r in session.requests} == {f"/v1beta/models/{GEMINI}:streamGenerateContent"}

@@ -66,7 +66,7 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
     cost = cost_fn(runtime, route.model)
     if native.speaks_natively(upstream, job):
         plan = plan_output(runtime, upstream.shape, body, job, shape_body=False)
-        return await native.serve_messages(runtime, job, route, upstream, pub, cost, plan)
+        return await native.serve_native(runtime, job, route, upstream, pub, cost, plan)
     plan_output(runtime, upstream.shape, body, job)
     spec = adapter.chat_request(upstream, route.upstream_model, body, job.stream)
     request = {**body, "model": route.upstream_model}  # what the answer is translated against

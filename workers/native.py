@@ -1,5 +1,6 @@
-"""Anthropic Messages passed through to an Anthropic upstream: no lossy round trip through the canonical
-shape when the client and the provider speak the same protocol.
+"""A client's request passed through to a provider that speaks its protocol: no lossy round trip through
+the canonical shape. Anthropic Messages to Anthropic (here), Gemini ``generateContent`` to Gemini
+(``native_gemini.py``).
 
 The client's body goes as it came, but for what this model does not take (``shape_native``: the same
 endpoint shape and output plan as the translated path and admission), with the upstream model id and the
@@ -9,7 +10,7 @@ blocks from turns whose model differs from the one it asked for. The adapter's o
 errors and to hold the first events back until real content arrives, so that a failure before the
 first token is retried or handed to the next candidate exactly as on the canonical path.
 
-Also ``count_tokens`` jobs: Anthropic's own exact count, or the local estimate if that call fails.
+Also ``count_tokens`` jobs: the provider's own exact count, or the local estimate if that call fails.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from router.auto import estimate_prompt_tokens
 from router.forwarding import native_messages_body
 from router.shaping import EndpointShape, OutputPlan, kind_shape
 from workers.chunks import CostFn, add_cost
+from workers import native_gemini
 from workers.jobs import Answer, handler
 from workers.providers.anthropic import messages_url, request_headers
 from workers.providers.base import RequestSpec, Upstream, UpstreamError
@@ -34,8 +36,19 @@ _encode = msgspec.json.encode
 COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
 
 
+NATIVE_KINDS = {"anthropic_messages": "anthropic", "gemini_generate": "gemini"}  # protocol -> provider kind
+
+
 def speaks_natively(up: Upstream, job: Job) -> bool:
-    return job.native is not None and job.native.protocol == "anthropic_messages" and up.kind == "anthropic"
+    return job.native is not None and NATIVE_KINDS.get(job.native.protocol) == up.kind
+
+
+async def serve_native(runtime: Runtime, job: Job, route: Route, up: Upstream, pub: Publisher,
+                       cost: CostFn | None, plan: OutputPlan) -> Answer:
+    assert job.native is not None
+    if job.native.protocol == "gemini_generate":
+        return await native_gemini.serve_generate(runtime, job, route, up, pub, cost, plan)
+    return await serve_messages(runtime, job, route, up, pub, cost, plan)
 
 
 def _spec(up: Upstream, job: Job, payload: dict[str, Any], url: str) -> RequestSpec:
@@ -111,10 +124,12 @@ async def serve_messages(runtime: Runtime, job: Job, route: Route, up: Upstream,
 
 @handler("count_tokens")
 async def serve_count_tokens(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> Answer:
-    """Anthropic's exact count; the local estimate when it fails (the client asked for a number, and a
+    """The provider's exact count; the local estimate when it fails (the client asked for a number, and a
     count is never worth an error)."""
     assert job.native is not None
     up = runtime.upstream(route.provider)
+    if job.native.protocol == "gemini_generate":
+        return Answer("result", _encode(await native_gemini.count(runtime, job, route, up)), fields={"native": True})
     body = msgspec.json.decode(job.native.body)
     payload = {k: body[k] for k in COUNT_FIELDS if k in body}
     payload["model"] = route.upstream_model

@@ -48,19 +48,26 @@ def request_client_ip(request: Request, trusted_hops: int) -> str | None:
     return client_ip(peer, request.headers.getlist("x-forwarded-for"), trusted_hops)
 
 
-def authorization(request: Request) -> str | None:
-    """The ``Authorization`` header, or an ``x-api-key`` as a bearer token: Anthropic clients (Claude Code
-    with ``ANTHROPIC_API_KEY``) send the key there."""
+def authorization(request: Request, *, query_key: bool = False) -> str | None:
+    """The ``Authorization`` header, or the key of the other protocols as a bearer token: ``x-api-key``
+    (Anthropic clients, Claude Code with ``ANTHROPIC_API_KEY``), ``x-goog-api-key`` (the Gemini SDKs and
+    Gemini CLI) and, where the route says so (``query_key``), Gemini's ``?key=``."""
     header = request.headers.get("authorization")
-    if header is None and (api_key := request.headers.get("x-api-key")):
-        return "Bearer " + api_key
+    if header is None:
+        api_key = request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
+        if not api_key and query_key:
+            api_key = request.query_params.get("key")
+        if api_key:
+            return "Bearer " + api_key
     return header
 
 
-async def caller_of(gateway: "Gateway", request: Request) -> Caller:
-    """Who sends ``request``, before anything of it is read or planned (``api/access/check.py``)."""
+async def caller_of(gateway: "Gateway", request: Request, *, query_key: bool = False) -> Caller:
+    """Who sends ``request``, before anything of it is read or planned (``api/access/check.py``);
+    ``query_key``: the route takes the key from ``?key=`` too (Gemini's API)."""
     limits = gateway.settings.limits
-    return await identify(access_context(gateway), authorization_header=authorization(request),
+    return await identify(access_context(gateway),
+                          authorization_header=authorization(request, query_key=query_key),
                           client_ip=request_client_ip(request, limits.trusted_proxy_hops), limits=limits,
                           signup_url=gateway.settings.signup_url)
 

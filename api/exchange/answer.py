@@ -193,16 +193,18 @@ async def stream_response(exchange: Exchange, fmt: WireFormat, headers: dict[str
         await exchange.finish(CLIENT_GONE)
         raise
     return FinishingStream(
-        exchange, _frames(exchange, encoder, first or KEEPALIVE, done),
+        exchange, _frames(exchange, encoder, first, done),
         {**SSE_HEADERS, **served_headers(exchange, exchange.usage, headers)}, "text/event-stream",
     )
 
 
 async def _frames(exchange: Exchange, encoder: StreamEncoder, first: bytes, done: bool) -> AsyncIterator[bytes]:
     settings = exchange.gateway.settings
-    if first is not KEEPALIVE:
+    # A format whose clients choke on SSE comments names its own filler (Gemini's SDKs: a blank line).
+    keepalive: bytes = getattr(encoder, "keepalive", KEEPALIVE)
+    if first:
         exchange.sent()
-    yield first
+    yield first or keepalive
     while not done:
         try:
             event = await exchange.next_event(settings.keepalive_interval)
@@ -211,7 +213,7 @@ async def _frames(exchange: Exchange, encoder: StreamEncoder, first: bytes, done
             yield encoder.error(error.status, error.body())
             return
         if event is None:
-            yield KEEPALIVE
+            yield keepalive
             continue
         if event.kind == "error":
             exchange.record(event.status)

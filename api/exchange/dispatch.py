@@ -38,10 +38,11 @@ class Dispatch:
     """
 
     def __init__(self, gateway: Gateway, request: Request, route_name: str,
-                 fmt: WireFormat = CHAT_COMPLETIONS) -> None:
+                 fmt: WireFormat = CHAT_COMPLETIONS, *, key_in_query: bool = False) -> None:
         self.gateway = gateway
         self.request = request
         self.format = fmt
+        self.key_in_query = key_in_query  # Gemini's ``?key=``: the key may come in the query string
         request_id = new_request_id()
         self.client_request_id = client_request_id(request)
         self.exchange = Exchange(gateway, route_name, request_id, self.client_request_id)
@@ -62,7 +63,7 @@ class Dispatch:
         key, a keyless caller without a client address, and a caller this process saw use up its limit
         for the current window (no Redis call for that; ``api/access/check.py``)."""
         if self.caller is None:
-            self.caller = await caller_of(self.gateway, self.request)
+            self.caller = await caller_of(self.gateway, self.request, query_key=self.key_in_query)
         if self.caller.error is not None:
             raise self.caller.error
         return self.caller

@@ -8,8 +8,12 @@ Encoding runs in the web tier, for three reasons: the worker stays one code path
 protocol (retries, fallback and accounting see one shape); a format is a pure function of the events,
 so it is tested without a queue; and chat completions, the hot path, costs nothing: its encoder passes
 the worker's bytes through untouched. The other formats parse the canonical frames once more in the web
-process, which is small next to the upstream call. Only an Anthropic upstream behind ``/v1/messages``
-skips the canonical shape altogether (``Job.native``): its events arrive already encoded.
+process, which is small next to the upstream call. Only a provider that speaks the client's own protocol
+skips the canonical shape altogether (``Job.native``: Anthropic behind ``/v1/messages``, Gemini behind
+Gemini's API): its events arrive already encoded.
+
+A format's stream encoder may name its own ``keepalive`` bytes (Gemini's: a blank line, since Google's
+SDKs fail on the SSE comment the other formats send).
 """
 
 from __future__ import annotations

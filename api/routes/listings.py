@@ -8,7 +8,9 @@ health snapshot, never in between. Every list carries a weak ETag; ``If-None-Mat
 
 A client that sends ``anthropic-version`` (the Anthropic SDKs) gets ``/models`` and ``/models/{id}`` in
 Anthropic's shape instead, paginated (``api/formats/anthropic_models.py``), and refusals in Anthropic's
-error shape. The same entries back ``megabrain models`` / ``megabrain providers`` (api/cli/catalog.py).
+error shape; a Gemini client (``x-goog-api-client``: both Google SDKs) gets them in Gemini's shape, as on
+``/v1beta/models`` (``api/formats/gemini_models.py``), refusals in Google's. The same entries back
+``megabrain models`` / ``megabrain providers`` (api/cli/catalog.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from starlette.responses import Response
 
 from api.formats.anthropic_messages import ANTHROPIC_MESSAGES
 from api.formats.anthropic_models import ModelPages, model_info, wants_anthropic
+from api.formats.gemini_generate import GEMINI_GENERATE
+from api.formats.gemini_models import GeminiModels, wants_gemini
 from api.gateway import Gateway
 from common.errors import GatewayError
 from router.catalog import AUTO_MODELS, Catalog, Model
@@ -425,6 +429,8 @@ def anthropic_shaped(handler: Callable[[Request], Awaitable[Response]]) -> Calla
 @anthropic_shaped
 async def list_models(request: Request) -> Response:
     """Chat models by default (``?modality=embedding|transcription|all`` for the others)."""
+    if wants_gemini(request.headers):
+        return gemini_list(request)
     return _list_response(request, "chat")
 
 
@@ -448,6 +454,8 @@ async def get_model(request: Request) -> Response:
     an Anthropic client)."""
     catalog = _gateway(request).catalog
     model_id = request.path_params.get("model_id", "")
+    if wants_gemini(request.headers):
+        return gemini_get(request, model_id)
     key, build = _one_model(catalog, model_id)
     if wants_anthropic(request.headers):
         return Response(_encode(model_info(cache_for(catalog).get_object(key, None, build))),
@@ -470,6 +478,47 @@ def _one_model(catalog: Catalog, model_id: str) -> tuple[tuple[str, str], Callab
         raise _not_listed(catalog, model_id)
     found = model
     return ("model", found.id), lambda: model_entry(found)
+
+
+def gemini_models(catalog: Catalog) -> GeminiModels:
+    """The chat models of configured providers, in ``?available=true`` order, as Gemini lists models
+    (built once per catalog; a page is a slice of it)."""
+
+    def build() -> GeminiModels:
+        models = select_models(catalog, modality="chat", available=True)
+        return GeminiModels(list_entries(catalog, models, modality="chat", provider=None, free=None))
+
+    return cache_for(catalog).get_object(("gemini",), None, build)
+
+
+def _gemini_json(body: object, status: int = 200) -> Response:
+    return Response(_encode(body), status_code=status, media_type="application/json")
+
+
+def _gemini_refusal(error: GatewayError) -> Response:
+    return _gemini_json(msgspec.json.decode(GEMINI_GENERATE.error_body(error.status, error.body())), error.status)
+
+
+def gemini_list(request: Request) -> Response:
+    try:
+        return _gemini_json(gemini_models(_gateway(request).catalog).page(request.query_params))
+    except GatewayError as error:
+        return _gemini_refusal(error)
+
+
+def gemini_get(request: Request, model_id: str) -> Response:
+    """One model by any id a request takes (an alias is named as asked, described as what it serves)."""
+    catalog = _gateway(request).catalog
+    model = catalog.get(model_id) if model_id else None
+    served = catalog.canonical(model_id) or (model.id if model is not None and model.listed else None)
+    entry = gemini_models(catalog).get(model_id, served)
+    if entry is None and model is not None:
+        entry = gemini_models(catalog).get(model_id, model.slug)
+    if entry is None:
+        return _gemini_refusal(GatewayError(
+            "model_not_found", f"models/{model_id} is not found: GET /v1beta/models lists the models this gateway "
+                               "serves.", param="model"))
+    return _gemini_json(entry)
 
 
 async def list_endpoints(request: Request) -> Response:

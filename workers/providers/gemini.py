@@ -255,7 +255,7 @@ def classify_error(status: int, err: dict[str, Any], headers: dict[str, str] | N
                          retry_after=retry_after, code=str(rpc_status) if rpc_status else None)
 
 
-def _inband_error(err: Any) -> UpstreamError:
+def inband_error(err: Any) -> UpstreamError:
     err = err if isinstance(err, dict) else {"message": str(err)}
     code = err.get("code")
     status = code if isinstance(code, int) and 400 <= code < 600 else 502
@@ -293,7 +293,7 @@ class GeminiAdapter:
 
     def chat_response(self, data: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]:
         if data.get("error"):
-            raise _inband_error(data["error"])
+            raise inband_error(data["error"])
         candidates = data.get("candidates")
         if not candidates:
             if (data.get("promptFeedback") or {}).get("blockReason"):
@@ -326,7 +326,7 @@ class GeminiAdapter:
     def embeddings_response(self, data: Any) -> tuple[list[Any], dict[str, Any] | None]:
         """(float vectors in input order, no usage: Gemini reports no token counts for embeddings)."""
         if isinstance(data, dict) and data.get("error"):
-            raise _inband_error(data["error"])
+            raise inband_error(data["error"])
         return embeddings_response(data), None
 
 
@@ -349,7 +349,7 @@ class GeminiStreamTranslator:
         if not isinstance(response, dict):
             return []
         if response.get("error"):
-            raise _inband_error(response["error"])
+            raise inband_error(response["error"])
         if isinstance(response.get("usageMetadata"), dict):
             self.usage = usage(response["usageMetadata"])
         candidates = response.get("candidates") or []

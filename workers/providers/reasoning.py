@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.shaping import EFFORTS, Reasoning, requested
+from router.shaping import EFFORTS, Reasoning, joined_details, requested
 
 # What a request asks for is read in one place, shared with admission's output plan (router/shaping.py).
 __all__ = ["EFFORTS", "Reasoning", "requested", "excluded", "text_detail", "encrypted_detail", "returned_details"]
@@ -32,30 +32,7 @@ def encrypted_detail(data: str, fmt: str, index: int) -> dict[str, Any]:
 
 
 def returned_details(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """An assistant message's ``reasoning_details``, streamed pieces of one ``index`` joined in order.
-
-    A client that accumulated a stream may send every piece back: texts concatenate, the signature
-    (which arrives last) is kept.
-    """
+    """An assistant message's ``reasoning_details``, streamed pieces of one ``index`` joined in order
+    (``router.shaping.joined_details``: a client that accumulated a stream may send every piece back)."""
     details = message.get("reasoning_details")
-    if not isinstance(details, list):
-        return []
-    joined: list[dict[str, Any]] = []
-    by_index: dict[Any, dict[str, Any]] = {}
-    for detail in details:
-        if not isinstance(detail, dict):
-            continue
-        index = detail.get("index")
-        same = by_index.get(index) if index is not None else None
-        if same is None or same.get("type") != detail.get("type"):
-            entry = dict(detail)
-            joined.append(entry)
-            if index is not None:
-                by_index[index] = entry
-            continue
-        for name in ("text", "data", "summary"):
-            if isinstance(detail.get(name), str):
-                same[name] = (same.get(name) or "") + detail[name]
-        if detail.get("signature"):
-            same["signature"] = detail["signature"]
-    return joined
+    return joined_details(details) if isinstance(details, list) else []
