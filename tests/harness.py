@@ -7,6 +7,7 @@ Each harness gets its own key namespace, so tests sharing a Redis never see each
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -15,9 +16,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import uvicorn
 
 from api.app import create_app
@@ -25,6 +30,7 @@ from api.cli.main import uvicorn_options
 from common.settings import Settings, load_settings
 from tests.fakes.server import free_port
 from workers.pool import PoolProcess
+from workers.sse import SSEDecoder
 
 # The web tier's secrets (common/server_secret.py): every gateway a test starts has them.
 TEST_SECRET = "test-secret-" + "s" * 32
@@ -81,6 +87,140 @@ def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
             return True
         time.sleep(step)
     return False
+
+
+# -- what the fakes answer, and who asks -------------------------------------------------------------------
+
+
+def tokens_text(tokens: int = 16) -> str:
+    """The OpenAI fake's answer of ``tokens`` tokens (tests/fakes/openai_server.py): ``tok0 tok1 … ``."""
+    return "".join(f"tok{i} " for i in range(tokens))
+
+
+EXPECTED = tokens_text()  # the OpenAI fake's default answer, byte for byte
+
+
+def auth(key: Mapping[str, str] | str) -> dict[str, str]:
+    """Bearer headers for ``key``, or for an environment's test key (``MEGABRAIN_TEST_API_KEY``)."""
+    if not isinstance(key, str):
+        key = key["MEGABRAIN_TEST_API_KEY"]
+    return {"authorization": f"Bearer {key}"}
+
+
+def with_test_key(env: dict[str, str], name: str = "tests") -> dict[str, str]:
+    """``env`` plus ``MEGABRAIN_TEST_API_KEY``: a real key in its namespace (paid models need one; the gateway
+    itself never reads that variable)."""
+    return {**env, "MEGABRAIN_TEST_API_KEY": create_key(env["REDIS_URL"], env["MEGABRAIN_NAMESPACE"], name)}
+
+
+def sdk_for(url: str, key: Mapping[str, str] | str | None = None, **options: Any) -> openai.OpenAI:
+    """The OpenAI SDK at ``url`` (a gateway's base URL, ``/v1`` added), no retries; ``key=None`` is anonymous
+    (the SDK insists on a key, so its Authorization header is blanked)."""
+    if key is None:
+        options.setdefault("default_headers", {})["Authorization"] = ""
+        key = "anonymous"
+    elif not isinstance(key, str):
+        key = key["MEGABRAIN_TEST_API_KEY"]
+    options.setdefault("max_retries", 0)
+    options.setdefault("timeout", 20)
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, **options)
+
+
+def assert_serves_chat(url: str, api_key: str, requests: int = 3) -> None:
+    """``requests`` answers and one stream (with usage) through the gateway at ``url``, via the OpenAI SDK."""
+    client = sdk_for(url, api_key)
+    for _ in range(requests):
+        completion = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert completion.choices[0].message.content == EXPECTED
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True}))
+    assert reassemble(chunks)["text"] == EXPECTED
+    assert chunks[-1].usage is not None
+
+
+def live_workers(url: str, pool: str = "openai") -> int:
+    """Live workers of ``pool`` as the gateway at ``url`` reports them on ``/ready`` (-1: no answer)."""
+    try:
+        return int(httpx.get(url + "/ready", timeout=2).json()["pools"][pool]["live_workers"])
+    except (httpx.HTTPError, KeyError, ValueError):
+        return -1
+
+
+# -- streams: SSE parsing and reassembly ---------------------------------------------------------------------
+
+
+def sse_events(body: str | bytes) -> list[tuple[str | None, str]]:
+    """Every ``(event name, data)`` of a whole SSE body, by the decoder the workers read upstreams with
+    (workers/sse.py, held to the spec's line ends and comments by tests/test_sse.py)."""
+    decoder = SSEDecoder()
+    return decoder.feed(body.encode() if isinstance(body, str) else body) + decoder.close()
+
+
+def sse_data(response: httpx.Response) -> Iterator[str]:
+    """The ``data:`` payloads of a streaming response, each as soon as its event is complete."""
+    decoder = SSEDecoder()
+    for chunk in response.iter_bytes():
+        for _, data in decoder.feed(chunk):
+            yield data
+    for _, data in decoder.close():
+        yield data
+
+
+def reassemble(chunks: Iterable[Any]) -> dict[str, Any]:
+    """A streamed chat answer put together the way SDK users do: ``text``, ``reasoning``, ``calls`` (by
+    index: id, name, arguments), ``finish``, ``usage`` (the last one sent), ``ids`` and ``first_role``.
+    ``chunks`` are the SDK's chunk objects, decoded dicts, or ``data:`` payloads (``[DONE]`` is skipped)."""
+    text, reasoning, finish, usage, ids, roles = "", "", None, None, set(), []
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        if isinstance(chunk, str):
+            if chunk == "[DONE]":
+                continue
+            chunk = json.loads(chunk)
+        elif not isinstance(chunk, dict):
+            chunk = chunk.model_dump()
+        if "id" in chunk:
+            ids.add(chunk["id"])
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            roles.append(delta.get("role"))
+            text += delta.get("content") or ""
+            reasoning += delta.get("reasoning") or ""
+            finish = choice.get("finish_reason") or finish
+            for call in delta.get("tool_calls") or ():
+                entry = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
+                entry["id"] += call.get("id") or ""
+                function = call.get("function") or {}
+                entry["name"] += function.get("name") or ""
+                entry["arguments"] += function.get("arguments") or ""
+    return {"text": text, "reasoning": reasoning, "finish": finish, "usage": usage, "ids": ids,
+            "first_role": roles[0] if roles else None, "calls": [calls[i] for i in sorted(calls)]}
+
+
+# -- gateways over fakes, configured by a file ---------------------------------------------------------------
+
+OPEN_LIMITS = "[limits]\nfree_requests_per_minute = 100000\nanonymous_requests_per_day = 100000\n"
+
+
+def config_file(directory: Path, *free: str, text: str = "", limits: str = OPEN_LIMITS) -> str:
+    """A ``megabrain.toml`` in ``directory`` (its path): limits no test reaches (anonymous calls get in),
+    the ``free`` model ids made free, then ``text``."""
+    models = "".join(f'\n[[models]]\nid = "{model}"\nfree = true\n' for model in free)
+    path = Path(directory) / "megabrain.toml"
+    path.write_text(limits + models + ("\n" + text if text else ""))
+    return str(path)
+
+
+@contextmanager
+def configured_gateway(redis_url: str, directory: Path, pools: tuple[str, ...], *free: str, config: str = "",
+                       **env: str) -> Iterator[GatewayHarness]:
+    """A gateway on the suite's Redis serving ``pools``, configured by ``config_file(directory, *free,
+    text=config)`` and ``env`` (the providers' base URLs and keys)."""
+    env = env_for(redis_url, MEGABRAIN_CONFIG=config_file(directory, *free, text=config), **env)
+    with GatewayHarness.from_env(env, pools=pools) as harness:
+        yield harness
 
 
 class GatewayHarness:
@@ -175,8 +315,10 @@ class GatewayHarness:
 class ProcessGateway:
     """``megabrain web`` and ``megabrain worker`` as real separate processes (production shape)."""
 
-    def __init__(self, env: dict[str, str], worker_providers: str = "openai", workers: int = 1) -> None:
+    def __init__(self, env: dict[str, str], worker_providers: str = "openai", workers: int = 1,
+                 web_args: tuple[str, ...] = ()) -> None:
         self.env = dict(env)
+        self.web_args = web_args  # e.g. ("--workers", "2")
         self.port = free_port()
         self.env["PORT"] = str(self.port)
         self.env["HOST"] = "127.0.0.1"
@@ -209,7 +351,7 @@ class ProcessGateway:
     def start(self) -> "ProcessGateway":
         for _ in range(self.worker_count):
             self.start_worker()
-        self.web = self._spawn("web")
+        self.web = self._spawn("web", *self.web_args)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.web.poll() is not None:
@@ -303,3 +445,153 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+# -- access end to end (tests/test_access_e2e.py, tests/test_admin.py) ----------------------------------------
+
+FREE = "openai/gpt-4o-mini"  # made free by access_config
+PAID = "openai/gpt-4o"
+ADMIN_KEY = "admin-" + "k" * 32
+
+
+def access_config(directory: Path, *, rpm: int, per_day: int) -> str:
+    """A gateway "behind the Heroku router" (``trusted_proxy_hops = 1``) with these per-IP limits and FREE free."""
+    limits = (f"[limits]\nfree_requests_per_minute = {rpm}\nanonymous_requests_per_day = {per_day}\n"
+              "trusted_proxy_hops = 1\n")
+    return config_file(directory, FREE, limits=limits)
+
+
+def post(gateway: GatewayHarness, model: str, key: str | None = None, ip: str = "198.51.100.1") -> httpx.Response:
+    """One chat request from client ``ip`` (as the trusted proxy names it), anonymous unless ``key``."""
+    headers = {"x-forwarded-for": ip, **(auth(key) if key else {})}
+    return httpx.post(gateway.url + "/v1/chat/completions", json={"model": model, "messages": [
+        {"role": "user", "content": "hi"}]}, headers=headers, timeout=20)
+
+
+async def wait_for_async(predicate: Any, timeout: float, step: float = 0.02) -> Any:
+    """``wait_until`` for a coroutine's tests: poll ``predicate`` (sync, or a coroutine function) on the running
+    loop until it returns something truthy, which is returned; None when ``timeout`` passed."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() >= deadline:
+            return None
+        await asyncio.sleep(step)
+
+
+# -- TLS ------------------------------------------------------------------------------------------------------
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path] | None:
+    """A fresh self-signed certificate for 127.0.0.1 and its key, made with ``openssl`` (None without it)."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = Path(directory) / "cert.pem", Path(directory) / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+class TLSProxy:
+    """TLS in front of a plain TCP server (a Redis) on 127.0.0.1: a real TLS endpoint presenting ``cert``, as
+    Heroku Key-Value Store presents its self-signed one, relaying bytes both ways."""
+
+    def __init__(self, target_port: int, cert: Path, key: Path) -> None:
+        import ssl
+
+        self.target_port = target_port
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.port = 0
+        self.handshakes = 0  # TLS connections accepted
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._started = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self._open())
+        self._started.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self._close())
+        self.loop.close()
+
+    async def _close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _open(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=self.context)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.handshakes += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def start(self) -> "TLSProxy":
+        self.thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("the TLS proxy did not start")
+        return self
+
+    def stop(self) -> None:
+        if self.loop is not None and self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    def __enter__(self) -> "TLSProxy":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# -- metrics ---------------------------------------------------------------------------------------------------
+
+Families = dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]
+
+
+def scrape(url: str) -> Families:
+    """``/metrics`` of the gateway at ``url``, parsed by prometheus-client: family -> {(sample, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(url + "/metrics", timeout=5, headers=METRICS_HEADERS)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    out: Families = {}
+    for family in text_string_to_metric_families(response.text):
+        out[family.name] = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
+    return out
+
+
+def metric_value(families: Families, family: str, sample: str, **labels: str) -> float:
+    """One sample of a scrape (0 when absent)."""
+    return families.get(family, {}).get((sample, tuple(sorted(labels.items()))), 0.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import wave
 from typing import Iterator
 
@@ -14,6 +13,7 @@ import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
+from tests.harness import wait_until
 
 MESSAGES = [{"role": "user", "content": "Say hello to the fake upstream."}]
 
@@ -44,10 +44,7 @@ def client(url: str) -> Iterator[openai.OpenAI]:
 
 def wait_for(predicate) -> bool:
     """Counters are bumped in the server thread just after the last bytes leave; give it a moment."""
-    deadline = time.monotonic() + 5
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return predicate()
+    return wait_until(predicate, 10, 0.01)
 
 
 def tiny_wav() -> bytes:
