@@ -7,9 +7,7 @@ Redis it was not given or did not start.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from common.redis import connect
 from common.store import EmbeddedServer, StoreError
 
 from tests.compat import pytest_configure, pytest_runtest_makereport, pytest_sessionfinish  # noqa: F401 (hooks)
+from tests.windows import pytest_runtest_protocol  # noqa: F401 (hook)
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
 from tests.harness import ADMIN_KEY, GatewayHarness, access_config, env_for, with_test_key
@@ -128,8 +127,7 @@ def store(redis: ArqRedis, names: Names) -> KeyStore:
 
 
 @pytest.fixture
-async def clear_of_window_edge() -> None:
-    """Counting tests must not straddle a minute boundary, where fixed windows reset (Redis is local)."""
-    into_minute = time.time() % 60
-    if into_minute > 54:
-        await asyncio.sleep(60.05 - into_minute)
+def clear_of_window_edge() -> None:
+    """Marks a test that counts requests against the limits' fixed windows: one that fails while a minute
+    boundary fell within its run is run once more (tests/windows.py), instead of every such test sleeping
+    past boundaries."""
