@@ -23,6 +23,8 @@ from common.store import EmbeddedServer, StoreError
 
 from tests.compat import pytest_configure, pytest_runtest_makereport, pytest_sessionfinish  # noqa: F401 (hooks)
 from tests.windows import pytest_runtest_protocol  # noqa: F401 (hook)
+
+pytest_plugins = ["tests.census"]  # a whole run counts its tests (tests/census.py)
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
 from tests.harness import ADMIN_KEY, GatewayHarness, access_config, env_for, with_test_key
