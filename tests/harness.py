@@ -595,3 +595,40 @@ def scrape(url: str) -> Families:
 def metric_value(families: Families, family: str, sample: str, **labels: str) -> float:
     """One sample of a scrape (0 when absent)."""
     return families.get(family, {}).get((sample, tuple(sorted(labels.items()))), 0.0)
+
+
+# -- the three fake upstreams together ---------------------------------------------------------------------------
+
+
+class Fakes:
+    """The OpenAI, Anthropic and Gemini fakes' states, for a module's gateway over all three: ``reset`` gives a
+    test fresh defaults in place (the servers keep these objects), ``serving`` runs them."""
+
+    def __init__(self) -> None:
+        from tests.fakes.anthropic_server import AnthropicFakeState
+        from tests.fakes.gemini_server import GeminiFakeState
+        from tests.fakes.openai_server import OpenAIFakeState
+
+        self.openai = OpenAIFakeState()
+        self.anthropic = AnthropicFakeState(api_key="sk-ant-test")
+        self.gemini = GeminiFakeState(api_key="test-gemini-key")
+
+    def reset(self) -> None:
+        self.openai.reset()
+        self.anthropic.__dict__.update(vars(type(self.anthropic)(api_key="sk-ant-test")))
+        self.gemini.__dict__.update(vars(type(self.gemini)(api_key="test-gemini-key")))
+
+    @contextmanager
+    def serving(self) -> Iterator[dict[str, str]]:
+        """The three as real local servers; yields the gateway's environment variables that point at them."""
+        from tests.fakes.anthropic_server import create_anthropic_app
+        from tests.fakes.gemini_server import create_gemini_app
+        from tests.fakes.openai_server import create_openai_app
+        from tests.fakes.server import ThreadedServer
+
+        with ThreadedServer(create_openai_app(self.openai)) as oa, \
+                ThreadedServer(create_anthropic_app(self.anthropic)) as an, \
+                ThreadedServer(create_gemini_app(self.gemini)) as ge:
+            yield {"OPENAI_BASE_URL": oa.url + "/v1", "OPENAI_API_KEY": "sk-upstream-test",
+                   "ANTHROPIC_BASE_URL": an.url, "ANTHROPIC_API_KEY": "sk-ant-test",
+                   "GEMINI_BASE_URL": ge.url, "GEMINI_API_KEY": "test-gemini-key"}
