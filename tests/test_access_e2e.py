@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,8 +18,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis as sync_redis
 
 from api.access.keys import hash_key
+from common.names import Names
+from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import ADMIN_KEY, FREE, PAID, GatewayHarness, post, wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -149,6 +153,34 @@ def test_budget_is_fed_by_the_workers_accounting(two_apis: tuple[GatewayHarness,
     error = sdk_error(lambda: sdk(other, key).chat.completions.create(model=PAID, messages=MESSAGES, max_tokens=5))
     assert_envelope(error, openai.APIStatusError, 402, "budget_exceeded")  # spent + this one's worst case > budget
     assert sdk(other, key).chat.completions.create(model=FREE, messages=MESSAGES).choices  # free: no budget
+
+
+def test_a_budget_reservation_expires_on_the_documented_bound(make_env: Callable[..., dict[str, str]],
+                                                              fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """README ("Budgets under bursts"): a reservation a lost worker never settled expires
+    MEGABRAIN_REQUEST_TIMEOUT + 60 s after the key's last admission: read while the request is in flight
+    (the upstream held), on a gateway whose request timeout is 30 s."""
+    state, _ = fake_openai
+    state.hold = threading.Event()
+    env = {**make_env(), "MEGABRAIN_REQUEST_TIMEOUT": "30"}
+    try:
+        with GatewayHarness.from_env(env) as gw, ThreadPoolExecutor(1) as pool:
+            key_id, key = create_key(gw, "reserving", monthly_budget=5)
+            answer = pool.submit(sdk(gw, key).chat.completions.create, model=PAID, messages=MESSAGES)
+            assert wait_until(lambda: len(state.requests) == 1, 10)  # admitted, reserved, and held upstream
+            reservation = Names(env["MEGABRAIN_NAMESPACE"]).key(f"reserved:{key_id}")
+            client = sync_redis.Redis.from_url(env["REDIS_URL"])
+            try:
+                ttl = client.ttl(reservation)
+                held = client.get(reservation)
+            finally:
+                client.close()
+            state.hold.set()
+            assert answer.result(30).choices
+        assert held is not None and float(held) > 0
+        assert 60 < ttl <= 30 + 60  # set at admission to the request timeout + 60 s (not 3600), counting down
+    finally:
+        state.hold.set()
 
 
 def test_anonymous_sdk_calls_free_models(two_apis: tuple[GatewayHarness, GatewayHarness]) -> None:
