@@ -1,13 +1,15 @@
-"""Running a whole gateway for a test: the API and (optionally) pools in one background thread and loop.
+"""What tests share, one helper per concept: gateways (in a thread, as processes, over fakes configured by a
+file), Redis servers of their own, keys and auth headers, the fake's answer, waits, streams (SSE parsing and
+reassembly: tests/streams.py), TLS (tests/tls.py), metrics, and the access end-to-end helpers. Test modules
+import from here, never from each other.
 
-The gateway talks to the suite's Redis (``REDIS_URL``, or the session's embedded server: tests/conftest.py).
+A gateway talks to the suite's Redis (``REDIS_URL``, or the session's embedded server: tests/conftest.py).
 Each harness gets its own key namespace, so tests sharing a Redis never see each other's queues.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,9 @@ from api.app import create_app
 from api.cli.main import uvicorn_options
 from common.settings import Settings, load_settings
 from tests.fakes.server import free_port
+from tests.streams import reassemble, sse_data, sse_events  # noqa: F401 (re-exported: one door for the tests)
+from tests.tls import TLSProxy, self_signed_cert  # noqa: F401 (re-exported)
 from workers.pool import PoolProcess
-from workers.sse import SSEDecoder
 
 # The web tier's secrets (common/server_secret.py): every gateway a test starts has them.
 TEST_SECRET = "test-secret-" + "s" * 32
@@ -145,58 +148,6 @@ def live_workers(url: str, pool: str = "openai") -> int:
         return int(httpx.get(url + "/ready", timeout=2).json()["pools"][pool]["live_workers"])
     except (httpx.HTTPError, KeyError, ValueError):
         return -1
-
-
-# -- streams: SSE parsing and reassembly ---------------------------------------------------------------------
-
-
-def sse_events(body: str | bytes) -> list[tuple[str | None, str]]:
-    """Every ``(event name, data)`` of a whole SSE body, by the decoder the workers read upstreams with
-    (workers/sse.py, held to the spec's line ends and comments by tests/test_sse.py)."""
-    decoder = SSEDecoder()
-    return decoder.feed(body.encode() if isinstance(body, str) else body) + decoder.close()
-
-
-def sse_data(response: httpx.Response) -> Iterator[str]:
-    """The ``data:`` payloads of a streaming response, each as soon as its event is complete."""
-    decoder = SSEDecoder()
-    for chunk in response.iter_bytes():
-        for _, data in decoder.feed(chunk):
-            yield data
-    for _, data in decoder.close():
-        yield data
-
-
-def reassemble(chunks: Iterable[Any]) -> dict[str, Any]:
-    """A streamed chat answer put together the way SDK users do: ``text``, ``reasoning``, ``calls`` (by
-    index: id, name, arguments), ``finish``, ``usage`` (the last one sent), ``ids`` and ``first_role``.
-    ``chunks`` are the SDK's chunk objects, decoded dicts, or ``data:`` payloads (``[DONE]`` is skipped)."""
-    text, reasoning, finish, usage, ids, roles = "", "", None, None, set(), []
-    calls: dict[int, dict[str, str]] = {}
-    for chunk in chunks:
-        if isinstance(chunk, str):
-            if chunk == "[DONE]":
-                continue
-            chunk = json.loads(chunk)
-        elif not isinstance(chunk, dict):
-            chunk = chunk.model_dump()
-        if "id" in chunk:
-            ids.add(chunk["id"])
-        usage = chunk.get("usage") or usage
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            roles.append(delta.get("role"))
-            text += delta.get("content") or ""
-            reasoning += delta.get("reasoning") or ""
-            finish = choice.get("finish_reason") or finish
-            for call in delta.get("tool_calls") or ():
-                entry = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
-                entry["id"] += call.get("id") or ""
-                function = call.get("function") or {}
-                entry["name"] += function.get("name") or ""
-                entry["arguments"] += function.get("arguments") or ""
-    return {"text": text, "reasoning": reasoning, "finish": finish, "usage": usage, "ids": ids,
-            "first_role": roles[0] if roles else None, "calls": [calls[i] for i in sorted(calls)]}
 
 
 # -- gateways over fakes, configured by a file ---------------------------------------------------------------
@@ -481,97 +432,6 @@ async def wait_for_async(predicate: Any, timeout: float, step: float = 0.02) -> 
         if asyncio.get_running_loop().time() >= deadline:
             return None
         await asyncio.sleep(step)
-
-
-# -- TLS ------------------------------------------------------------------------------------------------------
-
-
-def self_signed_cert(directory: Path) -> tuple[Path, Path] | None:
-    """A fresh self-signed certificate for 127.0.0.1 and its key, made with ``openssl`` (None without it)."""
-    import shutil
-
-    if shutil.which("openssl") is None:
-        return None
-    cert, key = Path(directory) / "cert.pem", Path(directory) / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
-
-
-class TLSProxy:
-    """TLS in front of a plain TCP server (a Redis) on 127.0.0.1: a real TLS endpoint presenting ``cert``, as
-    Heroku Key-Value Store presents its self-signed one, relaying bytes both ways."""
-
-    def __init__(self, target_port: int, cert: Path, key: Path) -> None:
-        import ssl
-
-        self.target_port = target_port
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert, key)
-        self.port = 0
-        self.handshakes = 0  # TLS connections accepted
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._started = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self._open())
-        self._started.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(self._close())
-        self.loop.close()
-
-    async def _close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _open(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=self.context)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.handshakes += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except (OSError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def start(self) -> "TLSProxy":
-        self.thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("the TLS proxy did not start")
-        return self
-
-    def stop(self) -> None:
-        if self.loop is not None and self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-    def __enter__(self) -> "TLSProxy":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 # -- metrics ---------------------------------------------------------------------------------------------------
