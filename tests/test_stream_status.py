@@ -119,7 +119,7 @@ def test_a_request_past_its_deadline_is_504_upstream_timeout(gateway_env: dict[s
     The stream's status line waits longer than the deadline, so the 504 is its status too."""
     state, _ = fake_openai
     state.failures = ["hang"]
-    with _gateway(gateway_env, MEGABRAIN_REQUEST_TIMEOUT="1", MEGABRAIN_STREAM_COMMIT_WAIT="30",
+    with _gateway(gateway_env, MEGABRAIN_REQUEST_TIMEOUT="2", MEGABRAIN_STREAM_COMMIT_WAIT="30",
                   MEGABRAIN_HEARTBEAT_TIMEOUT="60") as gateway:
         response = httpx.post(gateway.url + "/v1/chat/completions", json={**BODY, "stream": stream},
                               headers=auth(gateway_env), timeout=30)
