@@ -303,7 +303,7 @@ class ProcessGateway:
         for _ in range(self.worker_count):
             self.start_worker()
         self.web = self._spawn("web", *self.web_args)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a bound on waiting: several processes import and build catalogs
         while time.monotonic() < deadline:
             if self.web.poll() is not None:
                 raise RuntimeError("web process exited: " + self.log(self.web, 2000))

@@ -12,9 +12,23 @@ from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import ProcessGateway, assert_serves_chat, wait_until
 
 
+def relay_channels(env: dict[str, str]) -> list[bytes]:
+    """The reply channels web processes of ``env``'s namespace subscribe to: one per process (its relay)."""
+    client = sync_redis.Redis.from_url(env["REDIS_URL"])
+    try:
+        return client.pubsub_channels(f"{env['MEGABRAIN_NAMESPACE']}:reply:*")
+    finally:
+        client.close()
+
+
 def test_web_and_worker_processes(gateway_env: dict[str, str], fake_openai: tuple[OpenAIFakeState, str]) -> None:
-    with ProcessGateway(gateway_env, workers=2) as gateway:
+    """A worker process behind ``megabrain web --workers 2`` (README, "Processes"): two web processes on the
+    one port, each a whole web tier with its own relay subscription, all stopped with the command. (Several
+    worker processes of a pool: tests/test_worker_processes.py, tests/test_resilience.py.)"""
+    with ProcessGateway(gateway_env, workers=1, web_args=("--workers", "2")) as gateway:
+        assert wait_until(lambda: len(relay_channels(gateway_env)) == 2, 30)
         assert_serves_chat(gateway.url, gateway_env["MEGABRAIN_TEST_API_KEY"])
+    assert relay_channels(gateway_env) == []
 
 
 @pytest.mark.usefixtures("clear_of_window_edge")  # counts per minute (tests/windows.py)
@@ -35,24 +49,6 @@ def test_forwarded_for_is_ignored_without_trusted_hops(gateway_env: dict[str, st
     assert statuses == [200, 200, 429]
 
 
-def relay_channels(env: dict[str, str]) -> list[bytes]:
-    """The reply channels web processes of ``env``'s namespace subscribe to: one per process (its relay)."""
-    client = sync_redis.Redis.from_url(env["REDIS_URL"])
-    try:
-        return client.pubsub_channels(f"{env['MEGABRAIN_NAMESPACE']}:reply:*")
-    finally:
-        client.close()
-
-
-def test_web_workers_runs_that_many_web_processes(gateway_env: dict[str, str]) -> None:
-    """README ("Processes"): ``megabrain web --workers N`` runs N web processes on the one port, each a whole
-    web tier with its own relay subscription."""
-    with ProcessGateway(gateway_env, web_args=("--workers", "2")) as gateway:
-        assert wait_until(lambda: len(relay_channels(gateway_env)) == 2, 30)
-        assert_serves_chat(gateway.url, gateway_env["MEGABRAIN_TEST_API_KEY"], requests=4)
-    assert relay_channels(gateway_env) == []  # every one of them stopped with the command
-
-
 @pytest.mark.parametrize(("argv", "environ", "processes"), [
     (["web"], {"WEB_CONCURRENCY": "3"}, 3),  # the buildpack's variable
     (["web", "--workers", "2"], {"WEB_CONCURRENCY": "3"}, 2),  # the flag wins
@@ -60,7 +56,8 @@ def test_web_workers_runs_that_many_web_processes(gateway_env: dict[str, str]) -
 ])
 def test_web_concurrency_sets_the_number_of_web_processes(monkeypatch: pytest.MonkeyPatch, argv: list[str],
                                                           environ: dict[str, str], processes: int) -> None:
-    """How many processes ``megabrain web`` asks uvicorn for (the processes themselves: the test above)."""
+    """How many processes ``megabrain web`` asks uvicorn for (the processes themselves:
+    test_web_and_worker_processes)."""
     import uvicorn
 
     from api.cli.main import main
