@@ -13,9 +13,10 @@ Elsewhere the same findings are printed under the summary, and nothing fails: a 
 the npm clients skips those modules, saying why.
 
 **Adding tests** needs nothing: the floor rises by itself. Each whole run that passes the census records
-its count in ``.results/census.json`` (gitignored, like the compatibility results); ``tests/census.txt``
-holds a committed floor for machines without that file (a fresh CI checkout), raised now and then with
-``python -m tests.census --record`` (optional: a stale committed floor is only a weaker one).
+its count in ``.results/census/<git branch>.json`` (gitignored, like the compatibility results; per branch,
+so a workspace that runs several branches compares each with itself); ``tests/census.txt`` holds a committed
+floor for machines without that file (a fresh CI checkout), raised now and then with ``python -m
+tests.census --record`` (optional: a stale committed floor is only a weaker one).
 
 **Removing tests on purpose** is one edit: append a line to ``tests/census.txt``::
 
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -41,10 +43,21 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORD = ROOT / ".results" / "census.json"
 LEDGER = ROOT / "tests" / "census.txt"
 REMOVED = re.compile(r"^removed\s+(\d+)\s+\S")
 FLOOR = re.compile(r"^floor\s+(\d+)\s*$")
+
+
+def _branch() -> str:
+    try:
+        name = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        name = ""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "default"
+
+
+RECORD = ROOT / ".results" / "census" / f"{_branch()}.json"
 
 
 def strict() -> bool:
