@@ -284,11 +284,16 @@ def _sdk_rows(base_url: str, budget_key: str, good_key: str) -> None:
         assert response.json()["error"]["type"] == error_type
         return info.value
 
-    exc = refused(openai.AuthenticationError, "paid_model_auth_required", model=PAID)
+    exc = refused(openai.AuthenticationError, "paid_model_auth_required", model=PAID, xff="192.0.2.40")
     assert exc.code == "PAID_MODEL_AUTH_REQUIRED"
     assert exc.response.json()["error"]["message"].startswith("You need to sign in to use this model.")
-    refused(openai.AuthenticationError, "authentication_required", model=FREE, key="mb-" + "z" * 43)
+    refused(openai.AuthenticationError, "authentication_required", model=FREE, key="mb-" + "z" * 43, xff="192.0.2.40")
     refused(openai.BadRequestError, "missing_client_ip", model=FREE, xff=None)
+    # README (Security): requests refused before their limit ran count against the client's limits too, so
+    # the two refusals above and one answer fill this client's minute (3)
+    assert call(FREE, xff="192.0.2.40").choices[0].message.content == EXPECTED
+    refused(openai.RateLimitError, "rate_limit_exceeded", model=FREE, xff="192.0.2.40")
+
     assert call(FREE).choices[0].message.content == EXPECTED
     assert call(FREE, xff="6.6.6.6, 192.0.2.50").model == FREE  # spoofed left entry: same client
     assert call(FREE, key=good_key).model == FREE  # keyed, same IP: same per-minute counter

@@ -9,7 +9,7 @@ import pytest
 import redis as sync_redis
 
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import ProcessGateway, assert_serves_chat, wait_until
+from tests.harness import TEST_SECRET, ProcessGateway, assert_serves_chat, wait_until
 
 
 def relay_channels(env: dict[str, str]) -> list[bytes]:
@@ -65,6 +65,7 @@ def test_web_concurrency_sets_the_number_of_web_processes(monkeypatch: pytest.Mo
     started: list[int] = []
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # never reached: nothing is served
     monkeypatch.setenv("MEGABRAIN_CONFIG", os.devnull)
+    monkeypatch.setenv("MEGABRAIN_SECRET", TEST_SECRET)
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)

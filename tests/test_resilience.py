@@ -119,9 +119,10 @@ def test_what_outlives_the_shutdown_grace(patient_env: dict[str, str],
     """README ("Shutdown, restarts and failures"), with a 1 s MEGABRAIN_SHUTDOWN_GRACE:
 
     1. a worker given SIGTERM lets its jobs run for the grace, then tells the web tier which requests it
-       abandons: the one that sent nothing yet is re-run at once on the other worker (the 60 s heartbeat
-       timeout is far beyond the client's read timeout: only the worker's word can make that re-run in
-       time), and a stream that sent tokens ends with the in-band error frame, never restarted;
+       abandons: the one that sent nothing yet is re-run at once on the other worker (here one in this
+       process; the 60 s heartbeat timeout is far beyond the client's read timeout: only the worker's word
+       can make that re-run in time), and a stream that sent tokens ends with the in-band error frame, never
+       restarted;
     2. the web process given SIGTERM lets a running stream go on for the grace, then cuts it: the stream ends
        without ``[DONE]`` (the client sees it truncated), and the process exits.
     """
@@ -130,41 +131,46 @@ def test_what_outlives_the_shutdown_grace(patient_env: dict[str, str],
     state.tokens, state.token_delay = 200, 0.5  # streams last 100 s: far beyond the grace and a worker's start
     answer_text = tokens_text(200)
     env = {**patient_env, "MEGABRAIN_SHUTDOWN_GRACE": "1"}
-    with ProcessGateway(env, workers=1) as gw, concurrent.futures.ThreadPoolExecutor(1) as pool:
-        first = gw.workers[0]
-        silent = pool.submit(httpx.post, gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=40)
-        assert wait_until(lambda: len(state.requests) == 1, 10)
-        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(env), timeout=30,
-                          json={**BODY, "stream": True}) as response:
-            events = sse_data(response)
-            payloads = [next(events)]  # tokens went out: this one can no longer be re-run
-            gw.start_worker()
-            assert wait_until(lambda: live_workers(gw.url) == 2, 15)
-            first.send_signal(signal.SIGTERM)
-            payloads += list(events)
-        answer = silent.result(45)
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["choices"][0]["message"]["content"] == answer_text  # re-run on the other worker
-        last = json.loads(payloads[-1])
-        assert last["error"]["type"] == "temporarily_unavailable", payloads[-1]
-        text = reassemble(payloads[:-1])["text"]
-        assert "[DONE]" not in payloads and text and answer_text.startswith(text) and text != answer_text
-        assert len(state.requests) == 3  # the abandoned call, the stream, the re-run: the stream never twice
-        assert first.wait(15) == 0
-
-        assert gw.web is not None
-        cut: list[str] = []
-        with pytest.raises(httpx.RemoteProtocolError):  # the chunked body never got its end
+    other = GatewayHarness.from_env(env, api=False)  # the other worker, started once both requests are at the first
+    try:
+        with ProcessGateway(env, workers=1) as gw, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = gw.workers[0]
+            silent = pool.submit(httpx.post, gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=40)
+            assert wait_until(lambda: len(state.requests) == 1, 10)
             with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(env), timeout=30,
                               json={**BODY, "stream": True}) as response:
-                assert response.status_code == 200
-                for payload in sse_data(response):
-                    cut.append(payload)
-                    if len(cut) == 1:
-                        gw.web.send_signal(signal.SIGTERM)
-        assert gw.web.wait(15) is not None
-        text = reassemble(cut)["text"]
-        assert "[DONE]" not in cut and text and answer_text.startswith(text) and text != answer_text
+                events = sse_data(response)
+                payloads = [next(events)]  # tokens went out: this one can no longer be re-run
+                other.start()
+                assert wait_until(lambda: live_workers(gw.url) == 2, 15)
+                first.send_signal(signal.SIGTERM)
+                payloads += list(events)
+            answer = silent.result(45)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["choices"][0]["message"]["content"] == answer_text  # re-run on the other worker
+            last = json.loads(payloads[-1])
+            assert last["error"]["type"] == "temporarily_unavailable", payloads[-1]
+            text = reassemble(payloads[:-1])["text"]
+            assert "[DONE]" not in payloads and text and answer_text.startswith(text) and text != answer_text
+            assert len(state.requests) == 3  # the abandoned call, the stream, the re-run: the stream never twice
+            assert first.wait(15) == 0
+
+            assert gw.web is not None
+            cut: list[str] = []
+            with pytest.raises(httpx.RemoteProtocolError):  # the chunked body never got its end
+                with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(env), timeout=30,
+                                  json={**BODY, "stream": True}) as response:
+                    assert response.status_code == 200
+                    for payload in sse_data(response):
+                        cut.append(payload)
+                        if len(cut) == 1:
+                            gw.web.send_signal(signal.SIGTERM)
+            assert gw.web.wait(15) is not None
+            text = reassemble(cut)["text"]
+            assert "[DONE]" not in cut and text and answer_text.startswith(text) and text != answer_text
+    finally:
+        if other.thread.is_alive():
+            other.stop()
 
 
 # --------------------------------------------------------------------------- Redis outage

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -101,13 +102,14 @@ def test_a_request_past_its_deadline_is_504_upstream_timeout(gateway_env: dict[s
     """The upstream never answers (it hangs until its connection closes): the request's deadline ends it, JSON
     or stream. The stream's status line waits longer than the deadline, so the 504 is its status too."""
     state, _ = fake_openai
+    state.failures = ["hang", "hang"]
     with _gateway(gateway_env, MEGABRAIN_REQUEST_TIMEOUT="2", MEGABRAIN_STREAM_COMMIT_WAIT="30",
-                  MEGABRAIN_HEARTBEAT_TIMEOUT="60") as gateway:
-        for stream in (False, True):
-            state.failures = ["hang"]
-            response = httpx.post(gateway.url + "/v1/chat/completions", json={**BODY, "stream": stream},
-                                  headers=auth(gateway_env), timeout=30)
-            assert response.status_code == 504, response.text
-            body = response.json()
-            assert body["error_type"] == "upstream_timeout" and body["error"]["type"] == "upstream_timeout"
+                  MEGABRAIN_HEARTBEAT_TIMEOUT="60") as gateway, ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(lambda stream: httpx.post(  # both at once: one deadline to wait out
+            gateway.url + "/v1/chat/completions", json={**BODY, "stream": stream}, headers=auth(gateway_env),
+            timeout=30), (False, True)))
+    for response in responses:
+        assert response.status_code == 504, response.text
+        body = response.json()
+        assert body["error_type"] == "upstream_timeout" and body["error"]["type"] == "upstream_timeout"
     assert len(state.requests) == 2  # one call each, never retried past the deadline
