@@ -7,14 +7,13 @@ why", Errors):
   failure still to come arrives in-band as the error frame;
 - a request whose deadline (``MEGABRAIN_REQUEST_TIMEOUT``) passes gets 504 ``upstream_timeout``.
 
-The upstream is held back by the fake's gate (``OpenAIFakeState.hold``), released once the client has
-seen what it waits for: no test here depends on how fast the machine is.
+The upstream is held back by the fake's gate (``OpenAIFakeState.hold_answers``), released once the client
+has seen what it waits for: no test here depends on how fast the machine is.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -66,7 +65,7 @@ def test_past_the_commit_wait_keep_alives_hold_the_stream(gateway_env: dict[str,
     state, _ = fake_openai
     with _gateway(gateway_env, MEGABRAIN_STREAM_COMMIT_WAIT="0.2", MEGABRAIN_KEEPALIVE_INTERVAL="0.2") as gateway:
         for failure in (None, 400):
-            state.hold = threading.Event()
+            state.hold_answers = True
             try:
                 with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=BODY,
                                   headers=auth(gateway_env), timeout=30) as response:
@@ -82,10 +81,10 @@ def test_past_the_commit_wait_keep_alives_hold_the_stream(gateway_env: dict[str,
                             break
                     if failure is not None:
                         state.failures = [failure]  # taken by the held request once released: not retried
-                    state.hold.set()  # now the upstream answers
+                    state.hold_answers = False  # now the upstream answers
                     rest = [line for line in lines if line]
             finally:
-                state.hold.set()
+                state.hold_answers = False
             assert comments == [": keep-alive"] * 3
             assert all(line.startswith(("data: ", ":")) for line in rest)
             data = [line[len("data: "):] for line in rest if not line.startswith(":")]
