@@ -7,11 +7,10 @@ Redis it was not given or did not start.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -23,9 +22,12 @@ from common.redis import connect
 from common.store import EmbeddedServer, StoreError
 
 from tests.compat import pytest_configure, pytest_runtest_makereport, pytest_sessionfinish  # noqa: F401 (hooks)
+from tests.windows import pytest_runtest_protocol  # noqa: F401 (hook)
+
+pytest_plugins = ["tests.census"]  # a whole run counts its tests (tests/census.py)
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, create_key, env_for
+from tests.harness import ADMIN_KEY, GatewayHarness, access_config, env_for, with_test_key
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +59,28 @@ def gateway_env(redis_url: str, fake_openai: tuple[OpenAIFakeState, str]) -> dic
     """The gateway's environment, plus ``MEGABRAIN_TEST_API_KEY``: a real key in its namespace (paid models
     need one; the gateway itself never reads that variable)."""
     _, upstream = fake_openai
-    env = env_for(redis_url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test")
-    env["MEGABRAIN_TEST_API_KEY"] = create_key(redis_url, env["MEGABRAIN_NAMESPACE"])
-    return env
+    return with_test_key(env_for(redis_url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test"))
+
+
+@pytest.fixture
+def patient_env(gateway_env: dict[str, str]) -> dict[str, str]:
+    """Slow safety nets (a 60 s heartbeat timeout) and no byte before the answer, so a client's read timeout
+    bounds the whole wait: a killed or stopping worker must be found by its liveness key or its own word."""
+    return {**gateway_env, "MEGABRAIN_HEARTBEAT_TIMEOUT": "60", "MEGABRAIN_PICKUP_TIMEOUT": "30",
+            "MEGABRAIN_REQUEST_TIMEOUT": "120",
+            "MEGABRAIN_KEEPALIVE_INTERVAL": "100", "MEGABRAIN_JSON_KEEPALIVE_AFTER": "100"}
+
+
+@pytest.fixture
+def make_env(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
+             tmp_path: Path) -> Callable[..., dict[str, str]]:
+    """Environments of a gateway behind one trusted proxy with these per-IP limits (tests/harness.py
+    access_config), the admin API on."""
+    def make(rpm: int = 3, per_day: int = 2) -> dict[str, str]:
+        _, upstream = fake_openai
+        return env_for(redis_url, MEGABRAIN_CONFIG=access_config(tmp_path, rpm=rpm, per_day=per_day),
+                       OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test", MEGABRAIN_ADMIN_KEY=ADMIN_KEY)
+    return make
 
 
 @pytest.fixture
@@ -108,8 +129,7 @@ def store(redis: ArqRedis, names: Names) -> KeyStore:
 
 
 @pytest.fixture
-async def clear_of_window_edge() -> None:
-    """Counting tests must not straddle a minute boundary, where fixed windows reset (Redis is local)."""
-    into_minute = time.time() % 60
-    if into_minute > 54:
-        await asyncio.sleep(60.05 - into_minute)
+def clear_of_window_edge() -> None:
+    """Marks a test that counts requests against the limits' fixed windows: one that fails while a minute
+    boundary fell within its run is run once more (tests/windows.py), instead of every such test sleeping
+    past boundaries."""

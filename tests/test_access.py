@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from api.access.check import PAID_MODEL_MESSAGE, AccessContext, bearer_token, build_access_context, check_access
 from api.access.client_ip import client_ip
@@ -21,7 +17,7 @@ from common.settlement import record_usage
 from common.names import Names
 from common.redis import connect
 from common.settings import Limits
-from tests.fakes.server import ThreadedServer
+from tests.harness import EXPECTED, FREE, PAID, GatewayHarness
 
 pytestmark = pytest.mark.usefixtures("clear_of_window_edge")
 IP = "203.0.113.10"
@@ -249,55 +245,26 @@ async def test_no_log_line_contains_a_key_or_its_hash(
 # --- the envelope through HTTP, as the OpenAI SDK sees it -----------------------------------------------
 
 
-def gateway_app(redis_url: str, namespace: str, limits: Limits) -> Starlette:
-    """A stand-in for the chat route: client IP behind one proxy hop, check_access, the envelope."""
-    state: dict[str, AccessContext] = {}
-
-    async def chat(request: Request) -> Response:
-        if "ctx" not in state:
-            state["ctx"] = build_access_context(connect(redis_url), Names(namespace))
-        body = await request.json()
-        ip = client_ip(request.client.host if request.client else None, request.headers.getlist("x-forwarded-for"), 1)
-        result = await check_access(
-            state["ctx"],
-            authorization_header=request.headers.get("authorization"),
-            model_is_free=body["model"].startswith("free/"),
-            client_ip=ip,
-            limits=limits,
-        )
-        if result.error is not None:
-            headers = {**result.headers, **result.error.response_headers()}
-            return Response(result.error.body(), result.error.status, headers, media_type="application/json")
-        completion = {
-            "id": "c1", "object": "chat.completion", "created": 1, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-        }
-        return JSONResponse(completion, headers=result.headers)
-
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-
-
-async def test_error_rows_through_the_openai_sdk(redis_url: str) -> None:
-    namespace = f"test-{uuid.uuid4().hex[:12]}"
-    redis = connect(redis_url)
-    store = KeyStore(redis, Names(namespace))
-    limits = Limits(free_requests_per_minute=3, anonymous_requests_per_day=3)
+async def test_error_rows_through_the_openai_sdk(make_env: Callable[..., dict[str, str]]) -> None:
+    """The decision table through the real app (one trusted proxy hop; FREE free, PAID paid), as the SDK
+    raises it."""
+    env = make_env(rpm=3, per_day=3)
+    names = Names(env["MEGABRAIN_NAMESPACE"])
+    redis = connect(env["REDIS_URL"])
     try:
+        store = KeyStore(redis, names)
         record, key = await store.create("sdk", monthly_budget=0.1)
-        await record_usage(redis, Names(namespace), record.id, "paid/x", 1, 1, "0.2")
+        await record_usage(redis, names, record.id, PAID, 1, 1, "0.2")
         _, good = await store.create("good")
-        with ThreadedServer(gateway_app(redis_url, namespace, limits)) as server:
-            await asyncio.to_thread(_sdk_rows, server.url + "/v1", key, good)
     finally:
-        keys = [k async for k in redis.scan_iter(match=f"{namespace}:*")]
-        if keys:
-            await redis.delete(*keys)
         await redis.aclose()
+    with GatewayHarness.from_env(env) as gateway:
+        await asyncio.to_thread(_sdk_rows, gateway.url + "/v1", key, good)
 
 
 def _sdk_rows(base_url: str, budget_key: str, good_key: str) -> None:
     def client(key: str = "unused") -> openai.OpenAI:
-        return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+        return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=20)
 
     def call(model: str, key: str | None = None, xff: str | None = "192.0.2.50") -> Any:
         headers: dict[str, Any] = {}
@@ -317,21 +284,26 @@ def _sdk_rows(base_url: str, budget_key: str, good_key: str) -> None:
         assert response.json()["error"]["type"] == error_type
         return info.value
 
-    exc = refused(openai.AuthenticationError, "paid_model_auth_required", model="paid/x")
+    exc = refused(openai.AuthenticationError, "paid_model_auth_required", model=PAID, xff="192.0.2.40")
     assert exc.code == "PAID_MODEL_AUTH_REQUIRED"
-    assert exc.response.json()["error"]["message"] == "You need to sign in to use this model."
-    refused(openai.AuthenticationError, "authentication_required", model="free/x", key="mb-" + "z" * 43)
-    refused(openai.BadRequestError, "missing_client_ip", model="free/x", xff=None)
-    assert call("free/x").choices[0].message.content == "hi"
-    assert call("free/x", xff="6.6.6.6, 192.0.2.50").model == "free/x"  # spoofed left entry: same client
-    assert call("free/x", key=good_key).model == "free/x"  # keyed, same IP: same per-minute counter
-    exc = refused(openai.RateLimitError, "rate_limit_exceeded", model="free/x", key=good_key)
+    assert exc.response.json()["error"]["message"].startswith("You need to sign in to use this model.")
+    refused(openai.AuthenticationError, "authentication_required", model=FREE, key="mb-" + "z" * 43, xff="192.0.2.40")
+    refused(openai.BadRequestError, "missing_client_ip", model=FREE, xff=None)
+    # README (Security): requests refused before their limit ran count against the client's limits too, so
+    # the two refusals above and one answer fill this client's minute (3)
+    assert call(FREE, xff="192.0.2.40").choices[0].message.content == EXPECTED
+    refused(openai.RateLimitError, "rate_limit_exceeded", model=FREE, xff="192.0.2.40")
+
+    assert call(FREE).choices[0].message.content == EXPECTED
+    assert call(FREE, xff="6.6.6.6, 192.0.2.50").model == FREE  # spoofed left entry: same client
+    assert call(FREE, key=good_key).model == FREE  # keyed, same IP: same per-minute counter
+    exc = refused(openai.RateLimitError, "rate_limit_exceeded", model=FREE, key=good_key)
     assert int(exc.response.headers["retry-after"]) >= 1
     assert exc.response.headers["x-ratelimit-remaining"] == "0"
     assert exc.response.headers["x-ratelimit-limit"] == "3"
-    exc = refused(openai.APIStatusError, "budget_exceeded", model="paid/x", key=budget_key)
+    exc = refused(openai.APIStatusError, "budget_exceeded", model=PAID, key=budget_key)
     assert exc.status_code == 402
-    assert call("paid/x", key=good_key).choices[0].message.content == "hi"
+    assert call(PAID, key=good_key).choices[0].message.content == EXPECTED
     for _ in range(3):
-        assert call("free/x", xff="192.0.2.51").model == "free/x"
-    refused(openai.AuthenticationError, "promotion_limit_reached", model="free/x", xff="192.0.2.51")
+        assert call(FREE, xff="192.0.2.51").model == FREE
+    refused(openai.AuthenticationError, "promotion_limit_reached", model=FREE, xff="192.0.2.51")

@@ -13,53 +13,22 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import redis as sync_redis
 
 from api.access.keys import hash_key
+from common.names import Names
+from common.usage import holds_key
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import GatewayHarness, env_for
+from tests.harness import ADMIN_KEY, FREE, PAID, GatewayHarness, post, wait_until
 
-FREE = "openai/gpt-4o-mini"  # made free by the test config
-PAID = "openai/gpt-4o"
 MESSAGES = [{"role": "user", "content": "hi"}]
-ADMIN_KEY = "admin-" + "k" * 32
 UNKNOWN_KEY = "mb-" + "u" * 43
-
-
-def ensure_minute_margin(seconds: float = 8.0) -> None:
-    """Counting tests must not straddle a minute boundary, where the fixed windows reset."""
-    into_minute = time.time() % 60
-    if into_minute > 60 - seconds:
-        time.sleep(60.05 - into_minute)
-
-
-def write_config(tmp_path: Path, *, rpm: int, per_day: int) -> str:
-    path = tmp_path / "megabrain.toml"
-    path.write_text(
-        "[limits]\n"
-        f"free_requests_per_minute = {rpm}\n"
-        f"anonymous_requests_per_day = {per_day}\n"
-        "trusted_proxy_hops = 1\n"
-        "\n[[models]]\n"
-        f'id = "{FREE}"\n'
-        "free = true\n"
-    )
-    return str(path)
-
-
-@pytest.fixture
-def make_env(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
-             tmp_path: Path) -> Callable[..., dict[str, str]]:
-    def make(rpm: int = 3, per_day: int = 2) -> dict[str, str]:
-        _, upstream = fake_openai
-        return env_for(redis_url, MEGABRAIN_CONFIG=write_config(tmp_path, rpm=rpm, per_day=per_day),
-                       OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test", MEGABRAIN_ADMIN_KEY=ADMIN_KEY)
-    return make
+pytestmark = pytest.mark.usefixtures("clear_of_window_edge")  # counts against per-minute limits (tests/windows.py)
 
 
 @pytest.fixture
@@ -79,14 +48,6 @@ def sdk(gateway: GatewayHarness, key: str | None = None, ip: str | None = "198.5
         headers["X-Forwarded-For"] = ip
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key="anonymous", default_headers=headers,
                          max_retries=0, timeout=20)
-
-
-def post(gateway: GatewayHarness, model: str, key: str | None = None, ip: str = "198.51.100.1") -> httpx.Response:
-    headers = {"x-forwarded-for": ip}
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    return httpx.post(gateway.url + "/v1/chat/completions", json={"model": model, "messages": MESSAGES},
-                      headers=headers, timeout=20)
 
 
 def create_key(gateway: GatewayHarness, name: str, **limits: Any) -> tuple[str, str]:
@@ -111,15 +72,6 @@ def assert_envelope(error: openai.APIStatusError, cls: type, status: int, error_
     assert body["error"]["code"] == error_type.upper()
     assert body["error"]["message"]
     return body
-
-
-def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def has_rate_limit_headers(headers: httpx.Headers) -> bool:
@@ -155,7 +107,6 @@ def test_error_table_as_the_sdk_sees_it(two_apis: tuple[GatewayHarness, GatewayH
     assert body["error"]["code"] == "PAID_MODEL_AUTH_REQUIRED"
     assert body["error"]["message"] == "You need to sign in to use this model. Create a free account and get your API key at /signup"
 
-    ensure_minute_margin()
     anonymous = sdk(gw, ip="198.51.100.2")
     for _ in range(2):  # the day allowance is 2
         raw = anonymous.chat.completions.with_raw_response.create(model=FREE, messages=MESSAGES)
@@ -194,7 +145,7 @@ def test_budget_is_fed_by_the_workers_accounting(two_apis: tuple[GatewayHarness,
     def usage() -> dict[str, Any]:
         return httpx.get(other.url + "/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=10).json()
 
-    assert wait_for(lambda: usage()["month_spend"] > 0)
+    assert wait_until(lambda: usage()["month_spend"] > 0, 10)
     row = usage()["data"][0]
     assert (row["model"], row["requests"], row["completion_tokens"]) == (PAID, 1, 5)
     error = sdk_error(lambda: sdk(other, key).chat.completions.create(model=PAID, messages=MESSAGES))
@@ -203,6 +154,36 @@ def test_budget_is_fed_by_the_workers_accounting(two_apis: tuple[GatewayHarness,
     error = sdk_error(lambda: sdk(other, key).chat.completions.create(model=PAID, messages=MESSAGES, max_tokens=5))
     assert_envelope(error, openai.APIStatusError, 402, "budget_exceeded")  # spent + this one's worst case > budget
     assert sdk(other, key).chat.completions.create(model=FREE, messages=MESSAGES).choices  # free: no budget
+
+
+def test_a_budget_hold_ends_on_the_documented_bound(make_env: Callable[..., dict[str, str]],
+                                                    fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """README ("Reservations end on a bound traffic cannot extend"): each admitted request with a budget
+    holds its worst case as its own entry, ending MEGABRAIN_REQUEST_TIMEOUT + 60 s after its admission: read
+    while the request is in flight (the upstream held), on a gateway whose request timeout is 30 s."""
+    state, _ = fake_openai
+    state.hold_answers = True
+    env = {**make_env(), "MEGABRAIN_REQUEST_TIMEOUT": "30"}
+    try:
+        with GatewayHarness.from_env(env) as gw, ThreadPoolExecutor(1) as pool:
+            key_id, key = create_key(gw, "reserving", monthly_budget=5)
+            admitted = time.time()
+            answer = pool.submit(sdk(gw, key).chat.completions.create, model=PAID, messages=MESSAGES)
+            assert wait_until(lambda: len(state.requests) == 1, 10)  # admitted, held, and waiting upstream
+            read = time.time()
+            client = sync_redis.Redis.from_url(env["REDIS_URL"])
+            try:
+                holds = client.zrange(holds_key(Names(env["MEGABRAIN_NAMESPACE"]), key_id), 0, -1, withscores=True)
+            finally:
+                client.close()
+            state.hold_answers = False
+            assert answer.result(30).choices
+        [(member, ends_ms)] = holds  # one hold: this request's
+        assert float(member.decode().rsplit("|", 1)[1]) > 0  # its worst case, in USD
+        # its end: the request timeout (30 s) + 60 s after the admission, which fell between these two reads
+        assert admitted + 30 + 60 - 0.01 <= ends_ms / 1000 <= read + 30 + 60
+    finally:
+        state.hold_answers = False
 
 
 def test_anonymous_sdk_calls_free_models(two_apis: tuple[GatewayHarness, GatewayHarness]) -> None:
@@ -229,7 +210,6 @@ def test_anonymous_sdk_calls_free_models(two_apis: tuple[GatewayHarness, Gateway
 def test_concurrent_requests_through_two_api_processes(two_apis: tuple[GatewayHarness, GatewayHarness],
                                                        refusal: str) -> None:
     a, b = two_apis
-    ensure_minute_margin()
     with ThreadPoolExecutor(12) as pool:
         responses = list(pool.map(lambda i: post((a, b)[i % 2], FREE, ip="203.0.113.50"), range(12)))
     statuses = sorted(r.status_code for r in responses)
@@ -244,7 +224,6 @@ def test_concurrent_requests_through_two_api_processes(two_apis: tuple[GatewayHa
 def test_spoofed_forwarded_for_cannot_dodge_the_per_ip_limit(two_apis: tuple[GatewayHarness, GatewayHarness]
                                                              ) -> None:
     gw, other = two_apis
-    ensure_minute_margin()
     # The router appends the real peer; everything to its left is whatever the client sent.
     for i in range(3):
         assert post(gw, FREE, ip=f"10.0.0.{i}, 198.51.100.7").status_code == 200
@@ -280,7 +259,7 @@ def assert_key_lifecycle(cli_env: dict[str, str], a: GatewayHarness, b: GatewayH
     key_id = row.split()[0]
     assert key[:8] in row and "active" in row and key not in listing.stdout
 
-    assert wait_for(lambda: _requests(run_cli(cli_env, "usage", key_id, *via).stdout) == 2)
+    assert wait_until(lambda: _requests(run_cli(cli_env, "usage", key_id, *via).stdout) == 2, 10)
 
     revoked = run_cli(cli_env, "revoke", key_id, *via)
     assert revoked.returncode == 0 and key_id in revoked.stdout

@@ -36,6 +36,7 @@ from common.settlement import record_usage
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import TEST_SECRET, GatewayHarness, RedisServer, env_for, wait_until
 from tests.pages import ADMIN_KEY, PAID, PASSWORD, Browser, accounts_env, keys_in
+from tests.redis_commands import command_counts
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -103,7 +104,7 @@ async def test_revoked_keys_listed_on_the_profile_are_bounded(redis: Any, names:
 def command_calls(url: str) -> dict[str, int]:
     client = sync_redis.Redis.from_url(url)
     try:
-        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()}
+        return command_counts(client)
     finally:
         client.close()
 

@@ -8,8 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import GatewayHarness
-from tests.test_access_e2e import ADMIN_KEY, FREE, PAID, make_env, post, wait_for  # noqa: F401  (make_env: fixture)
+from tests.harness import ADMIN_KEY, FREE, PAID, GatewayHarness, post, wait_until
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -88,13 +87,13 @@ def test_usage_per_key_and_anonymous(gw: GatewayHarness) -> None:
         assert response.status_code == 200
         return response.json()
 
-    assert wait_for(lambda: bool(own()["data"]))
+    assert wait_until(lambda: bool(own()["data"]), 10)
     [row] = own()["data"]
     assert (row["model"], row["requests"], row["completion_tokens"]) == (PAID, 1, 16)
     assert float(row["cost"]) > 0 and own()["month_spend"] == pytest.approx(float(row["cost"]))
     admin_view = call(gw, "GET", f"/admin/keys/{key['id']}/usage", params={"days": 2}).json()
     assert admin_view["data"] == own()["data"]
-    assert wait_for(lambda: bool(call(gw, "GET", "/admin/keys/anonymous/usage").json()["data"]))
+    assert wait_until(lambda: bool(call(gw, "GET", "/admin/keys/anonymous/usage").json()["data"]), 10)
     [anon] = call(gw, "GET", "/admin/keys/anonymous/usage").json()["data"]
     assert (anon["model"], anon["requests"]) == (FREE, 1)
     assert call(gw, "GET", "/admin/keys/nope/usage").status_code == 404

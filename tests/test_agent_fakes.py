@@ -14,6 +14,7 @@ import pytest
 
 from tests.fakes import agent_anthropic, agent_openai
 from tests.fakes.agent_script import FINAL_TEXT, AgentSession, AgentTask, serve, sign
+from tests.harness import reassemble, sse_events
 
 TASK = AgentTask(path="/tmp/never-written/hello.txt", content="hi")
 WRITE = {"type": "function", "function": {"name": "write_to_file", "parameters": {"type": "object"}}}
@@ -55,9 +56,7 @@ def test_openai_fake_plays_the_session(openai_fake: tuple[AgentSession, str], st
     answer = httpx.post(url, json={**first, "stream": stream, "max_completion_tokens": 500}, timeout=10)
     assert answer.status_code == 200 and session.calls == {"call_mb_1": "write_to_file"}
     if stream:
-        pieces = [json.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: {")]
-        arguments = "".join(c["function"].get("arguments", "") for p in pieces for ch in p["choices"]
-                            for c in ch["delta"].get("tool_calls") or ())
+        arguments = reassemble(data for _, data in sse_events(answer.text))["calls"][0]["arguments"]
     else:
         arguments = answer.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
     assert json.loads(arguments) == {"path": TASK.path, "content": TASK.content}

@@ -4,26 +4,19 @@ Anthropic and Gemini fakes, which are real local HTTP servers."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
+from starlette.responses import JSONResponse
 
-from api.access.keys import KeyStore
-from common.names import Names
-from common.redis import connect
-from tests.fakes.anthropic_server import AnthropicFakeState, create_anthropic_app
-from tests.fakes.gemini_server import GeminiFakeState, create_gemini_app
-from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
-from tests import responses_grammar
-from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, env_for
-
-anthropic = pytest.importorskip("anthropic", reason="the anthropic SDK is a test extra")
+from tests.fakes.anthropic_server import message_body, stream_events
+from tests import harness, responses_grammar
+from tests.harness import GatewayHarness, config_file, create_key, env_for, tokens_text
 
 GPT = "openai/gpt-4o-mini"
 CLAUDE = "anthropic/claude-3-5-haiku-latest"
@@ -33,17 +26,7 @@ WEATHER = {"name": "get_weather", "description": "Weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
 
-class Fakes:
-    def __init__(self) -> None:
-        self.openai = OpenAIFakeState()
-        self.anthropic = AnthropicFakeState(api_key="sk-ant-test")
-        self.gemini = GeminiFakeState(api_key="test-gemini-key")
-
-    def reset(self) -> None:
-        self.openai.__dict__.update({k: v for k, v in vars(OpenAIFakeState()).items() if k != "_lock"})
-        self.anthropic.__dict__.update(vars(AnthropicFakeState(api_key="sk-ant-test")))
-        self.gemini.__dict__.update(vars(GeminiFakeState(api_key="test-gemini-key")))
-
+class Fakes(harness.Fakes):
     def answer_with_tool(self, model: str, call_id: str = "call_1") -> None:
         self.openai.tool_calls = [{"id": call_id, "name": "get_weather", "arguments": '{"city": "Paris"}'}]
         self.anthropic.tool_call = {"id": call_id, "name": "get_weather", "input": {"city": "Paris"}}
@@ -62,27 +45,11 @@ def fakes() -> Fakes:
 @pytest.fixture(scope="module")
 def stack(redis_url: str, fakes: Fakes,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayHarness, str]]:
-    config = tmp_path_factory.mktemp("agents") / "megabrain.toml"
-    config.write_text("[limits]\nfree_requests_per_minute = 100000\nanonymous_requests_per_day = 100000\n\n"
-                      f'[[models]]\nid = "{CLAUDE}"\nmax_output_tokens = 8192\n\n'
-                      f'[[models]]\nid = "{GPT}"\nmax_output_tokens = 16384\n')
-    with ThreadedServer(create_openai_app(fakes.openai)) as oa, \
-            ThreadedServer(create_anthropic_app(fakes.anthropic)) as an, \
-            ThreadedServer(create_gemini_app(fakes.gemini)) as ge:
-        env = env_for(redis_url, MEGABRAIN_CONFIG=str(config),
-                      OPENAI_BASE_URL=oa.url + "/v1", OPENAI_API_KEY="sk-upstream-test",
-                      ANTHROPIC_BASE_URL=an.url, ANTHROPIC_API_KEY="sk-ant-test",
-                      GEMINI_BASE_URL=ge.url, GEMINI_API_KEY="test-gemini-key",
-                      MEGABRAIN_UPSTREAM_MAX_RETRIES="0")
-
-        async def create_key() -> str:
-            redis = connect(redis_url)
-            try:
-                return (await KeyStore(redis, Names(env["MEGABRAIN_NAMESPACE"])).create("agents"))[1]
-            finally:
-                await redis.aclose()
-
-        key = asyncio.run(create_key())
+    config = config_file(tmp_path_factory.mktemp("agents"), text=f'[[models]]\nid = "{CLAUDE}"\nmax_output_tokens = 8192\n\n'
+                                                                  f'[[models]]\nid = "{GPT}"\nmax_output_tokens = 16384\n')
+    with fakes.serving() as upstreams:
+        env = env_for(redis_url, MEGABRAIN_CONFIG=config, MEGABRAIN_UPSTREAM_MAX_RETRIES="0", **upstreams)
+        key = create_key(redis_url, env["MEGABRAIN_NAMESPACE"], "agents")
         with GatewayHarness.from_env(env, pools=("openai", "anthropic", "google")) as harness:
             yield harness, key
 
@@ -103,7 +70,7 @@ def oai(stack: tuple[GatewayHarness, str], fakes: Fakes) -> openai.OpenAI:
 
 def expected_text(model: str, fakes: Fakes) -> str:
     if model == GPT:
-        return "".join(f"tok{i} " for i in range(fakes.openai.tokens))
+        return tokens_text(fakes.openai.tokens)
     return fakes.anthropic.reply if model == CLAUDE else fakes.gemini.reply
 
 
@@ -178,6 +145,26 @@ def test_messages_to_anthropic_is_native(claude: "anthropic.Anthropic", fakes: F
     assert sent["body"]["max_tokens"] == 8192  # the model's output limit (from the config here)
     assert sent["headers"]["anthropic-beta"] == "context-management-2025-06-27"
     assert response.http_response.headers["x-megabrain-provider"] == "anthropic"
+    # the answer comes back byte for byte but for its ``model``: the id the client sent (README)
+    upstream_bytes = JSONResponse(message_body(fakes.anthropic, sent["body"])).body
+    assert response.http_response.content == upstream_bytes.replace(b'"model":"claude-3-5-haiku-latest"',
+                                                                     b'"model":"' + CLAUDE.encode() + b'"')
+
+
+def test_messages_stream_to_anthropic_is_native(claude: "anthropic.Anthropic", fakes: Fakes) -> None:
+    """A native stream is the upstream's events as they came: every event after ``message_start`` byte for
+    byte, ``message_start`` naming the model id the client sent."""
+    fakes.anthropic.chunk_chars = 4
+    with claude.messages.with_streaming_response.create(
+            model=CLAUDE, max_tokens=100, stream=True, messages=[{"role": "user", "content": "Hello"}]) as response:
+        body = response.http_response.read()
+    sent = fakes.anthropic.requests[-1]["body"]
+    upstream_events = stream_events(fakes.anthropic, sent, None)
+    ours = body.split(b"\n\n")[:-1]
+    assert [event + b"\n\n" for event in ours[1:]] == upstream_events[1:]
+    start = json.loads(ours[0].split(b"data: ", 1)[1])
+    theirs = json.loads(upstream_events[0].split(b"data: ", 1)[1])
+    assert start == {**theirs, "message": {**theirs["message"], "model": CLAUDE}}
 
 
 def test_messages_claude_code_shape_to_openai(stack: tuple[GatewayHarness, str], fakes: Fakes) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -23,7 +24,6 @@ from tests import agent_clients
 from tests.agent_stack import CLAUDE, FAMILY, GEMINI, GPT, REASONING, AgentStack
 from tests.fakes.agent_script import FINAL_TEXT, AgentTask
 
-anthropic = pytest.importorskip("anthropic", reason="the anthropic SDK is a test extra")
 
 SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
           "required": ["path", "content"]}

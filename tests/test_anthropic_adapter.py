@@ -13,6 +13,7 @@ import pytest
 
 from tests.fakes.anthropic_server import AnthropicFakeState, create_anthropic_app
 from tests.fakes.server import ThreadedServer
+from tests.harness import reassemble, sse_events
 from workers.providers.anthropic import AnthropicAdapter
 from workers.providers.anthropic_request import messages_payload, sanitize_tool_id
 from workers.providers.base import Upstream, UpstreamError
@@ -215,20 +216,6 @@ def send(spec: Any) -> httpx.Response:
         return client.request(spec.method, spec.url, headers=spec.headers, content=spec.content)
 
 
-def sse_events(text: str) -> list[tuple[str | None, str]]:
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip())
-        if data:
-            events.append((name, "\n".join(data)))
-    return events
-
-
 def run_stream(base_url: str, body: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
     """Send a streaming request, feed every event to a translator; returns (chunks, translator)."""
     response = send(ADAPTER.chat_request(upstream(base_url), "claude-test", body, True))
@@ -238,22 +225,6 @@ def run_stream(base_url: str, body: dict[str, Any]) -> tuple[list[dict[str, Any]
     for name, data in sse_events(response.text):
         chunks += translator.feed(name, data)
     return chunks, translator
-
-
-def reassemble(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    text, calls, finish, usage = "", {}, None, None
-    for chunk in chunks:
-        usage = chunk.get("usage") or usage
-        for choice in chunk["choices"]:
-            finish = choice["finish_reason"] or finish
-            delta = choice["delta"]
-            text += delta.get("content") or ""
-            for call in delta.get("tool_calls") or ():
-                entry = calls.setdefault(call["index"], {"id": None, "name": None, "arguments": ""})
-                entry["id"] = call.get("id") or entry["id"]
-                entry["name"] = (call.get("function") or {}).get("name") or entry["name"]
-                entry["arguments"] += (call.get("function") or {}).get("arguments") or ""
-    return {"text": text, "calls": calls, "finish": finish, "usage": usage}
 
 
 def test_full_tool_conversation_is_accepted_and_answered(state: AnthropicFakeState, base_url: str) -> None:
@@ -279,7 +250,7 @@ def test_stream_text_is_reassembled_with_finish_and_usage(state: AnthropicFakeSt
     assert translator.close() == []
     result = reassemble(chunks)
     assert result["text"] == state.reply
-    assert result["finish"] == "stop" and result["calls"] == {}
+    assert result["finish"] == "stop" and result["calls"] == []
     assert result["usage"]["prompt_tokens"] == 12 and result["usage"]["completion_tokens"] > 0
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
 
@@ -292,9 +263,9 @@ def test_stream_parallel_tool_calls_keyed_by_index(state: AnthropicFakeState, ba
     translator.close()
     result = reassemble(chunks)
     assert result["text"] == state.reply  # block 0 is text, so tool indices are not Anthropic's block indices
-    assert result["calls"] == {
-        0: {"id": "toolu_a", "name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "C"})},
-        1: {"id": "toolu_b", "name": "get_weather", "arguments": json.dumps({"city": "Rome"})}}
+    assert result["calls"] == [  # by index
+        {"id": "toolu_a", "name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "C"})},
+        {"id": "toolu_b", "name": "get_weather", "arguments": json.dumps({"city": "Rome"})}]
     assert result["finish"] == "tool_calls"
     starts = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks
               if "id" in (c["choices"][0]["delta"].get("tool_calls") or [{}])[0]]

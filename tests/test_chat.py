@@ -5,22 +5,16 @@ from __future__ import annotations
 from decimal import Decimal
 
 import json
-import time
+import logging
 
 import httpx
 import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import GatewayHarness
+from tests.harness import EXPECTED, GatewayHarness, auth, reassemble, wait_until
 
-MESSAGES = [{"role": "user", "content": "Say hello"}]
-EXPECTED = "".join(f"tok{i} " for i in range(16))
-
-
-def auth(env: dict[str, str]) -> dict[str, str]:
-    """Headers with the test key (gpt-4o-mini is a paid model: anonymous calls get 401)."""
-    return {"authorization": f"Bearer {env['MEGABRAIN_TEST_API_KEY']}"}
+MESSAGES = [{"role": "user", "content": "Say hello"}]  # gpt-4o-mini is a paid model: requests carry the test key
 
 
 def test_non_streaming_through_the_queue(client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, str]) -> None:
@@ -46,8 +40,7 @@ def test_streaming_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES, stream=True,
                                             stream_options={"include_usage": True})
     chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == EXPECTED
+    assert reassemble(chunks)["text"] == EXPECTED
     assert chunks[0].choices[0].delta.role == "assistant"
     finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert [c.choices[0].finish_reason for c in finishing] == ["stop"]
@@ -60,7 +53,7 @@ def test_streaming_without_usage_still_asks_upstream(client: openai.OpenAI,
                                                       fake_openai: tuple[OpenAIFakeState, str]) -> None:
     chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
     assert all(c.usage is None for c in chunks)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == EXPECTED
+    assert reassemble(chunks)["text"] == EXPECTED
     state, _ = fake_openai
     assert state.requests[-1]["body"]["stream_options"] == {"include_usage": True}
 
@@ -77,20 +70,10 @@ def test_tool_calls(client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, s
         calls = completion.choices[0].message.tool_calls
         assert completion.choices[0].finish_reason == "tool_calls"
     else:
-        calls_by_index: dict[int, dict[str, str]] = {}
-        finish = None
-        for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tools=tools,
-                                                    stream=True):
-            for choice in chunk.choices:
-                finish = choice.finish_reason or finish
-                for call in choice.delta.tool_calls or ():
-                    entry = calls_by_index.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
-                    entry["id"] += call.id or ""
-                    entry["name"] += (call.function.name or "") if call.function else ""
-                    entry["arguments"] += (call.function.arguments or "") if call.function else ""
-        assert finish == "tool_calls"
-        calls = [type("Call", (), {"id": v["id"], "function": type("F", (), v)})
-                 for _, v in sorted(calls_by_index.items())]
+        got = reassemble(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tools=tools,
+                                                        stream=True))
+        assert got["finish"] == "tool_calls"
+        calls = [type("Call", (), {"id": v["id"], "function": type("F", (), v)}) for v in got["calls"]]
     assert [c.function.name for c in calls] == ["get_weather", "get_time"]
     assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris"}, {"tz": "CET"}]
     assert len({c.id for c in calls}) == 2 and all(c.id for c in calls)
@@ -185,7 +168,7 @@ def test_upstream_stream_reset_before_tokens_is_retried(client: openai.OpenAI,
     state, _ = fake_openai
     state.failures = ["reset"]
     chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == EXPECTED
+    assert reassemble(chunks)["text"] == EXPECTED
     assert len(state.requests) == 2
 
 
@@ -239,34 +222,36 @@ def test_client_disconnect_closes_upstream(gateway: GatewayHarness, gateway_env:
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 break
-    deadline = time.monotonic() + 5
-    while state.streams_closed_early < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert state.streams_closed_early == 1
+    assert wait_until(lambda: state.streams_closed_early == 1, 10)
     assert state.streams_completed == 0
 
 
-def test_no_worker_is_a_quick_503(gateway_env: dict[str, str]) -> None:
-    with GatewayHarness.from_env(gateway_env, pools=()) as lonely:
-        started = time.monotonic()
+def test_no_worker_is_a_503_without_queueing(gateway_env: dict[str, str]) -> None:
+    """Refused at once, never queued into the void: with a pickup timeout far beyond the client's read timeout,
+    only the refusal without a queue entry can answer in time."""
+    env = {**gateway_env, "MEGABRAIN_PICKUP_TIMEOUT": "120", "MEGABRAIN_REQUEST_TIMEOUT": "300"}
+    with GatewayHarness.from_env(env, pools=()) as lonely:
         response = httpx.post(lonely.url + "/v1/chat/completions",
                               json={"model": "gpt-4o-mini", "messages": MESSAGES}, headers=auth(gateway_env),
-                              timeout=20)
+                              timeout=30)
         assert response.status_code == 503
-        assert time.monotonic() - started < 5
         assert response.json()["error_type"] == "temporarily_unavailable"
+        assert "No worker is serving openai" in response.json()["error"]["message"]
         assert int(response.headers["retry-after"]) >= 1
 
 
 def test_client_disconnect_stops_a_non_streaming_job(gateway: GatewayHarness, gateway_env: dict[str, str],
-                                                     fake_openai: tuple[OpenAIFakeState, str]) -> None:
+                                                     fake_openai: tuple[OpenAIFakeState, str],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The upstream call would never end by itself (it hangs until its connection closes): the worker drops
+    it when the client leaves, and says so."""
+    caplog.set_level(logging.INFO, logger="megabrain")
     state, _ = fake_openai
-    state.latency = 6.0
+    state.failures = ["hang"]
     body = {"model": "gpt-4o-mini", "messages": MESSAGES}
     with pytest.raises(httpx.TimeoutException):
         httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=auth(gateway_env), timeout=0.5)
     assert gateway.process is not None
-    deadline = time.monotonic() + 4  # well before the upstream would have answered
-    while gateway.process.runtime.active and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(state.requests) == 1 and not gateway.process.runtime.active
+    assert wait_until(lambda: any("cancelled by the web tier" in r.getMessage() for r in caplog.records), 20)
+    assert wait_until(lambda: not gateway.process.runtime.active, 5)
+    assert len(state.requests) == 1

@@ -27,8 +27,7 @@ from common.names import Names
 from tests import buildpack
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.fakes.server import free_port
-from tests.harness import wait_until
-from tests.test_processes import EXPECTED
+from tests.harness import EXPECTED, wait_until
 
 # The top-level directories of the repository that are not part of the deployed app; every other tracked
 # package (a directory with an __init__.py) must reach the wheel whole, data files included.

@@ -1,23 +1,36 @@
 """Direct hand-off: the admission script gives an idle worker process its job on the worker's control
-channel (``api/access/limits.py``, ``workers/pool.py``), and every failure of that path ends in the queue."""
+channel (``api/access/limits.py``, ``workers/pool.py``), and every failure of that path ends in the queue.
+
+The tests count commands with ``INFO commandstats``, which is server-wide: the module runs on a Redis of its
+own (``redis_url`` below), so nothing else that uses the suite's Redis can move the counts.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import httpx
+import pytest
 import redis as sync_redis
 
 from common.names import Names
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import GatewayHarness, ProcessGateway, wait_until
-from tests.test_resilience import auth, patient_env
-
-__all__ = ["patient_env"]  # a fixture, imported for the tests below
+from tests.harness import GatewayHarness, ProcessGateway, RedisServer, auth, wait_until
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """This module's own Redis, in place of the suite's (tests/conftest.py) for every fixture built on it."""
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def _calls(client: sync_redis.Redis, command: str) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncio
 import struct
 from collections.abc import Iterator
 
@@ -12,36 +11,10 @@ import httpx
 import openai
 import pytest
 
-from api.access.keys import KeyStore
-from common.names import Names
-from common.redis import connect
 from tests.fakes.gemini_server import GeminiFakeState, create_gemini_app
 from tests.fakes.openai_server import OpenAIFakeState, embedding_vector
 from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, env_for
-
-
-def with_test_key(env: dict[str, str], redis_url: str) -> dict[str, str]:
-    """``env`` plus ``MEGABRAIN_TEST_API_KEY``, a key created in its namespace (paid models need one)."""
-
-    async def create() -> str:
-        redis = connect(redis_url)
-        try:
-            _, plaintext = await KeyStore(redis, Names(env["MEGABRAIN_NAMESPACE"])).create("tests")
-        finally:
-            await redis.aclose()
-        return plaintext
-
-    return {**env, "MEGABRAIN_TEST_API_KEY": asyncio.run(create())}
-
-
-def sdk(harness: GatewayHarness, env: dict[str, str]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=harness.url + "/v1", api_key=env["MEGABRAIN_TEST_API_KEY"],
-                         max_retries=0, timeout=20)
-
-
-def auth(env: dict[str, str]) -> dict[str, str]:
-    return {"authorization": f"Bearer {env['MEGABRAIN_TEST_API_KEY']}"}
+from tests.harness import GatewayHarness, auth, env_for, sdk_for, with_test_key
 
 
 def float32(values: list[float]) -> list[float]:
@@ -149,14 +122,14 @@ def float_only_gateway(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
     config.write_text('[[models]]\nid = "together/*"\nmodality = "embedding"\n'
                       'pricing = { prompt = "0.00000001", completion = "0" }\n')
     env = with_test_key(env_for(redis_url, TOGETHER_BASE_URL=upstream, TOGETHER_API_KEY="sk-together",
-                                MEGABRAIN_CONFIG=str(config)), redis_url)
+                                MEGABRAIN_CONFIG=str(config)))
     with GatewayHarness.from_env(env, pools=("together",)) as harness:
         yield harness, env
 
 
 def test_float_only_upstream_still_answers_base64(float_only_gateway: tuple[GatewayHarness, dict[str, str]],
                                                   fake_openai: tuple[OpenAIFakeState, str]) -> None:
-    client = sdk(*float_only_gateway)
+    client = sdk_for(float_only_gateway[0].url, float_only_gateway[1])
     raw = client.embeddings.with_raw_response.create(model="together/some-embedder", input=["one", "two"])
     result = raw.parse()
     assert [d.embedding for d in result.data] == [embedding_vector("one", 8), embedding_vector("two", 8)]
@@ -169,7 +142,7 @@ def test_float_only_upstream_still_answers_base64(float_only_gateway: tuple[Gate
 def gemini_gateway(redis_url: str) -> Iterator[tuple[GeminiFakeState, GatewayHarness, dict[str, str]]]:
     state = GeminiFakeState()
     with ThreadedServer(create_gemini_app(state)) as server:
-        env = with_test_key(env_for(redis_url, GEMINI_BASE_URL=server.url, GEMINI_API_KEY=state.api_key), redis_url)
+        env = with_test_key(env_for(redis_url, GEMINI_BASE_URL=server.url, GEMINI_API_KEY=state.api_key))
         with GatewayHarness.from_env(env, pools=("google",)) as harness:
             yield state, harness, env
 
@@ -181,7 +154,7 @@ def gemini_values(text: str, n: int, size: int = 8) -> list[float]:
 
 def test_gemini_embeddings(gemini_gateway: tuple[GeminiFakeState, GatewayHarness, dict[str, str]]) -> None:
     state, harness, env = gemini_gateway
-    client = sdk(harness, env)
+    client = sdk_for(harness.url, env)
     texts = ["first text", "second"]
     as_base64 = client.embeddings.create(model="google/gemini-embedding-001", input=texts)
     assert [d.embedding for d in as_base64.data] == [float32(gemini_values(t, n)) for n, t in enumerate(texts)]

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from common.names import Names
 from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, env_for
+from tests.harness import GatewayHarness, auth, env_for, wait_until
 
 LLAMA = "meta-llama/llama-3.3-70b-instruct"
 GROQ_ID, CEREBRAS_ID = "llama-3.3-70b-versatile", "llama-3.3-70b"
@@ -156,6 +157,8 @@ def test_models_alone_uses_the_list(gateway: tuple[GatewayHarness, str, str], fa
                           headers={"authorization": f"Bearer {gateway[1]}"},
                           json={"models": ["nobody/unknown-model", f"cerebras/{CEREBRAS_ID}"], "messages": MESSAGES})
     assert response.status_code == 404  # the first model is the one asked for: its 404 is the answer
+    assert response.json()["error_type"] == "model_not_found" and response.json()["error"]["param"] == "model"
+    assert "nobody/unknown-model" in response.json()["error"]["message"]
     response = httpx.post(gateway[0].url + "/api/v1/chat/completions", timeout=20,
                           headers={"authorization": f"Bearer {gateway[1]}"},
                           json={"models": [f"cerebras/{CEREBRAS_ID}", LLAMA], "messages": MESSAGES})
@@ -164,8 +167,8 @@ def test_models_alone_uses_the_list(gateway: tuple[GatewayHarness, str, str], fa
 
 def _generation(gateway: tuple[GatewayHarness, str, str], answer_id: str, key: str) -> httpx.Response:
     # the record is written with the answer (common/settlement.py): there when the client has the answer
-    return httpx.get(gateway[0].url + "/api/v1/generation", params={"id": answer_id},
-                     headers={"authorization": f"Bearer {key}"}, timeout=10)
+    return httpx.get(gateway[0].url + "/api/v1/generation", params={"id": answer_id}, headers=auth(key),
+                     timeout=10)
 
 
 def test_generation_lookup_shows_provider_and_cost_to_its_own_key(gateway: tuple[GatewayHarness, str, str],
@@ -190,19 +193,47 @@ def test_generation_lookup_shows_provider_and_cost_to_its_own_key(gateway: tuple
     assert anonymous.status_code == 401
 
 
+def _key_data(gateway: tuple[GatewayHarness, str, str], key: str) -> dict[str, Any]:
+    response = httpx.get(gateway[0].url + "/api/v1/key", headers=auth(key), timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
 def test_key_lookup_in_openrouter_shape(gateway: tuple[GatewayHarness, str, str]) -> None:
+    """``usage`` is this month's spend in USD: the costs of the key's answers, to the digit."""
     _, _, bob = gateway
-    response = httpx.get(gateway[0].url + "/api/v1/key", headers={"authorization": f"Bearer {bob}"}, timeout=10)
-    assert response.status_code == 200
-    data = response.json()["data"]
+    data = _key_data(gateway, bob)
     assert data["label"] == "bob" and data["limit"] == 5.0 and data["is_free_tier"] is False
-    assert data["rate_limit"] == {"requests": 60, "interval": "1m"} and data["usage"] >= 0
+    assert data["rate_limit"] == {"requests": 60, "interval": "1m"}
+    assert (data["usage"], data["limit_remaining"]) == (0, 5.0)  # bob has made no request yet
+    costs = []
+    for provider in ("groq", "cerebras"):
+        raw = _create(_sdk(gateway, key=bob), provider={"order": [provider]})
+        costs.append(Decimal(raw.headers["x-megabrain-cost"]))
+    spend = sum(costs, Decimal(0))
+    assert spend > 0
+    assert wait_until(lambda: _key_data(gateway, bob)["usage"] != 0, 10, 0.05)  # the worker's batched write
+    data = _key_data(gateway, bob)
+    assert Decimal(str(data["usage"])) == spend and data["usage_monthly"] == data["usage"]
+    assert Decimal(str(data["limit_remaining"])) == Decimal("5") - spend
+
+
+def test_key_lookup_of_a_free_tier_key(gateway: tuple[GatewayHarness, str, str]) -> None:
+    """A budget of 0 is the free tier: ``limit`` 0, ``is_free_tier`` true, no rate limit unless set."""
+    created = httpx.post(gateway[0].url + "/admin/keys", json={"name": "carol", "monthly_budget": 0},
+                         headers=auth(ADMIN_KEY), timeout=10)
+    assert created.status_code == 201, created.text
+    data = _key_data(gateway, created.json()["key"])
+    assert (data["label"], data["limit"], data["is_free_tier"], data["usage"]) == ("carol", 0.0, True, 0)
+    assert data["rate_limit"] is None and data["limit_remaining"] == 0.0
 
 
 def test_every_path_is_served_bare_v1_api_v1_and_under_the_prefix(gateway: tuple[GatewayHarness, str, str]) -> None:
     harness = gateway[0]
-    for base in ("", "/v1", "/api/v1", "/gw", "/gw/v1", "/gw/api/v1"):
-        assert httpx.get(harness.url + base + "/models/auto-free", timeout=10).status_code == 200, base
+    entries = {base: httpx.get(harness.url + base + "/models/auto-free", timeout=10)
+               for base in ("", "/v1", "/api/v1", "/gw", "/gw/v1", "/gw/api/v1")}
+    assert {base: r.status_code for base, r in entries.items()} == dict.fromkeys(entries, 200)
+    assert all(r.json()["id"] == "auto-free" and r.json() == entries[""].json() for r in entries.values())
     assert _served_by(_create(_sdk(gateway, base="/gw/api/v1"))) == "groq"
 
 
@@ -248,3 +279,40 @@ def test_a_failing_provider_falls_over_unless_fallbacks_are_off(gateway: tuple[G
         _create(client, provider={"allow_fallbacks": False})
     assert info.value.status_code == 503
     assert len(fakes[0].requests) == 6 and len(fakes[1].requests) == 1  # cerebras never tried
+
+
+def test_endpoints_report_live_health_of_the_last_minute(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
+                                                         servers: tuple[Fakes, tuple[str, str]],
+                                                         fakes: Fakes) -> None:
+    """``uptime`` is the share of answered calls, ``latency`` their mean in ms, over the last minute (README,
+    "Providers"; the field names are OpenRouter's): four calls answered by Groq, one failed, on a gateway of
+    its own so no other test's calls are in the window."""
+    config = tmp_path_factory.mktemp("health") / "megabrain.toml"
+    config.write_text(CONFIG)
+    groq_url, cerebras_url = servers[1]
+    env = env_for(redis_url, GROQ_BASE_URL=groq_url, GROQ_API_KEY="sk-groq", CEREBRAS_BASE_URL=cerebras_url,
+                  CEREBRAS_API_KEY="sk-cerebras", MEGABRAIN_CONFIG=str(config))
+    alice, _ = _keys(redis_url, env["MEGABRAIN_NAMESPACE"])
+    groq, _ = fakes
+    groq.latency = 0.2  # every answered call takes at least this long
+    with GatewayHarness.from_env(env, pools=("groq",)) as harness:
+        client = openai.OpenAI(base_url=harness.url + "/api/v1", api_key=alice, max_retries=0, timeout=20)
+
+        def endpoints() -> dict[str, dict[str, Any]]:
+            listed = httpx.get(harness.url + f"/api/v1/models/{LLAMA}/endpoints", timeout=10).json()["data"]
+            return {e["tag"]: e for e in listed["endpoints"]}
+
+        assert endpoints()["groq"]["uptime_last_30m"] is None  # nothing measured yet
+        for _ in range(3):
+            client.chat.completions.create(model=f"groq/{GROQ_ID}", messages=MESSAGES)
+        groq.failures = [503]  # retried in place: one failed call, then a fourth answered one
+        client.chat.completions.create(model=f"groq/{GROQ_ID}", messages=MESSAGES)
+        assert len(groq.requests) == 5
+        # the web tier reads health back every couple of seconds
+        assert wait_until(lambda: endpoints()["groq"]["uptime_last_30m"] is not None, 10, 0.1)
+        listed = endpoints()
+    entry = listed["groq"]
+    assert entry["uptime_last_30m"] == 80.0  # 4 of 5 calls answered
+    assert entry["latency_last_30m"] >= 200  # the mean of the answered calls, in ms
+    assert entry["health_window_seconds"] == 60 and entry["circuit"] == "closed" and entry["status"] == 0
+    assert listed["cerebras"]["uptime_last_30m"] is None and listed["cerebras"]["latency_last_30m"] is None

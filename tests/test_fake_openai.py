@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import wave
 from typing import Iterator
 
@@ -14,6 +13,7 @@ import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
+from tests.harness import reassemble, wait_until
 
 MESSAGES = [{"role": "user", "content": "Say hello to the fake upstream."}]
 
@@ -44,10 +44,7 @@ def client(url: str) -> Iterator[openai.OpenAI]:
 
 def wait_for(predicate) -> bool:
     """Counters are bumped in the server thread just after the last bytes leave; give it a moment."""
-    deadline = time.monotonic() + 5
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return predicate()
+    return wait_until(predicate, 10, 0.01)
 
 
 def tiny_wav() -> bytes:
@@ -86,7 +83,7 @@ def test_streaming_with_usage(client: openai.OpenAI, state: OpenAIFakeState) -> 
     chunks = list(client.chat.completions.create(
         model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok0 tok1 tok2 tok3 tok4 "
+    assert reassemble(chunks)["text"] == "tok0 tok1 tok2 tok3 tok4 "  # what tests.harness.tokens_text(5) says
     assert chunks[-2].choices[0].finish_reason == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
     assert all(c.usage is None for c in chunks[:-1])

@@ -11,6 +11,7 @@ import pytest
 
 from tests.fakes.gemini_server import GeminiFakeState, create_gemini_app
 from tests.fakes.server import ThreadedServer
+from tests.harness import reassemble, sse_events
 from workers.providers.base import RequestSpec, Upstream, UpstreamError
 from workers.providers.gemini import GeminiAdapter, embeddings_request, embeddings_response
 from workers.providers.gemini_request import DUMMY_THOUGHT_SIGNATURE
@@ -248,22 +249,12 @@ def send(spec: RequestSpec) -> httpx.Response:
     return httpx.request(spec.method, spec.url, headers=spec.headers, content=spec.content, timeout=10)
 
 
-def sse_events(text: str) -> list[str]:
-    """``data:`` payloads of an SSE body, whether events end in CRLF or LF."""
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        data = [line[5:].lstrip() for line in block.split("\n") if line.startswith("data:")]
-        if data:
-            events.append("\n".join(data))
-    return events
-
-
 def run_stream(up: Upstream, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     response = send(adapter.chat_request(up, "gemini-2.5-flash", body, True))
     assert response.status_code == 200, response.text
     translator = adapter.stream_translator()
     chunks: list[dict[str, Any]] = []
-    for data in sse_events(response.text):
+    for _, data in sse_events(response.text):  # CRLF or LF line ends alike
         chunks += translator.feed(None, data)
     chunks += translator.close()
     return chunks, response.text
@@ -330,7 +321,7 @@ def test_stream_text_reassembly_and_usage(gemini) -> None:
     state.thoughts = "pondering"
     chunks, raw = run_stream(up, {"messages": [{"role": "user", "content": "hi"}]})
     assert "\r\n\r\n" in raw and "[DONE]" not in raw
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    text = reassemble(chunks)["text"]
     assert text == "Hello from the fake Gemini."
     assert "pondering" not in text
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["stop"]

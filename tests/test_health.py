@@ -1,4 +1,9 @@
-"""Provider health: the trip rules (pure), the Redis bookkeeping workers do, and the snapshot the router reads."""
+"""Provider health: the trip rules (pure), the Redis bookkeeping workers do, and the snapshot the router reads.
+
+The numbers are README's ("Providers"), written out here rather than read from the code's constants, so a
+change to them fails until README changes too: a circuit opens at 5 failures that are at least 50 % of the
+calls over the last minute, and stays open for 30 s before one trial request.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,6 @@ from api.provider_health import load_snapshot
 from common.names import Names
 from common.redis import connect
 from router.health import (
-    BUCKET_SECONDS,
-    COOLDOWN_SECONDS,
-    MIN_FAILURES,
     Counts,
     HealthSnapshot,
     build_snapshot,
@@ -24,7 +26,9 @@ from router.health import (
 )
 from workers.health import record_outcome
 
-T0 = 1_700_000_000.0  # a bucket boundary (divisible by BUCKET_SECONDS)
+T0 = 1_700_000_000.0  # a boundary of the health buckets (ten seconds each)
+MIN_FAILURES = 5  # README: "5 failures …"
+COOLDOWN_SECONDS = 30  # README: "… 30 s cool-down, then one trial request"
 
 
 # ---------------------------------------------------------------- pure rules
@@ -40,11 +44,12 @@ def test_client_errors_do_not_count(status: int) -> None:
     assert not counts_as_failure(status)
 
 
-def test_trip_needs_enough_failures_and_a_high_share() -> None:
-    assert not should_open(MIN_FAILURES - 1, MIN_FAILURES - 1)
-    assert should_open(MIN_FAILURES, MIN_FAILURES)
-    assert should_open(MIN_FAILURES, 2 * MIN_FAILURES)
-    assert not should_open(MIN_FAILURES, 2 * MIN_FAILURES + 1)
+def test_trip_needs_five_failures_and_half_of_the_calls() -> None:
+    assert not should_open(4, 4)
+    assert should_open(5, 5)
+    assert should_open(5, 10)  # 50 % exactly
+    assert not should_open(5, 11)
+    assert should_open(6, 12) and not should_open(6, 13)
 
 
 def test_circuit_state_machine() -> None:
@@ -161,5 +166,21 @@ async def test_one_bad_model_does_not_close_its_provider(redis: object, names: N
 
 
 async def test_old_failures_leave_the_window(redis: object, names: Names) -> None:
+    """"Over the last minute": failures 60 s old no longer count; 50 s old they still do."""
     await _fail(redis, names, MIN_FAILURES - 1, T0)
-    assert await _fail(redis, names, 1, T0 + 10 * BUCKET_SECONDS) == []
+    assert await _fail(redis, names, 1, T0 + 60) == []
+    other = Names(names.ns + "-b")
+    try:
+        await _fail(redis, other, MIN_FAILURES - 1, T0)
+        assert [c.action for _, c in await _fail(redis, other, 1, T0 + 50)] == ["open", "open"]
+    finally:
+        keys = [key async for key in redis.scan_iter(match=f"{other.ns}:*")]  # type: ignore[attr-defined]
+        if keys:
+            await redis.delete(*keys)  # type: ignore[attr-defined]
+
+
+async def test_the_cool_down_is_thirty_seconds(redis: object, names: Names) -> None:
+    await _fail(redis, names, MIN_FAILURES, T0)
+    opened = T0 + (MIN_FAILURES - 1) * 0.01  # the fifth failure's time (_fail spaces them 10 ms apart)
+    assert (await load_snapshot(redis, names, ["openai"], now=opened + 29.9)).state("openai") == "open"
+    assert (await load_snapshot(redis, names, ["openai"], now=opened + 30)).state("openai") == "half_open"

@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import METRICS_HEADERS, GatewayHarness, env_for
-from tests.test_access_e2e import wait_for
+from tests.harness import METRICS_HEADERS, GatewayHarness, auth, env_for, wait_until
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
 
@@ -44,10 +43,6 @@ def finished_lines(caplog: pytest.LogCaptureFixture, request_id: str) -> list[di
             if r.name == "megabrain.request" and r.fields.get("request_id") == request_id]
 
 
-def auth(env: dict[str, str]) -> dict[str, str]:
-    return {"authorization": f"Bearer {env['MEGABRAIN_TEST_API_KEY']}"}
-
-
 @pytest.fixture(autouse=True)
 def _capture(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     caplog.set_level(logging.INFO, logger="megabrain.request")
@@ -67,7 +62,7 @@ def test_success_and_upstream_error_release_once(gateway: GatewayHarness, gatewa
     assert streamed.text.endswith("data: [DONE]\n\n")
     for response, status in ((failed, 400), (ok, 200), (streamed, 200)):
         request_id = response.headers["x-request-id"]
-        assert wait_for(lambda: len(finished_lines(caplog, request_id)) == 1)
+        assert wait_until(lambda: len(finished_lines(caplog, request_id)) == 1, 10)
         assert spy.closes[request_id] == 1
         assert finished_lines(caplog, request_id)[0]["status"] == status
     assert not spy.gateway.relay.inboxes
@@ -80,7 +75,7 @@ def test_refusals_are_counted_and_logged(gateway: GatewayHarness, caplog: pytest
     assert unknown_key.status_code == 401 and no_model.status_code == 404
     for response in (unknown_key, no_model):
         request_id = response.headers["x-request-id"]
-        assert wait_for(lambda: len(finished_lines(caplog, request_id)) == 1)
+        assert wait_until(lambda: len(finished_lines(caplog, request_id)) == 1, 10)
         assert finished_lines(caplog, request_id)[0]["status"] == response.status_code
     metrics = httpx.get(gateway.url + "/metrics", timeout=20, headers=METRICS_HEADERS).text
     # a key is checked before the body is read, so its 401 names no model; a model id nobody serves is
@@ -98,7 +93,7 @@ def test_no_worker_503_is_counted(redis_url: str, fake_openai: tuple[OpenAIFakeS
         response = httpx.post(web.url + "/v1/chat/completions", json={**BODY, "model": "local/tiny"}, timeout=20)
         assert response.status_code == 503
         request_id = response.headers["x-request-id"]
-        assert wait_for(lambda: len(finished_lines(caplog, request_id)) == 1)
+        assert wait_until(lambda: len(finished_lines(caplog, request_id)) == 1, 10)
         assert finished_lines(caplog, request_id)[0]["status"] == 503
         assert not web.server.config.app.state.gateway.relay.inboxes  # type: ignore[union-attr]
 
@@ -112,7 +107,7 @@ def test_client_gone_mid_stream_releases_once(gateway: GatewayHarness, gateway_e
         with http.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as response:
             request_id = response.headers["x-request-id"]
             next(response.iter_bytes())  # the first frames, then hang up
-    assert wait_for(lambda: len(finished_lines(caplog, request_id)) == 1)
+    assert wait_until(lambda: len(finished_lines(caplog, request_id)) == 1, 10)
     assert finished_lines(caplog, request_id)[0]["status"] == 499
     assert spy.closes[request_id] == 1
 
@@ -135,14 +130,14 @@ def test_worker_gone_releases_once(redis_url: str, fake_openai: tuple[OpenAIFake
                 with concurrent.futures.ThreadPoolExecutor(1) as pool:
                     future = pool.submit(http.post, web.url + "/v1/chat/completions",
                                          json={**BODY, "model": "local/tiny"})
-                    assert wait_for(lambda: len(state.requests) >= 1)
+                    assert wait_until(lambda: len(state.requests) >= 1, 10)
                     worker.stop()
                     response = future.result(30)
         finally:
             worker.stop()
         assert response.status_code == 503, response.text
         request_id = response.headers["x-request-id"]
-        assert wait_for(lambda: len(finished_lines(caplog, request_id)) == 1)
+        assert wait_until(lambda: len(finished_lines(caplog, request_id)) == 1, 10)
         assert spy.closes[request_id] == 1
         assert not spy.gateway.relay.inboxes
 

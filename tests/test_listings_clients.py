@@ -8,15 +8,13 @@ from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 
+import anthropic
 import httpx
 import openai
 import pytest
 
 from router.catalog import AUTO_MODELS
-from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import GatewayHarness, env_for
-
-anthropic = pytest.importorskip("anthropic", reason="the anthropic SDK is a test extra")
 
 LLAMA = "meta-llama/llama-3.3-70b-instruct"
 CONFIGURED = {"openai", "groq", "deepinfra", "together"}

@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError, ResponseError
 from common.mux import Mux, Script, mux_of, open_streams
 from common.redis import connect
 from common.subscription import subscribe
+from tests.harness import wait_for_async
 
 
 @pytest.fixture
@@ -64,11 +65,19 @@ async def test_a_killed_connection_fails_waiters_and_the_next_command_reconnects
     client = connect(redis_url)
     mux = mux_of(client)
     assert await mux.execute("CLIENT", "SETNAME", "mux-under-test") == b"OK"
-    blocked = asyncio.ensure_future(mux.execute("BLPOP", f"nothing-{uuid.uuid4().hex}", 5))  # holds the line
-    await asyncio.sleep(0.1)
+    nothing = f"nothing-{uuid.uuid4().hex}"
+    blocked = asyncio.ensure_future(mux.execute("BLPOP", nothing, 5))  # holds the line
     killer = connect(redis_url)
-    clients = await killer.client_list()
-    victim = next(c for c in clients if c.get("name") == "mux-under-test")
+
+    async def blocked_victim() -> dict | None:
+        """The mux's connection, once Redis shows it blocked in that BLPOP."""
+        for entry in await killer.client_list():
+            if entry.get("name") == "mux-under-test" and entry.get("cmd") in ("blpop", "BLPOP"):
+                return entry
+        return None
+
+    victim = await wait_for_async(blocked_victim, 5)
+    assert victim is not None
     await killer.client_kill_filter(_id=victim["id"])
     with pytest.raises(ConnectionError):
         await blocked
@@ -77,10 +86,11 @@ async def test_a_killed_connection_fails_waiters_and_the_next_command_reconnects
     await client.aclose()
 
 
-async def _silent_server() -> tuple[asyncio.AbstractServer, int, list[bytes]]:
+async def _silent_server() -> tuple[asyncio.AbstractServer, int, list[bytes], asyncio.Event]:
     """A TCP server that answers redis-py's connection handshake (a PING, two CLIENT SETINFO) and then
-    nothing at all."""
+    nothing at all; ``closed`` is set when a client hangs up on it."""
     received: list[bytes] = []
+    closed = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         answered = 0
@@ -90,21 +100,23 @@ async def _silent_server() -> tuple[asyncio.AbstractServer, int, list[bytes]]:
                 replies = [b"+PONG\r\n"] * (answered == 0 and b"PING" in data) + [b"+OK\r\n"] * data.count(b"SETINFO")
                 writer.write(b"".join(replies))
                 answered += len(replies)
+        closed.set()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1], received
+    return server, server.sockets[0].getsockname()[1], received, closed
 
 
 async def test_no_reply_within_the_timeout_drops_the_connection() -> None:
-    server, port, received = await _silent_server()
+    server, port, received, closed = await _silent_server()
     client = connect(f"redis://127.0.0.1:{port}/0")
     mux = Mux(client, reply_timeout=0.3)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(ConnectionError, match="no reply"):
-        await mux.execute("GET", "k")
-    assert 0.25 <= loop.time() - started < 3.0
+        await asyncio.wait_for(mux.execute("GET", "k"), 30)  # a bound on waiting, not an assertion of speed
+    assert loop.time() - started >= 0.25  # it waited out its 0.3 s timeout (a lower bound: load cannot break it)
     assert b"GET" in b"".join(received)
+    await asyncio.wait_for(closed.wait(), 10)  # and the silent connection was dropped
     server.close()
 
 
@@ -117,10 +129,7 @@ async def test_subscription_delivers_in_order_after_confirming(redis, redis_url:
     await asyncio.wait_for(confirmed.wait(), 5)
     for i in range(200):
         await mux_of(redis).execute("PUBLISH", channel, str(i))
-    for _ in range(100):
-        if len(got) == 200:
-            break
-        await asyncio.sleep(0.02)
+    assert await wait_for_async(lambda: len(got) == 200, 10)
     assert got == [str(i).encode() for i in range(200)]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -129,13 +138,13 @@ async def test_subscription_delivers_in_order_after_confirming(redis, redis_url:
 
 async def test_a_silent_subscription_is_given_up() -> None:
     """No confirmation, no PONG: after twice the ping interval, subscribe raises and the caller resubscribes."""
-    server, port, received = await _silent_server()
+    server, port, received, _ = await _silent_server()
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(ConnectionError, match="no reply"):
-        await subscribe(connect(f"redis://127.0.0.1:{port}/0", pubsub=True), ["c"], lambda *_: None,
-                        lambda: None, ping_every=0.2)
-    assert 0.35 <= loop.time() - started < 3.0
+        await asyncio.wait_for(subscribe(connect(f"redis://127.0.0.1:{port}/0", pubsub=True), ["c"],
+                                         lambda *_: None, lambda: None, ping_every=0.2), 30)
+    assert loop.time() - started >= 0.35  # about twice the ping interval (a lower bound: load cannot break it)
     sent = b"".join(received)
     assert b"SUBSCRIBE" in sent and sent.count(b"PING") >= 2  # the handshake's, and the idle check's
     server.close()

@@ -6,7 +6,6 @@ import gzip
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,26 +24,10 @@ from common import metrics, telemetry
 from common.settings import load_settings
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.fakes.server import ThreadedServer
-from tests.harness import METRICS_HEADERS, GatewayHarness
+from tests.harness import EXPECTED, GatewayHarness, auth, metric_value as value, scrape, wait_until
 
-EXPECTED = "".join(f"tok{i} " for i in range(16))
 PROMPT = "zebra-marmalade-4417 is my secret prompt"
 UPSTREAM_KEY = "sk-upstream-test"  # tests/conftest.py gateway_env
-
-
-def scrape(url: str) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
-    """``/metrics`` parsed: family -> {(sample name, labels): value}."""
-    response = httpx.get(url + "/metrics", timeout=5, headers=METRICS_HEADERS)
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    out: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for family in text_string_to_metric_families(response.text):
-        out[family.name] = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
-    return out
-
-
-def value(families: dict[str, Any], family: str, sample: str, **labels: str) -> float:
-    return families.get(family, {}).get((sample, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_count_requests_and_pool_gauges(gateway: GatewayHarness, client: openai.OpenAI) -> None:
@@ -54,14 +37,12 @@ def test_metrics_count_requests_and_pool_gauges(gateway: GatewayHarness, client:
                                         stream=True))
     labels = {"route": "chat", "model": "openai/gpt-4o-mini", "provider": "openai", "status": "200"}
     # a stream is counted when its body generator ends, just after the client read [DONE]
-    deadline = time.monotonic() + 5
-    while True:
-        after = scrape(gateway.url)
-        done = value(after, "megabrain_requests", "megabrain_requests_total", **labels) \
+    def counted() -> float:
+        return value(scrape(gateway.url), "megabrain_requests", "megabrain_requests_total", **labels) \
             - value(before, "megabrain_requests", "megabrain_requests_total", **labels)
-        if done >= 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+
+    assert wait_until(lambda: counted() >= 2, 10, 0.05)
+    after = scrape(gateway.url)
     assert value(after, "megabrain_requests", "megabrain_requests_total", **labels) \
         - value(before, "megabrain_requests", "megabrain_requests_total", **labels) == 2
     ttft = ("megabrain_time_to_first_token_seconds", "megabrain_time_to_first_token_seconds_count")
@@ -225,11 +206,6 @@ def test_scrub_drops_request_data_and_local_variables() -> None:
 # --------------------------------------------------------------------------- Heroku keep-alive for JSON
 
 
-def auth(client: openai.OpenAI) -> dict[str, str]:
-    """The same credentials the SDK client fixture uses."""
-    return {"authorization": f"Bearer {client.api_key}"}
-
-
 @pytest.fixture
 def quick_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(answer, "JSON_KEEPALIVE_AFTER", 0.3)
@@ -241,7 +217,7 @@ def test_slow_json_answer_is_padded_with_whitespace(quick_keepalive: None, gatew
                                                      fake_openai: tuple[OpenAIFakeState, str]) -> None:
     state, _ = fake_openai
     state.latency = 1.2
-    raw = httpx.post(gateway.url + "/v1/chat/completions", timeout=20, headers=auth(client),
+    raw = httpx.post(gateway.url + "/v1/chat/completions", timeout=20, headers=auth(client.api_key),
                      json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
     assert raw.status_code == 200
     assert raw.content.startswith(b"  ")  # the first space at 0.3 s, more every 0.2 s
@@ -256,7 +232,7 @@ def test_error_after_padding_is_the_error_envelope(quick_keepalive: None, gatewa
     state, _ = fake_openai
     state.failures = ["hang", "hang", "hang"]  # each attempt fails after 0.5 s: the error comes after padding
     state.hang_seconds = 0.5
-    raw = httpx.post(gateway.url + "/v1/chat/completions", timeout=20, headers=auth(client),
+    raw = httpx.post(gateway.url + "/v1/chat/completions", timeout=20, headers=auth(client.api_key),
                      json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
     assert raw.status_code == 200  # committed before the failure was known
     assert raw.content.startswith(b" ")

@@ -9,7 +9,6 @@ Chromium; without it these tests are skipped, saying so.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import GatewayHarness
+from tests.harness import GatewayHarness, wait_until
 from tests.pages import PAID, PASSWORD, accounts_env
 
 CHROMIUM = os.environ.get("MEGABRAIN_CHROMIUM", "/usr/bin/chromium")
@@ -75,13 +74,14 @@ def sign_up_and_log_in(page: "Page", email: str) -> None:
 
 def wait_for_usage(page: "Page", model: str, seconds: float = 15.0) -> str:
     """Reload the Profile page until the worker's usage write for ``model`` shows (it is batched)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        table = page.locator("#usage").inner_text()
-        if model in table or time.monotonic() > deadline:
-            return table
-        time.sleep(0.25)
+    def shown() -> bool:
+        if model in page.locator("#usage").inner_text():
+            return True
         page.reload()
+        return False
+
+    wait_until(shown, seconds, 0.25)
+    return page.locator("#usage").inner_text()
 
 
 def test_a_new_user_signs_up_uses_the_key_and_manages_keys(browser: "Browser", gw: GatewayHarness) -> None:

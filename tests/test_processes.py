@@ -2,34 +2,36 @@
 
 from __future__ import annotations
 
+import os
 
 import httpx
-import openai
+import pytest
+import redis as sync_redis
 
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import ProcessGateway
+from tests.harness import TEST_SECRET, ProcessGateway, assert_serves_chat, wait_until
 
-EXPECTED = "".join(f"tok{i} " for i in range(16))
 
-def assert_serves_chat(url: str, api_key: str, requests: int = 3) -> None:
-    """``requests`` answers and one stream (with usage) through the gateway at ``url``, via the OpenAI SDK."""
-    client = openai.OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=20)
-    for _ in range(requests):
-        completion = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        assert completion.choices[0].message.content == EXPECTED
-    chunks = list(client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True}))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == EXPECTED
-    assert chunks[-1].usage is not None
+def relay_channels(env: dict[str, str]) -> list[bytes]:
+    """The reply channels web processes of ``env``'s namespace subscribe to: one per process (its relay)."""
+    client = sync_redis.Redis.from_url(env["REDIS_URL"])
+    try:
+        return client.pubsub_channels(f"{env['MEGABRAIN_NAMESPACE']}:reply:*")
+    finally:
+        client.close()
 
 
 def test_web_and_worker_processes(gateway_env: dict[str, str], fake_openai: tuple[OpenAIFakeState, str]) -> None:
-    with ProcessGateway(gateway_env, workers=2) as gateway:
+    """A worker process behind ``megabrain web --workers 2`` (README, "Processes"): two web processes on the
+    one port, each a whole web tier with its own relay subscription, all stopped with the command. (Several
+    worker processes of a pool: tests/test_worker_processes.py, tests/test_resilience.py.)"""
+    with ProcessGateway(gateway_env, workers=1, web_args=("--workers", "2")) as gateway:
+        assert wait_until(lambda: len(relay_channels(gateway_env)) == 2, 30)
         assert_serves_chat(gateway.url, gateway_env["MEGABRAIN_TEST_API_KEY"])
+    assert relay_channels(gateway_env) == []
 
 
+@pytest.mark.usefixtures("clear_of_window_edge")  # counts per minute (tests/windows.py)
 def test_forwarded_for_is_ignored_without_trusted_hops(gateway_env: dict[str, str], tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``megabrain web`` counts the TCP peer, whatever X-Forwarded-For claims, when no proxy hop is trusted
     (uvicorn's own proxy-header rewriting would otherwise hand the peer over to the client's header)."""
@@ -45,3 +47,29 @@ def test_forwarded_for_is_ignored_without_trusted_hops(gateway_env: dict[str, st
             for n in range(3)
         ]
     assert statuses == [200, 200, 429]
+
+
+@pytest.mark.parametrize(("argv", "environ", "processes"), [
+    (["web"], {"WEB_CONCURRENCY": "3"}, 3),  # the buildpack's variable
+    (["web", "--workers", "2"], {"WEB_CONCURRENCY": "3"}, 2),  # the flag wins
+    (["web"], {}, 1),
+])
+def test_web_concurrency_sets_the_number_of_web_processes(monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                                          environ: dict[str, str], processes: int) -> None:
+    """How many processes ``megabrain web`` asks uvicorn for (the processes themselves:
+    test_web_and_worker_processes)."""
+    import uvicorn
+
+    from api.cli.main import main
+
+    started: list[int] = []
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # never reached: nothing is served
+    monkeypatch.setenv("MEGABRAIN_CONFIG", os.devnull)
+    monkeypatch.setenv("MEGABRAIN_SECRET", TEST_SECRET)
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.append(kwargs["workers"]))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *args, **kwargs: started.append(1))
+    main(argv)
+    assert started == [processes]

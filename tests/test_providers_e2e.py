@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import openai
 import pytest
@@ -16,26 +15,15 @@ import pytest
 from tests.fakes.anthropic_server import AnthropicFakeState, create_anthropic_app
 from tests.fakes.gemini_server import GeminiFakeState, create_gemini_app
 from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, env_for
+from tests.harness import GatewayHarness, config_file, env_for, reassemble
 
 CLAUDE = "anthropic/claude-3-5-haiku-latest"
 GEMINI = "google/gemini-2.5-flash"
 PASS_THROUGH = "anthropic/claude-test"  # not in the catalog: routed by its provider prefix
 
-# The models called here are made free and the limits generous, so access control lets anonymous tests in.
-CONFIG = f"""
-[limits]
-free_requests_per_minute = 100000
-anonymous_requests_per_day = 100000
-
-[[models]]
-id = "{CLAUDE}"
-free = true
-
-[[models]]
-id = "{GEMINI}"
-free = true
-
+# The models called here are made free (tests/harness.py config_file: limits no test reaches), so access control
+# lets anonymous tests in; the pass-through id is routed to Anthropic by this entry.
+PASS_THROUGH_ENTRY = f"""
 [[models]]
 id = "{PASS_THROUGH}"
 provider = "anthropic"
@@ -81,9 +69,8 @@ def fake_gemini(gemini_server: tuple[GeminiFakeState, str]) -> tuple[GeminiFakeS
 def native_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
                    anthropic_server: tuple[AnthropicFakeState, str],
                    gemini_server: tuple[GeminiFakeState, str]) -> Iterator[GatewayHarness]:
-    config = tmp_path_factory.mktemp("providers") / "megabrain.toml"
-    config.write_text(CONFIG)
-    env = env_for(redis_url, MEGABRAIN_CONFIG=str(config),
+    config = config_file(tmp_path_factory.mktemp("providers"), CLAUDE, GEMINI, text=PASS_THROUGH_ENTRY)
+    env = env_for(redis_url, MEGABRAIN_CONFIG=config,
                   ANTHROPIC_BASE_URL=anthropic_server[1], ANTHROPIC_API_KEY="sk-ant-test",
                   GEMINI_BASE_URL=gemini_server[1], GEMINI_API_KEY="test-gemini-key",
                   MEGABRAIN_UPSTREAM_MAX_RETRIES="2")
@@ -101,27 +88,6 @@ def anonymous_sdk(gateway: GatewayHarness) -> openai.OpenAI:
     """The SDK without a key (an empty Authorization header): anonymous use of the free models."""
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=20,
                          default_headers={"Authorization": ""})
-
-
-def _collect(stream: Any) -> dict[str, Any]:
-    """Reassemble a streamed answer the way SDK users do: text, tool calls by index, finish, usage."""
-    text, finish, usage, ids, roles = "", None, None, set(), []
-    calls: dict[int, dict[str, str]] = {}
-    for chunk in stream:
-        ids.add(chunk.id)
-        usage = chunk.usage or usage
-        for choice in chunk.choices:
-            roles.append(choice.delta.role)
-            text += choice.delta.content or ""
-            finish = choice.finish_reason or finish
-            for call in choice.delta.tool_calls or ():
-                entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
-                entry["id"] += call.id or ""
-                if call.function:
-                    entry["name"] += call.function.name or ""
-                    entry["arguments"] += call.function.arguments or ""
-    return {"text": text, "finish": finish, "usage": usage, "ids": ids, "first_role": roles[0] if roles else None,
-            "calls": [calls[i] for i in sorted(calls)]}
 
 
 # ---------------------------------------------------------------- Anthropic
@@ -153,24 +119,25 @@ def test_anthropic_sends_max_tokens_when_the_client_does_not(sdk: openai.OpenAI,
                                                               fake_anthropic: tuple[AnthropicFakeState, str]) -> None:
     state, _ = fake_anthropic
     sdk.chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "Hi"}])
-    assert state.requests[-1]["body"]["max_tokens"] >= 256
+    # the model's own output limit (models.dev: 8,192 for Claude 3.5 Haiku), not the fixed 4,096 default
+    assert state.requests[-1]["body"]["max_tokens"] == 8192
 
 
 def test_anthropic_streaming_with_usage(sdk: openai.OpenAI, fake_anthropic: tuple[AnthropicFakeState, str]) -> None:
     state, _ = fake_anthropic
-    got = _collect(sdk.chat.completions.create(
+    got = reassemble(sdk.chat.completions.create(
         model=CLAUDE, stream=True, stream_options={"include_usage": True},
         messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]))
     assert got["text"] == state.reply
     assert got["finish"] == "stop" and got["first_role"] == "assistant" and len(got["ids"]) == 1
-    assert got["usage"] is not None and got["usage"].prompt_tokens == state.input_tokens
-    assert got["usage"].completion_tokens > 0
+    assert got["usage"] is not None and got["usage"]["prompt_tokens"] == state.input_tokens
+    assert got["usage"]["completion_tokens"] > 0
     assert state.requests[-1]["body"]["stream"] is True
     assert "Be brief." in json.dumps(state.requests[-1]["body"]["system"])
 
 
 def test_anthropic_streaming_without_usage_sends_none(sdk: openai.OpenAI) -> None:
-    got = _collect(sdk.chat.completions.create(model=CLAUDE, stream=True,
+    got = reassemble(sdk.chat.completions.create(model=CLAUDE, stream=True,
                                                messages=[{"role": "user", "content": "Hi"}]))
     assert got["usage"] is None and got["finish"] == "stop"
 
@@ -186,7 +153,7 @@ def test_anthropic_tool_calls(sdk: openai.OpenAI, fake_anthropic: tuple[Anthropi
     kwargs = dict(model=CLAUDE, messages=[{"role": "user", "content": "Weather and time in Paris?"}],
                   tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required")
     if stream:
-        got = _collect(sdk.chat.completions.create(stream=True, **kwargs))
+        got = reassemble(sdk.chat.completions.create(stream=True, **kwargs))
         calls, finish, text = got["calls"], got["finish"], got["text"]
     else:
         choice = sdk.chat.completions.create(**kwargs).choices[0]
@@ -231,7 +198,7 @@ def test_anthropic_529_is_retried(sdk: openai.OpenAI, fake_anthropic: tuple[Anth
     state.retry_after = "0"
     state.failures = [529, 500]
     got = sdk.chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "Hi"}], stream=stream)
-    text = _collect(got)["text"] if stream else got.choices[0].message.content
+    text = reassemble(got)["text"] if stream else got.choices[0].message.content
     assert text == state.reply
     assert len(state.requests) == 3
 
@@ -254,7 +221,7 @@ def test_anthropic_cut_stream_is_an_error(sdk: openai.OpenAI, fake_anthropic: tu
     state, _ = fake_anthropic
     state.failures = ["cut"]
     with pytest.raises(openai.APIError):
-        _collect(sdk.chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "Hi"}],
+        reassemble(sdk.chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "Hi"}],
                                              stream=True))
     assert len(state.requests) == 1
 
@@ -303,11 +270,11 @@ def test_gemini_text_non_streaming(sdk: openai.OpenAI, fake_gemini: tuple[Gemini
 def test_gemini_streaming_with_usage(sdk: openai.OpenAI, fake_gemini: tuple[GeminiFakeState, str]) -> None:
     state, _ = fake_gemini
     state.repeat_stop = True  # older models put finishReason on every chunk: still one finish
-    got = _collect(sdk.chat.completions.create(model=GEMINI, stream=True, stream_options={"include_usage": True},
+    got = reassemble(sdk.chat.completions.create(model=GEMINI, stream=True, stream_options={"include_usage": True},
                                                messages=[{"role": "user", "content": "Hi"}]))
     assert got["text"] == state.reply
     assert got["finish"] == "stop" and got["first_role"] == "assistant" and len(got["ids"]) == 1
-    assert got["usage"] is not None and got["usage"].completion_tokens == len(state.reply.split())
+    assert got["usage"] is not None and got["usage"]["completion_tokens"] == len(state.reply.split())
     assert state.requests[-1]["method"] == "streamGenerateContent" and state.requests[-1]["query"]["alt"] == "sse"
 
 
@@ -318,7 +285,7 @@ def test_gemini_tool_calls(sdk: openai.OpenAI, fake_gemini: tuple[GeminiFakeStat
     kwargs = dict(model=GEMINI, messages=[{"role": "user", "content": "Weather in Paris?"}],
                   tools=[WEATHER_TOOL], tool_choice={"type": "function", "function": {"name": "get_weather"}})
     if stream:
-        got = _collect(sdk.chat.completions.create(stream=True, **kwargs))
+        got = reassemble(sdk.chat.completions.create(stream=True, **kwargs))
         calls, finish = got["calls"], got["finish"]
     else:
         choice = sdk.chat.completions.create(**kwargs).choices[0]
@@ -364,7 +331,7 @@ def test_gemini_429_resource_exhausted_is_retried(sdk: openai.OpenAI,
 def test_gemini_reset_is_retried(sdk: openai.OpenAI, fake_gemini: tuple[GeminiFakeState, str]) -> None:
     state, _ = fake_gemini
     state.failures = ["reset"]
-    got = _collect(sdk.chat.completions.create(model=GEMINI, stream=True, messages=[{"role": "user", "content": "Hi"}]))
+    got = reassemble(sdk.chat.completions.create(model=GEMINI, stream=True, messages=[{"role": "user", "content": "Hi"}]))
     assert got["text"] == state.reply
     assert len(state.requests) == 2
 
@@ -382,7 +349,7 @@ def test_gemini_cut_stream_is_an_error(sdk: openai.OpenAI, fake_gemini: tuple[Ge
     state, _ = fake_gemini
     state.failures = ["cut"]
     with pytest.raises(openai.APIError):
-        _collect(sdk.chat.completions.create(model=GEMINI, stream=True, messages=[{"role": "user", "content": "Hi"}]))
+        reassemble(sdk.chat.completions.create(model=GEMINI, stream=True, messages=[{"role": "user", "content": "Hi"}]))
     assert len(state.requests) == 1
 
 

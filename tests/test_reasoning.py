@@ -18,7 +18,7 @@ from tests.fakes.anthropic_server import AnthropicFakeState, create_anthropic_ap
 from tests.fakes.gemini_server import GeminiFakeState, create_gemini_app
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, env_for
+from tests.harness import GatewayHarness, configured_gateway, sdk_for
 
 SONNET_45 = "anthropic/claude-sonnet-4-5"  # native structured output
 SONNET_4 = "anthropic/claude-sonnet-4-0"  # structured output through the forced tool
@@ -26,8 +26,7 @@ GEMINI = "google/gemini-2.5-flash"
 GEMINI_3 = "google/gemini-3-pro-preview"
 O4 = "openai/o4-mini"
 
-CONFIG = "\n".join(["[limits]", "free_requests_per_minute = 100000", "anonymous_requests_per_day = 100000"]
-                   + [f'[[models]]\nid = "{m}"\nfree = true' for m in (SONNET_45, SONNET_4, GEMINI, GEMINI_3, O4)])
+FREE_MODELS = (SONNET_45, SONNET_4, GEMINI, GEMINI_3, O4)  # free here: the tests call them anonymously
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",
@@ -49,13 +48,10 @@ def servers() -> Iterator[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
             servers: dict[str, Any]) -> Iterator[GatewayHarness]:
-    config = tmp_path_factory.mktemp("reasoning") / "megabrain.toml"
-    config.write_text(CONFIG)
-    env = env_for(redis_url, MEGABRAIN_CONFIG=str(config),
-                  ANTHROPIC_BASE_URL=servers["anthropic"][1], ANTHROPIC_API_KEY="sk-ant-test",
-                  GEMINI_BASE_URL=servers["gemini"][1], GEMINI_API_KEY="g-key",
-                  OPENAI_BASE_URL=servers["openai"][1] + "/v1", OPENAI_API_KEY="sk-upstream-test")
-    with GatewayHarness.from_env(env, pools=("anthropic", "google", "openai")) as harness:
+    with configured_gateway(redis_url, tmp_path_factory.mktemp("reasoning"), ("anthropic", "google", "openai"),
+                            *FREE_MODELS, ANTHROPIC_BASE_URL=servers["anthropic"][1], ANTHROPIC_API_KEY="sk-ant-test",
+                            GEMINI_BASE_URL=servers["gemini"][1], GEMINI_API_KEY="g-key",
+                            OPENAI_BASE_URL=servers["openai"][1] + "/v1", OPENAI_API_KEY="sk-upstream-test") as harness:
         yield harness
 
 
@@ -70,8 +66,7 @@ def fakes(servers: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def sdk(gateway: GatewayHarness, fakes: dict[str, Any]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=20,
-                         default_headers={"Authorization": ""})
+    return sdk_for(gateway.url)  # anonymous: the models are free here
 
 
 def _stream(sdk: openai.OpenAI, **kw: Any) -> dict[str, Any]:

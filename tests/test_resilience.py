@@ -19,53 +19,16 @@ import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import METRICS_HEADERS, GatewayHarness, ProcessGateway, RedisServer, create_key, env_for, wait_until
+from tests.harness import (EXPECTED, METRICS_HEADERS, GatewayHarness, ProcessGateway, RedisServer, auth, create_key,
+                           env_for, live_workers, reassemble, sse_data, tokens_text, wait_until)
 
-EXPECTED = "".join(f"tok{i} " for i in range(16))
 MESSAGES = [{"role": "user", "content": "hi"}]
 BODY = {"model": "gpt-4o-mini", "messages": MESSAGES}
-
-def auth(env: dict[str, str]) -> dict[str, str]:
-    """The test key of tests/conftest.py (gpt-4o-mini is a paid model)."""
-    return {"authorization": f"Bearer {env['MEGABRAIN_TEST_API_KEY']}"}
-
-
-def live_workers(url: str) -> int:
-    try:
-        return int(httpx.get(url + "/ready", timeout=2).json()["pools"]["openai"]["live_workers"])
-    except (httpx.HTTPError, KeyError, ValueError):
-        return -1
-
-
-def sse_events(response: httpx.Response) -> Iterator[str]:
-    """The ``data:`` payloads of an SSE response, as they arrive."""
-    for line in response.iter_lines():
-        if line.startswith("data: "):
-            yield line[6:]
-
-
-def stream_text(payloads: list[str]) -> str:
-    text = ""
-    for payload in payloads:
-        if payload == "[DONE]":
-            continue
-        for choice in json.loads(payload).get("choices") or []:
-            text += choice["delta"].get("content") or ""
-    return text
 
 
 @pytest.fixture
 def slow_env(gateway_env: dict[str, str]) -> dict[str, str]:
     return {**gateway_env, "MEGABRAIN_HEARTBEAT_TIMEOUT": "3", "MEGABRAIN_SHUTDOWN_GRACE": "8"}
-
-
-@pytest.fixture
-def patient_env(gateway_env: dict[str, str]) -> dict[str, str]:
-    """Slow safety nets (a 60 s heartbeat timeout) and no byte before the answer, so a client's read timeout
-    bounds the whole wait: a killed worker must be found by its liveness key, in seconds."""
-    return {**gateway_env, "MEGABRAIN_HEARTBEAT_TIMEOUT": "60", "MEGABRAIN_PICKUP_TIMEOUT": "30",
-            "MEGABRAIN_REQUEST_TIMEOUT": "120",
-            "MEGABRAIN_KEEPALIVE_INTERVAL": "100", "MEGABRAIN_JSON_KEEPALIVE_AFTER": "100"}
 
 
 def test_sigterm_worker_mid_stream_finishes_the_stream(slow_env: dict[str, str],
@@ -77,12 +40,12 @@ def test_sigterm_worker_mid_stream_finishes_the_stream(slow_env: dict[str, str],
         with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(slow_env), timeout=20,
                           json={**BODY, "stream": True}) as response:
             assert response.status_code == 200
-            events = sse_events(response)
+            events = sse_data(response)
             payloads = [next(events)]
             gw.workers[0].send_signal(signal.SIGTERM)
             payloads += list(events)
         assert payloads[-1] == "[DONE]"
-        assert stream_text(payloads) == EXPECTED  # every token once, in order
+        assert reassemble(payloads)["text"] == EXPECTED  # every token once, in order
         assert gw.workers[0].wait(10) == 0
 
 
@@ -95,12 +58,12 @@ def test_sigterm_web_mid_stream_finishes_then_exits(slow_env: dict[str, str],
         assert gw.web is not None
         with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(slow_env), timeout=20,
                           json={**BODY, "stream": True}) as response:
-            events = sse_events(response)
+            events = sse_data(response)
             payloads = [next(events)]
             gw.web.send_signal(signal.SIGTERM)
             payloads += list(events)
         assert payloads[-1] == "[DONE]"
-        assert stream_text(payloads) == EXPECTED
+        assert reassemble(payloads)["text"] == EXPECTED
         assert gw.web.wait(10) is not None
         with pytest.raises(httpx.ConnectError):  # it stopped accepting
             httpx.get(gw.url + "/health", timeout=2)
@@ -140,15 +103,74 @@ def test_sigkill_worker_mid_stream_ends_with_an_error(patient_env: dict[str, str
         # heartbeat timeout (60 s), by the dead worker's liveness key
         with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(patient_env), timeout=30,
                           json={**BODY, "stream": True}) as response:
-            events = sse_events(response)
+            events = sse_data(response)
             payloads = [next(events), next(events)]
             gw.workers[0].kill()
             payloads += list(events)
         last = json.loads(payloads[-1])
         assert last["error"]["type"] == "temporarily_unavailable"
         assert "[DONE]" not in payloads
-        text = stream_text(payloads[:-1])
+        text = reassemble(payloads[:-1])["text"]
         assert EXPECTED.startswith(text) and text  # what came was a clean prefix, nothing duplicated
+
+
+def test_what_outlives_the_shutdown_grace(patient_env: dict[str, str],
+                                         fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """README ("Shutdown, restarts and failures"), with a 1 s MEGABRAIN_SHUTDOWN_GRACE:
+
+    1. a worker given SIGTERM lets its jobs run for the grace, then tells the web tier which requests it
+       abandons: the one that sent nothing yet is re-run at once on the other worker (here one in this
+       process; the 60 s heartbeat timeout is far beyond the client's read timeout: only the worker's word
+       can make that re-run in time), and a stream that sent tokens ends with the in-band error frame, never
+       restarted;
+    2. the web process given SIGTERM lets a running stream go on for the grace, then cuts it: the stream ends
+       without ``[DONE]`` (the client sees it truncated), and the process exits.
+    """
+    state, _ = fake_openai
+    state.failures = ["hang"]  # the first call never answers: a request that has sent nothing
+    state.tokens, state.token_delay = 200, 0.5  # streams last 100 s: far beyond the grace and a worker's start
+    answer_text = tokens_text(200)
+    env = {**patient_env, "MEGABRAIN_SHUTDOWN_GRACE": "1"}
+    other = GatewayHarness.from_env(env, api=False)  # the other worker, started once both requests are at the first
+    try:
+        with ProcessGateway(env, workers=1) as gw, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = gw.workers[0]
+            silent = pool.submit(httpx.post, gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=40)
+            assert wait_until(lambda: len(state.requests) == 1, 10)
+            with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(env), timeout=30,
+                              json={**BODY, "stream": True}) as response:
+                events = sse_data(response)
+                payloads = [next(events)]  # tokens went out: this one can no longer be re-run
+                other.start()
+                assert wait_until(lambda: live_workers(gw.url) == 2, 15)
+                first.send_signal(signal.SIGTERM)
+                payloads += list(events)
+            answer = silent.result(45)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["choices"][0]["message"]["content"] == answer_text  # re-run on the other worker
+            last = json.loads(payloads[-1])
+            assert last["error"]["type"] == "temporarily_unavailable", payloads[-1]
+            text = reassemble(payloads[:-1])["text"]
+            assert "[DONE]" not in payloads and text and answer_text.startswith(text) and text != answer_text
+            assert len(state.requests) == 3  # the abandoned call, the stream, the re-run: the stream never twice
+            assert first.wait(15) == 0
+
+            assert gw.web is not None
+            cut: list[str] = []
+            with pytest.raises(httpx.RemoteProtocolError):  # the chunked body never got its end
+                with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth(env), timeout=30,
+                                  json={**BODY, "stream": True}) as response:
+                    assert response.status_code == 200
+                    for payload in sse_data(response):
+                        cut.append(payload)
+                        if len(cut) == 1:
+                            gw.web.send_signal(signal.SIGTERM)
+            assert gw.web.wait(15) is not None
+            text = reassemble(cut)["text"]
+            assert "[DONE]" not in cut and text and answer_text.startswith(text) and text != answer_text
+    finally:
+        if other.thread.is_alive():
+            other.stop()
 
 
 # --------------------------------------------------------------------------- Redis outage

@@ -14,7 +14,7 @@ import pytest
 
 from tests import agent_clients, responses_grammar
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import GatewayHarness
+from tests.harness import GatewayHarness, tokens_text
 
 MODEL = "openai/gpt-4o-mini"
 THOUGHT = "Considering the greeting first."
@@ -30,7 +30,7 @@ ECHOED = ("instructions", "tools", "tool_choice", "parallel_tool_calls", "max_ou
 
 
 def expected_text(state: OpenAIFakeState) -> str:
-    return "".join(f"tok{i} " for i in range(state.tokens))
+    return tokens_text(state.tokens)
 
 
 def raw_events(gateway: GatewayHarness, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -16,9 +16,8 @@ import redis as sync_redis
 
 from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import ProcessGateway, RedisServer, create_key, env_for, wait_until
+from tests.harness import EXPECTED, ProcessGateway, RedisServer, create_key, env_for, reassemble, wait_until
 
-EXPECTED = "".join(f"tok{i} " for i in range(16))
 MESSAGES = [{"role": "user", "content": "hi"}]
 SERVICE = "mymaster"
 
@@ -88,7 +87,7 @@ def _serves(client: openai.OpenAI) -> bool:
     try:
         answer = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         chunks = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
-        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        streamed = reassemble(chunks)["text"]
     except openai.APIError:
         return False
     return answer.choices[0].message.content == EXPECTED and streamed == EXPECTED

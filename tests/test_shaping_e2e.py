@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -23,13 +24,7 @@ from api.access.limits import worst_case_cost
 from common.names import Names
 from common.redis import connect
 from common.wire import Route
-from tests.fakes.anthropic_server import AnthropicFakeState, create_anthropic_app
-from tests.fakes.gemini_server import GeminiFakeState, create_gemini_app
-from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
-from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, env_for
-
-anthropic = pytest.importorskip("anthropic", reason="the anthropic SDK is a test extra")
+from tests.harness import Fakes, GatewayHarness, config_file, env_for
 
 GPT_MINI = "openai/gpt-4o-mini"
 GPT5_MINI = "openai/gpt-5-mini"
@@ -43,18 +38,6 @@ CLAUDE_CODE_USER = json.dumps({"device_id": "d" * 64, "account_uuid": "", "sessi
 HI = [{"role": "user", "content": "Hello"}]
 
 
-class Fakes:
-    def __init__(self) -> None:
-        self.openai = OpenAIFakeState()
-        self.anthropic = AnthropicFakeState(api_key="sk-ant-test")
-        self.gemini = GeminiFakeState(api_key="test-gemini-key")
-
-    def reset(self) -> None:
-        self.openai.reset()
-        self.anthropic.__dict__.update(vars(AnthropicFakeState(api_key="sk-ant-test")))
-        self.gemini.__dict__.update(vars(GeminiFakeState(api_key="test-gemini-key")))
-
-
 @pytest.fixture(scope="module")
 def fakes() -> Fakes:
     return Fakes()
@@ -62,16 +45,10 @@ def fakes() -> Fakes:
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    config = tmp_path_factory.mktemp("shaping") / "megabrain.toml"
-    config.write_text("[limits]\nfree_requests_per_minute = 100000\nanonymous_requests_per_day = 100000\n")
-    with ThreadedServer(create_openai_app(fakes.openai)) as oa, \
-            ThreadedServer(create_anthropic_app(fakes.anthropic)) as an, \
-            ThreadedServer(create_gemini_app(fakes.gemini)) as ge:
-        env = env_for(redis_url, MEGABRAIN_CONFIG=str(config), MEGABRAIN_FREE_MODELS=FREE,
-                      OPENAI_BASE_URL=oa.url + "/v1", OPENAI_API_KEY="sk-upstream-test",
-                      ANTHROPIC_BASE_URL=an.url, ANTHROPIC_API_KEY="sk-ant-test",
-                      GEMINI_BASE_URL=ge.url, GEMINI_API_KEY="test-gemini-key",
-                      MEGABRAIN_UPSTREAM_MAX_RETRIES="0")
+    config = config_file(tmp_path_factory.mktemp("shaping"))
+    with fakes.serving() as upstreams:
+        env = env_for(redis_url, MEGABRAIN_CONFIG=config, MEGABRAIN_FREE_MODELS=FREE,
+                      MEGABRAIN_UPSTREAM_MAX_RETRIES="0", **upstreams)
 
         async def keys() -> dict[str, str]:
             redis = connect(redis_url)

@@ -17,9 +17,8 @@ import redis as sync_redis
 
 from common.names import Names
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import ProcessGateway, RedisServer, create_key, env_for, wait_until
+from tests.harness import EXPECTED, ProcessGateway, RedisServer, create_key, env_for, reassemble, wait_until
 
-EXPECTED = "".join(f"tok{i} " for i in range(16))
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 CONFIG = """
@@ -57,7 +56,7 @@ def serves(client: openai.OpenAI, model: str) -> bool:
     try:
         answer = client.chat.completions.create(model=model, messages=MESSAGES)
         chunks = client.chat.completions.create(model=model, messages=MESSAGES, stream=True)
-        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        streamed = reassemble(chunks)["text"]
     except openai.APIError:
         return False
     return answer.choices[0].message.content == EXPECTED and streamed == EXPECTED
@@ -137,7 +136,7 @@ def test_a_hand_off_crosses_to_the_other_redis(two_redis: tuple[RedisServer, Red
                 model="openai/gpt-4o-mini", messages=MESSAGES, stream=stream, extra_body={"models": ["local2/tiny2"]})
             assert response.headers["x-megabrain-provider"] == "local2"
             if stream:
-                text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+                text = reassemble(response.parse())["text"]
             else:
                 text = response.parse().choices[0].message.content
             assert text == EXPECTED

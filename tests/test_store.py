@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +103,11 @@ class Serve:
             self.signal(signal.SIGKILL)
 
 
+def aof_bytes(data_dir: Path) -> bytes:
+    """Everything in the store's append-only files so far."""
+    return b"".join(path.read_bytes() for path in sorted(data_dir.rglob("*.aof")))
+
+
 @pytest.fixture
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     directory = tmp_path_factory.mktemp("mb")
@@ -145,9 +149,13 @@ def test_keys_and_usage_survive_sigterm_and_sigkill(data_dir: Path, fake_openai:
     third = Serve(env).start()
     try:
         assert servers_of(data_dir) == [server_pid]  # … and the next serve adopts it: one server per data dir
-        assert third.chat(key).status_code == 200
+        answer = third.chat(key)
+        assert answer.status_code == 200
         assert wait_until(lambda: third.usage_requests(key) == 3, 10)
-        time.sleep(2.0)  # appendfsync everysec: what is ≥ 1 s old is on disk
+        # the worker's batched write of this answer (usage, then its generation record) reached the AOF file:
+        # what a SIGKILL of the server cannot take back (appendfsync everysec covers a power cut)
+        record = f":gen:{answer.headers['x-request-id']}".encode()
+        assert wait_until(lambda: record in aof_bytes(data_dir), 10)
         third.signal(signal.SIGKILL)
         os.kill(server_pid, signal.SIGKILL)  # a power cut: only the AOF remains
         assert wait_until(lambda: servers_of(data_dir) == [], 10)

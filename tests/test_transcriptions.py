@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
+import logging
 import wave
 from collections.abc import Iterator
 
@@ -17,8 +17,7 @@ import pytest
 
 from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import GatewayHarness, env_for
-from tests.test_embeddings import auth, sdk, with_test_key
+from tests.harness import GatewayHarness, auth, env_for, sdk_for, wait_until, with_test_key
 
 
 def make_wav(seconds: float = 0.25, rate: int = 8000) -> bytes:
@@ -48,12 +47,8 @@ def blob_keys(redis_url: str, gateway: GatewayHarness) -> list[bytes]:
 
 def wait_no_blobs(redis_url: str, gateway: GatewayHarness) -> list[bytes]:
     """The blob keys still there once the request's cleanup had a few seconds to run (normally at once)."""
-    deadline = time.monotonic() + 5
-    keys = blob_keys(redis_url, gateway)
-    while keys and time.monotonic() < deadline:
-        time.sleep(0.05)
-        keys = blob_keys(redis_url, gateway)
-    return keys
+    wait_until(lambda: not blob_keys(redis_url, gateway), 10, 0.05)
+    return blob_keys(redis_url, gateway)
 
 
 def upload_of(state: OpenAIFakeState) -> dict:
@@ -179,16 +174,20 @@ def test_upstream_error_leaves_nothing(client: openai.OpenAI, gateway: GatewayHa
 
 
 def test_client_gone_leaves_nothing(gateway: GatewayHarness, gateway_env: dict[str, str], redis_url: str,
-                                    fake_openai: tuple[OpenAIFakeState, str]) -> None:
-    """The client leaves while the worker waits to retry (the audio is back in Redis by then)."""
+                                    fake_openai: tuple[OpenAIFakeState, str], caplog: pytest.LogCaptureFixture) -> None:
+    """The client leaves while the worker waits to retry (the audio is back in Redis by then): the job is
+    dropped there, so the retry it was waiting for never happens."""
+    caplog.set_level(logging.INFO, logger="megabrain")
     state, _ = fake_openai
     state.failures = [503]
-    state.retry_after = 3
+    state.retry_after = 10  # the worker would wait this long before its retry (under the 30 s deadline)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(gateway.url + "/v1/audio/transcriptions", headers=auth(gateway_env), timeout=1.0,
                    data={"model": "whisper-1"}, files={"file": ("a.wav", WAV, "audio/wav")})
     assert wait_no_blobs(redis_url, gateway) == []
-    time.sleep(3.5)  # past the retry the worker would have made, had it not been stopped
+    assert gateway.process is not None
+    assert wait_until(lambda: any("cancelled by the web tier" in r.getMessage() for r in caplog.records), 20)
+    assert wait_until(lambda: not gateway.process.runtime.active, 5)  # no job left that could retry
     assert len(state.requests) == 1
     assert blob_keys(redis_url, gateway) == []
 
@@ -197,7 +196,7 @@ def test_client_gone_leaves_nothing(gateway: GatewayHarness, gateway_env: dict[s
 def groq_gateway(redis_url: str,
                  fake_openai: tuple[OpenAIFakeState, str]) -> Iterator[tuple[GatewayHarness, dict[str, str]]]:
     _, upstream = fake_openai
-    env = with_test_key(env_for(redis_url, GROQ_BASE_URL=upstream, GROQ_API_KEY="gsk-test"), redis_url)
+    env = with_test_key(env_for(redis_url, GROQ_BASE_URL=upstream, GROQ_API_KEY="gsk-test"))
     with GatewayHarness.from_env(env, pools=("groq",)) as harness:
         yield harness, env
 
@@ -205,7 +204,7 @@ def groq_gateway(redis_url: str,
 def test_groq_transcription(groq_gateway: tuple[GatewayHarness, dict[str, str]], redis_url: str,
                             fake_openai: tuple[OpenAIFakeState, str]) -> None:
     harness, env = groq_gateway
-    result = sdk(harness, env).audio.transcriptions.create(model="groq/whisper-large-v3-turbo",
+    result = sdk_for(harness.url, env).audio.transcriptions.create(model="groq/whisper-large-v3-turbo",
                                                            file=("voice.m4a", WAV))
     assert result.text == f"transcribed {len(WAV)} bytes"
     sent = fake_openai[0].requests[-1]

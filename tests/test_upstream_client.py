@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +20,7 @@ from starlette.requests import Request
 
 from common.settings import Settings
 from tests.fakes.server import ThreadedServer
+from tests.harness import self_signed_cert
 from workers.providers import adapter_for
 from workers.providers.base import RequestSpec, UpstreamError
 from workers.upstream import _url, make_http_client, open_stream, send, send_json
@@ -250,14 +249,10 @@ async def test_a_stream_cut_mid_body_is_a_retryable_error(session: aiohttp.Clien
 
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
+    made = self_signed_cert(tmp_path_factory.mktemp("tls"))
+    if made is None:
         pytest.skip("no openssl command to make a self-signed certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
+    return made
 
 
 async def test_tls_is_verified(self_signed: tuple[Path, Path], session: aiohttp.ClientSession) -> None:

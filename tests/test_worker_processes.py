@@ -10,8 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import ProcessGateway, wait_until
-from tests.test_processes import assert_serves_chat
+from tests.harness import ProcessGateway, assert_serves_chat, wait_until
 
 
 def _children(pid: int) -> list[int]:

@@ -44,7 +44,8 @@ class OpenAIFakeState:
     """What the fake does next; the test thread mutates it while the server thread reads it.
 
     ``failures`` is a FIFO script consumed one item per POST request: an int HTTP status, ``"reset"``,
-    ``"midstream_error"``, ``"cut"`` or ``"hang"``. ``usage_in`` says where a stream carries usage:
+    ``"midstream_error"``, ``"cut"`` or ``"hang"``. ``hold_answers`` keeps every POST waiting (recorded, no
+    byte sent, its failure not yet taken) while True: a test releases them all at once. ``usage_in`` says where a stream carries usage:
     ``"separate"`` (a ``choices: []`` chunk, only when ``stream_options.include_usage``), ``"null"``
     (same, with ``choices: null``), ``"finish"`` (on the finishing chunk, always) or ``"none"``.
     """
@@ -61,7 +62,7 @@ class OpenAIFakeState:
     cached_tokens: int = 0  # reported in usage.prompt_tokens_details.cached_tokens
     fail_after_tokens: int = 2
     hang_seconds: float = 60.0
-    hold_answers: bool = False  # non-streaming answers wait while True (a test releases them all at once)
+    hold_answers: bool = False  # every POST waits (recorded, no byte sent) while True: a test's gate
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     requests: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)  # the 400 messages this fake answered, in order
@@ -198,11 +199,16 @@ class Endpoint:
         state = self.state
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         body = await self.read(scope, receive) if scope["method"] == "POST" else None
-        entry = {"path": scope["path"], "method": scope["method"], "headers": headers, "body": body}
+        entry = {"path": scope["path"], "method": scope["method"], "headers": headers, "body": body,
+                 "at": time.monotonic()}
         serial = state.record(entry)
         if state.require_key is not None and headers.get("authorization") != f"Bearer {state.require_key}":
             await send_error(send, state, serial, 401)
             return
+        for _ in range(6000):  # a minute at most
+            if not (state.hold_answers and scope["method"] == "POST"):
+                break
+            await asyncio.sleep(0.01)
         failure = state.take_failure() if scope["method"] == "POST" else None
         if failure is not None and await self.fail(failure, receive, send, serial):
             return
@@ -424,8 +430,6 @@ class ChatEndpoint(Endpoint):
             return
         if self.state.latency:
             await asyncio.sleep(self.state.latency)
-        while self.state.hold_answers:
-            await asyncio.sleep(0.01)
         n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
         if failure == "cut":
             payload = _encode(chat_completion(plan, n))
