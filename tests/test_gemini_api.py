@@ -14,6 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
 
 from tests.fakes.agent_gemini import create_app as gemini_agent_app
 from tests.fakes.agent_script import FINAL_TEXT, AgentSession, AgentTask
@@ -22,9 +25,6 @@ from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
 from tests.harness import GatewayHarness, create_key, env_for
 
-genai = pytest.importorskip("google.genai", reason="the google-genai SDK is a test extra")
-from google.genai import errors as genai_errors  # noqa: E402
-from google.genai import types  # noqa: E402
 
 GEMINI = "google/gemini-2.5-flash"
 GEMINI3 = "google/gemini-3-flash-preview"
