@@ -70,20 +70,32 @@ def quantization_of(model_id: str) -> str | None:
 
 
 class SlugIndex:
-    """OpenRouter slugs by match key. Where two slugs share a key, the instruct one wins (that is what
-    sellers serve), then the shorter."""
+    """OpenRouter slugs, exactly and by match key. An id that *is* a slug (``openai/gpt-4-turbo``), or a
+    slug's unambiguous model part (``gpt-4-turbo``, ``claude-opus-4.6-fast``), is that model: the noise
+    words of the match key would otherwise fold a vendor's distinct products (GPT-4 Turbo, a fast mode
+    at six times the price) into their base model. Where two slugs share a key, the instruct one wins
+    (that is what sellers serve), then the shorter."""
 
     def __init__(self, slugs: list[str]) -> None:
         self.by_key: dict[str, str] = {}
+        self.exact: dict[str, str] = {}
+        tails: dict[str, set[str]] = {}
         for slug in sorted(set(slugs), key=lambda s: ("instruct" not in s, len(s), s)):
             if ":" in slug or "/" not in slug or slug.startswith("~"):
                 continue
             self.by_key.setdefault(match_key(slug), slug)
+            self.exact.setdefault(slug.lower(), slug)
+            tails.setdefault(slug.lower().rsplit("/", 1)[-1], set()).add(slug)
+        self.by_tail = {tail: next(iter(found)) for tail, found in tails.items() if len(found) == 1}
 
     def find(self, model_id: str, provider: str = "") -> str | None:
-        lowered = model_id.rsplit("/", 1)[-1].lower().split(":", 1)[0]
+        base = model_id.lower().split(":", 1)[0]
+        lowered = base.rsplit("/", 1)[-1]
         if lowered in ALIASES:
             return ALIASES[lowered]
+        exact = self.exact.get(base) or self.by_tail.get(lowered)
+        if exact is not None:
+            return exact
         key = match_key(model_id, provider)
         slug = self.by_key.get(key)
         if slug is None and _LONG_DATE.search(key):  # a dated snapshot: the undated model

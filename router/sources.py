@@ -294,10 +294,12 @@ SOURCES: tuple[Source, ...] = (
     Source("snowflake", "anthropic", keep=r"^claude-(3-5|3-7|4|sonnet|opus|haiku)", estimate=True),
     Source("snowflake", "openai", keep=r"^(gpt-4\.1|gpt-5)", drop=r"(^|-)pro$|codex|search|audio",
            ids="prefix:openai-", estimate=True),
-    # Routers with OpenRouter-style "vendor/model" ids that bill provider list prices.
-    Source("requesty", "openrouter", keep=_ROUTED_VENDORS, drop=r":free$", estimate=True),
-    Source("helicone", "openrouter", keep=_ROUTED_VENDORS, drop=r":free$", estimate=True),
-    Source("vercel", "openrouter", keep=_ROUTED_VENDORS, drop=r":free$", estimate=True),
+    # Routers with OpenRouter-style "vendor/model" ids that bill provider list prices. ":batch" entries are
+    # OpenRouter's batch-API prices (half the list price, answers within hours): no real-time endpoint
+    # serves them, and listed they would plan first as the cheapest seller of the model.
+    Source("requesty", "openrouter", keep=_ROUTED_VENDORS, drop=r":free$|:batch$", estimate=True),
+    Source("helicone", "openrouter", keep=_ROUTED_VENDORS, drop=r":free$|:batch$", estimate=True),
+    Source("vercel", "openrouter", keep=_ROUTED_VENDORS, drop=r":free$|:batch$", estimate=True),
     # Poe names the vendors' official bots by the model slug in title case ("Claude-Sonnet-4.5",
     # "GPT-5.4", "Grok-4", per creator.poe.com); derived from OpenRouter's slugs, priced at OpenRouter's.
     Source("poe", "openrouter", keep=r"^(openai/gpt|anthropic/claude|google/gemini|x-ai/grok)", drop=r":",
@@ -320,7 +322,8 @@ def _entries_for(source: Source) -> list[PriceEntry]:
         return [e for e in hf_merged().values() if re.match(_OPEN_WEIGHT_ORGS, e.id.lower())]
     if source.feed.startswith("openrouter:"):
         vendor = source.feed.split(":", 1)[1] + "/"
-        return [e for e in feeds.get("openrouter", ()) if e.id.startswith(vendor) and not e.id.endswith(":free")]
+        return [e for e in feeds.get("openrouter", ())
+                if e.id.startswith(vendor) and not e.id.endswith((":free", ":batch"))]
     return list(feeds.get(source.feed, ()))
 
 

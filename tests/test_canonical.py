@@ -57,6 +57,25 @@ def test_fine_tunes_and_distills_stay_apart(catalog: Catalog) -> None:
     assert not any("0528" in i or "distill" in i.lower() for i in r1)
 
 
+def test_distinct_products_of_a_vendor_stay_apart(catalog: Catalog) -> None:
+    """An id that is itself an OpenRouter slug is that model: GPT-4 Turbo is not GPT-4 and a six-times-
+    priced fast mode is not its base model, though the match key's serving words would fold them."""
+    gpt4 = {m.upstream_id.rsplit("/", 1)[-1] for m in catalog.endpoints_of("openai/gpt-4")}
+    assert gpt4 and not any("turbo" in tail for tail in gpt4), gpt4
+    assert "openai/gpt-4-turbo" in {m.id for m in catalog.endpoints_of("openai/gpt-4-turbo")}
+    opus = catalog.endpoints_of("anthropic/claude-opus-4.6")
+    assert opus and not any(m.upstream_id.endswith("-fast") for m in opus)
+    fast = catalog.endpoints_of("anthropic/claude-opus-4.6-fast")
+    assert fast and all(m.upstream_id.lower().endswith("-fast") for m in fast)
+
+
+def test_batch_prices_are_not_real_time_endpoints(catalog: Catalog) -> None:
+    """OpenRouter's ":batch" entries price the batch API (half price, answers within hours); listed, they
+    would plan first as the cheapest seller of every OpenAI and Anthropic model."""
+    batch = [m.id for m in catalog.listed() if m.upstream_id.endswith(":batch")]
+    assert batch == []
+
+
 def test_match_key_drops_serving_words_only() -> None:
     same = ["llama-3.3-70b-versatile", "meta-llama/Llama-3.3-70B-Instruct-Turbo", "llama-3.3-70b",
             "accounts/fireworks/models/llama-v3p3-70b-instruct", "@cf/meta/llama-3.3-70b-instruct-fp8-fast",
