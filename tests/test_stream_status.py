@@ -112,3 +112,18 @@ def test_a_request_past_its_deadline_is_504_upstream_timeout(gateway_env: dict[s
         body = response.json()
         assert body["error_type"] == "upstream_timeout" and body["error"]["type"] == "upstream_timeout"
     assert len(state.requests) == 2  # one call each, never retried past the deadline
+
+
+def test_a_deadline_passed_before_any_enqueue_is_504_not_503(gateway_env: dict[str, str],
+                                                            fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """A deadline that passes before the job is queued (here: at once) is the request's timeout, not a lack
+    of workers: 504 ``upstream_timeout`` without ``Retry-After``, and nothing reaches the upstream."""
+    state, _ = fake_openai
+    with _gateway(gateway_env, MEGABRAIN_REQUEST_TIMEOUT="0.000001") as gateway:
+        for stream in (False, True):
+            response = httpx.post(gateway.url + "/v1/chat/completions", json={**BODY, "stream": stream},
+                                  headers=auth(gateway_env), timeout=30)
+            assert response.status_code == 504, response.text
+            assert response.json()["error_type"] == "upstream_timeout"
+            assert "retry-after" not in response.headers
+    assert state.requests == []

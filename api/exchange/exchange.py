@@ -123,6 +123,8 @@ class Exchange:
         if job is None:
             self.state = "settled"  # nothing is queued: nothing to cancel
             await self._close()
+            if time.time() >= self.job.deadline:  # out of time, not out of workers: say so (504, not 503)
+                raise GatewayError("upstream_timeout", "The request took longer than the gateway allows.")
             raise unavailable(
                 "No worker is serving " + (", ".join(dict.fromkeys(skipped)) or "this model") + " right now "
                 "(no live worker, or its queue is full). Try again shortly.",
