@@ -32,7 +32,6 @@ from common.names import Names
 from common.redis import connect
 from common.server_secret import SECRET_FILE, server_secret
 from common.settings import ConfigError, Settings
-from common.settlement import record_usage
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import TEST_SECRET, GatewayHarness, RedisServer, env_for, wait_until
 from tests.pages import ADMIN_KEY, PAID, PASSWORD, Browser, accounts_env, keys_in

@@ -5,7 +5,6 @@ scripted Gemini fake) and on OpenAI and Claude models (translated, to the OpenAI
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Iterator

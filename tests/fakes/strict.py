@@ -212,7 +212,7 @@ def _anthropic_adaptive_only(model: str, body: dict[str, Any]) -> Problem | None
                 "output_config.effort instead.", "thinking", None)
     effort = (body.get("output_config") or {}).get("effort")
     if effort is not None and effort not in ("low", "medium", "high", "xhigh", "max"):
-        return (f"output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'", None, None)
+        return ("output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'", None, None)
     return None
 
 
