@@ -103,7 +103,9 @@ class Settings(msgspec.Struct, kw_only=True):
     worker_max_jobs: int = 100
     shutdown_grace: float = 25.0
     upstream_connect_timeout: float = 5.0
-    upstream_read_timeout: float = 120.0
+    upstream_read_timeout: float = 120.0  # a whole non-streamed answer (its first byte is its end)
+    upstream_first_byte_timeout: float = 30.0  # a stream's response headers: a silent upstream, next provider
+    upstream_idle_timeout: float = 60.0  # a stream's longest silence between two reads once it answered
     upstream_max_retries: int = 2
     default_max_tokens: int = 4096
     limits: Limits = msgspec.field(default_factory=Limits)
@@ -145,6 +147,8 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "MEGABRAIN_SHUTDOWN_GRACE": ("shutdown_grace", float),
     "MEGABRAIN_UPSTREAM_MAX_RETRIES": ("upstream_max_retries", int),
     "MEGABRAIN_UPSTREAM_READ_TIMEOUT": ("upstream_read_timeout", float),
+    "MEGABRAIN_UPSTREAM_FIRST_BYTE_TIMEOUT": ("upstream_first_byte_timeout", float),
+    "MEGABRAIN_UPSTREAM_IDLE_TIMEOUT": ("upstream_idle_timeout", float),
 }
 
 _LIMIT_ENV: dict[str, tuple[str, type]] = {

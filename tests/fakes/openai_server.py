@@ -44,8 +44,9 @@ class OpenAIFakeState:
     """What the fake does next; the test thread mutates it while the server thread reads it.
 
     ``failures`` is a FIFO script consumed one item per POST request: an int HTTP status, ``"reset"``,
-    ``"midstream_error"``, ``"cut"`` or ``"hang"``. ``hold_answers`` keeps every POST waiting (recorded, no
-    byte sent, its failure not yet taken) while True: a test releases them all at once. ``usage_in`` says where a stream carries usage:
+    ``"midstream_error"``, ``"cut"``, ``"hang"`` or ``"malformed"`` (a 200 HTML page). ``hold_answers`` keeps
+    every POST waiting (recorded, no byte sent, its failure not yet taken) while True: a test releases them
+    all at once. ``usage_in`` says where a stream carries usage:
     ``"separate"`` (a ``choices: []`` chunk, only when ``stream_options.include_usage``), ``"null"``
     (same, with ``choices: null``), ``"finish"`` (on the finishing chunk, always) or ``"none"``.
     """
@@ -241,6 +242,9 @@ class Endpoint:
                 await asyncio.wait_for(wait_disconnect(receive), self.state.hang_seconds)
             except asyncio.TimeoutError:
                 await abort_connection(receive, send)
+        elif failure == "malformed":  # a 200 that is no answer: a proxy's page where the JSON or SSE should be
+            await send_bytes(send, 200, b"<html><body>Service starting</body></html>",
+                             base_headers(serial, b"text/html"))
         else:
             return False
         return True
