@@ -102,7 +102,8 @@ class Gateway:
         self.redis = self.redises.main  # keys, limits, usage, health; a pool's queue is redises.pool(pool)
         # one subscription per Redis this process enqueues to: workers reply on their pool's Redis
         subscriptions = Redises(settings, pubsub=True, max_connections=2).by_redis(configured)
-        self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id))
+        self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id),
+                           settings.stream_buffer_bytes)
         self.live = LiveWorkers(self.redises, self.names, configured)
         self.health = HealthSnapshot()
         self.draining = False

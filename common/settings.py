@@ -99,6 +99,7 @@ class Settings(msgspec.Struct, kw_only=True):
     request_timeout: float = 600.0  # whole-request deadline
     stream_commit_wait: float = 5.0  # how long a stream may hold its status line to report an early error
     keepalive_interval: float = 15.0
+    stream_buffer_bytes: int = 1 << 20  # a stream's frames waiting for a slow client; beyond, its stream ends
     store_down_limit: float = 10.0  # serve's embedded store down this long: /health says 503
     poll_delay: float = 2.0  # arq safety-net poll; workers are woken on enqueue
     worker_max_jobs: int = 100
@@ -143,6 +144,7 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "MEGABRAIN_REQUEST_TIMEOUT": ("request_timeout", float),
     "MEGABRAIN_STREAM_COMMIT_WAIT": ("stream_commit_wait", float),
     "MEGABRAIN_KEEPALIVE_INTERVAL": ("keepalive_interval", float),
+    "MEGABRAIN_STREAM_BUFFER_BYTES": ("stream_buffer_bytes", int),
     "MEGABRAIN_POLL_DELAY": ("poll_delay", float),
     "MEGABRAIN_STORE_DOWN_LIMIT": ("store_down_limit", float),
     "MEGABRAIN_WORKER_MAX_JOBS": ("worker_max_jobs", int),

@@ -165,7 +165,10 @@ class EmbeddedServer:
         self._process = subprocess.Popen(
             [binary, "--port", "0", "--unixsocket", str(d / SOCKET), "--unixsocketperm", "700",
              "--dir", str(d), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--pidfile", str(d / PID_FILE), "--logfile", str(d / LOG_FILE), "--daemonize", "no"],
+             "--pidfile", str(d / PID_FILE), "--logfile", str(d / LOG_FILE), "--daemonize", "no",
+             # a web process's relay carries every answer of its requests; events come in pieces of at most
+             # 512 KiB (common/wire.py), so only a stalled process nears this, and only it is cut off
+             "--client-output-buffer-limit", "pubsub 256mb 64mb 60"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C reaches serve, which stops the server after its pools
         )

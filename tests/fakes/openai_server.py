@@ -54,6 +54,7 @@ class OpenAIFakeState:
     tokens: int = 16
     latency: float = 0.0
     token_delay: float = 0.0
+    token_batch: int = 1  # frames per write when token_delay is set: a fast upstream's bursts
     failures: list[Any] = field(default_factory=list)
     retry_after: str | float | None = None
     tool_calls: list[dict[str, Any]] | None = None
@@ -473,7 +474,7 @@ class ChatEndpoint(Endpoint):
             await send({"type": "http.response.start", "status": 200, "headers": base_headers(serial, SSE_TYPE) + [(b"cache-control", b"no-cache")]})
             if state.latency:
                 await asyncio.sleep(state.latency)
-            await self.write_frames(send, frames, state.token_delay)
+            await self.write_frames(send, frames, state.token_delay, state.token_batch)
             done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if not gone.is_set():  # the watcher may see the client leave while the last frames go out
@@ -489,14 +490,14 @@ class ChatEndpoint(Endpoint):
                 state.count("streams_closed_early")
 
     @staticmethod
-    async def write_frames(send: Send, frames: list[bytes], delay: float) -> None:
+    async def write_frames(send: Send, frames: list[bytes], delay: float, batch: int = 1) -> None:
         if not delay:
             await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
             return
-        for i, frame in enumerate(frames):
+        for i in range(0, len(frames), batch):
             if i:
                 await asyncio.sleep(delay)
-            await send({"type": "http.response.body", "body": frame, "more_body": True})
+            await send({"type": "http.response.body", "body": b"".join(frames[i:i + batch]), "more_body": True})
 
 
 # --------------------------------------------------------------------------- embeddings
