@@ -30,6 +30,7 @@ class Limits(msgspec.Struct, kw_only=True):
     signups_per_ip_per_day: int = 10
     trusted_proxy_hops: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
+    bodies_in_flight_bytes: int = 64 * 1024 * 1024  # per web process: request bodies held at once; beyond, 503
     max_upload_bytes: int = 25 * 1024 * 1024
     max_embedding_inputs: int = 2048
     queue_depth_limit: int = 1000  # per pool; beyond it the next candidate or a 503
@@ -161,6 +162,7 @@ _LIMIT_ENV: dict[str, tuple[str, type]] = {
     "MEGABRAIN_USER_PER_DAY": ("user_requests_per_day", int),
     "MEGABRAIN_TRUSTED_PROXY_HOPS": ("trusted_proxy_hops", int),
     "MEGABRAIN_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "MEGABRAIN_BODIES_IN_FLIGHT_BYTES": ("bodies_in_flight_bytes", int),
     "MEGABRAIN_QUEUE_DEPTH_LIMIT": ("queue_depth_limit", int),
     "MEGABRAIN_KEYS_PER_ACCOUNT": ("keys_per_account", int),
 }

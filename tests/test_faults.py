@@ -122,3 +122,42 @@ def test_a_slow_reader_loses_only_its_own_stream(gateway_env: dict[str, str],
     tail = bytes(received[-2000:])
     assert b"[DONE]" not in received
     assert b'"type":"client_too_slow"' in tail, tail[-500:]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_burst_of_large_bodies_is_bounded_per_web_process(gateway_env: dict[str, str],
+                                                            fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """50 chat requests of 3.9 MB at once, all held at the upstream: the web process holds at most
+    MEGABRAIN_BODIES_IN_FLIGHT_BYTES (64 MiB: 17 such bodies) of them; the rest get a clean 503
+    (temporarily_unavailable, Retry-After) instead of the ~1.1 GB peak they cost before, and the held ones
+    are answered once the upstream lets go."""
+    state, _ = fake_openai
+    state.hold_answers = True
+    content = "x" * (3_900_000)
+    body = json.dumps({**BODY, "messages": [{"role": "user", "content": content}]}).encode()
+    headers = {**auth(gateway_env), "content-type": "application/json"}
+    env = {**gateway_env, "MEGABRAIN_HEARTBEAT_TIMEOUT": "60", "MEGABRAIN_REQUEST_TIMEOUT": "120",
+           "MEGABRAIN_PICKUP_TIMEOUT": "30"}
+    with ProcessGateway(env, workers=1) as gw, concurrent.futures.ThreadPoolExecutor(50) as pool:
+        assert gw.web is not None
+        futures = [pool.submit(httpx.post, gw.url + "/v1/chat/completions", content=body, headers=headers,
+                               timeout=90) for _ in range(50)]
+        assert wait_until(lambda: sum(f.done() for f in futures) + len(state.requests) >= 50, 90, 0.2)
+        peak = _peak_rss_mb(gw.web.pid)
+        held = len(state.requests)
+        state.hold_answers = False
+        answers = [f.result(90) for f in futures]
+    refused = [a for a in answers if a.status_code == 503]
+    assert all(a.json()["error_type"] == "temporarily_unavailable" and "retry-after" in a.headers for a in refused)
+    assert 1 <= held <= (64 << 20) // len(body) and len(refused) == 50 - held, \
+        (held, [(a.status_code, a.text[:150]) for a in answers if a.status_code != 200 or "error" in a.json()][:5])
+    assert sum(a.status_code == 200 for a in answers) == held
+    print(f"web peak RSS {peak:.0f} MB with {held} bodies of 3.9 MB held, {len(refused)} refused")
+    assert peak < 512, f"web peak RSS {peak:.0f} MB"  # a 512 MB dyno survives the burst
