@@ -23,6 +23,7 @@ from api import pages
 from api.routes import admin, chat, embeddings, gemini, listings, lookups, messages, ops, responses, transcriptions
 from api.gateway import Gateway
 from api.exchange.answer import error_response
+from api.exchange.body import BODY_BYTES
 from common.errors import GatewayError
 from common.settings import Settings, load_settings
 from common.telemetry import init_sentry, settle_heap, setup_logging
@@ -109,6 +110,13 @@ class GatewayApp(Starlette):
         self.direct = direct
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            if BODY_BYTES in scope:  # the request's body leaves the process's budget with the request
+                self.state.gateway.bodies.release(scope)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.direct.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
         if endpoint is None or scope.get("root_path"):
             await super().__call__(scope, receive, send)

@@ -11,6 +11,7 @@ import time
 
 from api.access.accounts import AccountStore, HashingSlots
 from api.provider_health import load_snapshot
+from api.exchange.body import BodyBudget
 from api.exchange.relay import Relay
 from common import metrics
 from common.candidates import LIVENESS_TTL, has_live_worker
@@ -102,8 +103,10 @@ class Gateway:
         self.redis = self.redises.main  # keys, limits, usage, health; a pool's queue is redises.pool(pool)
         # one subscription per Redis this process enqueues to: workers reply on their pool's Redis
         subscriptions = Redises(settings, pubsub=True, max_connections=2).by_redis(configured)
-        self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id))
+        self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id),
+                           settings.stream_buffer_bytes)
         self.live = LiveWorkers(self.redises, self.names, configured)
+        self.bodies = BodyBudget(settings.limits.bodies_in_flight_bytes)  # api/exchange/body.py
         self.health = HealthSnapshot()
         self.draining = False
         self._health_task: asyncio.Task[None] | None = None

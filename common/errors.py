@@ -25,6 +25,7 @@ STATUS_BY_TYPE: dict[str, int] = {
     "not_found": 404,
     "no_endpoints_found": 404,
     "method_not_allowed": 405,
+    "client_too_slow": 408,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "rate_limit_exceeded": 429,

@@ -30,6 +30,7 @@ class Limits(msgspec.Struct, kw_only=True):
     signups_per_ip_per_day: int = 10
     trusted_proxy_hops: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
+    bodies_in_flight_bytes: int = 64 * 1024 * 1024  # per web process: request bodies held at once; beyond, 503
     max_upload_bytes: int = 25 * 1024 * 1024
     max_embedding_inputs: int = 2048
     queue_depth_limit: int = 1000  # per pool; beyond it the next candidate or a 503
@@ -99,11 +100,15 @@ class Settings(msgspec.Struct, kw_only=True):
     request_timeout: float = 600.0  # whole-request deadline
     stream_commit_wait: float = 5.0  # how long a stream may hold its status line to report an early error
     keepalive_interval: float = 15.0
+    stream_buffer_bytes: int = 1 << 20  # a stream's frames waiting for a slow client; beyond, its stream ends
+    store_down_limit: float = 10.0  # serve's embedded store down this long: /health says 503
     poll_delay: float = 2.0  # arq safety-net poll; workers are woken on enqueue
     worker_max_jobs: int = 100
     shutdown_grace: float = 25.0
     upstream_connect_timeout: float = 5.0
-    upstream_read_timeout: float = 120.0
+    upstream_read_timeout: float = 120.0  # a whole non-streamed answer (its first byte is its end)
+    upstream_first_byte_timeout: float = 30.0  # a stream's response headers: a silent upstream, next provider
+    upstream_idle_timeout: float = 60.0  # a stream's longest silence between two reads once it answered
     upstream_max_retries: int = 2
     default_max_tokens: int = 4096
     limits: Limits = msgspec.field(default_factory=Limits)
@@ -140,11 +145,15 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "MEGABRAIN_REQUEST_TIMEOUT": ("request_timeout", float),
     "MEGABRAIN_STREAM_COMMIT_WAIT": ("stream_commit_wait", float),
     "MEGABRAIN_KEEPALIVE_INTERVAL": ("keepalive_interval", float),
+    "MEGABRAIN_STREAM_BUFFER_BYTES": ("stream_buffer_bytes", int),
     "MEGABRAIN_POLL_DELAY": ("poll_delay", float),
+    "MEGABRAIN_STORE_DOWN_LIMIT": ("store_down_limit", float),
     "MEGABRAIN_WORKER_MAX_JOBS": ("worker_max_jobs", int),
     "MEGABRAIN_SHUTDOWN_GRACE": ("shutdown_grace", float),
     "MEGABRAIN_UPSTREAM_MAX_RETRIES": ("upstream_max_retries", int),
     "MEGABRAIN_UPSTREAM_READ_TIMEOUT": ("upstream_read_timeout", float),
+    "MEGABRAIN_UPSTREAM_FIRST_BYTE_TIMEOUT": ("upstream_first_byte_timeout", float),
+    "MEGABRAIN_UPSTREAM_IDLE_TIMEOUT": ("upstream_idle_timeout", float),
 }
 
 _LIMIT_ENV: dict[str, tuple[str, type]] = {
@@ -153,6 +162,7 @@ _LIMIT_ENV: dict[str, tuple[str, type]] = {
     "MEGABRAIN_USER_PER_DAY": ("user_requests_per_day", int),
     "MEGABRAIN_TRUSTED_PROXY_HOPS": ("trusted_proxy_hops", int),
     "MEGABRAIN_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "MEGABRAIN_BODIES_IN_FLIGHT_BYTES": ("bodies_in_flight_bytes", int),
     "MEGABRAIN_QUEUE_DEPTH_LIMIT": ("queue_depth_limit", int),
     "MEGABRAIN_KEYS_PER_ACCOUNT": ("keys_per_account", int),
 }

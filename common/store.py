@@ -12,13 +12,16 @@ file and adopts it if it answers, else stops it before starting anew, so two ser
 An owner stops its server with SHUTDOWN, which fsyncs the AOF on the way out.
 
 Synchronous on purpose, sleeps included: it runs before an event loop starts (``serve``, ``web``,
-``worker``, the CLI, the test session) and after it has ended, never on one.
+``worker``, the CLI, the test session) and after it has ended, never on one; ``StoreWatch``, ``serve``'s
+supervision of its server while it runs, calls it in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -29,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+
+log = logging.getLogger("megabrain.store")
 
 SOCKET = "redis.sock"
 PID_FILE = "server.pid"
@@ -160,7 +165,10 @@ class EmbeddedServer:
         self._process = subprocess.Popen(
             [binary, "--port", "0", "--unixsocket", str(d / SOCKET), "--unixsocketperm", "700",
              "--dir", str(d), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--pidfile", str(d / PID_FILE), "--logfile", str(d / LOG_FILE), "--daemonize", "no"],
+             "--pidfile", str(d / PID_FILE), "--logfile", str(d / LOG_FILE), "--daemonize", "no",
+             # a web process's relay carries every answer of its requests; events come in pieces of at most
+             # 512 KiB (common/wire.py), so only a stalled process nears this, and only it is cut off
+             "--client-output-buffer-limit", "pubsub 256mb 64mb 60"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C reaches serve, which stops the server after its pools
         )
@@ -190,6 +198,12 @@ class EmbeddedServer:
             self._pid = self._process = None
             self.release()
 
+    def running(self) -> bool:
+        """Whether the server we own is still running (our child reaped if it died; an adopted one by pid)."""
+        if self._process is not None:
+            return self._process.poll() is None
+        return self._pid is not None and _alive(self._pid)
+
     def _left_over_pid(self) -> int | None:
         """The pid of a server a killed owner left running on this data dir, if any."""
         try:
@@ -215,6 +229,59 @@ class EmbeddedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class StoreWatch:
+    """``serve``'s supervision of the server it owns: a server that died (SIGKILL, OOM) is started again on
+    the same data dir and AOF, at once and then backing off (0.5 s doubling to 30 s) while it will not start;
+    the web tier, workers and relay reconnect by themselves. ``down_for`` tells ``/health`` how long the store
+    has been down, so a platform restarts a process whose store does not come back."""
+
+    CHECK_EVERY = 0.5  # seconds between two looks at the server process (a local syscall, no Redis command)
+    FIRST_RETRY, MAX_RETRY = 0.5, 30.0
+
+    def __init__(self, server: EmbeddedServer) -> None:
+        self.server = server
+        self.down_since: float | None = None  # monotonic time the store was found down, None while it runs
+        self.restarts = 0
+        self._task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Future[str] | None = None  # a start in its thread (cancelling cannot stop it)
+
+    def down_for(self) -> float:
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="store-watch")
+
+    async def close(self) -> None:
+        """Stop watching, and wait for a start under way, so the owner's ``stop()`` comes after it."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+
+    async def _run(self) -> None:
+        delay = 0.0
+        while True:
+            await asyncio.sleep(max(self.CHECK_EVERY, delay))
+            if self.server.running():
+                continue
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                log.error("the embedded store's server stopped; starting it again on %s", self.server.directory)
+            try:
+                self._starting = asyncio.ensure_future(asyncio.to_thread(self.server.start))
+                await asyncio.shield(self._starting)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # StoreError, or the OS refusing a process: try again, backing off
+                delay = min(self.MAX_RETRY, max(self.FIRST_RETRY, delay * 2))
+                log.error("the embedded store did not start again (%s); next try in %.1f s", exc, delay)
+                continue
+            log.warning("the embedded store is back after %.1f s", self.down_for())
+            self.down_since, delay = None, 0.0
+            self.restarts += 1
 
 
 @contextmanager

@@ -177,7 +177,13 @@ EventKind = Literal[
     "handoff",  # the job moved to the next candidate's pool (carries ``handoff``)
     "abandoned",  # the worker is shutting down without finishing the job
     "relay_lost",  # made up by the web process itself: its subscription dropped, events may be lost
+    "part",  # a piece of the next event's data: data above EVENT_PART_BYTES travels in pieces
+    "overflow",  # made up by the web process itself: the client reads too slowly, its events were dropped
 ]
+# No single PUBLISH carries more than this of an event's data (plus its small envelope): a large answer (a
+# 42 MB embeddings result) travels as "part" events the relay joins, never as one message that would break
+# the web process's subscription (Redis closes a subscriber whose output buffer passes its pub/sub limit).
+EVENT_PART_BYTES = 512 * 1024
 FINAL_KINDS = frozenset({"result", "done", "error"})
 
 

@@ -214,3 +214,38 @@ def test_a_stale_pid_file_and_socket_are_cleared(data_dir: Path) -> None:
 def test_a_data_dir_too_deep_for_a_socket_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="MEGABRAIN_DATA_DIR"):
         EmbeddedServer(tmp_path / ("d" * 120))
+
+
+def test_serve_starts_its_store_again_after_it_dies(data_dir: Path, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """SIGKILL of the embedded server under a running ``serve``: it is started again on the same AOF, by itself,
+    and every key and usage record written before survives. A store that cannot start again (here its socket
+    path is a directory) turns ``/health`` 503 after ``MEGABRAIN_STORE_DOWN_LIMIT``, so a platform restarts the
+    process; once it can start, it does, and ``/health`` is 200 again."""
+    env = {**store_env(data_dir, fake_openai[1]), "MEGABRAIN_STORE_DOWN_LIMIT": "1"}
+    serve = Serve(env).start()
+    try:
+        created = cli(env, "keys", "create", "--name", "me")
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip()
+        answer = serve.chat(key)
+        assert answer.status_code == 200
+        record = f":gen:{answer.headers['x-request-id']}".encode()
+        assert wait_until(lambda: record in aof_bytes(data_dir), 10)  # on disk: what a SIGKILL cannot take back
+        [first] = servers_of(data_dir)
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: servers_of(data_dir) not in ([], [first]), 30)
+        assert wait_until(lambda: serve.chat(key).status_code == 200, 30)  # the key survived; the pools are back
+        assert wait_until(lambda: serve.usage_requests(key) == 2, 10)
+        assert httpx.get(serve.url + "/health", timeout=5).status_code == 200
+
+        [second] = servers_of(data_dir)
+        (data_dir / SOCKET).unlink()
+        (data_dir / SOCKET).mkdir()  # the server cannot be started again while this is here
+        os.kill(second, signal.SIGKILL)
+        assert wait_until(lambda: httpx.get(serve.url + "/health", timeout=5).status_code == 503, 30)
+        (data_dir / SOCKET).rmdir()
+        assert wait_until(lambda: httpx.get(serve.url + "/health", timeout=5).status_code == 200, 60)
+        assert wait_until(lambda: serve.chat(key).status_code == 200, 30)
+        assert serve.proc is not None and serve.proc.poll() is None  # the same serve all along
+    finally:
+        serve.kill()

@@ -23,9 +23,10 @@ from tests.fakes.server import ThreadedServer
 from tests.harness import self_signed_cert
 from workers.providers import adapter_for
 from workers.providers.base import RequestSpec, UpstreamError
-from workers.upstream import _url, make_http_client, open_stream, send, send_json
+from workers.upstream import StreamTimeouts, _url, make_http_client, open_stream, send, send_json
 
 ADAPTER = adapter_for("openai")
+TIMEOUTS = StreamTimeouts(first_byte=30.0, idle=30.0)
 
 
 class Upstream:
@@ -173,12 +174,12 @@ async def test_http_errors_go_to_the_adapter_and_redirects_are_not_followed(
 async def test_a_finished_stream_keeps_its_connection_and_a_left_one_is_closed(
         upstream: tuple[Upstream, str], session: aiohttp.ClientSession) -> None:
     app, url = upstream
-    async with open_stream(session, ADAPTER, spec(url + "/stream", method="GET")) as events:
+    async with open_stream(session, ADAPTER, spec(url + "/stream", method="GET"), TIMEOUTS) as events:
         assert [data async for _, data in events] == ["0", "1", "2"]
     ports = {(await send_json(session, ADAPTER, spec(url + "/json", json={})))["port"] for _ in range(2)}
     assert len(ports) == 1 and len(session.connector._conns) == 1  # type: ignore[union-attr]
     app.stream_abandoned.clear()
-    async with open_stream(session, ADAPTER, spec(url + "/stream?n=500", method="GET")) as events:
+    async with open_stream(session, ADAPTER, spec(url + "/stream?n=500", method="GET"), TIMEOUTS) as events:
         assert (await anext(events))[1] == "0"
     # leaving the block early hangs up, so the provider stops generating
     assert await asyncio.to_thread(app.stream_abandoned.wait, 5)
@@ -238,7 +239,7 @@ async def test_hang_ups_and_garbage_are_connection_errors_and_silence_a_timeout(
 async def test_a_stream_cut_mid_body_is_a_retryable_error(session: aiohttp.ClientSession) -> None:
     server = RawServer(PARTIAL_STREAM)
     try:
-        async with open_stream(session, ADAPTER, spec(server.url, json={})) as events:
+        async with open_stream(session, ADAPTER, spec(server.url, json={}), TIMEOUTS) as events:
             assert await anext(events) == (None, "1")
             with pytest.raises(UpstreamError) as cut:
                 await anext(events)

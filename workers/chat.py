@@ -83,7 +83,7 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
     shaper = ChunkShaper(request_id=job.request_id, model=route.model, provider=route.provider,
                          include_usage=job.include_usage, cost=cost, exclude_reasoning=exclude)
     translator = adapter.stream_translator(request)
-    async with open_stream(runtime.http, adapter, spec) as events:
+    async with open_stream(runtime.http, adapter, spec, runtime.stream_timeouts) as events:
         async for name, data in events:
             for chunk in translator.feed(name, data):
                 frames = shaper.shape(chunk)

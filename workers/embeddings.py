@@ -21,7 +21,7 @@ from common.wire import Job, Route
 from workers.chat import cost_fn
 from workers.chunks import CostFn, add_cost, encode_json
 from workers.jobs import Answer, handler
-from workers.providers.base import UpstreamError
+from workers.providers.base import UpstreamError, malformed
 from workers.publisher import Publisher
 from workers.runtime import Runtime
 from workers.upstream import send
@@ -69,12 +69,11 @@ def build_body(raw: bytes, adapter: Any, body: dict[str, Any], route: Route,
     try:
         data = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        raise UpstreamError(502, "upstream returned a body that is not JSON", retryable=True) from None
+        raise malformed("upstream returned a body that is not JSON") from None
     vectors, upstream_usage = adapter.embeddings_response(data)
     expected, estimated = count_inputs(body.get("input"))
     if len(vectors) != expected:  # e.g. an empty list for a base64 request the upstream did not understand
-        raise UpstreamError(502, f"upstream returned {len(vectors)} embeddings for {expected} inputs",
-                            retryable=True)
+        raise malformed(f"upstream returned {len(vectors)} embeddings for {expected} inputs")
     want_base64 = body.get("encoding_format") == "base64"
     prompt_tokens = _tokens(upstream_usage, estimated)
     usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}

@@ -105,7 +105,7 @@ async def serve_messages(runtime: Runtime, job: Job, route: Route, up: Upstream,
     usage: dict[str, Any] | None = None
     held: list[bytes] = []  # events before the first content: not committed, so a retry stays possible
     pub.native = True
-    async with open_stream(runtime.http, adapter, spec) as events:
+    async with open_stream(runtime.http, adapter, spec, runtime.stream_timeouts) as events:
         async for name, data in events:
             chunks = translator.feed(name, data)
             for chunk in chunks:

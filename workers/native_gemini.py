@@ -24,7 +24,7 @@ from router.auto import estimate_prompt_tokens
 from router.shaping import OutputPlan
 from workers.chunks import CostFn, add_cost
 from workers.jobs import Answer
-from workers.providers.base import RequestSpec, Upstream, UpstreamError
+from workers.providers.base import RequestSpec, Upstream, UpstreamError, malformed
 from workers.providers.gemini import inband_error, gemini_headers, model_url, usage
 from workers.providers.gemini_request import DUMMY_THOUGHT_SIGNATURE
 from workers.publisher import Publisher
@@ -95,7 +95,7 @@ async def serve_generate(runtime: Runtime, job: Job, route: Route, up: Upstream,
         data = await send_json(runtime.http, adapter, _spec(up, model_url(up, route.upstream_model, "generateContent"),
                                                            payload, False))
         if not isinstance(data, dict):
-            raise UpstreamError(502, "Gemini returned a body that is not an object", retryable=True)
+            raise malformed("Gemini returned a body that is not an object")
         if data.get("error"):
             raise inband_error(data["error"])
         return Answer("result", _encode(data), add_cost(usage(data.get("usageMetadata")), cost),
@@ -105,12 +105,12 @@ async def serve_generate(runtime: Runtime, job: Job, route: Route, up: Upstream,
     finished = False
     held: list[bytes] = []  # frames before the first content: not committed, so a retry stays possible
     pub.native = True
-    async with open_stream(runtime.http, adapter, _spec(up, url, payload, True)) as events:
+    async with open_stream(runtime.http, adapter, _spec(up, url, payload, True), runtime.stream_timeouts) as events:
         async for _, data in events:
             try:
                 response = msgspec.json.decode(data)
             except msgspec.DecodeError:
-                raise UpstreamError(502, "Gemini sent a stream chunk that is not JSON", retryable=True) from None
+                raise malformed("Gemini sent a stream chunk that is not JSON") from None
             if not isinstance(response, dict):
                 continue
             if response.get("error"):
@@ -123,7 +123,7 @@ async def serve_generate(runtime: Runtime, job: Job, route: Route, up: Upstream,
                 pub.data(b"".join(held))
                 held.clear()
     if not finished:
-        raise UpstreamError(502, "Gemini stream ended before a finishReason", retryable=True)
+        raise malformed("Gemini stream ended before a finishReason")
     return Answer("done", b"".join(held), add_cost(found, cost), fields={"native": True})
 
 

@@ -101,6 +101,7 @@ class PoolWorker(Worker):
         self.worker_id = worker_id  # the process's id: its idle registration's member
         self.idle_key = idle_key  # the pool's idle set, or None: no direct hand-offs (a split pool)
         self.registered = False  # our registration is in the idle set, as far as we know
+        self.backlog = True  # the queue may hold jobs: a job that ends wakes the claim loop (_poll_iteration)
         self._registering: set[asyncio.Task[None]] = set()
 
     def register_if_free(self) -> None:
@@ -136,13 +137,13 @@ class PoolWorker(Worker):
         self.register_if_free()  # after the job's task: the ZADD rides the mux's next write
 
     def _job_done(self, took_slot: bool) -> None:
-        """A job ended: its count, and its semaphore slot unless it was handed to us, are free again; a pool
-        that was full polls at once, and offers the freed slot for a hand-off."""
-        was_full = self.job_counter >= self.max_jobs
+        """A job ended: its count, and its semaphore slot unless it was handed to us, are free again. While
+        the queue may hold jobs the claim loop runs at once (whatever it was doing: it re-reads the free
+        slots after each claim), else the freed slot is offered for a hand-off."""
         self.job_counter -= 1
         if took_slot:
             self.sem.release()
-        if was_full:
+        if self.backlog:
             self.wake.set()
         self.register_if_free()
 
@@ -163,20 +164,31 @@ class PoolWorker(Worker):
                 pass
 
     async def _poll_iteration(self) -> None:
-        free = self.max_jobs - self.job_counter
-        if self.allow_pick_jobs and free > 0:
-            claimed = await mux_of(self.pool).evalsha(
-                self._claim, [self.queue_name], [int(time.time() * 1000), free, job_key_prefix])
-            for i in range(0, len(claimed), 2):
-                job_id = claimed[i].decode()
-                await self.sem.acquire()
-                self.job_counter += 1
-                task = self.loop.create_task(self._serve_claimed(job_id, claimed[i + 1]))
-                task.add_done_callback(lambda _: self._job_done(took_slot=True))
-                self.tasks[job_id] = task
+        """Claim as many ready jobs as there are free slots. ``backlog`` says whether the queue may still
+        hold jobs: it is presumed so while a claim is on its way (a job that ends meanwhile wakes the loop
+        again) and after a claim that filled every slot it asked for (or asked for none, being full); only a
+        claim that came back short proves the queue empty, and a later enqueue nudges us anyway."""
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
+        if not self.allow_pick_jobs:
+            return
+        self.backlog = True
+        free = self.max_jobs - self.job_counter
+        if free <= 0:
+            return  # full: the first job to end wakes us
+        claimed = await mux_of(self.pool).evalsha(
+            self._claim, [self.queue_name], [int(time.time() * 1000), free, job_key_prefix])
+        self.backlog = len(claimed) // 2 >= free
+        for i in range(0, len(claimed), 2):
+            job_id = claimed[i].decode()
+            await self.sem.acquire()  # never waits: handed jobs take no permit, so free <= permits left
+            self.job_counter += 1
+            task = self.loop.create_task(self._serve_claimed(job_id, claimed[i + 1]))
+            task.add_done_callback(lambda _: self._job_done(took_slot=True))
+            self.tasks[job_id] = task
+        if self.backlog and self.job_counter < self.max_jobs:
+            self.wake.set()  # slots freed while the claim was on its way: claim again at once
 
     async def _serve_claimed(self, job_id: str, raw: bytes) -> None:
         """Run one claimed job: arq's ``run_job`` without results, retries or per-job logging."""

@@ -26,7 +26,7 @@ from arq.connections import ArqRedis
 from common.mux import mux_of
 from common.names import Names
 from common.settlement import REPEAT, Settled, Settlement, settle
-from common.wire import Event, EventKind, Hello, event_encoder
+from common.wire import EVENT_PART_BYTES, Event, EventKind, Hello, event_encoder
 
 
 FLUSH_INTERVAL = 0.002  # seconds: the most a stream frame waits for company (issue 15: ≤ 2 ms)
@@ -93,6 +93,7 @@ class Publisher:
         elif held:
             await self._publish("data", held, self._data_fields())
         async with self._lock:
+            data = await self._publish_parts(data)
             self.seq += 1
             event = event_encoder.encode(self._event(kind, data, fields))
             here = self.settler is self.redis
@@ -163,8 +164,23 @@ class Publisher:
             self.hello = None
         return Event(self.request_id, self.attempt, self.seq, kind, data, **fields)
 
+    async def _publish_parts(self, data: bytes) -> bytes:
+        """Publish all but the last ``EVENT_PART_BYTES`` of ``data`` as "part" events (the lock held, so
+        they stay in order), and return what the event itself carries."""
+        if len(data) <= EVENT_PART_BYTES:
+            return data
+        view = memoryview(data)
+        cut = len(data) - (len(data) - 1) % EVENT_PART_BYTES - 1  # the last piece: 1..EVENT_PART_BYTES bytes
+        mux = mux_of(self.redis)
+        for start in range(0, cut, EVENT_PART_BYTES):
+            self.seq += 1
+            part = Event(self.request_id, self.attempt, self.seq, "part", bytes(view[start:start + EVENT_PART_BYTES]))
+            await mux.execute("PUBLISH", self.channel, event_encoder.encode(part))
+        return bytes(view[cut:])
+
     async def _publish(self, kind: EventKind, data: bytes, fields: dict[str, Any]) -> None:
         async with self._lock:
+            data = await self._publish_parts(data)
             self.seq += 1
             event = self._event(kind, data, fields)
             receivers = await mux_of(self.redis).execute("PUBLISH", self.channel, event_encoder.encode(event))

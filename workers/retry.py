@@ -21,7 +21,7 @@ def backoff_delay(retry: int, error: UpstreamError) -> float:
 
 def next_delay(retry: int, max_retries: int, error: UpstreamError, deadline: float) -> float | None:
     """The delay before retrying, or None when this provider should not be tried again."""
-    if not error.retryable or retry >= max_retries:
+    if not error.retry_here or retry >= max_retries:
         return None
     delay = backoff_delay(retry, error)
     if delay > MAX_RETRY_AFTER or time.time() + delay >= deadline:

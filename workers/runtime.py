@@ -23,6 +23,7 @@ from workers.providers import adapter_for
 from workers.providers.base import Adapter, Upstream
 from workers.publisher import Publisher
 from workers.tally import Tally
+from workers.upstream import StreamTimeouts
 
 
 @dataclass
@@ -58,6 +59,10 @@ class Runtime:
             )
             self._upstreams[provider_id] = up
         return up
+
+    @property
+    def stream_timeouts(self) -> StreamTimeouts:
+        return StreamTimeouts.of(self.settings)
 
     def adapter(self, provider_id: str) -> Adapter:
         return adapter_for(self.providers[provider_id].kind)

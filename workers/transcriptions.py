@@ -20,7 +20,7 @@ from common.errors import GatewayError
 from common.wire import Job, Route
 from workers.chunks import encode_json
 from workers.jobs import Answer, handler
-from workers.providers.base import UpstreamError
+from workers.providers.base import UpstreamError, malformed
 from workers.publisher import Publisher
 from workers.runtime import Runtime
 from workers.upstream import send
@@ -90,9 +90,9 @@ def _json(raw: bytes) -> dict[str, Any]:
     try:
         data = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        raise UpstreamError(502, "upstream returned a body that is not JSON", retryable=True) from None
+        raise malformed("upstream returned a body that is not JSON") from None
     if not isinstance(data, dict):
-        raise UpstreamError(502, "upstream returned an unexpected transcription body", retryable=True)
+        raise malformed("upstream returned an unexpected transcription body")
     return data
 
 

@@ -9,6 +9,7 @@ HTTP errors are classified by the provider's own adapter (``Adapter.error``).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ import msgspec
 import yarl
 
 from common.settings import Settings
-from workers.providers.base import Adapter, RequestSpec, UpstreamError
+from workers.providers.base import Adapter, RequestSpec, UpstreamError, malformed
 from workers.sse import Event, SSEDecoder
 
 # How long a request may wait for a free connection of the pool, on top of connecting: the pool holds one
@@ -30,6 +31,20 @@ POOL_WAIT = 10.0
 
 # What a failed exchange with an upstream raises: aiohttp's errors (its timeouts are TimeoutErrors too).
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTimeouts:
+    """A stream's own bounds: its response headers within ``first_byte`` seconds (a provider that accepts
+    and never answers costs that, then the next provider), then at most ``idle`` seconds between reads.
+    A non-streamed answer has only the session's read timeout: its first byte is its end."""
+
+    first_byte: float
+    idle: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> "StreamTimeouts":
+        return cls(settings.upstream_first_byte_timeout, settings.upstream_idle_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +117,16 @@ def _has_content_type(headers: Mapping[str, str]) -> bool:
     return any(name.lower() == "content-type" for name in headers)
 
 
-async def _request(session: aiohttp.ClientSession, spec: RequestSpec) -> aiohttp.ClientResponse:
-    """Send the request and read the status line and headers; the body is left to the caller."""
+async def _request(session: aiohttp.ClientSession, spec: RequestSpec,
+                   idle: float | None = None) -> aiohttp.ClientResponse:
+    """Send the request and read the status line and headers; the body is left to the caller. ``idle``
+    replaces the session's longest silence between two reads (a stream's idle timeout)."""
     headers: Mapping[str, str] = spec.headers
     kwargs: dict[str, Any] = {}
+    if idle is not None:
+        base = session.timeout
+        kwargs["timeout"] = aiohttp.ClientTimeout(total=base.total, connect=base.connect,
+                                                  sock_connect=base.sock_connect, sock_read=idle)
     if spec.content is not None:
         kwargs["data"] = spec.content
         if not _has_content_type(headers):  # httpx sent raw bytes without one; aiohttp would add octet-stream
@@ -129,7 +150,8 @@ def _header_dict(headers: Mapping[str, str]) -> dict[str, str]:
 
 def transport_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, TimeoutError):
-        return UpstreamError(0, f"upstream timed out ({type(exc).__name__})", retryable=True,
+        # a full timeout's wait again at the same provider is the worst case doubled: the next one instead
+        return UpstreamError(0, f"upstream timed out ({type(exc).__name__})", retryable=True, retry_here=False,
                              error_type="upstream_timeout")
     return UpstreamError(0, f"could not reach the upstream ({type(exc).__name__})", retryable=True)
 
@@ -154,12 +176,12 @@ async def send_json(session: aiohttp.ClientSession, adapter: Adapter, spec: Requ
     try:
         return msgspec.json.decode(response.content)
     except msgspec.DecodeError:
-        raise UpstreamError(502, "upstream returned a body that is not JSON", retryable=True) from None
+        raise malformed("upstream returned a body that is not JSON") from None
 
 
 @asynccontextmanager
 async def open_stream(
-    session: aiohttp.ClientSession, adapter: Adapter, spec: RequestSpec
+    session: aiohttp.ClientSession, adapter: Adapter, spec: RequestSpec, timeouts: StreamTimeouts
 ) -> AsyncIterator[AsyncIterator[Event]]:
     """Open a streaming request; yields an iterator of server-sent events ``(event name, data)``.
 
@@ -167,7 +189,8 @@ async def open_stream(
     (client gone) stops the provider from generating further; after the end, the connection is kept.
     """
     try:
-        response = await _request(session, spec)
+        async with asyncio.timeout(timeouts.first_byte):
+            response = await _request(session, spec, idle=timeouts.idle)
     except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
     try:

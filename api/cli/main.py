@@ -105,7 +105,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
-    from common.store import EmbeddedServer, StoreError
+    from common.store import EmbeddedServer, StoreError, StoreWatch
     from workers.pool import PoolProcess, resolve_pools
 
     pools = resolve_pools(settings, args.providers)
@@ -125,7 +125,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
             raise
 
     async def main() -> None:
-        server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))  # type: ignore[arg-type]
+        app = create_app(settings)
+        watch = StoreWatch(store) if store else None
+        app.state.store_watch = watch  # /health turns 503 when the store stays down (api/routes/ops.py)
+        server = uvicorn.Server(_uvicorn_config(settings, app))  # type: ignore[arg-type]
         # uvicorn re-raises the signal that stopped it under the handler it found: make that one harmless,
         # so the pools and the store below are stopped instead of the process dying on the spot
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -133,6 +136,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         process = PoolProcess(settings, pools) if pools else None
         if process:
             await process.start()
+        if watch:
+            watch.start()  # a store that dies is started again on its AOF (common/store.py StoreWatch)
         where = (f"embedded store in {store.directory}{' (adopted)' if store.adopted else ''}" if store
                  else "Redis at REDIS_URL")
         print(f"megabrain: serving on http://{settings.host}:{settings.port} "
@@ -140,6 +145,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         try:
             await server.serve()
         finally:
+            if watch:
+                await watch.close()
             if process:
                 await process.stop()
 

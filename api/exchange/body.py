@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 
-from common.errors import GatewayError, invalid
+from common.errors import GatewayError, invalid, unavailable
 
 T = TypeVar("T")
 
@@ -27,22 +27,75 @@ _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]*)`")
 
 
+BODY_BYTES = "megabrain.body_bytes"  # scope key: what this request's body took from its process's budget
+
+
+class BodyBudget:
+    """The request bodies one web process holds at once, in bytes, bounded: a burst of large bodies gets 503
+    beyond the bound instead of exhausting the dyno's memory (a body is held, with its decoded form and the
+    job that carries it, until its request ends). ``GatewayApp`` gives a request's share back when the
+    request ends, whichever way (api/app.py ``release_body``)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, scope: dict[str, Any], size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        scope[BODY_BYTES] = scope.get(BODY_BYTES, 0) + size
+        return True
+
+    def release(self, scope: dict[str, Any]) -> None:
+        self.used -= scope.pop(BODY_BYTES, 0)
+
+
+def budget_of(request: Request) -> BodyBudget | None:
+    gateway = getattr(getattr(request.scope.get("app"), "state", None), "gateway", None)
+    return getattr(gateway, "bodies", None)
+
+
+def busy() -> GatewayError:
+    return unavailable("The gateway is holding as many large request bodies as it can right now. Try again "
+                       "shortly.", retry_after=1)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes without reading them all."""
+    """The raw body, refusing more than ``limit`` bytes without reading them all, and refusing (503) a body
+    the process's ``BodyBudget`` cannot hold: that one is read to its end but dropped as it comes, so the
+    client gets a clean answer and the process holds none of it."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
+    budget = budget_of(request)
     chunks: list[bytes] = []
     size = 0
+    refused = False
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise too_large(limit)
+            if refused:
+                continue
+            if budget is not None and not budget.take(request.scope, len(chunk)):
+                refused = True
+                chunks.clear()
+                budget.release(request.scope)
+                continue
             chunks.append(chunk)
     except ClientDisconnect:
         raise invalid("The request body was not received completely.") from None
-    return b"".join(chunks)
+    if refused:
+        raise busy()
+    if len(chunks) == 1:
+        return chunks[0]
+    body = b"".join(chunks)
+    chunks.clear()  # one copy of the body from here on
+    return body
 
 
 def too_large(limit: int) -> GatewayError:

@@ -196,6 +196,13 @@ class Exchange:
                 await self._close()
                 self.state = "settled"
                 raise unavailable("The gateway lost its connection to its queue. Try again shortly.")
+            elif kind == "overflow":  # the client fell too far behind its stream: it alone loses it
+                await self._close()
+                self.state = "settled"
+                await self._stop_worker()
+                limit = self.gateway.settings.stream_buffer_bytes
+                raise GatewayError("client_too_slow", f"This stream was read too slowly: more than {limit} bytes "
+                                   "waited for the client, so the gateway ended it. Read streams promptly.")
             else:
                 self._extend()
                 if kind in FINAL_KINDS:

@@ -6,6 +6,9 @@ hands each event to the request's inbox in memory. One subscription for the whol
 SUBSCRIBE round trip per request, no subscribe/publish race, and one Redis connection however many
 requests are waiting.
 
+Each request's inbox holds at most ``buffer_limit`` bytes of stream data its client has not read yet: a
+reader that falls further behind loses its own stream (``overflow``), never the process's subscription.
+
 Pub/sub delivers at most once: if the subscription drops, events published meanwhile are lost, so every
 waiting request is failed at once (its client gets a clear error instead of a hang) and new requests are
 refused until the subscription is back. With pools on several Redis instances (common/redis.py
@@ -29,46 +32,81 @@ log = logging.getLogger("megabrain.relay")
 
 
 class Inbox:
-    """Events of one request, filtered: only the current attempt, each sequence number once, in order."""
+    """Events of one request, filtered: only the current attempt, each sequence number once, in order; the
+    "part" events of a large event's data joined back onto it."""
 
-    __slots__ = ("queue", "attempt", "last_seq")
+    __slots__ = ("queue", "attempt", "last_seq", "parts", "limit", "queued", "overflowed")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1 << 20) -> None:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.attempt = 0
         self.last_seq = 0
+        self.parts: list[bytes] = []  # pieces of the next event's data (common/wire.py EVENT_PART_BYTES)
+        self.limit = limit  # stream bytes that may wait for a slow client (MEGABRAIN_STREAM_BUFFER_BYTES)
+        self.queued = 0  # stream bytes waiting now
+        self.overflowed = False
 
     def deliver(self, event: Event) -> None:
-        if event.attempt != self.attempt or event.seq <= self.last_seq:
-            return  # a stale attempt (a job the web tier gave up on) or a duplicate
+        if self.overflowed or event.attempt != self.attempt or event.seq <= self.last_seq:
+            return  # a reader too far behind, a stale attempt (a job the web tier gave up on) or a duplicate
         self.last_seq = event.seq
+        if event.kind == "part":
+            self.parts.append(event.data)
+            return
+        if self.parts:
+            self.parts.append(event.data)
+            event.data = b"".join(self.parts)
+            self.parts = []
+        if event.kind == "data":  # a stream's frames wait for the client; one event (and the final) always fits
+            if self.queued and self.queued + len(event.data) > self.limit:
+                self._overflow()
+                return
+            self.queued += len(event.data)
         self.queue.put_nowait(event)
+
+    def _overflow(self) -> None:
+        """The client reads too slowly: drop what waits for it (the memory goes back now) and everything
+        after; its request ends with a clear error at its next read, and no other request is touched."""
+        self.overflowed = True
+        self.parts = []
+        self.queued = 0
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(OVERFLOW)
+
+    def _take(self, event: Event) -> Event:
+        if event.kind == "data":
+            self.queued -= len(event.data)
+        return event
 
     def new_attempt(self) -> int:
         """Start over with a fresh job: events of earlier attempts are dropped from now on."""
         self.attempt += 1
         self.last_seq = 0
+        self.parts = []
         while not self.queue.empty():
             self.queue.get_nowait()
         return self.attempt
 
     async def get(self, timeout: float) -> Event | None:
         if not self.queue.empty():
-            return self.queue.get_nowait()
+            return self._take(self.queue.get_nowait())
         try:
             async with asyncio.timeout(timeout):
-                return await self.queue.get()
+                return self._take(await self.queue.get())
         except TimeoutError:
             return None
 
 
 RELAY_LOST = Event("", 0, 0, "relay_lost")
+OVERFLOW = Event("", 0, 0, "overflow")
 
 
 class Relay:
-    def __init__(self, redises: list[ArqRedis], channel: str) -> None:
+    def __init__(self, redises: list[ArqRedis], channel: str, buffer_limit: int = 1 << 20) -> None:
         self.redises = redises
         self.channel = channel
+        self.buffer_limit = buffer_limit  # per request: stream bytes waiting for a slow client
         self.inboxes: dict[str, Inbox] = {}
         self.ready = asyncio.Event()
         self._subscribed: set[int] = set()  # indexes into redises
@@ -90,7 +128,7 @@ class Relay:
             await asyncio.wait(self._tasks, timeout=2.0)  # bounded, like every shutdown step
 
     def open(self, request_id: str) -> Inbox:
-        inbox = Inbox()
+        inbox = Inbox(self.buffer_limit)
         self.inboxes[request_id] = inbox
         return inbox
 

@@ -1,10 +1,10 @@
 """Operational endpoints: liveness (``/health``), readiness (``/ready``) and metrics (``/metrics``).
 
-``/health`` checks nothing (the process answers). ``/ready`` checks what a request needs: Redis answers
-within a second and the relay holds its subscription; it also says which pools have live workers and
-how deep their queues are (``megabrain status`` reads it). ``/metrics`` is the Prometheus text format of
-every process of the deployment (see ``common/metrics.py``) plus per-pool gauges computed at scrape time;
-it wants ``Authorization: Bearer`` with ``MEGABRAIN_METRICS_KEY`` (or the admin key), and does not exist
+``/health`` checks nothing (the process answers) but ``serve``'s own store (down too long: 503). ``/ready``
+checks what a request needs: Redis answers within a second and the relay holds its subscription; it also
+says which pools have live workers and how deep their queues are (``megabrain status`` reads it).
+``/metrics`` is the Prometheus text format of every process of the deployment (see ``common/metrics.py``)
+plus per-pool gauges computed at scrape time; it wants ``Authorization: Bearer`` with ``MEGABRAIN_METRICS_KEY`` (or the admin key), and does not exist
 without either: it names the models and providers in use and the traffic they see.
 """
 
@@ -31,7 +31,12 @@ REDIS_TIMEOUT = 1.0  # /ready and /metrics never wait longer than this on Redis
 
 
 async def health(request: Request) -> Response:
-    """The process is alive (no dependency is checked: that is ``/ready``)."""
+    """The process is alive (no dependency is checked: that is ``/ready``), unless it is ``serve`` and its
+    embedded store has been down longer than ``store_down_limit``: then 503, so a platform restarts it."""
+    watch = getattr(request.app.state, "store_watch", None)
+    down = watch.down_for() if watch is not None else 0.0
+    if down > request.app.state.gateway.settings.store_down_limit:
+        return JSONResponse({"status": "unhealthy", "store": f"down for {down:.0f} s"}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from api.exchange.dispatch import Dispatch
 from api.routes.embeddings import endpoint_plan
+from api.exchange.body import budget_of, busy
 from api.gateway import Gateway
 from common.errors import GatewayError, invalid, unavailable
 from common.wire import Route
@@ -122,7 +123,7 @@ async def read_upload(request: Request, limit: int,
                     await before_file(fields)
             yield chunk
 
-    parser = _Parser(request.headers, watched(_bounded(request.stream(), limit + FORM_OVERHEAD)),
+    parser = _Parser(request.headers, watched(_bounded(request, limit + FORM_OVERHEAD)),
                      max_files=1, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
     try:
         form = await parser.parse()
@@ -145,12 +146,17 @@ async def read_upload(request: Request, limit: int,
         await form.close()
 
 
-async def _bounded(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+async def _bounded(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks, at most ``limit`` bytes, each taken from the process's budget of bodies in flight
+    (api/exchange/body.py): an upload it cannot hold is refused with 503 as it streams in."""
+    budget = budget_of(request)
     size = 0
-    async for chunk in stream:
+    async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
+        if budget is not None and not budget.take(request.scope, len(chunk)):
+            raise busy()
         yield chunk
 
 

@@ -44,8 +44,9 @@ class OpenAIFakeState:
     """What the fake does next; the test thread mutates it while the server thread reads it.
 
     ``failures`` is a FIFO script consumed one item per POST request: an int HTTP status, ``"reset"``,
-    ``"midstream_error"``, ``"cut"`` or ``"hang"``. ``hold_answers`` keeps every POST waiting (recorded, no
-    byte sent, its failure not yet taken) while True: a test releases them all at once. ``usage_in`` says where a stream carries usage:
+    ``"midstream_error"``, ``"cut"``, ``"hang"`` or ``"malformed"`` (a 200 HTML page). ``hold_answers`` keeps
+    every POST waiting (recorded, no byte sent, its failure not yet taken) while True: a test releases them
+    all at once. ``usage_in`` says where a stream carries usage:
     ``"separate"`` (a ``choices: []`` chunk, only when ``stream_options.include_usage``), ``"null"``
     (same, with ``choices: null``), ``"finish"`` (on the finishing chunk, always) or ``"none"``.
     """
@@ -53,6 +54,7 @@ class OpenAIFakeState:
     tokens: int = 16
     latency: float = 0.0
     token_delay: float = 0.0
+    token_batch: int = 1  # frames per write when token_delay is set: a fast upstream's bursts
     failures: list[Any] = field(default_factory=list)
     retry_after: str | float | None = None
     tool_calls: list[dict[str, Any]] | None = None
@@ -241,6 +243,9 @@ class Endpoint:
                 await asyncio.wait_for(wait_disconnect(receive), self.state.hang_seconds)
             except asyncio.TimeoutError:
                 await abort_connection(receive, send)
+        elif failure == "malformed":  # a 200 that is no answer: a proxy's page where the JSON or SSE should be
+            await send_bytes(send, 200, b"<html><body>Service starting</body></html>",
+                             base_headers(serial, b"text/html"))
         else:
             return False
         return True
@@ -469,7 +474,7 @@ class ChatEndpoint(Endpoint):
             await send({"type": "http.response.start", "status": 200, "headers": base_headers(serial, SSE_TYPE) + [(b"cache-control", b"no-cache")]})
             if state.latency:
                 await asyncio.sleep(state.latency)
-            await self.write_frames(send, frames, state.token_delay)
+            await self.write_frames(send, frames, state.token_delay, state.token_batch)
             done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if not gone.is_set():  # the watcher may see the client leave while the last frames go out
@@ -485,14 +490,14 @@ class ChatEndpoint(Endpoint):
                 state.count("streams_closed_early")
 
     @staticmethod
-    async def write_frames(send: Send, frames: list[bytes], delay: float) -> None:
+    async def write_frames(send: Send, frames: list[bytes], delay: float, batch: int = 1) -> None:
         if not delay:
             await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
             return
-        for i, frame in enumerate(frames):
+        for i in range(0, len(frames), batch):
             if i:
                 await asyncio.sleep(delay)
-            await send({"type": "http.response.body", "body": frame, "more_body": True})
+            await send({"type": "http.response.body", "body": b"".join(frames[i:i + batch]), "more_body": True})
 
 
 # --------------------------------------------------------------------------- embeddings

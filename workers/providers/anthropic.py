@@ -29,6 +29,7 @@ from workers.providers.base import (
     Upstream,
     UpstreamError,
     classify_status,
+    malformed,
     retry_after_seconds,
 )
 from workers.providers import reasoning
@@ -158,7 +159,7 @@ class AnthropicAdapter:
             error_type, message = _error_parts(data, "upstream error")
             raise error_from_type(error_type, message)
         if not isinstance(data.get("content"), list):
-            raise UpstreamError(502, "upstream returned a message without content", retryable=True)
+            raise malformed("upstream returned a message without content")
         json_tool = _json_tool(request)
         text, thoughts, details, tool_calls = [], [], [], []
         for block in data["content"]:
@@ -237,7 +238,7 @@ class AnthropicStreamTranslator:
         try:
             payload = msgspec.json.decode(data)
         except msgspec.DecodeError:
-            raise UpstreamError(502, "upstream sent a malformed stream event", retryable=True) from None
+            raise malformed("upstream sent a malformed stream event") from None
         if not isinstance(payload, dict):
             return []
         handler = _HANDLERS.get(str(event or payload.get("type")))  # ping and unknown events: nothing
@@ -245,7 +246,7 @@ class AnthropicStreamTranslator:
 
     def close(self) -> list[dict[str, Any]]:
         if not self.finished:
-            raise UpstreamError(502, "upstream stream ended before message_stop", retryable=True)
+            raise malformed("upstream stream ended before message_stop")
         return []
 
     def _on_message_start(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -297,7 +298,7 @@ class AnthropicStreamTranslator:
                 return [_chunk({"content": delta["partial_json"]})]
             k = self.tool_index.get(at)
             if k is None:
-                raise UpstreamError(502, "upstream sent tool input for an unknown block", retryable=True)
+                raise malformed("upstream sent tool input for an unknown block")
             return [_chunk({"tool_calls": [{"index": k, "function": {"arguments": delta["partial_json"]}}]})]
         return []
 

@@ -75,7 +75,9 @@ class UpstreamError(Exception):
     """A failed upstream call, classified once by the adapter that understands the provider.
 
     ``retryable`` errors are retried with backoff and then handed to the next candidate provider;
-    others (bad request, bad key) go straight back to the client in the envelope.
+    others (bad request, bad key) go straight back to the client in the envelope. ``retry_here=False``
+    skips the retries at the same provider (a timeout, a malformed answer: trying it again costs another
+    full wait or another bad answer) and goes straight to the next candidate.
     """
 
     def __init__(
@@ -89,11 +91,13 @@ class UpstreamError(Exception):
         retry_after: float | None = None,
         code: str | None = None,
         param: str | None = None,
+        retry_here: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status  # the upstream's HTTP status (0 for connection errors and timeouts)
         self.message = message
-        self.retryable = retryable  # worth another try at the same provider
+        self.retryable = retryable  # a passing failure (the client is told "try again")
+        self.retry_here = retryable if retry_here is None else retry_here  # worth another try at the same provider
         self.fallback = retryable if fallback is None else fallback  # worth trying the next provider
         self.error_type = error_type
         self.retry_after = retry_after
@@ -111,6 +115,12 @@ class UpstreamError(Exception):
 
     def __repr__(self) -> str:
         return f"UpstreamError({self.status}, {self.message!r}, retryable={self.retryable})"
+
+
+def malformed(message: str) -> UpstreamError:
+    """A 200 answer we cannot read (no choices, a bad chunk, a stream cut short): the next provider, not the
+    same one again."""
+    return UpstreamError(502, message, retryable=True, retry_here=False)
 
 
 class StreamTranslator(Protocol):

@@ -32,6 +32,7 @@ from workers.providers.base import (
     UpstreamError,
     classify_status,
     path_segment,
+    malformed,
     retry_after_seconds,
 )
 from workers.providers.gemini_request import (
@@ -299,7 +300,7 @@ class GeminiAdapter:
             if (data.get("promptFeedback") or {}).get("blockReason"):
                 choices = [_blocked_choice()]
             else:
-                raise UpstreamError(502, "Gemini returned no candidates", retryable=True)
+                raise malformed("Gemini returned no candidates")
         else:
             choices = [_choice(c, i) for i, c in enumerate(candidates) if isinstance(c, dict)]
         result: dict[str, Any] = {"object": "chat.completion", "choices": choices}
@@ -345,7 +346,7 @@ class GeminiStreamTranslator:
         try:
             response = msgspec.json.decode(data)
         except msgspec.DecodeError:
-            raise UpstreamError(502, "Gemini sent a malformed stream chunk", retryable=True) from None
+            raise malformed("Gemini sent a malformed stream chunk") from None
         if not isinstance(response, dict):
             return []
         if response.get("error"):
@@ -392,7 +393,7 @@ class GeminiStreamTranslator:
 
     def close(self) -> list[dict[str, Any]]:
         if not self.finish:
-            raise UpstreamError(502, "Gemini stream ended before a finishReason", retryable=True)
+            raise malformed("Gemini stream ended before a finishReason")
         choices = [
             {"index": index, "delta": {}, "finish_reason": finish_reason(raw, bool(self.calls.get(index)))}
             for index, raw in sorted(self.finish.items())
@@ -422,11 +423,11 @@ def embeddings_request(up: Upstream, model: str, inputs: list[str], dimensions: 
 def embeddings_response(data: dict[str, Any]) -> list[list[float]]:
     embeddings = data.get("embeddings") if isinstance(data, dict) else None
     if not isinstance(embeddings, list):
-        raise UpstreamError(502, "Gemini returned a body without embeddings", retryable=True)
+        raise malformed("Gemini returned a body without embeddings")
     vectors = []
     for item in embeddings:
         values = item.get("values") if isinstance(item, dict) else None
         if not isinstance(values, list):
-            raise UpstreamError(502, "Gemini returned an embedding without values", retryable=True)
+            raise malformed("Gemini returned an embedding without values")
         vectors.append([float(v) for v in values])
     return vectors

@@ -28,6 +28,7 @@ from workers.providers.base import (
     UpstreamError,
     classify_status,
     error_message_from_json,
+    malformed,
     retry_after_seconds,
 )
 
@@ -125,7 +126,7 @@ class OpenAICompatAdapter:
         if not isinstance(data.get("choices"), list):
             if data.get("error"):
                 raise _inband_error(data["error"])
-            raise UpstreamError(502, "upstream returned a body without choices", retryable=True)
+            raise malformed("upstream returned a body without choices")
         for choice in data["choices"]:
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
                 canonical_reasoning(choice["message"])
@@ -163,11 +164,11 @@ class OpenAICompatAdapter:
         if not isinstance(items, list):
             if isinstance(data, dict) and data.get("error"):
                 raise _inband_error(data["error"])
-            raise UpstreamError(502, "upstream returned a body without embedding data", retryable=True)
+            raise malformed("upstream returned a body without embedding data")
         ordered = sorted((i for i in items if isinstance(i, dict)), key=lambda i: i.get("index") or 0)
         vectors = [item.get("embedding") for item in ordered]
         if any(not isinstance(v, (list, str)) for v in vectors):
-            raise UpstreamError(502, "upstream returned an embedding without values", retryable=True)
+            raise malformed("upstream returned an embedding without values")
         usage = data.get("usage")
         return vectors, usage if isinstance(usage, dict) else None
 
@@ -210,7 +211,7 @@ class OpenAIStreamTranslator:
         try:
             chunk = msgspec.json.decode(data)
         except msgspec.DecodeError:
-            raise UpstreamError(502, "upstream sent a malformed stream chunk", retryable=True) from None
+            raise malformed("upstream sent a malformed stream chunk") from None
         if not isinstance(chunk, dict):
             return []
         if chunk.get("error"):
@@ -224,7 +225,7 @@ class OpenAIStreamTranslator:
 
     def close(self) -> list[dict[str, Any]]:
         if not (self.finished or self.done):
-            raise UpstreamError(502, "upstream stream ended before it finished", retryable=True)
+            raise malformed("upstream stream ended before it finished")
         return []
 
 

@@ -1,0 +1,163 @@
+"""Faults that must stay one request's problem (issue 22), each as a process-level test: a flood on a pool
+with free slots, a silent upstream, a dead embedded store, a huge answer, a burst of large bodies.
+
+Floods are bounded in count and time and stay on 127.0.0.1; waits are events or bounded polls, never
+assertions of speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.fakes.openai_server import OpenAIFakeState
+from tests.harness import (EXPECTED, GatewayHarness, ProcessGateway, RedisServer, auth, env_for, live_workers,
+                           reassemble, sse_data, tokens_text, wait_until, with_test_key)
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def _flood(url: str, headers: dict[str, str], count: int, timeout: float) -> list[httpx.Response | Exception]:
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        return await asyncio.gather(*(client.post(url, headers=headers, json=BODY) for _ in range(count)),
+                                    return_exceptions=True)
+
+
+def test_a_pool_with_free_slots_claims_waiting_jobs_at_once(gateway_env: dict[str, str],
+                                                            fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """600 requests at once on a 100-slot pool: each slot that frees claims the next waiting job, whatever
+    the worker was doing when it freed. The safety poll is 60 s here, beyond the 30 s pickup window, so a
+    job that only the poll would move is refused: every refusal is a lost wake-up."""
+    state, _ = fake_openai
+    state.latency = 0.2
+    env = {**gateway_env, "MEGABRAIN_WORKER_MAX_JOBS": "100", "MEGABRAIN_POLL_DELAY": "60",
+           "MEGABRAIN_PICKUP_TIMEOUT": "30", "MEGABRAIN_HEARTBEAT_TIMEOUT": "30", "MEGABRAIN_REQUEST_TIMEOUT": "90"}
+    with ProcessGateway(env, workers=1) as gw:
+        assert wait_until(lambda: live_workers(gw.url) == 1, 15)
+        answers = asyncio.run(_flood(gw.url + "/v1/chat/completions", auth(env), 600, timeout=80))
+    failed = [a if isinstance(a, Exception) else (a.status_code, a.text[:200]) for a in answers
+              if isinstance(a, Exception) or a.status_code != 200 or "error" in a.json()]
+    assert failed == [], f"{len(failed)} of 600 not answered, e.g. {failed[:3]}"
+    assert all(a.json()["choices"][0]["message"]["content"] == EXPECTED for a in answers)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def default_redis() -> Iterator[RedisServer]:
+    """A Redis server of our own with its default limits (pub/sub output buffer: 32 MB hard, 8 MB for 60 s)."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _stream_text(url: str, headers: dict[str, str]) -> str:
+    with httpx.stream("POST", url + "/v1/chat/completions", headers=headers, timeout=60,
+                      json={**BODY, "stream": True}) as response:
+        assert response.status_code == 200
+        return reassemble(list(sse_data(response)))["text"]
+
+
+def test_a_huge_answer_is_its_own_requests_business(default_redis: RedisServer,
+                                                    fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """An embeddings answer of ~36 MB (1,200 inputs x 3,072 dimensions) while other streams run on the same
+    web process: as one pub/sub message it passed Redis's 32 MB output limit for subscribers, Redis closed
+    the web process's relay subscription and every request on it failed. In pieces it arrives whole, and the
+    streams beside it end normally."""
+    state, upstream = fake_openai
+    state.tokens, state.token_delay = 40, 0.1  # the streams run for ~4 s, across the big answer
+    env = with_test_key(env_for(default_redis.url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test",
+                                MEGABRAIN_HEARTBEAT_TIMEOUT="60", MEGABRAIN_REQUEST_TIMEOUT="120"))
+    inputs = [f"input {i}" for i in range(1200)]
+    with GatewayHarness.from_env(env) as gw, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        streams = [pool.submit(_stream_text, gw.url, auth(env)) for _ in range(3)]
+        assert wait_until(lambda: state.streams_open >= 3, 20)
+        big = httpx.post(gw.url + "/v1/embeddings", headers=auth(env), timeout=120,
+                         json={"model": "text-embedding-3-small", "input": inputs, "dimensions": 3072})
+        texts = [future.result(60) for future in streams]
+    assert big.status_code == 200, big.text[:300]
+    assert len(big.content) > 32 * 1024 * 1024
+    data = big.json()["data"]
+    assert len(data) == 1200 and all(len(item["embedding"]) == 3072 for item in data)
+    assert texts == [tokens_text(40)] * 3
+
+
+def test_a_slow_reader_loses_only_its_own_stream(gateway_env: dict[str, str],
+                                                 fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """A client that stops reading a long stream: its frames wait in the web process up to
+    MEGABRAIN_STREAM_BUFFER_BYTES (64 KiB here), then its stream alone is dropped and ends, when the client
+    reads again, with a ``client_too_slow`` error frame and no ``[DONE]``; a request beside it is answered."""
+    state, _ = fake_openai
+    state.tokens, state.token_delay, state.token_batch = 40_000, 0.005, 200  # ~8 MB in 200 bursts: more than
+    # the socket buffers on both sides and the bound
+    env = {**gateway_env, "MEGABRAIN_STREAM_BUFFER_BYTES": "65536", "MEGABRAIN_HEARTBEAT_TIMEOUT": "60",
+           "MEGABRAIN_REQUEST_TIMEOUT": "120"}
+    body = json.dumps({**BODY, "stream": True}).encode()
+    with GatewayHarness.from_env(env) as gw:
+        relay = gw.server.config.app.state.gateway.relay  # type: ignore[union-attr]
+        port = int(gw.url.rsplit(":", 1)[1])
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a reader with a small window
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n"
+                         b"content-type: application/json\r\n"
+                         + f"authorization: Bearer {env['MEGABRAIN_TEST_API_KEY']}\r\n".encode()
+                         + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+            sock.settimeout(60)
+            head = sock.recv(1024)
+            assert head.startswith(b"HTTP/1.1 200"), head[:200]
+            assert wait_until(lambda: any(inbox.overflowed for inbox in relay.inboxes.values()), 60)
+            beside = httpx.post(gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=30)
+            assert beside.status_code == 200 and beside.json()["choices"][0]["message"]["content"] == tokens_text(40_000)
+            received = bytearray(head)
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+    tail = bytes(received[-2000:])
+    assert b"[DONE]" not in received
+    assert b'"type":"client_too_slow"' in tail, tail[-500:]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_burst_of_large_bodies_is_bounded_per_web_process(gateway_env: dict[str, str],
+                                                            fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """50 chat requests of 3.9 MB at once, all held at the upstream: the web process holds at most
+    MEGABRAIN_BODIES_IN_FLIGHT_BYTES (64 MiB: 17 such bodies) of them; the rest get a clean 503
+    (temporarily_unavailable, Retry-After) instead of the ~1.1 GB peak they cost before, and the held ones
+    are answered once the upstream lets go."""
+    state, _ = fake_openai
+    state.hold_answers = True
+    content = "x" * (3_900_000)
+    body = json.dumps({**BODY, "messages": [{"role": "user", "content": content}]}).encode()
+    headers = {**auth(gateway_env), "content-type": "application/json"}
+    env = {**gateway_env, "MEGABRAIN_HEARTBEAT_TIMEOUT": "60", "MEGABRAIN_REQUEST_TIMEOUT": "120",
+           "MEGABRAIN_PICKUP_TIMEOUT": "30"}
+    with ProcessGateway(env, workers=1) as gw, concurrent.futures.ThreadPoolExecutor(50) as pool:
+        assert gw.web is not None
+        futures = [pool.submit(httpx.post, gw.url + "/v1/chat/completions", content=body, headers=headers,
+                               timeout=90) for _ in range(50)]
+        assert wait_until(lambda: sum(f.done() for f in futures) + len(state.requests) >= 50, 90, 0.2)
+        peak = _peak_rss_mb(gw.web.pid)
+        held = len(state.requests)
+        state.hold_answers = False
+        answers = [f.result(90) for f in futures]
+    refused = [a for a in answers if a.status_code == 503]
+    assert all(a.json()["error_type"] == "temporarily_unavailable" and "retry-after" in a.headers for a in refused)
+    assert 1 <= held <= (64 << 20) // len(body) and len(refused) == 50 - held, \
+        (held, [(a.status_code, a.text[:150]) for a in answers if a.status_code != 200 or "error" in a.json()][:5])
+    assert sum(a.status_code == 200 for a in answers) == held
+    print(f"web peak RSS {peak:.0f} MB with {held} bodies of 3.9 MB held, {len(refused)} refused")
+    assert peak < 512, f"web peak RSS {peak:.0f} MB"  # a 512 MB dyno survives the burst
