@@ -34,6 +34,12 @@ class Limits(msgspec.Struct, kw_only=True):
     max_upload_bytes: int = 25 * 1024 * 1024
     max_embedding_inputs: int = 2048
     queue_depth_limit: int = 1000  # per pool; beyond it the next candidate or a 503
+    # requests in flight at once (admitted, not yet answered, failed or abandoned; 0 = no bound), beyond
+    # which a 429: per API key, per account (all of a signed-in user's keys), and for all keyless
+    # (anonymous free-tier) requests together, kept below a paid key's share of a pool (api/access/limits.py)
+    key_concurrency: int = 64
+    account_concurrency: int = 128
+    anonymous_concurrency: int = 32
 
 
 class ProviderConfig(msgspec.Struct, kw_only=True):
@@ -165,6 +171,9 @@ _LIMIT_ENV: dict[str, tuple[str, type]] = {
     "MEGABRAIN_BODIES_IN_FLIGHT_BYTES": ("bodies_in_flight_bytes", int),
     "MEGABRAIN_QUEUE_DEPTH_LIMIT": ("queue_depth_limit", int),
     "MEGABRAIN_KEYS_PER_ACCOUNT": ("keys_per_account", int),
+    "MEGABRAIN_KEY_CONCURRENCY": ("key_concurrency", int),
+    "MEGABRAIN_ACCOUNT_CONCURRENCY": ("account_concurrency", int),
+    "MEGABRAIN_ANONYMOUS_CONCURRENCY": ("anonymous_concurrency", int),
 }
 
 

@@ -36,6 +36,10 @@ deadline passed: ``RETURN_HOLD``/``RETURN_OVERDUE``, shared with ``api/access/li
 lost worker kept ends at its own deadline however busy the key is, and the total never goes below zero
 (it is deleted when the last hold goes, so it cannot drift from the holds it sums).
 
+Requests in flight: each admitted request is a member (its request id) of its key's and its account's
+``inflight`` sets (``api/access/limits.py``), which bound how many a tenant may have at once; settling and
+closing both remove it, so whichever ends the request frees its place, once.
+
 Extending it (prepaid credits): a balance spent by the same reservation is one more total beside
 ``held``, moved in the ``bill`` branch of ``SETTLE`` next to the spend, and its ledger entry written
 there too — inside the fence check, so it inherits "once, atomically, before the answer".
@@ -52,8 +56,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutErr
 
 from common.mux import Script, mux_of
 from common.names import Names, new_request_id
-from common.usage import (ANONYMOUS, GENERATION_TTL_SECONDS, USAGE_TTL_SECONDS, account_usage_key, held_key,
-                          holds_key, spend_key, unbilled_key, usage_key, utc_day, utc_month)
+from common.usage import (ANONYMOUS, GENERATION_TTL_SECONDS, USAGE_TTL_SECONDS, account_inflight_key,
+                          account_usage_key, held_key, holds_key, inflight_key, spend_key, unbilled_key, usage_key,
+                          utc_day, utc_month)
 
 SETTLE_GRACE = 60.0  # seconds past a request's deadline that its settlement (and its hold) may come
 SETTLED_KEEP_MS = 30_000  # how long a first attempt's "settled" fence refuses a repeat (retries come in ms)
@@ -80,10 +85,12 @@ end
 
 _SETTLE = RETURN_HOLD + """
 -- KEYS: fence, usage day hash, month spend, holds, held total, generation, unbilled day hash,
---       the account's usage day hash (a signed-in user's key; else unused)
+--       the account's usage day hash (a signed-in user's key; else unused), the key's and the
+--       account's requests in flight (leases, api/access/limits.py)
 -- ARGV: attempt, outcome ('bill'|'failed'), hold member ('' = none), settle-by (epoch ms), model,
 --       prompt tokens, completion tokens, cost (USD decimal), generation record ('' = none),
---       reply channel ('' = the caller publishes), final event, '1' when the account's day counts too
+--       reply channel ('' = the caller publishes), final event, '1' when the account's day counts too,
+--       request id (its leases' member)
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local attempt = tonumber(ARGV[1])
@@ -123,6 +130,8 @@ if refused then
 end
 -- the request's current attempt: this is its one settlement (the fence says so from now on)
 return_hold(KEYS[4], KEYS[5], ARGV[3])
+redis.call('ZREM', KEYS[9], ARGV[13])
+if ARGV[12] == '1' then redis.call('ZREM', KEYS[10], ARGV[13]) end
 local receivers = 1
 if ARGV[10] ~= '' then receivers = redis.call('PUBLISH', ARGV[10], ARGV[11]) end
 local outcome = ARGV[2]
@@ -166,13 +175,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """)
 
-# KEYS: fence, holds, held total. ARGV: hold member ('' = none), fence TTL ms.
-# 1: closed (the hold is back); 0: the request settled already.
+# KEYS: fence, holds, held total, the key's and the account's requests in flight.
+# ARGV: hold member ('' = none), fence TTL ms, request id.
+# 1: closed (the hold and the leases are back); 0: the request settled already.
 CLOSE = Script(RETURN_HOLD + """
 local fence = redis.call('GET', KEYS[1])
 if fence and string.sub(fence, 1, 1) == 's' then return 0 end
 redis.call('SET', KEYS[1], 'c', 'PX', ARGV[2])
 return_hold(KEYS[2], KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[3])
+redis.call('ZREM', KEYS[5], ARGV[3])
 return 1
 """)
 
@@ -217,10 +229,12 @@ class Settlement:
             names.generation(self.request_id),
             unbilled_key(names, utc_day(now)),
             account_usage_key(names, self.account, utc_day(now)) if self.account else names.key("acct:none"),
+            *leases_of(names, key_id, self.account),
         ]
         args: list[Any] = [self.attempt, self.outcome, hold_member(self.request_id, held),
                            settle_by_ms(self.deadline), self.model, self.prompt_tokens, self.completion_tokens,
-                           self.cost, self.generation, channel, event, "1" if self.account else "0"]
+                           self.cost, self.generation, channel, event, "1" if self.account else "0",
+                           self.request_id]
         return keys, args
 
 
@@ -268,12 +282,23 @@ async def supersede(redis: Any, names: Names, request_id: str, attempt: int, dea
                                             [attempt, _fence_ttl_ms(deadline)]))
 
 
-async def close(redis: Any, names: Names, request_id: str, key_id: str, reserved: str, deadline: float) -> bool:
-    """End a request no attempt may settle any more, returning its hold. False: it settled already."""
+async def close(redis: Any, names: Names, request_id: str, key_id: str, reserved: str, deadline: float,
+                account: str = "") -> bool:
+    """End a request no attempt may settle any more, returning its hold and its leases. False: it settled
+    already."""
     key_id = key_id or ANONYMOUS
     held = reserved if key_id != ANONYMOUS else ""
-    keys = [names.fence(request_id), holds_key(names, key_id), held_key(names, key_id)]
-    return bool(await mux_of(redis).evalsha(CLOSE, keys, [hold_member(request_id, held), _fence_ttl_ms(deadline)]))
+    keys = [names.fence(request_id), holds_key(names, key_id), held_key(names, key_id),
+            *leases_of(names, key_id, account)]
+    return bool(await mux_of(redis).evalsha(CLOSE, keys, [hold_member(request_id, held), _fence_ttl_ms(deadline),
+                                                          request_id]))
+
+
+def leases_of(names: Names, key_id: str, account: str) -> tuple[str, str]:
+    """The sets of requests in flight a request of this key (``anonymous``: keyless) and account joined at
+    admission (``api/access/limits.py``), which its settlement or close leaves."""
+    return (inflight_key(names, key_id or ANONYMOUS),
+            account_inflight_key(names, account) if account else names.key("inflight:none"))
 
 
 async def record_usage(redis: Any, names: Names, key_id: str, model: str, prompt_tokens: int,

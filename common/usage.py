@@ -11,6 +11,9 @@ import it without the worker importing the web tier.
     spend:<key id>:<YYYY-MM>     float                          month-to-date cost in USD
     holds:<key id>               zset  "<request id>|<USD>"     each request's reservation, scored by its deadline (ms)
     held:<key id>                float                          the sum of those holds (api/access/limits.py)
+    inflight:<key id>            zset  "<request id>"           requests in flight (a concurrency lease each), scored
+    inflight:acct:<account>      zset                           by their deadline (ms): the same, per account
+                                       (``anonymous``: every keyless request together)
     gen:<request id>             msgpack ``Generation``          one served request, for its key to look up
     unbilled:<YYYY-MM-DD>        hash  "<reason>|<model>|<field>" upstream work nobody is charged for:
                                        superseded, closed, late, failed, unreceived (common/settlement.py)
@@ -103,6 +106,14 @@ def held_key(names: Names, key_id: str) -> str:
 
 def holds_key(names: Names, key_id: str) -> str:
     return names.key(f"holds:{key_id}")
+
+
+def inflight_key(names: Names, key_id: str) -> str:
+    return names.key(f"inflight:{key_id}")
+
+
+def account_inflight_key(names: Names, account: str) -> str:
+    return names.key(f"inflight:acct:{account}")
 
 
 def unbilled_key(names: Names, day: str) -> str:

@@ -14,6 +14,9 @@ call (``Limiter.refused_early``). Then, once the request is planned, the decisio
    - key, free model: per-IP minute (429) — "per client IP, anonymous or not" — and the key's rpm (429);
      a signed-in user's key also the account's day allowance (429), larger than the anonymous one
    - key, paid model: the key's rpm (429) and monthly budget (402 budget_exceeded)
+   - a request admitted with its job (``AccessCheck.run(leased=True)``): its bounds on requests in flight
+     first (429, ``Retry-After: 1``; nothing else counted): its key's and its account's, or the one all
+     keyless requests share (``api/access/limits.py``)
 
 The day allowance is checked before the minute limit: when both are used up, "sign in" is the useful
 answer, since waiting a minute would not help. Budgets only guard paid models (free ones cost nothing).
@@ -40,7 +43,7 @@ from redis.exceptions import RedisError
 
 from api.access.client_ip import rate_limit_subject
 from api.access.keys import KeyCache, KeyNames, KeyRecord, KeyStore, utc_month
-from api.access.limits import Counter, Limiter, invalid_key_error
+from api.access.limits import Counter, Lease, Limiter, invalid_key_error
 from common.errors import GatewayError, unavailable
 from common.names import Names
 from common.queue import JobWrite
@@ -110,13 +113,20 @@ class AccessCheck:
     options: dict[str, Any]  # Limiter.check's keyword arguments for this key
     reserve: Decimal | None  # what an admitted request holds against its key's budget
     signup_url: str | None
+    leases: list[Lease] = field(default_factory=list)  # the bounds on requests in flight it would join
+    lease_id: str = ""  # its member there (the request id)
+    hold_until_ms: int = 0  # when its leases end if nothing returns them first
     result: AccessResult | None = None  # once run
 
-    async def run(self, enqueue: JobWrite | None = None, depth_limit: int | None = None) -> AccessResult:
+    async def run(self, enqueue: JobWrite | None = None, depth_limit: int | None = None, *,
+                  leased: bool = False) -> AccessResult:
         """The decision, counted. With ``enqueue``, an admitted request's job is queued in the same script:
         ``result.enqueued`` says whether it was (False: its queue was full), ``result.handed_to`` which idle
-        worker process took it directly, if one did."""
-        decision = await self.ctx.limiter.check(self.counters, **self.options, enqueue=enqueue,
+        worker process took it directly, if one did. ``leased``: the request joins its bounds on requests
+        in flight (429 when one is full); only a request whose end returns them (``common/settlement.py``:
+        its settlement or its exchange's close) may ask."""
+        leases = dict(leases=self.leases, lease_id=self.lease_id, hold_until_ms=self.hold_until_ms) if leased else {}
+        decision = await self.ctx.limiter.check(self.counters, **{**self.options, **leases}, enqueue=enqueue,
                                                 depth_limit=depth_limit)
         error = decision.error
         if error is not None and error.error_type == "promotion_limit_reached":
@@ -219,7 +229,9 @@ async def prepare_access(
             hold_until_ms=hold_until_ms,
             touch=ctx.keys.touch_due(record.id),
         )
-    return AccessCheck(ctx, token, record, counters, options, reserve, signup_url)
+    leases = ctx.limiter.leases(record.id if record else None, record.owner if record else None, limits)
+    return AccessCheck(ctx, token, record, counters, options, reserve, signup_url, leases, request_id,
+                       hold_until_ms)
 
 
 def missing_client_ip() -> GatewayError:

@@ -24,6 +24,15 @@ process both lost) ends at its own deadline, returned by the next admission of t
 steady the key's traffic, a lost reservation blocks nothing for longer than the request's deadline plus
 ``SETTLE_GRACE``.
 
+Fairness between tenants rests on leases the same way: a request admitted with its job joins its key's
+and its account's set of requests in flight (``inflight:<key id>``, ``inflight:acct:<account>``; keyless
+requests all share ``inflight:anonymous``), one member each scored by its deadline, and is refused (429)
+while one of them holds its limit (``Limits.key_concurrency``/``account_concurrency``/
+``anonymous_concurrency``), before any counter counts. Its settlement or its close leaves them
+(``common/settlement.py``), exactly once whoever gets there first; a member nobody removed (its worker and
+web process both lost) is dropped by the next admission once its deadline passed, which no traffic can
+move. One key's flood thus fills its own share of a pool's slots and gets 429s, not its neighbours.
+
 When Redis cannot be reached we fail closed for every request (503 ``temporarily_unavailable``), not
 only for paid models: the job queue lives in the same Redis, so a free request let through could not be
 served anyway, and failing closed means an outage can never be used to burn the free quota.
@@ -48,9 +57,11 @@ from common.mux import Script, mux_of
 from common.names import Names
 from common.queue import IDLE_FRESH, JobWrite
 from common.settlement import RETURN_HOLD, hold_member
+from common.usage import ANONYMOUS, account_inflight_key, inflight_key
 from router.shaping import DEFAULT_OUTPUT, output_plan
 
 if TYPE_CHECKING:
+    from common.settings import Limits
     from common.wire import Route
     from router.catalog import Catalog
 
@@ -71,15 +82,18 @@ LOGIN_IP = "login_ip"  # ... from one client IP at any email
 ADMIN_IP = "admin_ip"  # admin-key attempts from one client IP (api/access/admin_auth.py)
 EARLY_KINDS = frozenset({IP_MINUTE, IP_DAY, KEY_MINUTE})  # remembered used up per process (refused_early)
 
-OK, REVOKED, BUDGET, LIMITED = 0, 1, 2, 3
+OK, REVOKED, BUDGET, LIMITED, BUSY = 0, 1, 2, 3, 4
 QUEUED, HANDED = 1, 2  # the admission+enqueue script's last element (_ENQUEUE; 0: the queue was full)
 
 _LIMITS = RETURN_HOLD + """
--- KEYS: revoked set, last-used hash, spend key, held total, holds, n counter hashes[, queue, job key, idle set]
+-- KEYS: revoked set, last-used hash, spend key, held total, holds, n counter hashes, m lease sets
+--       [, queue, job key, idle set]
 -- ARGV: key id ('' = anonymous), touch ('1'/'0'), budget ('' = none), worst-case cost to hold ('' = none),
---       the hold's deadline (epoch ms), its member ('<request id>|<USD>'), n, then limit, window seconds
---       per counter[, the job: see _ENQUEUE]
+--       the hold's (and leases') deadline (epoch ms), its member ('<request id>|<USD>'), n, then limit,
+--       window seconds per counter, then m, the lease member (request id), the limit of each lease set
+--       [, the job: see _ENQUEUE]
 local n = tonumber(ARGV[7])
+local m = tonumber(ARGV[8 + 2 * n])
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -94,6 +108,15 @@ if key_id ~= '' then
     return_overdue(KEYS[5], KEYS[4], now_ms)  -- holds past their deadline go back first, whoever held them
     local held = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
     if spent + held + reserve > budget then return {2, 1} end
+  end
+end
+-- requests in flight: each lease set holds one member per admitted request, scored by its deadline, so
+-- one a lost worker kept ends there; one at its limit refuses before any counter counts
+for j = 1, m do
+  local lease, limit = KEYS[5 + n + j], tonumber(ARGV[9 + 2 * n + j])
+  if redis.call('ZCARD', lease) >= limit then  -- full: first drop whoever is past its deadline
+    redis.call('ZREMRANGEBYSCORE', lease, '-inf', now_ms)
+    if redis.call('ZCARD', lease) >= limit then return {4, j} end
   end
 end
 local out = {0, 0}
@@ -134,6 +157,15 @@ end
 if out[1] == 0 and key_id ~= '' and ARGV[2] == '1' then
   redis.call('HSET', KEYS[2], key_id, now)
 end
+if out[1] == 0 and m > 0 then
+  -- the set's TTL only collects what nobody uses: past the newest deadline (every request's is its arrival
+  -- plus the same timeout, so the newest is the latest)
+  local keep = tonumber(ARGV[5]) - now_ms + 60000
+  for j = 1, m do
+    redis.call('ZADD', KEYS[5 + n + j], ARGV[5], ARGV[9 + 2 * n])
+    redis.call('PEXPIRE', KEYS[5 + n + j], keep)
+  end
+end
 if out[1] == 0 and reserve > 0 then
   -- the request's own hold, ending at its own deadline; the keys' TTL only collects what nobody uses
   redis.call('ZADD', KEYS[5], ARGV[5], ARGV[6])
@@ -157,15 +189,16 @@ _ENQUEUE = """
 if out[1] == 0 then
   -- ARGV after the counters: depth limit ('' = none), ttl ms, job, score, id, wake channel,
   --   idle freshness seconds, liveness key prefix, control channel prefix, pool
-  local e = 7 + 2 * n
+  local e = 9 + 2 * n + m
+  local q = 5 + n + m
   local depth = tonumber(ARGV[e + 1])
-  if depth and redis.call('ZCARD', KEYS[6 + n]) >= depth then
+  if depth and redis.call('ZCARD', KEYS[q + 1]) >= depth then
     out[#out + 1] = 0
   else
     -- 1. an idle worker of the pool, oldest registration first, up to three tries
     local handed = nil
     for _ = 1, 3 do
-      local popped = redis.call('ZPOPMIN', KEYS[8 + n])
+      local popped = redis.call('ZPOPMIN', KEYS[q + 3])
       if #popped == 0 then break end
       local worker = popped[1]
       -- 2. only a recent registration of a process that is alive (a dead one's entry is dropped here)
@@ -184,8 +217,8 @@ if out[1] == 0 then
       out[#out + 1] = handed
     else
       -- 4. nobody idle: the shared queue, as write_job writes it
-      redis.call('PSETEX', KEYS[7 + n], ARGV[e + 2], ARGV[e + 3])
-      redis.call('ZADD', KEYS[6 + n], ARGV[e + 4], ARGV[e + 5])
+      redis.call('PSETEX', KEYS[q + 2], ARGV[e + 2], ARGV[e + 3])
+      redis.call('ZADD', KEYS[q + 1], ARGV[e + 4], ARGV[e + 5])
       redis.call('PUBLISH', ARGV[e + 6], '')
       out[#out + 1] = 1
     end
@@ -220,6 +253,20 @@ class Counter:
     key: str
     limit: int
     window: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A bound on requests in flight at once: at most ``limit`` members in the set ``key`` (``KEY_LEASE``: an
+    API key's, ``ACCOUNT_LEASE``: an account's, ``ANONYMOUS_LEASE``: every keyless request's)."""
+
+    kind: str
+    key: str
+    limit: int
+
+
+KEY_LEASE, ACCOUNT_LEASE, ANONYMOUS_LEASE = "key", "account", "anonymous"
+BUSY_RETRY_AFTER = 1.0  # seconds: a request in flight usually ends sooner than a rate window
 
 
 @dataclass(frozen=True)
@@ -284,6 +331,17 @@ class Limiter:
     def account_day(self, account_id: str, limit: int) -> Counter:
         return Counter(ACCOUNT_DAY, self.names.names.account_day(account_id), limit, DAY)
 
+    def leases(self, key_id: str | None, account: str | None, limits: "Limits") -> list[Lease]:
+        """The bounds on requests in flight a request of this key (None: keyless) joins: its key's and its
+        account's, or the one every keyless request shares (``anonymous`` is never a key id)."""
+        names = self.names.names
+        if key_id is None:
+            return [Lease(ANONYMOUS_LEASE, inflight_key(names, ANONYMOUS), limits.anonymous_concurrency)]
+        leases = [Lease(KEY_LEASE, inflight_key(names, key_id), limits.key_concurrency)]
+        if account:
+            leases.append(Lease(ACCOUNT_LEASE, account_inflight_key(names, account), limits.account_concurrency))
+        return leases
+
     def signup_day(self, subject: str, limit: int) -> Counter:
         return Counter(SIGNUP_DAY, self.names.names.signup_day(subject), limit, DAY)
 
@@ -314,6 +372,8 @@ class Limiter:
         hold_id: str = "",
         hold_until_ms: int = 0,
         touch: bool = False,
+        leases: list[Lease] | None = None,
+        lease_id: str = "",
         enqueue: JobWrite | None = None,
         depth_limit: int | None = None,
     ) -> LimitDecision:
@@ -321,7 +381,9 @@ class Limiter:
 
         ``counters`` are checked in order and the first full one is reported. ``reserve`` (USD) is held
         against the budget when the request is admitted, as the hold ``hold_id`` (the request id) that
-        ends at ``hold_until_ms`` (epoch ms; ``common/settlement.py``). With ``enqueue``, an admitted request's job is
+        ends at ``hold_until_ms`` (epoch ms; ``common/settlement.py``). ``leases``: each set must hold fewer
+        than its limit of requests in flight, and the admitted request joins them all as ``lease_id`` until
+        ``hold_until_ms`` (its settlement or close leaves them first). With ``enqueue``, an admitted request's job is
         queued by the same script (its queue must be on this Redis), unless the queue holds ``depth_limit``
         jobs already, or handed to an idle worker process of its pool (``LimitDecision.handed_to``). Redis
         errors become a 503 (fail closed; see the module docstring).
@@ -329,12 +391,16 @@ class Limiter:
         placeholder = self.names.names.key("rl:none")
         keys = [revoked_key or placeholder, used_key or placeholder, spend_key or placeholder,
                 held_key or placeholder, holds_key or placeholder]
+        leases = [lease for lease in leases or () if lease.limit > 0] if lease_id else []
         keys += [c.key for c in counters]
+        keys += [lease.key for lease in leases]
         held = "" if not reserve or not held_key or not hold_id else format(reserve, "f")
         args: list[str | int | bytes] = [key_id or "", "1" if touch else "0", "" if budget is None else repr(budget),
                                          held, hold_until_ms, hold_member(hold_id, held), len(counters)]
         for c in counters:
             args += [c.limit, c.window]
+        args += [len(leases), lease_id]
+        args += [lease.limit for lease in leases]
         script = LIMITS_SCRIPT
         if enqueue is not None:
             script = ADMIT_AND_ENQUEUE_SCRIPT
@@ -352,6 +418,8 @@ class Limiter:
         if enqueue is not None and reply[0] == OK and int(reply[2 + 3 * len(counters)]) == HANDED:
             handed_to = reply.pop().decode()  # the worker id after the marker; the rest is all numbers
         numbers = [int(x) for x in reply]
+        if numbers[0] == BUSY:
+            return LimitDecision(False, busy_error(leases[numbers[1] - 1]))
         self._remember_full(counters, numbers)
         decision = decide(counters, numbers, budget, reserve)
         if enqueue is not None and decision.allowed:
@@ -442,6 +510,16 @@ def limit_error(state: CounterState, headers: dict[str, str]) -> GatewayError:
     else:
         message = f"Free-model rate limit reached ({c.limit} requests per minute per client). Retry in {wait} s."
     return GatewayError("rate_limit_exceeded", message, retry_after=state.reset_seconds, headers=headers)
+
+
+def busy_error(lease: Lease) -> GatewayError:
+    """The 429 of a request over a bound on requests in flight: retry when one of them ends."""
+    whose = {KEY_LEASE: "this API key", ACCOUNT_LEASE: "this account's API keys together",
+             ANONYMOUS_LEASE: "requests without an API key (all clients together)"}[lease.kind]
+    advice = " Use an API key for more." if lease.kind == ANONYMOUS_LEASE else " Retry when one of them ends."
+    return GatewayError("rate_limit_exceeded",
+                        f"Too many requests in flight: {whose} may have {lease.limit} at once.{advice}",
+                        retry_after=BUSY_RETRY_AFTER)
 
 
 def usd(amount: float | Decimal) -> str:

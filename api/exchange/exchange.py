@@ -146,11 +146,11 @@ class Exchange:
         if check is None:
             return await write_job(redis, write, depth_limit)
         if redis is self.gateway.redis:
-            result = await check.run(enqueue=write, depth_limit=depth_limit)
+            result = await check.run(enqueue=write, depth_limit=depth_limit, leased=True)
             admitted(result)  # raises the refusal
             self.handed_to = result.handed_to
             return bool(result.enqueued)
-        admitted(await check.run())
+        admitted(await check.run(leased=True))
         return await write_job(redis, write, depth_limit)
 
     # -- events -------------------------------------------------------------------------------------------
@@ -336,7 +336,8 @@ class Exchange:
                 return True
             try:
                 self.closed = await close(self.gateway.redis, self.gateway.names, self.request_id,
-                                          job.meta.get("key_id", ""), job.reserved, job.deadline)
+                                          job.meta.get("key_id", ""), job.reserved, job.deadline,
+                                          account=job.meta.get("account", ""))
             except Exception as exc:
                 log.info("request %s: not closed (%s)", self.request_id, type(exc).__name__)
                 self.closed = True
