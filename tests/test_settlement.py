@@ -196,7 +196,10 @@ def test_answered_requests_are_billed_exactly_once_through_worker_kills(
     kills: list[float] = []
     with ProcessGateway(env, workers=2) as gw:
         for _ in range(5):
-            gw.start_worker()  # spares, booting during the load
+            gw.start_worker()  # spares, so that every kill leaves a live worker
+        # all seven live before the load: on a loaded machine spares still booting would let the load end
+        # before five kills could land (each waits for two live workers besides the dying)
+        assert wait_until(lambda: ledger.live_workers() >= 7, 60), "the spare workers never came up"
 
         async def killer(outcomes: list[Outcome], load_done: asyncio.Event) -> None:
             while len(kills) < 5 and not load_done.is_set():
