@@ -13,6 +13,7 @@ from api.access.accounts import AccountStore, HashingSlots
 from api.provider_health import load_snapshot
 from api.exchange.body import BodyBudget
 from api.exchange.relay import Relay
+from api.exchange.stored import ResponseStore
 from common import metrics
 from common.candidates import LIVENESS_TTL, has_live_worker
 from common.names import Names
@@ -103,6 +104,7 @@ class Gateway:
         self.redis = self.redises.main  # keys, limits, usage, health; a pool's queue is redises.pool(pool)
         # one subscription per Redis this process enqueues to: workers reply on their pool's Redis
         subscriptions = Redises(settings, pubsub=True, max_connections=2).by_redis(configured)
+        self.responses = ResponseStore(self.redis, self.names, settings.response_ttl)  # store: true
         self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id),
                            settings.stream_buffer_bytes)
         self.live = LiveWorkers(self.redises, self.names, configured)

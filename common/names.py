@@ -60,6 +60,11 @@ class Names:
         """One served request's record for ``GET /api/v1/generation`` (msgpack, kept 30+ days)."""
         return f"{self.ns}:gen:{request_id}"
 
+    def stored_response(self, response_id: str) -> str:
+        """A stored Responses object with its input items and chain (``api/exchange/stored.py``; JSON, kept
+        ``MEGABRAIN_RESPONSE_TTL``)."""
+        return f"{self.ns}:resp:{response_id}"
+
     def account(self, account_id: str) -> str:
         """One account's msgpack record (email, Argon2id password hash, created)."""
         return f"{self.ns}:account:{account_id}"

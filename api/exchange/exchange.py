@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -93,6 +94,9 @@ class Exchange:
         self.answer_due = False  # a settlement beat our close or re-run: its answer is on the way
         self.admission: "AccessCheck | None" = None  # run by the first enqueue (submit)
         self.handed_to: str | None = None  # the worker the last enqueue handed its job to directly
+        # what to keep of the answer (a stored Responses object), run once after its end is encoded and
+        # before the client gets it: the next turn, sent the moment this one ends, finds it
+        self.keep: Callable[[], Awaitable[None]] | None = None
 
     # -- enqueue ------------------------------------------------------------------------------------------
 
@@ -282,6 +286,15 @@ class Exchange:
         self.status = status
         if usage is not None:
             self.usage = usage
+
+    async def kept(self) -> None:
+        """Run ``keep`` once. A store that fails loses the stored copy, not the answer (logged)."""
+        keep, self.keep = self.keep, None
+        if keep is not None:
+            try:
+                await keep()
+            except Exception as exc:
+                log.warning("request %s: answer not stored (%s)", self.request_id, type(exc).__name__)
 
     def sent(self) -> None:
         """Bytes of the answer went to the client: from now on the request is never re-run."""

@@ -8,8 +8,9 @@ provider takes), ``function`` tools, ``namespace`` tools (flattened to ``<namesp
 chat-shaped upstream; calls are mapped back to the namespace and name), ``tool_choice``,
 ``parallel_tool_calls``, ``max_output_tokens``, ``temperature``, ``top_p``, ``text.format``,
 ``reasoning``, ``stream``. Built-in tools (``web_search``, file search…) have no equivalent at a
-chat-completions upstream and are dropped. ``store`` is ignored (nothing is stored) and
-``previous_response_id`` is refused: the client sends the whole conversation.
+chat-completions upstream and are dropped. ``store``, ``previous_response_id`` and ``item_reference``
+items are the route's (``api/routes/responses.py``, ``api/exchange/stored.py``): by the time a request
+reaches ``canonical_request`` its input is the whole conversation.
 
 Reasoning comes back as a ``reasoning`` item; its ``encrypted_content`` carries the upstream's reasoning
 details (signatures, encrypted reasoning) opaquely, so a client that sends the item back (Codex does)
@@ -160,9 +161,8 @@ def _messages(request: ResponsesRequest) -> list[dict[str, Any]]:
                 if summary:
                     pending_details.append({"type": "reasoning.summary", "summary": summary,
                                             "format": "openai-responses-v1"})
-        elif kind == "item_reference":
-            raise invalid("item_reference needs stored responses, which this gateway does not keep; send "
-                          "the items themselves.", param="input")
+        elif kind == "item_reference":  # resolved by the route from stored responses; one left is unknown
+            raise invalid(f"Item with id {item.get('id')!r} not found.", param="input")
         # other item types (built-in tool calls) have no canonical form and are skipped
     return messages
 
@@ -192,9 +192,6 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @shape_checked("OpenAI Responses")
 def canonical_request(request: ResponsesRequest) -> dict[str, Any]:
-    if request.previous_response_id:
-        raise invalid("previous_response_id is not supported: this gateway stores no responses; send the "
-                      "whole conversation in 'input'.", param="previous_response_id")
     body: dict[str, Any] = {"model": request.model, "messages": _messages(request)}
     tools = _tools(request.tools or [])
     if tools:
@@ -253,12 +250,13 @@ def _split_name(name: str) -> dict[str, Any]:
     return {"name": inner, "namespace": namespace} if sep and namespace and inner else {"name": name}
 
 
-def echo_of(request: ResponsesRequest | None) -> dict[str, Any]:
+def echo_of(request: ResponsesRequest | None, stored: bool = False) -> dict[str, Any]:
     """The request's settings as the Response object restates them, with OpenAI's values for what the
     request left out (API reference, "The response object"; a recorded o3 stream). Built once per request.
 
     ``tools`` are echoed as sent, built-in ones included (they are dropped on the way upstream; README
-    "Codex"); ``store`` is always false: nothing is stored, whatever the request asked. The bulky fields
+    "Codex"); ``store`` says whether the response is stored (``stored``: asked for, and the caller has
+    a key to own it). The bulky fields
     (an agent's tools and instructions run to tens of kilobytes) are encoded here once, as ``Raw`` JSON,
     not again in each of a stream's three snapshots."""
     r = request or ResponsesRequest(model="-", input="")
@@ -268,9 +266,9 @@ def echo_of(request: ResponsesRequest | None) -> dict[str, Any]:
         "max_output_tokens": r.max_output_tokens,
         "max_tool_calls": r.max_tool_calls, "metadata": r.metadata or {},
         "parallel_tool_calls": True if r.parallel_tool_calls is None else r.parallel_tool_calls,
-        "previous_response_id": None, "prompt_cache_key": r.prompt_cache_key,
+        "previous_response_id": r.previous_response_id, "prompt_cache_key": r.prompt_cache_key,
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "safety_identifier": r.safety_identifier, "store": False,
+        "safety_identifier": r.safety_identifier, "store": stored,
         "temperature": 1.0 if r.temperature is None else r.temperature,
         "text": r.text or {"format": {"type": "text"}}, "tool_choice": r.tool_choice or "auto",
         "tools": msgspec.Raw(_encode(r.tools or [])), "top_logprobs": r.top_logprobs or 0, "top_p": 1.0 if r.top_p is None else r.top_p,
@@ -342,19 +340,21 @@ class OpenAIResponses:
 
     def __init__(self, echo: dict[str, Any] | None = None) -> None:
         self.echo = echo or _NO_ECHO
+        self.final: dict[str, Any] | None = None  # the answer's Response object, once made (to be stored)
 
     @classmethod
-    def for_request(cls, request: ResponsesRequest) -> "OpenAIResponses":
-        return cls(echo_of(request))
+    def for_request(cls, request: ResponsesRequest, stored: bool = False) -> "OpenAIResponses":
+        return cls(echo_of(request, stored))
 
     def error_body(self, status: int, envelope: bytes) -> bytes:
         return envelope  # the Responses API's errors are the OpenAI envelope, which is ours
 
     def result(self, event: Event) -> bytes:
-        return _encode(response_from_completion(msgspec.json.decode(event.data), self.echo))
+        self.final = response_from_completion(msgspec.json.decode(event.data), self.echo)
+        return _encode(self.final)
 
     def stream(self) -> "ResponsesStream":
-        return ResponsesStream(self.echo)
+        return ResponsesStream(self.echo, self)
 
 
 class ResponsesStream(CanonicalStream):
@@ -363,8 +363,9 @@ class ResponsesStream(CanonicalStream):
     summary text inside one summary part (the OpenAI Node SDK's ``responses.stream()`` indexes
     ``summary[summary_index]`` on every summary delta)."""
 
-    def __init__(self, echo: dict[str, Any] | None = None) -> None:
+    def __init__(self, echo: dict[str, Any] | None = None, owner: OpenAIResponses | None = None) -> None:
         self.echo = echo or _NO_ECHO
+        self.owner = owner  # told the final Response object
         self.seq = -1
         self.started = False
         self.response_id = ""
@@ -401,6 +402,8 @@ class ResponsesStream(CanonicalStream):
         final = self._snapshot("completed")
         final.update(_incomplete(self.finish_reason))
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        if self.owner is not None:
+            self.owner.final = final
         out.append(self._event(kind, response=final))
 
     def _open(self, item: dict[str, Any], out: list[bytes]) -> None:
