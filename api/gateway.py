@@ -13,6 +13,7 @@ from api.access.accounts import AccountStore, HashingSlots
 from api.provider_health import load_snapshot
 from api.exchange.body import BodyBudget
 from api.exchange.relay import Relay
+from api.exchange.background import EventLog
 from api.exchange.stored import ResponseStore
 from common import metrics
 from common.candidates import LIVENESS_TTL, has_live_worker
@@ -105,6 +106,9 @@ class Gateway:
         # one subscription per Redis this process enqueues to: workers reply on their pool's Redis
         subscriptions = Redises(settings, pubsub=True, max_connections=2).by_redis(configured)
         self.responses = ResponseStore(self.redis, self.names, settings.response_ttl)  # store: true
+        self.response_events = EventLog(self.redis, self.names, settings.response_events_ttl,
+                                        settings.response_events_max_bytes)
+        self.background: set[asyncio.Task[None]] = set()  # answers followed with no connection (background)
         self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id),
                            settings.stream_buffer_bytes)
         self.live = LiveWorkers(self.redises, self.names, configured)
@@ -153,5 +157,10 @@ class Gateway:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)  # bounded: shutdown must never hang on a Redis call
+        answers = list(self.background)  # each ends as failed, its work stopped (api/exchange/background.py)
+        for task in answers:
+            task.cancel()
+        if answers:
+            await asyncio.wait(answers, timeout=2.0)
         await self.relay.stop()
         await self.redises.aclose()

@@ -65,6 +65,11 @@ class Names:
         ``MEGABRAIN_RESPONSE_TTL``)."""
         return f"{self.ns}:resp:{response_id}"
 
+    def response_events(self, response_id: str) -> str:
+        """A background answer's client events, a stream with entry ids ``0-<seq + 1>``
+        (``api/exchange/background.py``; kept ``MEGABRAIN_RESPONSE_EVENTS_TTL``)."""
+        return f"{self.ns}:events:{response_id}"
+
     def account(self, account_id: str) -> str:
         """One account's msgpack record (email, Argon2id password hash, created)."""
         return f"{self.ns}:account:{account_id}"

@@ -316,6 +316,18 @@ class Exchange:
         if pending:  # the client went away, or the gateway gave up: stop the worker and the upstream
             await asyncio.shield(self._cancel())
 
+    async def cancel(self) -> bool:
+        """Stop the request on its owner's word (a background answer's cancel), as if its client left:
+        True when stopped, False when it had settled first (its answer is on the way, and wins)."""
+        if self.state not in ("queued", "running"):
+            return False
+        await self._cancel()
+        if self.closed is False:
+            self._await_answer()
+            return False
+        self.state = "settled"
+        return True
+
     async def _cancel(self) -> None:
         """Withdraw a queued job, or close the request and ask the running worker to drop it."""
         try:

@@ -44,6 +44,10 @@ class StoredResponse(msgspec.Struct, kw_only=True):
     chain: list[str] = []  # earlier responses of the conversation, oldest first
     input: list[dict[str, Any]] = []  # this turn's input items, each with its id
     response: msgspec.Raw = msgspec.Raw(b"null")  # the Response object, as the client got it
+    follower: str = ""  # a background answer: the reply channel of the web process following it
+
+    def status(self) -> str:
+        return str(msgspec.json.decode(self.response).get("status") or "")
 
     def output(self) -> list[dict[str, Any]]:
         return list(msgspec.json.decode(self.response).get("output") or [])

@@ -47,6 +47,7 @@ class ResponsesRequest(msgspec.Struct):
     text: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     stream: bool | None = None
+    background: bool | None = None
     store: bool | None = None
     include: list[str] | None = None
     previous_response_id: str | None = None
@@ -262,7 +263,7 @@ def echo_of(request: ResponsesRequest | None, stored: bool = False) -> dict[str,
     r = request or ResponsesRequest(model="-", input="")
     reasoning = r.reasoning or {}
     return {
-        "background": False, "instructions": msgspec.Raw(_encode(r.instructions)),
+        "background": bool(r.background), "instructions": msgspec.Raw(_encode(r.instructions)),
         "max_output_tokens": r.max_output_tokens,
         "max_tool_calls": r.max_tool_calls, "metadata": r.metadata or {},
         "parallel_tool_calls": True if r.parallel_tool_calls is None else r.parallel_tool_calls,
@@ -341,6 +342,13 @@ class OpenAIResponses:
     def __init__(self, echo: dict[str, Any] | None = None) -> None:
         self.echo = echo or _NO_ECHO
         self.final: dict[str, Any] | None = None  # the answer's Response object, once made (to be stored)
+        self.base = ""  # the request id, when known before the answer (a background answer's)
+        self.created = int(time.time())
+
+    def placeholder(self, base: str, model: str, status: str) -> dict[str, Any]:
+        """The Response object of an answer not made yet (``queued``, ``in_progress``, ``cancelled``)."""
+        self.base = base
+        return _response(f"resp_{base}", model, self.created, status, [], None, self.echo)
 
     @classmethod
     def for_request(cls, request: ResponsesRequest, stored: bool = False) -> "OpenAIResponses":
@@ -391,7 +399,9 @@ class ResponsesStream(CanonicalStream):
         if self.started:
             return
         self.started = True
-        self.base = str(chunk.get("id") or "").removeprefix("chatcmpl-")
+        self.base = str(chunk.get("id") or "").removeprefix("chatcmpl-") or (self.owner.base if self.owner else "")
+        if self.owner is not None:
+            self.created = self.owner.created
         self.response_id = f"resp_{self.base}"
         self.model = chunk.get("model")
         out.append(self._event("response.created", response=self._snapshot("in_progress")))
@@ -492,8 +502,10 @@ class ResponsesStream(CanonicalStream):
         error_type, message = envelope_parts(envelope)
         out: list[bytes] = []
         self.begin({}, out)
-        out.append(self._event("response.failed", response=self._snapshot(
-            "failed", error={"code": error_type, "message": message})))
+        failed = self._snapshot("failed", error={"code": error_type, "message": message})
+        if self.owner is not None:
+            self.owner.final = failed
+        out.append(self._event("response.failed", response=failed))
         return b"".join(out)
 
 

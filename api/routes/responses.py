@@ -13,14 +13,17 @@ has a key to own it; a keyless caller's ``store`` is false.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from api.access.check import Caller
+from api.exchange import background
+from api.exchange.answer import SSE_HEADERS
 from api.exchange.body import read_json
 from api.exchange.dispatch import Dispatch
 from api.exchange.stored import Owner, ResponseStore, StoredResponse, with_ids
@@ -28,9 +31,11 @@ from api.formats.openai_responses import OPENAI_RESPONSES, OpenAIResponses, Resp
 from api.gateway import Gateway
 from api.routes.admin import presented_key
 from common.errors import GatewayError, invalid, unavailable
+from common.wire import Route
 from router.plan import plan_for
 
 INPUT_ITEMS_LIMIT = 20  # OpenAI's default page; at most 100
+CANCEL_WAIT = 10.0  # seconds a cancel waits for the follower to stop the answer
 
 
 def owner_of(caller: Caller) -> Owner | None:
@@ -78,15 +83,77 @@ async def create_response(request: Request) -> Response:
                         tools=canonical.get("tools"), output_tokens=parsed.max_output_tokens)
         await dispatch.admit(plan, messages=canonical["messages"], tools=canonical.get("tools"),
                              request=canonical, with_enqueue=True)
+        if parsed.background and not stored:
+            raise invalid("background needs store (the default) and an API key: a background answer is read "
+                          "back as a stored response.", param="background")
     except GatewayError as error:
         return await dispatch.refuse(error)
+    record = None
     if stored and owner is not None:
         record = StoredResponse(id=f"resp_{dispatch.request_id}", key_id=owner.key_id, account=owner.account,
                                 chain=chain, input=turn)
         dispatch.exchange.keep = functools.partial(keep, gateway.responses, fmt, record)
+    if parsed.background and record is not None:
+        return await in_background(dispatch, fmt, record, plan, canonical, bool(parsed.stream), parsed.model)
     stream = bool(parsed.stream)
     job = dispatch.job("chat", plan, body=msgspec.json.encode(canonical), stream=stream, include_usage=stream)
     return await dispatch.answer(job)
+
+
+async def in_background(dispatch: Dispatch, fmt: OpenAIResponses, record: StoredResponse, plan: list[Route],
+                        canonical: dict[str, Any], stream: bool, model: str) -> Response:
+    """Enqueue the answer (a refusal is still this request's 4xx/503), store it as ``queued`` and follow it
+    on its own (``api/exchange/background.py``); answer with the queued object, or stream the events."""
+    gateway: Gateway = dispatch.gateway
+    exchange = dispatch.exchange
+    store = gateway.responses
+    job = dispatch.job("chat", plan, body=msgspec.json.encode({**canonical, "stream": True,
+                                                               "stream_options": {"include_usage": True}}),
+                       stream=True, include_usage=True)
+    try:
+        await exchange.submit(job, admission=dispatch.pending)
+        record.follower = gateway.relay.channel
+        record.response = msgspec.Raw(msgspec.json.encode(fmt.placeholder(dispatch.request_id, model, "queued")))
+        await store.save(record)
+    except GatewayError as error:
+        return await dispatch.refuse(error)
+    except RedisError:
+        await exchange.finish()
+        return await dispatch.refuse(unavailable("The gateway cannot reach its store (Redis) right now.", 2))
+    finally:
+        if dispatch.pending is not None and dispatch.pending.result is not None:
+            dispatch.headers.update(dispatch.pending.result.headers)
+    queued = bytes(record.response)
+    encoder = fmt.stream()
+
+    async def placeholder(status: str) -> None:
+        update = msgspec.structs.replace(record, response=msgspec.Raw(msgspec.json.encode(
+            fmt.placeholder(dispatch.request_id, model, status))))
+        await store.save(update)
+
+    background.start(gateway.background, background.follow(
+        exchange, gateway.response_events.writer(record.id), encoder.frames, encoder.error,
+        on_start=functools.partial(placeholder, "in_progress"), on_cancel=functools.partial(placeholder, "cancelled")),
+        name=f"background-{record.id}")
+    if not stream:
+        return Response(queued, media_type="application/json", headers=dispatch.headers)
+    return _events(gateway, record, -1, dispatch.headers)
+
+
+def _events(gateway: Gateway, record: StoredResponse, after: int, headers: dict[str, str]) -> Response:
+    deadline = time.time() + gateway.settings.request_timeout + 60
+    return StreamingResponse(background.replay(gateway.response_events, record.id, after, deadline,
+                                               functools.partial(_pending, gateway, record)),
+                             media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+
+
+async def _pending(gateway: Gateway, record: StoredResponse) -> bool:
+    """Whether a background answer is still to come (no event kept yet: it is queued)."""
+    owner = Owner(record.key_id, record.account)
+    try:
+        return (await gateway.responses.get(record.id, owner)).status() in ("queued", "in_progress")
+    except GatewayError:
+        return False
 
 
 # ------------------------------------------------------------------------------------- stored responses
@@ -108,8 +175,34 @@ async def _stored(request: Request, what: str) -> tuple[ResponseStore, StoredRes
 
 
 async def get_response(request: Request) -> Response:
-    """The stored Response object, as the client got it."""
+    """The stored Response object, as the client got it; with ``stream=true``, a background answer's
+    events after ``starting_after`` (default: all), live until its end."""
     _, record, _ = await _stored(request, "to read a stored response")
+    if request.query_params.get("stream") not in ("true", "1"):
+        return _json(bytes(record.response))
+    raw = request.query_params.get("starting_after") or "-1"
+    if not raw.lstrip("-").isdigit() or int(raw) < -1:
+        raise invalid("starting_after must be an event's sequence_number (0 or more).", param="starting_after")
+    if not record.follower:
+        raise invalid("Only a background response (background: true) can be streamed again.", param="stream")
+    return _events(request.app.state.gateway, record, int(raw), {})
+
+
+async def cancel_response(request: Request) -> Response:
+    """Stop a background answer (a queued one is withdrawn, a running one's upstream call stopped, as when a
+    client leaves; not billed unless it had settled first). The Response object after it: ``cancelled``,
+    or what the answer came to, if it ended first."""
+    store, record, owner = await _stored(request, "to cancel a response")
+    if not record.follower:
+        raise invalid("Only a background response (background: true) can be cancelled.", param="response_id")
+    gateway: Gateway = request.app.state.gateway
+    if record.status() in ("queued", "in_progress"):
+        await background.cancel(gateway.redis, record.follower, record.id.removeprefix("resp_"))
+        deadline = time.time() + CANCEL_WAIT
+        async for _ in background.replay(gateway.response_events, record.id, -1, deadline,
+                                         functools.partial(_pending, gateway, record)):
+            pass  # until the follower closed its events (it stores the outcome first)
+        record = await store.get(record.id, owner)
     return _json(bytes(record.response))
 
 
@@ -150,5 +243,6 @@ ROUTES = [
     ("POST", "/responses", create_response),
     ("GET", "/responses/{response_id}", get_response),
     ("DELETE", "/responses/{response_id}", delete_response),
+    ("POST", "/responses/{response_id}/cancel", cancel_response),
     ("GET", "/responses/{response_id}/input_items", input_items),
 ]

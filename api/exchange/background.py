@@ -1,0 +1,214 @@
+"""Background answers (the Responses API's ``background: true``): the answer runs on its own, its events
+kept, so any web process can serve it later, from any point, to whoever owns it.
+
+The web process that admitted the request follows the answer in a task of its own (``follow``: the
+request's exchange, with no connection attached), and appends each client event it makes (the Responses
+stream's SSE events, as the format encodes them) to a Redis stream, ``events:<response id>``, whose entry
+ids are ``0-<sequence_number + 1>``: "the events after N" (``starting_after=N``) is one ``XREAD`` from
+``0-<N + 1>``, stored ones first, then new ones as they come (``XREAD BLOCK``), each once and in order,
+whichever web process reads. A marker entry ends the stream (``end``), or says the events outgrew what
+an answer may keep (``cut``, at ``MEGABRAIN_RESPONSE_EVENTS_MAX_BYTES``; the Response object is still
+stored and retrievable). The stream lives ``MEGABRAIN_RESPONSE_EVENTS_TTL`` seconds after its last write.
+Keeping costs one pipelined ``XADD``s + ``EXPIRE`` per event the worker publishes (its frames batched).
+
+The answer's money is the one request's: the worker, queue and settlement are unchanged, this task is
+their one receiver. A reader leaving stops nothing; ``cancel`` (any web process) reaches the following
+process over its reply channel (a ``cancel`` event on the relay), which closes the request as a leaving
+client would (unless it settled first: then it completes). The answer lives as long as the process that
+follows it: a web process that stops ends its background answers as ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from api.exchange.exchange import Exchange
+from common.errors import GatewayError
+from common.names import Names
+from common.wire import Event, event_encoder
+
+log = logging.getLogger("megabrain.background")
+
+READ_BLOCK_MS = 5000  # one blocking read's wait (below the Redis client's socket timeout)
+READ_COUNT = 1000  # entries per read
+END, CUT = b"end", b"cut"
+TERMINAL = (b"event: response.completed", b"event: response.failed", b"event: response.incomplete")
+
+
+class EventLog:
+    """The kept events of background answers (a Redis stream per answer)."""
+
+    def __init__(self, redis: Redis, names: Names, ttl: float, max_bytes: int) -> None:
+        self.redis = redis
+        self.names = names
+        self.ttl = max(1, int(ttl))
+        self.max_bytes = max_bytes
+
+    def writer(self, response_id: str) -> "EventWriter":
+        return EventWriter(self, self.names.response_events(response_id))
+
+    async def read(self, response_id: str, after: int) -> list[tuple[int, bytes, bytes]] | None:
+        """Entries after sequence number ``after`` as (seq, kind, frame), waiting up to ``READ_BLOCK_MS``
+        for one; [] when none came, None when the answer keeps no events (never, or expired)."""
+        key = self.names.response_events(response_id)
+        got = await self.redis.xread({key: f"0-{after + 1}"}, count=READ_COUNT, block=READ_BLOCK_MS)
+        if not got:
+            return None if not await self.redis.exists(key) else []
+        out = []
+        for entry_id, fields in got[0][1]:
+            seq = int(entry_id.split(b"-")[1]) - 1
+            kind, frame = next(iter(fields.items()))
+            out.append((seq, kind, frame))
+        return out
+
+
+class EventWriter:
+    """One answer's events, appended in order (``add``), then closed (``end``)."""
+
+    def __init__(self, log: EventLog, key: str) -> None:
+        self.log = log
+        self.key = key
+        self.seq = 0  # the next entry's sequence number
+        self.size = 0
+        self.ended = False
+
+    async def add(self, frames: bytes) -> None:
+        events = [frame + b"\n\n" for frame in frames.split(b"\n\n") if frame and not frame.startswith(b":")]
+        if not events or self.ended:
+            return
+        self.size += sum(len(e) for e in events)
+        if self.size > self.log.max_bytes:
+            await self._write([(CUT, b"")])
+            self.ended = True
+            return
+        await self._write([(b"f", e) for e in events])
+
+    async def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            await self._write([(END, b"")])
+
+    async def _write(self, entries: list[tuple[bytes, bytes]]) -> None:
+        async with self.log.redis.pipeline(transaction=False) as pipe:
+            for kind, frame in entries:
+                self.seq += 1
+                pipe.xadd(self.key, {kind: frame}, id=f"0-{self.seq}")
+            pipe.expire(self.key, self.log.ttl)
+            await pipe.execute()
+
+
+async def replay(log_: EventLog, response_id: str, after: int, deadline: float,
+                 pending: Callable[[], Awaitable[bool]], keepalive: bytes = b": keep-alive\n\n") -> AsyncIterator[bytes]:
+    """The answer's SSE events after sequence number ``after``, each with its ``id:``, until its end (or
+    ``deadline``, epoch seconds, for an answer whose follower vanished without a word). No events kept
+    yet: while ``pending`` says the answer is still to come (queued), wait for them."""
+    while time.time() < deadline:
+        entries = await log_.read(response_id, after)
+        if entries is None:
+            if await pending():
+                yield keepalive
+                continue
+            return
+        if not entries:
+            yield keepalive
+            continue
+        for seq, kind, frame in entries:
+            if kind == END:
+                return
+            if kind == CUT:
+                yield (b"event: error\ndata: {\"type\":\"error\",\"code\":\"events_not_kept\",\"message\":"
+                       b"\"This answer's events outgrew what is kept for resuming; retrieve the response "
+                       b"once it has completed.\",\"param\":null,\"sequence_number\":" + str(seq).encode() +
+                       b"}\n\n")
+                return
+            after = seq
+            yield b"id: " + str(seq).encode() + b"\n" + frame
+
+
+async def cancel(redis: Redis, channel: str, request_id: str) -> None:
+    """Ask the web process following a background answer (its reply ``channel``) to stop it."""
+    await redis.publish(channel, event_encoder.encode(Event(request_id, 0, 0, "cancel")))
+
+
+Encode = Callable[[Event], bytes]
+Fail = Callable[[int, bytes], bytes]
+
+
+async def follow(exchange: Exchange, writer: EventWriter, encode: Encode, fail: Fail,
+                 on_start: Callable[[], Awaitable[None]], on_cancel: Callable[[], Awaitable[None]]) -> None:
+    """Follow one background answer to its end, keeping its client events (``encode``: a data or done
+    event's SSE events; ``fail``: the in-band failure's). The exchange's ``keep`` stores the final
+    Response object before the last event is kept, so a reader that saw the end finds it stored."""
+    started = False
+    keepalive = exchange.gateway.settings.keepalive_interval
+    try:
+        while True:
+            try:
+                event = await exchange.next_event(keepalive)
+            except GatewayError as error:
+                exchange.record(error.status)
+                frames = fail(error.status, error.body())
+                await exchange.kept()
+                await writer.add(frames)
+                return
+            if event is None:
+                continue
+            if event.kind == "cancel":
+                if await exchange.cancel():
+                    await on_cancel()
+                    return
+                continue  # it settled first: its answer is on the way
+            if not started:
+                started = True
+                await on_start()
+            if event.kind == "error":
+                exchange.record(event.status)
+                frames = fail(event.status, event.data)
+                await exchange.kept()
+                await writer.add(frames)
+                return
+            frames = encode(event)
+            exchange.sent()  # kept for readers: the request is never re-run from here on
+            if event.kind == "done":
+                exchange.record(200, event.usage)
+                await exchange.kept()
+                await writer.add(frames)
+                return
+            await writer.add(frames)
+    except asyncio.CancelledError:
+        log.warning("request %s: background answer interrupted (the web process is stopping)", exchange.request_id)
+        await asyncio.shield(_interrupted(exchange, writer, fail))
+        raise
+    except Exception as exc:
+        log.warning("request %s: background answer lost (%s)", exchange.request_id, type(exc).__name__)
+        await _interrupted(exchange, writer, fail)
+    finally:
+        try:
+            await asyncio.shield(writer.end())
+        except Exception as exc:
+            log.info("request %s: events not closed (%s)", exchange.request_id, type(exc).__name__)
+        await exchange.finish()
+
+
+async def _interrupted(exchange: Exchange, writer: EventWriter, fail: Fail) -> None:
+    try:
+        error = GatewayError("temporarily_unavailable", "The gateway stopped following this answer.")
+        frames = fail(error.status, error.body())
+        await exchange.kept()
+        await writer.add(frames)
+    except Exception:
+        pass
+
+
+def start(tasks: set[asyncio.Task[Any]], coro: Awaitable[None], name: str) -> None:
+    """Run ``coro`` on its own, held in ``tasks`` until it ends (the gateway stops what is left)."""
+    task = asyncio.ensure_future(coro)
+    task.set_name(name)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
