@@ -19,19 +19,17 @@ gives the upstream its reasoning exactly as it produced it.
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Annotated, Any
 
 import msgspec
 
-from api.formats import CanonicalStream, envelope_parts, shape_checked, sse
+from api.formats import CanonicalStream, envelope_parts, seal_details, shape_checked, sse, unseal_details
 from common.errors import invalid
 from common.wire import Event
 
 _encode = msgspec.json.encode
 NAMESPACE_SEPARATOR = "__"
-ENCRYPTED_PREFIX = "mb1."  # our encrypted_content: reasoning details as base64url JSON
 
 
 class ResponsesRequest(msgspec.Struct):
@@ -64,19 +62,14 @@ class ResponsesRequest(msgspec.Struct):
 # ---------------------------------------------------------------------------------------------- request
 
 
-def encrypt_details(details: list[dict[str, Any]]) -> str:
-    return ENCRYPTED_PREFIX + base64.urlsafe_b64encode(_encode(details)).decode()
+encrypt_details = seal_details
 
 
 def decrypt_details(content: str) -> list[dict[str, Any]]:
     """Reasoning details back from ``encrypted_content``: ours, or an OpenAI upstream's own blob."""
-    if content.startswith(ENCRYPTED_PREFIX):
-        try:
-            details = msgspec.json.decode(base64.urlsafe_b64decode(content[len(ENCRYPTED_PREFIX):]))
-            if isinstance(details, list):
-                return details
-        except (ValueError, msgspec.DecodeError):
-            pass
+    details = unseal_details(content)
+    if details is not None:
+        return details
     return [{"type": "reasoning.encrypted", "data": content, "format": "openai-responses-v1"}]
 
 
