@@ -65,10 +65,15 @@ class Names:
         ``MEGABRAIN_RESPONSE_TTL``)."""
         return f"{self.ns}:resp:{response_id}"
 
-    def response_events(self, response_id: str) -> str:
-        """A background answer's client events, a stream with entry ids ``0-<seq + 1>``
-        (``api/exchange/background.py``; kept ``MEGABRAIN_RESPONSE_EVENTS_TTL``)."""
-        return f"{self.ns}:events:{response_id}"
+    def answer_events(self, request_id: str) -> str:
+        """A detached answer's client events (background, resumable), a stream with entry ids
+        ``0-<seq + 1>`` (``api/exchange/background.py``; kept ``MEGABRAIN_RESPONSE_EVENTS_TTL``)."""
+        return f"{self.ns}:events:{request_id}"
+
+    def answer_owner(self, request_id: str) -> str:
+        """Who may read a detached answer's events, and which web process follows it (JSON, as long as
+        its events)."""
+        return f"{self.ns}:events:owner:{request_id}"
 
     def account(self, account_id: str) -> str:
         """One account's msgpack record (email, Argon2id password hash, created)."""

@@ -1,15 +1,18 @@
-"""Background answers (the Responses API's ``background: true``): the answer runs on its own, its events
-kept, so any web process can serve it later, from any point, to whoever owns it.
+"""Detached answers (the Responses API's ``background: true``; a resumable stream of any format): the
+answer runs on its own, its events kept, so any web process can serve it later, from any point, to
+whoever owns it.
 
 The web process that admitted the request follows the answer in a task of its own (``follow``: the
 request's exchange, with no connection attached), and appends each client event it makes (the Responses
-stream's SSE events, as the format encodes them) to a Redis stream, ``events:<response id>``, whose entry
+stream's SSE events, as the format encodes them) to a Redis stream, ``events:<request id>``, whose entry
 ids are ``0-<sequence_number + 1>``: "the events after N" (``starting_after=N``) is one ``XREAD`` from
 ``0-<N + 1>``, stored ones first, then new ones as they come (``XREAD BLOCK``), each once and in order,
 whichever web process reads. A marker entry ends the stream (``end``), or says the events outgrew what
 an answer may keep (``cut``, at ``MEGABRAIN_RESPONSE_EVENTS_MAX_BYTES``; the Response object is still
-stored and retrievable). The stream lives ``MEGABRAIN_RESPONSE_EVENTS_TTL`` seconds after its last write.
-Keeping costs one pipelined ``XADD``s + ``EXPIRE`` per event the worker publishes (its frames batched).
+stored and retrievable). The stream, and its owner record (``events:owner:<request id>``: the key, its
+account, the following process's reply channel), live ``MEGABRAIN_RESPONSE_EVENTS_TTL`` seconds after
+the last write. Keeping costs one round trip per event the worker publishes (its frames batched): the
+``XADD``s and two ``EXPIRE``s, pipelined.
 
 The answer's money is the one request's: the worker, queue and settlement are unchanged, this task is
 their one receiver. A reader leaving stops nothing; ``cancel`` (any web process) reaches the following
@@ -26,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 
 from api.exchange.exchange import Exchange
@@ -38,11 +42,21 @@ log = logging.getLogger("megabrain.background")
 READ_BLOCK_MS = 5000  # one blocking read's wait (below the Redis client's socket timeout)
 READ_COUNT = 1000  # entries per read
 END, CUT = b"end", b"cut"
-TERMINAL = (b"event: response.completed", b"event: response.failed", b"event: response.incomplete")
+CUT_MESSAGE = ("This answer's events outgrew what is kept for resuming (MEGABRAIN_RESPONSE_EVENTS_MAX_BYTES); "
+               "a stored response can be retrieved once it has completed.")
+
+
+class AnswerOwner(msgspec.Struct, kw_only=True):
+    key_id: str
+    account: str | None = None
+    follower: str = ""  # the reply channel of the web process following the answer
+
+
+_owner_decoder = msgspec.json.Decoder(AnswerOwner)
 
 
 class EventLog:
-    """The kept events of background answers (a Redis stream per answer)."""
+    """The kept events of detached answers (a Redis stream per answer)."""
 
     def __init__(self, redis: Redis, names: Names, ttl: float, max_bytes: int) -> None:
         self.redis = redis
@@ -50,16 +64,29 @@ class EventLog:
         self.ttl = max(1, int(ttl))
         self.max_bytes = max_bytes
 
-    def writer(self, response_id: str) -> "EventWriter":
-        return EventWriter(self, self.names.response_events(response_id))
+    def writer(self, request_id: str) -> "EventWriter":
+        return EventWriter(self, self.names.answer_events(request_id), self.names.answer_owner(request_id))
 
-    async def read(self, response_id: str, after: int) -> list[tuple[int, bytes, bytes]] | None:
+    async def claim(self, request_id: str, owner: AnswerOwner) -> None:
+        await self.redis.set(self.names.answer_owner(request_id), msgspec.json.encode(owner), ex=self.ttl)
+
+    async def owner(self, request_id: str) -> AnswerOwner | None:
+        raw = await self.redis.get(self.names.answer_owner(request_id))
+        try:
+            return _owner_decoder.decode(raw) if raw else None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    async def read(self, request_id: str, after: int) -> list[tuple[int, bytes, bytes]] | None:
         """Entries after sequence number ``after`` as (seq, kind, frame), waiting up to ``READ_BLOCK_MS``
-        for one; [] when none came, None when the answer keeps no events (never, or expired)."""
-        key = self.names.response_events(response_id)
+        for one; [] when none came (or none yet: the answer is queued), None when the answer keeps no
+        events (never did, or they expired)."""
+        key = self.names.answer_events(request_id)
         got = await self.redis.xread({key: f"0-{after + 1}"}, count=READ_COUNT, block=READ_BLOCK_MS)
         if not got:
-            return None if not await self.redis.exists(key) else []
+            if await self.redis.exists(key, self.names.answer_owner(request_id)):
+                return []
+            return None
         out = []
         for entry_id, fields in got[0][1]:
             seq = int(entry_id.split(b"-")[1]) - 1
@@ -71,9 +98,10 @@ class EventLog:
 class EventWriter:
     """One answer's events, appended in order (``add``), then closed (``end``)."""
 
-    def __init__(self, log: EventLog, key: str) -> None:
+    def __init__(self, log: EventLog, key: str, owner_key: str) -> None:
         self.log = log
         self.key = key
+        self.owner_key = owner_key
         self.seq = 0  # the next entry's sequence number
         self.size = 0
         self.ended = False
@@ -100,20 +128,17 @@ class EventWriter:
                 self.seq += 1
                 pipe.xadd(self.key, {kind: frame}, id=f"0-{self.seq}")
             pipe.expire(self.key, self.log.ttl)
+            pipe.expire(self.owner_key, self.log.ttl)
             await pipe.execute()
 
 
-async def replay(log_: EventLog, response_id: str, after: int, deadline: float,
-                 pending: Callable[[], Awaitable[bool]], keepalive: bytes = b": keep-alive\n\n") -> AsyncIterator[bytes]:
+async def replay(log_: EventLog, request_id: str, after: int, deadline: float,
+                 keepalive: bytes = b": keep-alive\n\n") -> AsyncIterator[bytes]:
     """The answer's SSE events after sequence number ``after``, each with its ``id:``, until its end (or
-    ``deadline``, epoch seconds, for an answer whose follower vanished without a word). No events kept
-    yet: while ``pending`` says the answer is still to come (queued), wait for them."""
+    ``deadline``, epoch seconds, for an answer whose follower vanished without a word)."""
     while time.time() < deadline:
-        entries = await log_.read(response_id, after)
+        entries = await log_.read(request_id, after)
         if entries is None:
-            if await pending():
-                yield keepalive
-                continue
             return
         if not entries:
             yield keepalive
@@ -122,10 +147,9 @@ async def replay(log_: EventLog, response_id: str, after: int, deadline: float,
             if kind == END:
                 return
             if kind == CUT:
-                yield (b"event: error\ndata: {\"type\":\"error\",\"code\":\"events_not_kept\",\"message\":"
-                       b"\"This answer's events outgrew what is kept for resuming; retrieve the response "
-                       b"once it has completed.\",\"param\":null,\"sequence_number\":" + str(seq).encode() +
-                       b"}\n\n")
+                yield b"id: " + str(seq).encode() + b"\nevent: error\ndata: " + msgspec.json.encode({
+                    "type": "error", "code": "events_not_kept", "message": CUT_MESSAGE, "param": None,
+                    "sequence_number": seq, "error": {"type": "events_not_kept", "message": CUT_MESSAGE}}) + b"\n\n"
                 return
             after = seq
             yield b"id: " + str(seq).encode() + b"\n" + frame

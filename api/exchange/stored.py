@@ -33,7 +33,9 @@ class Owner(msgspec.Struct, frozen=True):
     key_id: str
     account: str | None = None
 
-    def may_read(self, record: "StoredResponse") -> bool:
+    def may_read(self, record: Any) -> bool:
+        """``record``: anything with the ``key_id`` and ``account`` that made it (a stored response, the
+        owner of a detached answer's events)."""
         return record.key_id == self.key_id or (self.account is not None and record.account == self.account)
 
 

@@ -19,13 +19,12 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from api.access.check import Caller
 from api.exchange import background
-from api.exchange.answer import SSE_HEADERS
 from api.exchange.body import read_json
-from api.exchange.dispatch import Dispatch
+from api.exchange.dispatch import Dispatch, replay_response
 from api.exchange.stored import Owner, ResponseStore, StoredResponse, with_ids
 from api.formats.openai_responses import OPENAI_RESPONSES, OpenAIResponses, ResponsesRequest, canonical_request
 from api.gateway import Gateway
@@ -103,57 +102,25 @@ async def create_response(request: Request) -> Response:
 async def in_background(dispatch: Dispatch, fmt: OpenAIResponses, record: StoredResponse, plan: list[Route],
                         canonical: dict[str, Any], stream: bool, model: str) -> Response:
     """Enqueue the answer (a refusal is still this request's 4xx/503), store it as ``queued`` and follow it
-    on its own (``api/exchange/background.py``); answer with the queued object, or stream the events."""
-    gateway: Gateway = dispatch.gateway
-    exchange = dispatch.exchange
-    store = gateway.responses
+    on its own (``Dispatch.detach``); answer with the queued object, or stream the events."""
+    store = dispatch.gateway.responses
     job = dispatch.job("chat", plan, body=msgspec.json.encode({**canonical, "stream": True,
                                                                "stream_options": {"include_usage": True}}),
                        stream=True, include_usage=True)
-    try:
-        await exchange.submit(job, admission=dispatch.pending)
-        record.follower = gateway.relay.channel
-        record.response = msgspec.Raw(msgspec.json.encode(fmt.placeholder(dispatch.request_id, model, "queued")))
-        await store.save(record)
-    except GatewayError as error:
-        return await dispatch.refuse(error)
-    except RedisError:
-        await exchange.finish()
-        return await dispatch.refuse(unavailable("The gateway cannot reach its store (Redis) right now.", 2))
-    finally:
-        if dispatch.pending is not None and dispatch.pending.result is not None:
-            dispatch.headers.update(dispatch.pending.result.headers)
-    queued = bytes(record.response)
-    encoder = fmt.stream()
 
     async def placeholder(status: str) -> None:
-        update = msgspec.structs.replace(record, response=msgspec.Raw(msgspec.json.encode(
-            fmt.placeholder(dispatch.request_id, model, status))))
-        await store.save(update)
+        record.response = msgspec.Raw(msgspec.json.encode(fmt.placeholder(dispatch.request_id, model, status)))
+        await store.save(record)
 
-    background.start(gateway.background, background.follow(
-        exchange, gateway.response_events.writer(record.id), encoder.frames, encoder.error,
-        on_start=functools.partial(placeholder, "in_progress"), on_cancel=functools.partial(placeholder, "cancelled")),
-        name=f"background-{record.id}")
-    if not stream:
-        return Response(queued, media_type="application/json", headers=dispatch.headers)
-    return _events(gateway, record, -1, dispatch.headers)
-
-
-def _events(gateway: Gateway, record: StoredResponse, after: int, headers: dict[str, str]) -> Response:
-    deadline = time.time() + gateway.settings.request_timeout + 60
-    return StreamingResponse(background.replay(gateway.response_events, record.id, after, deadline,
-                                               functools.partial(_pending, gateway, record)),
-                             media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
-
-
-async def _pending(gateway: Gateway, record: StoredResponse) -> bool:
-    """Whether a background answer is still to come (no event kept yet: it is queued)."""
-    owner = Owner(record.key_id, record.account)
-    try:
-        return (await gateway.responses.get(record.id, owner)).status() in ("queued", "in_progress")
-    except GatewayError:
-        return False
+    record.follower = dispatch.gateway.relay.channel
+    refused = await dispatch.detach(job, before=functools.partial(placeholder, "queued"),
+                                    on_start=functools.partial(placeholder, "in_progress"),
+                                    on_cancel=functools.partial(placeholder, "cancelled"))
+    if refused is not None:
+        return refused
+    if stream:
+        return dispatch.replay(-1)
+    return Response(bytes(record.response), media_type="application/json", headers=dispatch.headers)
 
 
 # ------------------------------------------------------------------------------------- stored responses
@@ -185,7 +152,7 @@ async def get_response(request: Request) -> Response:
         raise invalid("starting_after must be an event's sequence_number (0 or more).", param="starting_after")
     if not record.follower:
         raise invalid("Only a background response (background: true) can be streamed again.", param="stream")
-    return _events(request.app.state.gateway, record, int(raw), {})
+    return replay_response(request.app.state.gateway, record.id.removeprefix("resp_"), int(raw), {})
 
 
 async def cancel_response(request: Request) -> Response:
@@ -199,8 +166,7 @@ async def cancel_response(request: Request) -> Response:
     if record.status() in ("queued", "in_progress"):
         await background.cancel(gateway.redis, record.follower, record.id.removeprefix("resp_"))
         deadline = time.time() + CANCEL_WAIT
-        async for _ in background.replay(gateway.response_events, record.id, -1, deadline,
-                                         functools.partial(_pending, gateway, record)):
+        async for _ in background.replay(gateway.response_events, record.id.removeprefix("resp_"), -1, deadline):
             pass  # until the follower closed its events (it stores the outcome first)
         record = await store.get(record.id, owner)
     return _json(bytes(record.response))
