@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests import responses_grammar
+from tests import agent_clients, responses_grammar
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
 from tests.harness import GatewayHarness, auth, create_key, env_for, tokens_text, wait_until
@@ -163,3 +163,60 @@ def test_a_stream_opened_while_queued_waits_for_the_answer(s: Stack, monkeypatch
     s.fake.hold_answers = False
     reader.join(20)
     assert got and got[0][-1]["type"] == "response.completed" and text_of(got[0]) == tokens_text(s.fake.tokens)
+
+
+def test_node_sdk_conversation_background_and_resume(s: Stack) -> None:
+    """The OpenAI Node SDK over the stateful API: previous_response_id (streamed and not), retrieve,
+    inputItems, a background answer resumed with starting_after, delete then 404."""
+    payload = {"baseURL": s.web.url + "/v1", "apiKey": s.keys[0], "model": GPT}
+    done = agent_clients.run_node("openai_responses_chain.cjs", json.dumps(payload), package="openai")
+    result = json.loads(done.stdout or "{}")
+    assert done.returncode == 0 and "error" not in result, (result, done.stderr[-2000:])
+    first, second, third = result["turns"]
+    assert second["previous"] == first["id"] and third["previous"] == second["id"]
+    assert {t["text"] for t in result["turns"]} == {tokens_text(s.fake.tokens)}
+    sent = [m["role"] for m in s.fake.requests[2]["body"]["messages"]]
+    assert sent == ["user", "assistant", "user", "assistant", "user"]  # turn three: the whole conversation
+    assert result["retrieved"] == {"id": third["id"], "text": tokens_text(s.fake.tokens)}
+    assert [i["content"][0]["text"] for i in result["items"]] == ["Thanks."]
+    assert result["queued"] == "queued"
+    assert result["resumed"][0]["seq"] == 3 and result["resumed"][-1]["type"] == "response.completed"
+    assert [e["seq"] for e in result["resumed"]] == list(range(3, 3 + len(result["resumed"])))
+    assert result["deletedThen"] == 404
+
+
+def _redis(s: Stack, name: str, *args: Any) -> Any:
+    gateway = s.web.server.config.app.state.gateway  # type: ignore[union-attr]
+    return s.web.run(getattr(gateway.redis, name)(*args))
+
+
+def test_kept_events_are_bounded_per_answer(s: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the cap nothing more is kept: a resume ends with events_not_kept, the stored answer is whole."""
+    gateway = s.web.server.config.app.state.gateway  # type: ignore[union-attr]
+    assert gateway.response_events.max_bytes == 8 * 1024 * 1024  # MEGABRAIN_RESPONSE_EVENTS_MAX_BYTES' default
+    monkeypatch.setattr(gateway.response_events, "max_bytes", 20_000)
+    s.fake.tokens = 2000  # about 12 kB of text, about 400 kB of Responses events
+    client = s.client()
+    made = client.responses.create(model=GPT, input="Hello", background=True)
+    with pytest.raises(openai.APIError) as cut:
+        events_of(client.responses.retrieve(made.id, stream=True))
+    assert "events_not_kept" in str(cut.value.body) or "outgrew" in str(cut.value)
+    key = gateway.names.answer_events(made.id.removeprefix("resp_"))
+    assert _redis(s, "memory_usage", key) < 40_000  # the cap, plus the stream's own bookkeeping
+    assert wait_until(lambda: client.responses.retrieve(made.id).status == "completed", 10)
+    assert client.responses.retrieve(made.id).output_text == tokens_text(2000)
+
+
+def test_kept_events_expire_then_404(s: Stack) -> None:
+    body = {"model": GPT, "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
+    with httpx.stream("POST", s.web.url + "/v1/chat/completions", json=body, timeout=20,
+                      headers={**auth(s.keys[0]), "x-megabrain-resumable": "true"}) as response:
+        answer_id = response.headers["x-megabrain-answer-id"]
+        response.read()
+    gateway = s.web.server.config.app.state.gateway  # type: ignore[union-attr]
+    keys = [gateway.names.answer_events(answer_id), gateway.names.answer_owner(answer_id)]
+    assert all(3500 < _redis(s, "ttl", key) <= 3600 for key in keys)  # MEGABRAIN_RESPONSE_EVENTS_TTL's default
+    for key in keys:
+        _redis(s, "pexpire", key, 1)  # the retention window ends
+    assert wait_until(lambda: not _redis(s, "exists", *keys), 5)
+    assert httpx.get(f"{s.web.url}/v1/streams/{answer_id}", headers=auth(s.keys[0]), timeout=20).status_code == 404
