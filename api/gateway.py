@@ -107,7 +107,7 @@ class Gateway:
         subscriptions = Redises(settings, pubsub=True, max_connections=2).by_redis(configured)
         self.responses = ResponseStore(self.redis, self.names, settings.response_ttl)  # store: true
         self.response_events = EventLog(self.redis, self.names, settings.response_events_ttl,
-                                        settings.response_events_max_bytes)
+                                        settings.response_events_max_bytes, settings.request_timeout + 60)
         self.background: set[asyncio.Task[None]] = set()  # answers followed with no connection (background)
         self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id),
                            settings.stream_buffer_bytes)

@@ -11,8 +11,9 @@ whichever web process reads. A marker entry ends the stream (``end``), or says t
 an answer may keep (``cut``, at ``MEGABRAIN_RESPONSE_EVENTS_MAX_BYTES``; the Response object is still
 stored and retrievable). The stream, and its owner record (``events:owner:<request id>``: the key, its
 account, the following process's reply channel), live ``MEGABRAIN_RESPONSE_EVENTS_TTL`` seconds after
-the last write. Keeping costs one round trip per event the worker publishes (its frames batched): the
-``XADD``s and two ``EXPIRE``s, pipelined.
+the last write (while the answer runs: that, plus ``MEGABRAIN_REQUEST_TIMEOUT``). Keeping costs one
+``XADD`` per event the worker publishes (one batch of SSE events: the worker coalesces its frames), plus
+an ``EXPIRE`` with the first and two with the last.
 
 The answer's money is the one request's: the worker, queue and settlement are unchanged, this task is
 their one receiver. A reader leaving stops nothing; ``cancel`` (any web process) reaches the following
@@ -41,7 +42,7 @@ log = logging.getLogger("megabrain.background")
 
 READ_BLOCK_MS = 5000  # one blocking read's wait (below the Redis client's socket timeout)
 READ_COUNT = 1000  # entries per read
-END, CUT = b"end", b"cut"
+BATCH, END, CUT = b"f", b"end", b"cut"
 CUT_MESSAGE = ("This answer's events outgrew what is kept for resuming (MEGABRAIN_RESPONSE_EVENTS_MAX_BYTES); "
                "a stored response can be retrieved once it has completed.")
 
@@ -58,17 +59,18 @@ _owner_decoder = msgspec.json.Decoder(AnswerOwner)
 class EventLog:
     """The kept events of detached answers (a Redis stream per answer)."""
 
-    def __init__(self, redis: Redis, names: Names, ttl: float, max_bytes: int) -> None:
+    def __init__(self, redis: Redis, names: Names, ttl: float, max_bytes: int, answer_time: float) -> None:
         self.redis = redis
         self.names = names
-        self.ttl = max(1, int(ttl))
+        self.ttl = max(1, int(ttl))  # after the answer's last event
+        self.live_ttl = self.ttl + max(1, int(answer_time))  # from its first: the longest an answer runs, plus that
         self.max_bytes = max_bytes
 
     def writer(self, request_id: str) -> "EventWriter":
         return EventWriter(self, self.names.answer_events(request_id), self.names.answer_owner(request_id))
 
     async def claim(self, request_id: str, owner: AnswerOwner) -> None:
-        await self.redis.set(self.names.answer_owner(request_id), msgspec.json.encode(owner), ex=self.ttl)
+        await self.redis.set(self.names.answer_owner(request_id), msgspec.json.encode(owner), ex=self.live_ttl)
 
     async def owner(self, request_id: str) -> AnswerOwner | None:
         raw = await self.redis.get(self.names.answer_owner(request_id))
@@ -78,9 +80,12 @@ class EventLog:
             return None
 
     async def read(self, request_id: str, after: int) -> list[tuple[int, bytes, bytes]] | None:
-        """Entries after sequence number ``after`` as (seq, kind, frame), waiting up to ``READ_BLOCK_MS``
+        """Events after sequence number ``after`` as (seq, kind, frame), waiting up to ``READ_BLOCK_MS``
         for one; [] when none came (or none yet: the answer is queued), None when the answer keeps no
-        events (never did, or they expired)."""
+        events (never did, or they expired).
+
+        An entry is one batch of events (what one event from the worker made), its id ``0-<last seq + 1>``:
+        the entries after ``0-<after + 1>`` hold every event after ``after``, the first maybe a few before it."""
         key = self.names.answer_events(request_id)
         got = await self.redis.xread({key: f"0-{after + 1}"}, count=READ_COUNT, block=READ_BLOCK_MS)
         if not got:
@@ -89,46 +94,60 @@ class EventLog:
             return None
         out = []
         for entry_id, fields in got[0][1]:
-            seq = int(entry_id.split(b"-")[1]) - 1
-            kind, frame = next(iter(fields.items()))
-            out.append((seq, kind, frame))
+            last = int(entry_id.split(b"-")[1]) - 1
+            kind, blob = next(iter(fields.items()))
+            if kind != BATCH:
+                out.append((last, kind, b""))
+                continue
+            frames = split_events(blob)
+            first = last - len(frames) + 1
+            out.extend((first + n, BATCH, frame) for n, frame in enumerate(frames) if first + n > after)
         return out
 
 
+def split_events(frames: bytes) -> list[bytes]:
+    """The SSE events in ``frames`` (comments, such as keep-alives, left out), each ending in a blank line."""
+    return [frame + b"\n\n" for frame in frames.split(b"\n\n") if frame and not frame.startswith(b":")]
+
+
 class EventWriter:
-    """One answer's events, appended in order (``add``), then closed (``end``)."""
+    """One answer's events, appended in order (``add``), then closed (``end``): one ``XADD`` per batch,
+    the TTL set with the first and the last."""
 
     def __init__(self, log: EventLog, key: str, owner_key: str) -> None:
         self.log = log
         self.key = key
         self.owner_key = owner_key
-        self.seq = 0  # the next entry's sequence number
+        self.seq = 0  # the next event's sequence number
         self.size = 0
         self.ended = False
 
     async def add(self, frames: bytes) -> None:
-        events = [frame + b"\n\n" for frame in frames.split(b"\n\n") if frame and not frame.startswith(b":")]
+        events = split_events(frames)
         if not events or self.ended:
             return
         self.size += sum(len(e) for e in events)
         if self.size > self.log.max_bytes:
-            await self._write([(CUT, b"")])
+            await self._write(CUT, b"", 1, final=True)
             self.ended = True
             return
-        await self._write([(b"f", e) for e in events])
+        await self._write(BATCH, b"".join(events), len(events), final=False)
 
     async def end(self) -> None:
         if not self.ended:
             self.ended = True
-            await self._write([(END, b"")])
+            await self._write(END, b"", 1, final=True)
 
-    async def _write(self, entries: list[tuple[bytes, bytes]]) -> None:
+    async def _write(self, kind: bytes, blob: bytes, count: int, final: bool) -> None:
+        first = self.seq == 0
+        self.seq += count
         async with self.log.redis.pipeline(transaction=False) as pipe:
-            for kind, frame in entries:
-                self.seq += 1
-                pipe.xadd(self.key, {kind: frame}, id=f"0-{self.seq}")
-            pipe.expire(self.key, self.log.ttl)
-            pipe.expire(self.owner_key, self.log.ttl)
+            pipe.xadd(self.key, {kind: blob}, id=f"0-{self.seq}")
+            if final:
+                pipe.expire(self.key, self.log.ttl)
+                pipe.expire(self.owner_key, self.log.ttl)
+            elif first:
+                pipe.expire(self.key, self.log.live_ttl)
             await pipe.execute()
 
 
