@@ -51,6 +51,7 @@ class AnswerOwner(msgspec.Struct, kw_only=True):
     key_id: str
     account: str | None = None
     follower: str = ""  # the reply channel of the web process following the answer
+    keepalive: str = ": keep-alive\n\n"  # its format's filler between events (Gemini's: a blank line)
 
 
 _owner_decoder = msgspec.json.Decoder(AnswerOwner)

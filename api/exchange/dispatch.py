@@ -24,7 +24,7 @@ from api.gateway import Gateway
 from api.access.limits import worst_case_cost
 from api.exchange.ids import client_request_id
 from api.exchange import background
-from api.exchange.answer import SSE_HEADERS, json_response, refusal, stream_response
+from api.exchange.answer import KEEPALIVE, SSE_HEADERS, json_response, refusal, stream_response
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
 from common.wire import Job, Route
@@ -168,7 +168,7 @@ class Dispatch:
         assert self.admission.key_id, "a detached answer needs a key to own it"
         gateway = self.gateway
         owner = background.AnswerOwner(key_id=self.admission.key_id, account=self.admission.account,
-                                       follower=gateway.relay.channel)
+                                       follower=gateway.relay.channel, keepalive=self._keepalive().decode())
         try:
             await self.exchange.submit(job, admission=self.pending)
             await gateway.response_events.claim(self.request_id, owner)
@@ -188,8 +188,13 @@ class Dispatch:
         return None
 
     def replay(self, after: int) -> Response:
-        """The detached answer's events after ``after``, live until its end."""
-        return replay_response(self.gateway, self.request_id, after, self.headers)
+        """The detached answer's events after ``after``, live until its end (with the format's own filler:
+        Google's SDKs fail on an SSE comment)."""
+        return replay_response(self.gateway, self.request_id, after, self.headers, self._keepalive())
+
+    def _keepalive(self) -> bytes:
+        keepalive: bytes = getattr(self.format.stream(), "keepalive", KEEPALIVE)
+        return keepalive
 
 
 RESUMABLE_HEADER = "x-megabrain-resumable"
@@ -199,10 +204,11 @@ async def _nothing() -> None:
     return None
 
 
-def replay_response(gateway: Gateway, request_id: str, after: int, headers: dict[str, str]) -> Response:
+def replay_response(gateway: Gateway, request_id: str, after: int, headers: dict[str, str],
+                    keepalive: bytes = KEEPALIVE) -> Response:
     """A detached answer's events after sequence number ``after`` (-1: all), from any web process."""
     deadline = time.time() + gateway.settings.request_timeout + 60
-    return StreamingResponse(background.replay(gateway.response_events, request_id, after, deadline),
+    return StreamingResponse(background.replay(gateway.response_events, request_id, after, deadline, keepalive),
                              media_type="text/event-stream",
                              headers={**SSE_HEADERS, **headers, "x-megabrain-answer-id": request_id})
 
