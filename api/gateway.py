@@ -109,6 +109,9 @@ class Gateway:
         self.response_events = EventLog(self.redis, self.names, settings.response_events_ttl,
                                         settings.response_events_max_bytes, settings.request_timeout + 60)
         self.background: set[asyncio.Task[None]] = set()  # answers followed with no connection (background)
+        # where this process's reply channel is subscribed (a cancel for its answers, or a look at whether
+        # another process still follows one, goes there)
+        self.reply_redises = [redis for redis, _ in self.redises.by_redis(configured)]
         self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id),
                            settings.stream_buffer_bytes)
         self.live = LiveWorkers(self.redises, self.names, configured)

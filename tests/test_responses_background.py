@@ -15,14 +15,15 @@ import pytest
 from tests import agent_clients, responses_grammar
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
-from tests.harness import GatewayHarness, auth, create_key, env_for, tokens_text, wait_until
+from tests.harness import GatewayHarness, ProcessGateway, auth, create_key, env_for, tokens_text, wait_until
 
 GPT = "openai/gpt-4o-mini"
 
 
 class Stack:
-    def __init__(self, web: GatewayHarness, other_web: GatewayHarness, fake: OpenAIFakeState, keys: list[str]) -> None:
-        self.web, self.other_web, self.fake, self.keys = web, other_web, fake, keys
+    def __init__(self, web: GatewayHarness, other_web: GatewayHarness, fake: OpenAIFakeState, keys: list[str],
+                 env: dict[str, str]) -> None:
+        self.web, self.other_web, self.fake, self.keys, self.env = web, other_web, fake, keys, env
 
     def client(self, which: int = 0, web: GatewayHarness | None = None) -> openai.OpenAI:
         return openai.OpenAI(base_url=(web or self.web).url + "/v1", api_key=self.keys[which], max_retries=0,
@@ -36,7 +37,7 @@ def stack(redis_url: str) -> Iterator[Stack]:
         env = env_for(redis_url, OPENAI_BASE_URL=upstream.url + "/v1", OPENAI_API_KEY="sk-upstream-test")
         keys = [create_key(redis_url, env["MEGABRAIN_NAMESPACE"], name) for name in ("one", "two")]
         with GatewayHarness.from_env(env) as web, GatewayHarness.from_env(env, pools=()) as other_web:
-            yield Stack(web, other_web, fake, keys)
+            yield Stack(web, other_web, fake, keys, env)
 
 
 @pytest.fixture
@@ -220,3 +221,39 @@ def test_kept_events_expire_then_404(s: Stack) -> None:
         _redis(s, "pexpire", key, 1)  # the retention window ends
     assert wait_until(lambda: not _redis(s, "exists", *keys), 5)
     assert httpx.get(f"{s.web.url}/v1/streams/{answer_id}", headers=auth(s.keys[0]), timeout=20).status_code == 404
+
+
+def test_a_killed_web_process_ends_its_answers_clearly_and_unbilled(s: Stack) -> None:
+    """``megabrain web`` SIGKILLed while following a resumable stream and a background Response: a resume
+    through another web process gets the events kept so far, then an ``answer_lost`` error (no hang); the
+    Response reads ``failed``; the worker stops at its next event (nobody receives it) and bills nothing."""
+    s.fake.tokens, s.fake.token_delay = 400, 0.02
+    with ProcessGateway({**s.env, "MEGABRAIN_UPSTREAM_MAX_RETRIES": "0"}) as doomed:
+        client = s.client(web=doomed)  # type: ignore[arg-type]
+        s.fake.hold_answers = True
+        background = client.responses.create(model=GPT, input="Hello", background=True)
+        assert wait_until(lambda: len(s.fake.requests) == 1, 10)
+        body = {"model": GPT, "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
+        with httpx.stream("POST", doomed.url + "/v1/chat/completions", json=body, timeout=20,
+                          headers={**auth(s.keys[0]), "x-megabrain-resumable": "true"}) as response:
+            answer_id = response.headers["x-megabrain-answer-id"]
+            s.fake.hold_answers = False
+            seen = 0
+            for line in response.iter_lines():
+                seen += line.startswith("data: ")
+                if seen == 5:
+                    break
+        assert doomed.web is not None
+        doomed.web.kill()  # SIGKILL: no shutdown, nothing written at the end
+        doomed.web.wait(10)
+        with httpx.stream("GET", f"{s.other_web.url}/v1/streams/{answer_id}", timeout=30,
+                          headers={**auth(s.keys[0]), "last-event-id": "4"}) as resumed:
+            lines = list(resumed.iter_lines())
+        data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+        assert data[-1]["code"] == "answer_lost" and "[DONE]" not in lines
+        other = s.client(web=s.other_web)
+        assert other.responses.retrieve(background.id).status == "failed"
+        assert wait_until(lambda: s.fake.streams_closed_early >= 2, 10)  # both upstream calls stopped
+    for gone in (answer_id, background.id.removeprefix("resp_")):
+        assert httpx.get(s.web.url + "/api/v1/generation", params={"id": gone},
+                         headers=auth(s.keys[0]), timeout=10).status_code == 404  # nothing billed

@@ -43,6 +43,8 @@ log = logging.getLogger("megabrain.background")
 READ_BLOCK_MS = 5000  # one blocking read's wait (below the Redis client's socket timeout)
 READ_COUNT = 1000  # entries per read
 BATCH, END, CUT = b"f", b"end", b"cut"
+LOST_MESSAGE = ("The web process following this answer stopped before the answer ended; the rest of it is "
+                "lost and not billed. Send the request again.")
 CUT_MESSAGE = ("This answer's events outgrew what is kept for resuming (MEGABRAIN_RESPONSE_EVENTS_MAX_BYTES); "
                "a stored response can be retrieved once it has completed.")
 
@@ -153,31 +155,54 @@ class EventWriter:
 
 
 async def replay(log_: EventLog, request_id: str, after: int, deadline: float,
-                 keepalive: bytes = b": keep-alive\n\n") -> AsyncIterator[bytes]:
+                 keepalive: bytes = b": keep-alive\n\n",
+                 followed: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[bytes]:
     """The answer's SSE events after sequence number ``after``, each with its ``id:``, until its end (or
-    ``deadline``, epoch seconds, for an answer whose follower vanished without a word)."""
+    ``deadline``, epoch seconds). While nothing comes, ``followed`` is asked whether a web process still
+    follows the answer: one killed (SIGKILL, a lost dyno) wrote no end, and its answer ends here with an
+    error event (its worker, finding no receiver, stops; nothing more is billed)."""
     while time.time() < deadline:
         entries = await log_.read(request_id, after)
         if entries is None:
             return
         if not entries:
+            if followed is not None and not await followed():
+                yield _error_event(after + 1, "answer_lost", LOST_MESSAGE)
+                return
             yield keepalive
             continue
         for seq, kind, frame in entries:
             if kind == END:
                 return
             if kind == CUT:
-                yield b"id: " + str(seq).encode() + b"\nevent: error\ndata: " + msgspec.json.encode({
-                    "type": "error", "code": "events_not_kept", "message": CUT_MESSAGE, "param": None,
-                    "sequence_number": seq, "error": {"type": "events_not_kept", "message": CUT_MESSAGE}}) + b"\n\n"
+                yield _error_event(seq, "events_not_kept", CUT_MESSAGE)
                 return
             after = seq
             yield b"id: " + str(seq).encode() + b"\n" + frame
 
 
-async def cancel(redis: Redis, channel: str, request_id: str) -> None:
+def _error_event(seq: int, code: str, message: str) -> bytes:
+    """An in-band error ending a replayed stream (the Responses API's error event, with the ``error`` object
+    the other SDKs read)."""
+    return b"id: " + str(seq).encode() + b"\nevent: error\ndata: " + msgspec.json.encode({
+        "type": "error", "code": code, "message": message, "param": None, "sequence_number": seq,
+        "error": {"type": code, "message": message}}) + b"\n\n"
+
+
+async def cancel(redises: list[Redis], channel: str, request_id: str) -> None:
     """Ask the web process following a background answer (its reply ``channel``) to stop it."""
-    await redis.publish(channel, event_encoder.encode(Event(request_id, 0, 0, "cancel")))
+    event = event_encoder.encode(Event(request_id, 0, 0, "cancel"))
+    for redis in redises:
+        await redis.publish(channel, event)
+
+
+async def followed(redises: list[Redis], channel: str) -> bool:
+    """Whether the web process with reply ``channel`` is still there (subscribed): it follows its answers."""
+    for redis in redises:
+        for _, count in await redis.pubsub_numsub(channel):
+            if int(count) > 0:
+                return True
+    return False
 
 
 Encode = Callable[[Event], bytes]

@@ -6,6 +6,7 @@ share this path, so a change to admission, queueing or cancellation is made once
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
@@ -205,10 +206,13 @@ async def _nothing() -> None:
 
 
 def replay_response(gateway: Gateway, request_id: str, after: int, headers: dict[str, str],
-                    keepalive: bytes = KEEPALIVE) -> Response:
-    """A detached answer's events after sequence number ``after`` (-1: all), from any web process."""
+                    keepalive: bytes = KEEPALIVE, follower: str = "") -> Response:
+    """A detached answer's events after sequence number ``after`` (-1: all), from any web process
+    (``follower``: the reply channel of the process following it, watched while nothing comes)."""
     deadline = time.time() + gateway.settings.request_timeout + 60
-    return StreamingResponse(background.replay(gateway.response_events, request_id, after, deadline, keepalive),
+    followed = functools.partial(background.followed, gateway.reply_redises, follower) if follower else None
+    return StreamingResponse(background.replay(gateway.response_events, request_id, after, deadline, keepalive,
+                                               followed),
                              media_type="text/event-stream",
                              headers={**SSE_HEADERS, **headers, "x-megabrain-answer-id": request_id})
 

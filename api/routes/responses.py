@@ -141,18 +141,32 @@ async def _stored(request: Request, what: str) -> tuple[ResponseStore, StoredRes
         raise unavailable("The gateway cannot reach its store (Redis) right now.", retry_after=2) from None
 
 
+async def _unfollowed(gateway: Gateway, record: StoredResponse) -> StoredResponse:
+    """A background answer still pending whose web process is gone (killed: it wrote no end) is ``failed``,
+    and stored so."""
+    if not record.follower or record.status() not in ("queued", "in_progress") or \
+            await background.followed(gateway.reply_redises, record.follower):
+        return record
+    response = msgspec.json.decode(record.response)
+    response.update(status="failed", error={"code": "answer_lost", "message": background.LOST_MESSAGE})
+    record.response = msgspec.Raw(msgspec.json.encode(response))
+    await gateway.responses.save(record)
+    return record
+
+
 async def get_response(request: Request) -> Response:
     """The stored Response object, as the client got it; with ``stream=true``, a background answer's
     events after ``starting_after`` (default: all), live until its end."""
     _, record, _ = await _stored(request, "to read a stored response")
     if request.query_params.get("stream") not in ("true", "1"):
-        return _json(bytes(record.response))
+        return _json(bytes((await _unfollowed(request.app.state.gateway, record)).response))
     raw = request.query_params.get("starting_after") or "-1"
     if not raw.lstrip("-").isdigit() or int(raw) < -1:
         raise invalid("starting_after must be an event's sequence_number (0 or more).", param="starting_after")
     if not record.follower:
         raise invalid("Only a background response (background: true) can be streamed again.", param="stream")
-    return replay_response(request.app.state.gateway, record.id.removeprefix("resp_"), int(raw), {})
+    return replay_response(request.app.state.gateway, record.id.removeprefix("resp_"), int(raw), {},
+                           follower=record.follower)
 
 
 async def cancel_response(request: Request) -> Response:
@@ -164,11 +178,13 @@ async def cancel_response(request: Request) -> Response:
         raise invalid("Only a background response (background: true) can be cancelled.", param="response_id")
     gateway: Gateway = request.app.state.gateway
     if record.status() in ("queued", "in_progress"):
-        await background.cancel(gateway.redis, record.follower, record.id.removeprefix("resp_"))
+        await background.cancel(gateway.reply_redises, record.follower, record.id.removeprefix("resp_"))
         deadline = time.time() + CANCEL_WAIT
-        async for _ in background.replay(gateway.response_events, record.id.removeprefix("resp_"), -1, deadline):
+        followed = functools.partial(background.followed, gateway.reply_redises, record.follower)
+        async for _ in background.replay(gateway.response_events, record.id.removeprefix("resp_"), -1, deadline,
+                                         followed=followed):
             pass  # until the follower closed its events (it stores the outcome first)
-        record = await store.get(record.id, owner)
+        record = await _unfollowed(gateway, await store.get(record.id, owner))
     return _json(bytes(record.response))
 
 

@@ -47,7 +47,8 @@ async def resume_stream(request: Request) -> Response:
         raise GatewayError("not_found", f"There is no resumable stream {answer_id!r} for this key (a stream "
                            "is resumable when asked with x-megabrain-resumable: true; its events are kept "
                            "MEGABRAIN_RESPONSE_EVENTS_TTL).", param="answer_id")
-    return replay_response(gateway, match.group(1), after, {}, owner.keepalive.encode())  # type: ignore[union-attr]
+    return replay_response(gateway, match.group(1), after, {}, owner.keepalive.encode(),  # type: ignore[union-attr]
+                           owner.follower)
 
 
 ROUTES = [("GET", "/streams/{answer_id}", resume_stream)]
