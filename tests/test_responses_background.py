@@ -257,3 +257,19 @@ def test_a_killed_web_process_ends_its_answers_clearly_and_unbilled(s: Stack) ->
     for gone in (answer_id, background.id.removeprefix("resp_")):
         assert httpx.get(s.web.url + "/api/v1/generation", params={"id": gone},
                          headers=auth(s.keys[0]), timeout=10).status_code == 404  # nothing billed
+
+
+@pytest.mark.compat(client="Vercel AI SDK", npm="@ai-sdk/openai", protocol="OpenAI Responses", family="OpenAI chat")
+def test_vercel_ai_sdk_multi_turn_chat_with_item_references(s: Stack) -> None:
+    """The Vercel AI SDK's OpenAI provider sends earlier output back as ``item_reference`` items from its
+    second turn (it got a 400 there before stored responses); three turns, the last streamed."""
+    payload = {"baseURL": s.web.url + "/v1", "apiKey": s.keys[0], "model": GPT}
+    agent_clients.require_node_package("@ai-sdk/openai")
+    done = agent_clients.run_node("vercel_ai_chat.cjs", json.dumps(payload), package="ai")
+    result = json.loads(done.stdout or "{}")
+    assert done.returncode == 0 and "error" not in result, (result, done.stderr[-2000:])
+    assert result["texts"] == [tokens_text(s.fake.tokens)] * 3
+    assert "item_reference" in result["sent"][1] and "item_reference" in result["sent"][2]
+    sent = [m["role"] for m in s.fake.requests[-1]["body"]["messages"]]
+    assert sent == ["user", "assistant", "user", "assistant", "user"]  # the references, resolved
+    assert s.fake.requests[-1]["body"]["messages"][1]["content"] == tokens_text(s.fake.tokens)
