@@ -273,3 +273,17 @@ def test_vercel_ai_sdk_multi_turn_chat_with_item_references(s: Stack) -> None:
     sent = [m["role"] for m in s.fake.requests[-1]["body"]["messages"]]
     assert sent == ["user", "assistant", "user", "assistant", "user"]  # the references, resolved
     assert s.fake.requests[-1]["body"]["messages"][1]["content"] == tokens_text(s.fake.tokens)
+
+
+def test_a_background_response_deleted_while_running_stays_deleted(s: Stack) -> None:
+    client = s.client()
+    s.fake.hold_answers = True
+    made = client.responses.create(model=GPT, input="Hello", background=True)
+    assert wait_until(lambda: len(s.fake.requests) == 1, 10)
+    client.responses.delete(made.id)
+    s.fake.hold_answers = False
+    gateway = s.web.server.config.app.state.gateway  # type: ignore[union-attr]
+    events = gateway.names.answer_events(made.id.removeprefix("resp_"))
+    assert wait_until(lambda: 0 < _redis(s, "ttl", events) <= 3600, 10)  # ended: its events' last TTL is set
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(made.id)  # the answer's end did not bring it back

@@ -83,8 +83,11 @@ class ResponseStore:
         self.names = names
         self.ttl = max(1, int(ttl))
 
-    async def save(self, record: StoredResponse) -> None:
-        await self.redis.set(self.names.stored_response(record.id), msgspec.json.encode(record), ex=self.ttl)
+    async def save(self, record: StoredResponse, update: bool = False) -> None:
+        """Store the record; ``update``: only if it is still there (a background answer's later writes: one
+        deleted while it ran stays deleted)."""
+        await self.redis.set(self.names.stored_response(record.id), msgspec.json.encode(record), ex=self.ttl,
+                             xx=update)
 
     async def get(self, response_id: str, owner: Owner | None, param: str | None = None) -> StoredResponse:
         """The record, if ``owner`` may read it; 404 otherwise."""

@@ -63,7 +63,7 @@ async def keep(store: ResponseStore, fmt: OpenAIResponses, record: StoredRespons
     """Store the answer's Response object (only an answer that ended well has one)."""
     if fmt.final is not None:
         record.response = msgspec.Raw(msgspec.json.encode(fmt.final))
-        await store.save(record)
+        await store.save(record, update=bool(record.follower))  # a background answer's record exists already
 
 
 async def create_response(request: Request) -> Response:
@@ -110,7 +110,7 @@ async def in_background(dispatch: Dispatch, fmt: OpenAIResponses, record: Stored
 
     async def placeholder(status: str) -> None:
         record.response = msgspec.Raw(msgspec.json.encode(fmt.placeholder(dispatch.request_id, model, status)))
-        await store.save(record)
+        await store.save(record, update=status != "queued")  # queued: the first write, which creates it
 
     record.follower = dispatch.gateway.relay.channel
     refused = await dispatch.detach(job, before=functools.partial(placeholder, "queued"),
@@ -150,7 +150,7 @@ async def _unfollowed(gateway: Gateway, record: StoredResponse) -> StoredRespons
     response = msgspec.json.decode(record.response)
     response.update(status="failed", error={"code": "answer_lost", "message": background.LOST_MESSAGE})
     record.response = msgspec.Raw(msgspec.json.encode(response))
-    await gateway.responses.save(record)
+    await gateway.responses.save(record, update=True)
     return record
 
 
