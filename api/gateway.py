@@ -105,7 +105,8 @@ class Gateway:
         self.redis = self.redises.main  # keys, limits, usage, health; a pool's queue is redises.pool(pool)
         # one subscription per Redis this process enqueues to: workers reply on their pool's Redis
         subscriptions = Redises(settings, pubsub=True, max_connections=2).by_redis(configured)
-        self.responses = ResponseStore(self.redis, self.names, settings.response_ttl)  # store: true
+        self.responses = ResponseStore(self.redis, self.names, settings.response_ttl,
+                                       settings.response_max_bytes)  # store: true
         self.response_events = EventLog(self.redis, self.names, settings.response_events_ttl,
                                         settings.response_events_max_bytes, settings.request_timeout + 60)
         self.background: set[asyncio.Task[None]] = set()  # answers followed with no connection (background)

@@ -185,3 +185,22 @@ def test_a_stored_answer_stays_small(s: Stack) -> None:
     second = client.responses.create(model=GPT, input="short", previous_response_id=first.id)
     size = len(s.redis_call("get", s.stored_key(second.id)))
     assert size < len(first.output_text) * 2 + 10_000  # its own answer, not the 50 kB before it
+
+
+def test_a_response_larger_than_a_record_may_be_is_answered_not_stored(s: Stack,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    store = s.gateway.server.config.app.state.gateway.responses  # type: ignore[union-attr]
+    assert store.max_bytes == 4 * 1024 * 1024  # MEGABRAIN_RESPONSE_MAX_BYTES' default
+    monkeypatch.setattr(store, "max_bytes", 20_000)
+    client = s.client()
+    big_input = client.responses.create(model=GPT, input="x" * 30_000)
+    assert big_input.store is False and big_input.output_text == tokens_text(s.fakes.openai.tokens)
+    s.fakes.openai.tokens = 4000  # a small request, an answer past the bound: answered whole, not stored
+    big_answer = client.responses.create(model=GPT, input="Hello")
+    assert big_answer.store is True and big_answer.output_text == tokens_text(4000)
+    for made in (big_input, big_answer):
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(made.id)
+    s.fakes.openai.tokens = 16
+    small = client.responses.create(model=GPT, input="Hi")
+    assert client.responses.retrieve(small.id).id == small.id

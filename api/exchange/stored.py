@@ -78,16 +78,20 @@ def with_ids(items: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
 
 
 class ResponseStore:
-    def __init__(self, redis: Redis, names: Names, ttl: float) -> None:
+    def __init__(self, redis: Redis, names: Names, ttl: float, max_bytes: int) -> None:
         self.redis = redis
         self.names = names
         self.ttl = max(1, int(ttl))
+        self.max_bytes = max_bytes  # one record's most: a tenant's huge conversations stay out of Redis
 
-    async def save(self, record: StoredResponse, update: bool = False) -> None:
+    async def save(self, record: StoredResponse, update: bool = False) -> bool:
         """Store the record; ``update``: only if it is still there (a background answer's later writes: one
-        deleted while it ran stays deleted)."""
-        await self.redis.set(self.names.stored_response(record.id), msgspec.json.encode(record), ex=self.ttl,
-                             xx=update)
+        deleted while it ran stays deleted). False when it is larger than a record may be: not stored."""
+        encoded = msgspec.json.encode(record)
+        if len(encoded) > self.max_bytes:
+            return False
+        await self.redis.set(self.names.stored_response(record.id), encoded, ex=self.ttl, xx=update)
+        return True
 
     async def get(self, response_id: str, owner: Owner | None, param: str | None = None) -> StoredResponse:
         """The record, if ``owner`` may read it; 404 otherwise."""

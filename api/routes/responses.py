@@ -13,6 +13,7 @@ has a key to own it; a keyless caller's ``store`` is false.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any
 
@@ -33,6 +34,7 @@ from common.errors import GatewayError, invalid, unavailable
 from common.wire import Route
 from router.plan import plan_for
 
+log = logging.getLogger("megabrain.responses")
 INPUT_ITEMS_LIMIT = 20  # OpenAI's default page; at most 100
 CANCEL_WAIT = 10.0  # seconds a cancel waits for the follower to stop the answer
 
@@ -63,7 +65,8 @@ async def keep(store: ResponseStore, fmt: OpenAIResponses, record: StoredRespons
     """Store the answer's Response object (only an answer that ended well has one)."""
     if fmt.final is not None:
         record.response = msgspec.Raw(msgspec.json.encode(fmt.final))
-        await store.save(record, update=bool(record.follower))  # a background answer's record exists already
+        if not await store.save(record, update=bool(record.follower)):  # (a background one's exists already)
+            log.warning("response %s: larger than MEGABRAIN_RESPONSE_MAX_BYTES, not stored", record.id)
 
 
 async def create_response(request: Request) -> Response:
@@ -71,10 +74,11 @@ async def create_response(request: Request) -> Response:
     dispatch = Dispatch(gateway, request, "responses", OPENAI_RESPONSES)
     try:
         owner = owner_of(await dispatch.identify())  # who calls, before the body is read or planned
-        _, parsed = await read_json(request, ResponsesRequest, gateway.settings.limits.max_body_bytes)
+        body, parsed = await read_json(request, ResponsesRequest, gateway.settings.limits.max_body_bytes)
         dispatch.exchange.model = parsed.model
         whole, chain, turn = await with_history(gateway.responses, parsed, owner, dispatch.request_id)
-        stored = parsed.store is not False and owner is not None
+        # a request larger than a stored response may be is answered, not stored (its echo says so)
+        stored = parsed.store is not False and owner is not None and len(body) <= gateway.responses.max_bytes
         fmt = OpenAIResponses.for_request(parsed, stored)  # its answers restate the request's settings
         dispatch.format = fmt
         canonical = canonical_request(whole)
@@ -83,8 +87,9 @@ async def create_response(request: Request) -> Response:
         await dispatch.admit(plan, messages=canonical["messages"], tools=canonical.get("tools"),
                              request=canonical, with_enqueue=True)
         if parsed.background and not stored:
-            raise invalid("background needs store (the default) and an API key: a background answer is read "
-                          "back as a stored response.", param="background")
+            raise invalid("background needs store (the default), an API key and a request within "
+                          "MEGABRAIN_RESPONSE_MAX_BYTES: a background answer is read back as a stored response.",
+                          param="background")
     except GatewayError as error:
         return await dispatch.refuse(error)
     record = None
