@@ -204,3 +204,22 @@ def test_a_response_larger_than_a_record_may_be_is_answered_not_stored(s: Stack,
     s.fakes.openai.tokens = 16
     small = client.responses.create(model=GPT, input="Hi")
     assert client.responses.retrieve(small.id).id == small.id
+
+
+def test_keys_of_one_account_share_its_responses(s: Stack) -> None:
+    """A signed-in user's keys (one account) read and continue each other's responses; another account's
+    key, like any other, gets 404."""
+    ns = s.env["MEGABRAIN_NAMESPACE"]
+    laptop, desktop, stranger = (create_key(s.env["REDIS_URL"], ns, name, owner=account)
+                                 for name, account in (("laptop", "acct-a"), ("desktop", "acct-a"),
+                                                       ("other", "acct-b")))
+
+    def client(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=s.gateway.url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+    made = client(laptop).responses.create(model=GPT, input="Hello")
+    assert client(desktop).responses.retrieve(made.id).id == made.id
+    follow_up = client(desktop).responses.create(model=GPT, input="More", previous_response_id=made.id)
+    assert follow_up.previous_response_id == made.id
+    with pytest.raises(openai.NotFoundError):
+        client(stranger).responses.retrieve(made.id)
