@@ -13,6 +13,8 @@ from api.access.accounts import AccountStore, HashingSlots
 from api.provider_health import load_snapshot
 from api.exchange.body import BodyBudget
 from api.exchange.relay import Relay
+from api.exchange.background import EventLog
+from api.exchange.stored import ResponseStore
 from common import metrics
 from common.candidates import LIVENESS_TTL, has_live_worker
 from common.names import Names
@@ -103,6 +105,14 @@ class Gateway:
         self.redis = self.redises.main  # keys, limits, usage, health; a pool's queue is redises.pool(pool)
         # one subscription per Redis this process enqueues to: workers reply on their pool's Redis
         subscriptions = Redises(settings, pubsub=True, max_connections=2).by_redis(configured)
+        self.responses = ResponseStore(self.redis, self.names, settings.response_ttl,
+                                       settings.response_max_bytes)  # store: true
+        self.response_events = EventLog(self.redis, self.names, settings.response_events_ttl,
+                                        settings.response_events_max_bytes, settings.request_timeout + 60)
+        self.background: set[asyncio.Task[None]] = set()  # answers followed with no connection (background)
+        # where this process's reply channel is subscribed (a cancel for its answers, or a look at whether
+        # another process still follows one, goes there)
+        self.reply_redises = [redis for redis, _ in self.redises.by_redis(configured)]
         self.relay = Relay([redis for redis, _ in subscriptions], self.names.reply_channel(settings.instance_id),
                            settings.stream_buffer_bytes)
         self.live = LiveWorkers(self.redises, self.names, configured)
@@ -151,5 +161,10 @@ class Gateway:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)  # bounded: shutdown must never hang on a Redis call
+        answers = list(self.background)  # each ends as failed, its work stopped (api/exchange/background.py)
+        for task in answers:
+            task.cancel()
+        if answers:
+            await asyncio.wait(answers, timeout=2.0)
         await self.relay.stop()
         await self.redises.aclose()

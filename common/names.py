@@ -60,6 +60,21 @@ class Names:
         """One served request's record for ``GET /api/v1/generation`` (msgpack, kept 30+ days)."""
         return f"{self.ns}:gen:{request_id}"
 
+    def stored_response(self, response_id: str) -> str:
+        """A stored Responses object with its input items and chain (``api/exchange/stored.py``; JSON, kept
+        ``MEGABRAIN_RESPONSE_TTL``)."""
+        return f"{self.ns}:resp:{response_id}"
+
+    def answer_events(self, request_id: str) -> str:
+        """A detached answer's client events (background, resumable), a stream with entry ids
+        ``0-<seq + 1>`` (``api/exchange/background.py``; kept ``MEGABRAIN_RESPONSE_EVENTS_TTL``)."""
+        return f"{self.ns}:events:{request_id}"
+
+    def answer_owner(self, request_id: str) -> str:
+        """Who may read a detached answer's events, and which web process follows it (JSON, as long as
+        its events)."""
+        return f"{self.ns}:events:owner:{request_id}"
+
     def account(self, account_id: str) -> str:
         """One account's msgpack record (email, Argon2id password hash, created)."""
         return f"{self.ns}:account:{account_id}"

@@ -100,6 +100,10 @@ class Settings(msgspec.Struct, kw_only=True):
     public_url: str | None = None  # e.g. https://gw.example.com: makes the sign-up link in API errors absolute
     signup: bool = True  # MEGABRAIN_SIGNUP=off: no self-service accounts (private deployments)
     session_ttl: float = 14 * 86400.0  # seconds a browser stays signed in
+    response_ttl: float = 30 * 86400.0  # seconds a stored Responses object is kept (api/exchange/stored.py)
+    response_max_bytes: int = 4 * 1024 * 1024  # the largest stored response (its input and answer)
+    response_events_ttl: float = 3600.0  # seconds a background answer's events are kept after its last one
+    response_events_max_bytes: int = 8 * 1024 * 1024  # the most one answer's kept events may take
     # timing
     pickup_timeout: float = 5.0  # a job not picked up by then: fall back or 503
     heartbeat_timeout: float = 20.0  # no word from a busy worker for this long: it is presumed dead
@@ -146,6 +150,10 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "MEGABRAIN_PUBLIC_URL": ("public_url", str),
     "MEGABRAIN_SIGNUP": ("signup", bool),
     "MEGABRAIN_SESSION_TTL": ("session_ttl", float),
+    "MEGABRAIN_RESPONSE_TTL": ("response_ttl", float),
+    "MEGABRAIN_RESPONSE_MAX_BYTES": ("response_max_bytes", int),
+    "MEGABRAIN_RESPONSE_EVENTS_TTL": ("response_events_ttl", float),
+    "MEGABRAIN_RESPONSE_EVENTS_MAX_BYTES": ("response_events_max_bytes", int),
     "MEGABRAIN_PICKUP_TIMEOUT": ("pickup_timeout", float),
     "MEGABRAIN_HEARTBEAT_TIMEOUT": ("heartbeat_timeout", float),
     "MEGABRAIN_REQUEST_TIMEOUT": ("request_timeout", float),

@@ -179,6 +179,7 @@ EventKind = Literal[
     "relay_lost",  # made up by the web process itself: its subscription dropped, events may be lost
     "part",  # a piece of the next event's data: data above EVENT_PART_BYTES travels in pieces
     "overflow",  # made up by the web process itself: the client reads too slowly, its events were dropped
+    "cancel",  # a web process asks the one following a background answer to stop it (api/exchange/background.py)
 ]
 # No single PUBLISH carries more than this of an event's data (plus its small envelope): a large answer (a
 # 42 MB embeddings result) travels as "part" events the relay joins, never as one message that would break

@@ -5,7 +5,8 @@ gateway (API and the openai pool in one process, as ``megabrain serve``), sends 
 chat requests with a key, and prints the commands each request cost, by command; then the same with a key
 that has a monthly budget (each request also holds and returns a reservation). The background loops
 (liveness, health, metrics, the safety-net poll) are measured over an idle stretch of the same length and
-subtracted. The README's scaling bound comes from these numbers.
+subtracted. The README's scaling bound comes from these numbers. ``stream_resumable`` is a stream sent with
+``x-megabrain-resumable: true`` (its events kept: ``api/exchange/background.py``).
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
 
 
-def per_request(harness: GatewayHarness, client: sync_redis.Redis, key: str, n: int, stream: bool) -> dict[str, float]:
+def per_request(harness: GatewayHarness, client: sync_redis.Redis, key: str, n: int, stream: bool,
+                extra: dict[str, str] | None = None) -> dict[str, float]:
     """Commands per request of ``n`` requests, background activity over the same time subtracted."""
     body = {**BODY, "stream": stream}
-    headers = {"authorization": f"Bearer {key}"}
+    headers = {"authorization": f"Bearer {key}", **(extra or {})}
     with httpx.Client(base_url=harness.url, headers=headers, timeout=30) as http:
         http.post("/v1/chat/completions", json=body).raise_for_status()  # warm: scripts loaded, key cached
         time.sleep(0.5)  # the warm-up's batched writes land
@@ -71,11 +73,13 @@ def measure(n: int = 100, budgets: bool = True) -> dict[str, Any]:
             client = sync_redis.Redis(port=server.port)
             with GatewayHarness.from_env(env) as harness:
                 result = {}
-                runs = (("json", key, False), ("stream", key, True))
+                resumable = {"x-megabrain-resumable": "true"}  # a detached stream: its events kept
+                runs: tuple[tuple[str, str, bool, dict[str, str]], ...] = (
+                    ("json", key, False, {}), ("stream", key, True, {}), ("stream_resumable", key, True, resumable))
                 if budgets:
-                    runs += (("json_budget", budgeted, False), ("stream_budget", budgeted, True))
-                for label, api_key, stream in runs:
-                    by_command = per_request(harness, client, api_key, n, stream)
+                    runs += (("json_budget", budgeted, False, {}), ("stream_budget", budgeted, True, {}))
+                for label, api_key, stream, extra in runs:
+                    by_command = per_request(harness, client, api_key, n, stream, extra)
                     result[label] = {"total": round(sum(by_command.values()), 1), "by_command": by_command}
                 return {"requests": n, **result}
     finally:

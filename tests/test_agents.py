@@ -127,6 +127,31 @@ def test_messages_tool_round_trip(claude: "anthropic.Anthropic", fakes: Fakes, m
     assert "Sunny, 21 C" in sent
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_messages_keep_a_gemini_thought_signature_for_the_next_turn(claude: "anthropic.Anthropic", fakes: Fakes,
+                                                                   stream: bool) -> None:
+    """Claude Code on a Gemini model: the function call's thoughtSignature comes back in a thinking block's
+    signature (sealed), and the next turn's call part carries the real one, not the validator-skip dummy."""
+    fakes.gemini.function_call = {"name": "get_weather", "args": {"city": "Paris"}, "thoughtSignature": "gem-sig-7"}
+    kwargs: dict[str, Any] = {"model": GEMINI, "max_tokens": 200, "tools": [WEATHER],
+                              "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    if stream:
+        with claude.messages.stream(**kwargs) as s:
+            first = s.get_final_message()
+    else:
+        first = claude.messages.create(**kwargs)
+    assert "gem-sig-7" not in json.dumps(first.model_dump())  # opaque to the client, as Anthropic's are
+    use = next(b for b in first.content if b.type == "tool_use")
+    fakes.gemini.function_call = None
+    claude.messages.create(model=GEMINI, max_tokens=200, tools=[WEATHER], messages=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Sunny, 21 C"}]},
+    ])
+    call = next(p for p in fakes.gemini.requests[-1]["body"]["contents"][1]["parts"] if "functionCall" in p)
+    assert call["thoughtSignature"] == "gem-sig-7"
+
+
 def test_messages_to_anthropic_is_native(claude: "anthropic.Anthropic", fakes: Fakes) -> None:
     """To an Anthropic upstream the client's body goes as it came: unknown fields and beta header too,
     max_tokens clipped to the model's limit."""
@@ -324,9 +349,9 @@ def test_responses_namespace_call_maps_back(oai: openai.OpenAI, fakes: Fakes) ->
 
 
 def test_responses_refusals(oai: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as refused:
+    with pytest.raises(openai.NotFoundError) as refused:  # an id never stored (tests/test_responses_stored.py)
         oai.responses.create(model=GPT, input="hi", previous_response_id="resp_123")
-    assert "previous_response_id" in str(refused.value)
+    assert "resp_123" in str(refused.value)
     with pytest.raises(openai.NotFoundError):
         oai.responses.create(model="nobody/nothing-here", input="hi")
 

@@ -126,9 +126,11 @@ async def json_response(exchange: Exchange, fmt: WireFormat, headers: dict[str, 
                     return Response(status_code=CLIENT_GONE)
                 continue
             if event.kind == "result":
+                body = fmt.result(event)
+                await exchange.kept()
                 exchange.sent()
                 exchange.record(200, event.usage)
-                return FinishingResponse(exchange, fmt.result(event), 200,
+                return FinishingResponse(exchange, body, 200,
                                          served_headers(exchange, event.usage, headers),
                                          media_type=event.content_type or "application/json")
             if event.kind == "error":
@@ -155,9 +157,11 @@ async def _padded_json(exchange: Exchange, fmt: WireFormat) -> AsyncIterator[byt
         if event is None:
             yield b" "
         elif event.kind == "result":
+            body = fmt.result(event)
+            await exchange.kept()
             exchange.sent()
             exchange.record(200, event.usage)
-            yield fmt.result(event)
+            yield body
             return
         elif event.kind == "error":
             exchange.record(event.status)
@@ -185,6 +189,7 @@ async def stream_response(exchange: Exchange, fmt: WireFormat, headers: dict[str
             first = encoder.frames(event)  # data (or done): commit now, the rest follows in the body
             done = event.kind == "done"
             if done:
+                await exchange.kept()
                 exchange.record(200, event.usage)
             break
     except GatewayError as error:
@@ -219,8 +224,10 @@ async def _frames(exchange: Exchange, encoder: StreamEncoder, first: bytes, done
             exchange.record(event.status)
             yield encoder.error(event.status, event.data)
             return
-        exchange.sent()
+        frames = encoder.frames(event)
         done = event.kind == "done"
         if done:
+            await exchange.kept()
             exchange.record(200, event.usage)
-        yield encoder.frames(event)
+        exchange.sent()
+        yield frames

@@ -6,13 +6,15 @@ share this path, so a change to admission, queueing or cancellation is made once
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from redis.exceptions import RedisError
+from starlette.responses import Response, StreamingResponse
 
 from api.access.check import AccessCheck, Caller
 from api.access.admission import Admission, admitted, caller_of, counted_refusal, prepare
@@ -22,7 +24,8 @@ from api.formats.chat_completions import CHAT_COMPLETIONS
 from api.gateway import Gateway
 from api.access.limits import worst_case_cost
 from api.exchange.ids import client_request_id
-from api.exchange.answer import json_response, refusal, stream_response
+from api.exchange import background
+from api.exchange.answer import KEEPALIVE, SSE_HEADERS, json_response, refusal, stream_response
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
 from common.wire import Job, Route
@@ -142,7 +145,11 @@ class Dispatch:
         return refusal(self.exchange, self.format, error, self.headers)
 
     async def answer(self, job: Job) -> Response:
-        """Enqueue ``job`` and answer with its stream or its one result (or error)."""
+        """Enqueue ``job`` and answer with its stream or its one result (or error). A stream whose client asked
+        for it to be resumable (``x-megabrain-resumable: true``, with a key to own it) is detached."""
+        if job.stream and self.admission.key_id and self.request.headers.get(RESUMABLE_HEADER, "") in ("1", "true"):
+            refused = await self.detach(job)
+            return refused or self.replay(-1)
         try:
             await self.exchange.submit(job, admission=self.pending)
         except GatewayError as error:
@@ -152,6 +159,62 @@ class Dispatch:
                 self.headers.update(self.pending.result.headers)
         answer = stream_response if job.stream else json_response
         return await answer(self.exchange, self.format, self.headers, gone=self.request.is_disconnected)
+
+
+    async def detach(self, job: Job, before: Callable[[], Awaitable[None]] | None = None,
+                     on_start: Callable[[], Awaitable[None]] | None = None,
+                     on_cancel: Callable[[], Awaitable[None]] | None = None) -> Response | None:
+        """Enqueue ``job`` (a stream) and follow its answer on its own, keeping its events
+        (``api/exchange/background.py``): None once under way (``before`` ran), else the refusal."""
+        assert self.admission.key_id, "a detached answer needs a key to own it"
+        gateway = self.gateway
+        owner = background.AnswerOwner(key_id=self.admission.key_id, account=self.admission.account,
+                                       follower=gateway.relay.channel, keepalive=self._keepalive().decode())
+        try:
+            await self.exchange.submit(job, admission=self.pending)
+            await gateway.response_events.claim(self.request_id, owner)
+            if before is not None:
+                await before()
+        except GatewayError as error:
+            return await self.refuse(error)
+        except RedisError:
+            return await self.refuse(unavailable("The gateway cannot reach its store (Redis) right now.", 2))
+        finally:
+            if self.pending is not None and self.pending.result is not None:
+                self.headers.update(self.pending.result.headers)
+        encoder = self.format.stream()
+        background.start(gateway.background, background.follow(
+            self.exchange, gateway.response_events.writer(self.request_id), encoder.frames, encoder.error,
+            on_start or _nothing, on_cancel or _nothing), name=f"detached-{self.request_id}")
+        return None
+
+    def replay(self, after: int) -> Response:
+        """The detached answer's events after ``after``, live until its end (with the format's own filler:
+        Google's SDKs fail on an SSE comment)."""
+        return replay_response(self.gateway, self.request_id, after, self.headers, self._keepalive())
+
+    def _keepalive(self) -> bytes:
+        keepalive: bytes = getattr(self.format.stream(), "keepalive", KEEPALIVE)
+        return keepalive
+
+
+RESUMABLE_HEADER = "x-megabrain-resumable"
+
+
+async def _nothing() -> None:
+    return None
+
+
+def replay_response(gateway: Gateway, request_id: str, after: int, headers: dict[str, str],
+                    keepalive: bytes = KEEPALIVE, follower: str = "") -> Response:
+    """A detached answer's events after sequence number ``after`` (-1: all), from any web process
+    (``follower``: the reply channel of the process following it, watched while nothing comes)."""
+    deadline = time.time() + gateway.settings.request_timeout + 60
+    followed = functools.partial(background.followed, gateway.reply_redises, follower) if follower else None
+    return StreamingResponse(background.replay(gateway.response_events, request_id, after, deadline, keepalive,
+                                               followed),
+                             media_type="text/event-stream",
+                             headers={**SSE_HEADERS, **headers, "x-megabrain-answer-id": request_id})
 
 
 def plan_reaches(gateway: Gateway, plan: list[Route], kind: str) -> bool:

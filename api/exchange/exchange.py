@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -93,6 +94,9 @@ class Exchange:
         self.answer_due = False  # a settlement beat our close or re-run: its answer is on the way
         self.admission: "AccessCheck | None" = None  # run by the first enqueue (submit)
         self.handed_to: str | None = None  # the worker the last enqueue handed its job to directly
+        # what to keep of the answer (a stored Responses object), run once after its end is encoded and
+        # before the client gets it: the next turn, sent the moment this one ends, finds it
+        self.keep: Callable[[], Awaitable[None]] | None = None
 
     # -- enqueue ------------------------------------------------------------------------------------------
 
@@ -283,6 +287,15 @@ class Exchange:
         if usage is not None:
             self.usage = usage
 
+    async def kept(self) -> None:
+        """Run ``keep`` once. A store that fails loses the stored copy, not the answer (logged)."""
+        keep, self.keep = self.keep, None
+        if keep is not None:
+            try:
+                await keep()
+            except Exception as exc:
+                log.warning("request %s: answer not stored (%s)", self.request_id, type(exc).__name__)
+
     def sent(self) -> None:
         """Bytes of the answer went to the client: from now on the request is never re-run."""
         if not self.client_sent:
@@ -302,6 +315,18 @@ class Exchange:
             self.gateway.relay.close(self.request_id)
         if pending:  # the client went away, or the gateway gave up: stop the worker and the upstream
             await asyncio.shield(self._cancel())
+
+    async def cancel(self) -> bool:
+        """Stop the request on its owner's word (a background answer's cancel), as if its client left:
+        True when stopped, False when it had settled first (its answer is on the way, and wins)."""
+        if self.state not in ("queued", "running"):
+            return False
+        await self._cancel()
+        if self.closed is False:
+            self._await_answer()
+            return False
+        self.state = "settled"
+        return True
 
     async def _cancel(self) -> None:
         """Withdraw a queued job, or close the request and ask the running worker to drop it."""

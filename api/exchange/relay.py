@@ -173,7 +173,10 @@ class Relay:
             return
         inbox = self.inboxes.get(event.request_id)
         if inbox is not None:
-            inbox.deliver(event)
+            if event.kind == "cancel":  # from a web process, not the worker: no attempt or sequence
+                inbox.queue.put_nowait(event)
+            else:
+                inbox.deliver(event)
         if event.hello is not None:
             metrics.relay_event(time.time() - event.hello.sent_at)
 

@@ -18,6 +18,7 @@ SDKs fail on the SSE comment the other formats send).
 
 from __future__ import annotations
 
+import base64
 import functools
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -53,6 +54,28 @@ class WireFormat(Protocol):
         ...
 
     def stream(self) -> StreamEncoder: ...
+
+
+SEALED_PREFIX = "mb1."  # our opaque reasoning: canonical reasoning details as base64url JSON
+
+
+def seal_details(details: list[dict[str, Any]]) -> str:
+    """Reasoning details as one opaque string, for a client format whose only place for another
+    provider's reasoning is an opaque field (a Responses item's ``encrypted_content``, a Messages thinking
+    block's ``signature``): the client sends it back unchanged, and ``unseal_details`` restores them, their
+    ``format`` and call ``id`` included, for whichever upstream serves the next turn."""
+    return SEALED_PREFIX + base64.urlsafe_b64encode(msgspec.json.encode(details)).decode()
+
+
+def unseal_details(content: str) -> list[dict[str, Any]] | None:
+    """The details ``seal_details`` made, or None when ``content`` is not ours."""
+    if not content.startswith(SEALED_PREFIX):
+        return None
+    try:
+        details = msgspec.json.decode(base64.urlsafe_b64decode(content[len(SEALED_PREFIX):]))
+    except (ValueError, msgspec.DecodeError):
+        return None
+    return details if isinstance(details, list) else None
 
 
 def canonical_chunks(frames: bytes) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from api.formats import CanonicalStream, envelope_parts, shape_checked, sse
+from api.formats import CanonicalStream, envelope_parts, seal_details, shape_checked, sse, unseal_details
 from common.wire import Event
 
 _encode = msgspec.json.encode
@@ -137,6 +137,10 @@ def _assistant_message(content: str | list[dict[str, Any]]) -> dict[str, Any]:
             calls.append({"id": block.get("id"), "type": "function", "function": {
                 "name": block.get("name"), "arguments": _encode(block.get("input") or {}).decode()}})
         elif kind == "thinking":
+            sealed = unseal_details(str(block.get("signature") or ""))
+            if sealed is not None:  # another provider's reasoning (a Gemini thought signature), restored
+                details.extend({**detail, "index": len(details) + n} for n, detail in enumerate(sealed))
+                continue
             details.append({"type": "reasoning.text", "text": block.get("thinking") or "",
                             "signature": block.get("signature"), "format": CLAUDE_FORMAT,
                             "index": len(details)})
@@ -261,10 +265,23 @@ def anthropic_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def foreign_thinking(detail: dict[str, Any]) -> dict[str, Any] | None:
+    """Another provider's opaque reasoning (Gemini's thought signature, OpenAI's encrypted reasoning) as a
+    thinking block whose ``signature`` carries it sealed: clients such as Claude Code send thinking blocks
+    back exactly as they got them, so the next turn's upstream gets its own signature again (a
+    ``redacted_thinking`` block would come back as Anthropic's, and be lost for any other provider)."""
+    if detail.get("type") != "reasoning.encrypted" or detail.get("format") in (None, CLAUDE_FORMAT):
+        return None
+    return {"type": "thinking", "thinking": "", "signature": seal_details([detail])}
+
+
 def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     blocks = []
     for detail in message.get("reasoning_details") or ():
-        if detail.get("type") == "reasoning.text":
+        foreign = foreign_thinking(detail)
+        if foreign is not None:
+            blocks.append(foreign)
+        elif detail.get("type") == "reasoning.text":
             blocks.append({"type": "thinking", "thinking": detail.get("text") or "",
                            "signature": detail.get("signature") or ""})
         elif detail.get("type") == "reasoning.encrypted":
@@ -371,6 +388,12 @@ class MessagesStream(CanonicalStream):
         if not details and thinking:
             details = [{"type": "reasoning.text", "text": thinking}]
         for detail in details:
+            foreign = foreign_thinking(detail)
+            if foreign is not None:  # a block of its own: a signature_delta replaces the block's signature
+                self._start("thinking", {**foreign, "signature": ""}, out)
+                self._block_delta({"type": "signature_delta", "signature": foreign["signature"]}, out)
+                self._close(out)
+                continue
             if detail.get("type") == "reasoning.encrypted":
                 self._start("redacted", {"type": "redacted_thinking", "data": detail.get("data") or ""}, out)
                 self._close(out)

@@ -8,8 +8,9 @@ provider takes), ``function`` tools, ``namespace`` tools (flattened to ``<namesp
 chat-shaped upstream; calls are mapped back to the namespace and name), ``tool_choice``,
 ``parallel_tool_calls``, ``max_output_tokens``, ``temperature``, ``top_p``, ``text.format``,
 ``reasoning``, ``stream``. Built-in tools (``web_search``, file search…) have no equivalent at a
-chat-completions upstream and are dropped. ``store`` is ignored (nothing is stored) and
-``previous_response_id`` is refused: the client sends the whole conversation.
+chat-completions upstream and are dropped. ``store``, ``previous_response_id`` and ``item_reference``
+items are the route's (``api/routes/responses.py``, ``api/exchange/stored.py``): by the time a request
+reaches ``canonical_request`` its input is the whole conversation.
 
 Reasoning comes back as a ``reasoning`` item; its ``encrypted_content`` carries the upstream's reasoning
 details (signatures, encrypted reasoning) opaquely, so a client that sends the item back (Codex does)
@@ -18,19 +19,17 @@ gives the upstream its reasoning exactly as it produced it.
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Annotated, Any
 
 import msgspec
 
-from api.formats import CanonicalStream, envelope_parts, shape_checked, sse
+from api.formats import CanonicalStream, envelope_parts, seal_details, shape_checked, sse, unseal_details
 from common.errors import invalid
 from common.wire import Event
 
 _encode = msgspec.json.encode
 NAMESPACE_SEPARATOR = "__"
-ENCRYPTED_PREFIX = "mb1."  # our encrypted_content: reasoning details as base64url JSON
 
 
 class ResponsesRequest(msgspec.Struct):
@@ -46,6 +45,7 @@ class ResponsesRequest(msgspec.Struct):
     text: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     stream: bool | None = None
+    background: bool | None = None
     store: bool | None = None
     include: list[str] | None = None
     previous_response_id: str | None = None
@@ -62,19 +62,14 @@ class ResponsesRequest(msgspec.Struct):
 # ---------------------------------------------------------------------------------------------- request
 
 
-def encrypt_details(details: list[dict[str, Any]]) -> str:
-    return ENCRYPTED_PREFIX + base64.urlsafe_b64encode(_encode(details)).decode()
+encrypt_details = seal_details
 
 
 def decrypt_details(content: str) -> list[dict[str, Any]]:
     """Reasoning details back from ``encrypted_content``: ours, or an OpenAI upstream's own blob."""
-    if content.startswith(ENCRYPTED_PREFIX):
-        try:
-            details = msgspec.json.decode(base64.urlsafe_b64decode(content[len(ENCRYPTED_PREFIX):]))
-            if isinstance(details, list):
-                return details
-        except (ValueError, msgspec.DecodeError):
-            pass
+    details = unseal_details(content)
+    if details is not None:
+        return details
     return [{"type": "reasoning.encrypted", "data": content, "format": "openai-responses-v1"}]
 
 
@@ -160,9 +155,8 @@ def _messages(request: ResponsesRequest) -> list[dict[str, Any]]:
                 if summary:
                     pending_details.append({"type": "reasoning.summary", "summary": summary,
                                             "format": "openai-responses-v1"})
-        elif kind == "item_reference":
-            raise invalid("item_reference needs stored responses, which this gateway does not keep; send "
-                          "the items themselves.", param="input")
+        elif kind == "item_reference":  # resolved by the route from stored responses; one left is unknown
+            raise invalid(f"Item with id {item.get('id')!r} not found.", param="input")
         # other item types (built-in tool calls) have no canonical form and are skipped
     return messages
 
@@ -192,9 +186,6 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @shape_checked("OpenAI Responses")
 def canonical_request(request: ResponsesRequest) -> dict[str, Any]:
-    if request.previous_response_id:
-        raise invalid("previous_response_id is not supported: this gateway stores no responses; send the "
-                      "whole conversation in 'input'.", param="previous_response_id")
     body: dict[str, Any] = {"model": request.model, "messages": _messages(request)}
     tools = _tools(request.tools or [])
     if tools:
@@ -253,24 +244,25 @@ def _split_name(name: str) -> dict[str, Any]:
     return {"name": inner, "namespace": namespace} if sep and namespace and inner else {"name": name}
 
 
-def echo_of(request: ResponsesRequest | None) -> dict[str, Any]:
+def echo_of(request: ResponsesRequest | None, stored: bool = False) -> dict[str, Any]:
     """The request's settings as the Response object restates them, with OpenAI's values for what the
     request left out (API reference, "The response object"; a recorded o3 stream). Built once per request.
 
     ``tools`` are echoed as sent, built-in ones included (they are dropped on the way upstream; README
-    "Codex"); ``store`` is always false: nothing is stored, whatever the request asked. The bulky fields
+    "Codex"); ``store`` says whether the response is stored (``stored``: asked for, and the caller has
+    a key to own it). The bulky fields
     (an agent's tools and instructions run to tens of kilobytes) are encoded here once, as ``Raw`` JSON,
     not again in each of a stream's three snapshots."""
     r = request or ResponsesRequest(model="-", input="")
     reasoning = r.reasoning or {}
     return {
-        "background": False, "instructions": msgspec.Raw(_encode(r.instructions)),
+        "background": bool(r.background), "instructions": msgspec.Raw(_encode(r.instructions)),
         "max_output_tokens": r.max_output_tokens,
         "max_tool_calls": r.max_tool_calls, "metadata": r.metadata or {},
         "parallel_tool_calls": True if r.parallel_tool_calls is None else r.parallel_tool_calls,
-        "previous_response_id": None, "prompt_cache_key": r.prompt_cache_key,
+        "previous_response_id": r.previous_response_id, "prompt_cache_key": r.prompt_cache_key,
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "safety_identifier": r.safety_identifier, "store": False,
+        "safety_identifier": r.safety_identifier, "store": stored,
         "temperature": 1.0 if r.temperature is None else r.temperature,
         "text": r.text or {"format": {"type": "text"}}, "tool_choice": r.tool_choice or "auto",
         "tools": msgspec.Raw(_encode(r.tools or [])), "top_logprobs": r.top_logprobs or 0, "top_p": 1.0 if r.top_p is None else r.top_p,
@@ -342,19 +334,28 @@ class OpenAIResponses:
 
     def __init__(self, echo: dict[str, Any] | None = None) -> None:
         self.echo = echo or _NO_ECHO
+        self.final: dict[str, Any] | None = None  # the answer's Response object, once made (to be stored)
+        self.base = ""  # the request id, when known before the answer (a background answer's)
+        self.created = int(time.time())
+
+    def placeholder(self, base: str, model: str, status: str) -> dict[str, Any]:
+        """The Response object of an answer not made yet (``queued``, ``in_progress``, ``cancelled``)."""
+        self.base = base
+        return _response(f"resp_{base}", model, self.created, status, [], None, self.echo)
 
     @classmethod
-    def for_request(cls, request: ResponsesRequest) -> "OpenAIResponses":
-        return cls(echo_of(request))
+    def for_request(cls, request: ResponsesRequest, stored: bool = False) -> "OpenAIResponses":
+        return cls(echo_of(request, stored))
 
     def error_body(self, status: int, envelope: bytes) -> bytes:
         return envelope  # the Responses API's errors are the OpenAI envelope, which is ours
 
     def result(self, event: Event) -> bytes:
-        return _encode(response_from_completion(msgspec.json.decode(event.data), self.echo))
+        self.final = response_from_completion(msgspec.json.decode(event.data), self.echo)
+        return _encode(self.final)
 
     def stream(self) -> "ResponsesStream":
-        return ResponsesStream(self.echo)
+        return ResponsesStream(self.echo, self)
 
 
 class ResponsesStream(CanonicalStream):
@@ -363,8 +364,9 @@ class ResponsesStream(CanonicalStream):
     summary text inside one summary part (the OpenAI Node SDK's ``responses.stream()`` indexes
     ``summary[summary_index]`` on every summary delta)."""
 
-    def __init__(self, echo: dict[str, Any] | None = None) -> None:
+    def __init__(self, echo: dict[str, Any] | None = None, owner: OpenAIResponses | None = None) -> None:
         self.echo = echo or _NO_ECHO
+        self.owner = owner  # told the final Response object
         self.seq = -1
         self.started = False
         self.response_id = ""
@@ -390,7 +392,9 @@ class ResponsesStream(CanonicalStream):
         if self.started:
             return
         self.started = True
-        self.base = str(chunk.get("id") or "").removeprefix("chatcmpl-")
+        self.base = str(chunk.get("id") or "").removeprefix("chatcmpl-") or (self.owner.base if self.owner else "")
+        if self.owner is not None:
+            self.created = self.owner.created
         self.response_id = f"resp_{self.base}"
         self.model = chunk.get("model")
         out.append(self._event("response.created", response=self._snapshot("in_progress")))
@@ -401,6 +405,8 @@ class ResponsesStream(CanonicalStream):
         final = self._snapshot("completed")
         final.update(_incomplete(self.finish_reason))
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        if self.owner is not None:
+            self.owner.final = final
         out.append(self._event(kind, response=final))
 
     def _open(self, item: dict[str, Any], out: list[bytes]) -> None:
@@ -489,8 +495,10 @@ class ResponsesStream(CanonicalStream):
         error_type, message = envelope_parts(envelope)
         out: list[bytes] = []
         self.begin({}, out)
-        out.append(self._event("response.failed", response=self._snapshot(
-            "failed", error={"code": error_type, "message": message})))
+        failed = self._snapshot("failed", error={"code": error_type, "message": message})
+        if self.owner is not None:
+            self.owner.final = failed
+        out.append(self._event("response.failed", response=failed))
         return b"".join(out)
 
 

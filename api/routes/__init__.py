@@ -3,6 +3,7 @@
 A route module owns its paths (``ROUTES``) and its request's shape; it decides nothing about limits,
 queues or answers itself. It may import ``api.exchange``, ``api.access``, ``api.formats``, the root's
 ``gateway``, ``router`` and ``common`` — never another route's internals beyond a shared helper.
-``responses.py`` is the OpenAI Responses route (``/v1/responses``); the HTTP responses a request ends
-with are written by ``api/exchange/answer.py``.
+``responses.py`` is the OpenAI Responses route (``/v1/responses``, stored and background responses too),
+``streams.py`` resumes a detached stream of any format; the HTTP responses a request ends with are
+written by ``api/exchange/answer.py``.
 """
