@@ -21,7 +21,7 @@ from workers.runtime import Runtime
 
 
 def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None, seconds: float = 0.0,
-         finish_reason: str | None = None) -> Settlement:
+         finish_reason: str | None = None, ttft: float | None = None) -> Settlement:
     """The settlement of a served request: its tokens and cost for its key, day and model, and (a chat with
     a key) its generation record."""
     key_id = str(job.meta.get("key_id") or ANONYMOUS)
@@ -29,7 +29,7 @@ def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None,
     cost = _cost(usage.get("cost"))
     record = b""
     if key_id != ANONYMOUS and job.kind == "chat":
-        record = generation_encoder.encode(generation(runtime, job, route, usage, cost, seconds, finish_reason))
+        record = generation_encoder.encode(generation(runtime, job, route, usage, cost, seconds, finish_reason, ttft))
     return Settlement(
         request_id=job.request_id, attempt=job.attempt, key_id=key_id, model=route.model, deadline=job.deadline,
         prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
@@ -50,7 +50,7 @@ def failed(job: Job, usage: dict[str, Any] | None = None) -> Settlement:
 
 
 def generation(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any], cost: str,
-               seconds: float, finish_reason: str | None = None) -> Generation:
+               seconds: float, finish_reason: str | None = None, ttft: float | None = None) -> Generation:
     model = runtime.catalog.get(route.model)
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
@@ -63,7 +63,7 @@ def generation(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any], 
         cache_write_tokens=_count(prompt_details.get("cache_write_tokens")),
         reasoning_tokens=_count(completion_details.get("reasoning_tokens")), cost=cost,
         latency_ms=round(seconds * 1000), finish_reason=finish_reason, streamed=job.stream,
-        upstream_model=route.upstream_model,
+        upstream_model=route.upstream_model, ttft_ms=round(ttft * 1000) if ttft is not None else None,
     )
 
 

@@ -214,7 +214,8 @@ async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher, sp
         else:
             seconds = time.monotonic() - started
             await _outcome(runtime, route, True, seconds, 200)
-            settlement = accounting.bill(runtime, job, route, answer.usage, seconds, answer.finish_reason)
+            ttft = pub.first_data_at - started if pub.first_data_at is not None and job.stream else None
+            settlement = accounting.bill(runtime, job, route, answer.usage, seconds, answer.finish_reason, ttft)
             if attempt_span is not None:
                 tracing.end_attempt(attempt_span, token, status=200, route=route, finish_reason=answer.finish_reason,
                                     usage={"prompt_tokens": settlement.prompt_tokens,
