@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from api.exchange import observe
-from common import tracing
 from api.access.admission import admitted
+from common import tracing
 from common.candidates import enqueue_candidate, job_id
 from common.errors import GatewayError, unavailable
 from common.queue import JobWrite, withdraw, write_job
