@@ -20,7 +20,8 @@ Contract (the worker calls ``settle``; the web tier calls ``supersede`` and ``cl
   ``unbilled:<day>`` as ``superseded``/``closed``/``late`` (the operator paid for it). Otherwise the
   fence becomes ``s<attempt>``, the reservation's hold is returned, and either the request is billed
   (``bill``: usage, spend, generation record) or counted as ``failed`` unbilled work (``failed``: the
-  client gets an error), and the final event is published. A ``bill`` whose PUBLISH reached no subscriber
+  client gets an error; a signed-in user's chat gets a record of the error, for the Activity page), and
+  the final event is published. A ``bill`` whose PUBLISH reached no subscriber
   (the web process is gone: nobody can get this answer) is counted as ``unreceived`` instead of billed.
   Running it again for the same attempt does nothing and says so (``REPEAT``): a retry after a lost
   reply never bills twice.
@@ -128,6 +129,16 @@ if refused then
   unbilled(refused)
   return {0, refused}
 end
+-- the request's generation record, listed in its account's Activity (its newest @ACTIVITY_KEEP@, its record's life)
+local function record_generation()
+  if ARGV[9] == '' then return end
+  redis.call('SET', KEYS[6], ARGV[9], 'EX', @GENERATION_TTL@)
+  if ARGV[14] ~= '' then
+    redis.call('ZADD', KEYS[11], t[1] .. string.format('%06d', tonumber(t[2])), ARGV[14])  -- epoch µs
+    redis.call('ZREMRANGEBYRANK', KEYS[11], 0, -@ACTIVITY_KEEP@ - 1)
+    redis.call('EXPIRE', KEYS[11], @GENERATION_TTL@)
+  end
+end
 -- the request's current attempt: this is its one settlement (the fence says so from now on)
 return_hold(KEYS[4], KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[9], ARGV[13])
@@ -138,6 +149,7 @@ local outcome = ARGV[2]
 if outcome == 'bill' and receivers == 0 then outcome = 'unreceived' end
 if outcome ~= 'bill' then
   unbilled(outcome)
+  if outcome == 'failed' and receivers > 0 then record_generation() end  -- its client was told the error
   return {1, receivers}
 end
 local model = ARGV[5]
@@ -153,14 +165,7 @@ local function count(day)
 end
 count(KEYS[2])
 if ARGV[12] == '1' then count(KEYS[8]) end
-if ARGV[9] ~= '' then
-  redis.call('SET', KEYS[6], ARGV[9], 'EX', @GENERATION_TTL@)
-  if ARGV[14] ~= '' then  -- the account's Activity lists it (its newest @ACTIVITY_KEEP@, its record's life)
-    redis.call('ZADD', KEYS[11], t[1] .. string.format('%06d', tonumber(t[2])), ARGV[14])  -- epoch µs
-    redis.call('ZREMRANGEBYRANK', KEYS[11], 0, -@ACTIVITY_KEEP@ - 1)
-    redis.call('EXPIRE', KEYS[11], @GENERATION_TTL@)
-  end
-end
+record_generation()
 return {1, receivers}
 """
 

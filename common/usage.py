@@ -73,6 +73,8 @@ class Generation(msgspec.Struct, kw_only=True):
     streamed: bool = False
     upstream_model: str = ""
     ttft_ms: int | None = None  # a stream's first data, from the upstream call's start (None: not streamed)
+    status: int = 200  # what the client got: 200, or the error status of a request the worker failed
+    error_type: str | None = None  # that error's ``error_type`` (a failed request's record lists it in Activity)
 
 
 generation_encoder = msgspec.msgpack.Encoder()

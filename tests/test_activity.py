@@ -199,3 +199,25 @@ def test_requests_settled_in_the_same_microsecond_are_each_listed_once(gw: Gatew
     seeded = gw.run(_seed_ties(gw, key, 120), timeout=60)
     walked = walk(browser, "/profile/activity")
     assert len(walked) == len(set(walked)) == 120 and set(walked) == set(seeded)
+
+
+def test_a_request_the_worker_failed_is_listed_with_its_status_and_no_cost(
+        gw: GatewayHarness, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    browser, key = joined(gw, "failed@example.org")
+    fake_openai[0].failures = [400]  # the provider refuses it: neither retried nor handed on
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=20)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=PAID, messages=[{"role": "user", "content": PROMPT}])
+    request_id = refused.value.response.headers["x-request-id"]
+    answered = ask(gw, key)
+    page = browser.get("/profile/activity").text
+    assert listed(page) == [answered, f"chatcmpl-{request_id}"]
+    row = page[page.index(f"chatcmpl-{request_id}") - 2000:page.index(f"chatcmpl-{request_id}")]
+    row = row[row.rindex("<tr>"):]
+    assert "400 invalid_request" in row and "0.000000" in row and PROMPT not in page
+    rows = list(csv.DictReader(io.StringIO(browser.get("/profile/activity.csv").text)))
+    assert [(r["status"], r["cost_usd"]) for r in rows][1] == ("400", "0")
+    # the generation lookup stays for answered requests
+    lookup = httpx.get(gw.url + "/api/v1/generation", params={"id": f"chatcmpl-{request_id}"},
+                       headers={"authorization": f"Bearer {key}"})
+    assert lookup.status_code == 404

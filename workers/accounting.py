@@ -14,6 +14,9 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import msgspec
+
+from common.errors import GatewayError
 from common.settlement import Settlement
 from common.usage import ANONYMOUS, Generation, generation_encoder
 from common.wire import Job, Route
@@ -37,15 +40,24 @@ def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None,
     )
 
 
-def failed(job: Job, usage: dict[str, Any] | None = None) -> Settlement:
+def failed(job: Job, usage: dict[str, Any] | None = None, *, runtime: Runtime | None = None,
+           error: GatewayError | None = None) -> Settlement:
     """The settlement of a request its client gets an error for: nothing charged, the reservation returned,
-    and what is known of the upstream's work (``usage``) counted as unbilled."""
+    and what is known of the upstream's work (``usage``) counted as unbilled. With the ``error`` the client
+    is told, a chat of a signed-in user's key gets a record of it, listed in the account's Activity."""
     usage = usage or {}
+    account = str(job.meta.get("account") or "")
+    record = b""
+    if error is not None and runtime is not None and account and job.kind == "chat":
+        route = job.plan[job.hop]
+        entry = generation(runtime, job, route, {}, "0", 0.0)
+        record = generation_encoder.encode(msgspec.structs.replace(entry, status=error.status,
+                                                                   error_type=error.error_type))
     return Settlement(
         request_id=job.request_id, attempt=job.attempt, key_id=str(job.meta.get("key_id") or ANONYMOUS),
         model=job.plan[job.hop].model, deadline=job.deadline, outcome="failed",
         prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
-        cost=_cost(usage.get("cost")), reserved=job.reserved,
+        cost=_cost(usage.get("cost")), reserved=job.reserved, generation=record, account=account,
     )
 
 

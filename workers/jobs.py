@@ -133,7 +133,8 @@ async def _run(runtime: Runtime, job: Job) -> None:
 
 async def _fail(runtime: Runtime, job: Job, pub: Publisher, error: GatewayError) -> None:
     """Tell the client ``error``, in the settlement that releases the request's reservation."""
-    result = await pub.finish("error", error.body(), accounting.failed(job), status=error.status,
+    result = await pub.finish("error", error.body(), accounting.failed(job, runtime=runtime, error=error),
+                              status=error.status,
                               retry_after=error.retry_after)
     _refused(runtime, job, result)
 

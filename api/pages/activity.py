@@ -3,8 +3,10 @@
 Read from what settled them, nothing else: the settlement that bills a request writes its generation record
 (``gen:<request id>``, what ``GET /api/v1/generation`` answers) and lists it in the account's
 ``activity:<account>`` (common/settlement.py), in the same script that publishes its answer. So a row is
-there exactly when the request was billed, with the numbers it was billed for; a request that failed (not
-charged) is not listed. No prompt or answer is ever stored, so none can be shown.
+there exactly when the request was billed, with the numbers it was billed for; a request a worker failed
+(not charged) is listed with the error status its client got, from the settlement that told it. Refusals
+before the queue (authentication, limits, credits) never reach a worker and are not listed. No prompt or
+answer is ever stored, so none can be shown.
 
 Entries name their key and model, so the filters read no record they do not show; a page reads at most
 ``SCAN_LIMIT`` entries to fill itself, then offers "older" from where it stopped.
@@ -32,7 +34,7 @@ SCAN_LIMIT = 2_000  # entries one page view reads at most
 CSV_LIMIT = 10_000  # rows one export holds at most (the Activity keeps no more per account)
 CSV_FIELDS = ("time_utc", "request_id", "key", "model", "provider", "upstream_model", "prompt_tokens",
               "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd",
-              "latency_ms", "ttft_ms", "finish_reason", "streamed")
+              "latency_ms", "ttft_ms", "status", "error_type", "finish_reason", "streamed")
 
 
 @dataclass
@@ -180,7 +182,8 @@ async def activity_csv(request: Request) -> Response:
         r = row.record
         writer.writerow([_iso(r.created), r.id, _cell(row.key), r.model, r.provider, r.upstream_model,
                          r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.cache_write_tokens,
-                         r.reasoning_tokens, r.cost, r.latency_ms, "" if r.ttft_ms is None else r.ttft_ms, r.finish_reason or "",
+                         r.reasoning_tokens, r.cost, r.latency_ms, "" if r.ttft_ms is None else r.ttft_ms, r.status, r.error_type or "",
+                         r.finish_reason or "",
                          int(r.streamed)])
     headers = {**PAGE_HEADERS, "content-disposition":
                f'attachment; filename="activity-{first.isoformat()}-{last.isoformat()}.csv"'}
