@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from api.pages.dashboard import quantile
+from router.health import latency_bands, latency_field
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import GatewayHarness, ProcessGateway, wait_until
 from tests.pages import ADMIN_KEY, PAID, Browser, accounts_env, keys_in
@@ -68,6 +69,15 @@ def test_it_shows_todays_spend_per_key_and_model_and_the_refusals(gw: GatewayHar
     assert "live (" in pools and "gone" not in pools
     assert key not in page
 
+    # p50/p95 of the last minute, from the workers' latency bands (written a few times a second)
+    def p50() -> str:
+        providers = section(httpx.get(gw.url + "/operator", headers=ADMIN).text, "providers")
+        cells = re.search(r"openai closed \S+ (?:\d+ %|–) (\S+) (\S+) (\S+)", providers)
+        assert cells, providers
+        return cells.group(2)
+    assert wait_until(lambda: p50() != "–", 10)
+    assert float(p50()) <= 50.0  # the fake answers at once: the lowest band, interpolated
+
 
 def test_a_killed_worker_is_gone_and_an_opened_circuit_shows(redis_url: str, tmp_path: Path,
                                                              fake_openai: tuple[OpenAIFakeState, str]) -> None:
@@ -102,3 +112,14 @@ def test_quantiles_read_as_prometheus_reads_them() -> None:
     assert quantile(buckets, 0.7) == pytest.approx(0.3)
     assert quantile(buckets, 0.95) == pytest.approx(0.75)
     assert quantile([], 0.5) is None and quantile([(float("inf"), 0.0)], 0.5) is None
+
+
+def test_latency_bands_count_each_answered_call_once() -> None:
+    fields: dict[str, int] = {}
+    for seconds in (0.01, 0.04, 0.2, 0.3, 3.0, 500.0):
+        name = latency_field(seconds)
+        fields[name] = fields.get(name, 0) + 1
+    assert fields == {"lat<=0.05": 2, "lat<=0.25": 1, "lat<=0.5": 1, "lat<=4": 1, "lat>": 1}
+    bands = latency_bands(fields)
+    assert bands[0] == (0.05, 2) and bands[-1] == (float("inf"), 6)
+    assert quantile(bands, 0.5) == pytest.approx(0.25)

@@ -7,7 +7,7 @@ gateway already keeps it, so it cannot disagree with what routing, ``/ready``, `
 - pools: each pool's queue (depth, oldest job) and its workers' liveness entries (``live:<pool>``, scored
   by their last heartbeat: a worker unseen for ``LIVENESS_TTL`` is shown gone until its entry is dropped);
 - providers: the health snapshot the router uses (circuits, calls, error rate and mean latency over the
-  last minute, ``router/health.py``), and the upstream latency histogram's p50/p95;
+  last minute, ``router/health.py``), and p50/p95 from the same window's latency bands;
 - pickup latency and refusals: the processes' metrics (``<ns>:metrics`` snapshots, as ``/metrics`` sums
   them), since those processes started;
 - today's requests and spend: the usage counters the settlement writes per key, day and model.
@@ -36,7 +36,7 @@ from common import metrics
 from common.candidates import LIVENESS_TTL
 from common.errors import GatewayError
 from common.usage import ANONYMOUS, usage_key, utc_day
-from router.health import WINDOW_BUCKETS, BUCKET_SECONDS
+from router.health import BUCKET_SECONDS, WINDOW_BUCKETS, bucket_scope, hash_numbers, latency_bands, window
 
 TOP_KEYS = 20
 CHART_WIDTH = 600
@@ -127,7 +127,7 @@ async def dashboard(request: Request) -> Response:
         raise GatewayError("not_found", f"There is no route {request.url.path}.")
     now = time.time()
     pools, providers, (models, keys), refusals = await asyncio.gather(
-        read_pools(who, now), read_providers(who), read_today(who, now), read_refusals(who))
+        read_pools(who, now), read_providers(who, now), read_today(who, now), read_refusals(who))
     _bars(models)
     return who.render("dashboard.html", pools=pools, providers=providers, models=models, keys=keys,
                       refusals=refusals, chart_width=CHART_WIDTH, window_s=WINDOW_BUCKETS * BUCKET_SECONDS,
@@ -166,14 +166,33 @@ async def read_pools(who: Visitor, now: float) -> list[Pool]:
     return pools
 
 
-async def read_providers(who: Visitor) -> list[Provider]:
+async def _latency_windows(who: Visitor, providers: list[str], now: float) -> dict[str, list[tuple[float, float]]]:
+    """Each provider's answered calls per latency band over the health window (the workers' bucket hashes)."""
+    gateway = who.gateway
+    buckets = window(now)
+    async with gateway.redis.pipeline(transaction=False) as pipe:
+        for provider in providers:
+            for bucket in buckets:
+                pipe.hgetall(gateway.names.health(bucket_scope(provider, bucket)))
+        replies = await pipe.execute()
+    out: dict[str, list[tuple[float, float]]] = {}
+    for i, provider in enumerate(providers):
+        fields: dict[str, int] = {}
+        for raw in replies[i * len(buckets):(i + 1) * len(buckets)]:
+            for name, value in hash_numbers(raw, int).items():
+                fields[name] = fields.get(name, 0) + value
+        out[provider] = latency_bands(fields)
+    return out
+
+
+async def read_providers(who: Visitor, now: float) -> list[Provider]:
     health = who.gateway.health
-    samples = await _samples(who)
-    durations = _family(samples, "megabrain_upstream_duration_seconds")
+    names = _pool_names(who)
+    samples, latencies = await asyncio.gather(_samples(who), _latency_windows(who, names, now))
     errors = _family(samples, "megabrain_upstream_errors")
     rows = []
-    for name in _pool_names(who):
-        buckets = _buckets(durations, "megabrain_upstream_duration_seconds_bucket", provider=name)
+    for name in names:
+        buckets = latencies[name]
         by_status: dict[str, int] = {}
         for (sample, labels), value in errors.items():
             tags = dict(labels)
