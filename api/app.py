@@ -28,6 +28,7 @@ from api.exchange.body import BODY_BYTES
 from common.errors import GatewayError
 from common.settings import Settings, load_settings
 from common.telemetry import init_sentry, settle_heap, setup_logging
+from common.tracing import init_tracing, shutdown_tracing
 
 log = logging.getLogger("megabrain.api")
 
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     settings = settings or load_settings()
     setup_logging(settings.log_level)
     init_sentry(settings, "web")
+    init_tracing(settings.env, "web")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -74,6 +76,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
             yield
         finally:
             await gw.stop()
+            shutdown_tracing()
 
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
         return error_response(exc)

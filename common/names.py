@@ -75,6 +75,11 @@ class Names:
         its events)."""
         return f"{self.ns}:events:owner:{request_id}"
 
+    def activity(self, account_id: str) -> str:
+        """A signed-in user's answered requests, newest last: zset of ``<request id>|<key id>|<model>`` scored
+        by settlement time (epoch µs); each one's record is ``generation(request id)`` (the Activity page)."""
+        return f"{self.ns}:activity:{account_id}"
+
     def account(self, account_id: str) -> str:
         """One account's msgpack record (email, Argon2id password hash, created)."""
         return f"{self.ns}:account:{account_id}"

@@ -94,6 +94,7 @@ class Settings(msgspec.Struct, kw_only=True):
     sentry_dsn: str | None = None
     sentry_traces_sample_rate: float = 0.0
     admin_key: str | None = None  # at least 32 characters (common/server_secret.py)
+    operator_emails: str = ""  # comma-separated: these accounts, signed in, see the dashboard (api/pages/dashboard.py)
     metrics_key: str | None = None  # reads GET /metrics (the admin key does too)
     secret: str | None = None  # keys the account email index (common/server_secret.py)
     log_level: str = "info"
@@ -144,6 +145,7 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "SENTRY_DSN": ("sentry_dsn", str),
     "SENTRY_TRACES_SAMPLE_RATE": ("sentry_traces_sample_rate", float),
     "MEGABRAIN_ADMIN_KEY": ("admin_key", str),
+    "MEGABRAIN_OPERATOR_EMAILS": ("operator_emails", str),
     "MEGABRAIN_METRICS_KEY": ("metrics_key", str),
     "MEGABRAIN_SECRET": ("secret", str),
     "MEGABRAIN_LOG_LEVEL": ("log_level", str),

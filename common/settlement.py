@@ -20,7 +20,8 @@ Contract (the worker calls ``settle``; the web tier calls ``supersede`` and ``cl
   ``unbilled:<day>`` as ``superseded``/``closed``/``late`` (the operator paid for it). Otherwise the
   fence becomes ``s<attempt>``, the reservation's hold is returned, and either the request is billed
   (``bill``: usage, spend, generation record) or counted as ``failed`` unbilled work (``failed``: the
-  client gets an error), and the final event is published. A ``bill`` whose PUBLISH reached no subscriber
+  client gets an error; a signed-in user's chat gets a record of the error, for the Activity page), and
+  the final event is published. A ``bill`` whose PUBLISH reached no subscriber
   (the web process is gone: nobody can get this answer) is counted as ``unreceived`` instead of billed.
   Running it again for the same attempt does nothing and says so (``REPEAT``): a retry after a lost
   reply never bills twice.
@@ -56,9 +57,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutErr
 
 from common.mux import Script, mux_of
 from common.names import Names, new_request_id
-from common.usage import (ANONYMOUS, GENERATION_TTL_SECONDS, USAGE_TTL_SECONDS, account_inflight_key,
-                          account_usage_key, held_key, holds_key, inflight_key, spend_key, unbilled_key, usage_key,
-                          utc_day, utc_month)
+from common.usage import (ACTIVITY_KEEP, ANONYMOUS, GENERATION_TTL_SECONDS, USAGE_TTL_SECONDS,
+                          account_inflight_key, account_usage_key, activity_member, held_key, holds_key,
+                          inflight_key, spend_key, unbilled_key, usage_key, utc_day, utc_month)
 
 SETTLE_GRACE = 60.0  # seconds past a request's deadline that its settlement (and its hold) may come
 SETTLED_KEEP_MS = 30_000  # how long a first attempt's "settled" fence refuses a repeat (retries come in ms)
@@ -86,11 +87,11 @@ end
 _SETTLE = RETURN_HOLD + """
 -- KEYS: fence, usage day hash, month spend, holds, held total, generation, unbilled day hash,
 --       the account's usage day hash (a signed-in user's key; else unused), the key's and the
---       account's requests in flight (leases, api/access/limits.py)
+--       account's requests in flight (leases, api/access/limits.py), the account's activity
 -- ARGV: attempt, outcome ('bill'|'failed'), hold member ('' = none), settle-by (epoch ms), model,
 --       prompt tokens, completion tokens, cost (USD decimal), generation record ('' = none),
 --       reply channel ('' = the caller publishes), final event, '1' when the account's day counts too,
---       request id (its leases' member)
+--       request id (its leases' member), the account's activity entry ('' = none)
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local attempt = tonumber(ARGV[1])
@@ -128,6 +129,16 @@ if refused then
   unbilled(refused)
   return {0, refused}
 end
+-- the request's generation record, listed in its account's Activity (its newest @ACTIVITY_KEEP@, its record's life)
+local function record_generation()
+  if ARGV[9] == '' then return end
+  redis.call('SET', KEYS[6], ARGV[9], 'EX', @GENERATION_TTL@)
+  if ARGV[14] ~= '' then
+    redis.call('ZADD', KEYS[11], t[1] .. string.format('%06d', tonumber(t[2])), ARGV[14])  -- epoch µs
+    redis.call('ZREMRANGEBYRANK', KEYS[11], 0, -@ACTIVITY_KEEP@ - 1)
+    redis.call('EXPIRE', KEYS[11], @GENERATION_TTL@)
+  end
+end
 -- the request's current attempt: this is its one settlement (the fence says so from now on)
 return_hold(KEYS[4], KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[9], ARGV[13])
@@ -138,6 +149,7 @@ local outcome = ARGV[2]
 if outcome == 'bill' and receivers == 0 then outcome = 'unreceived' end
 if outcome ~= 'bill' then
   unbilled(outcome)
+  if outcome == 'failed' and receivers > 0 then record_generation() end  -- its client was told the error
   return {1, receivers}
 end
 local model = ARGV[5]
@@ -153,11 +165,12 @@ local function count(day)
 end
 count(KEYS[2])
 if ARGV[12] == '1' then count(KEYS[8]) end
-if ARGV[9] ~= '' then redis.call('SET', KEYS[6], ARGV[9], 'EX', @GENERATION_TTL@) end
+record_generation()
 return {1, receivers}
 """
 
 _CONSTANTS = {"@SETTLED_KEEP_MS@": SETTLED_KEEP_MS, "@UNBILLED_TTL@": UNBILLED_TTL_SECONDS,
+              "@ACTIVITY_KEEP@": ACTIVITY_KEEP,
               "@USAGE_TTL@": USAGE_TTL_SECONDS, "@GENERATION_TTL@": GENERATION_TTL_SECONDS}
 for _name, _value in _CONSTANTS.items():
     _SETTLE = _SETTLE.replace(_name, str(_value))
@@ -214,7 +227,7 @@ class Settlement:
     cost: str = "0"  # USD, a decimal string INCRBYFLOAT takes as is
     reserved: str = ""  # the hold the request made at admission (USD decimal string), returned here
     generation: bytes = b""  # the msgpack record behind GET /api/v1/generation ('' = none)
-    account: str = ""  # a signed-in user's key: its account's day totals count the request too
+    account: str = ""  # a signed-in user's key: its account's day totals and Activity count the request too
 
     def command(self, names: Names, channel: str, event: bytes, now: float | None = None) -> tuple[list[str], list[Any]]:
         """``SETTLE``'s keys and arguments."""
@@ -230,11 +243,13 @@ class Settlement:
             unbilled_key(names, utc_day(now)),
             account_usage_key(names, self.account, utc_day(now)) if self.account else names.key("acct:none"),
             *leases_of(names, key_id, self.account),
+            names.activity(self.account) if self.account else names.key("activity:none"),
         ]
+        listed = activity_member(self.request_id, key_id, self.model) if self.account and self.generation else ""
         args: list[Any] = [self.attempt, self.outcome, hold_member(self.request_id, held),
                            settle_by_ms(self.deadline), self.model, self.prompt_tokens, self.completion_tokens,
                            self.cost, self.generation, channel, event, "1" if self.account else "0",
-                           self.request_id]
+                           self.request_id, listed]
         return keys, args
 
 

@@ -15,6 +15,9 @@ import it without the worker importing the web tier.
     inflight:acct:<account>      zset                           by their deadline (ms): the same, per account
                                        (``anonymous``: every keyless request together)
     gen:<request id>             msgpack ``Generation``          one served request, for its key to look up
+    activity:<account>           zset  "<request id>|<key id>|<model>" by settlement time (epoch µs): a signed-in
+                                       user's answered requests, whose records are gen:<request id>
+                                       (the Activity page; the newest ACTIVITY_KEEP, for GENERATION_TTL)
     unbilled:<YYYY-MM-DD>        hash  "<reason>|<model>|<field>" upstream work nobody is charged for:
                                        superseded, closed, late, failed, unreceived (common/settlement.py)
 
@@ -37,6 +40,17 @@ USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost")
 
 
 GENERATION_TTL_SECONDS = 31 * 86400  # OpenRouter keeps generations looked up for at least 30 days
+ACTIVITY_KEEP = 10_000  # an account's Activity lists at most its latest this many requests
+
+
+def activity_member(request_id: str, key_id: str, model: str) -> str:
+    """An Activity entry: what its filters read (key, model) without reading the record."""
+    return f"{request_id}|{key_id}|{model}"
+
+
+def parse_activity_member(member: str) -> tuple[str, str, str]:
+    request_id, key_id, model = (member.split("|", 2) + ["", ""])[:3]
+    return request_id, key_id, model
 
 
 class Generation(msgspec.Struct, kw_only=True):
@@ -58,6 +72,9 @@ class Generation(msgspec.Struct, kw_only=True):
     finish_reason: str | None = None
     streamed: bool = False
     upstream_model: str = ""
+    ttft_ms: int | None = None  # a stream's first data, from the upstream call's start (None: not streamed)
+    status: int = 200  # what the client got: 200, or the error status of a request the worker failed
+    error_type: str | None = None  # that error's ``error_type`` (a failed request's record lists it in Activity)
 
 
 generation_encoder = msgspec.msgpack.Encoder()

@@ -165,6 +165,7 @@ class Job(msgspec.Struct, kw_only=True):
     seq: int = 0  # the last event seq of the request so far: a handed-over job continues after it
     native: Native | None = None  # the client's own request, for a provider that speaks its protocol
     meta: dict[str, Any] = {}  # route-specific job data (key id, upload fields), never protocol state
+    trace: str | None = None  # the request span's W3C traceparent when tracing is on (common/tracing.py)
 
 
 EventKind = Literal[

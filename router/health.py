@@ -80,6 +80,29 @@ class Counts:
         self.ms += other.ms
 
 
+LATENCY_BANDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)  # seconds, upper bounds
+
+
+def latency_field(seconds: float) -> str:
+    """The bucket-hash field counting a provider's answered calls this slow: ``lat<=<bound>`` (or ``lat>``);
+    the dashboard reads p50/p95 of the last minute from them (``api/pages/dashboard.py``)."""
+    for bound in LATENCY_BANDS:
+        if seconds <= bound:
+            return f"lat<={bound:g}"
+    return "lat>"
+
+
+def latency_bands(fields: dict[str, int]) -> list[tuple[float, float]]:
+    """Cumulative ``(upper bound, calls)`` from a window's ``lat…`` fields, as a histogram's buckets."""
+    per_band = {bound: fields.get(f"lat<={bound:g}", 0) for bound in LATENCY_BANDS}
+    per_band[float("inf")] = fields.get("lat>", 0)
+    total, out = 0.0, []
+    for bound in sorted(per_band):
+        total += per_band[bound]
+        out.append((bound, total))
+    return out
+
+
 def counter_field(kind: str, model: str | None) -> str:
     """Field name in a bucket hash: ``ok``/``fail``/``ms`` for the provider, ``ok|<model>`` … per model."""
     return kind if not model else f"{kind}|{model}"

@@ -1,9 +1,9 @@
-"""Take the README's screenshots of the sign-up and Profile pages: ``python -m tests.screenshots``.
+"""Take the README's screenshots of the sign-up, Profile, Activity and operator pages: ``python -m tests.screenshots``.
 
 A whole gateway in this process (fake OpenAI upstream, the Redis at ``REDIS_URL`` or the embedded one),
 a real sign-up and real calls through the OpenAI SDK in Chromium's view; earlier days of the usage chart
-are filled with the worker's own usage writer so the chart shows its shape. Writes docs/signup.png and
-docs/profile.png.
+are filled with the worker's own usage writer so the chart shows its shape. Writes docs/signup.png,
+docs/profile.png, docs/activity.png and docs/dashboard.png.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from common.settlement import record_usage
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
 from tests.harness import GatewayHarness
-from tests.pages import FREE, PAID, PASSWORD, accounts_env
+from tests.pages import ADMIN_KEY, FREE, PAID, PASSWORD, accounts_env
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 VIEWPORT = {"width": 1100, "height": 760}
@@ -53,8 +53,14 @@ def main() -> None:
             page.get_by_label("Key name").fill("laptop")
             page.get_by_role("button", name="Create key").click()
             page.screenshot(path=str(DOCS / "profile.png"), full_page=True)
+            client.chat.completions.create(model=PAID, messages=[{"role": "user", "content": "Hello"}], stream=True)
+            page.get_by_role("link", name="Activity").click()
+            page.screenshot(path=str(DOCS / "activity.png"), full_page=True)
+            operator = browser.new_page(viewport=VIEWPORT, extra_http_headers={"authorization": f"Bearer {ADMIN_KEY}"})
+            operator.goto(gw.url + "/operator")
+            operator.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
             browser.close()
-    print(f"wrote {DOCS / 'signup.png'} and {DOCS / 'profile.png'}", file=sys.stderr)
+    print(f"wrote {DOCS}/signup.png, profile.png, activity.png and dashboard.png", file=sys.stderr)
 
 
 async def _earlier_days(env: dict[str, str], key: str) -> None:

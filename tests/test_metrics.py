@@ -1,5 +1,5 @@
-"""The metrics README lists ("Health, metrics, Sentry") move with the requests they describe: request
-duration, queue wait per pool, relay lag (and fallbacks: tests/test_fallback.py), read through ``/metrics``
+"""The metrics README lists ("Health, metrics, dashboard, traces, Sentry") move with the requests they
+describe: request duration, queue wait per pool, relay lag (and fallbacks: tests/test_fallback.py), read through ``/metrics``
 as Prometheus would, before and after (the registry is the process's, shared by every gateway of the run).
 """
 

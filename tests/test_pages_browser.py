@@ -138,3 +138,29 @@ def test_pages_work_without_javascript(browser: "Browser", gw: GatewayHarness) -
     sign_up_and_log_in(page, "nojs@example.org")
     assert page.get_by_label("New API key").inner_text().startswith("mb-")
     context.close()
+
+
+def test_activity_shows_a_request_made_a_moment_ago_and_no_one_elses(browser: "Browser", gw: GatewayHarness) -> None:
+    mine, theirs = browser.new_context(), browser.new_context()
+    page, other = mine.new_page(), theirs.new_page()
+    page.goto(gw.url + "/signup")
+    sign_up_and_log_in(page, "activity@example.org")
+    key = page.get_by_label("New API key").inner_text().strip()
+    other.goto(gw.url + "/signup")
+    sign_up_and_log_in(other, "someone.else@example.org")
+
+    answer = sdk(gw, key).chat.completions.create(model=PAID, messages=[{"role": "user", "content": "Hello"}])
+    looked_up = sdk(gw, key).get(f"/generation?id={answer.id}", cast_to=object)["data"]  # type: ignore[index]
+    page.get_by_role("link", name="Activity").click()
+    expect(page.get_by_role("heading", name="Activity", exact=True)).to_be_visible()
+    row = page.get_by_role("row").filter(has_text=answer.id)
+    expect(row).to_contain_text("openai/gpt-4o")
+    expect(row).to_contain_text(f"{looked_up['total_cost']:.6f}")
+    assert "Hello" not in page.locator("#activity").inner_text()
+
+    other.goto(gw.url + "/profile/activity")
+    expect(other.get_by_role("heading", name="Activity", exact=True)).to_be_visible()
+    assert answer.id not in other.content()
+    expect(other.locator("#activity")).to_contain_text("No requests")
+    mine.close()
+    theirs.close()

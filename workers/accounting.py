@@ -14,6 +14,9 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import msgspec
+
+from common.errors import GatewayError
 from common.settlement import Settlement
 from common.usage import ANONYMOUS, Generation, generation_encoder
 from common.wire import Job, Route
@@ -21,7 +24,7 @@ from workers.runtime import Runtime
 
 
 def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None, seconds: float = 0.0,
-         finish_reason: str | None = None) -> Settlement:
+         finish_reason: str | None = None, ttft: float | None = None) -> Settlement:
     """The settlement of a served request: its tokens and cost for its key, day and model, and (a chat with
     a key) its generation record."""
     key_id = str(job.meta.get("key_id") or ANONYMOUS)
@@ -29,7 +32,7 @@ def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None,
     cost = _cost(usage.get("cost"))
     record = b""
     if key_id != ANONYMOUS and job.kind == "chat":
-        record = generation_encoder.encode(generation(runtime, job, route, usage, cost, seconds, finish_reason))
+        record = generation_encoder.encode(generation(runtime, job, route, usage, cost, seconds, finish_reason, ttft))
     return Settlement(
         request_id=job.request_id, attempt=job.attempt, key_id=key_id, model=route.model, deadline=job.deadline,
         prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
@@ -37,20 +40,29 @@ def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None,
     )
 
 
-def failed(job: Job, usage: dict[str, Any] | None = None) -> Settlement:
+def failed(job: Job, usage: dict[str, Any] | None = None, *, runtime: Runtime | None = None,
+           error: GatewayError | None = None) -> Settlement:
     """The settlement of a request its client gets an error for: nothing charged, the reservation returned,
-    and what is known of the upstream's work (``usage``) counted as unbilled."""
+    and what is known of the upstream's work (``usage``) counted as unbilled. With the ``error`` the client
+    is told, a chat of a signed-in user's key gets a record of it, listed in the account's Activity."""
     usage = usage or {}
+    account = str(job.meta.get("account") or "")
+    record = b""
+    if error is not None and runtime is not None and account and job.kind == "chat":
+        route = job.plan[job.hop]
+        entry = generation(runtime, job, route, {}, "0", 0.0)
+        record = generation_encoder.encode(msgspec.structs.replace(entry, status=error.status,
+                                                                   error_type=error.error_type))
     return Settlement(
         request_id=job.request_id, attempt=job.attempt, key_id=str(job.meta.get("key_id") or ANONYMOUS),
         model=job.plan[job.hop].model, deadline=job.deadline, outcome="failed",
         prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
-        cost=_cost(usage.get("cost")), reserved=job.reserved,
+        cost=_cost(usage.get("cost")), reserved=job.reserved, generation=record, account=account,
     )
 
 
 def generation(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any], cost: str,
-               seconds: float, finish_reason: str | None = None) -> Generation:
+               seconds: float, finish_reason: str | None = None, ttft: float | None = None) -> Generation:
     model = runtime.catalog.get(route.model)
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
@@ -63,7 +75,7 @@ def generation(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any], 
         cache_write_tokens=_count(prompt_details.get("cache_write_tokens")),
         reasoning_tokens=_count(completion_details.get("reasoning_tokens")), cost=cost,
         latency_ms=round(seconds * 1000), finish_reason=finish_reason, streamed=job.stream,
-        upstream_model=route.upstream_model,
+        upstream_model=route.upstream_model, ttft_ms=round(ttft * 1000) if ttft is not None else None,
     )
 
 

@@ -6,7 +6,8 @@ counts. A second round trip happens only when a circuit changes state. The rules
 
 Layout, per provider ``p`` (see ``common/names.py``):
 - ``<ns>:health:p@<bucket>`` hash: ``ok``/``fail``/``ms`` for ``p``, ``ok|<model>``/``fail|<model>``/``ms|<model>``
-  per model id; expires one window after its bucket ends.
+  per model id, and ``lat<=<s>`` / ``lat>``: ``p``'s answered calls per latency band (the dashboard's
+  p50/p95); expires one window after its bucket ends.
 - ``<ns>:health:p#circuit`` hash: field ``*`` (the provider) or a model id → epoch seconds the circuit is
   open until; a field past its time is half-open; closing deletes the field.
 """
@@ -32,6 +33,7 @@ from router.health import (
     counts_as_failure,
     decide,
     hash_numbers,
+    latency_field,
     window,
 )
 from workers.runtime import Runtime
@@ -67,6 +69,7 @@ def tally_success(runtime: Runtime, provider: str, model: str, seconds: float, n
     for m in (None, model):
         runtime.tally.hincrby(current, counter_field("ok", m), 1)
         runtime.tally.hincrby(current, counter_field("ms", m), int(seconds * 1000))
+    runtime.tally.hincrby(current, latency_field(seconds), 1)
     runtime.tally.expire(current, BUCKET_TTL)
 
 
@@ -93,6 +96,8 @@ async def record_outcome(redis: ArqRedis, names: Names, provider: str, model: st
             pipe.hincrby(current, counter_field(kind, m), 1)
             if not failed:
                 pipe.hincrby(current, counter_field("ms", m), int(seconds * 1000))
+        if not failed:
+            pipe.hincrby(current, latency_field(seconds), 1)
         pipe.expire(current, BUCKET_TTL)
         pipe.hgetall(circuit_key(names, provider))
         if failed:
@@ -100,7 +105,7 @@ async def record_outcome(redis: ArqRedis, names: Names, provider: str, model: st
             for key in buckets:
                 pipe.hmget(key, wanted)
         replies = await pipe.execute()
-    writes = 2 * (1 if failed else 2) + 1
+    writes = 2 * (1 if failed else 2) + (1 if failed else 2)
     circuits = hash_numbers(replies[writes])
     windows = replies[writes + 1:]
     transitions: list[tuple[str | None, Transition]] = []

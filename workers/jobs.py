@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from common import metrics, telemetry
+from common import metrics, telemetry, tracing
 from common.errors import GatewayError
 from common.candidates import JOB_FUNCTION, enqueue_candidate, has_live_worker, job_id
 from common.settlement import Settled, Settlement, settle
@@ -103,17 +103,22 @@ async def _run(runtime: Runtime, job: Job) -> None:
                     hello=Hello(runtime.worker_id, route.provider, queued_ms, 0.0), settler=runtime.redis,
                     names=runtime.names)
     runtime.publishers[(job.request_id, job.attempt)] = pub
+    span = tracing.start_job(job, route, runtime.worker_id, queued_ms) if job.trace else None
+    failure: str | None = None
     try:
         try:
-            await _attempts(runtime, job, route, pub)
+            await _attempts(runtime, job, route, pub, span)
         except UpstreamError as error:
-            await _after_failure(runtime, job, pub, error)
+            failure = "handoff" if await _after_failure(runtime, job, pub, error, span) else error.error_type
         except GatewayError as error:
+            failure = error.error_type
             await _fail(runtime, job, pub, error)
     except ReceiverGone:
+        failure = "receiver_gone"
         log.info("request %s: nobody wants it any more (cancelled, or its web process is gone)", job.request_id)
         await _quiet_settle(runtime, job, accounting.failed(job))  # its reservation goes back now
     except Exception as exc:  # a bug, or a body the web tier should have refused: answer now, not at a timeout
+        failure = type(exc).__name__
         log.error("request %s: job crashed (%s)", job.request_id, type(exc).__name__)  # never the payload
         try:
             await _fail(runtime, job, pub, crashed(exc))
@@ -122,11 +127,14 @@ async def _run(runtime: Runtime, job: Job) -> None:
     finally:
         runtime.publishers.pop((job.request_id, job.attempt), None)
         await pub.close()
+        if span is not None:
+            tracing.end_job(span, None if failure == "handoff" else failure)
 
 
 async def _fail(runtime: Runtime, job: Job, pub: Publisher, error: GatewayError) -> None:
     """Tell the client ``error``, in the settlement that releases the request's reservation."""
-    result = await pub.finish("error", error.body(), accounting.failed(job), status=error.status,
+    result = await pub.finish("error", error.body(), accounting.failed(job, runtime=runtime, error=error),
+                              status=error.status,
                               retry_after=error.retry_after)
     _refused(runtime, job, result)
 
@@ -173,7 +181,9 @@ async def _quiet_error(pub: Publisher, error: GatewayError) -> None:
         pass
 
 
-async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> None:
+async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher, span: Any = None) -> None:
+    """Serve the job at ``route``'s provider with bounded retries; ``span``: the job's trace span (each
+    attempt gets its own under it)."""
     serve_once = HANDLERS[job.kind]
     retry = 0
     while True:
@@ -181,9 +191,16 @@ async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) ->
             raise UpstreamError(0, "the request's deadline passed", retryable=False, fallback=False,
                                 error_type="upstream_timeout")
         started = time.monotonic()
+        attempt_span, token = tracing.start_attempt(span, job.kind, route, retry) if span is not None else (None, None)
         try:
             answer = await serve_once(runtime, job, route, pub)
-        except UpstreamError as error:
+        except BaseException as error:
+            if attempt_span is not None:
+                status = error.status if isinstance(error, UpstreamError) else 0
+                kind = error.error_type if isinstance(error, UpstreamError) else type(error).__name__
+                tracing.end_attempt(attempt_span, token, status=status, error=kind or str(status))
+            if not isinstance(error, UpstreamError):
+                raise
             await _outcome(runtime, route, False, time.monotonic() - started, error.status)
             if pub.committed:
                 raise
@@ -198,7 +215,14 @@ async def _attempts(runtime: Runtime, job: Job, route: Route, pub: Publisher) ->
         else:
             seconds = time.monotonic() - started
             await _outcome(runtime, route, True, seconds, 200)
-            settlement = accounting.bill(runtime, job, route, answer.usage, seconds, answer.finish_reason)
+            ttft = pub.first_data_at - started if pub.first_data_at is not None and job.stream else None
+            settlement = accounting.bill(runtime, job, route, answer.usage, seconds, answer.finish_reason, ttft)
+            if attempt_span is not None:
+                tracing.end_attempt(attempt_span, token, status=200, route=route, finish_reason=answer.finish_reason,
+                                    usage={"prompt_tokens": settlement.prompt_tokens,
+                                           "completion_tokens": settlement.completion_tokens,
+                                           "cost": settlement.cost},
+                                    output=answer.data if answer.kind == "result" else None)
             result = await pub.finish(answer.kind, answer.data, settlement, usage=answer.usage, **answer.fields)
             _refused(runtime, job, result)
             return
@@ -212,9 +236,10 @@ async def _outcome(runtime: Runtime, route: Route, ok: bool, seconds: float, sta
         log.debug("health record failed (%s)", type(exc).__name__)
 
 
-async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: UpstreamError) -> None:
+async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: UpstreamError,
+                         span: Any = None) -> bool:
     """Hand the request to the next candidate's pool (the web tier's own rule: only while nothing reached
-    the client), or tell the client, settling the request as failed."""
+    the client), or tell the client, settling the request as failed. True: handed on."""
     route = job.plan[job.hop]
     if not pub.committed and error.fallback:
         async def announce(candidate: Job, pool: str) -> None:
@@ -231,11 +256,13 @@ async def _after_failure(runtime: Runtime, job: Job, pub: Publisher, error: Upst
             nxt = handed.plan[handed.hop]
             metrics.fallback(route.provider, nxt.provider)
             log.info("request %s: %s failed, handed to %s", job.request_id, route.provider, nxt.provider)
-            return
+            tracing.job_event(span, "handoff", to_provider=nxt.provider, to_model=nxt.model, hop=handed.hop)
+            return True
     refusal = client_error(error, job)
     telemetry.report_upstream_failure(route.provider, route.model, route.provider, job.request_id,
                                       error.status, error.message)
     await _fail(runtime, job, pub, refusal)
+    return False
 
 
 def client_error(error: UpstreamError, job: Job) -> GatewayError:

@@ -43,6 +43,7 @@ from common.redis import Redises, job_deserializer, job_serializer
 from common.settings import Settings
 from common.subscription import subscribe
 from common.telemetry import flush_sentry, init_sentry, settle_heap
+from common.tracing import init_tracing, shutdown_tracing
 from router.catalog import build_catalog
 from router.providers import resolve_providers
 from workers import chat, embeddings, native, transcriptions  # noqa: F401  (register their job handlers)
@@ -472,8 +473,10 @@ async def run_pools(settings: Settings, pools: tuple[str, ...]) -> None:
     if not pools:
         raise SystemExit("no provider pools to run: configure a provider (e.g. OPENAI_API_KEY) or pass --providers")
     init_sentry(settings, "worker")
+    init_tracing(settings.env, "worker")
     process = PoolProcess(settings, pools)
     try:
         await process.run()
     finally:
         flush_sentry()
+        shutdown_tracing()

@@ -56,6 +56,7 @@ class Publisher:
         self.started = time.monotonic()
         self.last_sent = self.started
         self.committed = False  # stream data reached the client side: no retry or fallback any more
+        self.first_data_at: float | None = None  # monotonic time of the first stream data (time to first token)
         self.cancelled = False  # set with the job's cancel: also stops a job whose cancel was swallowed
         self.native = False  # stream data is in the client's own protocol (``Job.native``)
         self._pending: list[bytes] = []
@@ -110,6 +111,8 @@ class Publisher:
         if self.cancelled:
             raise ReceiverGone()
         first = not self.committed
+        if first:
+            self.first_data_at = time.monotonic()
         self.committed = True
         self._pending.append(frames)
         if self._timer is not None or (self._flusher is not None and not self._flusher.done()):

@@ -21,6 +21,7 @@ import aiohttp
 import msgspec
 import yarl
 
+from common import tracing
 from common.settings import Settings
 from workers.providers.base import Adapter, RequestSpec, UpstreamError, malformed
 from workers.sse import Event, SSEDecoder
@@ -122,6 +123,9 @@ async def _request(session: aiohttp.ClientSession, spec: RequestSpec,
     """Send the request and read the status line and headers; the body is left to the caller. ``idle``
     replaces the session's longest silence between two reads (a stream's idle timeout)."""
     headers: Mapping[str, str] = spec.headers
+    trace = tracing.outgoing()
+    if trace is not None:  # the upstream attempt's span continues at the provider
+        headers = {**headers, "traceparent": trace}
     kwargs: dict[str, Any] = {}
     if idle is not None:
         base = session.timeout

@@ -26,6 +26,7 @@ from api.access.limits import worst_case_cost
 from api.exchange.ids import client_request_id
 from api.exchange import background
 from api.exchange.answer import KEEPALIVE, SSE_HEADERS, json_response, refusal, stream_response
+from common import tracing
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
 from common.wire import Job, Route
@@ -49,6 +50,7 @@ class Dispatch:
         request_id = new_request_id()
         self.client_request_id = client_request_id(request)
         self.exchange = Exchange(gateway, route_name, request_id, self.client_request_id)
+        self.exchange.span = tracing.start_request(request.headers, route_name, request_id)
         self.headers = {"x-request-id": self.client_request_id or request_id}
         # from arrival: the job's deadline, and with it when its reservation's hold ends (common/settlement.py)
         self.deadline = time.time() + gateway.settings.request_timeout
@@ -122,6 +124,11 @@ class Dispatch:
             meta["account"] = self.admission.account
         if self.admission.reserved:
             fields["reserved"] = format(self.admission.reserved, "f")
+        span = self.exchange.span
+        if span is not None:
+            tracing.planned(span, kind, self.exchange.model or (plan[0].model if plan else ""), plan,
+                            self.admission.key_id)
+            fields["trace"] = tracing.traceparent(span)
         return Job(
             kind=kind,  # type: ignore[arg-type]
             request_id=self.request_id,

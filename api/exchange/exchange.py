@@ -42,6 +42,7 @@ import msgspec
 
 from api.exchange import observe
 from api.access.admission import admitted
+from common import tracing
 from common.candidates import enqueue_candidate, job_id
 from common.errors import GatewayError, unavailable
 from common.queue import JobWrite, withdraw, write_job
@@ -97,6 +98,7 @@ class Exchange:
         # what to keep of the answer (a stored Responses object), run once after its end is encoded and
         # before the client gets it: the next turn, sent the moment this one ends, finds it
         self.keep: Callable[[], Awaitable[None]] | None = None
+        self.span: Any = None  # the request's trace span when tracing is on (common/tracing.py)
 
     # -- enqueue ------------------------------------------------------------------------------------------
 
@@ -135,6 +137,8 @@ class Exchange:
                 retry_after=2,
             )
         self.job, self.pool, self.job_id = job, job.plan[job.hop].provider, job_id(job)
+        tracing.job_event(self.span, "enqueued", pool=self.pool, hop=job.hop, attempt=job.attempt,
+                          handed_to_idle_worker=self.handed_to is not None)
         if self.handed_to is not None:  # an idle worker has it already: as if claimed, its start is due soon
             self.state, self.worker = "running", self.handed_to
             self._extend(min(CLAIMED_WAIT, gateway.settings.heartbeat_timeout))
@@ -186,6 +190,7 @@ class Exchange:
             if event.hello is not None:  # on "start", or on the worker's first real event
                 self.state, self.worker = "running", event.hello.worker
                 self.provider, self.queue_ms = event.hello.provider, event.hello.queued_ms
+                tracing.job_event(self.span, "picked_up", provider=self.provider, queue_ms=self.queue_ms)
             kind = event.kind
             if kind == "abandoned":
                 await self._worker_gone()
@@ -195,6 +200,7 @@ class Exchange:
                 self.state, self.worker = "queued", None
                 self.pool, self.job_id = event.handoff.pool, event.handoff.job_id
                 self.job = msgspec.structs.replace(self.job, hop=event.handoff.hop)
+                tracing.job_event(self.span, "handoff", pool=self.pool, hop=event.handoff.hop)
                 self.phase_deadline = time.monotonic() + self.gateway.settings.pickup_timeout
             elif kind == "relay_lost":  # an answer published meanwhile is lost with it: the request ends here
                 await self._close()
@@ -257,6 +263,7 @@ class Exchange:
                 self._await_answer()
                 return
             self.restarts += 1
+            tracing.job_event(self.span, "rerun", reason="worker gone")
             log.warning("request %s: worker %s is gone; re-running", self.request_id, self.worker)
             await self._stop_worker()
             self._new_attempt()
@@ -301,6 +308,7 @@ class Exchange:
         if not self.client_sent:
             self.client_sent = True
             self.first_byte_at = time.monotonic()
+            tracing.job_event(self.span, "first_byte")
 
     async def finish(self, status: int | None = None) -> None:
         """The request's one end: observe, release the inbox, stop pending work. Idempotent."""

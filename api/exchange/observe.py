@@ -11,7 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from common import metrics
+from common import metrics, tracing
 
 if TYPE_CHECKING:
     from api.exchange.exchange import Exchange
@@ -52,3 +52,7 @@ def finished(exchange: "Exchange", status: int, usage: dict[str, Any] | None = N
         fields["completion_tokens"] = usage.get("completion_tokens")
         fields["cost"] = usage.get("cost")
     log.info("request finished", extra={"fields": fields})
+    if exchange.span is not None:
+        tracing.end_request(exchange.span, status=status, provider=exchange.provider, model=model,
+                            queue_ms=exchange.queue_ms, ttft=ttft, seconds=seconds, attempts=fields["attempts"],
+                            hop=fields["hop"], stream=fields["stream"], usage=usage)

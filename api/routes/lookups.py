@@ -71,7 +71,7 @@ async def get_generation(request: Request) -> Response:
             record = generation_decoder.decode(raw)
         except msgspec.DecodeError:
             record = None
-    if record is None or record.key_id != record_key.id:
+    if record is None or record.key_id != record_key.id or record.status != 200:  # (failed: Activity only)
         raise GatewayError("not_found", f"There is no generation {raw_id!r} for this key (records of "
                            "answered requests are kept for 31 days).", param="id")
     return _json({"data": generation_json(record)})
