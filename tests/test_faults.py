@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import (EXPECTED, GatewayHarness, ProcessGateway, RedisServer, auth, env_for, live_workers,
@@ -164,3 +165,52 @@ def test_a_burst_of_large_bodies_is_bounded_per_web_process(gateway_env: dict[st
     assert sum(a.status_code == 200 for a in answers) == held
     print(f"web peak RSS {peak:.0f} MB with {held} bodies of 3.9 MB held, {len(refused)} refused")
     assert peak < 512, f"web peak RSS {peak:.0f} MB"  # a 512 MB dyno survives the burst
+
+
+def test_a_relay_loss_fails_only_the_requests_that_lost_events(default_redis: RedisServer,
+                                                              fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """Redis drops every pub/sub connection (CLIENT KILL TYPE pubsub) while three requests wait at the
+    upstream: the relay resubscribes, and since none of them lost an event (they had nothing to say meanwhile)
+    all three are answered once the upstream lets go; before, every waiting request got 503."""
+    state, upstream = fake_openai
+    state.hold_answers = True
+    env = with_test_key(env_for(default_redis.url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test",
+                                MEGABRAIN_HEARTBEAT_TIMEOUT="60", MEGABRAIN_REQUEST_TIMEOUT="120",
+                                MEGABRAIN_PICKUP_TIMEOUT="30"))
+    with GatewayHarness.from_env(env) as gw, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        relay = gw.server.config.app.state.gateway.relay  # type: ignore[union-attr]
+        waiting = [pool.submit(httpx.post, gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=60)
+                   for _ in range(3)]
+        assert wait_until(lambda: len(state.requests) == 3, 20)
+        admin = redis.Redis.from_url(default_redis.url)
+        try:
+            assert admin.client_kill_filter(_type="pubsub") >= 1  # the relay's and the worker's subscriptions
+        finally:
+            admin.close()
+        assert wait_until(lambda: relay.losses >= 1 and relay.ready.is_set(), 20)
+        state.hold_answers = False
+        answers = [future.result(60) for future in waiting]
+        after = httpx.post(gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=30)
+    assert [a.status_code for a in answers] == [200] * 3, [a.text[:200] for a in answers]
+    assert all(a.json()["choices"][0]["message"]["content"] == EXPECTED for a in answers)
+    assert after.status_code == 200
+
+
+def test_after_a_relay_loss_a_gap_in_the_sequence_fails_its_request_alone() -> None:
+    """The inbox's rule behind the test above: after a loss, the first sequenced event decides. "start" and
+    "heartbeat" take no sequence number, so their loss is no gap."""
+    from api.exchange.relay import Inbox
+    from common.wire import Event
+
+    lost, whole = Inbox(), Inbox()
+    for inbox in (lost, whole):
+        inbox.deliver(Event("r", 0, 1, "data", b"a"))
+        inbox.suspect = True
+        inbox.deliver(Event("r", 0, 1, "heartbeat"))
+    lost.deliver(Event("r", 0, 3, "data", b"c"))  # seq 2 went out while the relay was away
+    lost.deliver(Event("r", 0, 4, "done", b"d"))
+    whole.deliver(Event("r", 0, 2, "data", b"b"))
+    whole.deliver(Event("r", 0, 3, "done", b"c"))
+    kinds = lambda inbox: [inbox.queue.get_nowait().kind for _ in range(inbox.queue.qsize())]  # noqa: E731
+    assert kinds(lost) == ["data", "heartbeat", "relay_lost"]
+    assert kinds(whole) == ["data", "heartbeat", "data", "done"]

@@ -65,6 +65,9 @@ State = Literal["new", "queued", "running", "settled", "finished"]
 WORKER_CHECK_EVERY = 0.25  # seconds between looks at LiveWorkers' verdict while waiting (memory only)
 CLAIMED_WAIT = 3.0  # a job claimed but not yet announced: its worker's "start" is due within this
 ANSWER_WAIT = 5.0  # a request found settled as we ended or re-ran it: its answer (published with it) is due
+# After the relay lost its subscription, a running request that hears nothing for this long lost its final
+# event, or its worker: a live worker's job says something at least every 5 s (workers/pool.py HEARTBEAT_AFTER)
+SUSPECT_WAIT = 8.0
 
 
 class Exchange:
@@ -184,6 +187,12 @@ class Exchange:
                 if self._worker_died():
                     await self._worker_gone()
                     continue
+                if self._lost_in_relay():
+                    self.inbox.suspect = False
+                    log.warning("request %s: silent since the relay came back; its events were lost",
+                                self.request_id)
+                    await self._worker_gone()
+                    continue
                 if time.monotonic() >= until:
                     return None
                 continue
@@ -221,6 +230,13 @@ class Exchange:
 
     def _extend(self, seconds: float | None = None) -> None:
         self.phase_deadline = time.monotonic() + (seconds or self.gateway.settings.heartbeat_timeout)
+
+    def _lost_in_relay(self) -> bool:
+        """Running, silent since the relay resubscribed for longer than a live job can be: its final event
+        (or all its worker had to say) went out while the relay was away."""
+        assert self.inbox is not None
+        return (self.inbox.suspect and self.state == "running" and self.gateway.relay.ready.is_set()
+                and time.monotonic() - self.inbox.heard_at > SUSPECT_WAIT)
 
     def _worker_died(self) -> bool:
         """The running worker's process is gone (SIGKILL, OOM, a lost dyno), by its liveness key."""
