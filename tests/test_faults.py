@@ -213,3 +213,34 @@ def test_after_a_relay_loss_a_gap_in_the_sequence_fails_its_request_alone() -> N
     kinds = lambda inbox: [inbox.queue.get_nowait().kind for _ in range(inbox.queue.qsize())]  # noqa: E731
     assert kinds(lost) == ["data", "heartbeat", "relay_lost"]
     assert kinds(whole) == ["data", "heartbeat", "data", "done"]
+
+
+async def test_a_stopping_worker_never_announces_itself_again(gateway_env: dict[str, str]) -> None:
+    """While a stopping worker lets its jobs finish (here one job of 4 s, past two liveness intervals), it
+    must not write itself back into the pool's live set after stop() left it: web processes would count it
+    live and queue work it will never pick up."""
+    from common.names import Names
+    from common.redis import connect
+    from common.settings import load_settings
+    from workers.pool import PoolProcess
+
+    settings = load_settings(env=gateway_env, config_path=gateway_env["MEGABRAIN_CONFIG"])
+    live = Names(settings.namespace).live_workers("openai")
+    process = PoolProcess(settings, ("openai",))
+    redis_conn = connect(gateway_env["REDIS_URL"])
+    try:
+        await process.start()
+        assert await redis_conn.zscore(live, process.runtime.worker_id) is not None
+        process.workers[0].tasks["a job"] = asyncio.create_task(asyncio.sleep(4))  # in flight: stop() waits
+        stopping = asyncio.create_task(process.stop())
+        async with asyncio.timeout(10):
+            while await redis_conn.zscore(live, process.runtime.worker_id) is not None:
+                await asyncio.sleep(0.02)  # stop() left the live set
+        seen = []
+        while not stopping.done():
+            seen.append(await redis_conn.zscore(live, process.runtime.worker_id))
+            await asyncio.sleep(0.05)
+        await stopping
+        assert seen and set(seen) == {None}
+    finally:
+        await redis_conn.aclose()
