@@ -244,3 +244,26 @@ async def test_a_stopping_worker_never_announces_itself_again(gateway_env: dict[
         assert seen and set(seen) == {None}
     finally:
         await redis_conn.aclose()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings",
+                                  "/v1beta/models/gpt-4o-mini:generateContent"])
+def test_every_model_route_refuses_a_body_beyond_the_budget_in_its_own_shape(gateway: GatewayHarness,
+                                                                            gateway_env: dict[str, str],
+                                                                            path: str) -> None:
+    """The bound on bodies in flight holds on every inbound model route, each refusing in its own envelope:
+    the body here (40 KB) is more than the whole budget this gateway has (16 KB)."""
+    gateway.server.config.app.state.gateway.bodies.limit = 16_000  # type: ignore[union-attr]
+    big = json.dumps({"model": "gpt-4o-mini", "input": "x" * 40_000}).encode()
+    response = httpx.post(gateway.url + path, content=big, timeout=20,
+                          headers={"content-type": "application/json", **auth(gateway_env)})
+    assert response.status_code == 503, response.text[:300]
+    assert "retry-after" in response.headers
+    error = response.json()
+    if path.startswith("/v1beta"):
+        assert error["error"]["status"] == "UNAVAILABLE"
+    elif path == "/v1/messages":
+        assert error["type"] == "error" and error["error"]["type"] == "overloaded_error", error
+    else:
+        assert error["error_type"] == "temporarily_unavailable"
+    assert gateway.server.config.app.state.gateway.bodies.used == 0  # type: ignore[union-attr]
