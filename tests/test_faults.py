@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import signal
 import socket
 from collections.abc import Iterator
 
@@ -267,3 +268,35 @@ def test_every_model_route_refuses_a_body_beyond_the_budget_in_its_own_shape(gat
     else:
         assert error["error_type"] == "temporarily_unavailable"
     assert gateway.server.config.app.state.gateway.bodies.used == 0  # type: ignore[union-attr]
+
+
+def test_an_admission_redis_answers_too_late_never_bills_the_refused_request(
+        default_redis: RedisServer, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """Redis stalls (SIGSTOP) past the admission script's 2 s timeout: the client is told 503, but the script
+    runs once Redis resumes and queues (or hands over) the job. That job must not bill a request whose
+    client was refused: the web tier withdraws it and closes the request right behind the script."""
+    state, upstream = fake_openai
+    env = with_test_key(env_for(default_redis.url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test"))
+    assert default_redis.proc is not None
+
+    def usage() -> int:
+        response = httpx.get(gw.url + "/usage", headers=auth(env), timeout=10)
+        return sum(row["requests"] for row in response.json()["data"]) if response.status_code == 200 else -1
+
+    with GatewayHarness.from_env(env) as gw:
+        assert httpx.post(gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=20).status_code == 200
+        assert wait_until(lambda: usage() == 1, 10)  # (the key is cached by the web tier from here on)
+        default_redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            refused = httpx.post(gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=20)
+        finally:
+            default_redis.proc.send_signal(signal.SIGCONT)
+        assert refused.status_code == 503, refused.text[:300]
+        fence = gw.server.config.app.state.gateway.names.fence(refused.headers["x-request-id"])  # type: ignore[union-attr]
+        admin = redis.Redis.from_url(default_redis.url)
+        try:
+            assert wait_until(lambda: admin.exists(fence) == 1, 10)  # closed, behind the script
+        finally:
+            admin.close()
+        seen = []
+        assert not wait_until(lambda: seen.append(usage()) or seen[-1] != 1, 5), (seen, refused.text[:200])  # the worker had its chance: nothing more is billed
