@@ -119,7 +119,8 @@ def test_a_slow_reader_loses_only_its_own_stream(gateway_env: dict[str, str],
             assert head.startswith(b"HTTP/1.1 200"), head[:200]
             assert wait_until(lambda: any(inbox.overflowed for inbox in relay.inboxes.values()), 60)
             beside = httpx.post(gw.url + "/v1/chat/completions", headers=auth(env), json=BODY, timeout=30)
-            assert beside.status_code == 200 and beside.json()["choices"][0]["message"]["content"] == tokens_text(40_000)
+            assert beside.status_code == 200
+            assert beside.json()["choices"][0]["message"]["content"] == tokens_text(40_000)
             received = bytearray(head)
             while chunk := sock.recv(1 << 16):
                 received += chunk
@@ -292,11 +293,12 @@ def test_an_admission_redis_answers_too_late_never_bills_the_refused_request(
         finally:
             default_redis.proc.send_signal(signal.SIGCONT)
         assert refused.status_code == 503, refused.text[:300]
-        fence = gw.server.config.app.state.gateway.names.fence(refused.headers["x-request-id"])  # type: ignore[union-attr]
+        names = gw.server.config.app.state.gateway.names  # type: ignore[union-attr]
+        fence = names.fence(refused.headers["x-request-id"])
         admin = redis.Redis.from_url(default_redis.url)
         try:
             assert wait_until(lambda: admin.exists(fence) == 1, 10)  # closed, behind the script
         finally:
             admin.close()
-        seen = []
-        assert not wait_until(lambda: seen.append(usage()) or seen[-1] != 1, 5), (seen, refused.text[:200])  # the worker had its chance: nothing more is billed
+        seen: list[int] = []  # the worker had its chance: nothing more is billed
+        assert not wait_until(lambda: seen.append(usage()) or seen[-1] != 1, 5), (seen, refused.text[:200])
