@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
@@ -98,6 +99,12 @@ async def withdraw(redis: ArqRedis, names: Names, pool: str, job_id: str) -> boo
     "not started"; the script makes the check and the removal one atomic step.
     """
     return await _withdraw(redis, names.queue(pool), job_key_prefix + job_id, job_id)
+
+
+def withdraw_command(names: Names, pool: str, job_id: str) -> tuple[Any, ...]:
+    """``withdraw`` as one EVAL (the script's source, never NOSCRIPT): for a rare path that must go out in
+    one write, right behind a command already sent (``api/exchange/exchange.py``)."""
+    return ("EVAL", _WITHDRAW.source, 2, names.queue(pool), job_key_prefix + job_id, job_id)
 
 
 async def _withdraw(redis: ArqRedis, queue: str, job_key: str, job_id: str) -> bool:

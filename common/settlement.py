@@ -301,12 +301,24 @@ async def close(redis: Any, names: Names, request_id: str, key_id: str, reserved
                 account: str = "") -> bool:
     """End a request no attempt may settle any more, returning its hold and its leases. False: it settled
     already."""
+    keys, args = _close_arguments(names, request_id, key_id, reserved, deadline, account)
+    return bool(await mux_of(redis).evalsha(CLOSE, keys, args))
+
+
+def close_command(names: Names, request_id: str, key_id: str, reserved: str, deadline: float,
+                  account: str = "") -> tuple[Any, ...]:
+    """``close`` as one EVAL (the script's source, never NOSCRIPT), for a pipeline that must go out at once."""
+    keys, args = _close_arguments(names, request_id, key_id, reserved, deadline, account)
+    return ("EVAL", CLOSE.source, len(keys), *keys, *args)
+
+
+def _close_arguments(names: Names, request_id: str, key_id: str, reserved: str, deadline: float,
+                     account: str) -> tuple[list[str], list[Any]]:
     key_id = key_id or ANONYMOUS
     held = reserved if key_id != ANONYMOUS else ""
     keys = [names.fence(request_id), holds_key(names, key_id), held_key(names, key_id),
             *leases_of(names, key_id, account)]
-    return bool(await mux_of(redis).evalsha(CLOSE, keys, [hold_member(request_id, held), _fence_ttl_ms(deadline),
-                                                          request_id]))
+    return keys, [hold_member(request_id, held), _fence_ttl_ms(deadline), request_id]
 
 
 def leases_of(names: Names, key_id: str, account: str) -> tuple[str, str]:

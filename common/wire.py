@@ -187,6 +187,9 @@ EventKind = Literal[
 # the web process's subscription (Redis closes a subscriber whose output buffer passes its pub/sub limit).
 EVENT_PART_BYTES = 512 * 1024
 FINAL_KINDS = frozenset({"result", "done", "error"})
+# Events that say only "alive": they take no sequence number, so losing one (a relay that resubscribed) leaves
+# no gap in a request's sequence, and a gap always means a lost event that mattered.
+UNSEQUENCED_KINDS = frozenset({"start", "heartbeat"})
 
 
 class Hello(msgspec.Struct, array_like=True):

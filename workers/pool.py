@@ -310,6 +310,12 @@ class PoolProcess:
         self.stopping = True
         for worker in self.workers:
             worker.allow_pick_jobs = False
+        # a liveness write under way would land after the ZREM below and put us back in the live set
+        liveness = [task for task in self._tasks if task.get_name() == "pool-liveness"]
+        for task in liveness:
+            task.cancel()
+        if liveness:
+            await asyncio.wait(liveness, timeout=3.0)  # bounded, like every shutdown step
         # leave the liveness and idle sets first, so web processes stop sending us work; on the
         # multiplexed connection, so after any idle registration already on its way
         for redis, pools in self.redises.by_redis(self.pools):
@@ -432,9 +438,12 @@ class PoolProcess:
                 await pipe.execute()
 
     async def _liveness_loop(self) -> None:
-        """Liveness, and the circuits of our providers (for the health fast path), every couple of seconds."""
+        """Liveness, and the circuits of our providers (for the health fast path), every couple of seconds.
+        Never once ``stop()`` began: it leaves the live set, and a write after that would put us back."""
         while not self.stopping:
             await asyncio.sleep(LIVENESS_INTERVAL)
+            if self.stopping:
+                return
             try:
                 await self._write_liveness()
                 self.runtime.circuits = await health.read_circuits(self.redis, self.names, self.pools)

@@ -26,7 +26,7 @@ from arq.connections import ArqRedis
 from common.mux import mux_of
 from common.names import Names
 from common.settlement import REPEAT, Settled, Settlement, settle
-from common.wire import EVENT_PART_BYTES, Event, EventKind, Hello, event_encoder
+from common.wire import EVENT_PART_BYTES, UNSEQUENCED_KINDS, Event, EventKind, Hello, event_encoder
 
 
 FLUSH_INTERVAL = 0.002  # seconds: the most a stream frame waits for company (issue 15: ≤ 2 ms)
@@ -184,7 +184,8 @@ class Publisher:
     async def _publish(self, kind: EventKind, data: bytes, fields: dict[str, Any]) -> None:
         async with self._lock:
             data = await self._publish_parts(data)
-            self.seq += 1
+            if kind not in UNSEQUENCED_KINDS:
+                self.seq += 1
             event = self._event(kind, data, fields)
             receivers = await mux_of(self.redis).execute("PUBLISH", self.channel, event_encoder.encode(event))
             self.last_sent = time.monotonic()

@@ -45,8 +45,9 @@ from api.access.admission import admitted
 from common import tracing
 from common.candidates import enqueue_candidate, job_id
 from common.errors import GatewayError, unavailable
-from common.queue import JobWrite, withdraw, write_job
-from common.settlement import close, supersede
+from common.mux import mux_of
+from common.queue import JobWrite, withdraw, withdraw_command, write_job
+from common.settlement import close, close_command, supersede
 from common.wire import FINAL_KINDS, Event, Job
 
 if TYPE_CHECKING:
@@ -65,6 +66,10 @@ State = Literal["new", "queued", "running", "settled", "finished"]
 WORKER_CHECK_EVERY = 0.25  # seconds between looks at LiveWorkers' verdict while waiting (memory only)
 CLAIMED_WAIT = 3.0  # a job claimed but not yet announced: its worker's "start" is due within this
 ANSWER_WAIT = 5.0  # a request found settled as we ended or re-ran it: its answer (published with it) is due
+# After the relay lost its subscription, a running request that hears nothing for this long lost its final
+# event, or its worker: a live worker's job says something at least every 5 s (workers/pool.py HEARTBEAT_AFTER)
+SUSPECT_WAIT = 8.0
+_FORGETTING: set[asyncio.Task[None]] = set()  # closes of unanswered admissions under way (a task needs a ref)
 
 
 class Exchange:
@@ -155,11 +160,41 @@ class Exchange:
             return await write_job(redis, write, depth_limit)
         if redis is self.gateway.redis:
             result = await check.run(enqueue=write, depth_limit=depth_limit, leased=True)
+            if result.error is not None and result.error.status == 503:
+                self._forget_unanswered(write)
+                await asyncio.sleep(0)  # its commands are queued on the connection …
+                await asyncio.sleep(0)  # … and written, before the 503 can reach the client
             admitted(result)  # raises the refusal
             self.handed_to = result.handed_to
             return bool(result.enqueued)
         admitted(await check.run(leased=True))
         return await write_job(redis, write, depth_limit)
+
+    def _forget_unanswered(self, write: JobWrite) -> None:
+        """The admission script's answer did not come in time (a slow or stalled Redis), and the client is
+        told 503; but the script may run all the same, queuing or handing over a job nobody waits for, which
+        would then bill a refused request. Withdraw that job and close the request (its settlement refused,
+        its hold and leases returned): both in one write on the same multiplexed connection, as EVALs (no
+        NOSCRIPT round trip), so Redis runs them right after the script, before anything of a worker's.
+        The 503 does not wait for their replies."""
+        job = self.job
+        assert job is not None
+        self.closed = True  # the request's one close is this one
+        names = self.gateway.names
+        commands = [withdraw_command(names, job.plan[job.hop].provider, write.job_id),
+                    close_command(names, self.request_id, job.meta.get("key_id", ""), job.reserved, job.deadline,
+                                  account=job.meta.get("account", ""))]
+
+        async def forget() -> None:
+            try:
+                await mux_of(self.gateway.redis).pipeline(commands)
+            except Exception as exc:  # the hold's own deadline returns it; nothing else to do
+                log.warning("request %s: admission unanswered, not closed (%s)", self.request_id,
+                            type(exc).__name__)
+
+        task = asyncio.get_running_loop().create_task(forget())
+        _FORGETTING.add(task)
+        task.add_done_callback(_FORGETTING.discard)
 
     # -- events -------------------------------------------------------------------------------------------
 
@@ -182,6 +217,12 @@ class Exchange:
                     await self._phase_expired()
                     continue
                 if self._worker_died():
+                    await self._worker_gone()
+                    continue
+                if self._lost_in_relay():
+                    self.inbox.suspect = False
+                    log.warning("request %s: silent since the relay came back; its events were lost",
+                                self.request_id)
                     await self._worker_gone()
                     continue
                 if time.monotonic() >= until:
@@ -221,6 +262,13 @@ class Exchange:
 
     def _extend(self, seconds: float | None = None) -> None:
         self.phase_deadline = time.monotonic() + (seconds or self.gateway.settings.heartbeat_timeout)
+
+    def _lost_in_relay(self) -> bool:
+        """Running, silent since the relay resubscribed for longer than a live job can be: its final event
+        (or all its worker had to say) went out while the relay was away."""
+        assert self.inbox is not None
+        return (self.inbox.suspect and self.state == "running" and self.gateway.relay.ready.is_set()
+                and time.monotonic() - self.inbox.heard_at > SUSPECT_WAIT)
 
     def _worker_died(self) -> bool:
         """The running worker's process is gone (SIGKILL, OOM, a lost dyno), by its liveness key."""

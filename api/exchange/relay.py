@@ -9,10 +9,13 @@ requests are waiting.
 Each request's inbox holds at most ``buffer_limit`` bytes of stream data its client has not read yet: a
 reader that falls further behind loses its own stream (``overflow``), never the process's subscription.
 
-Pub/sub delivers at most once: if the subscription drops, events published meanwhile are lost, so every
-waiting request is failed at once (its client gets a clear error instead of a hang) and new requests are
-refused until the subscription is back. With pools on several Redis instances (common/redis.py
-``Redises``) the process subscribes to its one channel on each; it is ready when every subscription is.
+Pub/sub delivers at most once: if the subscription drops, events published meanwhile are lost. New requests
+are refused until the subscription is back; a waiting request fails only if it lost an event that mattered:
+events carry a sequence number per attempt (but "start" and "heartbeat", which only say "alive"), so its
+next event shows a gap, and one that hears nothing at all after the relay is back is presumed to have lost
+its final event (``api/exchange/exchange.py``). Requests that lost nothing go on. With pools on several
+Redis instances (common/redis.py ``Redises``) the process subscribes to its one channel on each; it is
+ready when every subscription is.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from arq.connections import ArqRedis
 
 from common import metrics
 from common.subscription import subscribe
-from common.wire import Event, event_decoder
+from common.wire import UNSEQUENCED_KINDS, Event, event_decoder
 
 log = logging.getLogger("megabrain.relay")
 
@@ -35,7 +38,7 @@ class Inbox:
     """Events of one request, filtered: only the current attempt, each sequence number once, in order; the
     "part" events of a large event's data joined back onto it."""
 
-    __slots__ = ("queue", "attempt", "last_seq", "parts", "limit", "queued", "overflowed")
+    __slots__ = ("queue", "attempt", "last_seq", "parts", "limit", "queued", "overflowed", "suspect", "heard_at")
 
     def __init__(self, limit: int = 1 << 20) -> None:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -45,10 +48,24 @@ class Inbox:
         self.limit = limit  # stream bytes that may wait for a slow client (MEGABRAIN_STREAM_BUFFER_BYTES)
         self.queued = 0  # stream bytes waiting now
         self.overflowed = False
+        self.suspect = False  # the relay lost its subscription since this request's last event
+        self.heard_at = time.monotonic()  # the last event, or the relay's resubscription
 
     def deliver(self, event: Event) -> None:
-        if self.overflowed or event.attempt != self.attempt or event.seq <= self.last_seq:
-            return  # a reader too far behind, a stale attempt (a job the web tier gave up on) or a duplicate
+        if self.overflowed or event.attempt != self.attempt:
+            return  # a reader too far behind, or a stale attempt (a job the web tier gave up on)
+        self.heard_at = time.monotonic()
+        if event.kind in UNSEQUENCED_KINDS:  # "alive" only: its loss or its order costs nothing
+            self.queue.put_nowait(event)
+            return
+        if event.seq <= self.last_seq:
+            return  # a duplicate
+        if self.suspect:  # the first event after the relay came back: a gap means events were lost
+            self.suspect = False
+            if event.seq != self.last_seq + 1:
+                self.overflowed = True  # nothing more is delivered: the request ends at its next read
+                self.queue.put_nowait(RELAY_LOST)
+                return
         self.last_seq = event.seq
         if event.kind == "part":
             self.parts.append(event.data)
@@ -112,6 +129,7 @@ class Relay:
         self._subscribed: set[int] = set()  # indexes into redises
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.losses = 0  # subscriptions lost so far (for tests and logs)
 
     async def start(self, timeout: float = 5.0) -> None:
         self._tasks = [asyncio.create_task(self._run(i), name=f"relay-{i}") for i in range(len(self.redises))]
@@ -147,6 +165,10 @@ class Relay:
 
         def subscribed() -> None:  # confirmed: from here on nothing published to us is missed
             nonlocal delay
+            now = time.monotonic()
+            for inbox in self.inboxes.values():
+                if inbox.suspect:
+                    inbox.heard_at = now  # their silence counts from here (exchange.py SUSPECT_WAIT)
             self._mark(index, True)
             delay = 0.1
             log.info("relay subscribed to %s", self.channel)
@@ -159,9 +181,9 @@ class Relay:
                 raise
             except Exception as exc:
                 if index in self._subscribed:
-                    log.warning("relay lost its subscription (%s); failing waiting requests", type(exc).__name__)
+                    log.warning("relay lost its subscription (%s); resubscribing", type(exc).__name__)
                 self._mark(index, False)
-                self._fail_all()
+                self._suspect_all()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -180,7 +202,13 @@ class Relay:
         if event.hello is not None:
             metrics.relay_event(time.time() - event.hello.sent_at)
 
-    def _fail_all(self) -> None:
+    def _suspect_all(self) -> None:
+        """Events published while the subscription was down are lost. Only the requests that lost one fail:
+        each finds out by the gap in its sequence at its next event (api/exchange/exchange.py fails one
+        that hears nothing more at all, whose final event may have been among them)."""
+        self.losses += 1
+        now = time.monotonic()
         for inbox in self.inboxes.values():
-            inbox.queue.put_nowait(RELAY_LOST)
+            inbox.suspect = True
+            inbox.heard_at = now
 

@@ -4,8 +4,9 @@
 checks what a request needs: Redis answers within a second and the relay holds its subscription; it also
 says which pools have live workers and how deep their queues are (``megabrain status`` reads it).
 ``/metrics`` is the Prometheus text format of every process of the deployment (see ``common/metrics.py``)
-plus per-pool gauges computed at scrape time; it wants ``Authorization: Bearer`` with ``MEGABRAIN_METRICS_KEY`` (or the admin key), and does not exist
-without either: it names the models and providers in use and the traffic they see.
+plus per-pool gauges computed at scrape time; it wants ``Authorization: Bearer`` with
+``MEGABRAIN_METRICS_KEY`` (or the admin key), and does not exist without either: it names the models and
+providers in use and the traffic they see.
 """
 
 from __future__ import annotations
