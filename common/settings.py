@@ -11,6 +11,7 @@ import os
 import tomllib
 import uuid
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,7 @@ class Settings(msgspec.Struct, kw_only=True):
     log_level: str = "info"
     public_url: str | None = None  # e.g. https://gw.example.com: makes the sign-up link in API errors absolute
     signup: bool = True  # MEGABRAIN_SIGNUP=off: no self-service accounts (private deployments)
+    signup_credit: str = "0"  # USD granted to each new account (common/ledger.py), a decimal string
     session_ttl: float = 14 * 86400.0  # seconds a browser stays signed in
     response_ttl: float = 30 * 86400.0  # seconds a stored Responses object is kept (api/exchange/stored.py)
     response_max_bytes: int = 4 * 1024 * 1024  # the largest stored response (its input and answer)
@@ -128,6 +130,11 @@ class Settings(msgspec.Struct, kw_only=True):
     env: dict[str, str] = {}
 
     @property
+    def profile_url(self) -> str:
+        """Where a person adds credits and sees their balance (the Profile page)."""
+        return (self.public_url or "").rstrip("/") + self.mount_prefix + "/profile"
+
+    @property
     def signup_url(self) -> str | None:
         """Where API errors send people for a key; None when sign-up is off."""
         if not self.signup:
@@ -151,6 +158,7 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "MEGABRAIN_LOG_LEVEL": ("log_level", str),
     "MEGABRAIN_PUBLIC_URL": ("public_url", str),
     "MEGABRAIN_SIGNUP": ("signup", bool),
+    "MEGABRAIN_SIGNUP_CREDIT": ("signup_credit", str),
     "MEGABRAIN_SESSION_TTL": ("session_ttl", float),
     "MEGABRAIN_RESPONSE_TTL": ("response_ttl", float),
     "MEGABRAIN_RESPONSE_MAX_BYTES": ("response_max_bytes", int),
@@ -222,6 +230,12 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
     settings.mount_prefix = settings.mount_prefix.rstrip("/")
     if settings.mount_prefix and not settings.mount_prefix.startswith("/"):
         settings.mount_prefix = "/" + settings.mount_prefix
+    try:
+        credit = Decimal(settings.signup_credit)
+    except InvalidOperation:
+        credit = Decimal(-1)
+    if not credit.is_finite() or credit < 0:
+        raise ConfigError(f"MEGABRAIN_SIGNUP_CREDIT must be an amount of USD, 0 or more (got {settings.signup_credit!r})")
     return settings
 
 

@@ -109,7 +109,7 @@ class Dispatch:
             self.pending = check
             self.admission = Admission(key_id=check.record.id if check.record else None,
                                        account=check.record.owner if check.record else None,
-                                       reserved=check.reserve)
+                                       reserved=check.reserve, credit_reserved=check.credit_reserve)
         else:
             result = await check.run()
             self.limits_ran = True
@@ -124,6 +124,8 @@ class Dispatch:
             meta["account"] = self.admission.account
         if self.admission.reserved:
             fields["reserved"] = format(self.admission.reserved, "f")
+        if self.admission.credit_reserved:  # the account's credits pay: the settlement charges them
+            meta["credit"] = str(self.admission.credit_reserved)
         span = self.exchange.span
         if span is not None:
             tracing.planned(span, kind, self.exchange.model or (plan[0].model if plan else ""), plan,

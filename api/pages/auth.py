@@ -20,6 +20,7 @@ from api.pages.forms import Visitor, form_endpoint, visitor
 from api.pages.profile import render_profile
 from api.access.sessions import COOKIE, clear_cookie
 from common.errors import GatewayError
+from common.ledger import Ledger, nanos
 
 WRONG_CREDENTIALS = "The email or the password is wrong."
 SIGNED_UP = ("Now log in with this email and password. If the email had no account here, it has one now, "
@@ -52,12 +53,22 @@ async def signup(who: Visitor, fields: dict[str, str]) -> Response:
         return response
     email = fields.get("email", "")
     try:
-        await who.accounts().create(email, fields.get("password", ""))  # None for a taken email: same answer
+        account = await who.accounts().create(email, fields.get("password", ""))  # None for a taken email
+        if account is not None:
+            await grant_signup_credit(who, account.id)
     except AccountError as exc:
         return who.render_anonymous_form("signup.html", status=400, error=str(exc), email=email)
     except GatewayError as exc:  # every hashing slot busy
         return _refused(who, "signup.html", exc, email)
     return who.render_anonymous_form("login.html", notice=SIGNED_UP, email=email)
+
+
+async def grant_signup_credit(who: Visitor, account_id: str) -> None:
+    """``MEGABRAIN_SIGNUP_CREDIT`` to a new account, as a ledger entry applied once (its id names the account)."""
+    amount = nanos(who.gateway.settings.signup_credit)
+    if amount > 0:
+        await Ledger(who.gateway.redis, who.gateway.names).apply(account_id, "grant", amount, note="sign-up credit",
+                                                                 entry_id=f"signup-{account_id}")
 
 
 async def login_page(request: Request) -> Response:

@@ -1,4 +1,5 @@
-"""OpenRouter's lookups for the calling key: ``GET /api/v1/generation?id=`` and ``GET /api/v1/key``.
+"""OpenRouter's lookups for the calling key: ``GET /api/v1/generation?id=``, ``GET /api/v1/key`` and
+``GET /api/v1/credits`` (the prepaid credits of the key's account, ``common/ledger.py``).
 
 A generation record is written with the request's usage, by the settlement that publishes its answer
 (common/settlement.py; layout in common/usage.py), so it exists before the client has the answer's end.
@@ -20,6 +21,7 @@ from api.routes.admin import presented_key
 from api.gateway import Gateway
 from api.access.keys import KeyStore
 from common.errors import GatewayError, invalid
+from common.ledger import Ledger, usd
 from common.usage import Generation, generation_decoder
 
 _ID = re.compile(r"^(?:chatcmpl-|gen-)?([0-9a-f]{24})$")
@@ -99,8 +101,29 @@ async def get_key(request: Request) -> Response:
     }})
 
 
+async def get_credits(request: Request) -> Response:
+    """OpenRouter's shape: ``{"data": {"total_credits", "total_usage"}}`` in USD, for a signed-in user's
+    key (its account's ledger); plus the exact balance and what requests in flight hold. An operator key
+    (no account) has no credits: it spends the operator's provider credit, within its own budget."""
+    record = await presented_key(request, "to see its credits")
+    if record.owner is None:
+        raise GatewayError("invalid_request", "This key was made by the operator and has no prepaid credits: it "
+                           "is limited by its monthly budget (GET /api/v1/key). Credits belong to the keys of "
+                           "signed-in accounts.")
+    gateway: Gateway = request.app.state.gateway
+    balance = await Ledger(gateway.redis, gateway.names).balance(record.owner)
+    return _json({"data": {
+        "total_credits": float(usd(balance.total_credits)),
+        "total_usage": float(usd(balance.total_usage)),
+        "balance": str(usd(balance.balance)),
+        "held": str(usd(balance.held)),
+        "available": str(usd(balance.available)),
+    }})
+
+
 ROUTES = [
     ("GET", "/generation", get_generation),
+    ("GET", "/credits", get_credits),
     ("GET", "/key", get_key),
     ("GET", "/auth/key", get_key),  # OpenRouter's older spelling
 ]
