@@ -12,6 +12,9 @@ a price of $0.15 per million tokens is still a whole number per token. Amounts e
     credits:entry:<entry id>  the account an entry with a caller-chosen id went to (SET NX): a grant or
                                     top-up applied twice under one id (a retried command, a webhook
                                     delivered again) is applied once
+    credits:refunded          hash  "<payment id>" -> nanodollars refunded so far (``refund``: Stripe
+                                    reports a charge's refunds cumulatively, so replays and reordered
+                                    events debit each refunded cent once)
 
 Invariants, each kept by the one script that writes both sides: ``balance = total_credits - total_usage``
 = the sum of the ledger's amounts; a usage entry is written by the request's settlement
@@ -20,6 +23,8 @@ per answered request. Spending never takes a balance below zero: admission holds
 case against ``balance - held`` in its one script (``api/access/limits.py``), and the settlement charges at
 most what is left (a shortfall, which only a worst case that was not one could cause, is counted as
 unbilled work, never as a negative balance). Operator adjustments may not take it below zero either.
+The one exception is a refund of a top-up whose credit was already spent: the money went back, so the
+balance shows the debt (below zero) and paid requests are refused until it is topped up again.
 
 Kinds: ``grant`` (operator, sign-up credit), ``topup`` (a paid Stripe Checkout), ``refund`` (negative),
 ``adjust`` (operator, either sign), ``usage`` (negative: a request's cost).
@@ -124,6 +129,21 @@ return {1, balance}
 """
 APPLY = Script(_APPLY)
 
+# KEYS: the account's credits hash, its ledger, the refunded-so-far hash. ARGV: payment id, refunded so far
+# (nanodollars, as the payment provider reports it), the entry's JSON up to its amount.
+# Reply: {1, balance} debited the difference; {0, balance} nothing new (a replay, or an older report).
+REFUND = Script("""
+local before = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+local total = tonumber(ARGV[2])
+if total <= before then return {0, tonumber(redis.call('HGET', KEYS[1], 'balance') or '0')} end
+local delta = total - before
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'total_credits', -delta)
+local balance = redis.call('HINCRBY', KEYS[1], 'balance', -delta)
+redis.call('RPUSH', KEYS[2], ARGV[3] .. string.format('%d', -delta) .. '}')
+return {1, balance}
+""")
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -146,6 +166,10 @@ class Entry:
         if self.model:
             entry["model"] = self.model
         return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+
+    def open_amount(self) -> str:
+        """The entry's JSON up to its amount, for a script that decides the amount to append it and ``}``."""
+        return self.encode()[:-1].replace(f',"amount":{self.amount}', "") + ',"amount":'
 
     @classmethod
     def decode(cls, raw: bytes | str) -> "Entry":
@@ -207,6 +231,16 @@ class Ledger:
         if status < 0:
             raise LedgerError(f"that would take the balance of {format_usd(balance)} below zero")
         return Applied(status == 1, status == 0, balance)
+
+    async def refund(self, account: str, payment_id: str, refunded_so_far: int, *, note: str = "",
+                     now: float | None = None) -> Applied:
+        """Debit what ``payment_id`` has had refunded beyond what was debited already (``refunded_so_far``
+        is cumulative, as the payment provider reports it), as one ``refund`` entry."""
+        prefix = Entry(id=f"refund-{payment_id}-{refunded_so_far}", kind="refund", amount=0,
+                       time=time.time() if now is None else now, note=note[:500]).open_amount()
+        keys = [credits_key(self.names, account), ledger_key(self.names, account), self.names.key("credits:refunded")]
+        reply = await mux_of(self.redis).evalsha(REFUND, keys, [payment_id, refunded_so_far, prefix])
+        return Applied(int(reply[0]) == 1, int(reply[0]) == 0, int(reply[1]))
 
     async def balance(self, account: str) -> Balance:
         raw = await self.redis.hgetall(credits_key(self.names, account))

@@ -102,6 +102,11 @@ class Settings(msgspec.Struct, kw_only=True):
     public_url: str | None = None  # e.g. https://gw.example.com: makes the sign-up link in API errors absolute
     signup: bool = True  # MEGABRAIN_SIGNUP=off: no self-service accounts (private deployments)
     signup_credit: str = "0"  # USD granted to each new account (common/ledger.py), a decimal string
+    stripe_secret_key: str | None = None  # credit top-ups through Stripe Checkout (api/billing/)
+    stripe_webhook_secret: str | None = None  # verifies Stripe's webhook signatures
+    stripe_api_base: str | None = None  # another Stripe API (stripe-mock, a test server)
+    topup_min: int = 5  # USD, the smallest and largest top-up a person may choose
+    topup_max: int = 500
     session_ttl: float = 14 * 86400.0  # seconds a browser stays signed in
     response_ttl: float = 30 * 86400.0  # seconds a stored Responses object is kept (api/exchange/stored.py)
     response_max_bytes: int = 4 * 1024 * 1024  # the largest stored response (its input and answer)
@@ -128,6 +133,11 @@ class Settings(msgspec.Struct, kw_only=True):
     providers: dict[str, ProviderConfig] = {}
     models: list[ModelConfig] = []
     env: dict[str, str] = {}
+
+    @property
+    def topups(self) -> bool:
+        """Whether people can add credits themselves (Stripe configured: both its secrets)."""
+        return bool(self.stripe_secret_key and self.stripe_webhook_secret)
 
     @property
     def profile_url(self) -> str:
@@ -159,6 +169,11 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "MEGABRAIN_PUBLIC_URL": ("public_url", str),
     "MEGABRAIN_SIGNUP": ("signup", bool),
     "MEGABRAIN_SIGNUP_CREDIT": ("signup_credit", str),
+    "STRIPE_SECRET_KEY": ("stripe_secret_key", str),
+    "STRIPE_WEBHOOK_SECRET": ("stripe_webhook_secret", str),
+    "STRIPE_API_BASE": ("stripe_api_base", str),
+    "MEGABRAIN_TOPUP_MIN": ("topup_min", int),
+    "MEGABRAIN_TOPUP_MAX": ("topup_max", int),
     "MEGABRAIN_SESSION_TTL": ("session_ttl", float),
     "MEGABRAIN_RESPONSE_TTL": ("response_ttl", float),
     "MEGABRAIN_RESPONSE_MAX_BYTES": ("response_max_bytes", int),
@@ -236,6 +251,8 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
         credit = Decimal(-1)
     if not credit.is_finite() or credit < 0:
         raise ConfigError(f"MEGABRAIN_SIGNUP_CREDIT must be an amount of USD, 0 or more (got {settings.signup_credit!r})")
+    if not 1 <= settings.topup_min <= settings.topup_max <= 10_000:
+        raise ConfigError("MEGABRAIN_TOPUP_MIN and MEGABRAIN_TOPUP_MAX must be whole USD, 1 <= min <= max <= 10000")
     return settings
 
 

@@ -282,9 +282,8 @@ class Settlement:
 
     def usage_entry(self, now: float | None = None) -> str:
         """The ledger entry's JSON up to its amount, which the script appends (what it charged)."""
-        entry = Entry(id=f"usage-{self.request_id}", kind="usage", amount=0,
-                      time=time.time() if now is None else now, model=self.model).encode()
-        return entry[:-1].replace(',"amount":0', "") + ',"amount":'
+        return Entry(id=f"usage-{self.request_id}", kind="usage", amount=0,
+                     time=time.time() if now is None else now, model=self.model).open_amount()
 
 
 @dataclass(frozen=True)
