@@ -167,6 +167,10 @@ class Entry:
             entry["model"] = self.model
         return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
 
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "amount": str(self.usd), "time": self.time, "note": self.note,
+                "model": self.model or None}
+
     def open_amount(self) -> str:
         """The entry's JSON up to its amount, for a script that decides the amount to append it and ``}``."""
         return self.encode()[:-1].replace(f',"amount":{self.amount}', "") + ',"amount":'
@@ -191,6 +195,12 @@ class Balance:
     def available(self) -> int:
         """What a new request may still reserve."""
         return max(0, self.balance - self.held)
+
+    def as_json(self, account: str) -> dict[str, Any]:
+        """Exact USD decimal strings (the CLI's ``--json`` and the admin API)."""
+        return {"account": account, "balance": str(usd(self.balance)), "held": str(usd(self.held)),
+                "available": str(usd(self.available)), "total_credits": str(usd(self.total_credits)),
+                "total_usage": str(usd(self.total_usage))}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from common.names import Names
 from common.redis import connect
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import GatewayHarness, ProcessGateway, create_key, env_for
-from tests.pages import FREE, PAID, Browser, accounts_env, keys_in
+from tests.pages import ADMIN_KEY, FREE, PAID, Browser, accounts_env, keys_in
 
 MESSAGES = [{"role": "user", "content": "Summarise the plot of Hamlet in a sentence."}]
 
@@ -79,6 +80,13 @@ def test_entries_are_applied_once_and_never_below_zero(redis_url: str) -> None:
     asyncio.run(scenario())
 
 
+def refusals_counted(gw: GatewayHarness) -> float:
+    """``megabrain_credit_events_total{event="insufficient_credits"}`` on the gateway's ``/metrics``."""
+    text = httpx.get(gw.url + "/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10).text
+    found = re.search(r'^megabrain_credit_events_total\{event="insufficient_credits"\} ([0-9.e+]+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 # --- a new user, as the issue tried it --------------------------------------------------------------------
 
 
@@ -93,6 +101,7 @@ def accounts_gateway(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
 def test_a_fresh_account_pays_with_credits_and_operator_keys_do_not(accounts_gateway: GatewayHarness) -> None:
     gw = accounts_gateway
     key = keys_in(Browser(gw.url).join("new@example.org").text)[0]
+    refusals_before = refusals_counted(gw)
 
     refused = chat(gw.url, key, max_tokens=100000)
     assert refused.status_code == 402, refused.text
@@ -125,6 +134,28 @@ def test_a_fresh_account_pays_with_credits_and_operator_keys_do_not(accounts_gat
     ledger = json.loads(run_cli(env, "ledger", "new@example.org", "--json").stdout)
     assert [(e["kind"], Decimal(e["amount"])) for e in ledger["data"]] == [("usage", -cost), ("grant", Decimal("0.05"))]
     assert ledger["data"][0]["model"] == PAID
+
+    key_view = httpx.get(gw.url + "/api/v1/key", headers={"authorization": f"Bearer {key}"}, timeout=10).json()["data"]
+    assert key_view["limit"] == 0.05 and Decimal(str(key_view["limit_remaining"])) == Decimal("0.05") - cost
+    assert key_view["is_free_tier"] is False
+
+    # the same through the admin API: an account by id, a grant applied once under its id, the ledger
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    account = ledger["balance"]["account"]
+    change = {"amount": "1.25", "kind": "grant", "note": "support", "id": "ticket-7"}
+    for _ in range(2):
+        granted_http = httpx.post(f"{gw.url}/admin/credits/{account}", json=change, headers=admin, timeout=10)
+        assert granted_http.status_code == 200, granted_http.text
+    assert granted_http.json()["duplicate"] is True
+    assert Decimal(granted_http.json()["balance"]["balance"]) == Decimal("1.30") - cost
+    below = httpx.post(f"{gw.url}/admin/credits/{account}", json={"amount": "-5", "kind": "adjust"}, headers=admin,
+                       timeout=10)
+    assert below.status_code == 400 and "below zero" in below.json()["error"]["message"]
+    listed = httpx.get(f"{gw.url}/admin/credits/{account}", headers=admin, timeout=10).json()
+    assert [e["kind"] for e in listed["data"]] == ["grant", "usage", "grant"]
+    assert httpx.get(f"{gw.url}/admin/credits/nobody", headers=admin, timeout=10).status_code == 404
+    assert httpx.get(f"{gw.url}/admin/credits/{account}", timeout=10).status_code == 401
+    assert refusals_counted(gw) == refusals_before + 2  # megabrain_credit_events_total{event=…}
 
     operator_key = create_key(gw.settings.redis_url, gw.settings.namespace, "operator")
     assert chat(gw.url, operator_key, max_tokens=100000).status_code == 200  # no owner: as before, no credits

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from common import metrics
 from common.errors import GatewayError, unavailable
 from common.ledger import RETURN_CREDIT_HOLD, format_usd
 from common.mux import Script, mux_of
@@ -489,6 +490,7 @@ def decide(counters: list[Counter], reply: list[int], budget: float | None,
     if status == REVOKED:
         return LimitDecision(False, invalid_key_error(), revoked=True)
     if status == CREDITS:
+        metrics.credit_event("insufficient_credits")
         return LimitDecision(False, insufficient_credits(refused_index, credit_reserve or 0, topup_url))
     if status == BUDGET:
         return LimitDecision(False, budget_error(budget or 0.0, reserve if refused_index == 1 else None))

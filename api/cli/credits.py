@@ -26,20 +26,6 @@ class CreditsError(Exception):
     """A failure worth one clear line to the operator (exit status 1)."""
 
 
-def balance_json(account: str, balance: Any) -> dict[str, Any]:
-    """An account's money as JSON: exact USD decimal strings (and the nanodollars behind them)."""
-    from common.ledger import usd
-
-    return {"account": account, "balance": str(usd(balance.balance)), "held": str(usd(balance.held)),
-            "available": str(usd(balance.available)), "total_credits": str(usd(balance.total_credits)),
-            "total_usage": str(usd(balance.total_usage)), "balance_nanos": balance.balance}
-
-
-def entry_json(entry: Any) -> dict[str, Any]:
-    return {"id": entry.id, "kind": entry.kind, "amount": str(entry.usd), "time": entry.time, "note": entry.note,
-            "model": entry.model or None}
-
-
 def _run(settings: Settings, job: Callable[[Any, Names, str], Awaitable[Any]]) -> Any:
     from common.redis import connect
     from common.store import StoreError, reach
@@ -112,13 +98,12 @@ def run_command(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             except LedgerError as exc:
                 raise CreditsError(str(exc)) from None
             result = {"applied": applied.applied, "duplicate": applied.duplicate}
-            result["balance"] = balance_json(account, await ledger.balance(account))
+            result["balance"] = (await ledger.balance(account)).as_json(account)
             return result
         if args.credits_command == "ledger":
             entries = await ledger.entries(account, args.limit)
-            return {"data": [entry_json(e) for e in entries],
-                    "balance": balance_json(account, await ledger.balance(account))}
-        return balance_json(account, await ledger.balance(account))
+            return {"data": [e.as_json() for e in entries], "balance": (await ledger.balance(account)).as_json(account)}
+        return (await ledger.balance(account)).as_json(account)
 
     return _run(settings, job)
 

@@ -81,11 +81,25 @@ async def get_generation(request: Request) -> Response:
 
 async def get_key(request: Request) -> Response:
     """The calling key in OpenRouter's shape: label, usage (this month, USD), limit (monthly budget),
-    rate limit, and whether it is limited to free models (a budget of 0)."""
+    rate limit, and whether it is limited to free models (a budget of 0). An account's key: ``limit`` is
+    what its account was credited and ``limit_remaining`` what it may still spend (the lower of its
+    available credits and what is left of a budget), ``is_free_tier`` until it was ever credited."""
     record = await presented_key(request, "to see it")
     gateway: Gateway = request.app.state.gateway
     spend = await KeyStore(gateway.redis, gateway.names).month_spend(record.id)
     budget = record.monthly_budget
+    if record.owner is not None:
+        balance = await Ledger(gateway.redis, gateway.names).balance(record.owner)
+        available = float(usd(balance.available))
+        return _json({"data": {
+            "label": record.name, "name": record.name, "id": record.id, "usage": spend, "usage_monthly": spend,
+            "limit": budget if budget is not None else float(usd(balance.total_credits)),
+            "limit_remaining": available if budget is None else min(available, max(0.0, budget - spend)),
+            "limit_reset": "monthly" if budget is not None else None,
+            "is_free_tier": balance.total_credits <= 0 or budget == 0,
+            "is_provisioning_key": False,
+            "rate_limit": {"requests": record.rpm, "interval": "1m"} if record.rpm else None,
+        }})
     return _json({"data": {
         "label": record.name,
         "name": record.name,
