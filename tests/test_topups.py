@@ -165,3 +165,22 @@ def test_without_stripe_top_ups_are_off(redis_url: str, fake_openai: tuple[OpenA
         assert 'id="topups-off"' in browser.get("/profile").text
         assert browser.submit("/profile", "/profile/credits", {"amount": "5"}).status_code == 403
         assert httpx.post(gw.url + WEBHOOK, content=b"{}", timeout=10).status_code == 404
+
+
+def test_a_person_hands_a_capped_key_to_a_script(gw: GatewayHarness, stripe_fake: StripeFakeState) -> None:
+    """A key made on the Profile with a monthly limit spends the account's credits up to that limit only."""
+    browser = Browser(gw.url)
+    browser.join("capper@example.org")
+    created = browser.submit("/profile", "/profile/keys", {"name": "script", "monthly_limit": "0.0012"})
+    assert created.status_code == 201
+    capped = keys_in(created.text)[0]
+    account = gw.run(_owner_of(gw, capped))
+    paid = event("checkout.session.completed", _session(account, "cs_test_cap", cents=500))
+    assert deliver(gw, paid, stripe_fake.webhook_secret).json()["action"] == "credited"
+    outcomes = [chat(gw, capped).status_code for _ in range(10)]  # each may cost ~$0.0005: the cap binds
+    assert outcomes[0] == 200 and 402 in outcomes
+    over = chat(gw, capped).json()
+    assert over["error_type"] == "budget_exceeded"  # the key's own cap, not the account's credits ($5)
+    assert Decimal(str(credits(gw, capped)["balance"])) > Decimal("4.99")
+    bad = browser.submit("/profile", "/profile/keys", {"name": "bad", "monthly_limit": "-1"})
+    assert bad.status_code == 400 and "monthly limit" in bad.text

@@ -31,6 +31,7 @@ LOW_BALANCE = nanos("1")  # below this the page says so
 TOPUP_NOTICES = {"paid": "Payment received: your credits are added as soon as Stripe confirms it (seconds).",
                  "cancelled": "The payment was cancelled; nothing was charged."}
 MAX_KEY_NAME = 64
+MAX_KEY_LIMIT = 100_000  # USD per month: a key's own cap (its monthly budget)
 CHART_WIDTH, CHART_HEIGHT = 600, 120
 
 
@@ -181,9 +182,16 @@ async def create_key(who: Visitor, fields: dict[str, str]) -> Response:
     name = " ".join(fields.get("name", "").split())
     if not name or len(name) > MAX_KEY_NAME:
         return await render_profile(who, status=400, error=f"Give the key a name of 1 to {MAX_KEY_NAME} characters.")
+    limit = fields.get("monthly_limit", "").strip()
+    try:  # a cap of the key's spend per UTC month, within the account's credits: a key to hand to a script
+        budget = float(Decimal(limit)) if limit else None
+    except InvalidOperation:
+        budget = -1.0
+    if budget is not None and not 0 <= budget <= MAX_KEY_LIMIT:
+        return await render_profile(who, status=400, error=f"A key's monthly limit is 0 to {MAX_KEY_LIMIT} USD, or empty.")
     try:
         created = await KeyStore(who.gateway.redis, who.gateway.names).create(
-            name, owner=who.account.id, max_owned=who.gateway.settings.limits.keys_per_account)
+            name, monthly_budget=budget, owner=who.account.id, max_owned=who.gateway.settings.limits.keys_per_account)
     except KeyLimitError as exc:
         return await render_profile(who, status=400, error=str(exc))
     return await render_profile(who, new_key=created, status=201)
