@@ -107,6 +107,8 @@ class Settings(msgspec.Struct, kw_only=True):
     stripe_api_base: str | None = None  # another Stripe API (stripe-mock, a test server)
     topup_min: int = 5  # USD, the smallest and largest top-up a person may choose
     topup_max: int = 500
+    smtp_url: str | None = None  # smtp://user:pass@host:587 or smtps://…: verification mail (api/access/verification.py)
+    mail_from: str = "Megabrain Gateway <no-reply@localhost>"
     session_ttl: float = 14 * 86400.0  # seconds a browser stays signed in
     response_ttl: float = 30 * 86400.0  # seconds a stored Responses object is kept (api/exchange/stored.py)
     response_max_bytes: int = 4 * 1024 * 1024  # the largest stored response (its input and answer)
@@ -174,6 +176,8 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "STRIPE_API_BASE": ("stripe_api_base", str),
     "MEGABRAIN_TOPUP_MIN": ("topup_min", int),
     "MEGABRAIN_TOPUP_MAX": ("topup_max", int),
+    "MEGABRAIN_SMTP_URL": ("smtp_url", str),
+    "MEGABRAIN_MAIL_FROM": ("mail_from", str),
     "MEGABRAIN_SESSION_TTL": ("session_ttl", float),
     "MEGABRAIN_RESPONSE_TTL": ("response_ttl", float),
     "MEGABRAIN_RESPONSE_MAX_BYTES": ("response_max_bytes", int),

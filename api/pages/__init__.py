@@ -22,4 +22,6 @@ ROUTES = [
     ("POST", "/profile/keys", profile.create_key),
     ("POST", "/profile/keys/{key_id}/revoke", profile.revoke_key),
     ("POST", "/profile/credits", profile.add_credits),
+    ("POST", "/profile/verify", profile.resend_verification),
+    ("GET", "/verify", auth.verify),
 ]

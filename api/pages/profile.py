@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from api.access import verification
+from api.access.accounts import email_key
+from api.access.admission import access_context
 from api.access.keys import KeyLimitError, KeyRecord, KeyStore, UsageRow, utc_day
 from api.billing.checkout import TopupError, create_checkout, topup_cents
 from api.pages.forms import Visitor, form_endpoint, visitor
@@ -28,6 +31,8 @@ from common.settings import Settings
 USAGE_DAYS = 30
 LEDGER_READ, LEDGER_SHOWN = 1000, 50  # newest ledger entries read, rows shown (usage summed per day)
 LOW_BALANCE = nanos("1")  # below this the page says so
+VERIFY_NOTICES = {"1": "Your email address is verified.",
+                  "sent": "A new verification link is on its way to that address."}
 TOPUP_NOTICES = {"paid": "Payment received: your credits are added as soon as Stripe confirms it (seconds).",
                  "cancelled": "The payment was cancelled; nothing was charged."}
 MAX_KEY_NAME = 64
@@ -152,6 +157,8 @@ async def render_profile(who: Visitor, *, new_key: tuple[KeyRecord, str] | None 
         balance=balance, entries=ledger_rows(entries), usd=format_usd, low_balance=balance.available < LOW_BALANCE,
         topups=settings.topups, topup_min=settings.topup_min, topup_max=settings.topup_max,
         topup_notice=TOPUP_NOTICES.get(who.request.query_params.get("topup", "")),
+        unverified=bool(settings.smtp_url) and not who.account.verified, signup_credit=settings.signup_credit,
+        verify_notice=VERIFY_NOTICES.get(who.request.query_params.get("verified", "")),
         api_base=(who.gateway.settings.public_url or str(who.request.base_url).rstrip("/")).rstrip("/")
         + who.base + "/v1",
     )
@@ -227,3 +234,33 @@ async def add_credits(who: Visitor, fields: dict[str, str]) -> Response:
     except GatewayError as exc:
         return await render_profile(who, status=exc.status, error=exc.message)
     return RedirectResponse(url, status_code=303)
+
+
+@form_endpoint(signed_in=True)
+async def resend_verification(who: Visitor, fields: dict[str, str]) -> Response:
+    """A new verification link, to the address typed again (the store keeps only its keyed hash, so it is
+    checked against that), at most ``RESENDS_PER_HOUR`` per account."""
+    assert who.account is not None
+    gateway = who.gateway
+    if not gateway.settings.smtp_url or who.account.verified:
+        return who.redirect("/profile")
+    limiter = access_context(gateway).limiter
+    decision = await limiter.check([limiter.attempts("verify_resend", who.account.id, verification.RESENDS_PER_HOUR,
+                                                     3600)])
+    if decision.error is not None:
+        return await render_profile(who, status=429, error="Too many verification mails asked for this hour. "
+                                                           "Try again later.")
+    email = fields.get("email", "")
+    owner = await gateway.redis.get(gateway.names.account_email(email_key(gateway.secret, email)))
+    if (owner.decode() if isinstance(owner, bytes) else owner) != who.account.id:
+        return await render_profile(who, status=400, error="That is not the email address of this account.")
+    link = await verification.new_link(gateway.redis, gateway.names, who.account.id, site_url(who))
+    verification.send_later(gateway.settings, verification.message(gateway.settings, email, link))
+    return who.redirect("/profile?verified=sent")
+
+
+def site_url(who: Visitor) -> str:
+    """This site's pages, as a link in a mail must name them (``MEGABRAIN_PUBLIC_URL`` when set)."""
+    settings = who.gateway.settings
+    here = settings.public_url.rstrip("/") if settings.public_url else str(who.request.base_url).rstrip("/")
+    return here + who.base
