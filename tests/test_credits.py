@@ -164,6 +164,29 @@ def test_a_fresh_account_pays_with_credits_and_operator_keys_do_not(accounts_gat
     assert operator_credits.status_code == 400 and "monthly budget" in operator_credits.json()["error"]["message"]
 
 
+def test_embeddings_hold_their_input_at_one_token_per_byte(accounts_gateway: GatewayHarness) -> None:
+    """An embedding's worst case is its whole body as tokens: a large input on a small balance is refused
+    before it runs, a small one is served and charged."""
+    gw = accounts_gateway
+    key = create_key(gw.settings.redis_url, gw.settings.namespace, "embedder", owner="embedder-acct")
+
+    async def grant() -> None:
+        client = connect(gw.settings.redis_url)
+        try:  # text-embedding-3-small: $0.02 per million tokens, so $0.001 covers 50,000 tokens
+            await Ledger(client, Names(gw.settings.namespace)).apply("embedder-acct", "grant", nanos("0.001"))
+        finally:
+            await client.aclose()
+
+    gw.run(grant())
+    headers = {"authorization": f"Bearer {key}"}
+    large = httpx.post(gw.url + "/v1/embeddings", json={"model": "openai/text-embedding-3-small",
+                                                       "input": "word " * 20_000}, headers=headers, timeout=30)
+    assert large.status_code == 402 and large.json()["error_type"] == "insufficient_credits", large.text
+    small = httpx.post(gw.url + "/v1/embeddings", json={"model": "openai/text-embedding-3-small",
+                                                       "input": "a few words"}, headers=headers, timeout=30)
+    assert small.status_code == 200, small.text
+
+
 def test_signup_credit_is_granted_once_per_new_account(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
                                                         tmp_path: Path) -> None:
     env = accounts_env(redis_url, fake_openai[1], tmp_path, signup_credit="0.25")
