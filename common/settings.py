@@ -107,7 +107,7 @@ class Settings(msgspec.Struct, kw_only=True):
     stripe_api_base: str | None = None  # another Stripe API (stripe-mock, a test server)
     topup_min: int = 5  # USD, the smallest and largest top-up a person may choose
     topup_max: int = 500
-    smtp_url: str | None = None  # smtp://user:pass@host:587 or smtps://…: verification mail (api/access/verification.py)
+    smtp_url: str | None = None  # smtp://user:pass@host:587 or smtps://…: verification mail (verification.py)
     mail_from: str = "Megabrain Gateway <no-reply@localhost>"
     session_ttl: float = 14 * 86400.0  # seconds a browser stays signed in
     response_ttl: float = 30 * 86400.0  # seconds a stored Responses object is kept (api/exchange/stored.py)
@@ -254,7 +254,8 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
     except InvalidOperation:
         credit = Decimal(-1)
     if not credit.is_finite() or credit < 0:
-        raise ConfigError(f"MEGABRAIN_SIGNUP_CREDIT must be an amount of USD, 0 or more (got {settings.signup_credit!r})")
+        raise ConfigError("MEGABRAIN_SIGNUP_CREDIT must be an amount of USD, 0 or more "
+                          f"(got {settings.signup_credit!r})")
     if not 1 <= settings.topup_min <= settings.topup_max <= 10_000:
         raise ConfigError("MEGABRAIN_TOPUP_MIN and MEGABRAIN_TOPUP_MAX must be whole USD, 1 <= min <= max <= 10000")
     return settings

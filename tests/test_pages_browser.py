@@ -3,7 +3,8 @@
 Sign up → log in → the key is shown → it works through the OpenAI SDK → its usage shows on the Profile page →
 log out → a wrong password is refused → log in → the key is not shown again → create and revoke keys →
 the revoked key gets 401. And credits: a new account without credit is refused the paid model (402) →
-"Add credits" → the (fake) Stripe Checkout page → back on the Profile with the balance → the paid call works. Browser downloads are impossible here, so Playwright is pointed at the system
+"Add credits" → the (fake) Stripe Checkout page → back on the Profile with the balance → the paid call works.
+Browser downloads are impossible here, so Playwright is pointed at the system
 Chromium; without it these tests are skipped, saying so.
 """
 

@@ -3,7 +3,8 @@
 Each test reconciles what clients got against what the store bills: the key's usage counters, its month's
 spend, the generation records behind ``/api/v1/generation``, the budget reservations in flight, and — the
 key belongs to an account — that account's prepaid credits: its ledger's usage entries, its balance and
-its credit holds (``common/settlement.py`` and ``common/ledger.py`` state the rules checked here). Faults are real signals to real worker
+its credit holds (``common/settlement.py`` and ``common/ledger.py`` state the rules checked here). Faults are
+real signals to real worker
 processes: SIGKILL at whatever instant the load puts them, SIGSTOP past the liveness TTL and SIGCONT.
 """
 

@@ -94,7 +94,8 @@ def test_a_new_user_adds_five_dollars_and_the_paid_call_works(gw: GatewayHarness
     assert "1 request on" in browser.get("/profile").text  # usage per day in the ledger
 
 
-def _session(account: str, session_id: str = "cs_test_given", paid: bool = True, cents: int = 1000) -> dict[str, object]:
+def _session(account: str, session_id: str = "cs_test_given", paid: bool = True,
+             cents: int = 1000) -> dict[str, object]:
     return {"id": session_id, "object": "checkout.session", "mode": "payment", "currency": "usd",
             "amount_total": cents, "client_reference_id": account, "payment_intent": "pi_" + session_id,
             "payment_status": "paid" if paid else "unpaid", "status": "complete" if paid else "open"}

@@ -404,7 +404,8 @@ class Limiter:
         than its limit of requests in flight, and the admitted request joins them all as ``lease_id`` until
         ``hold_until_ms`` (its settlement or close leaves them first). ``credit_reserve`` (nanodollars) is
         held like ``reserve`` against the balance in ``credits_key`` (an account's key: ``common/ledger.py``);
-        a balance that cannot cover it is a 402 ``insufficient_credits`` naming ``topup_url``. With ``enqueue``, an admitted request's job is
+        a balance that cannot cover it is a 402 ``insufficient_credits`` naming ``topup_url``. With ``enqueue``,
+        an admitted request's job is
         queued by the same script (its queue must be on this Redis), unless the queue holds ``depth_limit``
         jobs already, or handed to an idle worker process of its pool (``LimitDecision.handed_to``). Redis
         errors become a 503 (fail closed; see the module docstring).

@@ -39,7 +39,8 @@ def topup_cents(settings: Settings, raw: str) -> int:
         dollars = -1.0
     cents = round(dollars * 100)
     if not settings.topup_min * 100 <= cents <= settings.topup_max * 100 or abs(dollars * 100 - cents) > 1e-6:
-        raise TopupError(f"Choose an amount from ${settings.topup_min} to ${settings.topup_max} (in dollars and cents).")
+        raise TopupError(f"Choose an amount from ${settings.topup_min} to ${settings.topup_max} "
+                         "(in dollars and cents).")
     return cents
 
 

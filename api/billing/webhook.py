@@ -82,7 +82,8 @@ async def _paid_session(redis: Any, names: Names, event: dict[str, Any], session
                                                note=f"Stripe Checkout {session['id']}")
     if session.get("payment_intent"):
         await redis.set(names.key(f"credits:stripe:pi:{session['payment_intent']}"), account)
-    log.info("stripe event %s %s: %s", event.get("id"), event.get("type"), "credited" if applied.applied else "duplicate")
+    log.info("stripe event %s %s: %s", event.get("id"), event.get("type"),
+             "credited" if applied.applied else "duplicate")
     if applied.applied:
         metrics.credit_event("topup")
     return Outcome("credited" if applied.applied else "duplicate", account)
@@ -102,7 +103,8 @@ async def _refunded_charge(redis: Any, names: Names, event: dict[str, Any], char
         return Outcome("ignored")
     applied = await Ledger(redis, names).refund(account, str(charge.get("payment_intent") or charge.get("id")),
                                                 refunded * CENT_NANOS, note=f"Stripe refund of {charge.get('id')}")
-    log.info("stripe event %s %s: %s", event.get("id"), event.get("type"), "refunded" if applied.applied else "duplicate")
+    log.info("stripe event %s %s: %s", event.get("id"), event.get("type"),
+             "refunded" if applied.applied else "duplicate")
     if applied.applied:
         metrics.credit_event("refund")
     return Outcome("refunded" if applied.applied else "duplicate", account)

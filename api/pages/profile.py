@@ -195,7 +195,8 @@ async def create_key(who: Visitor, fields: dict[str, str]) -> Response:
     except InvalidOperation:
         budget = -1.0
     if budget is not None and not 0 <= budget <= MAX_KEY_LIMIT:
-        return await render_profile(who, status=400, error=f"A key's monthly limit is 0 to {MAX_KEY_LIMIT} USD, or empty.")
+        return await render_profile(who, status=400,
+                                    error=f"A key's monthly limit is 0 to {MAX_KEY_LIMIT} USD, or empty.")
     try:
         created = await KeyStore(who.gateway.redis, who.gateway.names).create(
             name, monthly_budget=budget, owner=who.account.id, max_owned=who.gateway.settings.limits.keys_per_account)

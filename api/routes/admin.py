@@ -180,7 +180,8 @@ async def change_credits(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     account = await _account(request)
     try:
-        change = msgspec.json.decode(await read_body(request, gateway.settings.limits.max_body_bytes), type=CreditChange)
+        body = await read_body(request, gateway.settings.limits.max_body_bytes)
+        change = msgspec.json.decode(body, type=CreditChange)
         amount = nanos(change.amount)
         if change.kind not in ("grant", "adjust") or (change.kind == "grant" and amount <= 0):
             raise LedgerError("kind is 'grant' (a positive amount) or 'adjust' (either sign)")
