@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from api import pages
 from api.routes import (admin, chat, embeddings, gemini, listings, lookups, messages, ops, responses, streams,
-                        transcriptions)
+                        stripe_webhook, transcriptions)
 from api.gateway import Gateway
 from api.exchange.answer import error_response
 from api.exchange.body import BODY_BYTES
@@ -39,7 +39,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 ROUTES: list[tuple[str, str, Endpoint]] = [
     *chat.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES, *listings.ROUTES, *lookups.ROUTES,
     *admin.ROUTES, *ops.ROUTES, *messages.ROUTES, *responses.ROUTES, *streams.ROUTES,
-    *gemini.ROUTES,
+    *gemini.ROUTES, *stripe_webhook.ROUTES,
 ]
 
 # Bare, OpenAI's /v1 and OpenRouter's /api/v1: tools written for either find every route.

@@ -20,6 +20,7 @@ STATUS_BY_TYPE: dict[str, int] = {
     "paid_model_auth_required": 401,
     "promotion_limit_reached": 401,
     "budget_exceeded": 402,
+    "insufficient_credits": 402,
     "permission_denied": 403,
     "model_not_found": 404,
     "not_found": 404,

@@ -63,6 +63,8 @@ QUEUE_WAIT = Histogram("megabrain_queue_wait_seconds", "Enqueue to pickup by a w
 UNBILLED = Counter("megabrain_unbilled_attempts", "Attempts whose upstream work nobody is charged for (a "
                    "superseded or ended attempt's refused settlement; see common/settlement.py).",
                    ("provider", "reason"), registry=REGISTRY)
+CREDIT_EVENTS = Counter("megabrain_credit_events", "Prepaid credits (common/ledger.py): Stripe top-ups and refunds "
+                        "applied, and paid requests refused for want of credit.", ("event",), registry=REGISTRY)
 RELAY_LAG = Histogram("megabrain_relay_lag_seconds", "Worker publish to web relay delivery.",
                       buckets=_LAG_BUCKETS, registry=REGISTRY)
 
@@ -110,6 +112,11 @@ def fallback(from_provider: str, to_provider: str) -> None:
 def unbilled(provider: str, reason: str) -> None:
     """A worker's settlement was refused (``superseded``, ``closed``, ``late``): the upstream worked for free."""
     _child(UNBILLED, provider, reason).inc()
+
+
+def credit_event(event: str) -> None:
+    """``topup`` or ``refund`` applied from Stripe's webhook, or ``insufficient_credits`` (a 402)."""
+    _child(CREDIT_EVENTS, event).inc()
 
 
 def queue_wait(pool: str, seconds: float) -> None:

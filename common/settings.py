@@ -11,6 +11,7 @@ import os
 import tomllib
 import uuid
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,14 @@ class Settings(msgspec.Struct, kw_only=True):
     log_level: str = "info"
     public_url: str | None = None  # e.g. https://gw.example.com: makes the sign-up link in API errors absolute
     signup: bool = True  # MEGABRAIN_SIGNUP=off: no self-service accounts (private deployments)
+    signup_credit: str = "0"  # USD granted to each new account (common/ledger.py), a decimal string
+    stripe_secret_key: str | None = None  # credit top-ups through Stripe Checkout (api/billing/)
+    stripe_webhook_secret: str | None = None  # verifies Stripe's webhook signatures
+    stripe_api_base: str | None = None  # another Stripe API (stripe-mock, a test server)
+    topup_min: int = 5  # USD, the smallest and largest top-up a person may choose
+    topup_max: int = 500
+    smtp_url: str | None = None  # smtp://user:pass@host:587 or smtps://…: verification mail (verification.py)
+    mail_from: str = "Megabrain Gateway <no-reply@localhost>"
     session_ttl: float = 14 * 86400.0  # seconds a browser stays signed in
     response_ttl: float = 30 * 86400.0  # seconds a stored Responses object is kept (api/exchange/stored.py)
     response_max_bytes: int = 4 * 1024 * 1024  # the largest stored response (its input and answer)
@@ -128,6 +137,16 @@ class Settings(msgspec.Struct, kw_only=True):
     env: dict[str, str] = {}
 
     @property
+    def topups(self) -> bool:
+        """Whether people can add credits themselves (Stripe configured: both its secrets)."""
+        return bool(self.stripe_secret_key and self.stripe_webhook_secret)
+
+    @property
+    def profile_url(self) -> str:
+        """Where a person adds credits and sees their balance (the Profile page)."""
+        return (self.public_url or "").rstrip("/") + self.mount_prefix + "/profile"
+
+    @property
     def signup_url(self) -> str | None:
         """Where API errors send people for a key; None when sign-up is off."""
         if not self.signup:
@@ -151,6 +170,14 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "MEGABRAIN_LOG_LEVEL": ("log_level", str),
     "MEGABRAIN_PUBLIC_URL": ("public_url", str),
     "MEGABRAIN_SIGNUP": ("signup", bool),
+    "MEGABRAIN_SIGNUP_CREDIT": ("signup_credit", str),
+    "STRIPE_SECRET_KEY": ("stripe_secret_key", str),
+    "STRIPE_WEBHOOK_SECRET": ("stripe_webhook_secret", str),
+    "STRIPE_API_BASE": ("stripe_api_base", str),
+    "MEGABRAIN_TOPUP_MIN": ("topup_min", int),
+    "MEGABRAIN_TOPUP_MAX": ("topup_max", int),
+    "MEGABRAIN_SMTP_URL": ("smtp_url", str),
+    "MEGABRAIN_MAIL_FROM": ("mail_from", str),
     "MEGABRAIN_SESSION_TTL": ("session_ttl", float),
     "MEGABRAIN_RESPONSE_TTL": ("response_ttl", float),
     "MEGABRAIN_RESPONSE_MAX_BYTES": ("response_max_bytes", int),
@@ -222,6 +249,15 @@ def load_settings(env: Mapping[str, str] | None = None, config_path: str | None 
     settings.mount_prefix = settings.mount_prefix.rstrip("/")
     if settings.mount_prefix and not settings.mount_prefix.startswith("/"):
         settings.mount_prefix = "/" + settings.mount_prefix
+    try:
+        credit = Decimal(settings.signup_credit)
+    except InvalidOperation:
+        credit = Decimal(-1)
+    if not credit.is_finite() or credit < 0:
+        raise ConfigError("MEGABRAIN_SIGNUP_CREDIT must be an amount of USD, 0 or more "
+                          f"(got {settings.signup_credit!r})")
+    if not 1 <= settings.topup_min <= settings.topup_max <= 10_000:
+        raise ConfigError("MEGABRAIN_TOPUP_MIN and MEGABRAIN_TOPUP_MAX must be whole USD, 1 <= min <= max <= 10000")
     return settings
 
 

@@ -41,9 +41,11 @@ Requests in flight: each admitted request is a member (its request id) of its ke
 ``inflight`` sets (``api/access/limits.py``), which bound how many a tenant may have at once; settling and
 closing both remove it, so whichever ends the request frees its place, once.
 
-Extending it (prepaid credits): a balance spent by the same reservation is one more total beside
-``held``, moved in the ``bill`` branch of ``SETTLE`` next to the spend, and its ledger entry written
-there too — inside the fence check, so it inherits "once, atomically, before the answer".
+Prepaid credits (``common/ledger.py``): a signed-in user's key holds its worst case against its account's
+balance too (``credits:holds:<account>``, summed in the credits hash's ``held``), returned by the same
+three paths. The ``bill`` branch charges the real cost to the balance (at most what is left: a shortfall is
+counted as unbilled ``shortfall``, never a negative balance) and appends the usage entry to the account's
+ledger — inside the fence check, so it inherits "once, atomically, before the answer".
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
+from common.ledger import RETURN_CREDIT_HOLD, Entry, credit_holds_key, credits_key, ledger_key, nanos
 from common.mux import Script, mux_of
 from common.names import Names, new_request_id
 from common.usage import (ACTIVITY_KEEP, ANONYMOUS, GENERATION_TTL_SECONDS, USAGE_TTL_SECONDS,
@@ -84,14 +87,17 @@ local function return_overdue(holds, total, now_ms)
 end
 """
 
-_SETTLE = RETURN_HOLD + """
+_SETTLE = RETURN_HOLD + RETURN_CREDIT_HOLD + """
 -- KEYS: fence, usage day hash, month spend, holds, held total, generation, unbilled day hash,
 --       the account's usage day hash (a signed-in user's key; else unused), the key's and the
---       account's requests in flight (leases, api/access/limits.py), the account's activity
+--       account's requests in flight (leases, api/access/limits.py), the account's activity, the
+--       account's credits hash, its credit holds, its ledger (credits: common/ledger.py; else unused)
 -- ARGV: attempt, outcome ('bill'|'failed'), hold member ('' = none), settle-by (epoch ms), model,
 --       prompt tokens, completion tokens, cost (USD decimal), generation record ('' = none),
 --       reply channel ('' = the caller publishes), final event, '1' when the account's day counts too,
---       request id (its leases' member), the account's activity entry ('' = none)
+--       request id (its leases' member), the account's activity entry ('' = none), credit hold member
+--       ('' = none), '1' when the account's credits pay, cost in nanodollars, the usage entry's JSON up to
+--       its amount
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local attempt = tonumber(ARGV[1])
@@ -143,6 +149,7 @@ end
 return_hold(KEYS[4], KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[9], ARGV[13])
 if ARGV[12] == '1' then redis.call('ZREM', KEYS[10], ARGV[13]) end
+return_credit_hold(KEYS[13], KEYS[12], ARGV[15])
 local receivers = 1
 if ARGV[10] ~= '' then receivers = redis.call('PUBLISH', ARGV[10], ARGV[11]) end
 local outcome = ARGV[2]
@@ -165,6 +172,20 @@ local function count(day)
 end
 count(KEYS[2])
 if ARGV[12] == '1' then count(KEYS[8]) end
+local cost_nanos = tonumber(ARGV[17]) or 0
+if ARGV[16] == '1' and cost_nanos > 0 then  -- the account's credits pay: at most what is left
+  local balance = tonumber(redis.call('HGET', KEYS[12], 'balance') or '0')
+  local charge = math.min(cost_nanos, math.max(0, balance))
+  if charge < cost_nanos then
+    redis.call('HINCRBY', KEYS[7], 'shortfall|' .. model .. '|nanos', cost_nanos - charge)
+    redis.call('EXPIRE', KEYS[7], @UNBILLED_TTL@)
+  end
+  if charge > 0 then
+    redis.call('HINCRBY', KEYS[12], 'balance', -charge)
+    redis.call('HINCRBY', KEYS[12], 'total_usage', charge)
+    redis.call('RPUSH', KEYS[14], ARGV[18] .. string.format('%d', -charge) .. '}')
+  end
+end
 record_generation()
 return {1, receivers}
 """
@@ -188,16 +209,17 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """)
 
-# KEYS: fence, holds, held total, the key's and the account's requests in flight.
-# ARGV: hold member ('' = none), fence TTL ms, request id.
-# 1: closed (the hold and the leases are back); 0: the request settled already.
-CLOSE = Script(RETURN_HOLD + """
+# KEYS: fence, holds, held total, the key's and the account's requests in flight, the account's credits hash,
+# its credit holds. ARGV: hold member ('' = none), fence TTL ms, request id, credit hold member ('' = none).
+# 1: closed (the hold, the credit hold and the leases are back); 0: the request settled already.
+CLOSE = Script(RETURN_HOLD + RETURN_CREDIT_HOLD + """
 local fence = redis.call('GET', KEYS[1])
 if fence and string.sub(fence, 1, 1) == 's' then return 0 end
 redis.call('SET', KEYS[1], 'c', 'PX', ARGV[2])
 return_hold(KEYS[2], KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[3])
+return_credit_hold(KEYS[7], KEYS[6], ARGV[4])
 return 1
 """)
 
@@ -228,6 +250,7 @@ class Settlement:
     reserved: str = ""  # the hold the request made at admission (USD decimal string), returned here
     generation: bytes = b""  # the msgpack record behind GET /api/v1/generation ('' = none)
     account: str = ""  # a signed-in user's key: its account's day totals and Activity count the request too
+    credit: str = ""  # nanodollars held against the account's credits at admission: they pay ('' = not)
 
     def command(self, names: Names, channel: str, event: bytes, now: float | None = None) -> tuple[list[str], list[Any]]:
         """``SETTLE``'s keys and arguments."""
@@ -245,12 +268,22 @@ class Settlement:
             *leases_of(names, key_id, self.account),
             names.activity(self.account) if self.account else names.key("activity:none"),
         ]
+        paid = bool(self.credit and self.account)
+        account = self.account if paid else "none"
+        keys += [credits_key(names, account), credit_holds_key(names, account), ledger_key(names, account)]
         listed = activity_member(self.request_id, key_id, self.model) if self.account and self.generation else ""
         args: list[Any] = [self.attempt, self.outcome, hold_member(self.request_id, held),
                            settle_by_ms(self.deadline), self.model, self.prompt_tokens, self.completion_tokens,
                            self.cost, self.generation, channel, event, "1" if self.account else "0",
-                           self.request_id, listed]
+                           self.request_id, listed, hold_member(self.request_id, self.credit) if paid else "",
+                           "1" if paid else "0", nanos(self.cost) if paid else 0,
+                           self.usage_entry(now) if paid else ""]
         return keys, args
+
+    def usage_entry(self, now: float | None = None) -> str:
+        """The ledger entry's JSON up to its amount, which the script appends (what it charged)."""
+        return Entry(id=f"usage-{self.request_id}", kind="usage", amount=0,
+                     time=time.time() if now is None else now, model=self.model).open_amount()
 
 
 @dataclass(frozen=True)
@@ -298,27 +331,30 @@ async def supersede(redis: Any, names: Names, request_id: str, attempt: int, dea
 
 
 async def close(redis: Any, names: Names, request_id: str, key_id: str, reserved: str, deadline: float,
-                account: str = "") -> bool:
-    """End a request no attempt may settle any more, returning its hold and its leases. False: it settled
-    already."""
-    keys, args = _close_arguments(names, request_id, key_id, reserved, deadline, account)
+                account: str = "", credit: str = "") -> bool:
+    """End a request no attempt may settle any more, returning its hold, its ``credit`` hold against
+    ``account``'s credits and its leases. False: it settled already."""
+    keys, args = _close_arguments(names, request_id, key_id, reserved, deadline, account, credit)
     return bool(await mux_of(redis).evalsha(CLOSE, keys, args))
 
 
 def close_command(names: Names, request_id: str, key_id: str, reserved: str, deadline: float,
-                  account: str = "") -> tuple[Any, ...]:
+                  account: str = "", credit: str = "") -> tuple[Any, ...]:
     """``close`` as one EVAL (the script's source, never NOSCRIPT), for a pipeline that must go out at once."""
-    keys, args = _close_arguments(names, request_id, key_id, reserved, deadline, account)
+    keys, args = _close_arguments(names, request_id, key_id, reserved, deadline, account, credit)
     return ("EVAL", CLOSE.source, len(keys), *keys, *args)
 
 
 def _close_arguments(names: Names, request_id: str, key_id: str, reserved: str, deadline: float,
-                     account: str) -> tuple[list[str], list[Any]]:
+                     account: str, credit: str = "") -> tuple[list[str], list[Any]]:
     key_id = key_id or ANONYMOUS
     held = reserved if key_id != ANONYMOUS else ""
+    paid = bool(account and credit)
     keys = [names.fence(request_id), holds_key(names, key_id), held_key(names, key_id),
-            *leases_of(names, key_id, account)]
-    return keys, [hold_member(request_id, held), _fence_ttl_ms(deadline), request_id]
+            *leases_of(names, key_id, account), credits_key(names, account if paid else "none"),
+            credit_holds_key(names, account if paid else "none")]
+    return keys, [hold_member(request_id, held), _fence_ttl_ms(deadline), request_id,
+                  hold_member(request_id, credit) if paid else ""]
 
 
 def leases_of(names: Names, key_id: str, account: str) -> tuple[str, str]:

@@ -20,7 +20,10 @@ _KEY = re.compile(r"\bmb-[A-Za-z0-9_\-]{20,}")
 
 def accounts_env(redis_url: str, upstream: str, tmp_path: Path, *, hops: int = 0, anon_per_day: int = 50,
                  user_per_day: int = 1000, per_email_ip: int = 5, per_email: int = 100, per_ip: int = 30,
-                 signups_per_ip: int = 50, keys_per_account: int = 20, **extra: str) -> dict[str, str]:
+                 signups_per_ip: int = 50, keys_per_account: int = 20, signup_credit: str = "5",
+                 **extra: str) -> dict[str, str]:
+    """A gateway with sign-up on; each new account is granted ``signup_credit`` USD of prepaid credits (its
+    paid-model requests spend them: common/ledger.py), so account keys can call the paid model."""
     config = tmp_path / "megabrain.toml"
     config.write_text(
         "[limits]\n"
@@ -35,7 +38,8 @@ def accounts_env(redis_url: str, upstream: str, tmp_path: Path, *, hops: int = 0
         f'\n[[models]]\nid = "{FREE}"\nfree = true\n'
     )
     return env_for(redis_url, MEGABRAIN_CONFIG=str(config), OPENAI_BASE_URL=upstream,
-                   OPENAI_API_KEY="sk-upstream-test", MEGABRAIN_ADMIN_KEY=ADMIN_KEY, **extra)
+                   OPENAI_API_KEY="sk-upstream-test", MEGABRAIN_ADMIN_KEY=ADMIN_KEY,
+                   MEGABRAIN_SIGNUP_CREDIT=signup_credit, **extra)
 
 
 def csrf_of(html: str) -> str:

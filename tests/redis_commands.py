@@ -3,7 +3,9 @@
 ``python -m tests.redis_commands [N]`` starts its own Redis (the store's binary), the fake upstream and a
 gateway (API and the openai pool in one process, as ``megabrain serve``), sends N JSON and N streaming
 chat requests with a key, and prints the commands each request cost, by command; then the same with a key
-that has a monthly budget (each request also holds and returns a reservation). The background loops
+that has a monthly budget (each request also holds and returns a reservation), and with a key of an account
+that has prepaid credits (each request holds its worst case against the balance, and its settlement
+charges it and writes a ledger entry: common/ledger.py). The background loops
 (liveness, health, metrics, the safety-net poll) are measured over an idle stretch of the same length and
 subtracted. The README's scaling bound comes from these numbers. ``stream_resumable`` is a stream sent with
 ``x-megabrain-resumable: true`` (its events kept: ``api/exchange/background.py``).
@@ -58,6 +60,24 @@ def per_request(harness: GatewayHarness, client: sync_redis.Redis, key: str, n: 
     return {k: round(v, 2) for k, v in sorted(net.items()) if abs(v) >= 0.01}
 
 
+def grant_credits(redis_url: str, namespace: str, account: str, usd: str) -> None:
+    """Prepaid credits for ``account`` (a ledger grant), so its keys can call paid models."""
+    import asyncio
+
+    from common.ledger import Ledger, nanos
+    from common.names import Names
+    from common.redis import connect
+
+    async def grant() -> None:
+        client = connect(redis_url)
+        try:
+            await Ledger(client, Names(namespace)).apply(account, "grant", nanos(usd))
+        finally:
+            await client.aclose()
+
+    asyncio.run(grant())
+
+
 def measure(n: int = 100, budgets: bool = True) -> dict[str, Any]:
     server = RedisServer().start()
     state = OpenAIFakeState()
@@ -70,6 +90,8 @@ def measure(n: int = 100, budgets: bool = True) -> dict[str, Any]:
 
             key = create_key(server.url, env["MEGABRAIN_NAMESPACE"], "bench")
             budgeted = create_key(server.url, env["MEGABRAIN_NAMESPACE"], "budget", monthly_budget=1000.0)
+            account_key = create_key(server.url, env["MEGABRAIN_NAMESPACE"], "credits", owner="bench-acct")
+            grant_credits(server.url, env["MEGABRAIN_NAMESPACE"], "bench-acct", "1000")
             client = sync_redis.Redis(port=server.port)
             with GatewayHarness.from_env(env) as harness:
                 result = {}
@@ -77,7 +99,8 @@ def measure(n: int = 100, budgets: bool = True) -> dict[str, Any]:
                 runs: tuple[tuple[str, str, bool, dict[str, str]], ...] = (
                     ("json", key, False, {}), ("stream", key, True, {}), ("stream_resumable", key, True, resumable))
                 if budgets:
-                    runs += (("json_budget", budgeted, False, {}), ("stream_budget", budgeted, True, {}))
+                    runs += (("json_budget", budgeted, False, {}), ("stream_budget", budgeted, True, {}),
+                             ("json_credits", account_key, False, {}), ("stream_credits", account_key, True, {}))
                 for label, api_key, stream, extra in runs:
                     by_command = per_request(harness, client, api_key, n, stream, extra)
                     result[label] = {"total": round(sum(by_command.values()), 1), "by_command": by_command}

@@ -2,7 +2,9 @@
 
 Sign up → log in → the key is shown → it works through the OpenAI SDK → its usage shows on the Profile page →
 log out → a wrong password is refused → log in → the key is not shown again → create and revoke keys →
-the revoked key gets 401. Browser downloads are impossible here, so Playwright is pointed at the system
+the revoked key gets 401. And credits: a new account without credit is refused the paid model (402) →
+"Add credits" → the (fake) Stripe Checkout page → back on the Profile with the balance → the paid call works.
+Browser downloads are impossible here, so Playwright is pointed at the system
 Chromium; without it these tests are skipped, saying so.
 """
 
@@ -16,6 +18,8 @@ import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
+from tests.fakes.server import ThreadedServer
+from tests.fakes.stripe_server import StripeFakeState, create_stripe_app
 from tests.harness import GatewayHarness, wait_until
 from tests.pages import PAID, PASSWORD, accounts_env
 
@@ -164,3 +168,52 @@ def test_activity_shows_a_request_made_a_moment_ago_and_no_one_elses(browser: "B
     expect(other.locator("#activity")).to_contain_text("No requests")
     mine.close()
     theirs.close()
+
+
+@pytest.fixture
+def paying_gw(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
+              tmp_path: Path) -> Iterator[tuple[GatewayHarness, StripeFakeState]]:
+    """A gateway with no sign-up credit and top-ups through a fake Stripe (tests/fakes/stripe_server.py)."""
+    state = StripeFakeState()
+    with ThreadedServer(create_stripe_app(state)) as stripe_server:
+        state.base_url = stripe_server.url
+        env = accounts_env(redis_url, fake_openai[1], tmp_path, signup_credit="0",
+                           STRIPE_SECRET_KEY=state.secret_key, STRIPE_WEBHOOK_SECRET=state.webhook_secret,
+                           STRIPE_API_BASE=state.base_url)
+        with GatewayHarness.from_env(env) as harness:
+            state.webhook_url = harness.url + "/billing/stripe/webhook"
+            yield harness, state
+
+
+def test_a_new_user_adds_credits_through_checkout_and_spends_them(
+        browser: "Browser", paying_gw: tuple[GatewayHarness, StripeFakeState]) -> None:
+    gw, stripe_state = paying_gw
+    page = browser.new_page()
+    page.goto(gw.url + "/signup")
+    sign_up_and_log_in(page, "payer@example.org")
+    key = page.get_by_label("New API key").inner_text().strip()
+    with pytest.raises(openai.APIStatusError) as refused:
+        ask(gw, key)
+    assert refused.value.status_code == 402
+    assert refused.value.response.json()["error_type"] == "insufficient_credits"
+
+    page.goto(gw.url + "/profile")
+    expect(page.locator("#low-balance")).to_be_visible()
+    page.get_by_label("Amount (USD, 5–500)").fill("5")
+    page.get_by_role("button", name="Add credits").click()  # the CSP lets this form's redirect reach Checkout
+    expect(page.get_by_role("heading", name="Pay $5.00")).to_be_visible()
+    assert page.url.startswith(stripe_state.base_url + "/pay/cs_test_")
+    page.get_by_role("button", name="Pay").click()
+    expect(page.get_by_text("Payment received")).to_be_visible()
+    assert page.url.startswith(gw.url + "/profile")
+    expect(page.locator("#balance")).to_have_text("$5.00")
+    expect(page.locator("#ledger")).to_contain_text("topup")
+
+    assert ask(gw, key)  # the paid call works now
+    page.reload()
+    expect(page.locator("#ledger")).to_contain_text("1 request on")
+    with pytest.raises(openai.APIStatusError) as too_dear:  # could cost more than is left: 402 again
+        sdk(gw, key).chat.completions.create(model=PAID, messages=[{"role": "user", "content": "Hello"}], n=64,
+                                             max_tokens=16000)
+    assert too_dear.value.status_code == 402
+    page.close()

@@ -1,8 +1,10 @@
 """Money that is never lost and never doubled, with real processes (web and workers) on a real Redis.
 
 Each test reconciles what clients got against what the store bills: the key's usage counters, its month's
-spend, the generation records behind ``/api/v1/generation``, and the budget reservations in flight
-(``common/settlement.py`` states the rules checked here). Faults are real signals to real worker
+spend, the generation records behind ``/api/v1/generation``, the budget reservations in flight, and — the
+key belongs to an account — that account's prepaid credits: its ledger's usage entries, its balance and
+its credit holds (``common/settlement.py`` and ``common/ledger.py`` state the rules checked here). Faults are
+real signals to real worker
 processes: SIGKILL at whatever instant the load puts them, SIGSTOP past the liveness TTL and SIGCONT.
 """
 
@@ -22,7 +24,9 @@ import httpx
 import pytest
 import redis as sync_redis
 
+from common.ledger import Ledger as CreditLedger, credit_holds_key, credits_key, ledger_key, nanos
 from common.names import Names
+from common.redis import connect
 from common.usage import spend_key, usage_key, utc_day, utc_month
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import GatewayHarness, ProcessGateway, create_key, env_for, wait_until
@@ -30,6 +34,8 @@ from tests.harness import GatewayHarness, ProcessGateway, create_key, env_for, w
 MODEL = "openai/gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "hi"}]
 BUDGET = 100.0  # USD: every request reserves its worst case against it, none is refused
+ACCOUNT = "settle-acct"  # the key's owner: every request holds and spends its credits too
+GRANT = nanos("100")
 
 
 @dataclass
@@ -73,6 +79,17 @@ class Ledger:
     def holds(self) -> int:
         return int(self.store.zcard(self.names.key(f"holds:{self.key_id}")))
 
+    def credits(self) -> dict[str, int]:
+        """The account's credits hash (nanodollars): balance, held, total_credits, total_usage."""
+        stored = {k.decode(): int(v) for k, v in self.store.hgetall(credits_key(self.names, ACCOUNT)).items()}
+        return {name: stored.get(name, 0) for name in ("balance", "held", "total_credits", "total_usage")}
+
+    def credit_entries(self) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.store.lrange(ledger_key(self.names, ACCOUNT), 0, -1)]
+
+    def credit_holds(self) -> int:
+        return int(self.store.zcard(credit_holds_key(self.names, ACCOUNT)))
+
     def unbilled(self, reason: str, name: str = "requests") -> int:
         total = 0
         for day in {utc_day(), utc_day(time.time() - 86400)}:
@@ -95,7 +112,17 @@ def budget_env(redis_url: str, fake_openai: tuple[OpenAIFakeState, str]) -> Iter
     """The gateway's environment and a key with a monthly budget (so every request holds a reservation)."""
     _, upstream = fake_openai
     env = env_for(redis_url, OPENAI_BASE_URL=upstream, OPENAI_API_KEY="sk-upstream-test")
-    key, key_id = create_key(redis_url, env["MEGABRAIN_NAMESPACE"], "ledger", monthly_budget=BUDGET, with_id=True)
+    key, key_id = create_key(redis_url, env["MEGABRAIN_NAMESPACE"], "ledger", monthly_budget=BUDGET, with_id=True,
+                             owner=ACCOUNT)
+
+    async def grant() -> None:
+        client = connect(redis_url)
+        try:
+            await CreditLedger(client, Names(env["MEGABRAIN_NAMESPACE"])).apply(ACCOUNT, "grant", GRANT)
+        finally:
+            await client.aclose()
+
+    asyncio.run(grant())
     yield env, key, key_id
 
 
@@ -168,7 +195,7 @@ def reconcile(ledger: Ledger, outcomes: list[Outcome], url: str, key: str) -> No
 
     def balanced() -> bool:
         return ledger.usage() == len(answered) and ledger.spend() == billed and ledger.holds() == 0 \
-            and ledger.held() == 0
+            and ledger.held() == 0 and ledger.credit_holds() == 0
 
     wait_until(balanced, 5)  # the rule is "before the answer": nothing should be left to wait for
     assert ledger.usage() == len(answered), (ledger.usage(), len(answered), len(outcomes))
@@ -182,6 +209,13 @@ def reconcile(ledger: Ledger, outcomes: list[Outcome], url: str, key: str) -> No
             assert record is None, f"unanswered {outcome.request_id} was billed"
     assert ledger.holds() == 0 and ledger.held() == 0, (ledger.holds(), ledger.held())
     assert min(ledger.samples, default=Decimal(0)) >= 0
+    # the account's credits: one usage entry per answered request, of its cost; nothing held; exact sums
+    credits, entries = ledger.credits(), ledger.credit_entries()
+    usage = [e for e in entries if e["kind"] == "usage"]
+    assert sorted(e["id"] for e in usage) == sorted(f"usage-{o.request_id}" for o in answered)
+    assert credits["total_usage"] == sum(nanos(o.cost) for o in answered) == -sum(e["amount"] for e in usage)
+    assert credits["balance"] == GRANT - credits["total_usage"] == sum(e["amount"] for e in entries)
+    assert credits["held"] == 0 and ledger.credit_holds() == 0
 
 
 def test_answered_requests_are_billed_exactly_once_through_worker_kills(

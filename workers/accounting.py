@@ -1,7 +1,8 @@
 """What settles a job: the bill of a served request, or the release of a failed one (``common/settlement.py``).
 
 Per API key (``job.meta['key_id']``), UTC day and model: requests, prompt/completion tokens and cost (layout
-in common/usage.py), the same per account for a signed-in user's key (``job.meta['account']``), and the
+in common/usage.py), the same per account for a signed-in user's key (``job.meta['account']``), the cost
+charged to that account's prepaid credits when admission held them (``job.meta['credit']``), and the
 generation record a key looks up, all written by the script that publishes the answer. A failed request is
 not charged: its reservation goes back and what the upstream did is counted as unbilled work for the
 operator. Requests without a key are counted under the ``anonymous`` id, so operators can see what the free
@@ -37,6 +38,7 @@ def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None,
         request_id=job.request_id, attempt=job.attempt, key_id=key_id, model=route.model, deadline=job.deadline,
         prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
         cost=cost, reserved=job.reserved, generation=record, account=str(job.meta.get("account") or ""),
+        credit=str(job.meta.get("credit") or ""),
     )
 
 
@@ -58,6 +60,7 @@ def failed(job: Job, usage: dict[str, Any] | None = None, *, runtime: Runtime | 
         model=job.plan[job.hop].model, deadline=job.deadline, outcome="failed",
         prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
         cost=_cost(usage.get("cost")), reserved=job.reserved, generation=record, account=account,
+        credit=str(job.meta.get("credit") or ""),
     )
 
 

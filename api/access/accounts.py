@@ -65,6 +65,7 @@ class Account(msgspec.Struct, kw_only=True):
     password_hash: str
     created: float  # epoch seconds
     first_key_issued: bool = True  # False until the first log-in after sign-up, which creates the first key
+    verified: bool = True  # False from a sign-up with SMTP configured until its link is opened (verification.py)
 
 
 class _LegacyAccount(msgspec.Struct, kw_only=True):
@@ -169,14 +170,14 @@ class AccountStore:
         self.secret = secret
         self.slots = slots
 
-    async def create(self, email: str, password: str) -> Account | None:
+    async def create(self, email: str, password: str, *, verified: bool = True) -> Account | None:
         """A new account, or None when the email already has one (after the same hashing work). Raises
         AccountError on bad input."""
         email = normalize_email(email)
         check_new_credentials(email, password)
         account = Account(id=secrets.token_hex(8), email_hint=email_hint(email),
                           password_hash=await hash_password(self.slots, password), created=time.time(),
-                          first_key_issued=False)
+                          first_key_issued=False, verified=verified)
         # the record first, then the email claim: a crash in between leaves an unreachable record, never an
         # email that points nowhere and can no longer sign up
         await self.redis.set(self.names.account(account.id), msgspec.msgpack.encode(account))
@@ -201,6 +202,14 @@ class AccountStore:
         account = await self.find(email)
         ok = await verify_password(self.slots, account.password_hash if account else None, password)
         return account if ok and account else None
+
+    async def mark_verified(self, account_id: str) -> Account | None:
+        """The account's email was proven (its verification link opened); None when there is no account."""
+        account = await self.get(account_id)
+        if account is not None and not account.verified:
+            account.verified = True
+            await self.redis.set(self.names.account(account.id), msgspec.msgpack.encode(account))
+        return account
 
     async def mark_first_key_issued(self, account: Account) -> None:
         """The account's first key was made (at its first log-in, ``api/pages/auth.py``)."""

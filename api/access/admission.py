@@ -34,6 +34,7 @@ class Admission:
     account: str | None = None  # the key's owner (a signed-in user), whose usage totals the worker keeps
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers for the response
     reserved: Decimal | None = None  # USD held against the key's budget (settled by the worker)
+    credit_reserved: int | None = None  # nanodollars held against the owner's credits (settled likewise)
 
 
 def access_context(gateway: "Gateway") -> AccessContext:
@@ -89,6 +90,7 @@ async def prepare(gateway: "Gateway", caller: Caller, *, model_is_free: bool,
         worst_case=worst_case,
         request_id=request_id,
         hold_until_ms=settle_by_ms(deadline if deadline is not None else time.time() + gateway.settings.request_timeout),
+        topup_url=gateway.settings.profile_url,
     )
     if isinstance(check, AccessResult):
         raise refused(check)
@@ -103,7 +105,7 @@ def admitted(result: AccessResult) -> Admission:
         raise refused(result)
     return Admission(key_id=result.key.id if result.key else None,
                      account=result.key.owner if result.key else None, headers=result.headers,
-                     reserved=result.reserved)
+                     reserved=result.reserved, credit_reserved=result.credit_reserved)
 
 
 def refused(result: AccessResult) -> GatewayError:
@@ -112,8 +114,8 @@ def refused(result: AccessResult) -> GatewayError:
     return result.error
 
 
-NOT_COUNTED = frozenset({"rate_limit_exceeded", "promotion_limit_reached", "budget_exceeded", "missing_client_ip",
-                         "temporarily_unavailable"})
+NOT_COUNTED = frozenset({"rate_limit_exceeded", "promotion_limit_reached", "budget_exceeded", "insufficient_credits",
+                         "missing_client_ip", "temporarily_unavailable"})
 
 
 async def counted_refusal(gateway: "Gateway", caller: Caller, error: GatewayError) -> GatewayError:

@@ -13,7 +13,9 @@ call (``Limiter.refused_early``). Then, once the request is planned, the decisio
    - anonymous, free model: per-IP day allowance (401 promotion_limit_reached), then per-IP minute (429)
    - key, free model: per-IP minute (429) — "per client IP, anonymous or not" — and the key's rpm (429);
      a signed-in user's key also the account's day allowance (429), larger than the anonymous one
-   - key, paid model: the key's rpm (429) and monthly budget (402 budget_exceeded)
+   - key, paid model: the key's rpm (429) and monthly budget (402 budget_exceeded); a signed-in user's
+     key also the account's prepaid credits (402 insufficient_credits: the worst case is held against the
+     balance, ``common/ledger.py``). Operator keys (no owner) spend no credits.
    - a request admitted with its job (``AccessCheck.run(leased=True)``): its bounds on requests in flight
      first (429, ``Retry-After: 1``; nothing else counted): its key's and its account's, or the one all
      keyless requests share (``api/access/limits.py``)
@@ -45,6 +47,7 @@ from api.access.client_ip import rate_limit_subject
 from api.access.keys import KeyCache, KeyNames, KeyRecord, KeyStore, utc_month
 from api.access.limits import Counter, Lease, Limiter, invalid_key_error
 from common.errors import GatewayError, unavailable
+from common.ledger import credit_holds_key, credits_key, reservation_nanos
 from common.names import Names
 from common.queue import JobWrite
 from common.settings import Limits
@@ -68,6 +71,7 @@ class AccessResult:
     headers: dict[str, str] = field(default_factory=dict)  # add to the response, success or error
     error: GatewayError | None = None
     reserved: Decimal | None = None  # USD held against the key's budget until the worker settles
+    credit_reserved: int | None = None  # nanodollars held against the key's owner's credits, likewise
     enqueued: bool | None = None  # AccessCheck.run(enqueue=...): the job was queued with the check
     handed_to: str | None = None  # ... or handed straight to this idle worker process (api/access/limits.py)
 
@@ -116,6 +120,7 @@ class AccessCheck:
     leases: list[Lease] = field(default_factory=list)  # the bounds on requests in flight it would join
     lease_id: str = ""  # its member there (the request id)
     hold_until_ms: int = 0  # when its leases end if nothing returns them first
+    credit_reserve: int | None = None  # nanodollars held against the owner's credits (an account's key)
     result: AccessResult | None = None  # once run
 
     async def run(self, enqueue: JobWrite | None = None, depth_limit: int | None = None, *,
@@ -135,6 +140,7 @@ class AccessCheck:
             self.ctx.keys.forget(self.token)
         self.result = AccessResult(key=self.record, headers=decision.headers, error=error,
                                    reserved=self.reserve if decision.allowed else None,
+                                   credit_reserved=self.credit_reserve if decision.allowed else None,
                                    enqueued=decision.enqueued, handed_to=decision.handed_to)
         return self.result
 
@@ -195,6 +201,7 @@ async def prepare_access(
     worst_case: Callable[[], Decimal] | None = None,
     request_id: str = "",
     hold_until_ms: int = 0,
+    topup_url: str | None = None,
 ) -> AccessCheck | AccessResult:
     """Steps 1–3 of the table (an ``AccessResult`` with the refusal), or the ``AccessCheck`` of step 4.
 
@@ -213,9 +220,15 @@ async def prepare_access(
     counters = _counters(ctx.limiter, record, model_is_free, subject, limits)
     options: dict[str, Any] = {}
     reserve = None
+    credit_reserve = None
     if record is not None:
         budget = record.monthly_budget if not model_is_free else None
-        reserve = (worst_case() or None) if budget is not None and worst_case is not None else None
+        spends_credits = record.owner is not None and not model_is_free
+        worst = worst_case() if worst_case is not None and (budget is not None or spends_credits) else None
+        reserve = (worst or None) if budget is not None else None
+        if spends_credits:
+            credit_reserve = max(1, reservation_nanos(worst or Decimal(0)))
+        names = ctx.key_names.names
         options = dict(
             key_id=record.id,
             revoked_key=ctx.key_names.revoked,
@@ -227,11 +240,15 @@ async def prepare_access(
             reserve=reserve,
             hold_id=request_id,
             hold_until_ms=hold_until_ms,
+            credits_key=credits_key(names, record.owner) if spends_credits and record.owner else "",
+            credit_holds_key=credit_holds_key(names, record.owner) if spends_credits and record.owner else "",
+            credit_reserve=credit_reserve,
+            topup_url=topup_url,
             touch=ctx.keys.touch_due(record.id),
         )
     leases = ctx.limiter.leases(record.id if record else None, record.owner if record else None, limits)
     return AccessCheck(ctx, token, record, counters, options, reserve, signup_url, leases, request_id,
-                       hold_until_ms)
+                       hold_until_ms, credit_reserve)
 
 
 def missing_client_ip() -> GatewayError:

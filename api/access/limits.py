@@ -52,7 +52,9 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from common import metrics
 from common.errors import GatewayError, unavailable
+from common.ledger import RETURN_CREDIT_HOLD, format_usd
 from common.mux import Script, mux_of
 from common.names import Names
 from common.queue import IDLE_FRESH, JobWrite
@@ -82,18 +84,19 @@ LOGIN_IP = "login_ip"  # ... from one client IP at any email
 ADMIN_IP = "admin_ip"  # admin-key attempts from one client IP (api/access/admin_auth.py)
 EARLY_KINDS = frozenset({IP_MINUTE, IP_DAY, KEY_MINUTE})  # remembered used up per process (refused_early)
 
-OK, REVOKED, BUDGET, LIMITED, BUSY = 0, 1, 2, 3, 4
+OK, REVOKED, BUDGET, LIMITED, BUSY, CREDITS = 0, 1, 2, 3, 4, 5
 QUEUED, HANDED = 1, 2  # the admission+enqueue script's last element (_ENQUEUE; 0: the queue was full)
 
-_LIMITS = RETURN_HOLD + """
--- KEYS: revoked set, last-used hash, spend key, held total, holds, n counter hashes, m lease sets
---       [, queue, job key, idle set]
+_LIMITS = RETURN_HOLD + RETURN_CREDIT_HOLD + """
+-- KEYS: revoked set, last-used hash, spend key, held total, holds, the owner's credits hash, its credit
+--       holds, n counter hashes, m lease sets[, queue, job key, idle set]
 -- ARGV: key id ('' = anonymous), touch ('1'/'0'), budget ('' = none), worst-case cost to hold ('' = none),
---       the hold's (and leases') deadline (epoch ms), its member ('<request id>|<USD>'), n, then limit,
---       window seconds per counter, then m, the lease member (request id), the limit of each lease set
---       [, the job: see _ENQUEUE]
+--       the hold's (and leases') deadline (epoch ms), its member ('<request id>|<USD>'), n, the worst case
+--       in nanodollars to hold against the owner's credits ('' = the key spends no credits), its member
+--       ('<request id>|<nanodollars>'), then limit, window seconds per counter, then m, the lease member
+--       (request id), the limit of each lease set[, the job: see _ENQUEUE]
 local n = tonumber(ARGV[7])
-local m = tonumber(ARGV[8 + 2 * n])
+local m = tonumber(ARGV[10 + 2 * n])
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -109,11 +112,17 @@ if key_id ~= '' then
     local held = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
     if spent + held + reserve > budget then return {2, 1} end
   end
+  if ARGV[8] ~= '' then  -- prepaid credits (common/ledger.py): the worst case must fit in what is not held
+    return_overdue_credits(KEYS[7], KEYS[6], now_ms)
+    local c = redis.call('HMGET', KEYS[6], 'balance', 'held')
+    local available = (tonumber(c[1]) or 0) - (tonumber(c[2]) or 0)
+    if available < tonumber(ARGV[8]) then return {5, math.max(0, available)} end
+  end
 end
 -- requests in flight: each lease set holds one member per admitted request, scored by its deadline, so
 -- one a lost worker kept ends there; one at its limit refuses before any counter counts
 for j = 1, m do
-  local lease, limit = KEYS[5 + n + j], tonumber(ARGV[9 + 2 * n + j])
+  local lease, limit = KEYS[7 + n + j], tonumber(ARGV[11 + 2 * n + j])
   if redis.call('ZCARD', lease) >= limit then  -- full: first drop whoever is past its deadline
     redis.call('ZREMRANGEBYSCORE', lease, '-inf', now_ms)
     if redis.call('ZCARD', lease) >= limit then return {4, j} end
@@ -122,11 +131,11 @@ end
 local out = {0, 0}
 local state = {}
 for i = 1, n do
-  local limit = tonumber(ARGV[6 + 2 * i])
-  local window_ms = tonumber(ARGV[7 + 2 * i]) * 1000
+  local limit = tonumber(ARGV[8 + 2 * i])
+  local window_ms = tonumber(ARGV[9 + 2 * i]) * 1000
   local w = math.floor(now_ms / window_ms)
   local reset_ms = math.floor((w + 1) * window_ms - now_ms)
-  local h = redis.call('HMGET', KEYS[5 + i], 'w', 'n')
+  local h = redis.call('HMGET', KEYS[7 + i], 'w', 'n')
   local count = 0
   local same = tonumber(h[1]) == w
   if same then count = tonumber(h[2]) or 0 end
@@ -142,10 +151,10 @@ for i = 1, #state do
   if out[1] == 0 then
     count = count + 1
     if s[5] then
-      redis.call('HSET', KEYS[5 + i], 'n', count)
+      redis.call('HSET', KEYS[7 + i], 'n', count)
     else  -- a new window: its TTL (end of the window + 1 s) is set once, by its first request
-      redis.call('HSET', KEYS[5 + i], 'w', s[1], 'n', count)
-      redis.call('PEXPIRE', KEYS[5 + i], s[3] + 1000)
+      redis.call('HSET', KEYS[7 + i], 'w', s[1], 'n', count)
+      redis.call('PEXPIRE', KEYS[7 + i], s[3] + 1000)
     end
   end
   local remaining = s[4] - count
@@ -162,8 +171,8 @@ if out[1] == 0 and m > 0 then
   -- plus the same timeout, so the newest is the latest)
   local keep = tonumber(ARGV[5]) - now_ms + 60000
   for j = 1, m do
-    redis.call('ZADD', KEYS[5 + n + j], ARGV[5], ARGV[9 + 2 * n])
-    redis.call('PEXPIRE', KEYS[5 + n + j], keep)
+    redis.call('ZADD', KEYS[7 + n + j], ARGV[5], ARGV[11 + 2 * n])
+    redis.call('PEXPIRE', KEYS[7 + n + j], keep)
   end
 end
 if out[1] == 0 and reserve > 0 then
@@ -173,6 +182,12 @@ if out[1] == 0 and reserve > 0 then
   local keep = tonumber(ARGV[5]) - now_ms + 60000
   redis.call('PEXPIRE', KEYS[5], keep)
   redis.call('PEXPIRE', KEYS[4], keep)
+end
+if out[1] == 0 and ARGV[8] ~= '' then
+  -- the credit hold, ending at the same deadline; the credits hash itself never expires (it is money)
+  redis.call('ZADD', KEYS[7], ARGV[5], ARGV[9])
+  redis.call('HINCRBY', KEYS[6], 'held', ARGV[8])
+  redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[5]) - now_ms + 60000)
 end
 """
 
@@ -189,8 +204,8 @@ _ENQUEUE = """
 if out[1] == 0 then
   -- ARGV after the counters: depth limit ('' = none), ttl ms, job, score, id, wake channel,
   --   idle freshness seconds, liveness key prefix, control channel prefix, pool
-  local e = 9 + 2 * n + m
-  local q = 5 + n + m
+  local e = 11 + 2 * n + m
+  local q = 7 + n + m
   local depth = tonumber(ARGV[e + 1])
   if depth and redis.call('ZCARD', KEYS[q + 1]) >= depth then
     out[#out + 1] = 0
@@ -371,11 +386,15 @@ class Limiter:
         reserve: Decimal | None = None,
         hold_id: str = "",
         hold_until_ms: int = 0,
+        credits_key: str = "",
+        credit_holds_key: str = "",
+        credit_reserve: int | None = None,
         touch: bool = False,
         leases: list[Lease] | None = None,
         lease_id: str = "",
         enqueue: JobWrite | None = None,
         depth_limit: int | None = None,
+        topup_url: str | None = None,
     ) -> LimitDecision:
         """Check and count every counter at once; also the key's revocation and budget when given.
 
@@ -383,20 +402,26 @@ class Limiter:
         against the budget when the request is admitted, as the hold ``hold_id`` (the request id) that
         ends at ``hold_until_ms`` (epoch ms; ``common/settlement.py``). ``leases``: each set must hold fewer
         than its limit of requests in flight, and the admitted request joins them all as ``lease_id`` until
-        ``hold_until_ms`` (its settlement or close leaves them first). With ``enqueue``, an admitted request's job is
+        ``hold_until_ms`` (its settlement or close leaves them first). ``credit_reserve`` (nanodollars) is
+        held like ``reserve`` against the balance in ``credits_key`` (an account's key: ``common/ledger.py``);
+        a balance that cannot cover it is a 402 ``insufficient_credits`` naming ``topup_url``. With ``enqueue``,
+        an admitted request's job is
         queued by the same script (its queue must be on this Redis), unless the queue holds ``depth_limit``
         jobs already, or handed to an idle worker process of its pool (``LimitDecision.handed_to``). Redis
         errors become a 503 (fail closed; see the module docstring).
         """
         placeholder = self.names.names.key("rl:none")
         keys = [revoked_key or placeholder, used_key or placeholder, spend_key or placeholder,
-                held_key or placeholder, holds_key or placeholder]
+                held_key or placeholder, holds_key or placeholder, credits_key or placeholder,
+                credit_holds_key or placeholder]
         leases = [lease for lease in leases or () if lease.limit > 0] if lease_id else []
         keys += [c.key for c in counters]
         keys += [lease.key for lease in leases]
         held = "" if not reserve or not held_key or not hold_id else format(reserve, "f")
         args: list[str | int | bytes] = [key_id or "", "1" if touch else "0", "" if budget is None else repr(budget),
                                          held, hold_until_ms, hold_member(hold_id, held), len(counters)]
+        credit = "" if credit_reserve is None or not credits_key else str(credit_reserve)
+        args += [credit, hold_member(hold_id, credit)]
         for c in counters:
             args += [c.limit, c.window]
         args += [len(leases), lease_id]
@@ -421,7 +446,7 @@ class Limiter:
         if numbers[0] == BUSY:
             return LimitDecision(False, busy_error(leases[numbers[1] - 1]))
         self._remember_full(counters, numbers)
-        decision = decide(counters, numbers, budget, reserve)
+        decision = decide(counters, numbers, budget, reserve, credit_reserve, topup_url)
         if enqueue is not None and decision.allowed:
             decision.enqueued = reply[-1] in (QUEUED, HANDED)
             decision.handed_to = handed_to
@@ -459,11 +484,15 @@ class Limiter:
 
 
 def decide(counters: list[Counter], reply: list[int], budget: float | None,
-           reserve: Decimal | None = None) -> LimitDecision:
+           reserve: Decimal | None = None, credit_reserve: int | None = None,
+           topup_url: str | None = None) -> LimitDecision:
     """Turn the script's reply into the response: allowed or the documented error, plus headers."""
     status, refused_index = reply[0], reply[1]
     if status == REVOKED:
         return LimitDecision(False, invalid_key_error(), revoked=True)
+    if status == CREDITS:
+        metrics.credit_event("insufficient_credits")
+        return LimitDecision(False, insufficient_credits(refused_index, credit_reserve or 0, topup_url))
     if status == BUDGET:
         return LimitDecision(False, budget_error(budget or 0.0, reserve if refused_index == 1 else None))
     states = [
@@ -542,6 +571,19 @@ def budget_error(budget: float, reserve: Decimal | None = None) -> GatewayError:
         "budget_exceeded",
         f"This API key has used up its monthly budget of {usd(budget)}. It resets at the start of the next "
         "month (UTC).",
+    )
+
+
+def insufficient_credits(available: int, worst_case: int, topup_url: str | None) -> GatewayError:
+    """402: the account's balance (nanodollars not held by its requests in flight) cannot cover what this
+    request could cost. Says both, and where to add credits."""
+    where = f"Add credits at {topup_url}" if topup_url else "Ask the operator of this gateway for credits"
+    return GatewayError(
+        "insufficient_credits",
+        f"This request could cost up to {format_usd(worst_case)} (its prompt and max_tokens of output), more "
+        f"than this account's available credit balance of {format_usd(available)}. {where}, or lower "
+        "max_tokens. Free models need no credits.",
+        code="INSUFFICIENT_CREDITS",
     )
 
 

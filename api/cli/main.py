@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 
-from api.cli import catalog, keys, status
+from api.cli import catalog, credits, keys, status
 from common.settings import ConfigError, Settings, load_settings
 from common.telemetry import setup_logging
 
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker processes, one per core (default: $MEGABRAIN_WORKER_PROCESSES or 1)")
     worker.set_defaults(func=cmd_worker)
 
-    for module in (keys, catalog, status):
+    for module in (keys, credits, catalog, status):
         module.register(sub)
     return parser
 

@@ -75,15 +75,17 @@ class Dispatch:
 
     async def admit(self, plan: list[Route], *, messages: list[Any] | None = None,
                     tools: list[Any] | None = None, request: Mapping[str, Any] | None = None,
-                    extra_cost: Decimal | None = None, with_enqueue: bool = False) -> None:
+                    extra_cost: Decimal | None = None, with_enqueue: bool = False,
+                    prompt_tokens: int | None = None) -> None:
         """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable.
 
         The request's worst-case cost (its canonical ``messages``/``tools``, and the output its canonical
         ``request`` can make each candidate generate, from the output plan the worker sends: cap, thinking
         budget, ``n``; at the dearest candidate; computed only when a budget applies) is reserved against the
         key's budget, and the job carries it to be settled; ``extra_cost`` is what else the request can add
-        (server tools billed per use, at most). A free plan answers one choice per request: the free
-        allowance counts requests, so ``n`` > 1 there is refused.
+        (server tools billed per use, at most); ``prompt_tokens`` a bound of the prompt the route knows,
+        instead of the estimate from ``messages`` (embeddings: at most one token per byte of the body). A free
+        plan answers one choice per request: the free allowance counts requests, so ``n`` > 1 there is refused.
 
         ``with_enqueue``: the limits are checked and counted by the job's first enqueue, in the same Redis
         round trip (``answer``; a refusal comes from there). The route must then answer with a job.
@@ -97,7 +99,7 @@ class Dispatch:
                                "best_of) of 1, or use a paid model with an API key.", param="n")
 
         def worst_case() -> Decimal:
-            prompt = estimate_prompt_tokens(messages or [], tools)
+            prompt = prompt_tokens if prompt_tokens is not None else estimate_prompt_tokens(messages or [], tools)
             worst = worst_case_cost(gateway.catalog, plan, prompt, asked, gateway.settings.default_max_tokens)
             return worst + extra_cost if extra_cost else worst
 
@@ -109,7 +111,7 @@ class Dispatch:
             self.pending = check
             self.admission = Admission(key_id=check.record.id if check.record else None,
                                        account=check.record.owner if check.record else None,
-                                       reserved=check.reserve)
+                                       reserved=check.reserve, credit_reserved=check.credit_reserve)
         else:
             result = await check.run()
             self.limits_ran = True
@@ -124,6 +126,8 @@ class Dispatch:
             meta["account"] = self.admission.account
         if self.admission.reserved:
             fields["reserved"] = format(self.admission.reserved, "f")
+        if self.admission.credit_reserved:  # the account's credits pay: the settlement charges them
+            meta["credit"] = str(self.admission.credit_reserved)
         span = self.exchange.span
         if span is not None:
             tracing.planned(span, kind, self.exchange.model or (plan[0].model if plan else ""), plan,

@@ -183,7 +183,8 @@ class Exchange:
         names = self.gateway.names
         commands = [withdraw_command(names, job.plan[job.hop].provider, write.job_id),
                     close_command(names, self.request_id, job.meta.get("key_id", ""), job.reserved, job.deadline,
-                                  account=job.meta.get("account", ""))]
+                                  account=str(job.meta.get("account") or ""),
+                                  credit=str(job.meta.get("credit") or ""))]
 
         async def forget() -> None:
             try:
@@ -418,7 +419,7 @@ class Exchange:
             try:
                 self.closed = await close(self.gateway.redis, self.gateway.names, self.request_id,
                                           job.meta.get("key_id", ""), job.reserved, job.deadline,
-                                          account=job.meta.get("account", ""))
+                                          str(job.meta.get("account") or ""), str(job.meta.get("credit") or ""))
             except Exception as exc:
                 log.info("request %s: not closed (%s)", self.request_id, type(exc).__name__)
                 self.closed = True

@@ -21,4 +21,7 @@ ROUTES = [
     ("GET", "/operator", dashboard.dashboard),
     ("POST", "/profile/keys", profile.create_key),
     ("POST", "/profile/keys/{key_id}/revoke", profile.revoke_key),
+    ("POST", "/profile/credits", profile.add_credits),
+    ("POST", "/profile/verify", profile.resend_verification),
+    ("GET", "/verify", auth.verify),
 ]

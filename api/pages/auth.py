@@ -12,19 +12,23 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.access import verification
 from api.access.accounts import AccountError
 from api.access.admission import access_context
 from api.access.keys import KeyStore
 from api.access.login_guard import LoginGuard
 from api.pages.forms import Visitor, form_endpoint, visitor
-from api.pages.profile import render_profile
+from api.pages.profile import render_profile, site_url
 from api.access.sessions import COOKIE, clear_cookie
 from common.errors import GatewayError
+from common.ledger import Ledger, nanos
 
 WRONG_CREDENTIALS = "The email or the password is wrong."
 SIGNED_UP = ("Now log in with this email and password. If the email had no account here, it has one now, "
              "and your first API key is shown when you log in; if it had one, log in with its password.")
 FIRST_KEY_NAME = "default"
+VERIFIED = "Your email address is verified. Log in to use your account."
+LINK_INVALID = "This verification link is invalid, already used or expired. Ask for a new one on your Profile."
 
 
 async def landing(request: Request) -> Response:
@@ -52,12 +56,40 @@ async def signup(who: Visitor, fields: dict[str, str]) -> Response:
         return response
     email = fields.get("email", "")
     try:
-        await who.accounts().create(email, fields.get("password", ""))  # None for a taken email: same answer
+        smtp = bool(who.gateway.settings.smtp_url)
+        account = await who.accounts().create(email, fields.get("password", ""), verified=not smtp)  # None: taken
+        if account is not None and smtp:  # the credit waits for the link (api/access/verification.py)
+            link = await verification.new_link(who.gateway.redis, who.gateway.names, account.id, site_url(who))
+            verification.send_later(who.gateway.settings, verification.message(who.gateway.settings, email, link))
+        elif account is not None:
+            await grant_signup_credit(who, account.id)
     except AccountError as exc:
         return who.render_anonymous_form("signup.html", status=400, error=str(exc), email=email)
     except GatewayError as exc:  # every hashing slot busy
         return _refused(who, "signup.html", exc, email)
     return who.render_anonymous_form("login.html", notice=SIGNED_UP, email=email)
+
+
+async def grant_signup_credit(who: Visitor, account_id: str) -> None:
+    """``MEGABRAIN_SIGNUP_CREDIT`` to a new account, as a ledger entry applied once (its id names the account)."""
+    amount = nanos(who.gateway.settings.signup_credit)
+    if amount > 0:
+        await Ledger(who.gateway.redis, who.gateway.names).apply(account_id, "grant", amount, note="sign-up credit",
+                                                                 entry_id=f"signup-{account_id}")
+
+
+async def verify(request: Request) -> Response:
+    """``GET /verify?token=…``: the link of a verification mail. Marks the account verified and grants the
+    sign-up credit, once; a used, expired or unknown link says so and changes nothing."""
+    who = await visitor(request)
+    account_id = await verification.redeem(who.gateway.redis, who.gateway.names, request.query_params.get("token", ""))
+    account = await who.accounts().mark_verified(account_id) if account_id else None
+    if account is None:
+        return who.render_anonymous_form("login.html", status=400, error=LINK_INVALID)
+    await grant_signup_credit(who, account.id)
+    if who.account is not None:
+        return who.redirect("/profile?verified=1")
+    return who.render_anonymous_form("login.html", notice=VERIFIED)
 
 
 async def login_page(request: Request) -> Response:

@@ -1,4 +1,5 @@
-"""The Profile page: the user's keys (create → shown once, revoke), 30 days of usage, spend, allowance.
+"""The Profile page: the user's keys (create → shown once, revoke), credits (balance, "Add credits" through
+Stripe Checkout, the ledger), 30 days of usage, spend, allowance.
 
 Usage is read from the account's day totals the worker keeps beside each key's (common/usage.py): 30
 hashes in one round trip, however many keys the account has (reading every key's 30 days made one
@@ -12,15 +13,30 @@ import asyncio
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
+from api.access import verification
+from api.access.accounts import email_key
+from api.access.admission import access_context
 from api.access.keys import KeyLimitError, KeyRecord, KeyStore, UsageRow, utc_day
+from api.billing.checkout import TopupError, create_checkout, topup_cents
 from api.pages.forms import Visitor, form_endpoint, visitor
+from common.errors import GatewayError
+from common.ledger import Entry, Ledger, format_usd, nanos
+from common.settings import Settings
 
 USAGE_DAYS = 30
+LEDGER_READ, LEDGER_SHOWN = 1000, 50  # newest ledger entries read, rows shown (usage summed per day)
+LOW_BALANCE = nanos("1")  # below this the page says so
+VERIFY_NOTICES = {"1": "Your email address is verified.",
+                  "sent": "A new verification link is on its way to that address."}
+TOPUP_NOTICES = {"paid": "Payment received: your credits are added as soon as Stripe confirms it (seconds).",
+                 "cancelled": "The payment was cancelled; nothing was charged."}
 MAX_KEY_NAME = 64
+MAX_KEY_LIMIT = 100_000  # USD per month: a key's own cap (its monthly budget)
 CHART_WIDTH, CHART_HEIGHT = 600, 120
 
 
@@ -59,6 +75,36 @@ def merge_usage(per_key: list[list[UsageRow]]) -> list[DayModel]:
     return sorted(merged.values(), key=lambda r: (r.day, r.model), reverse=True)
 
 
+@dataclass
+class LedgerRow:
+    time: float
+    kind: str
+    details: str
+    amount: int  # nanodollars
+    model: str = ""
+
+
+def ledger_rows(entries: list[Entry]) -> list[LedgerRow]:
+    """The ledger as a person reads it, newest first: each grant, top-up and refund on its own row, usage
+    summed per UTC day ("12 requests")."""
+    rows: list[LedgerRow] = []
+    usage_day: dict[str, LedgerRow] = {}
+    counts: dict[str, int] = {}
+    for entry in entries:
+        if entry.kind != "usage":
+            rows.append(LedgerRow(entry.time, entry.kind, entry.note, entry.amount))
+            continue
+        day = utc_day(entry.time)
+        row = usage_day.get(day)
+        if row is None:
+            row = usage_day[day] = LedgerRow(entry.time, "usage", "", 0)
+            rows.append(row)
+        row.amount += entry.amount
+        counts[day] = counts.get(day, 0) + 1
+        row.details = f"{counts[day]} request{'s' if counts[day] > 1 else ''} on {day}"
+    return rows[:LEDGER_SHOWN]
+
+
 def chart(rows: list[DayModel], now: float) -> list[Bar]:
     """One bar per day of the last USAGE_DAYS (oldest on the left), height = requests that day."""
     days = [utc_day(now - i * 86400) for i in reversed(range(USAGE_DAYS))]
@@ -89,14 +135,18 @@ async def render_profile(who: Visitor, *, new_key: tuple[KeyRecord, str] | None 
     store = KeyStore(who.gateway.redis, who.gateway.names)
     keys = await store.owned(who.account.id)
     now = time.time()
-    usage, spends, used_today = await asyncio.gather(
+    ledger = Ledger(who.gateway.redis, who.gateway.names)
+    usage, spends, used_today, balance, entries = await asyncio.gather(
         store.account_usage(who.account.id, USAGE_DAYS, now),
         store.month_spends([k.id for k in keys], now),
         free_used_today(who),
+        ledger.balance(who.account.id),
+        ledger.entries(who.account.id, LEDGER_READ),
     )
+    settings = who.gateway.settings
     rows = merge_usage([usage])
     limits = who.gateway.settings.limits
-    return who.render(
+    response = who.render(
         "profile.html", status=status, error=error,
         keys=keys, spends=spends, new_key=new_key,
         rows=rows, bars=chart(rows, now), chart_width=CHART_WIDTH, chart_height=CHART_HEIGHT,
@@ -104,9 +154,26 @@ async def render_profile(who: Visitor, *, new_key: tuple[KeyRecord, str] | None 
         budgets=[k for k in keys if k.monthly_budget is not None and not k.revoked],
         user_per_day=limits.user_requests_per_day, anonymous_per_day=limits.anonymous_requests_per_day,
         free_used_today=used_today,
+        balance=balance, entries=ledger_rows(entries), usd=format_usd, low_balance=balance.available < LOW_BALANCE,
+        topups=settings.topups, topup_min=settings.topup_min, topup_max=settings.topup_max,
+        topup_notice=TOPUP_NOTICES.get(who.request.query_params.get("topup", "")),
+        unverified=bool(settings.smtp_url) and not who.account.verified, signup_credit=settings.signup_credit,
+        verify_notice=VERIFY_NOTICES.get(who.request.query_params.get("verified", "")),
         api_base=(who.gateway.settings.public_url or str(who.request.base_url).rstrip("/")).rstrip("/")
         + who.base + "/v1",
     )
+    if settings.topups:  # "Add credits" posts here and is redirected to Stripe's page: the CSP must allow it
+        response.headers["content-security-policy"] = response.headers["content-security-policy"].replace(
+            "form-action 'self'", "form-action 'self' " + checkout_origin(settings))
+    return response
+
+
+def checkout_origin(settings: Settings) -> str:
+    """Where Stripe's payment page lives: checkout.stripe.com, or the test server's origin."""
+    if settings.stripe_api_base:
+        parts = urlsplit(settings.stripe_api_base)
+        return f"{parts.scheme}://{parts.netloc}"
+    return "https://checkout.stripe.com"
 
 
 async def profile(request: Request) -> Response:
@@ -122,9 +189,17 @@ async def create_key(who: Visitor, fields: dict[str, str]) -> Response:
     name = " ".join(fields.get("name", "").split())
     if not name or len(name) > MAX_KEY_NAME:
         return await render_profile(who, status=400, error=f"Give the key a name of 1 to {MAX_KEY_NAME} characters.")
+    limit = fields.get("monthly_limit", "").strip()
+    try:  # a cap of the key's spend per UTC month, within the account's credits: a key to hand to a script
+        budget = float(Decimal(limit)) if limit else None
+    except InvalidOperation:
+        budget = -1.0
+    if budget is not None and not 0 <= budget <= MAX_KEY_LIMIT:
+        return await render_profile(who, status=400,
+                                    error=f"A key's monthly limit is 0 to {MAX_KEY_LIMIT} USD, or empty.")
     try:
         created = await KeyStore(who.gateway.redis, who.gateway.names).create(
-            name, owner=who.account.id, max_owned=who.gateway.settings.limits.keys_per_account)
+            name, monthly_budget=budget, owner=who.account.id, max_owned=who.gateway.settings.limits.keys_per_account)
     except KeyLimitError as exc:
         return await render_profile(who, status=400, error=str(exc))
     return await render_profile(who, new_key=created, status=201)
@@ -140,3 +215,53 @@ async def revoke_key(who: Visitor, fields: dict[str, str]) -> Response:
         return await render_profile(who, status=404, error="There is no such key among yours.")
     await store.revoke(key_id)
     return who.redirect("/profile")
+
+
+@form_endpoint(signed_in=True)
+async def add_credits(who: Visitor, fields: dict[str, str]) -> Response:
+    """"Add credits": a Stripe Checkout Session for the amount, then Stripe's page (303). The balance moves
+    only when Stripe's signed webhook says the session is paid (``api/billing/webhook.py``)."""
+    assert who.account is not None
+    settings = who.gateway.settings
+    if not settings.topups:
+        return await render_profile(who, status=403, error="Top-ups are turned off on this gateway.")
+    try:
+        cents = topup_cents(settings, fields.get("amount", ""))
+    except TopupError as exc:
+        return await render_profile(who, status=400, error=str(exc))
+    here = settings.public_url.rstrip("/") if settings.public_url else str(who.request.base_url).rstrip("/")
+    try:
+        url = await create_checkout(settings, who.account.id, cents, here + who.base + "/profile")
+    except GatewayError as exc:
+        return await render_profile(who, status=exc.status, error=exc.message)
+    return RedirectResponse(url, status_code=303)
+
+
+@form_endpoint(signed_in=True)
+async def resend_verification(who: Visitor, fields: dict[str, str]) -> Response:
+    """A new verification link, to the address typed again (the store keeps only its keyed hash, so it is
+    checked against that), at most ``RESENDS_PER_HOUR`` per account."""
+    assert who.account is not None
+    gateway = who.gateway
+    if not gateway.settings.smtp_url or who.account.verified:
+        return who.redirect("/profile")
+    limiter = access_context(gateway).limiter
+    decision = await limiter.check([limiter.attempts("verify_resend", who.account.id, verification.RESENDS_PER_HOUR,
+                                                     3600)])
+    if decision.error is not None:
+        return await render_profile(who, status=429, error="Too many verification mails asked for this hour. "
+                                                           "Try again later.")
+    email = fields.get("email", "")
+    owner = await gateway.redis.get(gateway.names.account_email(email_key(gateway.secret, email)))
+    if (owner.decode() if isinstance(owner, bytes) else owner) != who.account.id:
+        return await render_profile(who, status=400, error="That is not the email address of this account.")
+    link = await verification.new_link(gateway.redis, gateway.names, who.account.id, site_url(who))
+    verification.send_later(gateway.settings, verification.message(gateway.settings, email, link))
+    return who.redirect("/profile?verified=sent")
+
+
+def site_url(who: Visitor) -> str:
+    """This site's pages, as a link in a mail must name them (``MEGABRAIN_PUBLIC_URL`` when set)."""
+    settings = who.gateway.settings
+    here = settings.public_url.rstrip("/") if settings.public_url else str(who.request.base_url).rstrip("/")
+    return here + who.base

@@ -1,7 +1,7 @@
 """One module per HTTP surface: validate the request, plan it, hand it to the exchange.
 
 A route module owns its paths (``ROUTES``) and its request's shape; it decides nothing about limits,
-queues or answers itself. It may import ``api.exchange``, ``api.access``, ``api.formats``, the root's
+queues or answers itself. It may import ``api.exchange``, ``api.access``, ``api.formats``, ``api.billing``, the root's
 ``gateway``, ``router`` and ``common`` — never another route's internals beyond a shared helper.
 ``responses.py`` is the OpenAI Responses route (``/v1/responses``, stored and background responses too),
 ``streams.py`` resumes a detached stream of any format; the HTTP responses a request ends with are

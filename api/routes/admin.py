@@ -1,4 +1,4 @@
-"""Key management over HTTP, plus ``GET /usage`` for a key's own usage.
+"""Key and credit management over HTTP, plus ``GET /usage`` for a key's own usage.
 
 The admin routes exist only when ``MEGABRAIN_ADMIN_KEY`` is set (404 otherwise, so a deployment without
 one shows no admin surface at all) and want ``Authorization: Bearer <admin key>``, compared in constant
@@ -10,6 +10,8 @@ store, which no other process can reach.
     DELETE /admin/keys/{key_id}       revoke
     GET    /admin/keys/{key_id}/usage?days=30
     GET    /usage?days=30             the calling key's own usage
+    GET    /admin/credits/{account}?limit=50   an account's prepaid credits and newest ledger entries
+    POST   /admin/credits/{account}   {"amount": "5.00", "kind": "grant"|"adjust", "note": "…", "id": "…"}
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from api.exchange.body import decode_json, read_body
 from api.gateway import Gateway
 from api.access.keys import KeyRecord, KeyStore, UsageRow
 from common.errors import GatewayError, invalid
+from common.ledger import Ledger, LedgerError, nanos
 from common.usage import ANONYMOUS
 
 MAX_USAGE_DAYS = 366
@@ -149,8 +152,63 @@ async def own_usage(request: Request) -> Response:
     return _json(usage_json(record.id, await store.usage(record.id, days), await store.month_spend(record.id)))
 
 
+class CreditChange(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /admin/credits/{account}``: a grant (positive) or an adjustment (either sign), USD as a string."""
+
+    amount: str
+    kind: str = "grant"
+    note: str = ""
+    id: str = ""  # the entry is applied once under it (a retried call)
+
+
+async def account_credits(request: Request) -> Response:
+    """An account's balance and newest ledger entries (``?limit=``, at most 1000)."""
+    await require_admin(request)
+    gateway: Gateway = request.app.state.gateway
+    account = await _account(request)
+    raw = request.query_params.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise invalid("limit must be a whole number from 1 to 1000.", param="limit")
+    ledger = Ledger(gateway.redis, gateway.names)
+    return _json({"balance": (await ledger.balance(account)).as_json(account),
+                  "data": [e.as_json() for e in await ledger.entries(account, int(raw))]})
+
+
+async def change_credits(request: Request) -> Response:
+    """A grant or adjustment to an account's credits, as ``megabrain credits grant|adjust`` does."""
+    await require_admin(request)
+    gateway: Gateway = request.app.state.gateway
+    account = await _account(request)
+    try:
+        body = await read_body(request, gateway.settings.limits.max_body_bytes)
+        change = msgspec.json.decode(body, type=CreditChange)
+        amount = nanos(change.amount)
+        if change.kind not in ("grant", "adjust") or (change.kind == "grant" and amount <= 0):
+            raise LedgerError("kind is 'grant' (a positive amount) or 'adjust' (either sign)")
+        ledger = Ledger(gateway.redis, gateway.names)
+        applied = await ledger.apply(account, change.kind, amount, note=change.note, entry_id=change.id[:200])
+    except msgspec.ValidationError as exc:
+        raise invalid(f"Invalid body: {exc}") from None
+    except msgspec.DecodeError:
+        raise invalid("The body must be JSON: {\"amount\": \"5.00\", \"kind\": \"grant\", \"note\": \"…\"}.") from None
+    except LedgerError as exc:
+        raise invalid(str(exc), param="amount") from None
+    return _json({"applied": applied.applied, "duplicate": applied.duplicate,
+                  "balance": (await ledger.balance(account)).as_json(account)})
+
+
+async def _account(request: Request) -> str:
+    gateway: Gateway = request.app.state.gateway
+    account = request.path_params["account"]
+    if not await gateway.redis.exists(gateway.names.account(account)):
+        raise GatewayError("not_found", f"There is no account with id {account!r}.")
+    return account
+
+
 ROUTES = [
     ("POST", "/admin/keys", create_key),
+    ("GET", "/admin/credits/{account}", account_credits),
+    ("POST", "/admin/credits/{account}", change_credits),
     ("GET", "/admin/keys", list_keys),
     ("DELETE", "/admin/keys/{key_id}", revoke_key),
     ("GET", "/admin/keys/{key_id}/usage", key_usage),

@@ -27,7 +27,8 @@ async def create_embeddings(request: Request) -> Response:
         dispatch.exchange.model = embed.model
         check_input(embed.input, gateway.settings.limits.max_embedding_inputs)
         plan = endpoint_plan(gateway, embed.model, modality="embedding", capability="embeddings")
-        await dispatch.admit(plan, with_enqueue=True)
+        # what it could cost: its input at most one token per byte (a budget's or credits' reservation)
+        await dispatch.admit(plan, with_enqueue=True, prompt_tokens=len(body))
     except GatewayError as error:
         return await dispatch.refuse(error)
     return await dispatch.answer(dispatch.job("embeddings", plan, body=body))
