@@ -148,7 +148,8 @@ GEMINI_SIGNATURE_MAGIC = b"mbgw1:"
 class Job(msgspec.Struct, kw_only=True):
     """One request, as a worker receives it. ``hop`` indexes ``plan``; fallbacks re-enqueue with hop+1."""
 
-    kind: Literal["chat", "embeddings", "transcription", "count_tokens"]
+    kind: Literal["chat", "embeddings", "transcription", "count_tokens", "completion", "image", "speech",
+                  "rerank", "moderation"]
     request_id: str
     reply_channel: str
     attempt: int  # bumped by the web tier when it re-runs a request itself (worker death)
@@ -249,4 +250,33 @@ class EmbeddingRequest(msgspec.Struct):
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveInt | None = None
+    user: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Legacy text completions (``POST /completions``): editor autocomplete sends ``prompt`` + ``suffix``.
+
+# One array type per union (as for embeddings): the route checks a list is all strings, all token ids or
+# all token arrays.
+CompletionPrompt = str | list[str | int | list[int]]
+
+
+class CompletionRequest(msgspec.Struct):
+    model: ModelId
+    prompt: CompletionPrompt
+    suffix: str | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    best_of: Annotated[int, msgspec.Meta(ge=1, le=20)] | None = None
+    echo: bool | None = None
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
     user: str | None = None

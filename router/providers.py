@@ -28,7 +28,8 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     base_url: str  # may contain {ENV_VAR} placeholders
     key_env: tuple[str, ...] = ()  # first one set wins (after <ID>_API_KEY); empty = no key needed
     auth: str = "bearer"  # bearer | x-api-key | api-key | x-goog-api-key | none | <header name>
-    capabilities: frozenset[str] = frozenset({"chat"})  # chat | embeddings | transcription
+    # chat | embeddings | transcription | completions | completions:any (legacy /completions: TEXT below)
+    capabilities: frozenset[str] = frozenset({"chat"})
     quirks: dict[str, Any] = {}
     local: bool = False  # a server on the operator's machine: enabled by its base URL, key optional
     api_version: str | None = None
@@ -75,6 +76,11 @@ def _env_prefix(provider_id: str) -> str:
 
 
 ALL = frozenset({"chat", "embeddings", "transcription"})
+# Added to a set: the provider serves OpenAI's legacy /completions for its completion models (``completions``),
+# and for every model it serves, chat models included (``completions:any``: vLLM, Ollama, Together…).
+TEXT = frozenset({"completions"})
+TEXT_ANY = frozenset({"completions", "completions:any"})
+CAPABILITIES = ALL | TEXT_ANY  # every capability a registry entry may name
 CHAT_EMBED = frozenset({"chat", "embeddings"})
 CHAT_STT = frozenset({"chat", "transcription"})
 CHAT = frozenset({"chat"})
@@ -108,10 +114,10 @@ def _local(id: str, name: str, base_url: str, *key_env: str, caps: frozenset[str
 REGISTRY: tuple[ProviderSpec, ...] = (
     # Native or special protocols.
     ProviderSpec(id="openai", name="OpenAI", base_url="https://api.openai.com/v1", key_env=("OPENAI_API_KEY",),
-                 capabilities=ALL),
+                 capabilities=ALL | TEXT),
     ProviderSpec(id="azure", name="Azure OpenAI", kind="azure",
                  base_url="https://{AZURE_RESOURCE_NAME}.openai.azure.com",
-                 key_env=("AZURE_API_KEY", "AZURE_OPENAI_API_KEY"), auth="api-key", capabilities=ALL,
+                 key_env=("AZURE_API_KEY", "AZURE_OPENAI_API_KEY"), auth="api-key", capabilities=ALL | TEXT,
                  api_version="2024-10-21", base_url_env=("AZURE_OPENAI_ENDPOINT",),
                  api_version_env=("OPENAI_API_VERSION",)),
     ProviderSpec(id="anthropic", name="Anthropic", kind="anthropic", base_url="https://api.anthropic.com",
@@ -124,10 +130,10 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     # OpenAI-compatible clouds.
     _compat("groq", "Groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY", caps=CHAT_STT),
     _compat("together", "Together AI", "https://api.together.xyz/v1",
-            "TOGETHER_API_KEY", "TOGETHERAI_API_KEY", "TOGETHER_AI_API_KEY", caps=ALL),
+            "TOGETHER_API_KEY", "TOGETHERAI_API_KEY", "TOGETHER_AI_API_KEY", caps=ALL | TEXT_ANY),
     # Fireworks serves Whisper from separate audio hosts, so not "transcription" under this base.
     _compat("fireworks", "Fireworks AI", "https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY",
-            caps=CHAT_EMBED),
+            caps=CHAT_EMBED | TEXT_ANY),
     # LiteLLM flattens content arrays for DeepSeek ("does not support content in list format").
     _compat("deepseek", "DeepSeek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", flatten_content=True),
     # Mistral answers 422 to stream_options (cline#939, llxprt-code#114).
@@ -209,10 +215,11 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     _compat("voyage", "Voyage AI", "https://api.voyageai.com/v1", "VOYAGE_API_KEY",
             caps=frozenset({"embeddings"})),
     # Servers on the operator's machine.
-    _local("ollama", "Ollama", "http://localhost:11434/v1", "OLLAMA_API_KEY", caps=CHAT_EMBED),
-    _local("vllm", "vLLM", "http://localhost:8000/v1", "VLLM_API_KEY", caps=ALL),
-    _local("lmstudio", "LM Studio", "http://localhost:1234/v1", "LMSTUDIO_API_KEY", caps=CHAT_EMBED),
-    _local("llamacpp", "llama.cpp server", "http://localhost:8080/v1", "LLAMACPP_API_KEY", caps=CHAT_EMBED),
+    _local("ollama", "Ollama", "http://localhost:11434/v1", "OLLAMA_API_KEY", caps=CHAT_EMBED | TEXT_ANY),
+    _local("vllm", "vLLM", "http://localhost:8000/v1", "VLLM_API_KEY", caps=ALL | TEXT_ANY),
+    _local("lmstudio", "LM Studio", "http://localhost:1234/v1", "LMSTUDIO_API_KEY", caps=CHAT_EMBED | TEXT_ANY),
+    _local("llamacpp", "llama.cpp server", "http://localhost:8080/v1", "LLAMACPP_API_KEY",
+           caps=CHAT_EMBED | TEXT_ANY),
     _local("jan", "Jan", "http://localhost:1337/v1", "JAN_API_KEY"),
 )
 

@@ -49,13 +49,15 @@ def tier_for(prompt: Decimal, completion: Decimal, free: bool) -> str:
 _NOT_ROUTABLE = re.compile(
     r"tts|image|realtime|(^|[-/._])live([-._]|$)|moderation|ocr|rerank|dall-e|computer-use|sonic|orpheus"
     r"|deep-research|prompt-guard|robotics|^ft:|\.ft-|:extended|[-.]$"
-    # legacy completion-only models (no chat endpoint)
-    r"|(^|/)(text-)?(ada|babbage|curie|davinci)(-|$)|gpt-3\.5-turbo-instruct"
+    # completion models OpenAI retired in 2024 (babbage-002 and davinci-002 replaced them)
+    r"|(^|/)(text-(ada|babbage|curie|davinci)|ada|curie)(-|$)|(^|/)(babbage|davinci)$"
 )
 # Chat-shaped but not general assistants (safety classifiers): listed, but auto-* never picks them.
 _NOT_GENERAL = re.compile(r"guard|safety|safeguard|moderation")
 _EMBEDDING = re.compile(r"embed|(^|/)bge-|^voyage-")
 _TRANSCRIPTION = re.compile(r"whisper|transcribe")
+# Legacy completion-only models: no chat endpoint, served by ``POST /completions``.
+_COMPLETION = re.compile(r"(^|/)(babbage|davinci)-002$|gpt-3\.5-turbo-instruct")
 # Capabilities are claimed only for families known to have them; unknown means "not claimed".
 _VISION = re.compile(
     r"vision|[-/]vl([-.]|$)|pixtral|gpt-4o|gpt-4\.1|gpt-4-turbo|gpt-5|(^|[/.])o[34](-mini)?($|-)"
@@ -76,6 +78,8 @@ def modality_of(model_id: str) -> str:
     lowered = model_id.lower()
     if _TRANSCRIPTION.search(lowered):
         return "transcription"
+    if _COMPLETION.search(lowered):
+        return "completion"
     if _EMBEDDING.search(lowered):
         return "embedding"
     return "chat"
@@ -311,7 +315,9 @@ SOURCES: tuple[Source, ...] = (
     Source("lmstudio", "hf-weights", ids="lower-id", local=True),
 )
 
-_MODALITY_CAPABILITY = {"chat": "chat", "embedding": "embeddings", "transcription": "transcription"}
+# modality -> the registry capability a provider needs to list models of it (router/providers.py)
+MODALITY_CAPABILITY = {"chat": "chat", "embedding": "embeddings", "transcription": "transcription",
+                       "completion": "completions"}
 
 
 def _entries_for(source: Source) -> list[PriceEntry]:
@@ -405,7 +411,7 @@ def listed_models(providers: dict[str, Provider]) -> dict[str, Model]:
                 model = model_from_entry(source, entry)
                 if model is None or model.id in models:
                     continue
-                if _MODALITY_CAPABILITY[model.modality] not in provider.capabilities:
+                if MODALITY_CAPABILITY[model.modality] not in provider.capabilities:
                     continue
                 models[model.id] = model
     return models

@@ -36,7 +36,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _encode = msgspec.json.Encoder().encode
 FINGERPRINT = "fp_fake"
-DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "whisper-1"]
+DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "whisper-1", "gpt-3.5-turbo-instruct"]
 
 
 @dataclass
@@ -666,11 +666,15 @@ class ModelsEndpoint(Endpoint):
 
 def create_openai_app(state: OpenAIFakeState) -> Starlette:
     """Every route is served bare and under ``/v1``."""
+    from tests.fakes import openai_more  # its endpoints build on this module's
+
     chat, embeddings = ChatEndpoint(state), EmbeddingsEndpoint(state)
     audio, models = TranscriptionEndpoint(state), ModelsEndpoint(state)
+    completions = openai_more.CompletionsEndpoint(state)
     routes = []
     for prefix in ("", "/v1"):
         routes += [
+            Route(f"{prefix}/completions", completions, methods=["POST"]),
             Route(f"{prefix}/chat/completions", chat, methods=["POST"]),
             Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
             Route(f"{prefix}/audio/transcriptions", audio, methods=["POST"]),

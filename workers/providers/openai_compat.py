@@ -143,6 +143,22 @@ class OpenAICompatAdapter:
     def transcription_url(self, up: Upstream, model: str) -> str:
         return self.url(up, "audio/transcriptions", model)
 
+    def completions_request(self, up: Upstream, model: str, body: dict[str, Any], stream: bool) -> RequestSpec:
+        """A legacy ``/completions`` body, forwarded; a stream always asks for usage (it is billed from it)."""
+        payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+        payload["model"] = model
+        payload.pop("stream_options", None)
+        if stream:
+            payload["stream"] = True
+            if not up.quirks.get("no_stream_options"):
+                payload["stream_options"] = {"include_usage": True}
+        else:
+            payload.pop("stream", None)
+        headers = auth_headers(up)
+        headers["content-type"] = "application/json"
+        return RequestSpec("POST", self.url(up, "completions", model), headers=headers,
+                           content=msgspec.json.encode(payload))
+
     def embeddings_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
         """The client's body, forwarded; base64 is asked for only where the upstream is known to honour it.
 
