@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from api import pages
 from api.routes import (
-    admin, chat, completions, embeddings, gemini, listings, lookups, messages, ops, responses, streams,
+    admin, chat, completions, embeddings, gemini, images, listings, lookups, messages, ops, responses, streams,
     stripe_webhook, transcriptions,
 )
 from api.gateway import Gateway
@@ -39,9 +39,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 # (method, path, handler) from each route module: each is served under every base of ``route_bases``
 ROUTES: list[tuple[str, str, Endpoint]] = [
-    *chat.ROUTES, *completions.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES, *listings.ROUTES,
-    *lookups.ROUTES, *admin.ROUTES, *ops.ROUTES, *messages.ROUTES, *responses.ROUTES, *gemini.ROUTES,
-    *streams.ROUTES, *stripe_webhook.ROUTES,
+    *chat.ROUTES, *completions.ROUTES, *images.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES,
+    *listings.ROUTES, *lookups.ROUTES, *admin.ROUTES, *ops.ROUTES, *messages.ROUTES, *responses.ROUTES,
+    *gemini.ROUTES, *streams.ROUTES, *stripe_webhook.ROUTES,
 ]
 
 # Bare, OpenAI's /v1 and OpenRouter's /api/v1: tools written for either find every route.

@@ -280,3 +280,22 @@ class CompletionRequest(msgspec.Struct):
     logit_bias: dict[str, float] | None = None
     seed: int | None = None
     user: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Image generation (``POST /images/generations``): what each model takes is ``router/media.py``'s data.
+
+
+class ImageRequest(msgspec.Struct):
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=32000)]
+    model: ModelId
+    n: Annotated[int, msgspec.Meta(ge=1, le=10)] | None = None
+    size: str | None = None
+    quality: str | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    style: str | None = None
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    moderation: Literal["low", "auto"] | None = None
+    user: str | None = None

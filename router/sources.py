@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from router import media
 from router.model import Model
 from router.providers import Provider
 
@@ -56,6 +57,8 @@ _NOT_ROUTABLE = re.compile(
 _NOT_GENERAL = re.compile(r"guard|safety|safeguard|moderation")
 _EMBEDDING = re.compile(r"embed|(^|/)bge-|^voyage-")
 _TRANSCRIPTION = re.compile(r"whisper|transcribe")
+# Image generation models (``POST /images/generations``; what each takes: router/media.py).
+_IMAGE = re.compile(r"(^|/)(gpt-image-|dall-e-|chatgpt-image)")
 # Legacy completion-only models: no chat endpoint, served by ``POST /completions``.
 _COMPLETION = re.compile(r"(^|/)(babbage|davinci)-002$|gpt-3\.5-turbo-instruct")
 # Capabilities are claimed only for families known to have them; unknown means "not claimed".
@@ -80,6 +83,8 @@ def modality_of(model_id: str) -> str:
         return "transcription"
     if _COMPLETION.search(lowered):
         return "completion"
+    if _IMAGE.search(lowered):
+        return "image"
     if _EMBEDDING.search(lowered):
         return "embedding"
     return "chat"
@@ -317,7 +322,7 @@ SOURCES: tuple[Source, ...] = (
 
 # modality -> the registry capability a provider needs to list models of it (router/providers.py)
 MODALITY_CAPABILITY = {"chat": "chat", "embedding": "embeddings", "transcription": "transcription",
-                       "completion": "completions"}
+                       "completion": "completions", "image": "images"}
 
 
 def _entries_for(source: Source) -> list[PriceEntry]:
@@ -360,13 +365,13 @@ def _spell(source: Source, entry: PriceEntry) -> tuple[str, str]:
 def model_from_entry(source: Source, entry: PriceEntry) -> Model | None:
     """One price-list entry as a model at ``source.provider``; None when it is not routable or unpriced."""
     lowered = entry.id.lower()
-    if _NOT_ROUTABLE.search(lowered):
+    modality = modality_of(entry.id)
+    if _NOT_ROUTABLE.search(lowered) and modality != "image":
         return None
     if source.keep and not re.search(source.keep, lowered):
         return None
     if source.drop and re.search(source.drop, lowered):
         return None
-    modality = modality_of(entry.id)
     marked_free = lowered.endswith(":free")
     if entry.prompt is None and not marked_free and not (modality == "transcription" and entry.audio_hour):
         return None  # no usable price: we would bill it wrongly
@@ -396,6 +401,7 @@ def model_from_entry(source: Source, entry: PriceEntry) -> Model | None:
         audio_hour_price=decimal_str(entry.audio_hour) if entry.audio_hour and not source.local else None,
         pricing_source="local" if source.local else f"{kind}:{entry.feed}",
         auto=not source.local and not specialised,
+        **({"output_modalities": ("image",)} if modality == "image" else {}),
     )
 
 
@@ -414,4 +420,7 @@ def listed_models(providers: dict[str, Provider]) -> dict[str, Model]:
                 if MODALITY_CAPABILITY[model.modality] not in provider.capabilities:
                     continue
                 models[model.id] = model
+        for model in media.LISTED:  # priced per image: no price feed lists them
+            if model.provider == provider_id and "images" in provider.capabilities:
+                models.setdefault(model.id, model)
     return models

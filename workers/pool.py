@@ -46,7 +46,8 @@ from common.telemetry import flush_sentry, init_sentry, settle_heap
 from common.tracing import init_tracing, shutdown_tracing
 from router.catalog import build_catalog
 from router.providers import resolve_providers
-from workers import chat, completions, embeddings, native, transcriptions  # noqa: F401  (register their job handlers)
+# imported to register their job handlers
+from workers import chat, completions, embeddings, images, native, transcriptions  # noqa: F401
 from workers import health
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime

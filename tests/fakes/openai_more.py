@@ -1,5 +1,5 @@
 """OpenAI's endpoints beyond chat, embeddings and transcriptions, as strict as OpenAI's own:
-legacy ``/completions``, served by the fake OpenAI app (``tests/fakes/openai_server.py``).
+legacy ``/completions`` and ``/images/generations``, served by the fake OpenAI app (``tests/fakes/openai_server.py``).
 
 Each refuses what OpenAI refuses (a chat model on ``/completions``, ``suffix`` on a model without
 fill-in-the-middle, ``echo`` with ``suffix``, ``best_of`` while streaming) with OpenAI's 400 or 404.
@@ -8,6 +8,8 @@ Answers are deterministic, so a test can compare what the client got with what w
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from typing import Any
 
@@ -102,3 +104,78 @@ class CompletionsEndpoint(Endpoint):
             await send({"type": "http.response.body", "body": b"data: " + _encode(chunk) + b"\n\n",
                         "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+# --------------------------------------------------------------------------- images
+
+
+IMAGE_RULES: dict[str, dict[str, Any]] = {  # OpenAI's documented limits per model
+    "dall-e-2": {"sizes": ("256x256", "512x512", "1024x1024"), "qualities": ("standard",), "max_n": 10,
+                 "formats": ("url", "b64_json"), "styles": ()},
+    "dall-e-3": {"sizes": ("1024x1024", "1792x1024", "1024x1792"), "qualities": ("standard", "hd"), "max_n": 1,
+                 "formats": ("url", "b64_json"), "styles": ("vivid", "natural")},
+    "gpt-image-1": {"sizes": ("1024x1024", "1536x1024", "1024x1536", "auto"),
+                    "qualities": ("low", "medium", "high", "auto"), "max_n": 10, "formats": (), "styles": ()},
+}
+# gpt-image-1's image output tokens by quality and size (OpenAI's image pricing table)
+GPT_IMAGE_TOKENS = {("low", "1024x1024"): 272, ("low", "1536x1024"): 408, ("medium", "1024x1024"): 1056,
+                    ("medium", "1536x1024"): 1584, ("high", "1024x1024"): 4160, ("high", "1536x1024"): 6240}
+
+
+def image_bytes(prompt: str, index: int, size: int) -> bytes:
+    """A deterministic stand-in for an image of ``size`` bytes (PNG magic, then a repeated digest)."""
+    seed = hashlib.sha256(f"{prompt}|{index}".encode()).digest()
+    return (b"\x89PNG\r\n\x1a\n" + seed * (size // 32 + 1))[:size]
+
+
+class ImagesEndpoint(Endpoint):
+    """``POST /v1/images/generations``; ``state.image_size`` sets how many bytes each image has."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, serial: int, body: Any, failure: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or not body["prompt"]:
+            raise BadRequest("Missing required parameter: 'prompt'.", "prompt")
+        model = body.get("model", "dall-e-2")
+        rules = IMAGE_RULES.get(model)
+        if rules is None:
+            await send_error(send, self.state, serial, 404, f"The model '{model}' does not exist.", "model")
+            return
+        n = body.get("n", 1)
+        if not isinstance(n, int) or n < 1:
+            raise BadRequest(f"Invalid 'n': integer below minimum value. Expected a value >= 1, but got {n} "
+                             "instead.", "n", "integer_below_min_value")
+        if n > rules["max_n"]:
+            raise BadRequest(f"Invalid 'n': integer above maximum value. Expected a value <= {rules['max_n']}, "
+                             f"but got {n} instead.", "n", "integer_above_max_value")
+        size, quality = body.get("size"), body.get("quality")
+        if size is not None and size not in rules["sizes"]:
+            raise BadRequest(f"Invalid value: '{size}'. Supported values are: {rules['sizes']}.", "size")
+        if quality is not None and quality not in rules["qualities"]:
+            raise BadRequest(f"Invalid value: '{quality}'. Supported values are: {rules['qualities']}.", "quality")
+        fmt = body.get("response_format")
+        if fmt is not None and not rules["formats"]:
+            raise BadRequest("Unknown parameter: 'response_format'.", "response_format", "unknown_parameter")
+        if fmt is not None and fmt not in rules["formats"]:
+            raise BadRequest(f"Invalid value: '{fmt}'.", "response_format")
+        if body.get("style") is not None and body["style"] not in rules["styles"]:
+            raise BadRequest("Unknown parameter: 'style'." if not rules["styles"] else "Invalid value for 'style'.",
+                             "style")
+        created = int(time.time())
+        data = []
+        for i in range(n):
+            raw = image_bytes(body["prompt"], i, self.state.image_size)
+            if fmt == "url":
+                data.append({"url": f"https://fake-images.openai.test/{serial}/{i}.png"})
+            else:
+                data.append({"b64_json": base64.b64encode(raw).decode()})
+            if model == "dall-e-3":
+                data[-1]["revised_prompt"] = "A revised " + body["prompt"]
+        answer: dict[str, Any] = {"created": created, "data": data}
+        if model.startswith("gpt-image"):
+            q = quality if quality in ("low", "medium", "high") else "high"
+            s = "1536x1024" if size in ("1536x1024", "1024x1536") else "1024x1024"
+            text_tokens = max(1, len(body["prompt"]) // 4)
+            output = GPT_IMAGE_TOKENS[(q, s)] * n
+            answer["usage"] = {"total_tokens": text_tokens + output, "input_tokens": text_tokens,
+                               "output_tokens": output,
+                               "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0}}
+        await send_json(send, serial, answer)

@@ -1,0 +1,103 @@
+"""What image models take and what they cost per image: data, read in one place.
+
+The price feeds list image models priced per token (``gpt-image-1``: its text input and image output
+tokens) and miss those priced per image (``dall-e-3``); both are described here by family: the sizes,
+qualities and ``n`` a model accepts, whether it can answer with a URL, and its price per image by quality
+and size (OpenAI's list prices). The web tier refuses what a model does not take before any upstream
+call, and reserves ``n`` images at the dearest price the request can reach; the worker bills per token
+where the upstream reports tokens and the catalog has token prices, else per image.
+
+A family the table does not know (another provider's image model) is taken as OpenAI's images API takes
+a model in general (``GENERIC``): any size, ``n`` up to 10, priced per token or at its configured price.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from router.model import Model
+
+SQUARE, WIDE, TALL = "1024x1024", "1792x1024", "1024x1792"
+LANDSCAPE, PORTRAIT = "1536x1024", "1024x1536"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    sizes: tuple[str, ...] = ()  # () = any size the upstream takes
+    qualities: tuple[str, ...] = ()  # () = any
+    max_n: int = 10
+    response_formats: tuple[str, ...] = ("url", "b64_json")  # () = the upstream answers b64_json only
+    styles: tuple[str, ...] = ()  # dall-e-3's ``style``; () = the parameter is refused
+    gpt_image_options: bool = False  # background, output_format, output_compression, moderation
+    # USD per image by (quality, size): the bill where no tokens are reported, and the reservation.
+    per_image: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    default_quality: str = ""
+    default_size: str = ""
+    # Priced per token: the most image output tokens one image may be billed (gpt-image: 6240 at high
+    # quality, 1536x1024), so a reservation holds enough where no per-image price is listed.
+    output_tokens_per_image: int = 0
+
+    def price(self, quality: str | None, size: str | None) -> Decimal | None:
+        """USD for one image of ``quality`` and ``size`` (the defaults where absent), None when not priced;
+        ``auto`` (or a value without a price) counts at the dearest price it could be."""
+        if not self.per_image:
+            return None
+        quality = quality or self.default_quality
+        size = size or self.default_size
+        found = [p for (q, s), p in self.per_image.items()
+                 if (q == quality or quality not in self.qualities or quality == "auto")
+                 and (s == size or size not in self.sizes or size == "auto")]
+        return max(found) if found else max(self.per_image.values())
+
+
+def _table(prices: dict[str, tuple[str, str, str]], sizes: tuple[str, str, str]) -> dict[tuple[str, str], Decimal]:
+    return {(quality, size): Decimal(price) for quality, row in prices.items() for size, price in zip(sizes, row)}
+
+
+GPT_IMAGE_SIZES = (SQUARE, LANDSCAPE, PORTRAIT)
+
+IMAGE_SPECS: dict[str, ImageSpec] = {
+    "dall-e-2": ImageSpec(
+        sizes=("256x256", "512x512", SQUARE), qualities=("standard",), max_n=10, default_quality="standard",
+        default_size=SQUARE, per_image=_table({"standard": ("0.016", "0.018", "0.02")},
+                                              ("256x256", "512x512", SQUARE))),
+    "dall-e-3": ImageSpec(
+        sizes=(SQUARE, WIDE, TALL), qualities=("standard", "hd"), max_n=1, styles=("vivid", "natural"),
+        default_quality="standard", default_size=SQUARE,
+        per_image=_table({"standard": ("0.04", "0.08", "0.08"), "hd": ("0.08", "0.12", "0.12")},
+                         (SQUARE, WIDE, TALL))),
+    "gpt-image-1": ImageSpec(
+        sizes=(*GPT_IMAGE_SIZES, "auto"), qualities=("low", "medium", "high", "auto"), response_formats=(),
+        gpt_image_options=True, default_quality="auto", default_size="auto", output_tokens_per_image=6240,
+        per_image=_table({"low": ("0.011", "0.016", "0.016"), "medium": ("0.042", "0.063", "0.063"),
+                          "high": ("0.167", "0.25", "0.25")}, GPT_IMAGE_SIZES)),
+    "gpt-image-1-mini": ImageSpec(
+        sizes=(*GPT_IMAGE_SIZES, "auto"), qualities=("low", "medium", "high", "auto"), response_formats=(),
+        gpt_image_options=True, default_quality="auto", default_size="auto", output_tokens_per_image=6240,
+        per_image=_table({"low": ("0.005", "0.006", "0.006"), "medium": ("0.011", "0.015", "0.015"),
+                          "high": ("0.036", "0.052", "0.052")}, GPT_IMAGE_SIZES)),
+}
+GPT_IMAGE = ImageSpec(  # a newer gpt-image model than the table knows: priced per token, same options
+    sizes=(*GPT_IMAGE_SIZES, "auto"), qualities=("low", "medium", "high", "auto"), response_formats=(),
+    gpt_image_options=True, default_quality="auto", default_size="auto", output_tokens_per_image=6240)
+GENERIC = ImageSpec()
+
+
+def image_spec(model: Model) -> ImageSpec:
+    """The spec of ``model``'s family: its upstream id, without a dated suffix."""
+    upstream = model.upstream_id.rsplit("/", 1)[-1].lower()
+    for family in sorted(IMAGE_SPECS, key=len, reverse=True):
+        if upstream == family or upstream.startswith(family + "-20"):
+            return IMAGE_SPECS[family]
+    return GPT_IMAGE if upstream.startswith(("gpt-image", "chatgpt-image")) else GENERIC
+
+
+# Image models the price feeds do not list (priced per image only), as the registry's own listings.
+LISTED: tuple[Model, ...] = (
+    Model(id="openai/dall-e-3", name="DALL·E 3", provider="openai", upstream_id="dall-e-3", modality="image",
+          pricing_source="registry", auto=False, input_modalities=("text",), output_modalities=("image",)),
+    Model(id="openai/dall-e-2", name="DALL·E 2", provider="openai", upstream_id="dall-e-2", modality="image",
+          pricing_source="registry", auto=False, input_modalities=("text",), output_modalities=("image",),
+          deprecated=True),
+)

@@ -1,0 +1,120 @@
+"""``POST /images/generations`` end to end: the OpenAI SDK through the queue to the strict fake OpenAI.
+
+gpt-image-1 (b64 only, billed per token) and dall-e-3 (url or b64, billed per image); a multi-megabyte
+answer in event-sized pieces; ``n`` images reserved at admission; refusals before any upstream call.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.openai_more import image_bytes
+from tests.fakes.openai_server import OpenAIFakeState
+from tests.harness import GatewayHarness, auth, create_key, env_for
+from workers.chunks import MAX_EVENT_BYTES, pieces
+
+
+def generation(client: openai.OpenAI, request_id: str) -> dict:
+    return client.get("/generation", cast_to=object, options={"params": {"id": f"gen-{request_id}"}})["data"]
+
+
+def test_gpt_image_billed_per_token(client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    raw = client.images.with_raw_response.generate(model="gpt-image-1", prompt="a red cat", n=2,
+                                                   size="1024x1024", quality="low")
+    result = raw.parse()
+    assert [base64.b64decode(d.b64_json) for d in result.data] == [image_bytes("a red cat", i, 2048)
+                                                                   for i in range(2)]
+    assert result.usage is not None and result.usage.output_tokens == 2 * 272
+    cost = Decimal("5E-6") * 2 + Decimal("40E-6") * 544  # genai-prices: text input, image output per token
+    assert Decimal(str(raw.http_response.json()["usage"]["cost"])) == cost
+    assert raw.headers["content-type"] == "application/json"
+    record = generation(client, raw.headers["x-request-id"])
+    assert record["model"] == "openai/gpt-image-1" and Decimal(str(record["total_cost"])) == cost
+    sent = fake_openai[0].requests[-1]
+    assert sent["path"] == "/v1/images/generations"
+    assert sent["body"] == {"model": "gpt-image-1", "prompt": "a red cat", "n": 2, "size": "1024x1024",
+                            "quality": "low"}
+
+
+def test_dall_e_3_url_billed_per_image(client: openai.OpenAI) -> None:
+    raw = client.images.with_raw_response.generate(model="dall-e-3", prompt="a lighthouse", size="1792x1024",
+                                                   quality="hd", response_format="url", style="natural")
+    result = raw.parse()
+    assert result.data[0].url and result.data[0].revised_prompt == "A revised a lighthouse"
+    assert Decimal(str(raw.http_response.json()["usage"]["cost"])) == Decimal("0.12")  # hd, wide
+    assert Decimal(str(generation(client, raw.headers["x-request-id"])["total_cost"])) == Decimal("0.12")
+
+
+def test_large_answer_travels_in_pieces(client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    fake_openai[0].image_size = 1_500_000  # two images: ~4 MB of JSON, at least four events
+    result = client.images.generate(model="dall-e-2", prompt="big", n=2, response_format="b64_json")
+    assert [base64.b64decode(d.b64_json) for d in result.data] == [image_bytes("big", i, 1_500_000)
+                                                                   for i in range(2)]
+
+
+def test_pieces_are_bounded() -> None:
+    body = bytes(range(256)) * 9000
+    parts = pieces(body)
+    assert b"".join(parts) == body and all(0 < len(p) <= MAX_EVENT_BYTES for p in parts) and len(parts) == 3
+    assert pieces(b"") == [b""]
+
+
+@pytest.mark.parametrize(
+    "payload, param",
+    [
+        ({"model": "gpt-image-1", "prompt": "x", "n": 0}, "n"),
+        ({"model": "gpt-image-1", "prompt": "x", "n": 11}, "n"),
+        ({"model": "dall-e-3", "prompt": "x", "n": 2}, "n"),
+        ({"model": "dall-e-3", "prompt": "x", "size": "512x512"}, "size"),
+        ({"model": "dall-e-3", "prompt": "x", "quality": "high"}, "quality"),
+        ({"model": "gpt-image-1", "prompt": "x", "response_format": "url"}, "response_format"),
+        ({"model": "gpt-image-1", "prompt": "x", "style": "vivid"}, "style"),
+        ({"model": "dall-e-3", "prompt": "x", "background": "transparent"}, "background"),
+        ({"model": "gpt-image-1", "prompt": ""}, "prompt"),
+        ({"model": "gpt-image-1"}, "prompt"),
+        ({"model": "gpt-4o-mini", "prompt": "x"}, "model"),
+    ],
+)
+def test_refused_before_any_upstream_call(gateway: GatewayHarness, gateway_env: dict[str, str],
+                                          fake_openai: tuple[OpenAIFakeState, str], payload: dict,
+                                          param: str) -> None:
+    response = httpx.post(gateway.url + "/v1/images/generations", json=payload, headers=auth(gateway_env),
+                          timeout=20)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert fake_openai[0].requests == []
+
+
+@pytest.fixture
+def tight_budget(redis_url: str, fake_openai: tuple[OpenAIFakeState, str]) -> Iterator[tuple[GatewayHarness, str]]:
+    """A key with $1 a month: one high-quality gpt-image-1 image fits (at most $0.25), ten do not."""
+    env = env_for(redis_url, OPENAI_BASE_URL=fake_openai[1], OPENAI_API_KEY="sk-upstream-test")
+    key = create_key(redis_url, env["MEGABRAIN_NAMESPACE"], "images", monthly_budget=1.0)
+    with GatewayHarness.from_env(env) as harness:
+        yield harness, key
+
+
+def test_worst_case_of_n_images_reserved(tight_budget: tuple[GatewayHarness, str],
+                                         fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    harness, key = tight_budget
+    client = openai.OpenAI(base_url=harness.url + "/v1", api_key=key, max_retries=0, timeout=20)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.images.generate(model="gpt-image-1", prompt="x", n=10, quality="high")
+    assert refused.value.status_code == 402
+    assert fake_openai[0].requests == []
+    assert len(client.images.generate(model="gpt-image-1", prompt="x", n=1, quality="high").data) == 1
+
+
+def test_listed_as_image_models(gateway: GatewayHarness) -> None:
+    listed = {m["id"]: m for m in httpx.get(gateway.url + "/v1/image-models", timeout=20).json()["data"]}
+    assert listed["openai/dall-e-3"]["pricing"]["image"] == "0.04"  # standard, 1024x1024
+    assert listed["openai/gpt-image-1"]["pricing"]["completion"] == "0.00004"  # per image output token
+    assert listed["openai/gpt-image-1"]["architecture"]["output_modalities"] == ["image"]
+    chat = {m["id"] for m in httpx.get(gateway.url + "/v1/models", timeout=20).json()["data"]}
+    assert not chat & set(listed)

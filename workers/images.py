@@ -1,0 +1,68 @@
+"""One image generation at one provider: OpenAI's images API, billed per token or per image.
+
+The upstream's ``ImagesResponse`` goes to the client as it came (``created``, ``data`` with ``b64_json``
+or ``url`` and ``revised_prompt``, gpt-image's ``usage``…), with the serving ``model`` and ``provider``
+and ``usage.cost`` added. Cost: the reported tokens at the catalog's token prices where the model is
+priced so (gpt-image), else the images returned at ``router/media.py``'s price per image (dall-e). The
+body travels in event-sized pieces (``workers/chunks.py`` ``pieces``): a few large images are megabytes.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from common.wire import Job, Route
+from router.catalog import Catalog
+from router.media import image_spec
+from router.model import Model
+from workers.chunks import encode_json, pieces
+from workers.jobs import Answer, handler
+from workers.providers.base import UpstreamError
+from workers.publisher import Publisher
+from workers.runtime import Runtime
+from workers.upstream import send_json
+
+
+def image_usage(catalog: Catalog, model: Model | None, body: dict[str, Any], images: int,
+                reported: dict[str, Any] | None) -> dict[str, Any]:
+    """The canonical usage of an image answer, with its exact cost."""
+    reported = reported or {}
+    prompt = reported.get("input_tokens") if isinstance(reported.get("input_tokens"), int) else 0
+    output = reported.get("output_tokens") if isinstance(reported.get("output_tokens"), int) else 0
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": output, "images": images}
+    if model is None or not model.listed or model.free:
+        usage["cost"] = Decimal(0)
+        return usage
+    by_tokens = Decimal(model.completion_price) > 0 and (prompt or output)
+    if by_tokens:
+        usage["cost"] = catalog.cost(model, {"prompt_tokens": prompt, "completion_tokens": output})
+    else:
+        per_image = image_spec(model).price(body.get("quality"), body.get("size")) or Decimal(0)
+        usage["cost"] = per_image * images
+    return usage
+
+
+@handler("image")
+async def serve_image(runtime: Runtime, job: Job, route: Route, pub: Publisher) -> Answer:
+    adapter = runtime.adapter(route.provider)
+    if not hasattr(adapter, "images_request"):
+        raise UpstreamError(400, f"the provider {route.provider} serves no image generation", retryable=False,
+                            fallback=True, error_type="invalid_request", param="model")
+    body: dict[str, Any] = msgspec.json.decode(job.body)
+    spec = adapter.images_request(runtime.upstream(route.provider), route.upstream_model, body)
+    data = await send_json(runtime.http, adapter, spec)
+    images = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(images, list) or not images or not all(
+            isinstance(i, dict) and (i.get("b64_json") or i.get("url")) for i in images):
+        raise UpstreamError(502, "upstream returned an images answer without images", retryable=True)
+    reported = data.get("usage") if isinstance(data.get("usage"), dict) else None
+    usage = image_usage(runtime.catalog, runtime.catalog.get(route.model), body, len(images), reported)
+    data["model"], data["provider"] = route.model, route.provider
+    data["usage"] = {**(reported or {}), "cost": usage["cost"]}
+    parts = pieces(encode_json(data))
+    for part in parts[:-1]:
+        await pub.data_now(part)
+    return Answer("done", parts[-1], usage)
