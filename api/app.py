@@ -21,8 +21,8 @@ from starlette.types import Receive, Scope, Send
 
 from api import pages
 from api.routes import (
-    admin, chat, completions, embeddings, gemini, images, listings, lookups, messages, ops, responses, streams,
-    stripe_webhook, transcriptions,
+    admin, chat, completions, embeddings, gemini, images, listings, lookups, messages, ops, responses, speech,
+    streams, stripe_webhook, transcriptions,
 )
 from api.gateway import Gateway
 from api.exchange.answer import error_response
@@ -39,7 +39,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 # (method, path, handler) from each route module: each is served under every base of ``route_bases``
 ROUTES: list[tuple[str, str, Endpoint]] = [
-    *chat.ROUTES, *completions.ROUTES, *images.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES,
+    *chat.ROUTES, *completions.ROUTES, *images.ROUTES, *speech.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES,
     *listings.ROUTES, *lookups.ROUTES, *admin.ROUTES, *ops.ROUTES, *messages.ROUTES, *responses.ROUTES,
     *gemini.ROUTES, *streams.ROUTES, *stripe_webhook.ROUTES,
 ]

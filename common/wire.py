@@ -299,3 +299,17 @@ class ImageRequest(msgspec.Struct):
     output_compression: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     moderation: Literal["low", "auto"] | None = None
     user: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Speech (``POST /audio/speech``): text to audio bytes; voices per model are ``router/media.py``'s data.
+
+
+class SpeechRequest(msgspec.Struct):
+    model: ModelId
+    input: Annotated[str, msgspec.Meta(min_length=1)]
+    voice: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] | None = None
+    instructions: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    stream_format: Literal["audio", "sse"] | None = None

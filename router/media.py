@@ -1,4 +1,4 @@
-"""What image models take and what they cost per image: data, read in one place.
+"""What image and speech models take and what they cost per image or character: data, read in one place.
 
 The price feeds list image models priced per token (``gpt-image-1``: its text input and image output
 tokens) and miss those priced per image (``dall-e-3``); both are described here by family: the sizes,
@@ -93,7 +93,7 @@ def image_spec(model: Model) -> ImageSpec:
     return GPT_IMAGE if upstream.startswith(("gpt-image", "chatgpt-image")) else GENERIC
 
 
-# Image models the price feeds do not list (priced per image only), as the registry's own listings.
+# Models the price feeds do not list or price (per image, per character), as the registry's own listings.
 LISTED: tuple[Model, ...] = (
     Model(id="openai/dall-e-3", name="DALL·E 3", provider="openai", upstream_id="dall-e-3", modality="image",
           pricing_source="registry", auto=False, input_modalities=("text",), output_modalities=("image",)),
@@ -101,3 +101,44 @@ LISTED: tuple[Model, ...] = (
           pricing_source="registry", auto=False, input_modalities=("text",), output_modalities=("image",),
           deprecated=True),
 )
+
+
+# --- speech ---------------------------------------------------------------------------------------------
+
+OPENAI_VOICES = ("alloy", "ash", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer")
+SPEECH_FORMATS = {"mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac", "flac": "audio/flac",
+                  "wav": "audio/wav", "pcm": "audio/pcm"}
+
+
+@dataclass(frozen=True)
+class SpeechSpec:
+    voices: tuple[str, ...] = ()  # () = any voice the upstream knows
+    instructions: bool = False  # takes ``instructions`` (how to speak)
+    max_characters: int = 4096
+    per_character: Decimal = Decimal(0)  # USD per input character
+
+
+SPEECH_SPECS: dict[str, SpeechSpec] = {
+    "tts-1": SpeechSpec(voices=OPENAI_VOICES, per_character=Decimal("0.000015")),
+    "tts-1-hd": SpeechSpec(voices=OPENAI_VOICES, per_character=Decimal("0.00003")),
+    # Priced per token ($0.60/M text in, $12/M audio out), but the speech API reports no usage: billed at
+    # OpenAI's own estimate of $0.015 a minute, about a thousand characters of speech.
+    "gpt-4o-mini-tts": SpeechSpec(voices=(*OPENAI_VOICES, "ballad", "verse", "marin", "cedar"), instructions=True,
+                                  per_character=Decimal("0.000015")),
+}
+
+
+def speech_spec(model: Model) -> SpeechSpec:
+    upstream = model.upstream_id.rsplit("/", 1)[-1].lower()
+    for family in sorted(SPEECH_SPECS, key=len, reverse=True):
+        if upstream == family or upstream.startswith(family + "-20"):
+            return SPEECH_SPECS[family]
+    return SpeechSpec()
+
+
+def _speech(upstream: str, name: str) -> Model:
+    return Model(id=f"openai/{upstream}", name=name, provider="openai", upstream_id=upstream, modality="speech",
+                 pricing_source="registry", auto=False, input_modalities=("text",), output_modalities=("audio",))
+
+
+LISTED += (_speech("tts-1", "TTS 1"), _speech("tts-1-hd", "TTS 1 HD"), _speech("gpt-4o-mini-tts", "GPT-4o mini TTS"))

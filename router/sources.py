@@ -322,7 +322,7 @@ SOURCES: tuple[Source, ...] = (
 
 # modality -> the registry capability a provider needs to list models of it (router/providers.py)
 MODALITY_CAPABILITY = {"chat": "chat", "embedding": "embeddings", "transcription": "transcription",
-                       "completion": "completions", "image": "images"}
+                       "completion": "completions", "image": "images", "speech": "speech"}
 
 
 def _entries_for(source: Source) -> list[PriceEntry]:
@@ -420,7 +420,7 @@ def listed_models(providers: dict[str, Provider]) -> dict[str, Model]:
                 if MODALITY_CAPABILITY[model.modality] not in provider.capabilities:
                     continue
                 models[model.id] = model
-        for model in media.LISTED:  # priced per image: no price feed lists them
-            if model.provider == provider_id and "images" in provider.capabilities:
+        for model in media.LISTED:  # priced per image or character: no price feed lists them so
+            if model.provider == provider_id and MODALITY_CAPABILITY[model.modality] in provider.capabilities:
                 models.setdefault(model.id, model)
     return models

@@ -47,7 +47,7 @@ from common.tracing import init_tracing, shutdown_tracing
 from router.catalog import build_catalog
 from router.providers import resolve_providers
 # imported to register their job handlers
-from workers import chat, completions, embeddings, images, native, transcriptions  # noqa: F401
+from workers import chat, completions, embeddings, images, native, speech, transcriptions  # noqa: F401
 from workers import health
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime

@@ -209,6 +209,36 @@ async def open_stream(
         response.release()
 
 
+@asynccontextmanager
+async def open_bytes(
+    session: aiohttp.ClientSession, adapter: Adapter, spec: RequestSpec
+) -> AsyncIterator[tuple[Mapping[str, str], AsyncIterator[bytes]]]:
+    """Open a request whose answer is a binary body (audio); yields its headers and its bytes as they
+    arrive. Closing early closes the connection, as ``open_stream`` does."""
+    try:
+        response = await _request(session, spec)
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(exc) from None
+    try:
+        if response.status >= 400:
+            try:
+                body = await response.read()
+            except TRANSPORT_ERRORS:
+                body = b""
+            raise adapter.error(response.status, _header_dict(response.headers), body)
+        yield response.headers, _chunks(response)
+    finally:
+        response.release()
+
+
+async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(exc) from None
+
+
 async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
     """The response body's server-sent events, decoded chunk by chunk as they arrive (workers/sse.py)."""
     decoder = SSEDecoder()

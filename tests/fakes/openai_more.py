@@ -1,5 +1,5 @@
 """OpenAI's endpoints beyond chat, embeddings and transcriptions, as strict as OpenAI's own:
-legacy ``/completions`` and ``/images/generations``, served by the fake OpenAI app (``tests/fakes/openai_server.py``).
+legacy ``/completions``, ``/images/generations`` and ``/audio/speech``, served by the fake OpenAI app (``tests/fakes/openai_server.py``).
 
 Each refuses what OpenAI refuses (a chat model on ``/completions``, ``suffix`` on a model without
 fill-in-the-middle, ``echo`` with ``suffix``, ``best_of`` while streaming) with OpenAI's 400 or 404.
@@ -179,3 +179,53 @@ class ImagesEndpoint(Endpoint):
                                "output_tokens": output,
                                "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0}}
         await send_json(send, serial, answer)
+
+
+# --------------------------------------------------------------------------- speech
+
+SPEECH_VOICES = ("alloy", "ash", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer")
+SPEECH_MODELS = {"tts-1": SPEECH_VOICES, "tts-1-hd": SPEECH_VOICES,
+                 "gpt-4o-mini-tts": (*SPEECH_VOICES, "ballad", "verse", "marin", "cedar")}
+SPEECH_TYPES = {"mp3": b"audio/mpeg", "opus": b"audio/opus", "aac": b"audio/aac", "flac": b"audio/flac",
+                "wav": b"audio/wav", "pcm": b"audio/pcm"}
+
+
+def speech_bytes(text: str, voice: str, fmt: str, size: int) -> bytes:
+    """The fake's audio: ``size`` deterministic bytes for this text, voice and format."""
+    seed = hashlib.sha256(f"{text}|{voice}|{fmt}".encode()).digest()
+    return (seed * (size // 32 + 1))[:size]
+
+
+class SpeechEndpoint(Endpoint):
+    """``POST /v1/audio/speech``: the audio streamed in 4 KiB chunks; ``state.speech_size`` bytes of it."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, serial: int, body: Any, failure: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise BadRequest("you must provide a model parameter", "model")
+        voices = SPEECH_MODELS.get(body["model"])
+        if voices is None:
+            await send_error(send, self.state, serial, 404, f"The model '{body['model']}' does not exist.", "model")
+            return
+        text = body.get("input")
+        if not isinstance(text, str) or not text:
+            raise BadRequest("Missing required parameter: 'input'.", "input")
+        if len(text) > 4096:
+            raise BadRequest("Invalid 'input': string too long. Expected a string with maximum length 4096.",
+                             "input", "string_above_max_length")
+        voice = body.get("voice")
+        if voice not in voices:
+            raise BadRequest(f"Invalid value for 'voice': {voice!r}. Supported values are: {voices}.", "voice")
+        fmt = body.get("response_format", "mp3")
+        if fmt not in SPEECH_TYPES:
+            raise BadRequest(f"Invalid value for 'response_format': {fmt!r}.", "response_format")
+        speed = body.get("speed", 1.0)
+        if not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0:
+            raise BadRequest("Invalid 'speed': expected a value between 0.25 and 4.0.", "speed")
+        if "instructions" in body and body["model"] != "gpt-4o-mini-tts":
+            raise BadRequest("Instructions are not supported for this model.", "instructions")
+        audio = speech_bytes(text, voice, fmt, self.state.speech_size)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": base_headers(serial, SPEECH_TYPES[fmt])})
+        for i in range(0, len(audio), 4096):
+            await send({"type": "http.response.body", "body": audio[i:i + 4096], "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

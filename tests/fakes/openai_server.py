@@ -66,6 +66,7 @@ class OpenAIFakeState:
     hang_seconds: float = 60.0
     hold_answers: bool = False  # every POST waits (recorded, no byte sent) while True: a test's gate
     image_size: int = 2048  # bytes of each generated image (tests/fakes/openai_more.py)
+    speech_size: int = 20000  # bytes of each speech answer
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     requests: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)  # the 400 messages this fake answered, in order
@@ -672,11 +673,13 @@ def create_openai_app(state: OpenAIFakeState) -> Starlette:
     chat, embeddings = ChatEndpoint(state), EmbeddingsEndpoint(state)
     audio, models = TranscriptionEndpoint(state), ModelsEndpoint(state)
     completions, images = openai_more.CompletionsEndpoint(state), openai_more.ImagesEndpoint(state)
+    speech = openai_more.SpeechEndpoint(state)
     routes = []
     for prefix in ("", "/v1"):
         routes += [
             Route(f"{prefix}/completions", completions, methods=["POST"]),
             Route(f"{prefix}/images/generations", images, methods=["POST"]),
+            Route(f"{prefix}/audio/speech", speech, methods=["POST"]),
             Route(f"{prefix}/chat/completions", chat, methods=["POST"]),
             Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
             Route(f"{prefix}/audio/transcriptions", audio, methods=["POST"]),
