@@ -313,3 +313,12 @@ class SpeechRequest(msgspec.Struct):
     speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] | None = None
     instructions: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     stream_format: Literal["audio", "sse"] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Moderation (``POST /moderations``): text, texts, or omni models' text and image parts.
+
+
+class ModerationRequest(msgspec.Struct):
+    input: str | list[str | dict[str, Any]]
+    model: ModelId = "omni-moderation-latest"

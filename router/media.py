@@ -142,3 +142,21 @@ def _speech(upstream: str, name: str) -> Model:
 
 
 LISTED += (_speech("tts-1", "TTS 1"), _speech("tts-1-hd", "TTS 1 HD"), _speech("gpt-4o-mini-tts", "GPT-4o mini TTS"))
+
+
+# --- moderation ------------------------------------------------------------------------------------------
+
+
+def _moderation(upstream: str, name: str, images: bool, deprecated: bool = False) -> Model:
+    """OpenAI's moderation models are free (no price to list: ``free``, tier ``free``)."""
+    inputs = ("text", "image") if images else ("text",)
+    return Model(id=f"openai/{upstream}", name=name, provider="openai", upstream_id=upstream,
+                 modality="moderation", free=True, tier="free", pricing_source="registry", auto=False,
+                 deprecated=deprecated, input_modalities=inputs, output_modalities=("text",))
+
+
+LISTED += (
+    _moderation("omni-moderation-latest", "Omni Moderation", images=True),
+    _moderation("omni-moderation-2024-09-26", "Omni Moderation (2024-09-26)", images=True),
+    _moderation("text-moderation-latest", "Text Moderation", images=False, deprecated=True),
+)

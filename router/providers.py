@@ -29,7 +29,7 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     key_env: tuple[str, ...] = ()  # first one set wins (after <ID>_API_KEY); empty = no key needed
     auth: str = "bearer"  # bearer | x-api-key | api-key | x-goog-api-key | none | <header name>
     # chat | embeddings | transcription | completions | completions:any (legacy /completions: TEXT below) |
-    # images | speech
+    # images | speech | moderations
     capabilities: frozenset[str] = frozenset({"chat"})
     quirks: dict[str, Any] = {}
     local: bool = False  # a server on the operator's machine: enabled by its base URL, key optional
@@ -83,7 +83,8 @@ TEXT = frozenset({"completions"})
 TEXT_ANY = frozenset({"completions", "completions:any"})
 IMAGES = frozenset({"images"})  # POST /images/generations
 SPEECH = frozenset({"speech"})  # POST /audio/speech
-CAPABILITIES = ALL | TEXT_ANY | IMAGES | SPEECH  # every capability a registry entry may name
+MODERATIONS = frozenset({"moderations"})  # POST /moderations
+CAPABILITIES = ALL | TEXT_ANY | IMAGES | SPEECH | MODERATIONS  # every capability a registry entry may name
 CHAT_EMBED = frozenset({"chat", "embeddings"})
 CHAT_STT = frozenset({"chat", "transcription"})
 CHAT = frozenset({"chat"})
@@ -117,7 +118,7 @@ def _local(id: str, name: str, base_url: str, *key_env: str, caps: frozenset[str
 REGISTRY: tuple[ProviderSpec, ...] = (
     # Native or special protocols.
     ProviderSpec(id="openai", name="OpenAI", base_url="https://api.openai.com/v1", key_env=("OPENAI_API_KEY",),
-                 capabilities=ALL | TEXT | IMAGES | SPEECH),
+                 capabilities=ALL | TEXT | IMAGES | SPEECH | MODERATIONS),
     ProviderSpec(id="azure", name="Azure OpenAI", kind="azure",
                  base_url="https://{AZURE_RESOURCE_NAME}.openai.azure.com",
                  key_env=("AZURE_API_KEY", "AZURE_OPENAI_API_KEY"), auth="api-key", capabilities=ALL | TEXT,

@@ -55,7 +55,7 @@ def test_known_entries() -> None:
     assert SPECS["azure"].kind == "azure" and SPECS["azure"].auth == "api-key"
     assert SPECS["sarvam"].auth == "api-subscription-key"
     assert SPECS["groq"].capabilities == {"chat", "transcription"}
-    assert SPECS["openai"].capabilities == {"chat", "embeddings", "transcription", "completions", "images", "speech"}
+    assert SPECS["openai"].capabilities == {"chat", "embeddings", "transcription", "completions", "images", "speech", "moderations"}
     assert SPECS["vllm"].capabilities >= {"completions", "completions:any"}  # its chat models complete too
 
 

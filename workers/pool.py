@@ -47,7 +47,9 @@ from common.tracing import init_tracing, shutdown_tracing
 from router.catalog import build_catalog
 from router.providers import resolve_providers
 # imported to register their job handlers
-from workers import chat, completions, embeddings, images, native, speech, transcriptions  # noqa: F401
+from workers import (  # noqa: F401
+    chat, completions, embeddings, images, moderations, native, speech, transcriptions,
+)
 from workers import health
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime

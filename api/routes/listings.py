@@ -39,7 +39,7 @@ from router.health import HealthSnapshot
 from router.preferences import hidden_free, price_of
 from router.providers import Provider
 
-MODALITIES = ("chat", "embedding", "transcription", "completion", "image", "speech")
+MODALITIES = ("chat", "embedding", "transcription", "completion", "image", "speech", "moderation")
 GZIP_AT = 1024  # bytes; smaller bodies go out as they are
 STATIC_CACHE_CONTROL = "public, max-age=300"  # the catalog changes only when the gateway restarts
 LIVE_CACHE_CONTROL = "no-cache"  # health-dependent: clients revalidate (cheap, thanks to the ETag)

@@ -1,5 +1,5 @@
 """OpenAI's endpoints beyond chat, embeddings and transcriptions, as strict as OpenAI's own:
-legacy ``/completions``, ``/images/generations`` and ``/audio/speech``, served by the fake OpenAI app (``tests/fakes/openai_server.py``).
+legacy ``/completions``, ``/images/generations``, ``/audio/speech`` and ``/moderations``, served by the fake OpenAI app (``tests/fakes/openai_server.py``).
 
 Each refuses what OpenAI refuses (a chat model on ``/completions``, ``suffix`` on a model without
 fill-in-the-middle, ``echo`` with ``suffix``, ``best_of`` while streaming) with OpenAI's 400 or 404.
@@ -229,3 +229,47 @@ class SpeechEndpoint(Endpoint):
         for i in range(0, len(audio), 4096):
             await send({"type": "http.response.body", "body": audio[i:i + 4096], "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+# --------------------------------------------------------------------------- moderations
+
+MODERATION_MODELS = {"omni-moderation-latest": True, "omni-moderation-2024-09-26": True,
+                     "text-moderation-latest": False}  # model -> takes images
+MODERATION_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+                         "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
+                         "sexual/minors", "violence", "violence/graphic")
+
+
+def moderation_result(text: str, image: bool) -> dict[str, Any]:
+    """Flagged for violence when the text says "kill" (a deterministic stand-in for the classifier)."""
+    violent = "kill" in text.lower()
+    scores = {c: (0.91 if violent and c == "violence" else 0.0001) for c in MODERATION_CATEGORIES}
+    applied = {c: (["text", "image"] if image else ["text"]) if c.startswith(("violence", "self-harm", "sexual"))
+               else ["text"] for c in MODERATION_CATEGORIES}
+    return {"flagged": violent, "categories": {c: scores[c] > 0.5 for c in MODERATION_CATEGORIES},
+            "category_scores": scores, "category_applied_input_types": applied}
+
+
+class ModerationsEndpoint(Endpoint):
+    """``POST /v1/moderations``: one result per string, or one for a list of parts."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, serial: int, body: Any, failure: Any) -> None:
+        if not isinstance(body, dict) or "input" not in body:
+            raise BadRequest("Missing required parameter: 'input'.", "input")
+        model = body.get("model", "omni-moderation-latest")
+        if model not in MODERATION_MODELS:
+            await send_error(send, self.state, serial, 404, f"The model '{model}' does not exist.", "model")
+            return
+        value = body["input"]
+        if isinstance(value, str):
+            results = [moderation_result(value, False)]
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            results = [moderation_result(v, False) for v in value]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            if any(v.get("type") == "image_url" for v in value) and not MODERATION_MODELS[model]:
+                raise BadRequest(f"{model} does not support image inputs.", "input")
+            text = " ".join(v.get("text", "") for v in value if v.get("type") == "text")
+            results = [moderation_result(text, any(v.get("type") == "image_url" for v in value))]
+        else:
+            raise BadRequest("Invalid type for 'input'.", "input")
+        await send_json(send, serial, {"id": f"modr-fake{serial}", "model": model + "-fake", "results": results})

@@ -673,13 +673,14 @@ def create_openai_app(state: OpenAIFakeState) -> Starlette:
     chat, embeddings = ChatEndpoint(state), EmbeddingsEndpoint(state)
     audio, models = TranscriptionEndpoint(state), ModelsEndpoint(state)
     completions, images = openai_more.CompletionsEndpoint(state), openai_more.ImagesEndpoint(state)
-    speech = openai_more.SpeechEndpoint(state)
+    speech, moderations = openai_more.SpeechEndpoint(state), openai_more.ModerationsEndpoint(state)
     routes = []
     for prefix in ("", "/v1"):
         routes += [
             Route(f"{prefix}/completions", completions, methods=["POST"]),
             Route(f"{prefix}/images/generations", images, methods=["POST"]),
             Route(f"{prefix}/audio/speech", speech, methods=["POST"]),
+            Route(f"{prefix}/moderations", moderations, methods=["POST"]),
             Route(f"{prefix}/chat/completions", chat, methods=["POST"]),
             Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
             Route(f"{prefix}/audio/transcriptions", audio, methods=["POST"]),

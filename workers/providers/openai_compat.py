@@ -177,6 +177,14 @@ class OpenAICompatAdapter:
         return RequestSpec("POST", self.url(up, "audio/speech", model), headers=headers,
                            content=msgspec.json.encode(payload))
 
+    def moderations_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
+        payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+        payload["model"] = model
+        headers = auth_headers(up)
+        headers["content-type"] = "application/json"
+        return RequestSpec("POST", self.url(up, "moderations", model), headers=headers,
+                           content=msgspec.json.encode(payload))
+
     def embeddings_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
         """The client's body, forwarded; base64 is asked for only where the upstream is known to honour it.
 
