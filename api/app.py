@@ -21,8 +21,8 @@ from starlette.types import Receive, Scope, Send
 
 from api import pages
 from api.routes import (
-    admin, chat, completions, embeddings, gemini, images, listings, lookups, messages, moderations, ops, responses,
-    speech, streams, stripe_webhook, transcriptions,
+    admin, chat, completions, embeddings, gemini, images, listings, lookups, messages, moderations, ops, rerank,
+    responses, speech, streams, stripe_webhook, transcriptions,
 )
 from api.gateway import Gateway
 from api.exchange.answer import error_response
@@ -40,8 +40,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # (method, path, handler) from each route module: each is served under every base of ``route_bases``
 ROUTES: list[tuple[str, str, Endpoint]] = [
     *chat.ROUTES, *completions.ROUTES, *images.ROUTES, *speech.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES,
-    *moderations.ROUTES, *listings.ROUTES, *lookups.ROUTES, *admin.ROUTES, *ops.ROUTES, *messages.ROUTES,
-    *responses.ROUTES, *gemini.ROUTES, *streams.ROUTES, *stripe_webhook.ROUTES,
+    *moderations.ROUTES, *rerank.ROUTES, *listings.ROUTES, *lookups.ROUTES, *admin.ROUTES, *ops.ROUTES,
+    *messages.ROUTES, *responses.ROUTES, *gemini.ROUTES, *streams.ROUTES, *stripe_webhook.ROUTES,
 ]
 
 # Bare, OpenAI's /v1 and OpenRouter's /api/v1: tools written for either find every route.

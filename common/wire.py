@@ -322,3 +322,15 @@ class SpeechRequest(msgspec.Struct):
 class ModerationRequest(msgspec.Struct):
     input: str | list[str | dict[str, Any]]
     model: ModelId = "omni-moderation-latest"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rerank (``POST /rerank``), in Cohere's shape as OpenRouter and LiteLLM take it.
+
+
+class RerankRequest(msgspec.Struct):
+    model: ModelId
+    query: Annotated[str, msgspec.Meta(min_length=1)]
+    documents: list[str | dict[str, Any]]
+    top_n: PositiveInt | None = None
+    return_documents: bool = False

@@ -160,3 +160,47 @@ LISTED += (
     _moderation("omni-moderation-2024-09-26", "Omni Moderation (2024-09-26)", images=True),
     _moderation("text-moderation-latest", "Text Moderation", images=False, deprecated=True),
 )
+
+
+# --- rerank ---------------------------------------------------------------------------------------------
+
+SEARCH_UNIT_DOCUMENTS = 100  # Cohere: one search unit is a query with up to 100 documents
+
+
+@dataclass(frozen=True)
+class RerankSpec:
+    max_documents: int = 1000
+    per_search_unit: Decimal | None = None  # USD per search unit (Cohere); None: priced per token
+
+
+RERANK_SPECS: dict[str, RerankSpec] = {
+    "rerank-v3.5": RerankSpec(per_search_unit=Decimal("0.002")),  # $2.00 per 1,000 searches
+    "rerank-english-v3.0": RerankSpec(per_search_unit=Decimal("0.002")),
+    "rerank-multilingual-v3.0": RerankSpec(per_search_unit=Decimal("0.002")),
+}
+
+
+def rerank_spec(model: Model) -> RerankSpec:
+    return RERANK_SPECS.get(model.upstream_id.rsplit("/", 1)[-1].lower(), RerankSpec())
+
+
+def search_units(documents: int) -> int:
+    return max(1, -(-documents // SEARCH_UNIT_DOCUMENTS))
+
+
+def _rerank(provider: str, upstream: str, name: str, per_token: str = "0") -> Model:
+    return Model(id=f"{provider}/{upstream}", name=name, provider=provider, upstream_id=upstream,
+                 modality="rerank", prompt_price=per_token, pricing_source="registry", auto=False,
+                 input_modalities=("text",), output_modalities=("text",))
+
+
+LISTED += (
+    _rerank("cohere", "rerank-v3.5", "Cohere Rerank 3.5"),
+    _rerank("cohere", "rerank-english-v3.0", "Cohere Rerank English 3.0"),
+    _rerank("cohere", "rerank-multilingual-v3.0", "Cohere Rerank Multilingual 3.0"),
+    # USD per token, from the vendors' price pages
+    _rerank("jina", "jina-reranker-v2-base-multilingual", "Jina Reranker v2", "0.00000002"),
+    _rerank("jina", "jina-reranker-m0", "Jina Reranker m0", "0.00000002"),
+    _rerank("voyage", "rerank-2.5", "Voyage Rerank 2.5", "0.00000005"),
+    _rerank("voyage", "rerank-2.5-lite", "Voyage Rerank 2.5 lite", "0.00000002"),
+)

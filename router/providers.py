@@ -29,7 +29,7 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     key_env: tuple[str, ...] = ()  # first one set wins (after <ID>_API_KEY); empty = no key needed
     auth: str = "bearer"  # bearer | x-api-key | api-key | x-goog-api-key | none | <header name>
     # chat | embeddings | transcription | completions | completions:any (legacy /completions: TEXT below) |
-    # images | speech | moderations
+    # images | speech | moderations | rerank
     capabilities: frozenset[str] = frozenset({"chat"})
     quirks: dict[str, Any] = {}
     local: bool = False  # a server on the operator's machine: enabled by its base URL, key optional
@@ -84,7 +84,8 @@ TEXT_ANY = frozenset({"completions", "completions:any"})
 IMAGES = frozenset({"images"})  # POST /images/generations
 SPEECH = frozenset({"speech"})  # POST /audio/speech
 MODERATIONS = frozenset({"moderations"})  # POST /moderations
-CAPABILITIES = ALL | TEXT_ANY | IMAGES | SPEECH | MODERATIONS  # every capability a registry entry may name
+RERANK = frozenset({"rerank"})  # POST /rerank (Cohere's shape; quirks rerank_path, rerank_top_field)
+CAPABILITIES = ALL | TEXT_ANY | IMAGES | SPEECH | MODERATIONS | RERANK  # every capability an entry may name
 CHAT_EMBED = frozenset({"chat", "embeddings"})
 CHAT_STT = frozenset({"chat", "transcription"})
 CHAT = frozenset({"chat"})
@@ -134,7 +135,7 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     # OpenAI-compatible clouds.
     _compat("groq", "Groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY", caps=CHAT_STT),
     _compat("together", "Together AI", "https://api.together.xyz/v1",
-            "TOGETHER_API_KEY", "TOGETHERAI_API_KEY", "TOGETHER_AI_API_KEY", caps=ALL | TEXT_ANY),
+            "TOGETHER_API_KEY", "TOGETHERAI_API_KEY", "TOGETHER_AI_API_KEY", caps=ALL | TEXT_ANY | RERANK),
     # Fireworks serves Whisper from separate audio hosts, so not "transcription" under this base.
     _compat("fireworks", "Fireworks AI", "https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY",
             caps=CHAT_EMBED | TEXT_ANY),
@@ -163,8 +164,9 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     _compat("zai", "Z.ai", "https://api.z.ai/api/paas/v4", "ZAI_API_KEY"),
     _compat("alibaba", "Alibaba Qwen (DashScope)", "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
             "ALIBABA_API_KEY", "DASHSCOPE_API_KEY"),
+    # Rerank is Cohere's own v2 API on the same host, outside the compatibility base.
     _compat("cohere", "Cohere", "https://api.cohere.ai/compatibility/v1", "COHERE_API_KEY", "CO_API_KEY",
-            caps=CHAT_EMBED),
+            caps=CHAT_EMBED | RERANK, rerank_path="/v2/rerank"),
     _compat("llama", "Meta Llama API", "https://api.llama.com/compat/v1", "LLAMA_API_KEY"),
     _compat("nvidia", "NVIDIA NIM", "https://integrate.api.nvidia.com/v1", "NVIDIA_API_KEY", "NVIDIA_NIM_API_KEY"),
     _compat("github", "GitHub Models", "https://models.github.ai/inference", "GITHUB_TOKEN"),
@@ -217,7 +219,8 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     _compat("minimax", "MiniMax", "https://api.minimax.io/v1", "MINIMAX_API_KEY"),
     _compat("avian", "Avian", "https://api.avian.io/v1", "AVIAN_API_KEY"),
     _compat("voyage", "Voyage AI", "https://api.voyageai.com/v1", "VOYAGE_API_KEY",
-            caps=frozenset({"embeddings"})),
+            caps=frozenset({"embeddings"}) | RERANK, rerank_top_field="top_k"),
+    _compat("jina", "Jina AI", "https://api.jina.ai/v1", "JINA_API_KEY", caps=frozenset({"embeddings"}) | RERANK),
     # Servers on the operator's machine.
     _local("ollama", "Ollama", "http://localhost:11434/v1", "OLLAMA_API_KEY", caps=CHAT_EMBED | TEXT_ANY),
     _local("vllm", "vLLM", "http://localhost:8000/v1", "VLLM_API_KEY", caps=ALL | TEXT_ANY),

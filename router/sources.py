@@ -323,7 +323,7 @@ SOURCES: tuple[Source, ...] = (
 # modality -> the registry capability a provider needs to list models of it (router/providers.py)
 MODALITY_CAPABILITY = {"chat": "chat", "embedding": "embeddings", "transcription": "transcription",
                        "completion": "completions", "image": "images", "speech": "speech",
-                       "moderation": "moderations"}
+                       "moderation": "moderations", "rerank": "rerank"}
 
 
 def _entries_for(source: Source) -> list[PriceEntry]:

@@ -78,7 +78,7 @@ def test_every_model_is_well_formed(catalog: Catalog) -> None:
 
 
 def test_catalog_has_every_modality_and_tier(catalog: Catalog) -> None:
-    assert {m.modality for m in catalog.listed()} == {"chat", "embedding", "transcription", "completion", "image", "speech", "moderation"}
+    assert {m.modality for m in catalog.listed()} == {"chat", "embedding", "transcription", "completion", "image", "speech", "moderation", "rerank"}
     assert {m.tier for m in catalog.listed()} == {"free", "balanced", "frontier"}
     assert catalog.get("openai/whisper-1").modality == "transcription"
     assert catalog.get("openai/text-embedding-3-small").modality == "embedding"

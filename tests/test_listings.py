@@ -81,7 +81,7 @@ def test_filters(listing_gateway: GatewayHarness) -> None:
     assert free and all(e["free"] for e in free)
     assert all((e["pricing"]["prompt"], e["pricing"]["completion"]) == ("0", "0") for e in free if e["provider"])
     everything = _get(listing_gateway, "/models?modality=all").json()["data"]
-    assert {e["modality"] for e in everything} == {"chat", "embedding", "transcription", "completion", "image", "speech", "moderation"}
+    assert {e["modality"] for e in everything} == {"chat", "embedding", "transcription", "completion", "image", "speech", "moderation", "rerank"}
     unknown = _get(listing_gateway, "/models?provider=nope")
     assert unknown.status_code == 404 and unknown.json()["error_type"] == "not_found"
     bad = _get(listing_gateway, "/models?available=maybe")

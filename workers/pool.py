@@ -48,7 +48,7 @@ from router.catalog import build_catalog
 from router.providers import resolve_providers
 # imported to register their job handlers
 from workers import (  # noqa: F401
-    chat, completions, embeddings, images, moderations, native, speech, transcriptions,
+    chat, completions, embeddings, images, moderations, native, rerank, speech, transcriptions,
 )
 from workers import health
 from workers.jobs import JOB_FUNCTION, serve

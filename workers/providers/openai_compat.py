@@ -185,6 +185,23 @@ class OpenAICompatAdapter:
         return RequestSpec("POST", self.url(up, "moderations", model), headers=headers,
                            content=msgspec.json.encode(payload))
 
+    def rerank_request(self, up: Upstream, model: str, body: dict[str, Any], texts: list[str]) -> RequestSpec:
+        """Cohere's rerank shape, which Jina, Voyage and Together share: the texts only (the worker adds the
+        documents to the answer itself). Quirks: ``rerank_path`` (from the base URL's host: Cohere's v2 API
+        outside its compatibility base), ``rerank_top_field`` (Voyage's ``top_k``)."""
+        payload: dict[str, Any] = {"model": model, "query": body.get("query"), "documents": texts}
+        if body.get("top_n") is not None:
+            payload[up.quirks.get("rerank_top_field", "top_n")] = body["top_n"]
+        path = up.quirks.get("rerank_path")
+        if path:
+            scheme, _, rest = up.base_url.partition("://")
+            url = f"{scheme}://{rest.split('/', 1)[0]}{path}"
+        else:
+            url = self.url(up, "rerank", model)
+        headers = auth_headers(up)
+        headers["content-type"] = "application/json"
+        return RequestSpec("POST", url, headers=headers, content=msgspec.json.encode(payload))
+
     def embeddings_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
         """The client's body, forwarded; base64 is asked for only where the upstream is known to honour it.
 
