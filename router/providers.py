@@ -81,6 +81,9 @@ ALL = frozenset({"chat", "embeddings", "transcription"})
 # and for every model it serves, chat models included (``completions:any``: vLLM, Ollama, Together…).
 TEXT = frozenset({"completions"})
 TEXT_ANY = frozenset({"completions", "completions:any"})
+# Quirks of a provider whose /completions is Mistral's fill-in-the-middle endpoint: only the chat models
+# matching ``completions_models`` take it, at ``completions_path``, answering in chat completions' shape.
+FIM = {"completions_path": "fim/completions", "completions_models": "codestral", "completions_shape": "chat"}
 IMAGES = frozenset({"images"})  # POST /images/generations
 SPEECH = frozenset({"speech"})  # POST /audio/speech
 MODERATIONS = frozenset({"moderations"})  # POST /moderations
@@ -142,10 +145,11 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     # LiteLLM flattens content arrays for DeepSeek ("does not support content in list format").
     _compat("deepseek", "DeepSeek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", flatten_content=True),
     # Mistral answers 422 to stream_options (cline#939, llxprt-code#114).
-    _compat("mistral", "Mistral AI", "https://api.mistral.ai/v1", "MISTRAL_API_KEY", caps=ALL,
-            no_stream_options=True),
-    _compat("codestral", "Codestral", "https://codestral.mistral.ai/v1", "CODESTRAL_API_KEY",
-            no_stream_options=True),
+    # Fill-in-the-middle for Codestral models at /fim/completions, chat-shaped answers (``FIM`` below).
+    _compat("mistral", "Mistral AI", "https://api.mistral.ai/v1", "MISTRAL_API_KEY", caps=ALL | TEXT,
+            no_stream_options=True, **FIM),
+    _compat("codestral", "Codestral", "https://codestral.mistral.ai/v1", "CODESTRAL_API_KEY", caps=CHAT | TEXT,
+            no_stream_options=True, **FIM),
     _compat("xai", "xAI", "https://api.x.ai/v1", "XAI_API_KEY"),
     # Perplexity chat has no /v1; its embeddings live at /v1/embeddings, outside this base, so not listed.
     _compat("perplexity", "Perplexity", "https://api.perplexity.ai", "PERPLEXITY_API_KEY"),

@@ -6,6 +6,7 @@ catalog's price, and OpenAI's refusals answered by the gateway before any upstre
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
@@ -13,7 +14,7 @@ import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState, token_text
-from tests.harness import GatewayHarness, auth
+from tests.harness import GatewayHarness, auth, env_for, sdk_for, with_test_key
 
 MODEL = "gpt-3.5-turbo-instruct"
 PROMPT_PRICE, COMPLETION_PRICE = Decimal("1.5E-6"), Decimal("2E-6")  # genai-prices' list price
@@ -102,3 +103,32 @@ def test_listed_as_completion_models(gateway: GatewayHarness) -> None:
     assert "openai/gpt-3.5-turbo-instruct" in {m["id"] for m in listed}
     chat = httpx.get(gateway.url + "/v1/models", timeout=20).json()["data"]
     assert "openai/gpt-3.5-turbo-instruct" not in {m["id"] for m in chat}
+
+
+@pytest.fixture
+def codestral_gateway(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
+                      ) -> Iterator[tuple[GatewayHarness, dict[str, str]]]:
+    """Codestral at its own endpoint (Mistral's fill-in-the-middle API), served by the fake's /fim route."""
+    env = with_test_key(env_for(redis_url, CODESTRAL_BASE_URL=fake_openai[1], CODESTRAL_API_KEY="sk-codestral"))
+    with GatewayHarness.from_env(env, pools=("codestral",)) as harness:
+        yield harness, env
+
+
+def test_codestral_fill_in_the_middle(codestral_gateway: tuple[GatewayHarness, dict[str, str]],
+                                      fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    harness, env = codestral_gateway
+    client = sdk_for(harness.url, env)
+    result = client.completions.create(model="codestral/codestral-2508", prompt="def f(", suffix="):", max_tokens=3,
+                                       seed=7)
+    assert result.choices[0].text == "<fim 6|2>tok0 tok1 tok2 " and result.model == "codestral/codestral-2508"
+    sent = fake_openai[0].requests[-1]
+    assert sent["path"] == "/v1/fim/completions"
+    assert sent["body"] == {"model": "codestral-2508", "prompt": "def f(", "suffix": "):", "max_tokens": 3,
+                            "random_seed": 7}
+    chunks = list(client.completions.create(model="codestral/codestral-2508", prompt="x", suffix="y",
+                                            max_tokens=2, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "<fim 1|1>tok0 tok1 "
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
+    with pytest.raises(openai.BadRequestError) as refused:  # Mistral has no logprobs: refused, never dropped
+        client.completions.create(model="codestral/codestral-2508", prompt="x", logprobs=2)
+    assert refused.value.body["param"] == "logprobs"  # type: ignore[index]

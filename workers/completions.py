@@ -8,7 +8,9 @@ model and provider that served it and its cost, as chat answers are (``workers/c
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -44,8 +46,9 @@ def checked(data: Any) -> dict[str, Any]:
 class CompletionStream:
     """The client's frames of one streamed completion; usage is kept for the bill and sent if asked."""
 
-    def __init__(self, job: Job, route: Route, cost: CostFn | None) -> None:
-        self.job, self.route, self.cost = job, route, cost
+    def __init__(self, job: Job, route: Route, cost: CostFn | None,
+                 translate: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.job, self.route, self.cost, self.translate = job, route, cost, translate
         self.created = int(time.time())
         self.usage: dict[str, Any] | None = None
         self.finish_reason: str | None = None
@@ -67,6 +70,7 @@ class CompletionStream:
             self.usage = chunk.pop("usage")
         else:
             chunk.pop("usage", None)
+        chunk = self.translate(chunk)
         choices = chunk.get("choices")
         if not choices:
             return b""  # the usage chunk: sent at the end, if asked
@@ -92,15 +96,17 @@ async def serve_completion(runtime: Runtime, job: Job, route: Route, pub: Publis
         raise UpstreamError(400, f"the provider {route.provider} serves no /completions", retryable=False,
                             fallback=True, error_type="invalid_request", param="model")
     body: dict[str, Any] = msgspec.json.decode(job.body)
-    spec = adapter.completions_request(runtime.upstream(route.provider), route.upstream_model, body, job.stream)
+    upstream = runtime.upstream(route.provider)
+    spec = adapter.completions_request(upstream, route.upstream_model, body, job.stream)
     cost = cost_fn(runtime, route.model)
+    translate = functools.partial(adapter.completion_answer, upstream)
     if not job.stream:
-        data = stamp(checked(await send_json(runtime.http, adapter, spec)), job.request_id, route)
+        data = stamp(translate(checked(await send_json(runtime.http, adapter, spec))), job.request_id, route)
         add_cost(data.get("usage"), cost)
         choices = data["choices"]
         reason = choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
         return Answer("result", encode_json(data), data.get("usage"), reason)
-    shaper = CompletionStream(job, route, cost)
+    shaper = CompletionStream(job, route, cost, translate)
     async with open_stream(runtime.http, adapter, spec, runtime.stream_timeouts) as events:
         async for _, data in events:
             frames = shaper.shape(data)

@@ -4,12 +4,13 @@
 after the cursor) go to a provider that serves ``/completions`` (its registry capability
 ``completions``): the completion-only models (``gpt-3.5-turbo-instruct``, ``davinci-002``) and, at a
 provider whose every model takes it (``completions:any``: vLLM, Ollama, Together, Fireworks…), its chat
-models too. The body
+models too, and Codestral at Mistral's fill-in-the-middle endpoint (quirks ``completions_*``). The body
 travels as the client sent it; the worker stamps model, provider and cost on the answer.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from api.routes.embeddings import endpoint_plan
 from common.errors import GatewayError, invalid
 from common.wire import CompletionRequest, Route
 from router.plan import plan_for
+from router.providers import Provider
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /completions: what an uncapped request may generate there
 MAX_PROMPTS = 2048
@@ -89,12 +91,21 @@ def completion_plan(gateway: Gateway, model_id: str) -> list[Route]:
     if model.modality != "chat" or not model.listed:
         return endpoint_plan(gateway, model_id, modality="completion", capability="completions")
     plan = [route for route in plan_for(gateway.catalog, model_id, healthy=gateway.health.healthy)
-            if "completions:any" in gateway.catalog.providers[route.provider].capabilities]
+            if completes(gateway.catalog.providers[route.provider], route.upstream_model)]
     if not plan:
         raise invalid(f"The model {model_id!r} has no /completions endpoint at any configured provider; use "
                       "/chat/completions, or a provider that serves /completions (vLLM, Ollama, Together, "
-                      "Fireworks…).", param="model")
+                      "Fireworks…; Codestral at Mistral).", param="model")
     return plan
+
+
+def completes(provider: Provider, upstream_model: str) -> bool:
+    """Whether ``provider`` serves /completions for this chat model: all of them (``completions:any``), or
+    those its ``completions_models`` quirk names (Mistral's fill-in-the-middle: Codestral)."""
+    if "completions:any" in provider.capabilities:
+        return True
+    pattern = provider.quirks.get("completions_models")
+    return "completions" in provider.capabilities and bool(pattern and re.search(pattern, upstream_model))
 
 
 ROUTES = [("POST", "/completions", create_completion)]

@@ -1,5 +1,6 @@
 """OpenAI's endpoints beyond chat, embeddings and transcriptions, as strict as OpenAI's own:
-legacy ``/completions``, ``/images/generations``, ``/audio/speech`` and ``/moderations``, served by the fake OpenAI app (``tests/fakes/openai_server.py``).
+legacy ``/completions``, ``/images/generations``, ``/audio/speech``, ``/moderations`` (and Mistral's
+``/fim/completions``), served by the fake OpenAI app (``tests/fakes/openai_server.py``).
 
 Each refuses what OpenAI refuses (a chat model on ``/completions``, ``suffix`` on a model without
 fill-in-the-middle, ``echo`` with ``suffix``, ``best_of`` while streaming) with OpenAI's 400 or 404.
@@ -273,3 +274,49 @@ class ModerationsEndpoint(Endpoint):
         else:
             raise BadRequest("Invalid type for 'input'.", "input")
         await send_json(send, serial, {"id": f"modr-fake{serial}", "model": model + "-fake", "results": results})
+
+
+# --------------------------------------------------------------------------- Mistral's fill-in-the-middle
+
+FIM_FIELDS = {"model", "prompt", "suffix", "max_tokens", "min_tokens", "temperature", "top_p", "stream", "stop",
+              "random_seed"}
+
+
+class FimEndpoint(Endpoint):
+    """Mistral's ``POST /v1/fim/completions`` (Codestral): chat-shaped answers; an unknown field is Mistral's
+    422 (``extra_forbidden``), a model other than Codestral its 400."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, serial: int, body: Any, failure: Any) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest("Invalid JSON body.")
+        extra = sorted(set(body) - FIM_FIELDS)
+        if extra:
+            detail = [{"type": "extra_forbidden", "loc": ["body", name], "msg": "Extra inputs are not permitted"}
+                      for name in extra]
+            await send_json(send, serial, {"object": "error", "message": {"detail": detail}, "type":
+                                           "invalid_request_error", "param": None, "code": None}, 422)
+            return
+        if not str(body.get("model", "")).startswith("codestral"):
+            raise BadRequest("Invalid model: fill-in-the-middle is only available for Codestral models.", "model")
+        prompt, suffix = body.get("prompt"), body.get("suffix")
+        if not isinstance(prompt, str):
+            raise BadRequest("Input should be a valid string", "prompt")
+        count = min(self.state.tokens, body.get("max_tokens", 16))
+        text = fill_text(prompt, suffix if suffix is not None else "", count)
+        usage = {"prompt_tokens": max(1, (len(prompt) + len(suffix or "")) // 4), "completion_tokens": count,
+                 "total_tokens": max(1, (len(prompt) + len(suffix or "")) // 4) + count}
+        head = {"id": f"fim-{serial}", "created": int(time.time()), "model": body["model"]}
+        if not body.get("stream"):
+            await send_json(send, serial, {**head, "object": "chat.completion", "usage": usage, "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}]})
+            return
+        frames = [{**head, "object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": {"content": piece + " "}, "finish_reason": None}]}
+                  for piece in text.split(" ")[:-1]]
+        frames.append({**head, "object": "chat.completion.chunk", "usage": usage,
+                       "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "length"}]})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": base_headers(serial, b"text/event-stream")})
+        for chunk in frames:
+            await send({"type": "http.response.body", "body": b"data: " + _encode(chunk) + b"\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})

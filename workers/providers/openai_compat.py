@@ -144,9 +144,15 @@ class OpenAICompatAdapter:
         return self.url(up, "audio/transcriptions", model)
 
     def completions_request(self, up: Upstream, model: str, body: dict[str, Any], stream: bool) -> RequestSpec:
-        """A legacy ``/completions`` body, forwarded; a stream always asks for usage (it is billed from it)."""
+        """A legacy ``/completions`` body, forwarded; a stream always asks for usage (it is billed from it).
+
+        Where the provider's /completions is Mistral's fill-in-the-middle endpoint (``completions_path``),
+        the body is mapped onto the fields it takes, and one it has no equivalent for is refused (400
+        naming it), never dropped."""
         payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
         payload["model"] = model
+        if up.quirks.get("completions_shape") == "chat":
+            payload = _fim_payload(payload)
         payload.pop("stream_options", None)
         if stream:
             payload["stream"] = True
@@ -156,8 +162,20 @@ class OpenAICompatAdapter:
             payload.pop("stream", None)
         headers = auth_headers(up)
         headers["content-type"] = "application/json"
-        return RequestSpec("POST", self.url(up, "completions", model), headers=headers,
-                           content=msgspec.json.encode(payload))
+        return RequestSpec("POST", self.url(up, up.quirks.get("completions_path", "completions"), model),
+                           headers=headers, content=msgspec.json.encode(payload))
+
+    def completion_answer(self, up: Upstream, data: dict[str, Any]) -> dict[str, Any]:
+        """A ``text_completion`` body or chunk from the upstream's (a chat-shaped FIM answer's choices
+        become ``text`` choices)."""
+        if up.quirks.get("completions_shape") != "chat" or not isinstance(data.get("choices"), list):
+            return data
+        choices = []
+        for index, choice in enumerate(data["choices"]):
+            part = choice.get("message") or choice.get("delta") or {} if isinstance(choice, dict) else {}
+            choices.append({"text": part.get("content") or "", "index": choice.get("index", index),
+                            "logprobs": None, "finish_reason": choice.get("finish_reason")})
+        return {**data, "choices": choices}
 
     def images_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
         """An ``/images/generations`` body, forwarded (the web tier checked it against the model's data)."""
@@ -298,6 +316,28 @@ def _inband_error(err: Any) -> UpstreamError:
         message, status = str(err), 502
     retryable, fallback, error_type = classify_status(status)
     return UpstreamError(status, message, retryable=retryable, fallback=fallback, error_type=error_type)
+
+
+# /completions fields and what Mistral's fill-in-the-middle endpoint calls them (None: it has no such field)
+_FIM_FIELDS = {"model": "model", "prompt": "prompt", "suffix": "suffix", "max_tokens": "max_tokens",
+               "temperature": "temperature", "top_p": "top_p", "stream": "stream", "stop": "stop",
+               "seed": "random_seed", "stream_options": None, "user": None}
+
+
+def _fim_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in payload.items():
+        if name == "n" and value == 1 or name == "best_of" and value == 1 or name == "echo" and not value:
+            continue
+        if name not in _FIM_FIELDS:
+            raise UpstreamError(400, f"Mistral's fill-in-the-middle endpoint has no '{name}'.", retryable=False,
+                                fallback=True, error_type="invalid_request", param=name)
+        if _FIM_FIELDS[name] is not None:
+            out[_FIM_FIELDS[name]] = value
+    if not isinstance(out.get("prompt"), str):
+        raise UpstreamError(400, "Mistral's fill-in-the-middle endpoint takes one 'prompt' string.",
+                            retryable=False, fallback=True, error_type="invalid_request", param="prompt")
+    return out
 
 
 def _flatten(message: dict[str, Any]) -> dict[str, Any]:
