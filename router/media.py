@@ -37,6 +37,9 @@ class ImageSpec:
     # Priced per token: the most image output tokens one image may be billed (gpt-image: 6240 at high
     # quality, 1536x1024), so a reservation holds enough where no per-image price is listed.
     output_tokens_per_image: int = 0
+    # /images/edits: how many input images it takes (0: no edits), and the most bytes of each
+    edit_images: int = 0
+    edit_image_bytes: int = 50 * 1024 * 1024
 
     def price(self, quality: str | None, size: str | None) -> Decimal | None:
         """USD for one image of ``quality`` and ``size`` (the defaults where absent), None when not priced;
@@ -60,6 +63,7 @@ GPT_IMAGE_SIZES = (SQUARE, LANDSCAPE, PORTRAIT)
 IMAGE_SPECS: dict[str, ImageSpec] = {
     "dall-e-2": ImageSpec(
         sizes=("256x256", "512x512", SQUARE), qualities=("standard",), max_n=10, default_quality="standard",
+        edit_images=1, edit_image_bytes=4 * 1024 * 1024,
         default_size=SQUARE, per_image=_table({"standard": ("0.016", "0.018", "0.02")},
                                               ("256x256", "512x512", SQUARE))),
     "dall-e-3": ImageSpec(
@@ -70,17 +74,20 @@ IMAGE_SPECS: dict[str, ImageSpec] = {
     "gpt-image-1": ImageSpec(
         sizes=(*GPT_IMAGE_SIZES, "auto"), qualities=("low", "medium", "high", "auto"), response_formats=(),
         gpt_image_options=True, default_quality="auto", default_size="auto", output_tokens_per_image=6240,
+        edit_images=16,
         per_image=_table({"low": ("0.011", "0.016", "0.016"), "medium": ("0.042", "0.063", "0.063"),
                           "high": ("0.167", "0.25", "0.25")}, GPT_IMAGE_SIZES)),
     "gpt-image-1-mini": ImageSpec(
         sizes=(*GPT_IMAGE_SIZES, "auto"), qualities=("low", "medium", "high", "auto"), response_formats=(),
         gpt_image_options=True, default_quality="auto", default_size="auto", output_tokens_per_image=6240,
+        edit_images=16,
         per_image=_table({"low": ("0.005", "0.006", "0.006"), "medium": ("0.011", "0.015", "0.015"),
                           "high": ("0.036", "0.052", "0.052")}, GPT_IMAGE_SIZES)),
 }
 GPT_IMAGE = ImageSpec(  # a newer gpt-image model than the table knows: priced per token, same options
     sizes=(*GPT_IMAGE_SIZES, "auto"), qualities=("low", "medium", "high", "auto"), response_formats=(),
-    gpt_image_options=True, default_quality="auto", default_size="auto", output_tokens_per_image=6240)
+    gpt_image_options=True, default_quality="auto", default_size="auto", output_tokens_per_image=6240,
+    edit_images=16)
 GENERIC = ImageSpec()
 
 

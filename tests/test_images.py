@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes.openai_more import image_bytes
+from tests.fakes.openai_more import edited_bytes, image_bytes
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.harness import GatewayHarness, auth, create_key, env_for
 from workers.chunks import MAX_EVENT_BYTES, pieces
@@ -118,3 +118,51 @@ def test_listed_as_image_models(gateway: GatewayHarness) -> None:
     assert listed["openai/gpt-image-1"]["architecture"]["output_modalities"] == ["image"]
     chat = {m["id"] for m in httpx.get(gateway.url + "/v1/models", timeout=20).json()["data"]}
     assert not chat & set(listed)
+
+
+# -- /images/edits -------------------------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+
+
+def test_edit_with_several_images(client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    second = b"\x89PNG\r\n\x1a\n" + b"second" * 100
+    raw = client.images.with_raw_response.edit(model="gpt-image-1", prompt="merge them", quality="low",
+                                               image=[("a.png", PNG, "image/png"), ("b.png", second, "image/png")])
+    result = raw.parse()
+    assert base64.b64decode(result.data[0].b64_json or "") == edited_bytes("merge them", [PNG, second], 0, 2048)
+    cost = Decimal("5E-6") * 100 + Decimal("40E-6") * 272
+    assert Decimal(str(raw.http_response.json()["usage"]["cost"])) == cost
+    sent = fake_openai[0].requests[-1]
+    assert sent["path"] == "/v1/images/edits"
+    assert sent["body"]["model"] == "gpt-image-1" and sent["body"]["quality"] == "low"
+    assert [f[0] for f in sent["body"]["_files"]["image[]"]] == ["a.png", "b.png"]
+
+
+def test_dall_e_2_edit_with_mask(client: openai.OpenAI) -> None:
+    result = client.images.edit(model="dall-e-2", prompt="add a hat", image=("cat.png", PNG, "image/png"),
+                                mask=("mask.png", PNG, "image/png"), n=2, size="512x512", response_format="url")
+    assert [bool(d.url) for d in result.data] == [True, True]
+
+
+@pytest.mark.parametrize(
+    "files, data, status, param",
+    [
+        ({"image": ("a.png", b"\x89PNG" + b"x" * (5 << 20), "image/png")}, {"model": "dall-e-2", "prompt": "p"},
+         413, "image"),  # dall-e-2 takes 4 MB
+        ({"image": ("a.png", b"x" * (30 << 20), "image/png")}, {"model": "gpt-image-1", "prompt": "p"},
+         413, "image"),  # over the gateway's 25 MB upload limit
+        ({}, {"model": "gpt-image-1", "prompt": "p"}, 400, "image"),
+        ({"image": ("a.png", PNG, "image/png")}, {"model": "dall-e-3", "prompt": "p"}, 400, "model"),
+        ({"image": ("a.png", PNG, "image/png")}, {"model": "gpt-image-1", "prompt": "p", "n": "0"}, 400, "n"),
+        ({"image": ("a.png", PNG, "image/png")}, {"model": "gpt-image-1"}, 400, "prompt"),
+    ],
+)
+def test_edit_refused_before_any_upstream_call(gateway: GatewayHarness, gateway_env: dict[str, str],
+                                               fake_openai: tuple[OpenAIFakeState, str], files: dict, data: dict,
+                                               status: int, param: str) -> None:
+    response = httpx.post(gateway.url + "/v1/images/edits", data=data, files=files or {"x": ("", b"", "text/plain")}
+                          if not files else files, headers=auth(gateway_env), timeout=60)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+    assert fake_openai[0].requests == []

@@ -1,4 +1,7 @@
-"""One image generation at one provider: OpenAI's images API, billed per token or per image.
+"""One image generation or edit at one provider: OpenAI's images API, billed per token or per image.
+
+An edit's images reach the worker once, through a short-lived Redis key, as a transcription's audio does
+(taken with GETDEL, put back for the next attempt when one may follow).
 
 The upstream's ``ImagesResponse`` goes to the client as it came (``created``, ``data`` with ``b64_json``
 or ``url`` and ``revised_prompt``, gpt-image's ``usage``…), with the serving ``model`` and ``provider``
@@ -23,6 +26,7 @@ from workers.jobs import Answer, handler
 from workers.providers.base import UpstreamError
 from workers.publisher import Publisher
 from workers.runtime import Runtime
+from workers.transcriptions import put_back, take_audio
 from workers.upstream import send_json
 
 
@@ -52,8 +56,20 @@ async def serve_image(runtime: Runtime, job: Job, route: Route, pub: Publisher) 
         raise UpstreamError(400, f"the provider {route.provider} serves no image generation", retryable=False,
                             fallback=True, error_type="invalid_request", param="model")
     body: dict[str, Any] = msgspec.json.decode(job.body)
-    spec = adapter.images_request(runtime.upstream(route.provider), route.upstream_model, body)
-    data = await send_json(runtime.http, adapter, spec)
+    upstream = runtime.upstream(route.provider)
+    if job.blob_key:  # /images/edits: the uploaded images wait in Redis (api/routes/images.py)
+        blob = await take_audio(runtime, job.blob_key)
+        files = [(field, (name, data, kind)) for field, name, kind, data in msgspec.msgpack.decode(blob)]
+        spec = adapter.image_edit_request(upstream, route.upstream_model, body, files)
+        try:
+            data = await send_json(runtime.http, adapter, spec)
+        except UpstreamError as error:
+            if error.retryable or error.fallback:
+                await put_back(runtime, job.blob_key, blob)  # for the next attempt
+            raise
+    else:
+        spec = adapter.images_request(upstream, route.upstream_model, body)
+        data = await send_json(runtime.http, adapter, spec)
     images = data.get("data") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images or not all(
             isinstance(i, dict) and (i.get("b64_json") or i.get("url")) for i in images):

@@ -1,5 +1,5 @@
 """OpenAI's endpoints beyond chat, embeddings and transcriptions, as strict as OpenAI's own:
-legacy ``/completions``, ``/images/generations``, ``/audio/speech``, ``/moderations`` (and Mistral's
+legacy ``/completions``, ``/images/generations`` and ``/edits``, ``/audio/speech``, ``/moderations`` (and Mistral's
 ``/fim/completions``), served by the fake OpenAI app (``tests/fakes/openai_server.py``).
 
 Each refuses what OpenAI refuses (a chat model on ``/completions``, ``suffix`` on a model without
@@ -13,6 +13,9 @@ import base64
 import hashlib
 import time
 from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
 
 from tests.fakes.openai_server import (
     BadRequest, Endpoint, Receive, Scope, Send, base_headers, send_error, send_json, token_text, _encode,
@@ -320,3 +323,62 @@ class FimEndpoint(Endpoint):
         for chunk in frames:
             await send({"type": "http.response.body", "body": b"data: " + _encode(chunk) + b"\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+# --------------------------------------------------------------------------- image edits
+
+EDIT_RULES = {"dall-e-2": {"images": 1, "bytes": 4 * 1024 * 1024}, "gpt-image-1": {"images": 16, "bytes": 50 << 20}}
+
+
+def edited_bytes(prompt: str, images: list[bytes], index: int, size: int) -> bytes:
+    """The fake's edit: depends on the prompt and every input image's bytes, so a test sees they arrived."""
+    digest = hashlib.sha256(b"".join(images)).hexdigest()[:16]
+    return image_bytes(f"{prompt}|{digest}", index, size)
+
+
+class ImageEditsEndpoint(Endpoint):
+    """``POST /v1/images/edits`` (multipart): dall-e-2 one square PNG under 4 MB; gpt-image-1 up to 16
+    ``image[]`` files."""
+
+    async def read(self, scope: Scope, receive: Receive) -> Any:
+        try:
+            form = await Request(scope, receive).form(max_files=32)
+        except Exception:
+            return BadRequest("Could not parse multipart form.")
+        fields: dict[str, Any] = {"_files": {}}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                fields["_files"].setdefault(key, []).append((value.filename, value.content_type, await value.read()))
+            else:
+                fields[key] = value
+        return fields
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, serial: int, body: Any, failure: Any) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest("Expected multipart/form-data.")
+        model = body.get("model", "dall-e-2")
+        rules = EDIT_RULES.get(model)
+        if rules is None:
+            raise BadRequest(f"Invalid model {model}. The model must be one of {sorted(EDIT_RULES)}.", "model")
+        files = body["_files"]
+        images = [data for _, _, data in files.get("image", []) + files.get("image[]", [])]
+        if not images:
+            raise BadRequest("Missing required parameter: 'image'.", "image")
+        if "image[]" in files and model == "dall-e-2" or len(images) > rules["images"]:
+            raise BadRequest(f"Too many images for {model}.", "image")
+        if any(len(data) > rules["bytes"] for data in images):
+            raise BadRequest("Invalid input image - image too large.", "image")
+        if model == "dall-e-2" and not images[0].startswith(b"\x89PNG"):
+            raise BadRequest("Invalid input image - format must be in ['png'].", "image")
+        prompt = body.get("prompt")
+        if not prompt:
+            raise BadRequest("Missing required parameter: 'prompt'.", "prompt")
+        n = int(body.get("n", 1))
+        b64 = body.get("response_format", "b64_json" if model != "dall-e-2" else "url") == "b64_json"
+        data = [{"b64_json": base64.b64encode(edited_bytes(prompt, images, i, self.state.image_size)).decode()}
+                if b64 else {"url": f"https://fake-images.openai.test/edit/{serial}/{i}.png"} for i in range(n)]
+        answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+        if model.startswith("gpt-image"):
+            answer["usage"] = {"input_tokens": 100, "output_tokens": 272 * n, "total_tokens": 100 + 272 * n,
+                               "input_tokens_details": {"text_tokens": 10, "image_tokens": 90}}
+        await send_json(send, serial, answer)

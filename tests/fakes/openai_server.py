@@ -675,6 +675,7 @@ def create_openai_app(state: OpenAIFakeState) -> Starlette:
     completions, images = openai_more.CompletionsEndpoint(state), openai_more.ImagesEndpoint(state)
     speech, moderations = openai_more.SpeechEndpoint(state), openai_more.ModerationsEndpoint(state)
     fim = openai_more.FimEndpoint(state)  # Mistral's, for a fake Mistral/Codestral base URL
+    edits = openai_more.ImageEditsEndpoint(state)
     routes = []
     for prefix in ("", "/v1"):
         routes += [
@@ -683,6 +684,7 @@ def create_openai_app(state: OpenAIFakeState) -> Starlette:
             Route(f"{prefix}/audio/speech", speech, methods=["POST"]),
             Route(f"{prefix}/moderations", moderations, methods=["POST"]),
             Route(f"{prefix}/fim/completions", fim, methods=["POST"]),
+            Route(f"{prefix}/images/edits", edits, methods=["POST"]),
             Route(f"{prefix}/chat/completions", chat, methods=["POST"]),
             Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
             Route(f"{prefix}/audio/transcriptions", audio, methods=["POST"]),

@@ -186,6 +186,16 @@ class OpenAICompatAdapter:
         return RequestSpec("POST", self.url(up, "images/generations", model), headers=headers,
                            content=msgspec.json.encode(payload))
 
+    def image_edit_request(self, up: Upstream, model: str, fields: dict[str, Any], files: list[Any]) -> RequestSpec:
+        """``/images/edits`` as multipart, like the client's: its fields, then its images and mask (several
+        images go as ``image[]``, as OpenAI's SDK sends them)."""
+        form = {k: v for k, v in fields.items() if k != "model"}
+        form["model"] = model
+        many = sum(name == "image" for name, _ in files) > 1
+        parts = [("image[]" if many and name == "image" else name, part) for name, part in files]
+        return RequestSpec("POST", self.url(up, "images/edits", model), headers=auth_headers(up), files=parts,
+                           data=form)
+
     def speech_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
         """An ``/audio/speech`` body, forwarded; the answer is the audio itself."""
         payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
