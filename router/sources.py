@@ -121,6 +121,8 @@ class PriceEntry:
     audio_hour: Decimal | None  # USD per hour of audio
     cache_read: Decimal | None = None  # USD per cached input token read
     cache_write: Decimal | None = None  # USD per input token written to the cache (5-minute rate)
+    image_input: Decimal | None = None  # USD per input image token (image models' edits)
+    image_output: Decimal | None = None  # USD per output image token, where it differs from text output
 
 
 def _flat(price: object) -> Decimal | None:
@@ -153,6 +155,8 @@ def price_feeds() -> dict[str, tuple[PriceEntry, ...]]:
                 audio_hour=Decimal(hours) if isinstance(hours, Decimal | int) else None,
                 cache_read=_flat(getattr(prices, "cache_read_mtok", None)),
                 cache_write=_flat(getattr(prices, "cache_write_mtok", None)),
+                image_input=_flat(getattr(prices, "input_image_mtok", None)),
+                image_output=_flat(getattr(prices, "output_image_mtok", None)),
             ))
         feeds[provider.id] = tuple(entries)
     return feeds
@@ -378,6 +382,8 @@ def model_from_entry(source: Source, entry: PriceEntry) -> Model | None:
         return None  # no usable price: we would bill it wrongly
     prompt = Decimal(0) if source.local else entry.prompt or Decimal(0)
     completion = Decimal(0) if source.local else entry.completion or Decimal(0)
+    if modality == "image" and entry.image_output is not None and not source.local:
+        completion = entry.image_output  # an image model's output is images, at their own rate
     free = (marked_free or (entry.prompt is not None and prompt == 0 and completion == 0)) and not source.estimate
     if modality == "transcription" and entry.audio_hour and not source.local:
         free = False
@@ -402,7 +408,8 @@ def model_from_entry(source: Source, entry: PriceEntry) -> Model | None:
         audio_hour_price=decimal_str(entry.audio_hour) if entry.audio_hour and not source.local else None,
         pricing_source="local" if source.local else f"{kind}:{entry.feed}",
         auto=not source.local and not specialised,
-        **({"output_modalities": ("image",)} if modality == "image" else {}),
+        **({"output_modalities": ("image",), "image_input_price": decimal_str(entry.image_input)
+            if entry.image_input is not None and not source.local else None} if modality == "image" else {}),
     )
 
 

@@ -115,6 +115,8 @@ def test_listed_as_image_models(gateway: GatewayHarness) -> None:
     listed = {m["id"]: m for m in httpx.get(gateway.url + "/v1/image-models", timeout=20).json()["data"]}
     assert listed["openai/dall-e-3"]["pricing"]["image"] == "0.04"  # standard, 1024x1024
     assert listed["openai/gpt-image-1"]["pricing"]["completion"] == "0.00004"  # per image output token
+    assert listed["openai/gpt-image-1"]["pricing"]["input_image"] == "0.00001"
+    assert listed["openai/gpt-image-1.5"]["pricing"]["completion"] == "0.000032"  # image output, not text
     assert listed["openai/gpt-image-1"]["architecture"]["output_modalities"] == ["image"]
     chat = {m["id"] for m in httpx.get(gateway.url + "/v1/models", timeout=20).json()["data"]}
     assert not chat & set(listed)
@@ -131,7 +133,7 @@ def test_edit_with_several_images(client: openai.OpenAI, fake_openai: tuple[Open
                                                image=[("a.png", PNG, "image/png"), ("b.png", second, "image/png")])
     result = raw.parse()
     assert base64.b64decode(result.data[0].b64_json or "") == edited_bytes("merge them", [PNG, second], 0, 2048)
-    cost = Decimal("5E-6") * 100 + Decimal("40E-6") * 272
+    cost = Decimal("5E-6") * 10 + Decimal("10E-6") * 90 + Decimal("40E-6") * 272  # text, image in; image out
     assert Decimal(str(raw.http_response.json()["usage"]["cost"])) == cost
     sent = fake_openai[0].requests[-1]
     assert sent["path"] == "/v1/images/edits"

@@ -41,8 +41,14 @@ def image_usage(catalog: Catalog, model: Model | None, body: dict[str, Any], ima
         usage["cost"] = Decimal(0)
         return usage
     by_tokens = Decimal(model.completion_price) > 0 and (prompt or output)
-    if by_tokens:
-        usage["cost"] = catalog.cost(model, {"prompt_tokens": prompt, "completion_tokens": output})
+    if by_tokens:  # input images (edits) at their own rate where the catalog has one
+        details = reported.get("input_tokens_details") if isinstance(reported.get("input_tokens_details"), dict) \
+            else {}
+        image_in = details.get("image_tokens") if isinstance(details.get("image_tokens"), int) else 0
+        image_in = min(max(0, image_in), prompt)
+        rate = Decimal(model.image_input_price or model.prompt_price)
+        usage["cost"] = catalog.cost(model, {"prompt_tokens": prompt - image_in, "completion_tokens": output}) \
+            + rate * image_in
     else:
         per_image = image_spec(model).price(body.get("quality"), body.get("size")) or Decimal(0)
         usage["cost"] = per_image * images

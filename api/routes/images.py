@@ -76,9 +76,10 @@ def check_request(image: ImageRequest, spec: ImageSpec, model_id: str) -> None:
                 raise invalid(f"'{name}' is a gpt-image parameter; {model_id} does not take it.", param=name)
 
 
-def worst_case(catalog: Catalog, plan: list[Route], image: ImageRequest) -> Decimal:
+def worst_case(catalog: Catalog, plan: list[Route], image: ImageRequest, input_images: int = 0) -> Decimal:
     """The most ``n`` images can cost at any candidate: per image at the dearest price the asked quality
-    and size can reach, or per token (prompt, and the most output tokens an image may be billed)."""
+    and size can reach, or per token (prompt, the most output tokens an image may be billed, and as many
+    for each input image of an edit, at the input image rate)."""
     n = image.n or 1
     prompt_tokens = max(1, len(image.prompt) // 4)
     worst = Decimal(0)
@@ -90,6 +91,8 @@ def worst_case(catalog: Catalog, plan: list[Route], image: ImageRequest) -> Deci
         per_image = spec.price(image.quality, image.size) or Decimal(0)
         by_tokens = catalog.cost(model, {"prompt_tokens": prompt_tokens,
                                          "completion_tokens": spec.output_tokens_per_image * n})
+        by_tokens += Decimal(model.image_input_price or model.prompt_price) * spec.output_tokens_per_image \
+            * input_images
         worst = max(worst, per_image * n, by_tokens)
     return worst
 
@@ -122,8 +125,8 @@ async def create_image_edit(request: Request) -> Response:
             raise invalid(f"{model.id} does not edit images; use a model that does (gpt-image-1, dall-e-2).",
                           param="model")
         check_request(image, spec, model.id)
-        await dispatch.admit(plan, request={"max_tokens": 1, "n": image.n},
-                             extra_cost=worst_case(gateway.catalog, plan, image))
+        await dispatch.admit(plan, request={"max_tokens": 1, "n": image.n},  # files not seen yet: the most
+                             extra_cost=worst_case(gateway.catalog, plan, image, spec.edit_images))
 
     async def early(items: list[tuple[str, Any]]) -> None:
         """Admit before the files stream in, when the fields it needs came first (the SDK sends them first)."""

@@ -60,6 +60,8 @@ def pricing_of(model: Model) -> dict[str, str]:
         pricing["input_cache_write"] = model.cache_write_price
     if model.audio_hour_price is not None:
         pricing["audio_per_hour"] = model.audio_hour_price
+    if model.image_input_price is not None:
+        pricing["input_image"] = model.image_input_price
     if model.modality == "image" and model.completion_price == "0":  # priced per image (router/media.py)
         per_image = image_spec(model).price(None, None)
         if per_image is not None:
