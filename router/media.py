@@ -88,6 +88,13 @@ GPT_IMAGE = ImageSpec(  # a newer gpt-image model than the table knows: priced p
     sizes=(*GPT_IMAGE_SIZES, "auto"), qualities=("low", "medium", "high", "auto"), response_formats=(),
     gpt_image_options=True, default_quality="auto", default_size="auto", output_tokens_per_image=6240,
     edit_images=16)
+# Gemini's image models (generateContent with image output): one image a request, any of OpenAI's sizes
+# as the nearest aspect ratio (GEMINI_ASPECT), b64_json only; priced per token (at most 2,000 image
+# output tokens an image, at 4K).
+GEMINI_IMAGE = ImageSpec(sizes=(SQUARE, LANDSCAPE, PORTRAIT, WIDE, TALL, "auto"), qualities=("auto",), max_n=1,
+                         response_formats=(), default_quality="auto", default_size="auto",
+                         output_tokens_per_image=2000)
+GEMINI_ASPECT = {SQUARE: "1:1", LANDSCAPE: "3:2", PORTRAIT: "2:3", WIDE: "16:9", TALL: "9:16"}
 GENERIC = ImageSpec()
 
 
@@ -97,6 +104,8 @@ def image_spec(model: Model) -> ImageSpec:
     for family in sorted(IMAGE_SPECS, key=len, reverse=True):
         if upstream == family or upstream.startswith(family + "-20"):
             return IMAGE_SPECS[family]
+    if upstream.startswith("gemini") and "-image" in upstream:
+        return GEMINI_IMAGE
     return GPT_IMAGE if upstream.startswith(("gpt-image", "chatgpt-image")) else GENERIC
 
 

@@ -133,7 +133,7 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     ProviderSpec(id="google", name="Google Gemini", kind="gemini",
                  base_url="https://generativelanguage.googleapis.com",
                  key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENERATIVE_AI_API_KEY"),
-                 auth="x-goog-api-key", capabilities=CHAT_EMBED,
+                 auth="x-goog-api-key", capabilities=CHAT_EMBED | IMAGES,
                  quirks={"env_prefix": "GEMINI"}),
     # OpenAI-compatible clouds.
     _compat("groq", "Groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY", caps=CHAT_STT),

@@ -58,7 +58,7 @@ _NOT_GENERAL = re.compile(r"guard|safety|safeguard|moderation")
 _EMBEDDING = re.compile(r"embed|(^|/)bge-|^voyage-")
 _TRANSCRIPTION = re.compile(r"whisper|transcribe")
 # Image generation models (``POST /images/generations``; what each takes: router/media.py).
-_IMAGE = re.compile(r"(^|/)(gpt-image-|dall-e-|chatgpt-image)")
+_IMAGE = re.compile(r"(^|/)(gpt-image-|dall-e-|chatgpt-image|gemini-[\w.-]*-image)")
 # Legacy completion-only models: no chat endpoint, served by ``POST /completions``.
 _COMPLETION = re.compile(r"(^|/)(babbage|davinci)-002$|gpt-3\.5-turbo-instruct")
 # Capabilities are claimed only for families known to have them; unknown means "not claimed".

@@ -14,9 +14,11 @@ import httpx
 import openai
 import pytest
 
+from tests.fakes.gemini_server import GeminiFakeState, create_gemini_app, gemini_image
 from tests.fakes.openai_more import edited_bytes, image_bytes
 from tests.fakes.openai_server import OpenAIFakeState
-from tests.harness import GatewayHarness, auth, create_key, env_for
+from tests.fakes.server import ThreadedServer
+from tests.harness import GatewayHarness, auth, create_key, env_for, sdk_for, with_test_key
 from workers.chunks import MAX_EVENT_BYTES, pieces
 
 
@@ -168,3 +170,40 @@ def test_edit_refused_before_any_upstream_call(gateway: GatewayHarness, gateway_
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
     assert fake_openai[0].requests == []
+
+
+# -- Gemini's image output -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gemini_images(redis_url: str) -> Iterator[tuple[GeminiFakeState, GatewayHarness, dict[str, str]]]:
+    state = GeminiFakeState()
+    with ThreadedServer(create_gemini_app(state)) as server:
+        env = with_test_key(env_for(redis_url, GEMINI_BASE_URL=server.url, GEMINI_API_KEY=state.api_key))
+        with GatewayHarness.from_env(env, pools=("google",)) as harness:
+            yield state, harness, env
+
+
+def test_gemini_image_output(gemini_images: tuple[GeminiFakeState, GatewayHarness, dict[str, str]]) -> None:
+    state, harness, env = gemini_images
+    raw = sdk_for(harness.url, env).images.with_raw_response.generate(
+        model="google/gemini-2.5-flash-image", prompt="a fox in snow", size="1536x1024")
+    result = raw.parse()
+    assert base64.b64decode(result.data[0].b64_json or "") == gemini_image("a fox in snow", "3:2")
+    sent = state.requests[-1]
+    assert sent["method"] == "generateContent" and sent["key_ok"]
+    assert sent["body"]["generationConfig"] == {"responseModalities": ["IMAGE"], "imageConfig": {"aspectRatio": "3:2"}}
+    usage = raw.http_response.json()["usage"]
+    assert usage["output_tokens"] == 1290  # billed at the image output rate ($30 per million), not text's
+    prompt_tokens = usage["input_tokens"]
+    assert Decimal(str(usage["cost"])) == Decimal("3E-7") * prompt_tokens + Decimal("0.00003") * 1290
+
+
+def test_gemini_image_refusals(gemini_images: tuple[GeminiFakeState, GatewayHarness, dict[str, str]]) -> None:
+    state, harness, env = gemini_images
+    for payload, param in (({"n": 2}, "n"), ({"response_format": "url"}, "response_format"),
+                           ({"size": "256x256"}, "size")):
+        response = httpx.post(harness.url + "/v1/images/generations", headers=auth(env), timeout=20,
+                              json={"model": "google/gemini-2.5-flash-image", "prompt": "x", **payload})
+        assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+    assert state.requests == []

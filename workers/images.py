@@ -76,6 +76,8 @@ async def serve_image(runtime: Runtime, job: Job, route: Route, pub: Publisher) 
     else:
         spec = adapter.images_request(upstream, route.upstream_model, body)
         data = await send_json(runtime.http, adapter, spec)
+    if hasattr(adapter, "images_response") and isinstance(data, dict):  # a protocol of its own (Gemini)
+        data = adapter.images_response(data)
     images = data.get("data") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images or not all(
             isinstance(i, dict) and (i.get("b64_json") or i.get("url")) for i in images):
