@@ -1,7 +1,7 @@
 """``POST /images/generations`` end to end: the OpenAI SDK through the queue to the strict fake OpenAI.
 
 gpt-image-1 (b64 only, billed per token) and dall-e-3 (url or b64, billed per image); a multi-megabyte
-answer in event-sized pieces; ``n`` images reserved at admission; refusals before any upstream call.
+answer in bounded parts; ``n`` images reserved at admission; refusals before any upstream call.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from tests.fakes.openai_more import edited_bytes, image_bytes
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.fakes.server import ThreadedServer
 from tests.harness import GatewayHarness, auth, create_key, env_for, sdk_for, with_test_key
-from workers.chunks import MAX_EVENT_BYTES, pieces
 
 
 def generation(client: openai.OpenAI, request_id: str) -> dict:
@@ -53,18 +52,11 @@ def test_dall_e_3_url_billed_per_image(client: openai.OpenAI) -> None:
     assert Decimal(str(generation(client, raw.headers["x-request-id"])["total_cost"])) == Decimal("0.12")
 
 
-def test_large_answer_travels_in_pieces(client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, str]) -> None:
-    fake_openai[0].image_size = 1_500_000  # two images: ~4 MB of JSON, at least four events
+def test_large_answer_travels_in_parts(client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    fake_openai[0].image_size = 1_500_000  # two images: ~4 MB of JSON, crossing Redis in bounded parts
     result = client.images.generate(model="dall-e-2", prompt="big", n=2, response_format="b64_json")
     assert [base64.b64decode(d.b64_json) for d in result.data] == [image_bytes("big", i, 1_500_000)
                                                                    for i in range(2)]
-
-
-def test_pieces_are_bounded() -> None:
-    body = bytes(range(256)) * 9000
-    parts = pieces(body)
-    assert b"".join(parts) == body and all(0 < len(p) <= MAX_EVENT_BYTES for p in parts) and len(parts) == 3
-    assert pieces(b"") == [b""]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """``POST /audio/speech`` end to end: the OpenAI SDK's streaming response, byte for byte, through the queue.
 
-The audio is binary all the way (no base64), in events of at most 1 MB, billed per character; bad input
+The audio is binary all the way (no base64), in events of at most 256 KiB, billed per character; bad input
 (an unknown voice, instructions to a model without them, too much text) is refused before any upstream call.
 """
 
@@ -37,7 +37,7 @@ def test_streamed_to_a_file_byte_for_byte(client: openai.OpenAI, fake_openai: tu
 
 
 def test_large_audio_in_pieces(client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, str]) -> None:
-    fake_openai[0].speech_size = 3_500_000  # several events of at most 1 MB
+    fake_openai[0].speech_size = 3_500_000  # many events of at most 256 KiB
     audio = client.audio.speech.create(model="gpt-4o-mini-tts", voice="marin", input="A long story.",
                                        instructions="Speak slowly.", response_format="wav")
     assert audio.content == speech_bytes("A long story.", "marin", "wav", 3_500_000)

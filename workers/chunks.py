@@ -25,15 +25,7 @@ _encode = encode_json
 DONE_FRAME = b"data: [DONE]\n\n"
 
 CostFn = Callable[[dict[str, Any]], Decimal]  # canonical usage -> USD
-# The most body bytes one event carries: a large answer (images, audio) travels as several ``data``
-# events and its ``done``, so no pub/sub message (and no buffer on either side) grows with the answer.
-MAX_EVENT_BYTES = 1024 * 1024
 REASONING_FIELDS = ("reasoning", "reasoning_details", "reasoning_content")
-
-
-def pieces(body: bytes, size: int = MAX_EVENT_BYTES) -> list[bytes]:
-    """``body`` cut into event-sized pieces (one empty piece for an empty body)."""
-    return [body[i:i + size] for i in range(0, len(body), size)] or [b""]
 
 
 def frame(obj: Any) -> bytes:

@@ -7,7 +7,7 @@ The upstream's ``ImagesResponse`` goes to the client as it came (``created``, ``
 or ``url`` and ``revised_prompt``, gpt-image's ``usage``…), with the serving ``model`` and ``provider``
 and ``usage.cost`` added. Cost: the reported tokens at the catalog's token prices where the model is
 priced so (gpt-image), else the images returned at ``router/media.py``'s price per image (dall-e). The
-body travels in event-sized pieces (``workers/chunks.py`` ``pieces``): a few large images are megabytes.
+answer is one result event (a few large images are megabytes: the publisher sends it in bounded parts).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from common.wire import Job, Route
 from router.catalog import Catalog
 from router.media import image_spec
 from router.model import Model
-from workers.chunks import encode_json, pieces
+from workers.chunks import encode_json
 from workers.jobs import Answer, handler
 from workers.providers.base import UpstreamError
 from workers.publisher import Publisher
@@ -86,7 +86,4 @@ async def serve_image(runtime: Runtime, job: Job, route: Route, pub: Publisher) 
     usage = image_usage(runtime.catalog, runtime.catalog.get(route.model), body, len(images), reported)
     data["model"], data["provider"] = route.model, route.provider
     data["usage"] = {**(reported or {}), "cost": usage["cost"]}
-    parts = pieces(encode_json(data))
-    for part in parts[:-1]:
-        await pub.data_now(part)
-    return Answer("done", parts[-1], usage)
+    return Answer("result", encode_json(data), usage)

@@ -174,8 +174,8 @@ async def stream_response(exchange: Exchange, fmt: WireFormat, headers: dict[str
     settings = exchange.gateway.settings
     encoder = fmt.stream()
     first = b""
-    # A format may name its own (``api/formats/raw_body.py``: a JSON body holds its status as long as a
-    # non-streaming answer does, and an audio body goes out under its own content type).
+    # A format may name its own (``api/formats/raw_body.py``: an audio body holds its status as long as a
+    # non-streaming answer does, and goes out under its own content type).
     commit_wait = getattr(fmt, "commit_wait", None)
     commit_by = time.monotonic() + (settings.stream_commit_wait if commit_wait is None else commit_wait)
     done = False

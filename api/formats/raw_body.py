@@ -1,15 +1,12 @@
-"""Answers that are one body, not a stream of frames: audio bytes, or a large JSON body (images).
+"""Answers that are one binary body streamed as it is made (speech audio), not frames.
 
-The worker sends such a body in pieces (``data`` events of at most ``workers/chunks.py``
-``MAX_EVENT_BYTES``, the last piece on its ``done``), so no pub/sub message carries more than that
-however large the answer; the web tier writes the pieces out as they come, under the body's own
-content type. Before the first piece, the status line waits up to ``commit_wait`` seconds, so an error
-still gets its status; after that the headers go out with ``keepalive`` bytes (a space before JSON;
-nothing for audio, where any byte would be part of the file).
+The worker sends the body's bytes as ``data`` events (``workers/speech.py``); the web tier writes them
+out as they come, under the body's own content type. Before the first bytes, the status line waits up to
+``commit_wait`` seconds, so an error still gets its status; after that the headers go out with nothing
+else (any byte would be part of the file).
 
-An error after the body began cannot be said in it: a JSON body that has sent only its leading spaces
-gets the error envelope as its body; otherwise the connection is cut (``BodyCut``), so the client sees an
-incomplete body (chunked transfer without its end), never a truncated file that looks whole.
+An error after that cannot be said in the body: the connection is cut (``BodyCut``), so the client sees
+an incomplete body (chunked transfer without its end), never a truncated file that looks whole.
 """
 
 from __future__ import annotations
@@ -22,11 +19,11 @@ class BodyCut(Exception):
 
 
 class RawBody:
-    def __init__(self, media_type: str, *, keepalive: bytes = b"", commit_wait: float | None = None) -> None:
+    keepalive = b""  # nothing may be written that is not the file
+
+    def __init__(self, media_type: str, *, commit_wait: float | None = None) -> None:
         self.media_type = media_type
-        self.keepalive = keepalive
         self.commit_wait = commit_wait  # None: the gateway's stream_commit_wait
-        self._sent_data = False
 
     def error_body(self, status: int, envelope: bytes) -> bytes:
         return envelope
@@ -35,14 +32,10 @@ class RawBody:
         return event.data
 
     def stream(self) -> "RawBody":
-        return RawBody(self.media_type, keepalive=self.keepalive, commit_wait=self.commit_wait)
+        return self  # stateless
 
     def frames(self, event: Event) -> bytes:
-        if event.data:
-            self._sent_data = True
         return event.data
 
     def error(self, status: int, envelope: bytes) -> bytes:
-        if self.keepalive.isspace() and not self._sent_data:
-            return envelope  # only whitespace went out: the envelope is still a well-formed JSON body
-        raise BodyCut(f"the answer failed after its body began (HTTP {status})")
+        raise BodyCut(f"the answer failed after its headers went out (HTTP {status})")

@@ -5,8 +5,8 @@ What a model accepts (sizes, qualities, ``n``, ``response_format``, ``style``, g
 what one image costs are ``router/media.py``'s data, read here once per request: a value the model does
 not take is a 400 naming the field before any upstream call. The worst case reserved at admission is
 ``n`` images at the dearest price the request can reach at any candidate. The answer is OpenAI's
-``ImagesResponse``, sent as a body in event-sized pieces (``api/formats/raw_body.py``), so a large
-``b64_json`` answer never rides on one oversized pub/sub message.
+``ImagesResponse`` as one JSON result (a large ``b64_json`` answer crosses Redis in bounded "part" events,
+``common/wire.py`` ``EVENT_PART_BYTES``, joined for this request alone).
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.exchange.answer import JSON_KEEPALIVE_AFTER
 from api.exchange.body import read_json, validation_error
 from api.exchange.dispatch import Dispatch
-from api.formats.raw_body import RawBody
 from api.gateway import Gateway
 from api.routes.embeddings import endpoint_plan
 from api.routes.uploads import FilePart, read_form
@@ -33,13 +31,12 @@ from common.wire import ImageRequest, Route
 from router.catalog import Catalog
 from router.media import GENERIC, ImageSpec, image_spec
 
-JSON_BODY = RawBody("application/json", keepalive=b" ", commit_wait=JSON_KEEPALIVE_AFTER)
 GPT_IMAGE_OPTIONS = ("background", "output_format", "output_compression", "moderation")
 
 
 async def create_image(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    dispatch = Dispatch(gateway, request, "images", JSON_BODY)
+    dispatch = Dispatch(gateway, request, "images")
     try:
         await dispatch.identify()  # who calls, before the body is read or planned
         body, image = await read_json(request, ImageRequest, gateway.settings.limits.max_body_bytes)
@@ -51,7 +48,7 @@ async def create_image(request: Request) -> Response:
                              extra_cost=worst_case(gateway.catalog, plan, image))
     except GatewayError as error:
         return await dispatch.refuse(error)
-    return await dispatch.answer(dispatch.job("image", plan, body=body, stream=True))
+    return await dispatch.answer(dispatch.job("image", plan, body=body))
 
 
 def check_request(image: ImageRequest, spec: ImageSpec, model_id: str) -> None:
@@ -109,7 +106,7 @@ async def create_image_edit(request: Request) -> Response:
     msgpack blob under a short-lived Redis key (the job carries the key), like a transcription's audio; the
     text fields are checked and the request admitted when the first file begins, before it streams in."""
     gateway: Gateway = request.app.state.gateway
-    dispatch = Dispatch(gateway, request, "images", JSON_BODY)
+    dispatch = Dispatch(gateway, request, "images")
     plan: list[Route] = []
     fields: dict[str, Any] = {}
     spec = GENERIC
@@ -154,8 +151,7 @@ async def create_image_edit(request: Request) -> Response:
         except Exception:
             return await dispatch.refuse(unavailable("The gateway cannot reach its queue (Redis) right now."))
         del blob
-        return await dispatch.answer(dispatch.job("image", plan, body=msgspec.json.encode(fields), stream=True,
-                                                  blob_key=blob_key))
+        return await dispatch.answer(dispatch.job("image", plan, body=msgspec.json.encode(fields), blob_key=blob_key))
     finally:
         await asyncio.shield(_forget(gateway, blob_key))
 

@@ -3,7 +3,7 @@
 The voices a model has, whether it takes ``instructions``, how much text it reads and its price per
 character are ``router/media.py``'s data: anything else is a 400 naming the field before any upstream
 call. Admission reserves the input's characters at that price. The audio is binary all the way: the
-worker publishes the upstream's bytes as they arrive, in events of at most 1 MB, and this route writes
+worker publishes the upstream's bytes as they arrive, in events of at most 256 KiB, and this route writes
 them out under the format's content type (``api/formats/raw_body.py``), so
 ``with_streaming_response`` reads the first bytes before the last are made.
 """
