@@ -80,3 +80,19 @@ def test_upstream_error_before_the_first_byte_is_retried(client: openai.OpenAI,
     audio = client.audio.speech.create(model="tts-1-hd", voice="nova", input="Again")
     assert audio.content == speech_bytes("Again", "nova", "mp3", 20000)
     assert len(state.requests) == 2
+
+
+def test_upstream_dying_after_the_first_bytes_cuts_the_body_and_bills_nothing(
+        client: openai.OpenAI, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """Bytes already reached the client: no retry (it would repeat them), the body ends without its end
+    (the client sees an incomplete transfer, not a short file that looks whole), and nothing is billed."""
+    fake_openai[0].failures = ["cut"]
+    with pytest.raises(Exception) as cut:  # the SDK's HTTP client's RemoteProtocolError
+        with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy",
+                                                                input="Cut short") as response:
+            request_id = response.headers["x-request-id"]
+            response.read()
+    assert "incomplete chunked read" in str(cut.value)
+    assert len(fake_openai[0].requests) == 1
+    with pytest.raises(openai.NotFoundError):  # no generation record: the request was not billed
+        client.get("/generation", cast_to=object, options={"params": {"id": f"gen-{request_id}"}})

@@ -18,7 +18,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from tests.fakes.openai_server import (
-    BadRequest, Endpoint, Receive, Scope, Send, base_headers, send_error, send_json, token_text, _encode,
+    BadRequest, Endpoint, Receive, Scope, Send, abort_connection, base_headers, send_error, send_json, token_text,
+    _encode,
 )
 
 COMPLETION_MODELS = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
@@ -201,7 +202,8 @@ def speech_bytes(text: str, voice: str, fmt: str, size: int) -> bytes:
 
 
 class SpeechEndpoint(Endpoint):
-    """``POST /v1/audio/speech``: the audio streamed in 4 KiB chunks; ``state.speech_size`` bytes of it."""
+    """``POST /v1/audio/speech``: the audio streamed in 4 KiB chunks; ``state.speech_size`` bytes of it
+    (failure ``"cut"``: the connection drops after the first chunk)."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, serial: int, body: Any, failure: Any) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -232,6 +234,9 @@ class SpeechEndpoint(Endpoint):
                     "headers": base_headers(serial, SPEECH_TYPES[fmt])})
         for i in range(0, len(audio), 4096):
             await send({"type": "http.response.body", "body": audio[i:i + 4096], "more_body": True})
+            if failure == "cut":  # the upstream dies after its first bytes
+                await abort_connection(receive, send, started=True)
+                return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
