@@ -13,6 +13,7 @@ a model in general (``GENERIC``): any size, ``n`` up to 10, priced per token or 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -71,6 +72,10 @@ IMAGE_SPECS: dict[str, ImageSpec] = {
         default_quality="standard", default_size=SQUARE,
         per_image=_table({"standard": ("0.04", "0.08", "0.08"), "hd": ("0.08", "0.12", "0.12")},
                          (SQUARE, WIDE, TALL))),
+    # xAI: n and response_format only (no size, quality or style), $0.07 an image
+    "grok-2-image": ImageSpec(qualities=("auto",), sizes=("auto",), max_n=10,
+                              per_image={("auto", "auto"): Decimal("0.07")}, default_quality="auto",
+                              default_size="auto"),
     "gpt-image-1": ImageSpec(
         sizes=(*GPT_IMAGE_SIZES, "auto"), qualities=("low", "medium", "high", "auto"), response_formats=(),
         gpt_image_options=True, default_quality="auto", default_size="auto", output_tokens_per_image=6240,
@@ -102,7 +107,7 @@ def image_spec(model: Model) -> ImageSpec:
     """The spec of ``model``'s family: its upstream id, without a dated suffix."""
     upstream = model.upstream_id.rsplit("/", 1)[-1].lower()
     for family in sorted(IMAGE_SPECS, key=len, reverse=True):
-        if upstream == family or upstream.startswith(family + "-20"):
+        if re.fullmatch(re.escape(family) + r"(-\d[\d-]*)?", upstream):  # a dated snapshot is its family
             return IMAGE_SPECS[family]
     if upstream.startswith("gemini") and "-image" in upstream:
         return GEMINI_IMAGE
@@ -113,6 +118,9 @@ def image_spec(model: Model) -> ImageSpec:
 LISTED: tuple[Model, ...] = (
     Model(id="openai/dall-e-3", name="DALL·E 3", provider="openai", upstream_id="dall-e-3", modality="image",
           pricing_source="registry", auto=False, input_modalities=("text",), output_modalities=("image",)),
+    Model(id="xai/grok-2-image-1212", name="Grok 2 Image", provider="xai", upstream_id="grok-2-image-1212",
+          modality="image", pricing_source="registry", auto=False, input_modalities=("text",),
+          output_modalities=("image",)),
     Model(id="openai/dall-e-2", name="DALL·E 2", provider="openai", upstream_id="dall-e-2", modality="image",
           pricing_source="registry", auto=False, input_modalities=("text",), output_modalities=("image",),
           deprecated=True),

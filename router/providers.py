@@ -150,7 +150,7 @@ REGISTRY: tuple[ProviderSpec, ...] = (
             no_stream_options=True, **FIM),
     _compat("codestral", "Codestral", "https://codestral.mistral.ai/v1", "CODESTRAL_API_KEY", caps=CHAT | TEXT,
             no_stream_options=True, **FIM),
-    _compat("xai", "xAI", "https://api.x.ai/v1", "XAI_API_KEY"),
+    _compat("xai", "xAI", "https://api.x.ai/v1", "XAI_API_KEY", caps=CHAT | IMAGES),
     # Perplexity chat has no /v1; its embeddings live at /v1/embeddings, outside this base, so not listed.
     _compat("perplexity", "Perplexity", "https://api.perplexity.ai", "PERPLEXITY_API_KEY"),
     _compat("openrouter", "OpenRouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", caps=CHAT_EMBED,

@@ -199,3 +199,20 @@ def test_gemini_image_refusals(gemini_images: tuple[GeminiFakeState, GatewayHarn
                               json={"model": "google/gemini-2.5-flash-image", "prompt": "x", **payload})
         assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
     assert state.requests == []
+
+
+def test_xai_images_billed_per_image(redis_url: str, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """xAI's images API (OpenAI's shape; n and response_format only) at $0.07 an image."""
+    env = with_test_key(env_for(redis_url, XAI_BASE_URL=fake_openai[1], XAI_API_KEY="xai-test"))
+    with GatewayHarness.from_env(env, pools=("xai",)) as harness:
+        client = sdk_for(harness.url, env)
+        raw = client.images.with_raw_response.generate(model="xai/grok-2-image-1212", prompt="a robot", n=2,
+                                                       response_format="b64_json")
+        assert [base64.b64decode(d.b64_json or "") for d in raw.parse().data] == [
+            image_bytes("a robot", i, 2048) for i in range(2)]
+        assert Decimal(str(raw.http_response.json()["usage"]["cost"])) == Decimal("0.14")
+        refused = httpx.post(harness.url + "/v1/images/generations", headers=auth(env), timeout=20,
+                             json={"model": "xai/grok-2-image-1212", "prompt": "x", "size": "1024x1024"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "size"
+    assert fake_openai[0].requests[0]["body"] == {"model": "grok-2-image-1212", "prompt": "a robot", "n": 2,
+                                                  "response_format": "b64_json"}

@@ -119,6 +119,7 @@ IMAGE_RULES: dict[str, dict[str, Any]] = {  # OpenAI's documented limits per mod
                  "formats": ("url", "b64_json"), "styles": ()},
     "dall-e-3": {"sizes": ("1024x1024", "1792x1024", "1024x1792"), "qualities": ("standard", "hd"), "max_n": 1,
                  "formats": ("url", "b64_json"), "styles": ("vivid", "natural")},
+    "grok-2-image-1212": {"sizes": (), "qualities": (), "max_n": 10, "formats": ("url", "b64_json"), "styles": ()},
     "gpt-image-1": {"sizes": ("1024x1024", "1536x1024", "1024x1536", "auto"),
                     "qualities": ("low", "medium", "high", "auto"), "max_n": 10, "formats": (), "styles": ()},
 }
