@@ -22,8 +22,9 @@ def rerank_gateway(redis_url: str) -> Iterator[tuple[RerankFakeState, GatewayHar
     with ThreadedServer(create_rerank_app(state)) as server:
         env = with_test_key(env_for(redis_url, COHERE_BASE_URL=server.url + "/compatibility/v1",
                                     COHERE_API_KEY=state.api_key, JINA_BASE_URL=server.url + "/v1",
-                                    JINA_API_KEY=state.api_key))
-        with GatewayHarness.from_env(env, pools=("cohere", "jina")) as harness:
+                                    JINA_API_KEY=state.api_key, VOYAGE_BASE_URL=server.url + "/voyage/v1",
+                                    VOYAGE_API_KEY=state.api_key))
+        with GatewayHarness.from_env(env, pools=("cohere", "jina", "voyage")) as harness:
             yield state, harness, env
 
 
@@ -63,6 +64,17 @@ def test_jina_by_token(rerank_gateway: tuple[RerankFakeState, GatewayHarness, di
     assert body["usage"]["total_tokens"] == tokens
     assert Decimal(str(body["usage"]["cost"])) == Decimal("0.00000002") * tokens
     assert state.requests[-1]["path"] == "/v1/rerank"
+
+
+def test_voyage_takes_top_k(rerank_gateway: tuple[RerankFakeState, GatewayHarness, dict[str, str]]) -> None:
+    state, harness, env = rerank_gateway
+    response = post(harness, env, {"model": "voyage/rerank-2.5", "query": "capital city", "documents": DOCUMENTS,
+                                   "top_n": 1, "return_documents": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["results"] == [{"index": 2, "relevance_score": 1.0, "document": {"text": "The capital city of Italy."}}]
+    assert state.requests[-1]["body"]["top_k"] == 1 and "top_n" not in state.requests[-1]["body"]
+    assert Decimal(str(body["usage"]["cost"])) == Decimal("0.00000005") * body["usage"]["total_tokens"]
 
 
 def test_retried_upstream_error(rerank_gateway: tuple[RerankFakeState, GatewayHarness, dict[str, str]]) -> None:
