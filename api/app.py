@@ -20,8 +20,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from api import pages
-from api.routes import (admin, chat, embeddings, gemini, listings, lookups, messages, ops, responses, streams,
-                        stripe_webhook, transcriptions)
+from api.routes import (
+    admin, chat, completions, embeddings, gemini, images, listings, lookups, messages, moderations, ops, rerank,
+    responses, speech, streams, stripe_webhook, transcriptions,
+)
 from api.gateway import Gateway
 from api.exchange.answer import error_response
 from api.exchange.body import BODY_BYTES
@@ -37,9 +39,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 # (method, path, handler) from each route module: each is served under every base of ``route_bases``
 ROUTES: list[tuple[str, str, Endpoint]] = [
-    *chat.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES, *listings.ROUTES, *lookups.ROUTES,
-    *admin.ROUTES, *ops.ROUTES, *messages.ROUTES, *responses.ROUTES, *streams.ROUTES,
-    *gemini.ROUTES, *stripe_webhook.ROUTES,
+    *chat.ROUTES, *completions.ROUTES, *images.ROUTES, *speech.ROUTES, *embeddings.ROUTES, *transcriptions.ROUTES,
+    *moderations.ROUTES, *rerank.ROUTES, *listings.ROUTES, *lookups.ROUTES, *admin.ROUTES, *ops.ROUTES,
+    *messages.ROUTES, *responses.ROUTES, *gemini.ROUTES, *streams.ROUTES, *stripe_webhook.ROUTES,
 ]
 
 # Bare, OpenAI's /v1 and OpenRouter's /api/v1: tools written for either find every route.

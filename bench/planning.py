@@ -4,7 +4,7 @@ No Redis, no processes: the catalog is built as a web process builds it at start
 configured, so plans are as long as they get), then ``plan_for`` runs for typical ids — a pinned endpoint,
 a bare id, a canonical id with ~30 endpoints, the same with ``provider`` preferences and a variant, and an
 auto id — and the time per call (best of five rounds) is printed. ``auto`` walks every configured chat
-model, so with all 66 providers configured it is the slow case by design.
+model, so with all 67 providers configured it is the slow case by design.
 """
 
 from __future__ import annotations

@@ -148,7 +148,8 @@ GEMINI_SIGNATURE_MAGIC = b"mbgw1:"
 class Job(msgspec.Struct, kw_only=True):
     """One request, as a worker receives it. ``hop`` indexes ``plan``; fallbacks re-enqueue with hop+1."""
 
-    kind: Literal["chat", "embeddings", "transcription", "count_tokens"]
+    kind: Literal["chat", "embeddings", "transcription", "count_tokens", "completion", "image", "speech",
+                  "rerank", "moderation"]
     request_id: str
     reply_channel: str
     attempt: int  # bumped by the web tier when it re-runs a request itself (worker death)
@@ -250,3 +251,86 @@ class EmbeddingRequest(msgspec.Struct):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveInt | None = None
     user: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Legacy text completions (``POST /completions``): editor autocomplete sends ``prompt`` + ``suffix``.
+
+# One array type per union (as for embeddings): the route checks a list is all strings, all token ids or
+# all token arrays.
+CompletionPrompt = str | list[str | int | list[int]]
+
+
+class CompletionRequest(msgspec.Struct):
+    model: ModelId
+    prompt: CompletionPrompt
+    suffix: str | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    best_of: Annotated[int, msgspec.Meta(ge=1, le=20)] | None = None
+    echo: bool | None = None
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Image generation (``POST /images/generations``): what each model takes is ``router/media.py``'s data.
+
+
+class ImageRequest(msgspec.Struct):
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=32000)]
+    model: ModelId
+    n: Annotated[int, msgspec.Meta(ge=1, le=10)] | None = None
+    size: str | None = None
+    quality: str | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    style: str | None = None
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    moderation: Literal["low", "auto"] | None = None
+    user: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Speech (``POST /audio/speech``): text to audio bytes; voices per model are ``router/media.py``'s data.
+
+
+class SpeechRequest(msgspec.Struct):
+    model: ModelId
+    input: Annotated[str, msgspec.Meta(min_length=1)]
+    voice: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] | None = None
+    instructions: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    stream_format: Literal["audio", "sse"] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Moderation (``POST /moderations``): text, texts, or omni models' text and image parts.
+
+
+class ModerationRequest(msgspec.Struct):
+    input: str | list[str | dict[str, Any]]
+    model: ModelId = "omni-moderation-latest"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rerank (``POST /rerank``), in Cohere's shape as OpenRouter and LiteLLM take it.
+
+
+class RerankRequest(msgspec.Struct):
+    model: ModelId
+    query: Annotated[str, msgspec.Meta(min_length=1)]
+    documents: list[str | dict[str, Any]]
+    top_n: PositiveInt | None = None
+    return_documents: bool = False

@@ -29,6 +29,7 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     created: int = 0
     deprecated: bool = False  # the seller still serves it but says it is going away; auto-* skips it
     audio_hour_price: str | None = None  # USD per hour of audio, for transcription priced by time
+    image_input_price: str | None = None  # USD per input image token (image edits); None: the prompt rate
     # Where the prices come from: "genai-prices:<their provider id>" (the seller's own list price),
     # "estimate:<their provider id>" (another seller's price for the same weights), "config", or "".
     pricing_source: str = ""

@@ -28,7 +28,9 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     base_url: str  # may contain {ENV_VAR} placeholders
     key_env: tuple[str, ...] = ()  # first one set wins (after <ID>_API_KEY); empty = no key needed
     auth: str = "bearer"  # bearer | x-api-key | api-key | x-goog-api-key | none | <header name>
-    capabilities: frozenset[str] = frozenset({"chat"})  # chat | embeddings | transcription
+    # chat | embeddings | transcription | completions | completions:any (legacy /completions: TEXT below) |
+    # images | speech | moderations | rerank
+    capabilities: frozenset[str] = frozenset({"chat"})
     quirks: dict[str, Any] = {}
     local: bool = False  # a server on the operator's machine: enabled by its base URL, key optional
     api_version: str | None = None
@@ -75,6 +77,18 @@ def _env_prefix(provider_id: str) -> str:
 
 
 ALL = frozenset({"chat", "embeddings", "transcription"})
+# Added to a set: the provider serves OpenAI's legacy /completions for its completion models (``completions``),
+# and for every model it serves, chat models included (``completions:any``: vLLM, Ollama, Together…).
+TEXT = frozenset({"completions"})
+TEXT_ANY = frozenset({"completions", "completions:any"})
+# Quirks of a provider whose /completions is Mistral's fill-in-the-middle endpoint: only the chat models
+# matching ``completions_models`` take it, at ``completions_path``, answering in chat completions' shape.
+FIM = {"completions_path": "fim/completions", "completions_models": "codestral", "completions_shape": "chat"}
+IMAGES = frozenset({"images"})  # POST /images/generations
+SPEECH = frozenset({"speech"})  # POST /audio/speech
+MODERATIONS = frozenset({"moderations"})  # POST /moderations
+RERANK = frozenset({"rerank"})  # POST /rerank (Cohere's shape; quirks rerank_path, rerank_top_field)
+CAPABILITIES = ALL | TEXT_ANY | IMAGES | SPEECH | MODERATIONS | RERANK  # every capability an entry may name
 CHAT_EMBED = frozenset({"chat", "embeddings"})
 CHAT_STT = frozenset({"chat", "transcription"})
 CHAT = frozenset({"chat"})
@@ -108,10 +122,10 @@ def _local(id: str, name: str, base_url: str, *key_env: str, caps: frozenset[str
 REGISTRY: tuple[ProviderSpec, ...] = (
     # Native or special protocols.
     ProviderSpec(id="openai", name="OpenAI", base_url="https://api.openai.com/v1", key_env=("OPENAI_API_KEY",),
-                 capabilities=ALL),
+                 capabilities=ALL | TEXT | IMAGES | SPEECH | MODERATIONS),
     ProviderSpec(id="azure", name="Azure OpenAI", kind="azure",
                  base_url="https://{AZURE_RESOURCE_NAME}.openai.azure.com",
-                 key_env=("AZURE_API_KEY", "AZURE_OPENAI_API_KEY"), auth="api-key", capabilities=ALL,
+                 key_env=("AZURE_API_KEY", "AZURE_OPENAI_API_KEY"), auth="api-key", capabilities=ALL | TEXT,
                  api_version="2024-10-21", base_url_env=("AZURE_OPENAI_ENDPOINT",),
                  api_version_env=("OPENAI_API_VERSION",)),
     ProviderSpec(id="anthropic", name="Anthropic", kind="anthropic", base_url="https://api.anthropic.com",
@@ -119,23 +133,24 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     ProviderSpec(id="google", name="Google Gemini", kind="gemini",
                  base_url="https://generativelanguage.googleapis.com",
                  key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENERATIVE_AI_API_KEY"),
-                 auth="x-goog-api-key", capabilities=CHAT_EMBED,
+                 auth="x-goog-api-key", capabilities=CHAT_EMBED | IMAGES,
                  quirks={"env_prefix": "GEMINI"}),
     # OpenAI-compatible clouds.
     _compat("groq", "Groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY", caps=CHAT_STT),
     _compat("together", "Together AI", "https://api.together.xyz/v1",
-            "TOGETHER_API_KEY", "TOGETHERAI_API_KEY", "TOGETHER_AI_API_KEY", caps=ALL),
+            "TOGETHER_API_KEY", "TOGETHERAI_API_KEY", "TOGETHER_AI_API_KEY", caps=ALL | TEXT_ANY | RERANK),
     # Fireworks serves Whisper from separate audio hosts, so not "transcription" under this base.
     _compat("fireworks", "Fireworks AI", "https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY",
-            caps=CHAT_EMBED),
+            caps=CHAT_EMBED | TEXT_ANY),
     # LiteLLM flattens content arrays for DeepSeek ("does not support content in list format").
     _compat("deepseek", "DeepSeek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", flatten_content=True),
     # Mistral answers 422 to stream_options (cline#939, llxprt-code#114).
-    _compat("mistral", "Mistral AI", "https://api.mistral.ai/v1", "MISTRAL_API_KEY", caps=ALL,
-            no_stream_options=True),
-    _compat("codestral", "Codestral", "https://codestral.mistral.ai/v1", "CODESTRAL_API_KEY",
-            no_stream_options=True),
-    _compat("xai", "xAI", "https://api.x.ai/v1", "XAI_API_KEY"),
+    # Fill-in-the-middle for Codestral models at /fim/completions, chat-shaped answers (``FIM`` below).
+    _compat("mistral", "Mistral AI", "https://api.mistral.ai/v1", "MISTRAL_API_KEY", caps=ALL | TEXT,
+            no_stream_options=True, **FIM),
+    _compat("codestral", "Codestral", "https://codestral.mistral.ai/v1", "CODESTRAL_API_KEY", caps=CHAT | TEXT,
+            no_stream_options=True, **FIM),
+    _compat("xai", "xAI", "https://api.x.ai/v1", "XAI_API_KEY", caps=CHAT | IMAGES),
     # Perplexity chat has no /v1; its embeddings live at /v1/embeddings, outside this base, so not listed.
     _compat("perplexity", "Perplexity", "https://api.perplexity.ai", "PERPLEXITY_API_KEY"),
     _compat("openrouter", "OpenRouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", caps=CHAT_EMBED,
@@ -153,8 +168,9 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     _compat("zai", "Z.ai", "https://api.z.ai/api/paas/v4", "ZAI_API_KEY"),
     _compat("alibaba", "Alibaba Qwen (DashScope)", "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
             "ALIBABA_API_KEY", "DASHSCOPE_API_KEY"),
+    # Rerank is Cohere's own v2 API on the same host, outside the compatibility base.
     _compat("cohere", "Cohere", "https://api.cohere.ai/compatibility/v1", "COHERE_API_KEY", "CO_API_KEY",
-            caps=CHAT_EMBED),
+            caps=CHAT_EMBED | RERANK, rerank_path="/v2/rerank"),
     _compat("llama", "Meta Llama API", "https://api.llama.com/compat/v1", "LLAMA_API_KEY"),
     _compat("nvidia", "NVIDIA NIM", "https://integrate.api.nvidia.com/v1", "NVIDIA_API_KEY", "NVIDIA_NIM_API_KEY"),
     _compat("github", "GitHub Models", "https://models.github.ai/inference", "GITHUB_TOKEN"),
@@ -207,12 +223,14 @@ REGISTRY: tuple[ProviderSpec, ...] = (
     _compat("minimax", "MiniMax", "https://api.minimax.io/v1", "MINIMAX_API_KEY"),
     _compat("avian", "Avian", "https://api.avian.io/v1", "AVIAN_API_KEY"),
     _compat("voyage", "Voyage AI", "https://api.voyageai.com/v1", "VOYAGE_API_KEY",
-            caps=frozenset({"embeddings"})),
+            caps=frozenset({"embeddings"}) | RERANK, rerank_top_field="top_k"),
+    _compat("jina", "Jina AI", "https://api.jina.ai/v1", "JINA_API_KEY", caps=frozenset({"embeddings"}) | RERANK),
     # Servers on the operator's machine.
-    _local("ollama", "Ollama", "http://localhost:11434/v1", "OLLAMA_API_KEY", caps=CHAT_EMBED),
-    _local("vllm", "vLLM", "http://localhost:8000/v1", "VLLM_API_KEY", caps=ALL),
-    _local("lmstudio", "LM Studio", "http://localhost:1234/v1", "LMSTUDIO_API_KEY", caps=CHAT_EMBED),
-    _local("llamacpp", "llama.cpp server", "http://localhost:8080/v1", "LLAMACPP_API_KEY", caps=CHAT_EMBED),
+    _local("ollama", "Ollama", "http://localhost:11434/v1", "OLLAMA_API_KEY", caps=CHAT_EMBED | TEXT_ANY),
+    _local("vllm", "vLLM", "http://localhost:8000/v1", "VLLM_API_KEY", caps=ALL | TEXT_ANY),
+    _local("lmstudio", "LM Studio", "http://localhost:1234/v1", "LMSTUDIO_API_KEY", caps=CHAT_EMBED | TEXT_ANY),
+    _local("llamacpp", "llama.cpp server", "http://localhost:8080/v1", "LLAMACPP_API_KEY",
+           caps=CHAT_EMBED | TEXT_ANY),
     _local("jan", "Jan", "http://localhost:1337/v1", "JAN_API_KEY"),
 )
 

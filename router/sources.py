@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from router import media
 from router.model import Model
 from router.providers import Provider
 
@@ -49,13 +50,17 @@ def tier_for(prompt: Decimal, completion: Decimal, free: bool) -> str:
 _NOT_ROUTABLE = re.compile(
     r"tts|image|realtime|(^|[-/._])live([-._]|$)|moderation|ocr|rerank|dall-e|computer-use|sonic|orpheus"
     r"|deep-research|prompt-guard|robotics|^ft:|\.ft-|:extended|[-.]$"
-    # legacy completion-only models (no chat endpoint)
-    r"|(^|/)(text-)?(ada|babbage|curie|davinci)(-|$)|gpt-3\.5-turbo-instruct"
+    # completion models OpenAI retired in 2024 (babbage-002 and davinci-002 replaced them)
+    r"|(^|/)(text-(ada|babbage|curie|davinci)|ada|curie)(-|$)|(^|/)(babbage|davinci)$"
 )
 # Chat-shaped but not general assistants (safety classifiers): listed, but auto-* never picks them.
 _NOT_GENERAL = re.compile(r"guard|safety|safeguard|moderation")
 _EMBEDDING = re.compile(r"embed|(^|/)bge-|^voyage-")
 _TRANSCRIPTION = re.compile(r"whisper|transcribe")
+# Image generation models (``POST /images/generations``; what each takes: router/media.py).
+_IMAGE = re.compile(r"(^|/)(gpt-image-|dall-e-|chatgpt-image|gemini-[\w.-]*-image)")
+# Legacy completion-only models: no chat endpoint, served by ``POST /completions``.
+_COMPLETION = re.compile(r"(^|/)(babbage|davinci)-002$|gpt-3\.5-turbo-instruct")
 # Capabilities are claimed only for families known to have them; unknown means "not claimed".
 _VISION = re.compile(
     r"vision|[-/]vl([-.]|$)|pixtral|gpt-4o|gpt-4\.1|gpt-4-turbo|gpt-5|(^|[/.])o[34](-mini)?($|-)"
@@ -76,6 +81,10 @@ def modality_of(model_id: str) -> str:
     lowered = model_id.lower()
     if _TRANSCRIPTION.search(lowered):
         return "transcription"
+    if _COMPLETION.search(lowered):
+        return "completion"
+    if _IMAGE.search(lowered):
+        return "image"
     if _EMBEDDING.search(lowered):
         return "embedding"
     return "chat"
@@ -112,6 +121,8 @@ class PriceEntry:
     audio_hour: Decimal | None  # USD per hour of audio
     cache_read: Decimal | None = None  # USD per cached input token read
     cache_write: Decimal | None = None  # USD per input token written to the cache (5-minute rate)
+    image_input: Decimal | None = None  # USD per input image token (image models' edits)
+    image_output: Decimal | None = None  # USD per output image token, where it differs from text output
 
 
 def _flat(price: object) -> Decimal | None:
@@ -144,6 +155,8 @@ def price_feeds() -> dict[str, tuple[PriceEntry, ...]]:
                 audio_hour=Decimal(hours) if isinstance(hours, Decimal | int) else None,
                 cache_read=_flat(getattr(prices, "cache_read_mtok", None)),
                 cache_write=_flat(getattr(prices, "cache_write_mtok", None)),
+                image_input=_flat(getattr(prices, "input_image_mtok", None)),
+                image_output=_flat(getattr(prices, "output_image_mtok", None)),
             ))
         feeds[provider.id] = tuple(entries)
     return feeds
@@ -311,7 +324,10 @@ SOURCES: tuple[Source, ...] = (
     Source("lmstudio", "hf-weights", ids="lower-id", local=True),
 )
 
-_MODALITY_CAPABILITY = {"chat": "chat", "embedding": "embeddings", "transcription": "transcription"}
+# modality -> the registry capability a provider needs to list models of it (router/providers.py)
+MODALITY_CAPABILITY = {"chat": "chat", "embedding": "embeddings", "transcription": "transcription",
+                       "completion": "completions", "image": "images", "speech": "speech",
+                       "moderation": "moderations", "rerank": "rerank"}
 
 
 def _entries_for(source: Source) -> list[PriceEntry]:
@@ -354,18 +370,20 @@ def _spell(source: Source, entry: PriceEntry) -> tuple[str, str]:
 def model_from_entry(source: Source, entry: PriceEntry) -> Model | None:
     """One price-list entry as a model at ``source.provider``; None when it is not routable or unpriced."""
     lowered = entry.id.lower()
-    if _NOT_ROUTABLE.search(lowered):
+    modality = modality_of(entry.id)
+    if _NOT_ROUTABLE.search(lowered) and modality != "image":
         return None
     if source.keep and not re.search(source.keep, lowered):
         return None
     if source.drop and re.search(source.drop, lowered):
         return None
-    modality = modality_of(entry.id)
     marked_free = lowered.endswith(":free")
     if entry.prompt is None and not marked_free and not (modality == "transcription" and entry.audio_hour):
         return None  # no usable price: we would bill it wrongly
     prompt = Decimal(0) if source.local else entry.prompt or Decimal(0)
     completion = Decimal(0) if source.local else entry.completion or Decimal(0)
+    if modality == "image" and entry.image_output is not None and not source.local:
+        completion = entry.image_output  # an image model's output is images, at their own rate
     free = (marked_free or (entry.prompt is not None and prompt == 0 and completion == 0)) and not source.estimate
     if modality == "transcription" and entry.audio_hour and not source.local:
         free = False
@@ -390,6 +408,8 @@ def model_from_entry(source: Source, entry: PriceEntry) -> Model | None:
         audio_hour_price=decimal_str(entry.audio_hour) if entry.audio_hour and not source.local else None,
         pricing_source="local" if source.local else f"{kind}:{entry.feed}",
         auto=not source.local and not specialised,
+        **({"output_modalities": ("image",), "image_input_price": decimal_str(entry.image_input)
+            if entry.image_input is not None and not source.local else None} if modality == "image" else {}),
     )
 
 
@@ -405,7 +425,10 @@ def listed_models(providers: dict[str, Provider]) -> dict[str, Model]:
                 model = model_from_entry(source, entry)
                 if model is None or model.id in models:
                     continue
-                if _MODALITY_CAPABILITY[model.modality] not in provider.capabilities:
+                if MODALITY_CAPABILITY[model.modality] not in provider.capabilities:
                     continue
                 models[model.id] = model
+        for model in media.LISTED:  # priced per image or character: no price feed lists them so
+            if model.provider == provider_id and MODALITY_CAPABILITY[model.modality] in provider.capabilities:
+                models.setdefault(model.id, model)
     return models

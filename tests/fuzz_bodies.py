@@ -1,6 +1,7 @@
 """Malformed request bodies, as a hostile client sends them: a deterministic generator, and a runner.
 
-``malformed_bodies(count, seed)`` mutates valid chat-completions and embeddings bodies at the byte level
+``malformed_bodies(count, seed)`` mutates valid chat-completions, embeddings, legacy completions, image,
+speech and moderation bodies at the byte level
 (invalid UTF-8, truncation, stray bytes) and at the value level (integers past 64 bits, numbers past any
 float, deep nesting, lone surrogates, wrong types, huge strings, unknown fields), and adds documents that
 are no request at all. tests/test_hardening.py sends them through a gateway and checks that none gets a
@@ -32,6 +33,12 @@ SEEDS: list[tuple[str, dict[str, Any]]] = [
             "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}),
     (EMBEDDINGS, {"model": "text-embedding-3-small", "input": ["hello", "world"], "dimensions": 8}),
     (EMBEDDINGS, {"model": "text-embedding-3-small", "input": [[1, 2, 3], [4, 5]]}),
+    ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "def f(", "suffix": "):", "max_tokens": 4,
+                         "stream": True, "stream_options": {"include_usage": True}}),
+    ("/v1/images/generations", {"model": "gpt-image-1", "prompt": "a cat", "n": 2, "size": "1024x1024",
+                                "quality": "low"}),
+    ("/v1/audio/speech", {"model": "tts-1", "voice": "alloy", "input": "hello", "response_format": "wav"}),
+    ("/v1/moderations", {"model": "omni-moderation-latest", "input": [{"type": "text", "text": "hi"}]}),
 ]
 
 # values a hostile client puts anywhere, as raw JSON text

@@ -12,7 +12,7 @@ import pytest
 from common.errors import GatewayError
 from common.settings import Settings, load_settings
 from router.catalog import Catalog, Model, build_catalog
-from router.sources import decimal_str, tier_for
+from router.sources import MODALITY_CAPABILITY, decimal_str, tier_for
 from router.providers import REGISTRY, resolve_providers
 
 PLAIN_DECIMAL = re.compile(r"^(0|[1-9]\d*)(\.\d*[1-9])?$")
@@ -67,7 +67,7 @@ def test_every_model_is_well_formed(catalog: Catalog) -> None:
         for price in (model.prompt_price, model.completion_price, model.audio_hour_price or "0"):
             assert PLAIN_DECIMAL.match(price), (model.id, price)
             assert Decimal(price) >= 0
-        assert model.modality in ("chat", "embedding", "transcription")
+        assert model.modality in MODALITY_CAPABILITY
         assert model.tier in ("free", "balanced", "frontier")
         assert model.capabilities <= {"tools", "vision", "json"}
         assert model.context_length is None or model.context_length > 0
@@ -78,7 +78,7 @@ def test_every_model_is_well_formed(catalog: Catalog) -> None:
 
 
 def test_catalog_has_every_modality_and_tier(catalog: Catalog) -> None:
-    assert {m.modality for m in catalog.listed()} == {"chat", "embedding", "transcription"}
+    assert {m.modality for m in catalog.listed()} == {"chat", "embedding", "transcription", "completion", "image", "speech", "moderation", "rerank"}
     assert {m.tier for m in catalog.listed()} == {"free", "balanced", "frontier"}
     assert catalog.get("openai/whisper-1").modality == "transcription"
     assert catalog.get("openai/text-embedding-3-small").modality == "embedding"
@@ -87,9 +87,8 @@ def test_catalog_has_every_modality_and_tier(catalog: Catalog) -> None:
 
 def test_listings_respect_provider_capabilities(catalog: Catalog) -> None:
     by_id = {spec.id: spec for spec in REGISTRY}
-    need = {"chat": "chat", "embedding": "embeddings", "transcription": "transcription"}
     for model in catalog.listed():
-        assert need[model.modality] in by_id[model.provider].capabilities, model.id
+        assert MODALITY_CAPABILITY[model.modality] in by_id[model.provider].capabilities, model.id
 
 
 def test_prices_come_exactly_from_per_million_prices(catalog: Catalog) -> None:

@@ -81,7 +81,7 @@ def test_filters(listing_gateway: GatewayHarness) -> None:
     assert free and all(e["free"] for e in free)
     assert all((e["pricing"]["prompt"], e["pricing"]["completion"]) == ("0", "0") for e in free if e["provider"])
     everything = _get(listing_gateway, "/models?modality=all").json()["data"]
-    assert {e["modality"] for e in everything} == {"chat", "embedding", "transcription"}
+    assert {e["modality"] for e in everything} == {"chat", "embedding", "transcription", "completion", "image", "speech", "moderation", "rerank"}
     unknown = _get(listing_gateway, "/models?provider=nope")
     assert unknown.status_code == 404 and unknown.json()["error_type"] == "not_found"
     bad = _get(listing_gateway, "/models?available=maybe")
@@ -162,6 +162,10 @@ def test_cli_models_and_providers(redis_url: str, tmp_path) -> None:  # type: ig
     assert lines[0].split()[:2] == ["id", "context"]
     assert any(line.startswith("openai/gpt-4o-mini ") for line in lines)
     assert all(line.startswith("openai/") for line in lines[1:])
+    speech = subprocess.run([sys.executable, "-m", "api.cli.main", "models", "--modality", "speech"],
+                            env=env, capture_output=True, text=True, timeout=60, cwd=os.getcwd())
+    tts = next(line for line in speech.stdout.splitlines() if line.startswith("openai/tts-1 "))
+    assert "$15/M chars" in tts and "free" not in tts  # priced per character, never shown as free
     providers = subprocess.run([sys.executable, "-m", "api.cli.main", "providers", "--json"],
                                env=env, capture_output=True, text=True, timeout=60)
     assert providers.returncode == 0, providers.stderr

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 import pytest
 
 from common.settings import Settings, load_settings
-from router.providers import REGISTRY, Provider, ProviderSpec, fill_placeholders, resolve_providers
+from router.providers import CAPABILITIES, REGISTRY, Provider, ProviderSpec, fill_placeholders, resolve_providers
 
 SPECS = {spec.id: spec for spec in REGISTRY}
 
@@ -36,8 +36,7 @@ def test_every_entry_is_well_formed(spec: ProviderSpec) -> None:
     assert url.scheme in ("http", "https") and url.hostname, spec.base_url
     assert "{" not in filled and " " not in filled
     assert spec.kind in ("openai", "anthropic", "gemini", "azure")
-    assert spec.capabilities and spec.capabilities <= {"chat", "embeddings", "transcription"}
-    assert spec.capabilities <= {"chat", "embeddings", "transcription"}
+    assert spec.capabilities and spec.capabilities <= CAPABILITIES
     if spec.local:
         assert url.hostname == "localhost"
     else:
@@ -56,7 +55,8 @@ def test_known_entries() -> None:
     assert SPECS["azure"].kind == "azure" and SPECS["azure"].auth == "api-key"
     assert SPECS["sarvam"].auth == "api-subscription-key"
     assert SPECS["groq"].capabilities == {"chat", "transcription"}
-    assert SPECS["openai"].capabilities == {"chat", "embeddings", "transcription"}
+    assert SPECS["openai"].capabilities == {"chat", "embeddings", "transcription", "completions", "images", "speech", "moderations"}
+    assert SPECS["vllm"].capabilities >= {"completions", "completions:any"}  # its chat models complete too
 
 
 def test_max_tokens_quirk_on_compatible_providers_but_not_openai_or_azure() -> None:

@@ -24,6 +24,12 @@ from common.wire import Job, Route
 from workers.runtime import Runtime
 
 
+# Kinds whose answers get a generation record (``GET /api/v1/generation?id=``), with their answer ids' prefix;
+# answers without an id of their own (images, speech) are looked up by ``gen-`` + the ``x-request-id``.
+ANSWER_IDS = {"chat": "chatcmpl-", "completion": "cmpl-", "image": "gen-", "speech": "gen-", "rerank": "gen-",
+              "moderation": "modr-"}
+
+
 def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None, seconds: float = 0.0,
          finish_reason: str | None = None, ttft: float | None = None) -> Settlement:
     """The settlement of a served request: its tokens and cost for its key, day and model, and (a chat with
@@ -32,7 +38,7 @@ def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None,
     usage = usage or {}
     cost = _cost(usage.get("cost"))
     record = b""
-    if key_id != ANONYMOUS and job.kind == "chat":
+    if key_id != ANONYMOUS and job.kind in ANSWER_IDS:
         record = generation_encoder.encode(generation(runtime, job, route, usage, cost, seconds, finish_reason, ttft))
     return Settlement(
         request_id=job.request_id, attempt=job.attempt, key_id=key_id, model=route.model, deadline=job.deadline,
@@ -70,7 +76,7 @@ def generation(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any], 
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
     return Generation(
-        id=f"chatcmpl-{job.request_id}", key_id=str(job.meta.get("key_id")), model=route.model,
+        id=f"{ANSWER_IDS.get(job.kind, 'gen-')}{job.request_id}", key_id=str(job.meta.get("key_id")), model=route.model,
         canonical=model.slug if model is not None else route.model, provider=route.provider,
         created=time.time(), prompt_tokens=_count(usage.get("prompt_tokens")),
         completion_tokens=_count(usage.get("completion_tokens")),

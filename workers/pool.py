@@ -46,7 +46,10 @@ from common.telemetry import flush_sentry, init_sentry, settle_heap
 from common.tracing import init_tracing, shutdown_tracing
 from router.catalog import build_catalog
 from router.providers import resolve_providers
-from workers import chat, embeddings, native, transcriptions  # noqa: F401  (register their job handlers)
+# imported to register their job handlers
+from workers import (  # noqa: F401
+    chat, completions, embeddings, images, moderations, native, rerank, speech, transcriptions,
+)
 from workers import health
 from workers.jobs import JOB_FUNCTION, serve
 from workers.runtime import Runtime

@@ -104,6 +104,14 @@ class Publisher:
             self.last_sent = time.monotonic()
         return result
 
+    async def data_now(self, piece: bytes) -> None:
+        """Publish one piece of a large body (audio, an image answer) as its own ``data`` event, at once:
+        nothing is gained by coalescing pieces already as large as an event may be."""
+        if self.cancelled:
+            raise ReceiverGone()
+        self.committed = True
+        await self.send("data", piece, **self._data_fields())
+
     def data(self, frames: bytes) -> None:
         """Queue stream frames: the first leave at once, later ones within ``FLUSH_INTERVAL``."""
         if self._failure is not None:

@@ -192,6 +192,24 @@ async def open_stream(
     Leaving the block before the body's end closes the upstream connection, which is how a cancelled job
     (client gone) stops the provider from generating further; after the end, the connection is kept.
     """
+    async with _opened(session, adapter, spec, timeouts) as response:
+        yield _events(response)
+
+
+@asynccontextmanager
+async def open_bytes(
+    session: aiohttp.ClientSession, adapter: Adapter, spec: RequestSpec, timeouts: StreamTimeouts
+) -> AsyncIterator[tuple[Mapping[str, str], AsyncIterator[bytes]]]:
+    """Open a request whose answer is a binary body made as it streams (speech audio); yields its headers
+    and its bytes as they arrive, under the same bounds and closing rule as ``open_stream``."""
+    async with _opened(session, adapter, spec, timeouts) as response:
+        yield response.headers, _chunks(response)
+
+
+@asynccontextmanager
+async def _opened(session: aiohttp.ClientSession, adapter: Adapter, spec: RequestSpec,
+                  timeouts: StreamTimeouts) -> AsyncIterator[aiohttp.ClientResponse]:
+    """A streamed response whose headers came within ``timeouts.first_byte``; HTTP errors raised."""
     try:
         async with asyncio.timeout(timeouts.first_byte):
             response = await _request(session, spec, idle=timeouts.idle)
@@ -204,9 +222,17 @@ async def open_stream(
             except TRANSPORT_ERRORS:
                 body = b""
             raise adapter.error(response.status, _header_dict(response.headers), body)
-        yield _events(response)
+        yield response
     finally:
         response.release()
+
+
+async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(exc) from None
 
 
 async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[Event]:

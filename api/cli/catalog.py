@@ -126,9 +126,16 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def _prices(pricing: dict[str, str]) -> tuple[str, str]:
-    """The table's two price cells; transcription priced by audio time shows its hourly price instead."""
+    """The table's two price cells; a model priced by audio time, character, image or search shows that
+    price instead (``api/routes/listings.py`` ``pricing_of``)."""
     if "audio_per_hour" in pricing and Decimal(pricing["prompt"]) == 0:
         return f"${pricing['audio_per_hour']}/h", "-"
+    if "character" in pricing:
+        return f"${_per_million(pricing['character'])}/M chars", "-"
+    if "image" in pricing:
+        return "-", f"${pricing['image']}/image"
+    if "search_unit" in pricing:
+        return f"${pricing['search_unit']}/search", "-"
     return _per_million(pricing["prompt"]), _per_million(pricing["completion"])
 
 

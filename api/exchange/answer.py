@@ -174,7 +174,10 @@ async def stream_response(exchange: Exchange, fmt: WireFormat, headers: dict[str
     settings = exchange.gateway.settings
     encoder = fmt.stream()
     first = b""
-    commit_by = time.monotonic() + settings.stream_commit_wait
+    # A format may name its own (``api/formats/raw_body.py``: an audio body holds its status as long as a
+    # non-streaming answer does, and goes out under its own content type).
+    commit_wait = getattr(fmt, "commit_wait", None)
+    commit_by = time.monotonic() + (settings.stream_commit_wait if commit_wait is None else commit_wait)
     done = False
     try:
         while (remaining := commit_by - time.monotonic()) > 0:
@@ -199,7 +202,8 @@ async def stream_response(exchange: Exchange, fmt: WireFormat, headers: dict[str
         raise
     return FinishingStream(
         exchange, _frames(exchange, encoder, first, done),
-        {**SSE_HEADERS, **served_headers(exchange, exchange.usage, headers)}, "text/event-stream",
+        {**SSE_HEADERS, **served_headers(exchange, exchange.usage, headers)},
+        getattr(fmt, "media_type", "text/event-stream"),
     )
 
 

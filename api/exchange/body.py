@@ -233,6 +233,11 @@ def _too_deep(param: str | None) -> GatewayError:
     return invalid(f"The request body is nested more than {MAX_DEPTH} levels deep{where}.", param=param)
 
 
+def validation_error(message: str) -> GatewayError:
+    """A msgspec validation message as the 400 naming the field (for routes that convert form fields)."""
+    return _validation_error(message)
+
+
 def _validation_error(message: str) -> GatewayError:
     match = _PATH.search(message)
     param = match.group(1) if match else None

@@ -1,5 +1,5 @@
 """``GET /models``, ``/models/{id}``, ``/models/{id}/endpoints``, ``/embedding-models``,
-``/transcription-models`` and ``/providers``, in OpenAI's list format with OpenRouter's fields.
+``/transcription-models``, ``/image-models``, ``/speech-models``, ``/rerank-models`` and ``/providers``, in OpenAI's list format with OpenRouter's fields.
 
 The lists are built from the catalog once per filter combination and kept as encoded bytes (plus a gzip
 copy, made on first demand), so a repeated request costs a dictionary hit and a header check. Lists that
@@ -34,11 +34,12 @@ from api.formats.gemini_models import GeminiModels, wants_gemini
 from api.gateway import Gateway
 from common.errors import GatewayError
 from router.catalog import AUTO_MODELS, Catalog, Model
+from router.media import image_spec, rerank_spec, speech_spec
 from router.health import HealthSnapshot
 from router.preferences import hidden_free, price_of
 from router.providers import Provider
 
-MODALITIES = ("chat", "embedding", "transcription")
+MODALITIES = ("chat", "embedding", "transcription", "completion", "image", "speech", "moderation", "rerank")
 GZIP_AT = 1024  # bytes; smaller bodies go out as they are
 STATIC_CACHE_CONTROL = "public, max-age=300"  # the catalog changes only when the gateway restarts
 LIVE_CACHE_CONTROL = "no-cache"  # health-dependent: clients revalidate (cheap, thanks to the ETag)
@@ -59,6 +60,16 @@ def pricing_of(model: Model) -> dict[str, str]:
         pricing["input_cache_write"] = model.cache_write_price
     if model.audio_hour_price is not None:
         pricing["audio_per_hour"] = model.audio_hour_price
+    if model.image_input_price is not None:
+        pricing["input_image"] = model.image_input_price
+    if model.modality == "image" and model.completion_price == "0":  # priced per image (router/media.py)
+        per_image = image_spec(model).price(None, None)
+        if per_image is not None:
+            pricing["image"] = format(per_image, "f")  # at the default quality and size
+    if model.modality == "speech":
+        pricing["character"] = format(speech_spec(model).per_character, "f")
+    if model.modality == "rerank" and rerank_spec(model).per_search_unit is not None:
+        pricing["search_unit"] = format(rerank_spec(model).per_search_unit, "f")
     return pricing
 
 
@@ -442,6 +453,18 @@ async def list_transcription_models(request: Request) -> Response:
     return _list_response(request, "transcription")
 
 
+async def list_image_models(request: Request) -> Response:
+    return _list_response(request, "image")
+
+
+async def list_speech_models(request: Request) -> Response:
+    return _list_response(request, "speech")
+
+
+async def list_rerank_models(request: Request) -> Response:
+    return _list_response(request, "rerank")
+
+
 def _not_listed(catalog: Catalog, model_id: str) -> GatewayError:
     suggestions = catalog.suggest(model_id) if model_id else []
     hint = f" Did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
@@ -563,5 +586,8 @@ ROUTES = [
     ("GET", "/models/{model_id:path}", get_model),
     ("GET", "/embedding-models", list_embedding_models),
     ("GET", "/transcription-models", list_transcription_models),
+    ("GET", "/image-models", list_image_models),
+    ("GET", "/speech-models", list_speech_models),
+    ("GET", "/rerank-models", list_rerank_models),
     ("GET", "/providers", list_providers),
 ]

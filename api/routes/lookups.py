@@ -24,7 +24,7 @@ from common.errors import GatewayError, invalid
 from common.ledger import Ledger, usd
 from common.usage import Generation, generation_decoder
 
-_ID = re.compile(r"^(?:chatcmpl-|gen-)?([0-9a-f]{24})$")
+_ID = re.compile(r"^(?:chatcmpl-|cmpl-|modr-|gen-)?([0-9a-f]{24})$")
 
 
 def _json(payload: Any) -> Response:

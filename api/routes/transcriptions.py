@@ -15,26 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from api.exchange.dispatch import Dispatch
 from api.routes.embeddings import endpoint_plan
-from api.exchange.body import budget_of, busy
+from api.routes.uploads import read_form
 from api.gateway import Gateway
 from common.errors import GatewayError, invalid, unavailable
 from common.wire import Route
 
 BLOB_TTL_S = 120  # must match workers/transcriptions.py
-FORM_OVERHEAD = 1024 * 1024  # room for the text fields and multipart framing around the file
-MAX_FIELD_BYTES = 16 * 1024
-MAX_FIELDS = 32
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES = ("word", "segment")
 
@@ -87,82 +83,26 @@ async def _forget(gateway: Gateway, key: str) -> None:
 # -- reading the upload --------------------------------------------------------------------------------------
 
 
-class _Parser(MultiPartParser):
-    """Starlette's parser, noting the text fields received when the file part begins."""
-
-    fields_before_file: list[tuple[str, Any]] | None = None
-
-    def on_headers_finished(self) -> None:
-        super().on_headers_finished()
-        if self._current_part.file is not None and self.fields_before_file is None:
-            self.fields_before_file = list(self.items)
-
-
 async def read_upload(request: Request, limit: int,
                       before_file: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> Upload:
-    """Parse the multipart body, refusing a file over ``limit`` bytes while it streams in.
+    """The multipart body (``api/routes/uploads.py``): one audio ``file`` of at most ``limit`` bytes.
 
     ``before_file`` gets the text fields that came before the file part as soon as it begins, if they
-    include ``model`` (at most one more chunk of the body is read by then); raising there stops the upload."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise invalid("Send the audio as multipart/form-data with 'file' and 'model' fields.", param="file")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
-        raise too_large(limit)
-    parser: _Parser
+    include ``model``; raising there stops the upload."""
 
-    async def watched(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        checked = before_file is None
-        async for chunk in stream:
-            if not checked and parser.fields_before_file is not None:
-                checked = True
-                fields = text_fields(parser.fields_before_file, require_model=False)
-                if fields.get("model"):
-                    assert before_file is not None
-                    await before_file(fields)
-            yield chunk
+    async def early(items: list[tuple[str, Any]]) -> None:
+        fields = text_fields(items, require_model=False)
+        if fields.get("model") and before_file is not None:
+            await before_file(fields)
 
-    parser = _Parser(request.headers, watched(_bounded(request, limit + FORM_OVERHEAD)),
-                     max_files=1, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise invalid(f"The multipart body could not be read: {exc.message}", param="file") from None
-    except ClientDisconnect:
-        raise invalid("The request body was not received completely.") from None
-    try:
-        file = form.get("file")
-        if not isinstance(file, UploadFile):
-            raise invalid("Missing required parameter: 'file'.", param="file")
-        if file.size is not None and file.size > limit:
-            raise too_large(limit)
-        fields = text_fields(form.multi_items())
-        audio = await file.read()
-        if len(audio) > limit:
-            raise too_large(limit)
-        return Upload(fields, file.filename or "audio", file.content_type or "application/octet-stream", audio)
-    finally:
-        await form.close()
-
-
-async def _bounded(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body's chunks, at most ``limit`` bytes, each taken from the process's budget of bodies in flight
-    (api/exchange/body.py): an upload it cannot hold is refused with 503 as it streams in."""
-    budget = budget_of(request)
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        if budget is not None and not budget.take(request.scope, len(chunk)):
-            raise busy()
-        yield chunk
-
-
-def too_large(limit: int) -> GatewayError:
-    return GatewayError("payload_too_large",
-                        f"The audio file is larger than the {limit // (1024 * 1024)} MB allowed.", param="file")
+    form = await read_form(request, limit, file_fields=("file",), max_files=1, what="audio file",
+                           hint="Send the audio as multipart/form-data with 'file' and 'model' fields.",
+                           before_file=early if before_file is not None else None)
+    if not form.files:
+        raise invalid("Missing required parameter: 'file'.", param="file")
+    fields = text_fields(form.items)
+    audio = form.files[0]
+    return Upload(fields, audio.filename or "audio", audio.content_type, audio.data)
 
 
 def text_fields(items: list[tuple[str, Any]], require_model: bool = True) -> dict[str, Any]:

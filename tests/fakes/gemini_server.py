@@ -9,6 +9,8 @@ chunks carry partial usage, the last one ``finishReason`` and the full usage.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -134,7 +136,36 @@ def _answer_parts(state: GeminiFakeState, body: dict[str, Any]) -> list[dict[str
     return parts
 
 
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+IMAGE_TOKENS = 1290  # what Gemini 2.5 Flash Image bills for one 1024px image
+
+
+def gemini_image(prompt: str, ratio: str) -> bytes:
+    """The fake's image for this prompt and aspect ratio (deterministic bytes, PNG magic first)."""
+    seed = hashlib.sha256(f"{prompt}|{ratio}".encode()).digest()
+    return b"\x89PNG\r\n\x1a\n" + seed * 64
+
+
+def _image(body: dict[str, Any], model: str) -> JSONResponse:
+    """An image model's answer: an image part when ``responseModalities`` has IMAGE, else text only."""
+    config = body.get("generationConfig") or {}
+    if (config.get("candidateCount") or 1) > 1:
+        return _error(400, "INVALID_ARGUMENT", "Multiple candidates is not enabled for this model.")
+    ratio = (config.get("imageConfig") or {}).get("aspectRatio", "1:1")
+    if ratio not in ASPECT_RATIOS:
+        return _error(400, "INVALID_ARGUMENT", f"Unsupported aspect ratio: {ratio}.")
+    prompt = " ".join(p.get("text", "") for c in body["contents"] for p in c.get("parts", []))
+    parts: list[dict[str, Any]] = [{"text": "Here is your image."}]
+    if "IMAGE" in (config.get("responseModalities") or ()):
+        data = base64.b64encode(gemini_image(prompt, ratio)).decode()
+        parts.append({"inlineData": {"mimeType": "image/png", "data": data}})
+    usage = _usage(_word_count(body), IMAGE_TOKENS if len(parts) > 1 else 4)
+    return JSONResponse(_response(parts, "STOP", usage, model))
+
+
 def _generate(state: GeminiFakeState, body: dict[str, Any], model: str, failure: Any) -> JSONResponse:
+    if "-image" in model:
+        return _image(body, model)
     prompt = _word_count(body)
     if failure == "blocked":
         return JSONResponse({"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": []},

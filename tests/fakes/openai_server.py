@@ -36,7 +36,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _encode = msgspec.json.Encoder().encode
 FINGERPRINT = "fp_fake"
-DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "whisper-1"]
+DEFAULT_MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "whisper-1", "gpt-3.5-turbo-instruct"]
 
 
 @dataclass
@@ -65,6 +65,8 @@ class OpenAIFakeState:
     fail_after_tokens: int = 2
     hang_seconds: float = 60.0
     hold_answers: bool = False  # every POST waits (recorded, no byte sent) while True: a test's gate
+    image_size: int = 2048  # bytes of each generated image (tests/fakes/openai_more.py)
+    speech_size: int = 20000  # bytes of each speech answer
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     requests: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)  # the 400 messages this fake answered, in order
@@ -666,11 +668,23 @@ class ModelsEndpoint(Endpoint):
 
 def create_openai_app(state: OpenAIFakeState) -> Starlette:
     """Every route is served bare and under ``/v1``."""
+    from tests.fakes import openai_more  # its endpoints build on this module's
+
     chat, embeddings = ChatEndpoint(state), EmbeddingsEndpoint(state)
     audio, models = TranscriptionEndpoint(state), ModelsEndpoint(state)
+    completions, images = openai_more.CompletionsEndpoint(state), openai_more.ImagesEndpoint(state)
+    speech, moderations = openai_more.SpeechEndpoint(state), openai_more.ModerationsEndpoint(state)
+    fim = openai_more.FimEndpoint(state)  # Mistral's, for a fake Mistral/Codestral base URL
+    edits = openai_more.ImageEditsEndpoint(state)
     routes = []
     for prefix in ("", "/v1"):
         routes += [
+            Route(f"{prefix}/completions", completions, methods=["POST"]),
+            Route(f"{prefix}/images/generations", images, methods=["POST"]),
+            Route(f"{prefix}/audio/speech", speech, methods=["POST"]),
+            Route(f"{prefix}/moderations", moderations, methods=["POST"]),
+            Route(f"{prefix}/fim/completions", fim, methods=["POST"]),
+            Route(f"{prefix}/images/edits", edits, methods=["POST"]),
             Route(f"{prefix}/chat/completions", chat, methods=["POST"]),
             Route(f"{prefix}/embeddings", embeddings, methods=["POST"]),
             Route(f"{prefix}/audio/transcriptions", audio, methods=["POST"]),

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from typing import Any
 
 import msgspec
 
+from router.media import GEMINI_ASPECT
 from workers.providers import reasoning
 from workers.providers.base import (
     RequestSpec,
@@ -268,6 +270,43 @@ def inband_error(err: Any) -> UpstreamError:
 
 class GeminiAdapter:
     """The ``gemini`` kind. Stateless: one instance serves every request."""
+
+    # -- image output (``POST /images/generations`` to a Gemini image model) -----------------------------
+
+    def images_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
+        """``generateContent`` asking for an image: the prompt as the user's turn, the size as the nearest
+        aspect ratio (``router/media.py`` ``GEMINI_ASPECT``; ``auto`` or none: the model's default)."""
+        config: dict[str, Any] = {"responseModalities": ["IMAGE"]}
+        ratio = GEMINI_ASPECT.get(str(body.get("size")))
+        if ratio:
+            config["imageConfig"] = {"aspectRatio": ratio}
+        payload = {"contents": [{"role": "user", "parts": [{"text": body.get("prompt") or ""}]}],
+                   "generationConfig": config}
+        return RequestSpec("POST", model_url(up, model, "generateContent"), headers=gemini_headers(up),
+                           content=msgspec.json.encode(payload))
+
+    def images_response(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The answer's image parts as OpenAI's ``ImagesResponse`` (``b64_json``), its usage as gpt-image's."""
+        if data.get("error"):
+            raise inband_error(data["error"])
+        if (data.get("promptFeedback") or {}).get("blockReason"):
+            raise UpstreamError(400, f"Gemini blocked the prompt ({data['promptFeedback']['blockReason']}).",
+                                retryable=False, fallback=False, error_type="invalid_request", param="prompt")
+        images, said = [], []
+        for candidate in data.get("candidates") or ():
+            for part in (candidate.get("content") or {}).get("parts") or ():
+                inline = part.get("inlineData") or {}
+                if str(inline.get("mimeType", "")).startswith("image/") and inline.get("data"):
+                    images.append({"b64_json": inline["data"]})
+                elif isinstance(part.get("text"), str) and not part.get("thought"):
+                    said.append(part["text"])
+        if not images:
+            raise UpstreamError(400, "Gemini answered without an image" + (f": {' '.join(said)[:300]}" if said else "."),
+                                retryable=False, fallback=True, error_type="invalid_request", param="prompt")
+        meta = data.get("usageMetadata") or {}
+        usage = {"input_tokens": meta.get("promptTokenCount") or 0, "output_tokens": meta.get("candidatesTokenCount") or 0}
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        return {"created": int(time.time()), "data": images, "usage": usage}
 
     def chat_request(self, up: Upstream, model: str, body: dict[str, Any], stream: bool) -> RequestSpec:
         dummy = not up.quirks.get("no_dummy_thought_signature")

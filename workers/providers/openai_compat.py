@@ -143,6 +143,93 @@ class OpenAICompatAdapter:
     def transcription_url(self, up: Upstream, model: str) -> str:
         return self.url(up, "audio/transcriptions", model)
 
+    def completions_request(self, up: Upstream, model: str, body: dict[str, Any], stream: bool) -> RequestSpec:
+        """A legacy ``/completions`` body, forwarded; a stream always asks for usage (it is billed from it).
+
+        Where the provider's /completions is Mistral's fill-in-the-middle endpoint (``completions_path``),
+        the body is mapped onto the fields it takes, and one it has no equivalent for is refused (400
+        naming it), never dropped."""
+        payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+        payload["model"] = model
+        if up.quirks.get("completions_shape") == "chat":
+            payload = _fim_payload(payload)
+        payload.pop("stream_options", None)
+        if stream:
+            payload["stream"] = True
+            if not up.quirks.get("no_stream_options"):
+                payload["stream_options"] = {"include_usage": True}
+        else:
+            payload.pop("stream", None)
+        headers = auth_headers(up)
+        headers["content-type"] = "application/json"
+        return RequestSpec("POST", self.url(up, up.quirks.get("completions_path", "completions"), model),
+                           headers=headers, content=msgspec.json.encode(payload))
+
+    def completion_answer(self, up: Upstream, data: dict[str, Any]) -> dict[str, Any]:
+        """A ``text_completion`` body or chunk from the upstream's (a chat-shaped FIM answer's choices
+        become ``text`` choices)."""
+        if up.quirks.get("completions_shape") != "chat" or not isinstance(data.get("choices"), list):
+            return data
+        choices = []
+        for index, choice in enumerate(data["choices"]):
+            part = choice.get("message") or choice.get("delta") or {} if isinstance(choice, dict) else {}
+            choices.append({"text": part.get("content") or "", "index": choice.get("index", index),
+                            "logprobs": None, "finish_reason": choice.get("finish_reason")})
+        return {**data, "choices": choices}
+
+    def images_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
+        """An ``/images/generations`` body, forwarded (the web tier checked it against the model's data)."""
+        payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+        payload["model"] = model
+        headers = auth_headers(up)
+        headers["content-type"] = "application/json"
+        return RequestSpec("POST", self.url(up, "images/generations", model), headers=headers,
+                           content=msgspec.json.encode(payload))
+
+    def image_edit_request(self, up: Upstream, model: str, fields: dict[str, Any], files: list[Any]) -> RequestSpec:
+        """``/images/edits`` as multipart, like the client's: its fields, then its images and mask (several
+        images go as ``image[]``, as OpenAI's SDK sends them)."""
+        form = {k: v for k, v in fields.items() if k != "model"}
+        form["model"] = model
+        many = sum(name == "image" for name, _ in files) > 1
+        parts = [("image[]" if many and name == "image" else name, part) for name, part in files]
+        return RequestSpec("POST", self.url(up, "images/edits", model), headers=auth_headers(up), files=parts,
+                           data=form)
+
+    def speech_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
+        """An ``/audio/speech`` body, forwarded; the answer is the audio itself."""
+        payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+        payload["model"] = model
+        headers = auth_headers(up)
+        headers["content-type"] = "application/json"
+        return RequestSpec("POST", self.url(up, "audio/speech", model), headers=headers,
+                           content=msgspec.json.encode(payload))
+
+    def moderations_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
+        payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+        payload["model"] = model
+        headers = auth_headers(up)
+        headers["content-type"] = "application/json"
+        return RequestSpec("POST", self.url(up, "moderations", model), headers=headers,
+                           content=msgspec.json.encode(payload))
+
+    def rerank_request(self, up: Upstream, model: str, body: dict[str, Any], texts: list[str]) -> RequestSpec:
+        """Cohere's rerank shape, which Jina, Voyage and Together share: the texts only (the worker adds the
+        documents to the answer itself). Quirks: ``rerank_path`` (from the base URL's host: Cohere's v2 API
+        outside its compatibility base), ``rerank_top_field`` (Voyage's ``top_k``)."""
+        payload: dict[str, Any] = {"model": model, "query": body.get("query"), "documents": texts}
+        if body.get("top_n") is not None:
+            payload[up.quirks.get("rerank_top_field", "top_n")] = body["top_n"]
+        path = up.quirks.get("rerank_path")
+        if path:
+            scheme, _, rest = up.base_url.partition("://")
+            url = f"{scheme}://{rest.split('/', 1)[0]}{path}"
+        else:
+            url = self.url(up, "rerank", model)
+        headers = auth_headers(up)
+        headers["content-type"] = "application/json"
+        return RequestSpec("POST", url, headers=headers, content=msgspec.json.encode(payload))
+
     def embeddings_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
         """The client's body, forwarded; base64 is asked for only where the upstream is known to honour it.
 
@@ -239,6 +326,28 @@ def _inband_error(err: Any) -> UpstreamError:
         message, status = str(err), 502
     retryable, fallback, error_type = classify_status(status)
     return UpstreamError(status, message, retryable=retryable, fallback=fallback, error_type=error_type)
+
+
+# /completions fields and what Mistral's fill-in-the-middle endpoint calls them (None: it has no such field)
+_FIM_FIELDS = {"model": "model", "prompt": "prompt", "suffix": "suffix", "max_tokens": "max_tokens",
+               "temperature": "temperature", "top_p": "top_p", "stream": "stream", "stop": "stop",
+               "seed": "random_seed", "stream_options": None, "user": None}
+
+
+def _fim_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in payload.items():
+        if name == "n" and value == 1 or name == "best_of" and value == 1 or name == "echo" and not value:
+            continue
+        if name not in _FIM_FIELDS:
+            raise UpstreamError(400, f"Mistral's fill-in-the-middle endpoint has no '{name}'.", retryable=False,
+                                fallback=True, error_type="invalid_request", param=name)
+        if _FIM_FIELDS[name] is not None:
+            out[_FIM_FIELDS[name]] = value
+    if not isinstance(out.get("prompt"), str):
+        raise UpstreamError(400, "Mistral's fill-in-the-middle endpoint takes one 'prompt' string.",
+                            retryable=False, fallback=True, error_type="invalid_request", param="prompt")
+    return out
 
 
 def _flatten(message: dict[str, Any]) -> dict[str, Any]:
