@@ -43,6 +43,7 @@ free_requests_per_minute = 100000000
 anonymous_requests_per_day = 100000000
 trusted_proxy_hops = 0
 queue_depth_limit = 1000000
+anonymous_concurrency = 0  # no bound on keyless requests in flight: the saturated phase is one tenant
 
 [[models]]
 id = "{model}"

@@ -66,7 +66,8 @@ async def enqueue_candidate(
         if announce is not None:
             await announce(candidate, pool)
         planned = job_write(names, pool, JOB_FUNCTION, job_id(candidate), job_encoder.encode(candidate),
-                            expires_s=pickup_window(pickup_timeout, job.deadline))
+                            expires_s=pickup_window(pickup_timeout, job.deadline),
+                            priority=bool(candidate.meta.get("key_id")))  # keyed requests before the free tier
         if await write(redis_of(pool), planned, depth_limit):
             return candidate, skipped
         skipped.append(pool)

@@ -31,6 +31,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from common.queue import enqueued_ms
+
 log = logging.getLogger("megabrain.metrics")
 
 PROCESS_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -247,8 +249,8 @@ async def _pool_stats_at(redis: Any, names: Any, pools: list[str], live_since: f
     stats: dict[str, dict[str, float]] = {}
     for i, pool in enumerate(pools):
         depth, oldest, live = results[3 * i: 3 * i + 3]
-        # arq scores a queued job by when it may run, in epoch milliseconds
-        age = max(0.0, now - oldest[0][1] / 1000) if oldest else 0.0
+        # arq scores a queued job by when it may run, in epoch milliseconds (keyed jobs: earlier, by a class offset)
+        age = max(0.0, now - enqueued_ms(oldest[0][1], now * 1000) / 1000) if oldest else 0.0
         stats[pool] = {"queued": int(depth), "oldest_age_s": round(age, 3), "live_workers": int(live)}
     return stats
 

@@ -26,10 +26,11 @@ from common.redis import job_serializer
 @dataclass(frozen=True)
 class JobWrite:
     """What enqueueing one job writes, in arq's layout: the serialized job under ``job_key`` with the pickup
-    window as its TTL, ``job_id`` in the ``queue`` sorted set (scored by enqueue time), and a nudge on the
-    pool's ``wake_channel``. Written by ``write_job``, or by the admission script in the same round trip as
-    the request's limits (``api/access/limits.py``, which keeps this order), which first tries to hand the job to
-    an idle worker of ``pool`` (one of ``idle_workers``) instead."""
+    window as its TTL, ``job_id`` in the ``queue`` sorted set (scored by enqueue time; a keyed request's job
+    a class earlier, ``PRIORITY_HEAD_START_MS``), and a nudge on the pool's ``wake_channel``. Written by
+    ``write_job``, or by the admission script in the same round trip as the request's limits
+    (``api/access/limits.py``, which keeps this order), which first tries to hand the job to an idle worker
+    of ``pool`` (one of ``idle_workers``) instead."""
 
     queue: str
     job_key: str
@@ -42,17 +43,31 @@ class JobWrite:
     idle_workers: str
 
 
-def job_write(names: Names, pool: str, function: str, job_id: str, payload: bytes, *, expires_s: float) -> JobWrite:
+# Priority classes in one queue: a job of a request with an API key is scored this much earlier than its
+# enqueue time, so the claim (lowest score first, any score up to now) takes every waiting keyed job before
+# any keyless (free-tier) one, each class first come, first served. Far larger than any wait, and still a
+# positive epoch: ``enqueued_ms`` undoes it for whoever reads a score as a time (the queue-age metric).
+PRIORITY_HEAD_START_MS = 10**12
+
+
+def enqueued_ms(score: float, now_ms: float) -> float:
+    """The enqueue time (epoch ms) of a queued job from its score, whatever its class."""
+    return score + PRIORITY_HEAD_START_MS if score < now_ms - PRIORITY_HEAD_START_MS / 2 else score
+
+
+def job_write(names: Names, pool: str, function: str, job_id: str, payload: bytes, *, expires_s: float,
+              priority: bool = False) -> JobWrite:
     """``payload`` for ``function`` on ``pool``'s queue. ``expires_s`` bounds how long the job may wait
     (``pickup_window``): an expired job is never run, so a backlog after an outage never runs requests whose
-    clients are gone, and a prompt whose web process died does not sit in Redis beyond its pickup window."""
+    clients are gone, and a prompt whose web process died does not sit in Redis beyond its pickup window.
+    ``priority``: the job goes ahead of every keyless one (``PRIORITY_HEAD_START_MS``)."""
     now_ms = int(time.time() * 1000)
     return JobWrite(
         queue=names.queue(pool),
         job_key=job_key_prefix + job_id,
         job_id=job_id,
         data=serialize_job(function, (payload,), {}, None, now_ms, serializer=job_serializer),
-        score_ms=now_ms,
+        score_ms=now_ms - PRIORITY_HEAD_START_MS if priority else now_ms,
         ttl_ms=max(1, int(expires_s * 1000)),
         wake_channel=names.wake_channel(pool),
         pool=pool,

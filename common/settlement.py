@@ -28,7 +28,9 @@ Contract (the worker calls ``settle``; the web tier calls ``supersede`` and ``cl
 - **Superseding** (``SUPERSEDE``, web tier, before a re-run): moves the fence to the new attempt, unless
   the request settled already, in which case its answer is on its way and is not re-run.
 - **Closing** (``CLOSE``, web tier, when it fails a request or its client leaves): the fence becomes ``c``
-  and the hold is returned, unless the request settled already.
+  and the hold is returned, unless the request settled already. A stream its client left after its first
+  token is not closed at once: its worker bills what the upstream did so far (``workers/jobs.py``), and
+  the web tier's close follows later only in case it never does.
 
 Reservations are **holds**: each admitted request's worst case is one member ``<request id>|<USD>`` of
 ``holds:<key id>``, scored by its own deadline (``settle_by``), and ``held:<key id>`` is their sum.

@@ -26,6 +26,7 @@ from api.access.limits import ACCOUNT_LEASE, ANONYMOUS_LEASE, KEY_LEASE, Lease, 
 from common.names import Names
 from common.settings import Limits
 from common.settlement import SETTLED, Settlement, close, settle, settle_by_ms
+from common.queue import enqueued_ms, job_write
 from common.usage import account_inflight_key, inflight_key
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
@@ -267,3 +268,16 @@ def test_a_failure_and_a_client_that_leaves_return_the_lease(gw) -> None:  # typ
     assert wait_until(lambda: in_flight(store, leases) == 0, 10), "the abandoned stream kept its lease"
     state.token_delay = 0.0
     assert sdk_for(harness.url, key).chat.completions.create(model=PAID, messages=HI).choices  # type: ignore[arg-type]
+
+
+def test_keyed_jobs_are_claimed_before_keyless_ones_each_class_in_arrival_order(names: Names) -> None:
+    """The pool's queue has two classes (``common/queue.py``): the claim takes the lowest score up to now, so
+    a keyed job enqueued last is taken first; the queue-age metric still reads each job's enqueue time."""
+    keyless = [job_write(names, "p", "f", f"free{n}", b"x", expires_s=5) for n in range(2)]
+    keyed = [job_write(names, "p", "f", f"paid{n}", b"x", expires_s=5, priority=True) for n in range(2)]
+    now_ms = time.time() * 1000
+    order = sorted(keyless + keyed, key=lambda w: (w.score_ms, w.job_id))
+    assert [w.job_id for w in order] == ["paid0", "paid1", "free0", "free1"]
+    assert all(0 < w.score_ms <= now_ms for w in order)  # every one may run now
+    for write in order:
+        assert now_ms - 1000 <= enqueued_ms(write.score_ms, now_ms) <= now_ms

@@ -11,9 +11,11 @@ tier serves (``megabrain keys usage anonymous``).
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 
@@ -68,6 +70,61 @@ def failed(job: Job, usage: dict[str, Any] | None = None, *, runtime: Runtime | 
         cost=_cost(usage.get("cost")), reserved=job.reserved, generation=record, account=account,
         credit=str(job.meta.get("credit") or ""),
     )
+
+
+@dataclass
+class Progress:
+    """What a stream's upstream has done so far, for the bill of a stream its client leaves (``abandoned``):
+    the latest usage the upstream reported (Anthropic reports the prompt at the start, Gemini the running
+    totals on every chunk, OpenAI-compatible upstreams only at the end) and the characters generated since
+    (answer, reasoning, tool calls). Fed by the stream handlers, chunk by chunk; cheap enough for every one."""
+
+    prompt_estimate: Callable[[], int] = lambda: 0  # the request's prompt, estimated when nothing reported it
+    cost: Callable[[dict[str, Any]], Any] | None = None  # the catalog's prices (``workers/chunks.CostFn``)
+    usage: dict[str, Any] | None = None
+    chars: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def see(self, chunk: dict[str, Any]) -> None:
+        """One canonical chunk (``choices[].delta``, ``usage``)."""
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            for name in ("content", "refusal"):
+                if isinstance(delta.get(name), str):
+                    self.chars += len(delta[name])
+            reasoning = delta.get("reasoning")  # (the canonical copy of a vendor's reasoning_content, if any)
+            if not isinstance(reasoning, str):
+                reasoning = delta.get("reasoning_content")
+            if isinstance(reasoning, str):
+                self.chars += len(reasoning)
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    self.chars += len(str(function.get("name") or "")) + len(str(function.get("arguments") or ""))
+
+    def so_far(self) -> dict[str, Any]:
+        """The usage to bill: what the upstream reported, raised to the estimate of what it streamed (4
+        characters a token, as the prompt estimate counts), the prompt estimated if it reported none."""
+        reported = self.usage or {}
+        usage = {"prompt_tokens": _count(reported.get("prompt_tokens")) or self.prompt_estimate(),
+                 "completion_tokens": max(_count(reported.get("completion_tokens")), math.ceil(self.chars / 4))}
+        for name in ("prompt_tokens_details", "completion_tokens_details"):
+            if isinstance(reported.get(name), dict):
+                usage[name] = reported[name]
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if self.cost is not None:
+            usage["cost"] = self.cost(usage)
+        return usage
+
+
+def abandoned(runtime: Runtime, job: Job, route: Route, progress: Progress) -> Settlement:
+    """The settlement of a stream its client left mid-way: billed, like an answer, for what its upstream did
+    until the worker stopped it (``Progress.so_far``); its generation record says ``abandoned``."""
+    return bill(runtime, job, route, progress.so_far(), time.monotonic() - progress.started, "abandoned")
 
 
 def generation(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any], cost: str,

@@ -11,6 +11,7 @@ from common.wire import Job, Route
 from router.auto import estimate_prompt_tokens
 from router.shaping import EndpointShape, OutputPlan, asked_cap, kind_shape, output_plan, shape_request
 from workers import native
+from workers.accounting import Progress
 from workers.chunks import ChunkShaper, CostFn, encode_json, finish_completion
 from workers.jobs import Answer, handler
 from workers.providers.base import Upstream
@@ -83,9 +84,12 @@ async def serve_chat(runtime: Runtime, job: Job, route: Route, pub: Publisher) -
     shaper = ChunkShaper(request_id=job.request_id, model=route.model, provider=route.provider,
                          include_usage=job.include_usage, cost=cost, exclude_reasoning=exclude)
     translator = adapter.stream_translator(request)
+    progress = pub.progress = Progress(lambda: estimate_prompt_tokens(body.get("messages") or [], body.get("tools")),
+                                       cost)
     async with open_stream(runtime.http, adapter, spec, runtime.stream_timeouts) as events:
         async for name, data in events:
             for chunk in translator.feed(name, data):
+                progress.see(chunk)  # before the shaper, which takes the usage out
                 frames = shaper.shape(chunk)
                 if frames:
                     pub.data(frames)

@@ -7,8 +7,9 @@ after stream data was sent ends the stream with an error event: a stream is neve
 
 A job ends in at most one settlement (``common/settlement.py``), which carries its final event: the bill
 with the answer, the reservation's release with the error. A job the web tier cancelled or superseded is
-refused there (what its upstream did is counted as unbilled, never charged); a job abandoned at shutdown
-settles nothing, since the web tier re-runs it or ends it.
+refused there (what its upstream did is counted as unbilled, never charged), except a stream whose client
+left mid-way: the web tier only stops it, and it bills what its upstream did so far (``_left``). A job
+abandoned at shutdown settles nothing, since the web tier re-runs it or ends it.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ class JobAddress(msgspec.Struct):
 
 async def serve(ctx: dict[str, Any], payload: bytes) -> None:
     """arq entry point. A cancel from the web tier (client gone, or the request re-run elsewhere) ends this
-    job quietly, after counting it where it is refused; any other cancellation (the worker shutting down)
-    propagates."""
+    job quietly, after counting it where it is refused (or billing what a stream its client left cost:
+    ``_left``); any other cancellation (the worker shutting down) propagates."""
     runtime: Runtime = ctx["runtime"]
     try:
         job = job_decoder.decode(payload)
@@ -81,28 +82,41 @@ async def serve(ctx: dict[str, Any], payload: bytes) -> None:
     task = asyncio.current_task()
     assert task is not None
     attempt = (job.request_id, job.attempt)
-    runtime.active[attempt] = task
-    try:
-        await _run(runtime, job)
-    except asyncio.CancelledError:
-        if attempt not in runtime.cancelled:
-            raise
-        task.uncancel()
-        log.info("request %s attempt %d cancelled by the web tier", job.request_id, job.attempt)
-        # the web tier closed or superseded it first: this is refused, and counted as unbilled upstream work
-        await _quiet_settle(runtime, job, accounting.failed(job))
-    finally:
-        runtime.active.pop(attempt, None)
-        runtime.cancelled.discard(attempt)
-
-
-async def _run(runtime: Runtime, job: Job) -> None:
     route = job.plan[job.hop]
     queued_ms = round((time.time() - job.enqueued_at) * 1000, 3) if job.enqueued_at else None
     pub = Publisher(runtime.redises.pool(route.provider), job.reply_channel, job.request_id, job.attempt, job.seq,
                     hello=Hello(runtime.worker_id, route.provider, queued_ms, 0.0), settler=runtime.redis,
                     names=runtime.names)
-    runtime.publishers[(job.request_id, job.attempt)] = pub
+    runtime.active[attempt] = task
+    runtime.publishers[attempt] = pub
+    try:
+        await _run(runtime, job, pub, queued_ms)
+    except asyncio.CancelledError:
+        if attempt not in runtime.cancelled:
+            raise
+        task.uncancel()
+        log.info("request %s attempt %d cancelled by the web tier", job.request_id, job.attempt)
+        await _quiet_settle(runtime, job, _left(runtime, job, pub))
+    finally:
+        runtime.publishers.pop(attempt, None)
+        await pub.close()
+        runtime.active.pop(attempt, None)
+        runtime.cancelled.discard(attempt)
+
+
+def _left(runtime: Runtime, job: Job, pub: Publisher) -> Settlement:
+    """The settlement of an attempt nobody waits for any more. A stream the web tier stopped after it sent
+    data (its client left mid-way) is billed for what its upstream did so far (``accounting.abandoned``); the
+    web tier leaves its fence open for that. Anything else settles as failed: after the web tier closed or
+    superseded it, that is refused and counted as unbilled upstream work, as is a bill its fence refuses."""
+    if pub.cancelled and pub.committed and pub.progress is not None:
+        return accounting.abandoned(runtime, job, job.plan[job.hop], pub.progress)
+    usage = pub.progress.so_far() if pub.progress is not None else None
+    return accounting.failed(job, usage)
+
+
+async def _run(runtime: Runtime, job: Job, pub: Publisher, queued_ms: float | None) -> None:
+    route = job.plan[job.hop]
     span = tracing.start_job(job, route, runtime.worker_id, queued_ms) if job.trace else None
     failure: str | None = None
     try:
@@ -116,7 +130,7 @@ async def _run(runtime: Runtime, job: Job) -> None:
     except ReceiverGone:
         failure = "receiver_gone"
         log.info("request %s: nobody wants it any more (cancelled, or its web process is gone)", job.request_id)
-        await _quiet_settle(runtime, job, accounting.failed(job))  # its reservation goes back now
+        await _quiet_settle(runtime, job, _left(runtime, job, pub))  # its reservation goes back now
     except Exception as exc:  # a bug, or a body the web tier should have refused: answer now, not at a timeout
         failure = type(exc).__name__
         log.error("request %s: job crashed (%s)", job.request_id, type(exc).__name__)  # never the payload
@@ -125,8 +139,6 @@ async def _run(runtime: Runtime, job: Job) -> None:
         except Exception:  # nobody listening, or Redis trouble: the web tier's liveness checks take over
             pass
     finally:
-        runtime.publishers.pop((job.request_id, job.attempt), None)
-        await pub.close()
         if span is not None:
             tracing.end_job(span, None if failure == "handoff" else failure)
 

@@ -23,10 +23,11 @@ from common.wire import Job, Route
 from router.auto import estimate_prompt_tokens
 from router.forwarding import native_messages_body
 from router.shaping import EndpointShape, OutputPlan, kind_shape
+from workers.accounting import Progress
 from workers.chunks import CostFn, add_cost
 from workers import native_gemini
 from workers.jobs import Answer, handler
-from workers.providers.anthropic import messages_url, request_headers
+from workers.providers.anthropic import messages_url, request_headers, usage_of
 from workers.providers.base import RequestSpec, Upstream, UpstreamError
 from workers.publisher import Publisher
 from workers.runtime import Runtime
@@ -105,12 +106,16 @@ async def serve_messages(runtime: Runtime, job: Job, route: Route, up: Upstream,
     usage: dict[str, Any] | None = None
     held: list[bytes] = []  # events before the first content: not committed, so a retry stays possible
     pub.native = True
+    progress = pub.progress = Progress(lambda: estimate_prompt_tokens(payload.get("messages") or [],
+                                                                      payload.get("tools")), cost)
     async with open_stream(runtime.http, adapter, spec, runtime.stream_timeouts) as events:
         async for name, data in events:
             chunks = translator.feed(name, data)
             for chunk in chunks:
                 usage = chunk.get("usage") or usage
-            if name == "message_start":
+                progress.see(chunk)
+            if name == "message_start":  # the prompt's tokens, as Anthropic counts them: its bill if the client leaves
+                progress.usage = usage_of(translator.usage_in[0], 0, translator.usage_in[1], translator.usage_in[2])
                 start = msgspec.json.decode(data)
                 start.get("message", {})["model"] = echo
                 data = _encode(start).decode()

@@ -22,6 +22,7 @@ import msgspec
 from common.wire import GEMINI_SIGNATURE_MAGIC, Job, Route
 from router.auto import estimate_prompt_tokens
 from router.shaping import OutputPlan
+from workers.accounting import Progress
 from workers.chunks import CostFn, add_cost
 from workers.jobs import Answer
 from workers.providers.base import RequestSpec, Upstream, UpstreamError, malformed
@@ -105,6 +106,7 @@ async def serve_generate(runtime: Runtime, job: Job, route: Route, up: Upstream,
     finished = False
     held: list[bytes] = []  # frames before the first content: not committed, so a retry stays possible
     pub.native = True
+    progress = pub.progress = Progress(cost=cost)  # Gemini reports running totals on every chunk
     async with open_stream(runtime.http, adapter, _spec(up, url, payload, True), runtime.stream_timeouts) as events:
         async for _, data in events:
             try:
@@ -115,7 +117,7 @@ async def serve_generate(runtime: Runtime, job: Job, route: Route, up: Upstream,
                 continue
             if response.get("error"):
                 raise inband_error(response["error"])
-            found = usage(response.get("usageMetadata")) or found
+            found = progress.usage = usage(response.get("usageMetadata")) or found
             finished = finished or any(isinstance(c, dict) and c.get("finishReason")
                                        for c in response.get("candidates") or ())
             held.append(b"data: " + data.encode() + FRAME_END)

@@ -59,6 +59,7 @@ class Publisher:
         self.first_data_at: float | None = None  # monotonic time of the first stream data (time to first token)
         self.cancelled = False  # set with the job's cancel: also stops a job whose cancel was swallowed
         self.native = False  # stream data is in the client's own protocol (``Job.native``)
+        self.progress: Any = None  # the stream's ``workers.accounting.Progress``: its bill if its client leaves
         self._pending: list[bytes] = []
         self._flusher: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None  # the next data PUBLISH, when one went out just now

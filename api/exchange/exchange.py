@@ -22,7 +22,9 @@ the exchange re-runs a request it *supersedes* the running attempt (moves the re
 tells its worker to stop), and before it fails a request, or when its client leaves, it *closes* it (the
 fence shut, the reservation's hold returned): either way the old attempt can no longer answer or bill.
 Either move loses to a settlement that came first; then the answer is already on its way, and the
-exchange waits for it (``ANSWER_WAIT``) instead of re-running or failing the request.
+exchange waits for it (``ANSWER_WAIT``) instead of re-running or failing the request. A stream whose
+client leaves after its first token is the exception: its worker is told to stop but the fence stays open,
+so it bills what its upstream did so far; the close follows ``ABANDON_WAIT`` later, a no-op once it has.
 
 A first write that the admission script handed straight to an idle worker process (``api/access/limits.py``)
 starts in *running* with that worker known, as a job claimed but not yet announced: its ``start`` is due
@@ -69,7 +71,9 @@ ANSWER_WAIT = 5.0  # a request found settled as we ended or re-ran it: its answe
 # After the relay lost its subscription, a running request that hears nothing for this long lost its final
 # event, or its worker: a live worker's job says something at least every 5 s (workers/pool.py HEARTBEAT_AFTER)
 SUSPECT_WAIT = 8.0
-_FORGETTING: set[asyncio.Task[None]] = set()  # closes of unanswered admissions under way (a task needs a ref)
+_FORGETTING: set[asyncio.Task[None]] = set()  # closes of unanswered admissions or abandoned streams under way (a task
+# needs a reference)
+ABANDON_WAIT = 10.0  # a stream its client left: its worker's partial bill is due within this, else we close it
 
 
 class Exchange:
@@ -386,16 +390,34 @@ class Exchange:
         return True
 
     async def _cancel(self) -> None:
-        """Withdraw a queued job, or close the request and ask the running worker to drop it."""
+        """Withdraw a queued job, or close the request and ask the running worker to drop it.
+
+        A stream its client left after data went out is not closed: its worker stops the upstream and bills
+        what it did so far (``workers/jobs.py``), and the close follows ``ABANDON_WAIT`` later only in case
+        that worker never settles (then it bills nothing, and the hold goes back)."""
         try:
             queue = self.gateway.redises.pool(self.pool) if self.pool else None
             if queue is not None and await withdraw(queue, self.gateway.names, self.pool, self.job_id):
                 await self._close()
                 return
+            if self.client_sent and self.worker and not self.answer_due and self.closed is None:
+                await self._stop_worker()
+                asyncio.get_running_loop().call_later(min(ABANDON_WAIT, self.gateway.settings.heartbeat_timeout),
+                                                      self._close_later)
+                return
             if await self._close():  # else it settled: nothing left to stop
                 await self._stop_worker()
         except Exception as exc:  # Redis trouble: the worker stops anyway when it finds nobody listening
             log.info("request %s: cancel failed (%s)", self.request_id, type(exc).__name__)
+
+    def _close_later(self) -> None:
+        """The close of an abandoned stream whose worker has not settled it by now (a no-op if it did)."""
+        task = asyncio.get_running_loop().create_task(self._close_quietly())
+        _FORGETTING.add(task)
+        task.add_done_callback(_FORGETTING.discard)
+
+    async def _close_quietly(self) -> None:
+        await self._close()
 
     async def _stop_worker(self) -> None:
         """Ask the running attempt's worker to drop it (its settlement would be refused anyway)."""
