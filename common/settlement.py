@@ -72,6 +72,10 @@ UNBILLED_TTL_SECONDS = 400 * 86400
 
 SETTLED, REPEAT, REFUSED = 1, 2, 0
 
+# A resumable answer's final event kept by its settlement: (its frames' entry id, '' = none; the frames;
+# the closing marker's entry id; that marker, 'end' or 'cut'; the TTL in seconds) — workers/keeper.py
+FinalKept = tuple[str, bytes, str, str, int]
+
 # Return one hold (KEYS-free helpers, so the admission script can share them). ZREM decides: a hold is
 # returned once, whoever gets there first; the total follows it, or goes when no hold is left.
 RETURN_HOLD = """
@@ -93,13 +97,15 @@ _SETTLE = RETURN_HOLD + RETURN_CREDIT_HOLD + """
 -- KEYS: fence, usage day hash, month spend, holds, held total, generation, unbilled day hash,
 --       the account's usage day hash (a signed-in user's key; else unused), the key's and the
 --       account's requests in flight (leases, api/access/limits.py), the account's activity, the
---       account's credits hash, its credit holds, its ledger (credits: common/ledger.py; else unused)
+--       account's credits hash, its credit holds, its ledger (credits: common/ledger.py; else unused),
+--       the answer's kept events and their owner record (a resumable stream's: workers/keeper.py)
 -- ARGV: attempt, outcome ('bill'|'failed'), hold member ('' = none), settle-by (epoch ms), model,
 --       prompt tokens, completion tokens, cost (USD decimal), generation record ('' = none),
 --       reply channel ('' = the caller publishes), final event, '1' when the account's day counts too,
 --       request id (its leases' member), the account's activity entry ('' = none), credit hold member
 --       ('' = none), '1' when the account's credits pay, cost in nanodollars, the usage entry's JSON up to
---       its amount
+--       its amount, the final frames' entry id ('' = none) and frames, the end marker's entry
+--       id ('' = nothing kept), the kept events' TTL (seconds), the marker ('end'|'cut')
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local attempt = tonumber(ARGV[1])
@@ -154,11 +160,20 @@ if ARGV[12] == '1' then redis.call('ZREM', KEYS[10], ARGV[13]) end
 return_credit_hold(KEYS[13], KEYS[12], ARGV[15])
 local receivers = 1
 if ARGV[10] ~= '' then receivers = redis.call('PUBLISH', ARGV[10], ARGV[11]) end
+-- a resumable answer's worker keeps its final event here too, with the end marker (workers/keeper.py):
+-- kept, it reaches its client through any web process, even with the one that admitted it gone
+local kept = ARGV[21] ~= ''
+if kept then
+  if ARGV[19] ~= '' then redis.pcall('XADD', KEYS[15], ARGV[19], 'f', ARGV[20]) end
+  redis.pcall('XADD', KEYS[15], ARGV[21], ARGV[23], '')
+  redis.call('EXPIRE', KEYS[15], ARGV[22])
+  redis.call('EXPIRE', KEYS[16], ARGV[22])
+end
 local outcome = ARGV[2]
-if outcome == 'bill' and receivers == 0 then outcome = 'unreceived' end
+if outcome == 'bill' and receivers == 0 and not kept then outcome = 'unreceived' end
 if outcome ~= 'bill' then
   unbilled(outcome)
-  if outcome == 'failed' and receivers > 0 then record_generation() end  -- its client was told the error
+  if outcome == 'failed' and (receivers > 0 or kept) then record_generation() end  -- its client was told the error
   return {1, receivers}
 end
 local model = ARGV[5]
@@ -254,8 +269,9 @@ class Settlement:
     account: str = ""  # a signed-in user's key: its account's day totals and Activity count the request too
     credit: str = ""  # nanodollars held against the account's credits at admission: they pay ('' = not)
 
-    def command(self, names: Names, channel: str, event: bytes, now: float | None = None) -> tuple[list[str], list[Any]]:
-        """``SETTLE``'s keys and arguments."""
+    def command(self, names: Names, channel: str, event: bytes, now: float | None = None,
+                keep: "FinalKept | None" = None) -> tuple[list[str], list[Any]]:
+        """``SETTLE``'s keys and arguments (``keep``: the final event's entry in the answer's kept events)."""
         key_id = self.key_id or ANONYMOUS
         held = self.reserved if key_id != ANONYMOUS else ""
         keys = [
@@ -272,14 +288,17 @@ class Settlement:
         ]
         paid = bool(self.credit and self.account)
         account = self.account if paid else "none"
-        keys += [credits_key(names, account), credit_holds_key(names, account), ledger_key(names, account)]
+        keys += [credits_key(names, account), credit_holds_key(names, account), ledger_key(names, account),
+                 names.answer_events(self.request_id), names.answer_owner(self.request_id)]
         listed = activity_member(self.request_id, key_id, self.model) if self.account and self.generation else ""
+        final_id, frames, end_id, marker, ttl = keep or ("", b"", "", "end", 0)
         args: list[Any] = [self.attempt, self.outcome, hold_member(self.request_id, held),
                            settle_by_ms(self.deadline), self.model, self.prompt_tokens, self.completion_tokens,
                            self.cost, self.generation, channel, event, "1" if self.account else "0",
                            self.request_id, listed, hold_member(self.request_id, self.credit) if paid else "",
                            "1" if paid else "0", nanos(self.cost) if paid else 0,
-                           self.usage_entry(now) if paid else ""]
+                           self.usage_entry(now) if paid else "",
+                           final_id, frames, end_id, ttl, marker]
         return keys, args
 
     def usage_entry(self, now: float | None = None) -> str:
@@ -302,11 +321,12 @@ class Settled:
 
 
 async def settle(redis: Any, names: Names, settlement: Settlement, channel: str = "", event: bytes = b"",
-                 *, retries: int = 2, now: float | None = None) -> Settled:
+                 *, retries: int = 2, now: float | None = None, keep: FinalKept | None = None) -> Settled:
     """Run ``SETTLE`` in one round trip, publishing ``event`` on ``channel`` inside it (empty: the caller
-    publishes afterwards, on another Redis). A connection lost on the way is retried: the fence makes a
-    repeat harmless. ``now`` names the day and month the usage counts for (default: today)."""
-    keys, args = settlement.command(names, channel, event, now)
+    publishes afterwards, on another Redis), and keeping its frames (``keep``, a resumable answer's). A
+    connection lost on the way is retried: the fence makes a repeat harmless. ``now`` names the day and
+    month the usage counts for (default: today)."""
+    keys, args = settlement.command(names, channel, event, now, keep)
     for attempt in range(retries + 1):
         try:
             reply = await mux_of(redis).evalsha(SETTLE, keys, args)

@@ -145,6 +145,17 @@ class Native(msgspec.Struct, kw_only=True):
 GEMINI_SIGNATURE_MAGIC = b"mbgw1:"
 
 
+class KeepEvents(msgspec.Struct, kw_only=True):
+    """A detached chat completions stream's events are kept by its worker, in the same Lua call as their
+    PUBLISH (``workers/keeper.py``), its final event by the settlement that bills it: the answer survives
+    the web process that admitted it. Chat's encoding is the identity, so the worker's frames are the
+    client's events (``api/exchange/background.py`` reads them)."""
+
+    ttl: int  # seconds the events stay after the answer's end
+    live_ttl: int  # ... from the first one, while it runs
+    max_bytes: int  # the most one answer keeps (then a ``cut`` marker)
+
+
 class Job(msgspec.Struct, kw_only=True):
     """One request, as a worker receives it. ``hop`` indexes ``plan``; fallbacks re-enqueue with hop+1."""
 
@@ -167,6 +178,7 @@ class Job(msgspec.Struct, kw_only=True):
     native: Native | None = None  # the client's own request, for a provider that speaks its protocol
     meta: dict[str, Any] = {}  # route-specific job data (key id, upload fields), never protocol state
     trace: str | None = None  # the request span's W3C traceparent when tracing is on (common/tracing.py)
+    keep: "KeepEvents | None" = None  # a resumable chat stream: the worker keeps its events (see KeepEvents)
 
 
 EventKind = Literal[
@@ -229,6 +241,7 @@ class Event(msgspec.Struct, array_like=True, omit_defaults=True):
     retry_after: float | None = None  # seconds, for an "error"
     content_type: str | None = None  # of a "result" that is not JSON (plain-text transcriptions)
     native: bool = False  # ``data`` is already in the client's protocol (``Job.native``), not canonical
+    kept: bool = False  # the worker kept this event's frames itself (``KeepEvents``): the web tier does not
 
 
 job_encoder = msgspec.msgpack.Encoder()

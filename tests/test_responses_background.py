@@ -223,40 +223,75 @@ def test_kept_events_expire_then_404(s: Stack) -> None:
     assert httpx.get(f"{s.web.url}/v1/streams/{answer_id}", headers=auth(s.keys[0]), timeout=20).status_code == 404
 
 
-def test_a_killed_web_process_ends_its_answers_clearly_and_unbilled(s: Stack) -> None:
-    """``megabrain web`` SIGKILLed while following a resumable stream and a background Response: a resume
-    through another web process gets the events kept so far, then an ``answer_lost`` error (no hang); the
-    Response reads ``failed``; the worker stops at its next event (nobody receives it) and bills nothing."""
+def test_a_killed_web_process_ends_its_background_answers_clearly_and_unbilled(s: Stack) -> None:
+    """``megabrain web`` SIGKILLed while following a background Response (its events are kept by the web
+    process, the Responses encoding being its own): the Response reads ``failed`` through another web
+    process; the worker stops at its next event (nobody receives it) and bills nothing."""
     s.fake.tokens, s.fake.token_delay = 400, 0.02
     with ProcessGateway({**s.env, "MEGABRAIN_UPSTREAM_MAX_RETRIES": "0"}) as doomed:
         client = s.client(web=doomed)  # type: ignore[arg-type]
-        s.fake.hold_answers = True
         background = client.responses.create(model=GPT, input="Hello", background=True)
-        assert wait_until(lambda: len(s.fake.requests) == 1, 10)
-        body = {"model": GPT, "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
-        with httpx.stream("POST", doomed.url + "/v1/chat/completions", json=body, timeout=20,
-                          headers={**auth(s.keys[0]), "x-megabrain-resumable": "true"}) as response:
-            answer_id = response.headers["x-megabrain-answer-id"]
-            s.fake.hold_answers = False
-            seen = 0
-            for line in response.iter_lines():
-                seen += line.startswith("data: ")
+        with client.responses.retrieve(background.id, stream=True) as stream:
+            for seen, _ in enumerate(stream):
                 if seen == 5:
                     break
         assert doomed.web is not None
         doomed.web.kill()  # SIGKILL: no shutdown, nothing written at the end
         doomed.web.wait(10)
-        with httpx.stream("GET", f"{s.other_web.url}/v1/streams/{answer_id}", timeout=30,
-                          headers={**auth(s.keys[0]), "last-event-id": "4"}) as resumed:
-            lines = list(resumed.iter_lines())
-        data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
-        assert data[-1]["code"] == "answer_lost" and "[DONE]" not in lines
         other = s.client(web=s.other_web)
+        with pytest.raises(openai.APIError) as lost:
+            events_of(other.responses.retrieve(background.id, stream=True, starting_after=4))
+        assert "answer_lost" in str(lost.value.body) or "stopped before" in str(lost.value)
         assert other.responses.retrieve(background.id).status == "failed"
-        assert wait_until(lambda: s.fake.streams_closed_early >= 2, 10)  # both upstream calls stopped
-    for gone in (answer_id, background.id.removeprefix("resp_")):
-        assert httpx.get(s.web.url + "/api/v1/generation", params={"id": gone},
-                         headers=auth(s.keys[0]), timeout=10).status_code == 404  # nothing billed
+        assert wait_until(lambda: s.fake.streams_closed_early >= 1, 10)  # the upstream call stopped
+    assert httpx.get(s.web.url + "/api/v1/generation", params={"id": background.id.removeprefix("resp_")},
+                     headers=auth(s.keys[0]), timeout=10).status_code == 404  # nothing billed
+
+
+@pytest.mark.parametrize("stop", ["kill", "terminate"])
+def test_a_resumable_chat_stream_survives_its_web_process(s: Stack, stop: str) -> None:
+    """Two ``megabrain web`` processes and a worker on one store: a resumable chat stream admitted by web A,
+    web A SIGKILLed mid-stream (or stopped, as a deploy does: SIGTERM once its client left); the worker
+    keeps the events itself (``workers/keeper.py``) and finishes; the client resumes through web B and gets
+    the whole answer, byte for byte, billed exactly once."""
+    s.fake.tokens, s.fake.token_delay = 400, 0.01
+    key = create_key(s.env["REDIS_URL"], s.env["MEGABRAIN_NAMESPACE"], "survivor")
+    body = {"model": GPT, "stream": True, "messages": [{"role": "user", "content": "Hello"}],
+            "stream_options": {"include_usage": True}}
+    with ProcessGateway(s.env) as doomed:
+        with httpx.stream("POST", doomed.url + "/v1/chat/completions", json=body, timeout=20,
+                          headers={**auth(key), "x-megabrain-resumable": "true"}) as response:
+            assert response.status_code == 200
+            answer_id = response.headers["x-megabrain-answer-id"]
+            first: list[str] = []
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    first.append(line)
+                    if len(first) == 5:
+                        break
+            assert doomed.web is not None
+            if stop == "kill":
+                doomed.web.kill()  # SIGKILL mid-stream: no shutdown, nothing written at the end
+                doomed.web.wait(10)
+        if stop == "terminate":
+            doomed.web.terminate()  # a deploy: the web process stops its followers and exits
+            doomed.web.wait(20)
+        with httpx.stream("GET", f"{s.other_web.url}/v1/streams/{answer_id}", timeout=30,
+                          headers={**auth(key), "last-event-id": "4"}) as resumed:
+            assert resumed.status_code == 200
+            lines = list(resumed.iter_lines())
+    ids = [int(line[4:]) for line in lines if line.startswith("id: ")]
+    rest = [line for line in lines if line.startswith("data: ")]
+    assert ids == list(range(5, 5 + len(rest)))  # no gap, no duplicate
+    assert rest[-1] == "data: [DONE]"
+    text = "".join((choice.get("delta") or {}).get("content") or ""
+                   for line in first + rest[:-1] for choice in json.loads(line[6:]).get("choices") or ())
+    assert text == tokens_text(400)  # byte for byte: the uninterrupted answer
+    assert len(s.fake.requests) == 1 and s.fake.streams_closed_early == 0  # the upstream call ran to its end
+    assert httpx.get(s.other_web.url + "/api/v1/generation", params={"id": answer_id},
+                     headers=auth(key), timeout=10).status_code == 200
+    usage = httpx.get(s.other_web.url + "/v1/usage", headers=auth(key), timeout=10).json()
+    assert [row["requests"] for row in usage["data"]] == [1]  # billed exactly once
 
 
 @pytest.mark.compat(client="Vercel AI SDK", npm="@ai-sdk/openai", protocol="OpenAI Responses", family="OpenAI chat")

@@ -86,7 +86,7 @@ async def serve(ctx: dict[str, Any], payload: bytes) -> None:
     queued_ms = round((time.time() - job.enqueued_at) * 1000, 3) if job.enqueued_at else None
     pub = Publisher(runtime.redises.pool(route.provider), job.reply_channel, job.request_id, job.attempt, job.seq,
                     hello=Hello(runtime.worker_id, route.provider, queued_ms, 0.0), settler=runtime.redis,
-                    names=runtime.names)
+                    names=runtime.names, keep=job.keep)
     runtime.active[attempt] = task
     runtime.publishers[attempt] = pub
     try:

@@ -7,7 +7,8 @@ upstream's answer is then two messages (first token, rest + done) instead of one
 one's tokens, spaced wider than the interval, still go out the moment they arrive.
 
 PUBLISH returns how many subscribers got the message: zero means the web process is gone, and the job
-stops instead of generating tokens nobody will read.
+stops instead of generating tokens nobody will read — unless the job keeps its events (a resumable chat
+stream, ``workers/keeper.py``): then its client gets them through any web process, and it runs on.
 
 A request's final event (its answer, the closing frames of a stream, or its error) is published by its
 settlement instead (``finish``): the script that bills it or releases its reservation publishes it in the
@@ -26,7 +27,8 @@ from arq.connections import ArqRedis
 from common.mux import mux_of
 from common.names import Names
 from common.settlement import REPEAT, Settled, Settlement, settle
-from common.wire import EVENT_PART_BYTES, UNSEQUENCED_KINDS, Event, EventKind, Hello, event_encoder
+from common.wire import EVENT_PART_BYTES, UNSEQUENCED_KINDS, Event, EventKind, Hello, KeepEvents, event_encoder
+from workers.keeper import KEEP, Keeper, chat_error
 
 
 FLUSH_INTERVAL = 0.002  # seconds: the most a stream frame waits for company (issue 15: ≤ 2 ms)
@@ -44,7 +46,8 @@ class Publisher:
     """
 
     def __init__(self, redis: ArqRedis, channel: str, request_id: str, attempt: int, seq: int = 0,
-                 hello: Hello | None = None, *, settler: ArqRedis | None = None, names: Names | None = None) -> None:
+                 hello: Hello | None = None, *, settler: ArqRedis | None = None, names: Names | None = None,
+                 keep: KeepEvents | None = None) -> None:
         self.redis = redis
         self.settler = settler or redis  # where settlements run: the main Redis (usage, budgets)
         self.names = names
@@ -65,6 +68,8 @@ class Publisher:
         self._timer: asyncio.TimerHandle | None = None  # the next data PUBLISH, when one went out just now
         self._failure: BaseException | None = None
         self._lock = asyncio.Lock()  # one PUBLISH at a time, so events arrive in seq order
+        # a resumable chat stream's events, kept here (workers/keeper.py): only on the main Redis
+        self.keeper = Keeper(keep) if keep is not None and names is not None and self.settler is redis else None
 
     async def send(self, kind: EventKind, data: bytes = b"", **fields: Any) -> None:
         """Publish one event now, after any stream data still pending, to keep the order.
@@ -95,11 +100,17 @@ class Publisher:
         elif held:
             await self._publish("data", held, self._data_fields())
         async with self._lock:
+            whole = data
             data = await self._publish_parts(data)
             self.seq += 1
+            keep = None
+            if self.keeper is not None:
+                keep = self.keeper.final(whole if kind == "done" else chat_error(whole))
+                fields["kept"] = keep is not None
             event = event_encoder.encode(self._event(kind, data, fields))
             here = self.settler is self.redis
-            result = await settle(self.settler, self.names, settlement, self.channel if here else "", event)
+            result = await settle(self.settler, self.names, settlement, self.channel if here else "", event,
+                                  keep=keep)
             if not here and not result.refused and result.status != REPEAT:
                 await mux_of(self.redis).execute("PUBLISH", self.channel, event)
             self.last_sent = time.monotonic()
@@ -192,14 +203,25 @@ class Publisher:
 
     async def _publish(self, kind: EventKind, data: bytes, fields: dict[str, Any]) -> None:
         async with self._lock:
+            entry = self.keeper.entry(data) if self.keeper is not None and kind == "data" else None
             data = await self._publish_parts(data)
             if kind not in UNSEQUENCED_KINDS:
                 self.seq += 1
-            event = self._event(kind, data, fields)
-            receivers = await mux_of(self.redis).execute("PUBLISH", self.channel, event_encoder.encode(event))
+            if entry is not None:
+                fields["kept"] = True
+            event = event_encoder.encode(self._event(kind, data, fields))
+            mux = mux_of(self.redis)
+            if entry is None:
+                receivers = await mux.execute("PUBLISH", self.channel, event)
+            else:  # the publish and the keep in one call (workers/keeper.py)
+                assert self.names is not None
+                entry_id, entry_kind, blob, expire = entry
+                receivers = await mux.evalsha(KEEP, [self.names.answer_events(self.request_id),
+                                                     self.names.fence(self.request_id)],
+                                              [self.channel, event, self.attempt, entry_id, entry_kind, blob, expire])
             self.last_sent = time.monotonic()
-        if receivers == 0:
-            raise ReceiverGone()
+        if receivers == 0 and not (self.keeper is not None and self.keeper.active):
+            raise ReceiverGone()  # nobody can get the rest (a kept answer's reader comes through any web process)
 
     def announce_if_quiet(self, after: float) -> bool:
         """True when the job has said nothing for ``after`` seconds since pickup: time for a ``start``."""

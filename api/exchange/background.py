@@ -19,7 +19,10 @@ The answer's money is the one request's: the worker, queue and settlement are un
 their one receiver. A reader leaving stops nothing; ``cancel`` (any web process) reaches the following
 process over its reply channel (a ``cancel`` event on the relay), which closes the request as a leaving
 client would (unless it settled first: then it completes). The answer lives as long as the process that
-follows it: a web process that stops ends its background answers as ``failed``.
+follows it: a web process that stops ends its background answers as ``failed``. Except a chat completions
+stream's (``Job.keep``): its worker keeps its events in the same entries (``workers/keeper.py``, its final
+one by its settlement), marked ``Event.kept``, which the follower only counts (``EventWriter.skip``); such
+an answer survives its follower, and its readers do not watch the follower (``AnswerOwner.worker_keeps``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class AnswerOwner(msgspec.Struct, kw_only=True):
     account: str | None = None
     follower: str = ""  # the reply channel of the web process following the answer
     keepalive: str = ": keep-alive\n\n"  # its format's filler between events (Gemini's: a blank line)
+    worker_keeps: bool = False  # its worker keeps its events (``Job.keep``): it outlives its follower
 
 
 _owner_decoder = msgspec.json.Decoder(AnswerOwner)
@@ -136,6 +140,14 @@ class EventWriter:
             return
         await self._write(BATCH, b"".join(events), len(events), final=False)
 
+    def skip(self, frames: bytes, final: bool) -> None:
+        """Count events the worker kept itself (``Event.kept``), so this writer's next one follows them."""
+        events = split_events(frames)
+        self.size += sum(len(e) for e in events)
+        self.seq += len(events)
+        if final or self.size > self.log.max_bytes:
+            self.ended = True  # its settlement (or its cut) closed the kept events
+
     async def end(self) -> None:
         if not self.ended:
             self.ended = True
@@ -151,7 +163,8 @@ class EventWriter:
                 pipe.expire(self.owner_key, self.log.ttl)
             elif first:
                 pipe.expire(self.key, self.log.live_ttl)
-            await pipe.execute()
+            # an entry its worker kept already (an event on its way here when this one was made) stays
+            await pipe.execute(raise_on_error=False)
 
 
 async def replay(log_: EventLog, request_id: str, after: int, deadline: float,
@@ -166,7 +179,7 @@ async def replay(log_: EventLog, request_id: str, after: int, deadline: float,
         if entries is None:
             return
         if not entries:
-            if followed is not None and not await followed():
+            if followed is not None and not await followed():  # (None: its worker keeps its events)
                 yield _error_event(after + 1, "answer_lost", LOST_MESSAGE)
                 return
             yield keepalive
@@ -240,17 +253,23 @@ async def follow(exchange: Exchange, writer: EventWriter, encode: Encode, fail: 
                 exchange.record(event.status)
                 frames = fail(event.status, event.data)
                 await exchange.kept()
-                await writer.add(frames)
+                await _keep(writer, event, frames)
                 return
             frames = encode(event)
             exchange.sent()  # kept for readers: the request is never re-run from here on
             if event.kind == "done":
                 exchange.record(200, event.usage)
                 await exchange.kept()
-                await writer.add(frames)
+                await _keep(writer, event, frames)
                 return
-            await writer.add(frames)
+            await _keep(writer, event, frames)
     except asyncio.CancelledError:
+        if exchange.job is not None and exchange.job.keep is not None and not writer.ended:
+            log.info("request %s: left to its worker, which keeps its events (the web process is stopping)",
+                     exchange.request_id)
+            writer.ended = True
+            exchange.let_go()
+            raise
         log.warning("request %s: background answer interrupted (the web process is stopping)", exchange.request_id)
         await asyncio.shield(_interrupted(exchange, writer, fail))
         raise
@@ -263,6 +282,14 @@ async def follow(exchange: Exchange, writer: EventWriter, encode: Encode, fail: 
         except Exception as exc:
             log.info("request %s: events not closed (%s)", exchange.request_id, type(exc).__name__)
         await exchange.finish()
+
+
+async def _keep(writer: EventWriter, event: Event, frames: bytes) -> None:
+    """Keep a worker event's client events, unless its worker kept them already (``workers/keeper.py``)."""
+    if event.kept:
+        writer.skip(frames, final=event.kind in ("done", "error"))
+    else:
+        await writer.add(frames)
 
 
 async def _interrupted(exchange: Exchange, writer: EventWriter, fail: Fail) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from redis.exceptions import RedisError
 from starlette.responses import Response, StreamingResponse
@@ -20,7 +21,7 @@ from api.access.check import AccessCheck, Caller
 from api.access.admission import Admission, admitted, caller_of, counted_refusal, prepare
 from api.exchange.exchange import Exchange
 from api.formats import WireFormat
-from api.formats.chat_completions import CHAT_COMPLETIONS
+from api.formats.chat_completions import CHAT_COMPLETIONS, ChatCompletions
 from api.gateway import Gateway
 from api.access.limits import worst_case_cost
 from api.exchange.ids import client_request_id
@@ -29,7 +30,7 @@ from api.exchange.answer import KEEPALIVE, SSE_HEADERS, json_response, refusal, 
 from common import tracing
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
-from common.wire import Job, Route
+from common.wire import Job, KeepEvents, Route
 from router.auto import estimate_prompt_tokens
 from router.shaping import choices
 
@@ -179,8 +180,13 @@ class Dispatch:
         (``api/exchange/background.py``): None once under way (``before`` ran), else the refusal."""
         assert self.admission.key_id, "a detached answer needs a key to own it"
         gateway = self.gateway
+        if isinstance(self.format, ChatCompletions):  # its encoding is the identity: the worker keeps its events
+            job = msgspec.structs.replace(job, keep=KeepEvents(
+                ttl=gateway.response_events.ttl, live_ttl=gateway.response_events.live_ttl,
+                max_bytes=gateway.response_events.max_bytes))
         owner = background.AnswerOwner(key_id=self.admission.key_id, account=self.admission.account,
-                                       follower=gateway.relay.channel, keepalive=self._keepalive().decode())
+                                       follower=gateway.relay.channel, keepalive=self._keepalive().decode(),
+                                       worker_keeps=job.keep is not None)
         try:
             await self.exchange.submit(job, admission=self.pending)
             await gateway.response_events.claim(self.request_id, owner)

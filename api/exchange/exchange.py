@@ -377,6 +377,12 @@ class Exchange:
         if pending:  # the client went away, or the gateway gave up: stop the worker and the upstream
             await asyncio.shield(self._cancel())
 
+    def let_go(self) -> None:
+        """Stop following an answer whose worker keeps its events (``Job.keep``) without stopping it: its
+        worker runs on, settles it and keeps its end, for a reader on any web process."""
+        if self.state in ("queued", "running"):
+            self.state = "settled"
+
     async def cancel(self) -> bool:
         """Stop the request on its owner's word (a background answer's cancel), as if its client left:
         True when stopped, False when it had settled first (its answer is on the way, and wins)."""

@@ -47,8 +47,10 @@ async def resume_stream(request: Request) -> Response:
         raise GatewayError("not_found", f"There is no resumable stream {answer_id!r} for this key (a stream "
                            "is resumable when asked with x-megabrain-resumable: true; its events are kept "
                            "MEGABRAIN_RESPONSE_EVENTS_TTL).", param="answer_id")
-    return replay_response(gateway, match.group(1), after, {}, owner.keepalive.encode(),  # type: ignore[union-attr]
-                           owner.follower)
+    assert owner is not None and match is not None
+    # an answer its worker keeps outlives its follower; another ends when its follower is gone
+    return replay_response(gateway, match.group(1), after, {}, owner.keepalive.encode(),
+                           "" if owner.worker_keeps else owner.follower)
 
 
 ROUTES = [("GET", "/streams/{answer_id}", resume_stream)]
