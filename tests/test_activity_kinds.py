@@ -1,8 +1,9 @@
 """Activity lists every kind of request a signed-in user's key makes, not only chats (README, Accounts): the
 settlement writes the generation record of any keyed request, whatever its route, so each kind that bills —
-Messages and Responses inbound, legacy completions, embeddings, transcriptions, images, speech, moderations —
+Messages, Responses and Gemini inbound, legacy completions, embeddings, transcriptions, images, speech, moderations —
 shows on the Activity page under its answer's id with the cost it was billed (the lookup's, to the digit),
-each request made through the official SDKs."""
+each request made through the official SDKs. A request of a non-chat kind its worker failed is listed too,
+with the error its client got and no cost."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tests.pages import PAID, Browser, accounts_env, keys_in
 from tests.test_transcriptions import WAV
 
 PROMPT = "a prompt the activity page must never show"
-Account = tuple[GatewayHarness, Browser, str]
+Account = tuple[GatewayHarness, Browser, str, OpenAIFakeState]
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +30,12 @@ def account(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """One gateway, one signed-in user and their key, shared by every kind (each test makes its own request)."""
     state = OpenAIFakeState()
     with ThreadedServer(create_openai_app(state)) as server:
-        env = accounts_env(redis_url, server.url + "/v1", tmp_path_factory.mktemp("kinds"))
+        env = accounts_env(redis_url, server.url + "/v1", tmp_path_factory.mktemp("kinds"),
+                           MEGABRAIN_UPSTREAM_MAX_RETRIES="0")
         with GatewayHarness.from_env(env) as gw:
             browser = Browser(gw.url)
             (key,) = keys_in(browser.join("every.kind@example.org").text)
-            yield gw, browser, key
+            yield gw, browser, key, state
 
 
 def sdk(gw: GatewayHarness, key: str) -> openai.OpenAI:
@@ -54,6 +56,15 @@ def messages(gw: GatewayHarness, key: str) -> str:
 def responses(gw: GatewayHarness, key: str) -> str:
     raw = sdk(gw, key).responses.with_raw_response.create(model=PAID, input=PROMPT, store=False)
     return "chatcmpl-" + raw.headers["x-request-id"]
+
+
+def gemini(gw: GatewayHarness, key: str) -> str:
+    from google import genai
+    from google.genai import types
+
+    client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=gw.url, timeout=20_000))
+    answer = client.models.generate_content(model=PAID, contents=PROMPT)
+    return str(answer.response_id)
 
 
 def completion(gw: GatewayHarness, key: str) -> str:
@@ -86,7 +97,7 @@ def moderation(gw: GatewayHarness, key: str) -> str:
 
 
 KINDS: dict[str, tuple[Callable[[GatewayHarness, str], str], bool]] = {  # kind: (request, is it priced)
-    "messages": (messages, True), "responses": (responses, True), "completion": (completion, True),
+    "messages": (messages, True), "responses": (responses, True), "gemini": (gemini, True), "completion": (completion, True),
     "embeddings": (embeddings, True), "transcription": (transcription, True), "image": (image, True),
     "speech": (speech, True), "moderation": (moderation, False),
 }
@@ -94,7 +105,7 @@ KINDS: dict[str, tuple[Callable[[GatewayHarness, str], str], bool]] = {  # kind:
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_each_kind_shows_in_activity_with_its_cost(account: Account, kind: str) -> None:
-    gw, browser, key = account
+    gw, browser, key, _ = account
     request, priced = KINDS[kind]
     answer_id = request(gw, key)
     looked_up = httpx.get(gw.url + "/api/v1/generation", params={"id": answer_id},
@@ -108,3 +119,19 @@ def test_each_kind_shows_in_activity_with_its_cost(account: Account, kind: str) 
     row = row[row.rindex("<tr>"):]
     assert f"{record['total_cost']:.6f}" in row and record["model"] in row
     assert PROMPT not in page and key not in page
+
+
+def test_a_failed_embeddings_request_shows_with_its_error(account: Account) -> None:
+    gw, browser, key, state = account
+    state.failures = [503]
+    try:
+        with pytest.raises(openai.APIStatusError) as failed:
+            sdk(gw, key).embeddings.create(model="openai/text-embedding-3-small", input=PROMPT)
+    finally:
+        state.failures = []
+    answer_id = "gen-" + failed.value.response.headers["x-request-id"]
+    page = browser.get("/profile/activity").text
+    assert f"<code>{answer_id}</code>" in page
+    row = page[:page.index(f"<code>{answer_id}</code>")]
+    row = row[row.rindex("<tr>"):]
+    assert f"{failed.value.status_code} " in row and "0.000000" in row
