@@ -1,6 +1,6 @@
 """Activity lists every kind of request a signed-in user's key makes, not only chats (README, Accounts): the
 settlement writes the generation record of any keyed request, whatever its route, so each kind that bills —
-Messages, Responses and Gemini inbound, legacy completions, embeddings, transcriptions, images, speech, moderations —
+Messages, Responses and Gemini inbound, legacy completions, embeddings, transcriptions, images, speech, rerank, moderations —
 shows on the Activity page under its answer's id with the cost it was billed (the lookup's, to the digit),
 each request made through the official SDKs. A request of a non-chat kind its worker failed is listed too,
 with the error its client got and no cost."""
@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
+from tests.fakes.rerank_server import RerankFakeState, create_rerank_app
 from tests.fakes.server import ThreadedServer
 from tests.harness import GatewayHarness
 from tests.pages import PAID, Browser, accounts_env, keys_in
@@ -28,11 +29,12 @@ Account = tuple[GatewayHarness, Browser, str, OpenAIFakeState]
 @pytest.fixture(scope="module")
 def account(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Account]:
     """One gateway, one signed-in user and their key, shared by every kind (each test makes its own request)."""
-    state = OpenAIFakeState()
-    with ThreadedServer(create_openai_app(state)) as server:
+    state, cohere = OpenAIFakeState(), RerankFakeState()
+    with ThreadedServer(create_openai_app(state)) as server, ThreadedServer(create_rerank_app(cohere)) as reranker:
         env = accounts_env(redis_url, server.url + "/v1", tmp_path_factory.mktemp("kinds"),
-                           MEGABRAIN_UPSTREAM_MAX_RETRIES="0")
-        with GatewayHarness.from_env(env) as gw:
+                           MEGABRAIN_UPSTREAM_MAX_RETRIES="0", COHERE_BASE_URL=reranker.url + "/compatibility/v1",
+                           COHERE_API_KEY=cohere.api_key)
+        with GatewayHarness.from_env(env, pools=("openai", "cohere")) as gw:
             browser = Browser(gw.url)
             (key,) = keys_in(browser.join("every.kind@example.org").text)
             yield gw, browser, key, state
@@ -92,6 +94,13 @@ def speech(gw: GatewayHarness, key: str) -> str:
         return "gen-" + response.headers["x-request-id"]
 
 
+def rerank(gw: GatewayHarness, key: str) -> str:
+    answer = httpx.post(gw.url + "/v1/rerank", headers={"authorization": f"Bearer {key}"}, timeout=20,
+                        json={"model": "cohere/rerank-v3.5", "query": PROMPT, "documents": ["a", "b"]})
+    assert answer.status_code == 200, answer.text
+    return "gen-" + answer.headers["x-request-id"]
+
+
 def moderation(gw: GatewayHarness, key: str) -> str:
     return sdk(gw, key).moderations.create(model="omni-moderation-latest", input=PROMPT).id
 
@@ -99,7 +108,7 @@ def moderation(gw: GatewayHarness, key: str) -> str:
 KINDS: dict[str, tuple[Callable[[GatewayHarness, str], str], bool]] = {  # kind: (request, is it priced)
     "messages": (messages, True), "responses": (responses, True), "gemini": (gemini, True), "completion": (completion, True),
     "embeddings": (embeddings, True), "transcription": (transcription, True), "image": (image, True),
-    "speech": (speech, True), "moderation": (moderation, False),
+    "speech": (speech, True), "rerank": (rerank, True), "moderation": (moderation, False),
 }
 
 
