@@ -4,6 +4,8 @@ Sign up → log in → the key is shown → it works through the OpenAI SDK → 
 log out → a wrong password is refused → log in → the key is not shown again → create and revoke keys →
 the revoked key gets 401. And credits: a new account without credit is refused the paid model (402) →
 "Add credits" → the (fake) Stripe Checkout page → back on the Profile with the balance → the paid call works.
+The Activity page shows a request made a moment earlier with its cost, and nobody else's. The operator, signed in,
+sees on the dashboard a provider's circuit opened by failing calls and a SIGKILLed worker as gone.
 Browser downloads are impossible here, so Playwright is pointed at the system
 Chromium; without it these tests are skipped, saying so.
 """
@@ -11,16 +13,18 @@ Chromium; without it these tests are skipped, saying so.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
 from tests.fakes.openai_server import OpenAIFakeState
 from tests.fakes.server import ThreadedServer
 from tests.fakes.stripe_server import StripeFakeState, create_stripe_app
-from tests.harness import GatewayHarness, wait_until
+from tests.harness import GatewayHarness, ProcessGateway, wait_until
 from tests.pages import PAID, PASSWORD, accounts_env
 
 CHROMIUM = os.environ.get("MEGABRAIN_CHROMIUM", "/usr/bin/chromium")
@@ -217,3 +221,52 @@ def test_a_new_user_adds_credits_through_checkout_and_spends_them(
                                              max_tokens=16000)
     assert too_dear.value.status_code == 402
     page.close()
+
+
+def reload_until(page: "Page", shown: "Callable[[], bool]", seconds: float = 20.0) -> bool:
+    """Reload the (server-rendered, never self-refreshing) page until ``shown`` holds."""
+    def check() -> bool:
+        if shown():
+            return True
+        page.reload()
+        return False
+    return wait_until(check, seconds, 0.25)
+
+
+def test_the_operator_sees_an_opened_circuit_and_a_killed_worker_gone(
+        browser: "Browser", redis_url: str, tmp_path: Path, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    state, upstream = fake_openai
+    operator = "ops@example.org"
+    env = accounts_env(redis_url, upstream, tmp_path, MEGABRAIN_UPSTREAM_MAX_RETRIES="0",
+                       MEGABRAIN_OPERATOR_EMAILS=operator)
+    with ProcessGateway(env) as gateway:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(gateway.url + "/signup")
+        sign_up_and_log_in(page, operator)
+        page.goto(gateway.url + "/operator")
+        expect(page.get_by_role("heading", name="Operator", exact=True)).to_be_visible()
+        (worker,) = gateway.workers
+        pool = page.locator("#pools").get_by_role("row").filter(has_text="openai")
+        expect(pool).to_contain_text("live (")
+        circuit = page.locator("#providers").get_by_role("row").filter(has_text="openai").locator("td").nth(1)
+        expect(circuit).to_have_text("closed")
+
+        try:
+            state.failures = [503] * 6
+            for _ in range(6):  # free model, no key, no retry: each one fails at the upstream once
+                answer = httpx.post(gateway.url + "/v1/chat/completions", timeout=20,
+                                    json={"model": "openai/gpt-4o-mini",
+                                          "messages": [{"role": "user", "content": "hi"}]})
+                assert answer.status_code >= 500
+        finally:
+            state.failures = []
+        assert reload_until(page, lambda: circuit.inner_text().split()[0] == "open"), circuit.inner_text()
+        expect(circuit.locator(".bad").first).to_have_text("open")  # marked bad, not only said
+
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        assert reload_until(page, lambda: "gone (" in pool.inner_text()), pool.inner_text()
+        expect(pool.locator(".bad").filter(has_text="gone (")).to_be_visible()
+        assert "live (" not in pool.inner_text()
+        context.close()

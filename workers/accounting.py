@@ -26,21 +26,21 @@ from common.wire import Job, Route
 from workers.runtime import Runtime
 
 
-# Kinds whose answers get a generation record (``GET /api/v1/generation?id=``), with their answer ids' prefix;
-# answers without an id of their own (images, speech) are looked up by ``gen-`` + the ``x-request-id``.
-ANSWER_IDS = {"chat": "chatcmpl-", "completion": "cmpl-", "image": "gen-", "speech": "gen-", "rerank": "gen-",
-              "moderation": "modr-"}
+# Every keyed request of any kind gets a generation record (``GET /api/v1/generation?id=``; listed in a signed-in
+# user's Activity), named by its answer's id: these kinds' prefix, or for answers without an id of their own
+# (embeddings, transcriptions, images, speech, rerank, count_tokens) ``gen-`` + the ``x-request-id``.
+ANSWER_IDS = {"chat": "chatcmpl-", "completion": "cmpl-", "moderation": "modr-"}
 
 
 def bill(runtime: Runtime, job: Job, route: Route, usage: dict[str, Any] | None, seconds: float = 0.0,
          finish_reason: str | None = None, ttft: float | None = None) -> Settlement:
-    """The settlement of a served request: its tokens and cost for its key, day and model, and (a chat with
-    a key) its generation record."""
+    """The settlement of a served request: its tokens and cost for its key, day and model, and (any kind,
+    with a key) its generation record."""
     key_id = str(job.meta.get("key_id") or ANONYMOUS)
     usage = usage or {}
     cost = _cost(usage.get("cost"))
     record = b""
-    if key_id != ANONYMOUS and job.kind in ANSWER_IDS:
+    if key_id != ANONYMOUS:
         record = generation_encoder.encode(generation(runtime, job, route, usage, cost, seconds, finish_reason, ttft))
     return Settlement(
         request_id=job.request_id, attempt=job.attempt, key_id=key_id, model=route.model, deadline=job.deadline,
@@ -54,11 +54,11 @@ def failed(job: Job, usage: dict[str, Any] | None = None, *, runtime: Runtime | 
            error: GatewayError | None = None) -> Settlement:
     """The settlement of a request its client gets an error for: nothing charged, the reservation returned,
     and what is known of the upstream's work (``usage``) counted as unbilled. With the ``error`` the client
-    is told, a chat of a signed-in user's key gets a record of it, listed in the account's Activity."""
+    is told, a request of a signed-in user's key (any kind) gets a record of it, listed in the account's Activity."""
     usage = usage or {}
     account = str(job.meta.get("account") or "")
     record = b""
-    if error is not None and runtime is not None and account and job.kind == "chat":
+    if error is not None and runtime is not None and account:
         route = job.plan[job.hop]
         entry = generation(runtime, job, route, {}, "0", 0.0)
         record = generation_encoder.encode(msgspec.structs.replace(entry, status=error.status,
