@@ -30,7 +30,7 @@ from api.exchange.answer import KEEPALIVE, SSE_HEADERS, json_response, refusal, 
 from common import tracing
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
-from common.wire import Job, KeepEvents, Route
+from common.wire import Event, Job, KeepEvents, Route
 from router.auto import estimate_prompt_tokens
 from router.shaping import choices
 
@@ -175,12 +175,15 @@ class Dispatch:
 
     async def detach(self, job: Job, before: Callable[[], Awaitable[None]] | None = None,
                      on_start: Callable[[], Awaitable[None]] | None = None,
-                     on_cancel: Callable[[], Awaitable[None]] | None = None) -> Response | None:
+                     on_cancel: Callable[[], Awaitable[None]] | None = None,
+                     rebuilt: bool = False) -> Response | None:
         """Enqueue ``job`` (a stream) and follow its answer on its own, keeping its events
-        (``api/exchange/background.py``): None once under way (``before`` ran), else the refusal."""
+        (``api/exchange/background.py``): None once under way (``before`` ran), else the refusal.
+        ``rebuilt``: its worker keeps the chat frames and readers rebuild the format's events from them
+        (``background.Rebuilder``; a background Response's, whose stored record holds what that needs)."""
         assert self.admission.key_id, "a detached answer needs a key to own it"
         gateway = self.gateway
-        if isinstance(self.format, ChatCompletions):  # its encoding is the identity: the worker keeps its events
+        if isinstance(self.format, ChatCompletions) or rebuilt:  # the worker keeps its (chat) events
             job = msgspec.structs.replace(job, keep=KeepEvents(
                 ttl=gateway.response_events.ttl, live_ttl=gateway.response_events.live_ttl,
                 max_bytes=gateway.response_events.max_bytes))
@@ -200,8 +203,19 @@ class Dispatch:
             if self.pending is not None and self.pending.result is not None:
                 self.headers.update(self.pending.result.headers)
         encoder = self.format.stream()
+        encode: Callable[[Event], bytes] = encoder.frames
+        fail: Callable[[int, bytes], bytes] = encoder.error
+        if rebuilt:  # it keeps chat's frames (the worker's, or its own failure as chat's error event);
+            def keep_chat(event: Event) -> bytes:  # its encoder only makes the Response object to store
+                encoder.frames(event)
+                return event.data
+
+            def keep_chat_error(status: int, envelope: bytes) -> bytes:
+                encoder.error(status, envelope)
+                return b"data: " + envelope + b"\n\n"  # chat's error event (workers/keeper.py)
+            encode, fail = keep_chat, keep_chat_error
         background.start(gateway.background, background.follow(
-            self.exchange, gateway.response_events.writer(self.request_id), encoder.frames, encoder.error,
+            self.exchange, gateway.response_events.writer(self.request_id), encode, fail,
             on_start or _nothing, on_cancel or _nothing), name=f"detached-{self.request_id}")
         return None
 
