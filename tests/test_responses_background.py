@@ -307,6 +307,50 @@ def test_a_resumable_chat_stream_survives_its_web_process(s: Stack, stop: str) -
     assert [row["requests"] for row in usage["data"]] == [1]  # billed exactly once
 
 
+def test_a_resumable_messages_stream_survives_its_web_process(s: Stack) -> None:
+    """The same for a resumable Messages stream (its events re-encoded from canonical chunks): web A
+    SIGKILLed mid-stream, the worker keeps the chat events, web B rebuilds the Messages events from them;
+    the rest follows the last id seen with no gap, the text whole, billed once."""
+    s.fake.tokens, s.fake.token_delay = 400, 0.01
+    key = create_key(s.env["REDIS_URL"], s.env["MEGABRAIN_NAMESPACE"], "messages-survivor")
+    body = {"model": GPT, "stream": True, "max_tokens": 1000, "messages": [{"role": "user", "content": "Hello"}]}
+    with ProcessGateway(s.env) as doomed:
+        with httpx.stream("POST", doomed.url + "/v1/messages", json=body, timeout=20,
+                          headers={**auth(key), "x-megabrain-resumable": "true"}) as response:
+            assert response.status_code == 200
+            answer_id = response.headers["x-megabrain-answer-id"]
+            first: list[tuple[int, str]] = []
+            seen = None
+            for line in response.iter_lines():
+                if line.startswith("id: "):
+                    seen = int(line[4:])
+                elif line.startswith("data: ") and seen is not None:
+                    first.append((seen, line[6:]))
+                    if len(first) == 8:
+                        break
+            assert doomed.web is not None
+            doomed.web.kill()  # SIGKILL mid-stream: no shutdown, nothing written at the end
+            doomed.web.wait(10)
+    with httpx.stream("GET", f"{s.other_web.url}/v1/streams/{answer_id}", timeout=30,
+                      headers={**auth(key), "last-event-id": str(first[-1][0])}) as resumed:
+        assert resumed.status_code == 200
+        rest: list[tuple[int, str]] = []
+        seen = None
+        for line in resumed.iter_lines():
+            if line.startswith("id: "):
+                seen = int(line[4:])
+            elif line.startswith("data: ") and seen is not None:
+                rest.append((seen, line[6:]))
+    events = first + rest
+    assert [n for n, _ in events] == list(range(len(events)))  # no gap, no duplicate
+    data = [json.loads(d) for _, d in events]
+    assert data[0]["type"] == "message_start" and data[-1]["type"] == "message_stop"
+    assert "".join(d["delta"].get("text", "") for d in data if d["type"] == "content_block_delta") == tokens_text(400)
+    assert len(s.fake.requests) == 1 and s.fake.streams_closed_early == 0
+    usage = httpx.get(s.other_web.url + "/v1/usage", headers=auth(key), timeout=10).json()
+    assert [row["requests"] for row in usage["data"]] == [1]  # billed exactly once
+
+
 @pytest.mark.compat(client="Vercel AI SDK", npm="@ai-sdk/openai", protocol="OpenAI Responses", family="OpenAI chat")
 def test_vercel_ai_sdk_multi_turn_chat_with_item_references(s: Stack) -> None:
     """The Vercel AI SDK's OpenAI provider sends earlier output back as ``item_reference`` items from its

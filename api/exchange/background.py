@@ -60,6 +60,8 @@ class AnswerOwner(msgspec.Struct, kw_only=True):
     follower: str = ""  # the reply channel of the web process following the answer
     keepalive: str = ": keep-alive\n\n"  # its format's filler between events (Gemini's: a blank line)
     worker_keeps: bool = False  # its worker keeps its events (``Job.keep``): it outlives its follower
+    rebuild: str = ""  # its client events are rebuilt from the kept chat ones: the format ('messages'), or ''
+    model: str = ""  # the model its client asked for (which a rebuilt Messages stream names)
 
 
 _owner_decoder = msgspec.json.Decoder(AnswerOwner)
@@ -222,6 +224,9 @@ class Rebuilder:
         elif frame.startswith(b"data: [DONE]"):
             self.done = True
             return []
+        elif frame.startswith(b"event: "):  # already the client's (a native answer, ``Job.native``)
+            self.raw = seq
+            out = frame
         else:
             self.raw = seq
             envelope = _kept_error(frame)

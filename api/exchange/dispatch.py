@@ -21,6 +21,7 @@ from api.access.check import AccessCheck, Caller
 from api.access.admission import Admission, admitted, caller_of, counted_refusal, prepare
 from api.exchange.exchange import Exchange
 from api.formats import WireFormat
+from api.formats.anthropic_messages import AnthropicMessages
 from api.formats.chat_completions import CHAT_COMPLETIONS, ChatCompletions
 from api.gateway import Gateway
 from api.access.limits import worst_case_cost
@@ -160,8 +161,9 @@ class Dispatch:
         """Enqueue ``job`` and answer with its stream or its one result (or error). A stream whose client asked
         for it to be resumable (``x-megabrain-resumable: true``, with a key to own it) is detached."""
         if job.stream and self.admission.key_id and self.request.headers.get(RESUMABLE_HEADER, "") in ("1", "true"):
-            refused = await self.detach(job)
-            return refused or self.replay(-1)
+            rebuilt = isinstance(self.format, AnthropicMessages)  # its events rebuilt from the kept chat ones
+            refused = await self.detach(job, rebuilt=rebuilt)
+            return refused or self.replay(-1, self.format.stream() if rebuilt else None)
         try:
             await self.exchange.submit(job, admission=self.pending)
         except GatewayError as error:
@@ -187,9 +189,11 @@ class Dispatch:
             job = msgspec.structs.replace(job, keep=KeepEvents(
                 ttl=gateway.response_events.ttl, live_ttl=gateway.response_events.live_ttl,
                 max_bytes=gateway.response_events.max_bytes))
+        messages = rebuilt and isinstance(self.format, AnthropicMessages)
         owner = background.AnswerOwner(key_id=self.admission.key_id, account=self.admission.account,
                                        follower=gateway.relay.channel, keepalive=self._keepalive().decode(),
-                                       worker_keeps=job.keep is not None)
+                                       worker_keeps=job.keep is not None, rebuild="messages" if messages else "",
+                                       model=getattr(self.format, "model", None) or "")
         try:
             await self.exchange.submit(job, admission=self.pending)
             await gateway.response_events.claim(self.request_id, owner)
@@ -219,10 +223,10 @@ class Dispatch:
             on_start or _nothing, on_cancel or _nothing), name=f"detached-{self.request_id}")
         return None
 
-    def replay(self, after: int) -> Response:
+    def replay(self, after: int, stream: Any = None) -> Response:
         """The detached answer's events after ``after``, live until its end (with the format's own filler:
-        Google's SDKs fail on an SSE comment)."""
-        return replay_response(self.gateway, self.request_id, after, self.headers, self._keepalive())
+        Google's SDKs fail on an SSE comment); ``stream``: the format's encoder, to rebuild them with."""
+        return replay_response(self.gateway, self.request_id, after, self.headers, self._keepalive(), stream=stream)
 
     def _keepalive(self) -> bytes:
         keepalive: bytes = getattr(self.format.stream(), "keepalive", KEEPALIVE)
@@ -237,13 +241,16 @@ async def _nothing() -> None:
 
 
 def replay_response(gateway: Gateway, request_id: str, after: int, headers: dict[str, str],
-                    keepalive: bytes = KEEPALIVE, follower: str = "") -> Response:
+                    keepalive: bytes = KEEPALIVE, follower: str = "", stream: Any = None) -> Response:
     """A detached answer's events after sequence number ``after`` (-1: all), from any web process
-    (``follower``: the reply channel of the process following it, watched while nothing comes)."""
+    (``follower``: the reply channel of the process following it, watched while nothing comes); ``stream``:
+    its format's encoder, rebuilding its events from the chat ones its worker keeps (``background.rebuilt``)."""
     deadline = time.time() + gateway.settings.request_timeout + 60
     followed = functools.partial(background.followed, gateway.reply_redises, follower) if follower else None
-    return StreamingResponse(background.replay(gateway.response_events, request_id, after, deadline, keepalive,
-                                               followed),
+    events = (background.rebuilt(gateway.response_events, request_id, after, deadline, stream, keepalive)
+              if stream is not None else
+              background.replay(gateway.response_events, request_id, after, deadline, keepalive, followed))
+    return StreamingResponse(events,
                              media_type="text/event-stream",
                              headers={**SSE_HEADERS, **headers, "x-megabrain-answer-id": request_id})
 
