@@ -195,8 +195,13 @@ class Dispatch:
                                        worker_keeps=job.keep is not None, rebuild="messages" if messages else "",
                                        model=getattr(self.format, "model", None) or "")
         try:
-            await self.exchange.submit(job, admission=self.pending)
+            # the owner record before the job: a quick answer's settlement sets its retention (after its end)
             await gateway.response_events.claim(self.request_id, owner)
+            try:
+                await self.exchange.submit(job, admission=self.pending)
+            except GatewayError:  # refused: there will be nothing to read
+                await gateway.response_events.redis.delete(gateway.names.answer_owner(self.request_id))
+                raise
             if before is not None:
                 await before()
         except GatewayError as error:
