@@ -146,7 +146,7 @@ GEMINI_SIGNATURE_MAGIC = b"mbgw1:"
 
 
 class KeepEvents(msgspec.Struct, kw_only=True):
-    """A detached chat completions stream's events are kept by its worker, in the same Lua call as their
+    """A detached chat completions stream's (and a background Response's) events are kept by its worker, in the same Lua call as their
     PUBLISH (``workers/keeper.py``), its final event by the settlement that bills it: the answer survives
     the web process that admitted it. Chat's encoding is the identity, so the worker's frames are the
     client's events (``api/exchange/background.py`` reads them)."""

@@ -8,7 +8,8 @@ that has prepaid credits (each request holds its worst case against the balance,
 charges it and writes a ledger entry: common/ledger.py). The background loops
 (liveness, health, metrics, the safety-net poll) are measured over an idle stretch of the same length and
 subtracted. The README's scaling bound comes from these numbers. ``stream_resumable`` is a stream sent with
-``x-megabrain-resumable: true`` (its events kept: ``api/exchange/background.py``).
+``x-megabrain-resumable: true`` (its events kept: ``api/exchange/background.py``); ``background_response``
+a ``background: true`` Response, then its events streamed to their end (``GET /v1/responses/{id}?stream=true``).
 """
 
 from __future__ import annotations
@@ -42,12 +43,23 @@ def per_request(harness: GatewayHarness, client: sync_redis.Redis, key: str, n: 
     """Commands per request of ``n`` requests, background activity over the same time subtracted."""
     body = {**BODY, "stream": stream}
     headers = {"authorization": f"Bearer {key}", **(extra or {})}
+
+    def send(http: httpx.Client) -> None:
+        if extra and extra.get("background"):  # a background Response, then its events streamed to the end
+            made = http.post("/v1/responses", json={"model": BODY["model"], "input": "hi", "background": True})
+            made.raise_for_status()
+            with http.stream("GET", f"/v1/responses/{made.json()['id']}", params={"stream": "true"}) as events:
+                for _ in events.iter_lines():
+                    pass
+            return
+        http.post("/v1/chat/completions", json=body).raise_for_status()
+
     with httpx.Client(base_url=harness.url, headers=headers, timeout=30) as http:
-        http.post("/v1/chat/completions", json=body).raise_for_status()  # warm: scripts loaded, key cached
+        send(http)  # warm: scripts loaded, key cached
         time.sleep(0.5)  # the warm-up's batched writes land
         before, started = command_counts(client), time.monotonic()
         for _ in range(n):
-            http.post("/v1/chat/completions", json=body).raise_for_status()
+            send(http)
         time.sleep(0.5)  # this run's batched writes land
         busy = delta(command_counts(client), before)
         elapsed = time.monotonic() - started
@@ -97,7 +109,8 @@ def measure(n: int = 100, budgets: bool = True) -> dict[str, Any]:
                 result = {}
                 resumable = {"x-megabrain-resumable": "true"}  # a detached stream: its events kept
                 runs: tuple[tuple[str, str, bool, dict[str, str]], ...] = (
-                    ("json", key, False, {}), ("stream", key, True, {}), ("stream_resumable", key, True, resumable))
+                    ("json", key, False, {}), ("stream", key, True, {}), ("stream_resumable", key, True, resumable),
+                    ("background_response", key, True, {"background": "true"}))
                 if budgets:
                     runs += (("json_budget", budgeted, False, {}), ("stream_budget", budgeted, True, {}),
                              ("json_credits", account_key, False, {}), ("stream_credits", account_key, True, {}))

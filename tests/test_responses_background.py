@@ -223,29 +223,42 @@ def test_kept_events_expire_then_404(s: Stack) -> None:
     assert httpx.get(f"{s.web.url}/v1/streams/{answer_id}", headers=auth(s.keys[0]), timeout=20).status_code == 404
 
 
-def test_a_killed_web_process_ends_its_background_answers_clearly_and_unbilled(s: Stack) -> None:
-    """``megabrain web`` SIGKILLed while following a background Response (its events are kept by the web
-    process, the Responses encoding being its own): the Response reads ``failed`` through another web
-    process; the worker stops at its next event (nobody receives it) and bills nothing."""
-    s.fake.tokens, s.fake.token_delay = 400, 0.02
-    with ProcessGateway({**s.env, "MEGABRAIN_UPSTREAM_MAX_RETRIES": "0"}) as doomed:
-        client = s.client(web=doomed)  # type: ignore[arg-type]
+def test_a_background_response_survives_the_web_process_that_admitted_it(s: Stack) -> None:
+    """Two ``megabrain web`` processes and a worker on one store: a background Response admitted by web A,
+    web A SIGKILLed mid-answer (a deploy that loses the dyno). Its worker keeps the chat events itself
+    (``workers/keeper.py``) and finishes; web B rebuilds the Responses events from them: ``retrieve``
+    reads ``completed`` with the whole text, a resumed stream gets exactly the missing events; billed once."""
+    s.fake.tokens, s.fake.token_delay = 400, 0.01
+    key = create_key(s.env["REDIS_URL"], s.env["MEGABRAIN_NAMESPACE"], "background-survivor")
+    with ProcessGateway(s.env) as doomed:
+        client = openai.OpenAI(base_url=doomed.url + "/v1", api_key=key, max_retries=0, timeout=20)
         background = client.responses.create(model=GPT, input="Hello", background=True)
         with client.responses.retrieve(background.id, stream=True) as stream:
-            for seen, _ in enumerate(stream):
-                if seen == 5:
+            first = []
+            for event in stream:
+                first.append(event.model_dump(exclude_none=True))
+                if len(first) == 8:
                     break
         assert doomed.web is not None
-        doomed.web.kill()  # SIGKILL: no shutdown, nothing written at the end
+        doomed.web.kill()  # SIGKILL mid-answer: no shutdown, nothing written at the end
         doomed.web.wait(10)
-        other = s.client(web=s.other_web)
-        with pytest.raises(openai.APIError) as lost:
-            events_of(other.responses.retrieve(background.id, stream=True, starting_after=4))
-        assert "answer_lost" in str(lost.value.body) or "stopped before" in str(lost.value)
-        assert other.responses.retrieve(background.id).status == "failed"
-        assert wait_until(lambda: s.fake.streams_closed_early >= 1, 10)  # the upstream call stopped
-    assert httpx.get(s.web.url + "/api/v1/generation", params={"id": background.id.removeprefix("resp_")},
-                     headers=auth(s.keys[0]), timeout=10).status_code == 404  # nothing billed
+    other = openai.OpenAI(base_url=s.other_web.url + "/v1", api_key=key, max_retries=0, timeout=30)
+    assert wait_until(lambda: other.responses.retrieve(background.id).status == "completed", 20)
+    done = other.responses.retrieve(background.id)
+    assert done.output_text == tokens_text(400) and done.usage is not None and done.usage.output_tokens > 0
+    rest = events_of(other.responses.retrieve(background.id, stream=True, starting_after=7))
+    events = first + rest
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))  # no gap, no duplicate
+    responses_grammar.check(events)
+    assert text_of(events) == tokens_text(400) and events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["id"] == background.id == events[0]["response"]["id"]
+    assert events[-1]["response"]["created_at"] == background.created_at  # rebuilt, not re-stamped
+    assert events[-1]["response"]["output"] == done.model_dump(exclude_none=True)["output"]
+    assert len(s.fake.requests) == 1 and s.fake.streams_closed_early == 0  # the upstream call ran to its end
+    assert httpx.get(s.other_web.url + "/api/v1/generation", params={"id": background.id.removeprefix("resp_")},
+                     headers=auth(key), timeout=10).status_code == 200
+    usage = httpx.get(s.other_web.url + "/v1/usage", headers=auth(key), timeout=10).json()
+    assert [row["requests"] for row in usage["data"]] == [1]  # billed exactly once
 
 
 @pytest.mark.parametrize("stop", ["kill", "terminate"])
@@ -290,6 +303,50 @@ def test_a_resumable_chat_stream_survives_its_web_process(s: Stack, stop: str) -
     assert len(s.fake.requests) == 1 and s.fake.streams_closed_early == 0  # the upstream call ran to its end
     assert httpx.get(s.other_web.url + "/api/v1/generation", params={"id": answer_id},
                      headers=auth(key), timeout=10).status_code == 200
+    usage = httpx.get(s.other_web.url + "/v1/usage", headers=auth(key), timeout=10).json()
+    assert [row["requests"] for row in usage["data"]] == [1]  # billed exactly once
+
+
+def test_a_resumable_messages_stream_survives_its_web_process(s: Stack) -> None:
+    """The same for a resumable Messages stream (its events re-encoded from canonical chunks): web A
+    SIGKILLed mid-stream, the worker keeps the chat events, web B rebuilds the Messages events from them;
+    the rest follows the last id seen with no gap, the text whole, billed once."""
+    s.fake.tokens, s.fake.token_delay = 400, 0.01
+    key = create_key(s.env["REDIS_URL"], s.env["MEGABRAIN_NAMESPACE"], "messages-survivor")
+    body = {"model": GPT, "stream": True, "max_tokens": 1000, "messages": [{"role": "user", "content": "Hello"}]}
+    with ProcessGateway(s.env) as doomed:
+        with httpx.stream("POST", doomed.url + "/v1/messages", json=body, timeout=20,
+                          headers={**auth(key), "x-megabrain-resumable": "true"}) as response:
+            assert response.status_code == 200
+            answer_id = response.headers["x-megabrain-answer-id"]
+            first: list[tuple[int, str]] = []
+            seen = None
+            for line in response.iter_lines():
+                if line.startswith("id: "):
+                    seen = int(line[4:])
+                elif line.startswith("data: ") and seen is not None:
+                    first.append((seen, line[6:]))
+                    if len(first) == 8:
+                        break
+            assert doomed.web is not None
+            doomed.web.kill()  # SIGKILL mid-stream: no shutdown, nothing written at the end
+            doomed.web.wait(10)
+    with httpx.stream("GET", f"{s.other_web.url}/v1/streams/{answer_id}", timeout=30,
+                      headers={**auth(key), "last-event-id": str(first[-1][0])}) as resumed:
+        assert resumed.status_code == 200
+        rest: list[tuple[int, str]] = []
+        seen = None
+        for line in resumed.iter_lines():
+            if line.startswith("id: "):
+                seen = int(line[4:])
+            elif line.startswith("data: ") and seen is not None:
+                rest.append((seen, line[6:]))
+    events = first + rest
+    assert [n for n, _ in events] == list(range(len(events)))  # no gap, no duplicate
+    data = [json.loads(d) for _, d in events]
+    assert data[0]["type"] == "message_start" and data[-1]["type"] == "message_stop"
+    assert "".join(d["delta"].get("text", "") for d in data if d["type"] == "content_block_delta") == tokens_text(400)
+    assert len(s.fake.requests) == 1 and s.fake.streams_closed_early == 0
     usage = httpx.get(s.other_web.url + "/v1/usage", headers=auth(key), timeout=10).json()
     assert [row["requests"] for row in usage["data"]] == [1]  # billed exactly once
 

@@ -20,9 +20,11 @@ their one receiver. A reader leaving stops nothing; ``cancel`` (any web process)
 process over its reply channel (a ``cancel`` event on the relay), which closes the request as a leaving
 client would (unless it settled first: then it completes). The answer lives as long as the process that
 follows it: a web process that stops ends its background answers as ``failed``. Except a chat completions
-stream's (``Job.keep``): its worker keeps its events in the same entries (``workers/keeper.py``, its final
-one by its settlement), marked ``Event.kept``, which the follower only counts (``EventWriter.skip``); such
-an answer survives its follower, and its readers do not watch the follower (``AnswerOwner.worker_keeps``).
+stream's and a background Response's (``Job.keep``): its worker keeps its (chat) events in the same entries
+(``workers/keeper.py``, its final one by its settlement), marked ``Event.kept``, which the follower only
+counts (``EventWriter.skip``); such an answer survives its follower, and its readers do not watch the
+follower (``AnswerOwner.worker_keeps``). A background Response's readers rebuild its Responses events from
+the kept chat ones (``Rebuilder``, ``rebuilt``; ``rebuilt_final`` for its stored status).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class AnswerOwner(msgspec.Struct, kw_only=True):
     follower: str = ""  # the reply channel of the web process following the answer
     keepalive: str = ": keep-alive\n\n"  # its format's filler between events (Gemini's: a blank line)
     worker_keeps: bool = False  # its worker keeps its events (``Job.keep``): it outlives its follower
+    rebuild: str = ""  # its client events are rebuilt from the kept chat ones: the format ('messages'), or ''
+    model: str = ""  # the model its client asked for (which a rebuilt Messages stream names)
 
 
 _owner_decoder = msgspec.json.Decoder(AnswerOwner)
@@ -192,6 +196,96 @@ async def replay(log_: EventLog, request_id: str, after: int, deadline: float,
                 return
             after = seq
             yield b"id: " + str(seq).encode() + b"\n" + frame
+
+
+class Rebuilder:
+    """A re-encoding format's client events (the Responses API's), rebuilt from the chat frames its worker
+    kept (``Job.keep``): the encoder (``stream``: ``frames`` and ``error``, its ids and ``created`` fixed by
+    the request, not the clock) is deterministic, so every web process rebuilds the same events, each
+    with the same sequence number, and the same final Response object."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.raw = -1  # the last kept chat event fed
+        self.seq = -1  # the last client event made
+        self.done = False  # chat's [DONE] came: the worker's final event is kept
+        self.ended = False
+
+    def feed(self, seq: int, kind: bytes, frame: bytes) -> list[tuple[int, bytes]]:
+        """The client events (seq, SSE event) a kept entry makes."""
+        if self.ended:
+            return []
+        if kind == CUT:
+            self.ended = True
+            return [(self.seq + 1, _error_event(self.seq + 1, "events_not_kept", CUT_MESSAGE))]
+        if kind == END:  # after chat's [DONE]: the answer's end; else its follower's (cancelled): no event
+            out = self.stream.frames(Event("", 0, 0, "done")) if self.done else b""
+            self.ended = True
+        elif frame.startswith(b"data: [DONE]"):
+            self.done = True
+            return []
+        elif frame.startswith(b"event: "):  # already the client's (a native answer, ``Job.native``)
+            self.raw = seq
+            out = frame
+        else:
+            self.raw = seq
+            envelope = _kept_error(frame)
+            if envelope is not None:
+                out = self.stream.error(500, envelope)
+                self.ended = True
+            else:
+                out = self.stream.frames(Event("", 0, 0, "data", frame))
+        events = []
+        for event in split_events(out):
+            self.seq += 1
+            events.append((self.seq, event))
+        return events
+
+
+def _kept_error(frame: bytes) -> bytes | None:
+    """The error envelope of a kept chat error event (``workers/keeper.py``'s ``chat_error``), else None."""
+    if not frame.startswith(b"data: {") or b'"choices"' in frame:
+        return None  # a chunk (every one has ``choices``), or ``[DONE]``
+    envelope = frame[6:].strip()
+    try:
+        decoded = msgspec.json.decode(envelope)
+    except msgspec.DecodeError:
+        return None
+    return envelope if isinstance(decoded, dict) and "error" in decoded and "choices" not in decoded else None
+
+
+async def rebuilt(log_: EventLog, request_id: str, after: int, deadline: float, stream: Any,
+                  keepalive: bytes = b": keep-alive\n\n") -> AsyncIterator[bytes]:
+    """``replay`` for an answer whose worker keeps chat frames and whose client reads another format: its
+    client events after ``after``, rebuilt (``Rebuilder``) from the first kept one, live until its end."""
+    rebuilder = Rebuilder(stream)
+    while time.time() < deadline and not rebuilder.ended:
+        entries = await log_.read(request_id, rebuilder.raw)
+        if entries is None:
+            return
+        if not entries:
+            yield keepalive
+            continue
+        for seq, kind, frame in entries:
+            for number, event in rebuilder.feed(seq, kind, frame):
+                if number > after:
+                    yield event if event.startswith(b"id: ") else b"id: " + str(number).encode() + b"\n" + event
+            if rebuilder.ended:
+                return
+
+
+async def rebuilt_final(log_: EventLog, request_id: str, stream: Any) -> bool:
+    """Feed every kept event to ``stream`` (its owner then holds the final Response object): True when
+    the answer's end is kept (its worker's final event, or its follower's failure)."""
+    rebuilder = Rebuilder(stream)
+    entries = await log_.redis.xrange(log_.names.answer_events(request_id))
+    for entry_id, fields in entries:
+        last = int(entry_id.split(b"-")[1]) - 1
+        kind, blob = next(iter(fields.items()))
+        frames = split_events(blob) if kind == BATCH else [b""]
+        for n, frame in enumerate(frames):
+            rebuilder.feed(last - len(frames) + 1 + n, kind, frame)
+    return rebuilder.ended and (rebuilder.done or rebuilder.stream.owner.final is not None)
 
 
 def _error_event(seq: int, code: str, message: str) -> bytes:

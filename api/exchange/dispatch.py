@@ -21,6 +21,7 @@ from api.access.check import AccessCheck, Caller
 from api.access.admission import Admission, admitted, caller_of, counted_refusal, prepare
 from api.exchange.exchange import Exchange
 from api.formats import WireFormat
+from api.formats.anthropic_messages import AnthropicMessages
 from api.formats.chat_completions import CHAT_COMPLETIONS, ChatCompletions
 from api.gateway import Gateway
 from api.access.limits import worst_case_cost
@@ -30,7 +31,7 @@ from api.exchange.answer import KEEPALIVE, SSE_HEADERS, json_response, refusal, 
 from common import tracing
 from common.errors import GatewayError, unavailable
 from common.names import new_request_id
-from common.wire import Job, KeepEvents, Route
+from common.wire import Event, Job, KeepEvents, Route
 from router.auto import estimate_prompt_tokens
 from router.shaping import choices
 
@@ -160,8 +161,9 @@ class Dispatch:
         """Enqueue ``job`` and answer with its stream or its one result (or error). A stream whose client asked
         for it to be resumable (``x-megabrain-resumable: true``, with a key to own it) is detached."""
         if job.stream and self.admission.key_id and self.request.headers.get(RESUMABLE_HEADER, "") in ("1", "true"):
-            refused = await self.detach(job)
-            return refused or self.replay(-1)
+            rebuilt = isinstance(self.format, AnthropicMessages)  # its events rebuilt from the kept chat ones
+            refused = await self.detach(job, rebuilt=rebuilt)
+            return refused or self.replay(-1, self.format.stream() if rebuilt else None)
         try:
             await self.exchange.submit(job, admission=self.pending)
         except GatewayError as error:
@@ -175,21 +177,31 @@ class Dispatch:
 
     async def detach(self, job: Job, before: Callable[[], Awaitable[None]] | None = None,
                      on_start: Callable[[], Awaitable[None]] | None = None,
-                     on_cancel: Callable[[], Awaitable[None]] | None = None) -> Response | None:
+                     on_cancel: Callable[[], Awaitable[None]] | None = None,
+                     rebuilt: bool = False) -> Response | None:
         """Enqueue ``job`` (a stream) and follow its answer on its own, keeping its events
-        (``api/exchange/background.py``): None once under way (``before`` ran), else the refusal."""
+        (``api/exchange/background.py``): None once under way (``before`` ran), else the refusal.
+        ``rebuilt``: its worker keeps the chat frames and readers rebuild the format's events from them
+        (``background.Rebuilder``; a background Response's, whose stored record holds what that needs)."""
         assert self.admission.key_id, "a detached answer needs a key to own it"
         gateway = self.gateway
-        if isinstance(self.format, ChatCompletions):  # its encoding is the identity: the worker keeps its events
+        if isinstance(self.format, ChatCompletions) or rebuilt:  # the worker keeps its (chat) events
             job = msgspec.structs.replace(job, keep=KeepEvents(
                 ttl=gateway.response_events.ttl, live_ttl=gateway.response_events.live_ttl,
                 max_bytes=gateway.response_events.max_bytes))
+        messages = rebuilt and isinstance(self.format, AnthropicMessages)
         owner = background.AnswerOwner(key_id=self.admission.key_id, account=self.admission.account,
                                        follower=gateway.relay.channel, keepalive=self._keepalive().decode(),
-                                       worker_keeps=job.keep is not None)
+                                       worker_keeps=job.keep is not None, rebuild="messages" if messages else "",
+                                       model=getattr(self.format, "model", None) or "")
         try:
-            await self.exchange.submit(job, admission=self.pending)
+            # the owner record before the job: a quick answer's settlement sets its retention (after its end)
             await gateway.response_events.claim(self.request_id, owner)
+            try:
+                await self.exchange.submit(job, admission=self.pending)
+            except GatewayError:  # refused: there will be nothing to read
+                await gateway.response_events.redis.delete(gateway.names.answer_owner(self.request_id))
+                raise
             if before is not None:
                 await before()
         except GatewayError as error:
@@ -200,15 +212,26 @@ class Dispatch:
             if self.pending is not None and self.pending.result is not None:
                 self.headers.update(self.pending.result.headers)
         encoder = self.format.stream()
+        encode: Callable[[Event], bytes] = encoder.frames
+        fail: Callable[[int, bytes], bytes] = encoder.error
+        if rebuilt:  # it keeps chat's frames (the worker's, or its own failure as chat's error event);
+            def keep_chat(event: Event) -> bytes:  # its encoder only makes the Response object to store
+                encoder.frames(event)
+                return event.data
+
+            def keep_chat_error(status: int, envelope: bytes) -> bytes:
+                encoder.error(status, envelope)
+                return b"data: " + envelope + b"\n\n"  # chat's error event (workers/keeper.py)
+            encode, fail = keep_chat, keep_chat_error
         background.start(gateway.background, background.follow(
-            self.exchange, gateway.response_events.writer(self.request_id), encoder.frames, encoder.error,
+            self.exchange, gateway.response_events.writer(self.request_id), encode, fail,
             on_start or _nothing, on_cancel or _nothing), name=f"detached-{self.request_id}")
         return None
 
-    def replay(self, after: int) -> Response:
+    def replay(self, after: int, stream: Any = None) -> Response:
         """The detached answer's events after ``after``, live until its end (with the format's own filler:
-        Google's SDKs fail on an SSE comment)."""
-        return replay_response(self.gateway, self.request_id, after, self.headers, self._keepalive())
+        Google's SDKs fail on an SSE comment); ``stream``: the format's encoder, to rebuild them with."""
+        return replay_response(self.gateway, self.request_id, after, self.headers, self._keepalive(), stream=stream)
 
     def _keepalive(self) -> bytes:
         keepalive: bytes = getattr(self.format.stream(), "keepalive", KEEPALIVE)
@@ -223,13 +246,16 @@ async def _nothing() -> None:
 
 
 def replay_response(gateway: Gateway, request_id: str, after: int, headers: dict[str, str],
-                    keepalive: bytes = KEEPALIVE, follower: str = "") -> Response:
+                    keepalive: bytes = KEEPALIVE, follower: str = "", stream: Any = None) -> Response:
     """A detached answer's events after sequence number ``after`` (-1: all), from any web process
-    (``follower``: the reply channel of the process following it, watched while nothing comes)."""
+    (``follower``: the reply channel of the process following it, watched while nothing comes); ``stream``:
+    its format's encoder, rebuilding its events from the chat ones its worker keeps (``background.rebuilt``)."""
     deadline = time.time() + gateway.settings.request_timeout + 60
     followed = functools.partial(background.followed, gateway.reply_redises, follower) if follower else None
-    return StreamingResponse(background.replay(gateway.response_events, request_id, after, deadline, keepalive,
-                                               followed),
+    events = (background.rebuilt(gateway.response_events, request_id, after, deadline, stream, keepalive)
+              if stream is not None else
+              background.replay(gateway.response_events, request_id, after, deadline, keepalive, followed))
+    return StreamingResponse(events,
                              media_type="text/event-stream",
                              headers={**SSE_HEADERS, **headers, "x-megabrain-answer-id": request_id})
 

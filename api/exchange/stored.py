@@ -47,6 +47,7 @@ class StoredResponse(msgspec.Struct, kw_only=True):
     input: list[dict[str, Any]] = []  # this turn's input items, each with its id
     response: msgspec.Raw = msgspec.Raw(b"null")  # the Response object, as the client got it
     follower: str = ""  # a background answer: the reply channel of the web process following it
+    kept: bool = False  # a background answer whose worker keeps its events: any web process rebuilds them
 
     def status(self) -> str:
         return str(msgspec.json.decode(self.response).get("status") or "")

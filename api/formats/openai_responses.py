@@ -347,6 +347,15 @@ class OpenAIResponses:
     def for_request(cls, request: ResponsesRequest, stored: bool = False) -> "OpenAIResponses":
         return cls(echo_of(request, stored))
 
+    @classmethod
+    def of_stored(cls, response: dict[str, Any]) -> "OpenAIResponses":
+        """The format a stored Response object was made by (its echo, ``created_at`` and id): what rebuilds
+        its events, the same in any web process (``api/exchange/background.py``'s ``Rebuilder``)."""
+        fmt = cls({key: response[key] for key in _NO_ECHO if key in response})
+        fmt.created = int(response.get("created_at") or 0)
+        fmt.base = str(response.get("id") or "").removeprefix("resp_")
+        return fmt
+
     def error_body(self, status: int, envelope: bytes) -> bytes:
         return envelope  # the Responses API's errors are the OpenAI envelope, which is ours
 

@@ -20,11 +20,12 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from api.access.check import Caller
 from api.exchange import background
 from api.exchange.body import read_json
+from api.exchange.answer import SSE_HEADERS
 from api.exchange.dispatch import Dispatch, replay_response
 from api.exchange.stored import Owner, ResponseStore, StoredResponse, with_ids
 from api.formats.openai_responses import OPENAI_RESPONSES, OpenAIResponses, ResponsesRequest, canonical_request
@@ -118,13 +119,14 @@ async def in_background(dispatch: Dispatch, fmt: OpenAIResponses, record: Stored
         await store.save(record, update=status != "queued")  # queued: the first write, which creates it
 
     record.follower = dispatch.gateway.relay.channel
+    record.kept = True  # its worker keeps the chat frames; any web process rebuilds the Responses events
     refused = await dispatch.detach(job, before=functools.partial(placeholder, "queued"),
                                     on_start=functools.partial(placeholder, "in_progress"),
-                                    on_cancel=functools.partial(placeholder, "cancelled"))
+                                    on_cancel=functools.partial(placeholder, "cancelled"), rebuilt=True)
     if refused is not None:
         return refused
     if stream:
-        return dispatch.replay(-1)
+        return _rebuilt_stream(dispatch.gateway, record, -1, dispatch.headers)
     return Response(bytes(record.response), media_type="application/json", headers=dispatch.headers)
 
 
@@ -146,11 +148,35 @@ async def _stored(request: Request, what: str) -> tuple[ResponseStore, StoredRes
         raise unavailable("The gateway cannot reach its store (Redis) right now.", retry_after=2) from None
 
 
+def _rebuilt_stream(gateway: Gateway, record: StoredResponse, after: int, headers: dict[str, str]) -> Response:
+    """A background answer's Responses events after ``after``, rebuilt from the chat events its worker keeps."""
+    request_id = record.id.removeprefix("resp_")
+    fmt = OpenAIResponses.of_stored(msgspec.json.decode(record.response))
+    deadline = time.time() + gateway.settings.request_timeout + 60
+    return StreamingResponse(background.rebuilt(gateway.response_events, request_id, after, deadline, fmt.stream()),
+                             media_type="text/event-stream",
+                             headers={**SSE_HEADERS, **headers, "x-megabrain-answer-id": request_id})
+
+
+async def _rebuilt(gateway: Gateway, record: StoredResponse) -> StoredResponse:
+    """A pending background answer whose worker keeps its events, as they say it is: ended (its worker's
+    final event kept: ``completed``, or ``failed``), stored so, whichever web process reads it first."""
+    fmt = OpenAIResponses.of_stored(msgspec.json.decode(record.response))
+    if await background.rebuilt_final(gateway.response_events, record.id.removeprefix("resp_"), fmt.stream()) \
+            and fmt.final is not None:
+        record.response = msgspec.Raw(msgspec.json.encode(fmt.final))
+        await gateway.responses.save(record, update=True)
+    return record
+
+
 async def _unfollowed(gateway: Gateway, record: StoredResponse) -> StoredResponse:
     """A background answer still pending whose web process is gone (killed: it wrote no end) is ``failed``,
-    and stored so."""
-    if not record.follower or record.status() not in ("queued", "in_progress") or \
-            await background.followed(gateway.reply_redises, record.follower):
+    and stored so; unless its worker keeps its events (``kept``): then they say how it is."""
+    if not record.follower or record.status() not in ("queued", "in_progress"):
+        return record
+    if record.kept:
+        return await _rebuilt(gateway, record)
+    if await background.followed(gateway.reply_redises, record.follower):
         return record
     response = msgspec.json.decode(record.response)
     response.update(status="failed", error={"code": "answer_lost", "message": background.LOST_MESSAGE})
@@ -170,6 +196,8 @@ async def get_response(request: Request) -> Response:
         raise invalid("starting_after must be an event's sequence_number (0 or more).", param="starting_after")
     if not record.follower:
         raise invalid("Only a background response (background: true) can be streamed again.", param="stream")
+    if record.kept:
+        return _rebuilt_stream(request.app.state.gateway, record, int(raw), {})
     return replay_response(request.app.state.gateway, record.id.removeprefix("resp_"), int(raw), {},
                            follower=record.follower)
 

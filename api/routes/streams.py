@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from api.exchange.dispatch import replay_response
 from api.exchange.stored import Owner
+from api.formats.anthropic_messages import AnthropicMessages
 from api.gateway import Gateway
 from api.routes.admin import presented_key
 from common.errors import GatewayError, invalid, unavailable
@@ -49,8 +50,9 @@ async def resume_stream(request: Request) -> Response:
                            "MEGABRAIN_RESPONSE_EVENTS_TTL).", param="answer_id")
     assert owner is not None and match is not None
     # an answer its worker keeps outlives its follower; another ends when its follower is gone
+    stream = AnthropicMessages(owner.model or None).stream() if owner.rebuild == "messages" else None
     return replay_response(gateway, match.group(1), after, {}, owner.keepalive.encode(),
-                           "" if owner.worker_keeps else owner.follower)
+                           "" if owner.worker_keeps else owner.follower, stream=stream)
 
 
 ROUTES = [("GET", "/streams/{answer_id}", resume_stream)]
