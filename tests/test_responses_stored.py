@@ -17,6 +17,7 @@ from common.redis import connect
 from tests import harness
 from tests.fakes.anthropic_server import signature_of
 from tests.harness import GatewayHarness, config_file, create_key, env_for, tokens_text, wait_until
+from tests.redis_commands import grant_credits
 
 GPT = "openai/gpt-4o-mini"
 CLAUDE = "anthropic/claude-sonnet-4-5"
@@ -213,6 +214,8 @@ def test_keys_of_one_account_share_its_responses(s: Stack) -> None:
     laptop, desktop, stranger = (create_key(s.env["REDIS_URL"], ns, name, owner=account)
                                  for name, account in (("laptop", "acct-a"), ("desktop", "acct-a"),
                                                        ("other", "acct-b")))
+    for account in ("acct-a", "acct-b"):  # an account's keys spend its prepaid credits (README, Credits)
+        grant_credits(s.env["REDIS_URL"], ns, account, "1")
 
     def client(key: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=s.gateway.url + "/v1", api_key=key, max_retries=0, timeout=20)
