@@ -15,7 +15,7 @@ import msgspec
 from arq.connections import ArqRedis
 
 from common.names import Names
-from common.queue import JobWrite, job_write, pickup_window, write_job
+from common.queue import QUEUE_WAIT_SHARE, JobWrite, job_write, pickup_window, write_job
 from common.wire import Job, job_encoder
 
 JOB_FUNCTION = "serve"  # the arq function every pool runs (workers/jobs.py)
@@ -67,7 +67,8 @@ async def enqueue_candidate(
             await announce(candidate, pool)
         planned = job_write(names, pool, JOB_FUNCTION, job_id(candidate), job_encoder.encode(candidate),
                             expires_s=pickup_window(pickup_timeout, job.deadline),
-                            priority=bool(candidate.meta.get("key_id")))  # keyed requests before the free tier
+                            priority=bool(candidate.meta.get("key_id")),  # keyed requests before the free tier
+                            max_wait_s=pickup_timeout * QUEUE_WAIT_SHARE)  # an overloaded pool refuses at once
         if await write(redis_of(pool), planned, depth_limit):
             return candidate, skipped
         skipped.append(pool)

@@ -41,6 +41,7 @@ class JobWrite:
     wake_channel: str
     pool: str
     idle_workers: str
+    max_wait_ms: int = 0  # refuse while the queue's next job has waited longer than this (0: no bound)
 
 
 # Priority classes in one queue: a job of a request with an API key is scored this much earlier than its
@@ -49,6 +50,14 @@ class JobWrite:
 # positive epoch: ``enqueued_ms`` undoes it for whoever reads a score as a time (the queue-age metric).
 PRIORITY_HEAD_START_MS = 10**12
 
+# An overloaded pool refuses at once: while the job its workers take next has waited longer than this share
+# of the pickup window, the queue is not draining fast enough to serve a new job within that window, so
+# the new one is refused (503, Retry-After) at enqueue instead of after waiting the window out. Measured
+# on the queue itself (its head's age), it follows the pool's live capacity and service time whatever they
+# are, and never refuses while a free slot keeps the queue moving (a head that waits is a full pool). A
+# keyed job is refused only for a keyed head: it goes ahead of every waiting keyless one.
+QUEUE_WAIT_SHARE = 0.5
+
 
 def enqueued_ms(score: float, now_ms: float) -> float:
     """The enqueue time (epoch ms) of a queued job from its score, whatever its class."""
@@ -56,11 +65,12 @@ def enqueued_ms(score: float, now_ms: float) -> float:
 
 
 def job_write(names: Names, pool: str, function: str, job_id: str, payload: bytes, *, expires_s: float,
-              priority: bool = False) -> JobWrite:
+              priority: bool = False, max_wait_s: float = 0) -> JobWrite:
     """``payload`` for ``function`` on ``pool``'s queue. ``expires_s`` bounds how long the job may wait
     (``pickup_window``): an expired job is never run, so a backlog after an outage never runs requests whose
     clients are gone, and a prompt whose web process died does not sit in Redis beyond its pickup window.
-    ``priority``: the job goes ahead of every keyless one (``PRIORITY_HEAD_START_MS``)."""
+    ``priority``: the job goes ahead of every keyless one (``PRIORITY_HEAD_START_MS``). ``max_wait_s``: the
+    job is refused while the queue's next job has waited longer (``QUEUE_WAIT_SHARE``; 0: no bound)."""
     now_ms = int(time.time() * 1000)
     return JobWrite(
         queue=names.queue(pool),
@@ -72,20 +82,32 @@ def job_write(names: Names, pool: str, function: str, job_id: str, payload: byte
         wake_channel=names.wake_channel(pool),
         pool=pool,
         idle_workers=names.idle_workers(pool),
+        max_wait_ms=max(0, int(max_wait_s * 1000)),
     )
 
 
 async def write_job(redis: ArqRedis, write: JobWrite, depth_limit: int | None = None) -> bool:
     """Enqueue ``write`` in one round trip. Returns False (nothing left queued) if the queue is over
-    ``depth_limit``."""
+    ``depth_limit``, or its next job has waited longer than ``write.max_wait_ms``."""
     commands: list[tuple[object, ...]] = [] if depth_limit is None else [("ZCARD", write.queue)]
+    if write.max_wait_ms:
+        commands.append(("ZRANGE", write.queue, 0, 0, "WITHSCORES"))
+    checks = len(commands)
     commands += [
         ("PSETEX", write.job_key, write.ttl_ms, write.data),
         ("ZADD", write.queue, write.score_ms, write.job_id),
         ("PUBLISH", write.wake_channel, b""),
     ]
     results = await mux_of(redis).pipeline(commands)
-    if depth_limit is not None and results[0] >= depth_limit:
+    now_ms = time.time() * 1000
+    over = depth_limit is not None and results[0] >= depth_limit
+    if write.max_wait_ms and not over:
+        head = results[checks - 1]
+        if head:  # a keyed job goes ahead of every keyless one: only a keyed head's wait is its own
+            score, keyed = float(head[1]), write.score_ms < now_ms - PRIORITY_HEAD_START_MS / 2
+            keyed_head = score < now_ms - PRIORITY_HEAD_START_MS / 2
+            over = now_ms - enqueued_ms(score, now_ms) > write.max_wait_ms and (keyed_head or not keyed)
+    if over:
         await _withdraw(redis, write.queue, write.job_key, write.job_id)
         return False
     return True

@@ -187,6 +187,63 @@ def test_embeddings_hold_their_input_at_one_token_per_byte(accounts_gateway: Gat
     assert small.status_code == 200, small.text
 
 
+def test_transcriptions_hold_the_longest_audio_their_upload_can_carry(
+        accounts_gateway: GatewayHarness, fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """A transcription holds what its upload could cost at the lowest speech bitrate (750 bytes a second):
+    audio that could cost more than the balance is refused 402 before it reaches a worker (the upstream sees
+    no call), audio within it is answered and settled at exactly its reported duration."""
+    from tests.test_transcriptions import make_wav
+    gw = accounts_gateway
+    state = fake_openai[0]
+    key = create_key(gw.settings.redis_url, gw.settings.namespace, "listener", owner="listener-acct")
+    names = Names(gw.settings.namespace)
+
+    async def grant() -> None:
+        client = connect(gw.settings.redis_url)
+        try:  # whisper-1: $0.36 an hour, $0.0001 a second, so $0.001 covers 10 s (7,500 bytes at the floor)
+            await Ledger(client, names).apply("listener-acct", "grant", nanos("0.001"))
+        finally:
+            await client.aclose()
+
+    async def balance() -> tuple[Decimal, Decimal]:
+        client = connect(gw.settings.redis_url)
+        try:
+            found = await Ledger(client, names).balance("listener-acct")
+            return usd(found.balance), usd(found.held)
+        finally:
+            await client.aclose()
+
+    def upstream_calls() -> int:
+        return sum(1 for r in state.requests if "transcriptions" in str(r.get("path", "")))
+
+    gw.run(grant())
+    sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+    long_audio = make_wav(seconds=4)  # 64 kB: up to ~86 s at the floor, $0.0086 > $0.001
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.audio.transcriptions.create(model="whisper-1", file=("long.wav", long_audio, "audio/wav"))
+    assert refused.value.status_code == 402, refused.value.response.text
+    assert refused.value.response.json()["error_type"] == "insufficient_credits"
+    assert upstream_calls() == 0
+    assert gw.run(balance()) == (Decimal("0.001"), Decimal(0))
+
+    # no declared length: held at the upload limit (25 MB), so even a short file is refused unread
+    boundary = "creditboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            "Content-Type: audio/wav\r\n\r\n").encode() + make_wav() + f"\r\n--{boundary}--\r\n".encode()
+    chunked = httpx.post(gw.url + "/v1/audio/transcriptions", content=iter([body]), timeout=30,
+                         headers={"authorization": f"Bearer {key}",
+                                  "content-type": f"multipart/form-data; boundary={boundary}"})
+    assert chunked.status_code == 402 and chunked.json()["error_type"] == "insufficient_credits", chunked.text
+    assert upstream_calls() == 0
+
+    short = sdk.audio.transcriptions.create(model="whisper-1", file=("short.wav", make_wav(), "audio/wav"))
+    assert short.text.startswith("transcribed")  # 4 kB: up to ~6 s, $0.0006 held
+    assert upstream_calls() == 1
+    # the fake reports 1 s of audio: charged $0.0001 exactly, and nothing stays held
+    assert gw.run(balance()) == (Decimal("0.0009"), Decimal(0))
+
+
 def test_signup_credit_is_granted_once_per_new_account(redis_url: str, fake_openai: tuple[OpenAIFakeState, str],
                                                         tmp_path: Path) -> None:
     env = accounts_env(redis_url, fake_openai[1], tmp_path, signup_credit="0.25")

@@ -26,7 +26,7 @@ from api.access.limits import ACCOUNT_LEASE, ANONYMOUS_LEASE, KEY_LEASE, Lease, 
 from common.names import Names
 from common.settings import Limits
 from common.settlement import SETTLED, Settlement, close, settle, settle_by_ms
-from common.queue import enqueued_ms, job_write
+from common.queue import PRIORITY_HEAD_START_MS, enqueued_ms, job_write, write_job
 from common.usage import account_inflight_key, inflight_key
 from tests.fakes.openai_server import OpenAIFakeState, create_openai_app
 from tests.fakes.server import ThreadedServer
@@ -281,3 +281,21 @@ def test_keyed_jobs_are_claimed_before_keyless_ones_each_class_in_arrival_order(
     assert all(0 < w.score_ms <= now_ms for w in order)  # every one may run now
     for write in order:
         assert now_ms - 1000 <= enqueued_ms(write.score_ms, now_ms) <= now_ms
+
+
+async def test_an_overloaded_queue_refuses_each_class_by_its_own_head(redis: Any, names: Names) -> None:
+    """A queue whose next job waited past the bound (``QUEUE_WAIT_SHARE``) refuses new jobs at enqueue; a
+    keyed job only when that head is keyed too, since it goes ahead of every keyless one."""
+    old_ms = int(time.time() * 1000) - 10_000
+    await redis.zadd(names.queue("p"), {"stale-free": old_ms})  # a keyless job waiting for 10 s
+    fresh = job_write(names, "p", "f", "free1", b"x", expires_s=5, max_wait_s=2)
+    keyed = job_write(names, "p", "f", "paid1", b"x", expires_s=5, priority=True, max_wait_s=2)
+    unbounded = job_write(names, "p", "f", "free2", b"x", expires_s=5)
+    assert await write_job(redis, fresh) is False  # behind a 10 s wait: refused now, not in 5 s
+    assert await write_job(redis, keyed) is True  # ahead of it: served next
+    assert await write_job(redis, unbounded) is True  # no bound asked: as before
+    await redis.zadd(names.queue("p"), {"stale-paid": old_ms - PRIORITY_HEAD_START_MS})
+    keyed2 = job_write(names, "p", "f", "paid2", b"x", expires_s=5, priority=True, max_wait_s=2)
+    assert await write_job(redis, keyed2) is False  # behind a keyed job waiting 10 s
+    queued = {m.decode() for m in await redis.zrange(names.queue("p"), 0, -1)}
+    assert queued == {"stale-free", "paid1", "free2", "stale-paid"}  # refused jobs left nothing behind

@@ -52,6 +52,54 @@ def test_a_pool_with_free_slots_claims_waiting_jobs_at_once(gateway_env: dict[st
     assert all(a.json()["choices"][0]["message"]["content"] == EXPECTED for a in answers)  # type: ignore[union-attr]
 
 
+async def _paced_flood(url: str, headers: dict[str, str], count: int, per_second: float,
+                       timeout: float) -> list[tuple[float, httpx.Response | Exception]]:
+    """``count`` requests started ``per_second`` apart on 127.0.0.1; each with how long its answer took."""
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
+    loop = asyncio.get_running_loop()
+
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        async def one() -> tuple[float, httpx.Response | Exception]:
+            started = loop.time()
+            try:
+                answer: httpx.Response | Exception = await client.post(url, headers=headers, json=BODY)
+            except Exception as exc:  # noqa: BLE001 - counted as a failure below
+                answer = exc
+            return loop.time() - started, answer
+
+        tasks = []
+        for _ in range(count):
+            tasks.append(asyncio.create_task(one()))
+            await asyncio.sleep(1 / per_second)
+        return list(await asyncio.gather(*tasks))
+
+
+def test_an_overloaded_pool_refuses_at_once(gateway_env: dict[str, str],
+                                            fake_openai: tuple[OpenAIFakeState, str]) -> None:
+    """~5x overload for three pickup windows (10 slots, 1 s answers: 10 a second; 50 a second arrive): once
+    the queue's next job has waited half the pickup window, new requests are refused at enqueue (503 with
+    Retry-After) instead of waiting the window out. A refusal that took the pickup window (4 s) is a late
+    one: only those queued while the backlog first built (before any job had waited 2 s) may be late, so
+    fewer than a third of the refusals (measured: ~95 of 470); before this, every refusal below the depth
+    limit (1,000) was (measured: 430 of 430)."""
+    state, _ = fake_openai
+    state.latency = 1.0
+    env = {**gateway_env, "MEGABRAIN_WORKER_MAX_JOBS": "10", "MEGABRAIN_PICKUP_TIMEOUT": "4",
+           "MEGABRAIN_HEARTBEAT_TIMEOUT": "30", "MEGABRAIN_REQUEST_TIMEOUT": "60",
+           "MEGABRAIN_KEY_CONCURRENCY": "1000", "MEGABRAIN_ACCOUNT_CONCURRENCY": "1000"}
+    with ProcessGateway(env, workers=1) as gw:
+        assert wait_until(lambda: live_workers(gw.url) == 1, 15)
+        answers = asyncio.run(_paced_flood(gw.url + "/v1/chat/completions", auth(env), 600, 50, timeout=60))
+    answered = [a for _, a in answers if isinstance(a, httpx.Response) and a.status_code == 200]
+    refused = [(took, a) for took, a in answers if isinstance(a, httpx.Response) and a.status_code == 503]
+    other = [a for _, a in answers if not isinstance(a, httpx.Response) or a.status_code not in (200, 503)]
+    late = [took for took, _ in refused if took >= 3.5]  # waited out the 4 s pickup window
+    assert other == [], other[:3]
+    assert all(a.headers.get("retry-after") for _, a in refused)
+    assert answered and refused, (len(answered), len(refused))
+    assert len(late) < len(refused) / 3, f"{len(late)} of {len(refused)} refusals waited out the pickup window"
+
+
 @pytest.fixture
 def default_redis() -> Iterator[RedisServer]:
     """A Redis server of our own with its default limits (pub/sub output buffer: 32 MB hard, 8 MB for 60 s)."""

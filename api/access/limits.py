@@ -57,7 +57,7 @@ from common.errors import GatewayError, unavailable
 from common.ledger import RETURN_CREDIT_HOLD, format_usd
 from common.mux import Script, mux_of
 from common.names import Names
-from common.queue import IDLE_FRESH, JobWrite
+from common.queue import IDLE_FRESH, PRIORITY_HEAD_START_MS, JobWrite
 from common.settlement import RETURN_HOLD, hold_member
 from common.usage import ANONYMOUS, account_inflight_key, inflight_key
 from router.shaping import DEFAULT_OUTPUT, output_plan
@@ -196,18 +196,33 @@ end
 # limit (the request still counts, as when the depth check fails after a separate admission), or 2 and
 # the worker id when an idle worker process of the pool took the job directly (a hand-off: nothing is
 # queued, the job went out on that process's control channel, and the worker's wake-up, claim and payload
-# read are saved). The depth check comes first: a full queue refuses whether or not a worker is idle.
+# read are saved). The depth check comes first: a full queue refuses whether or not a worker is idle; so
+# does one whose next job has waited past its bound (``QUEUE_WAIT_SHARE``: an overloaded pool).
 # The liveness key of a popped worker is named from its id (a prefix in ARGV), like the claim script's
 # payload keys: it cannot be known before the pop. A popped registration is consumed whatever follows;
 # the worker registers again when it has a free slot (workers/pool.py).
 _ENQUEUE = """
 if out[1] == 0 then
   -- ARGV after the counters: depth limit ('' = none), ttl ms, job, score, id, wake channel,
-  --   idle freshness seconds, liveness key prefix, control channel prefix, pool
+  --   idle freshness seconds, liveness key prefix, control channel prefix, pool, the next job's longest
+  --   wait in ms (0 = none), the priority head start in ms (common/queue.py)
   local e = 11 + 2 * n + m
   local q = 7 + n + m
   local depth = tonumber(ARGV[e + 1])
-  if depth and redis.call('ZCARD', KEYS[q + 1]) >= depth then
+  local max_wait = tonumber(ARGV[e + 11]) or 0
+  local over = depth and redis.call('ZCARD', KEYS[q + 1]) >= depth
+  if not over and max_wait > 0 then  -- the next job waited too long: an overloaded pool (common/queue.py)
+    local head = redis.call('ZRANGE', KEYS[q + 1], 0, 0, 'WITHSCORES')
+    if #head > 0 then
+      local enqueued = tonumber(head[2])
+      local class = tonumber(ARGV[e + 12])
+      local keyed_head = enqueued < now_ms - class / 2
+      if keyed_head then enqueued = enqueued + class end
+      -- a keyed job goes ahead of every keyless one: only a keyed head's wait is its own
+      over = now_ms - enqueued > max_wait and (keyed_head or tonumber(ARGV[e + 4]) >= now_ms - class / 2)
+    end
+  end
+  if over then
     out[#out + 1] = 0
   else
     -- 1. an idle worker of the pool, oldest registration first, up to three tries
@@ -432,7 +447,7 @@ class Limiter:
             keys += [enqueue.queue, enqueue.job_key, enqueue.idle_workers]
             args += ["" if depth_limit is None else depth_limit, enqueue.ttl_ms, enqueue.data, enqueue.score_ms,
                      enqueue.job_id, enqueue.wake_channel, IDLE_FRESH, self._alive_prefix, self._control_prefix,
-                     enqueue.pool]
+                     enqueue.pool, enqueue.max_wait_ms, PRIORITY_HEAD_START_MS]
         try:
             async with asyncio.timeout(self.timeout):  # no task per call, unlike wait_for
                 reply = await mux_of(self.redis).evalsha(script, keys, args)
@@ -606,6 +621,33 @@ def worst_case_cost(catalog: "Catalog", plan: Iterable["Route"], prompt_tokens: 
                              None if model.max_output_tokens else default_output)
         tokens = output.worst_output(model.max_output_tokens or default_output)
         worst = max(worst, catalog.cost(model, {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}))
+    return worst
+
+
+# A transcription's worst case comes from its upload's size, before the audio is decoded (the gateway never
+# decodes it): the longest the file can play at the lowest bitrate a supported format encodes speech at.
+# 6 kbit/s is Opus's floor (ogg/webm); MP3's is 8 kbit/s, AAC/m4a's and FLAC/WAV's are far above, so a real
+# file plays no longer than its bytes at 750 per second. Token-priced transcription models count input
+# audio at no more than 32 tokens a second (Gemini's documented rate; OpenAI's gpt-4o-transcribe counts
+# fewer), and their output at the model's output limit.
+AUDIO_BYTES_PER_SECOND_FLOOR = 750
+AUDIO_TOKENS_PER_SECOND = 32
+
+
+def worst_case_transcription_cost(catalog: "Catalog", plan: Iterable["Route"], audio_bytes: int,
+                                  default_output: int = DEFAULT_OUTPUT) -> Decimal:
+    """The most a transcription of ``audio_bytes`` of audio can cost at any candidate of its plan: priced by
+    the hour (``Model.audio_hour_price``) or by tokens, whichever is dearer for the candidate."""
+    seconds = math.ceil(max(0, audio_bytes) / AUDIO_BYTES_PER_SECOND_FLOOR)
+    worst = Decimal(0)
+    for route in plan:
+        model = catalog.get(route.model)
+        if model is None or model.free:
+            continue
+        by_time = catalog.audio_cost(model, seconds)
+        by_tokens = catalog.cost(model, {"prompt_tokens": seconds * AUDIO_TOKENS_PER_SECOND,
+                                         "completion_tokens": model.max_output_tokens or default_output})
+        worst = max(worst, by_time, by_tokens)
     return worst
 
 

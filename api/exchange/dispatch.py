@@ -78,7 +78,7 @@ class Dispatch:
     async def admit(self, plan: list[Route], *, messages: list[Any] | None = None,
                     tools: list[Any] | None = None, request: Mapping[str, Any] | None = None,
                     extra_cost: Decimal | None = None, with_enqueue: bool = False,
-                    prompt_tokens: int | None = None) -> None:
+                    prompt_tokens: int | None = None, cost_bound: Callable[[], Decimal] | None = None) -> None:
         """Refuses (``GatewayError``) unless the caller may use this plan and the queue is reachable.
 
         The request's worst-case cost (its canonical ``messages``/``tools``, and the output its canonical
@@ -86,7 +86,8 @@ class Dispatch:
         budget, ``n``; at the dearest candidate; computed only when a budget applies) is reserved against the
         key's budget, and the job carries it to be settled; ``extra_cost`` is what else the request can add
         (server tools billed per use, at most); ``prompt_tokens`` a bound of the prompt the route knows,
-        instead of the estimate from ``messages`` (embeddings: at most one token per byte of the body). A free
+        instead of the estimate from ``messages`` (embeddings: at most one token per byte of the body); ``cost_bound``
+        the route's own worst case instead of all that (transcriptions: from the upload's size). A free
         plan answers one choice per request: the free allowance counts requests, so ``n`` > 1 there is refused.
 
         ``with_enqueue``: the limits are checked and counted by the job's first enqueue, in the same Redis
@@ -101,6 +102,8 @@ class Dispatch:
                                "best_of) of 1, or use a paid model with an API key.", param="n")
 
         def worst_case() -> Decimal:
+            if cost_bound is not None:
+                return cost_bound()
             prompt = prompt_tokens if prompt_tokens is not None else estimate_prompt_tokens(messages or [], tools)
             worst = worst_case_cost(gateway.catalog, plan, prompt, asked, gateway.settings.default_max_tokens)
             return worst + extra_cost if extra_cost else worst

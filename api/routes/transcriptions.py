@@ -4,7 +4,9 @@ Nothing of a refused upload is read: the caller is identified before the body (a
 past its limit: refused at once), and the model is planned and admitted when the file part begins, from
 the fields before it (OpenAI's SDKs send ``model`` first), so an unknown model, a paid model without a
 key or a limit used up is refused before the audio streams in. (A ``model`` field after the file is
-checked once the upload is read.) The upload is bounded while it streams in (the declared length first,
+checked once the upload is read.) A paid model's hold is the worst case of the largest audio the upload can
+carry (its declared length, else the upload limit; the file's own size when ``model`` comes after it) at the
+lowest bitrate speech is encoded at (``api/access/limits.py``). The upload is bounded while it streams in (the declared length first,
 then a running count), so an oversized file is refused with 413 without being read whole or forwarded. The audio travels to the worker
 once, as raw bytes under ``Names.blob(request_id)`` with a short TTL (the job carries only the key, no
 base64 inflation); the worker takes it with GETDEL, and this route deletes the key when the request ends
@@ -23,6 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.access.limits import worst_case_transcription_cost
 from api.exchange.dispatch import Dispatch
 from api.routes.embeddings import endpoint_plan
 from api.routes.uploads import read_form
@@ -48,18 +51,23 @@ async def create_transcription(request: Request) -> Response:
     dispatch = Dispatch(gateway, request, "transcriptions")
     plan: list[Route] = []
 
-    async def admit(fields: dict[str, Any]) -> None:
-        """Plan and admit the request from its text fields (before the audio when ``model`` comes first)."""
+    limit = gateway.settings.limits.max_upload_bytes
+
+    async def admit(fields: dict[str, Any], audio_bytes: int | None = None) -> None:
+        """Plan and admit the request from its text fields (before the audio when ``model`` comes first),
+        holding what the largest audio the upload can carry could cost (``audio_bound``)."""
         nonlocal plan
         dispatch.exchange.model = fields["model"]
         plan = endpoint_plan(gateway, fields["model"], modality="transcription", capability="transcription")
-        await dispatch.admit(plan)
+        size = audio_bound(request, limit) if audio_bytes is None else audio_bytes
+        await dispatch.admit(plan, cost_bound=lambda: worst_case_transcription_cost(
+            gateway.catalog, plan, size, gateway.settings.default_max_tokens))
 
     try:
         await dispatch.identify()  # who calls, before a byte of the upload is read
-        upload = await read_upload(request, gateway.settings.limits.max_upload_bytes, before_file=admit)
-        if not plan:  # the model came after the file
-            await admit(upload.fields)
+        upload = await read_upload(request, limit, before_file=admit)
+        if not plan:  # the model came after the file: its size is known
+            await admit(upload.fields, len(upload.audio))
     except GatewayError as error:
         return await dispatch.refuse(error)
     blob_key = gateway.names.blob(dispatch.request_id)
@@ -78,6 +86,13 @@ async def create_transcription(request: Request) -> Response:
 async def _forget(gateway: Gateway, key: str) -> None:
     with contextlib.suppress(Exception):  # Redis trouble: the key's TTL removes it soon anyway
         await gateway.redis.delete(key)
+
+
+def audio_bound(request: Request, limit: int) -> int:
+    """The most audio bytes this upload can carry, before it is read: its declared length (which frames the
+    file), else the upload limit (a body without ``Content-Length`` is held at the largest file)."""
+    declared = request.headers.get("content-length", "")
+    return min(int(declared), limit) if declared.isdigit() else limit
 
 
 # -- reading the upload --------------------------------------------------------------------------------------
