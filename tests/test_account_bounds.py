@@ -27,7 +27,7 @@ import redis as sync_redis
 
 from api.access.accounts import AccountStore, HashingSlots, email_key
 from api.access.keys import KeyLimitError, KeyStore
-from api.routes import transcriptions
+from api.routes import uploads
 from common.names import Names
 from common.redis import connect
 from common.server_secret import SECRET_FILE, server_secret
@@ -162,15 +162,15 @@ def profile_reads(gw: GatewayHarness) -> None:
 def read_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many bytes of upload bodies the route read (its bounded reader, counted)."""
     counted: list[int] = []
-    bounded = transcriptions._bounded
+    bounded = uploads._bounded
 
-    async def counting(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    async def counting(request: Any, limit: int, what: str, field: str) -> AsyncIterator[bytes]:
         counted.append(0)
-        async for chunk in bounded(stream, limit):
+        async for chunk in bounded(request, limit, what, field):
             counted[-1] += len(chunk)
             yield chunk
 
-    monkeypatch.setattr(transcriptions, "_bounded", counting)
+    monkeypatch.setattr(uploads, "_bounded", counting)
     return counted
 
 
