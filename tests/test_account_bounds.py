@@ -275,7 +275,7 @@ async def test_the_email_index_is_keyed_by_the_server_secret(redis: Any, names: 
 def test_the_secret_is_configured_or_kept_beside_the_embedded_store(tmp_path: Path) -> None:
     assert server_secret(Settings(secret="s" * 40, redis_url="redis://elsewhere")) == b"s" * 40
     with pytest.raises(ConfigError, match="MEGABRAIN_SECRET is not set"):
-        server_secret(Settings(redis_url="redis://127.0.0.1:6379/0"))
+        server_secret(Settings(redis_url="redis://elsewhere:6379/0"))
     store = tmp_path / "store"
     store.mkdir()
     embedded = Settings(redis_url=f"unix://{store}/redis.sock")
