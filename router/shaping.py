@@ -7,7 +7,7 @@ the provider and family rules (``router/rules.py``, each with its source):
   request pays dictionary lookups only;
 - ``output_plan``: the output cap the adapter will send, the thinking budget, and how many answers the
   request asks for. The one computation of a request's output: admission reserves for it
-  (``api/access/limits.py`` ``worst_case_cost``) and the worker sends it (``shape_request``, and the
+  (``api/access/worst_case.py`` ``worst_case_cost``) and the worker sends it (``shape_request``, and the
   Anthropic adapter), so the reservation always covers what is sent;
 - ``shape_request``: the canonical body made acceptable to that endpoint, in place. What the client asked
   for implicitly (an agent's default effort, sampling a reasoning model ignores) is adapted or dropped

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from api.access.keys import KeyStore
-from api.access.limits import worst_case_cost
+from api.access.worst_case import worst_case_cost
 from common.names import Names
 from common.redis import connect
 from common.wire import Route

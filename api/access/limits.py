@@ -44,10 +44,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -60,12 +59,9 @@ from common.names import Names
 from common.queue import IDLE_FRESH, PRIORITY_HEAD_START_MS, JobWrite
 from common.settlement import RETURN_HOLD, hold_member
 from common.usage import ANONYMOUS, account_inflight_key, inflight_key
-from router.shaping import DEFAULT_OUTPUT, output_plan
 
 if TYPE_CHECKING:
     from common.settings import Limits
-    from common.wire import Route
-    from router.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -600,55 +596,6 @@ def insufficient_credits(available: int, worst_case: int, topup_url: str | None)
         "max_tokens. Free models need no credits.",
         code="INSUFFICIENT_CREDITS",
     )
-
-
-def worst_case_cost(catalog: "Catalog", plan: Iterable["Route"], prompt_tokens: int,
-                    request: Mapping[str, Any], default_output: int = DEFAULT_OUTPUT) -> Decimal:
-    """The most this request can cost at any candidate of its plan: what admission reserves.
-
-    Output comes from the same function the worker sends it by (``router.shaping.output_plan``): the
-    client's cap clipped to the model's limit, raised above a thinking budget where the provider counts
-    thinking inside the cap (Anthropic), times every answer asked for (``n``, ``best_of``); with no cap at
-    all, the model's output limit, else ``default_output`` (which the worker then sends as the cap).
-    """
-    worst = Decimal(0)
-    for route in plan:
-        model = catalog.get(route.model)
-        if model is None or model.free:
-            continue
-        shape = catalog.shape(model)
-        output = output_plan(shape, request, prompt_tokens,
-                             None if model.max_output_tokens else default_output)
-        tokens = output.worst_output(model.max_output_tokens or default_output)
-        worst = max(worst, catalog.cost(model, {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}))
-    return worst
-
-
-# A transcription's worst case comes from its upload's size, before the audio is decoded (the gateway never
-# decodes it): the longest the file can play at the lowest bitrate a supported format encodes speech at.
-# 6 kbit/s is Opus's floor (ogg/webm); MP3's is 8 kbit/s, AAC/m4a's and FLAC/WAV's are far above, so a real
-# file plays no longer than its bytes at 750 per second. Token-priced transcription models count input
-# audio at no more than 32 tokens a second (Gemini's documented rate; OpenAI's gpt-4o-transcribe counts
-# fewer), and their output at the model's output limit.
-AUDIO_BYTES_PER_SECOND_FLOOR = 750
-AUDIO_TOKENS_PER_SECOND = 32
-
-
-def worst_case_transcription_cost(catalog: "Catalog", plan: Iterable["Route"], audio_bytes: int,
-                                  default_output: int = DEFAULT_OUTPUT) -> Decimal:
-    """The most a transcription of ``audio_bytes`` of audio can cost at any candidate of its plan: priced by
-    the hour (``Model.audio_hour_price``) or by tokens, whichever is dearer for the candidate."""
-    seconds = math.ceil(max(0, audio_bytes) / AUDIO_BYTES_PER_SECOND_FLOOR)
-    worst = Decimal(0)
-    for route in plan:
-        model = catalog.get(route.model)
-        if model is None or model.free:
-            continue
-        by_time = catalog.audio_cost(model, seconds)
-        by_tokens = catalog.cost(model, {"prompt_tokens": seconds * AUDIO_TOKENS_PER_SECOND,
-                                         "completion_tokens": model.max_output_tokens or default_output})
-        worst = max(worst, by_time, by_tokens)
-    return worst
 
 
 def invalid_key_error() -> GatewayError:

@@ -24,7 +24,7 @@ from api.formats import WireFormat
 from api.formats.anthropic_messages import AnthropicMessages
 from api.formats.chat_completions import CHAT_COMPLETIONS, ChatCompletions
 from api.gateway import Gateway
-from api.access.limits import worst_case_cost
+from api.access.worst_case import worst_case_cost
 from api.exchange.ids import client_request_id
 from api.exchange import background
 from api.exchange.answer import KEEPALIVE, SSE_HEADERS, json_response, refusal, stream_response

@@ -6,7 +6,7 @@ the fields before it (OpenAI's SDKs send ``model`` first), so an unknown model, 
 key or a limit used up is refused before the audio streams in. (A ``model`` field after the file is
 checked once the upload is read.) A paid model's hold is the worst case of the largest audio the upload can
 carry (its declared length, else the upload limit; the file's own size when ``model`` comes after it) at the
-lowest bitrate speech is encoded at (``api/access/limits.py``). The upload is bounded while it streams in (the declared length first,
+lowest bitrate speech is encoded at (``api/access/worst_case.py``). The upload is bounded while it streams in (the declared length first,
 then a running count), so an oversized file is refused with 413 without being read whole or forwarded. The audio travels to the worker
 once, as raw bytes under ``Names.blob(request_id)`` with a short TTL (the job carries only the key, no
 base64 inflation); the worker takes it with GETDEL, and this route deletes the key when the request ends
@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.access.limits import worst_case_transcription_cost
+from api.access.worst_case import worst_case_transcription_cost
 from api.exchange.dispatch import Dispatch
 from api.routes.embeddings import endpoint_plan
 from api.routes.uploads import read_form
