@@ -179,12 +179,7 @@ class OpenAICompatAdapter:
 
     def images_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
         """An ``/images/generations`` body, forwarded (the web tier checked it against the model's data)."""
-        payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
-        payload["model"] = model
-        headers = auth_headers(up)
-        headers["content-type"] = "application/json"
-        return RequestSpec("POST", self.url(up, "images/generations", model), headers=headers,
-                           content=msgspec.json.encode(payload))
+        return self._forwarded(up, "images/generations", model, body)
 
     def image_edit_request(self, up: Upstream, model: str, fields: dict[str, Any], files: list[Any]) -> RequestSpec:
         """``/images/edits`` as multipart, like the client's: its fields, then its images and mask (several
@@ -198,20 +193,19 @@ class OpenAICompatAdapter:
 
     def speech_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
         """An ``/audio/speech`` body, forwarded; the answer is the audio itself."""
-        payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
-        payload["model"] = model
-        headers = auth_headers(up)
-        headers["content-type"] = "application/json"
-        return RequestSpec("POST", self.url(up, "audio/speech", model), headers=headers,
-                           content=msgspec.json.encode(payload))
+        return self._forwarded(up, "audio/speech", model, body)
 
     def moderations_request(self, up: Upstream, model: str, body: dict[str, Any]) -> RequestSpec:
+        return self._forwarded(up, "moderations", model, body)
+
+    def _forwarded(self, up: Upstream, path: str, model: str, body: dict[str, Any]) -> RequestSpec:
+        """The client's JSON body as OpenAI takes it at ``path``, with the upstream's model id and without the
+        gateway's own fields."""
         payload = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
         payload["model"] = model
         headers = auth_headers(up)
         headers["content-type"] = "application/json"
-        return RequestSpec("POST", self.url(up, "moderations", model), headers=headers,
-                           content=msgspec.json.encode(payload))
+        return RequestSpec("POST", self.url(up, path, model), headers=headers, content=msgspec.json.encode(payload))
 
     def rerank_request(self, up: Upstream, model: str, body: dict[str, Any], texts: list[str]) -> RequestSpec:
         """Cohere's rerank shape, which Jina, Voyage and Together share: the texts only (the worker adds the
